@@ -1,0 +1,102 @@
+//! Python's `multiprocessing` for Rust: run code in other processes, each
+//! with its own address space, in parallel on every core, isolated from the
+//! program that started it.
+//!
+//! # Hello, world!
+//!
+//! ```
+//! use multiproc::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let child = Process::spawn(square, 7)?;
+//! assert_eq!(child.join()?, 49);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The child is a separate process. Its argument and result travel as
+//! typed values (serde with `postcard`), never as `pickle`-style code.
+//!
+//! # Start methods
+//!
+//! As in Python, a child is created in one of three ways ([`StartMethod`]):
+//! *fork* copies the parent, *spawn* runs the executable again, and
+//! *forkserver* (the default) asks a small single-threaded server to fork.
+//! No setup is needed for any of them: a hook that runs before `main`
+//! recognises a re-executed child and runs the requested function, so a
+//! child never runs your `main` or a test harness.
+//!
+//! ```
+//! use multiproc::{Process, StartMethod};
+//!
+//! fn add((a, b): (i32, i32)) -> i32 {
+//!     a + b
+//! }
+//!
+//! for method in StartMethod::ALL {
+//!     let p = Process::builder().start_method(method).spawn(add, (2, 3))?;
+//!     assert_eq!(p.join()?, 5);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Under *fork*, a closure can capture what it needs:
+//!
+//! ```
+//! use multiproc::Process;
+//!
+//! let words = vec!["a", "bb", "ccc"];
+//! let p = Process::fork(move || words.iter().map(|w| w.len()).sum::<usize>())?;
+//! assert_eq!(p.join()?, 6);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Failures are values
+//!
+//! A child that panics, is killed, or exits early does not take the parent
+//! down; `join` says what happened:
+//!
+//! ```
+//! use multiproc::{JoinError, Process};
+//!
+//! fn fail(_: ()) -> u32 {
+//!     panic!("out of coffee")
+//! }
+//!
+//! match Process::spawn(fail, ())?.join() {
+//!     Err(JoinError::Panicked(report)) => assert_eq!(report.message, "out of coffee"),
+//!     other => panic!("unexpected: {other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What a child never does
+//!
+//! A child never outlives its parent: if the parent dies, even by SIGKILL,
+//! the kernel kills the child (`PR_SET_PDEATHSIG`), and a dropped handle
+//! reaps its child. See the README for how this differs from Python.
+#![deny(unsafe_code)]
+
+mod process;
+mod sys;
+pub mod wire;
+
+pub use process::{
+    Builder, ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess,
+    Process, ProcessInfo, Signal, StartError, StartMethod, TryJoinError, UnknownStartMethod,
+    active_children, cpu_count, current_process, get_start_method, parent_process,
+    set_start_method,
+};
+
+/// Makes sure this process is ready to start spawn and forkserver children.
+///
+/// Nothing needs it on Linux: a hook that runs before `main` does the work.
+/// Where a platform or a linker setup drops that hook, starting a child
+/// fails with [`StartError::BootHookMissing`]; then call `init()` as the
+/// first line of `main`. In a re-executed child it runs the requested
+/// function and exits, so nothing after it in `main` runs there.
+pub fn init() {
+    sys::boot::boot();
+}

@@ -1,0 +1,157 @@
+//! The child's side of the start protocol.
+//!
+//! A spawn or forkserver child reads, on its start channel: the 32-byte
+//! preamble naming the function (read by the OS layer), a `META` frame with
+//! its lineage, and an `ARGS` frame with the encoded argument. A fork child
+//! has its closure already. Every child then sends back exactly one frame:
+//! `OK` with the encoded result, or `PANIC`, `RESULT_ENCODE` or
+//! `ARG_DECODE` with what went wrong, and exits with code 0.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::error::PanicReport;
+use super::info::{self, Lineage};
+use crate::sys;
+use crate::sys::code::Entry;
+use crate::wire::{codec, frame};
+
+/// Frame kinds of the start protocol.
+pub(crate) mod kind {
+    /// Parent → child: the child's [`Lineage`](super::Lineage).
+    pub const META: u8 = 1;
+    /// Parent → child: the encoded argument.
+    pub const ARGS: u8 = 2;
+    /// Child → parent: the encoded result.
+    pub const OK: u8 = 16;
+    /// Child → parent: a [`PanicReport`](super::PanicReport).
+    pub const PANIC: u8 = 17;
+    /// Child → parent: why the result could not be encoded.
+    pub const RESULT_ENCODE: u8 = 18;
+    /// Child → parent: why the argument could not be decoded.
+    pub const ARG_DECODE: u8 = 19;
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
+}
+
+/// Chains a hook in front of the current panic hook that keeps the panic's
+/// message, location and backtrace for the parent. The previous hook still
+/// runs, so the child prints the panic as any Rust thread does.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = info.payload().downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "Box<dyn Any>".to_string()
+            };
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let bt = std::backtrace::Backtrace::capture();
+            let backtrace =
+                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+            LAST_PANIC.with(|p| {
+                *p.borrow_mut() = Some(PanicReport {
+                    message,
+                    location,
+                    backtrace,
+                })
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// Runs `f`, catching a panic, and encodes what happened as a result frame.
+pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> (u8, Vec<u8>) {
+    install_panic_hook();
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => match codec::encode(&value) {
+            Ok(bytes) => (kind::OK, bytes),
+            Err(e) => (
+                kind::RESULT_ENCODE,
+                codec::encode(&e.message).unwrap_or_default(),
+            ),
+        },
+        Err(payload) => {
+            let report = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| PanicReport {
+                    message: payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "Box<dyn Any>".into()),
+                    location: None,
+                    backtrace: None,
+                });
+            (kind::PANIC, codec::encode(&report).unwrap_or_default())
+        }
+    }
+}
+
+/// The typed body of a spawn or forkserver child: decodes the argument and
+/// calls the target. Named by an [`EntryId`](crate::sys::code::EntryId).
+pub(crate) fn body<A: DeserializeOwned, R: Serialize>(
+    target: fn(A) -> R,
+    input: &[u8],
+) -> (u8, Vec<u8>) {
+    match codec::decode::<A>(input) {
+        Ok(arg) => encode_outcome(move || target(arg)),
+        Err(e) => (
+            kind::ARG_DECODE,
+            codec::encode(&e.to_string()).unwrap_or_default(),
+        ),
+    }
+}
+
+/// Runs a fork child's boxed body.
+pub(crate) fn run_body(body: Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>) -> (u8, Vec<u8>) {
+    body()
+}
+
+/// Sends the result frame. A parent that has gone away is not an error here:
+/// the child simply exits.
+pub(crate) fn reply(channel: BorrowedFd<'_>, kind: u8, payload: &[u8]) {
+    let _ = frame::write(channel, kind, payload, &[]);
+}
+
+/// Serves a start channel in a spawn or forkserver child; never returns.
+pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
+    if !sys::process::die_with_parent(parent) {
+        sys::process::exit_now(1);
+    }
+    let Some(entry) = entry else {
+        eprintln!("multiproc: a child received no valid start request");
+        sys::process::exit_now(2);
+    };
+    let mut reader = frame::Reader::new(u64::MAX);
+    let mut next = |want: u8| match reader.read(channel.as_fd(), &[], None) {
+        Ok(frame::Step::Frame(f)) if f.kind == want => Some(f.payload),
+        _ => None,
+    };
+    let Some(meta) = next(kind::META) else {
+        sys::process::exit_now(2)
+    };
+    let Some(args) = next(kind::ARGS) else {
+        sys::process::exit_now(2)
+    };
+    let Ok(lineage) = codec::decode::<Lineage>(&meta) else {
+        sys::process::exit_now(2)
+    };
+    info::become_child(lineage);
+    let (k, payload) = entry.call(&args);
+    reply(channel.as_fd(), k, &payload);
+    sys::process::exit_now(0)
+}

@@ -1,0 +1,529 @@
+//! The public handle on a child process, and the builder that starts one.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::child::{self, kind};
+use super::error::{JoinError, JoinTimeoutError, PanicReport, StartError, TryJoinError};
+use super::info::{self, Tracked};
+use super::start::{self, Started};
+use super::status::{ExitStatus, Signal};
+use crate::sys;
+use crate::sys::code::EntryId;
+use crate::wire::{FrameError, codec, frame};
+
+/// How a child process is created. See `docs/start-methods.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// Copy this process with `fork()`; the child runs the function (or a
+    /// closure) directly. Fastest from a small, single-threaded parent.
+    Fork,
+    /// Run this executable again; the boot hook runs the function before
+    /// `main`. Nothing of the parent's state is inherited.
+    Spawn,
+    /// Ask a single-threaded server (started with spawn on first use) to
+    /// fork the child. Fork's speed with spawn's safety. The default.
+    ForkServer,
+}
+
+impl StartMethod {
+    /// The method's name as Python spells it: `fork`, `spawn`, `forkserver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::ForkServer => "forkserver",
+        }
+    }
+
+    /// Every method, in a fixed order.
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ];
+}
+
+impl fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The text named no start method.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown start method {0:?}: expected fork, spawn or forkserver")]
+pub struct UnknownStartMethod(pub String);
+
+impl FromStr for StartMethod {
+    type Err = UnknownStartMethod;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fork" => Ok(StartMethod::Fork),
+            "spawn" => Ok(StartMethod::Spawn),
+            "forkserver" => Ok(StartMethod::ForkServer),
+            other => Err(UnknownStartMethod(other.to_string())),
+        }
+    }
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(2);
+
+/// Sets the start method used when a [`Builder`] names none (Python's
+/// `set_start_method`). May be called again; later processes use the new
+/// one.
+pub fn set_start_method(method: StartMethod) {
+    let v = match method {
+        StartMethod::Fork => 0,
+        StartMethod::Spawn => 1,
+        StartMethod::ForkServer => 2,
+    };
+    DEFAULT_METHOD.store(v, Ordering::Relaxed);
+}
+
+/// The start method used when a [`Builder`] names none: `ForkServer` unless
+/// [`set_start_method`] chose another.
+pub fn get_start_method() -> StartMethod {
+    match DEFAULT_METHOD.load(Ordering::Relaxed) {
+        0 => StartMethod::Fork,
+        1 => StartMethod::Spawn,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// Configures a child process before starting it.
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+///
+/// fn greet(who: String) -> String {
+///     format!("hello, {who}")
+/// }
+///
+/// let p = Process::builder()
+///     .name("greeter")
+///     .start_method(StartMethod::Spawn)
+///     .spawn(greet, "world".to_string())?;
+/// assert_eq!(p.name(), "greeter");
+/// assert_eq!(p.join()?, "hello, world");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `spawn` or `fork` is called"]
+pub struct Builder {
+    name: Option<String>,
+    daemon: bool,
+    method: Option<StartMethod>,
+}
+
+impl Builder {
+    /// A builder with the defaults: a generated name, not a daemon, the
+    /// default start method.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Names the child (default `Process-N`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon child is killed when its handle is dropped unjoined; any
+    /// other child is waited for (as Python joins non-daemon children at
+    /// exit). Either way no child outlives this process.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Chooses how the child is created (default: [`get_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts a child that runs `f(arg)` and returns its result.
+    ///
+    /// `f` is a function or a closure that captures nothing. Under *spawn*
+    /// and *forkserver*, `arg` is encoded and sent to the child; under
+    /// *fork* the child has its own copy already.
+    pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let method = self.method.unwrap_or_else(get_start_method);
+        if method == StartMethod::Fork {
+            return self.start_fork(move || f(arg), method);
+        }
+        if !sys::boot::hook_ran() {
+            return Err(StartError::BootHookMissing);
+        }
+        let args = codec::encode(&arg)?;
+        let entry = EntryId::new::<A, R>(f, child::body::<A, R>);
+        let lineage = info::next_child(self.name.clone());
+        let meta = codec::encode(&lineage)?;
+        let started = match method {
+            StartMethod::Spawn => start::spawn::start()?,
+            _ => start::forkserver::start()?,
+        };
+        // A child that dies before reading its request shows up at join time,
+        // with its exit status; a write error here says nothing more.
+        let ch = started.channel.as_fd();
+        let _ = sys::socket::send_all(ch, &[&entry.preamble()], &[])
+            .and_then(|()| frame::write(ch, kind::META, &meta, &[]))
+            .and_then(|()| frame::write(ch, kind::ARGS, &args, &[]));
+        Ok(Process::new(started, lineage.name, self.daemon, method))
+    }
+
+    /// Forks a child that runs the closure `f` and returns its result. Always
+    /// uses the *fork* start method, whatever [`Builder::start_method`] says:
+    /// only a forked child has a copy of the closure's captures.
+    pub fn fork<F, R>(self, f: F) -> Result<Process<R>, StartError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.start_fork(f, StartMethod::Fork)
+    }
+
+    fn start_fork<F, R>(self, f: F, method: StartMethod) -> Result<Process<R>, StartError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let lineage = info::next_child(self.name);
+        let name = lineage.name.clone();
+        // Encoding happens in the child; `R: Serialize` is checked there.
+        let body = make_fork_body(f);
+        let started = start::fork::start(lineage, body)?;
+        Ok(Process::new(started, name, self.daemon, method))
+    }
+}
+
+fn make_fork_body<F, R>(f: F) -> Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Serialize + 'static,
+{
+    // `R` need not be `Send`: it is made and encoded inside the child.
+    Box::new(move || child::encode_outcome(f))
+}
+
+#[derive(Debug)]
+struct Inner {
+    started: Started,
+    reader: frame::Reader,
+    outcome: Option<Result<frame::Frame, FrameError>>,
+    exit: Option<ExitStatus>,
+    finished: bool,
+}
+
+/// A handle on a child process: wait for its result, check on it, stop it.
+///
+/// Dropping a handle whose child still runs waits for the child, unless the
+/// child is a daemon (or the dropping thread is panicking): then the child
+/// is killed. Either way it is reaped: no zombie, no orphan.
+///
+/// ```
+/// use multiproc::Process;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let p = Process::spawn(square, 7)?;
+/// assert_eq!(p.join()?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Process<R> {
+    inner: Mutex<Inner>,
+    tracked: Arc<Tracked>,
+    daemon: bool,
+    method: StartMethod,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.tracked.name)
+            .field("pid", &self.tracked.pid)
+            .field("method", &self.method)
+            .field("daemon", &self.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Process<()> {
+    /// A [`Builder`] to name the child, pick its start method, or make it a
+    /// daemon.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
+    /// Starts a child that runs `f(arg)`, with the default start method.
+    /// Python: `Process(target=f, args=(arg,)).start()`.
+    pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Builder::new().spawn(f, arg)
+    }
+
+    /// Forks a child that runs the closure `f` (see [`Builder::fork`]).
+    pub fn fork<F>(f: F) -> Result<Process<R>, StartError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+    {
+        Builder::new().fork(f)
+    }
+}
+
+impl<R> Process<R> {
+    fn new(started: Started, name: String, daemon: bool, method: StartMethod) -> Self {
+        let tracked = Arc::new(Tracked {
+            name,
+            pid: started.pid,
+            pidfd: sys::socket::dup(&started.pidfd).unwrap_or_else(|_| {
+                sys::process::pidfd_open(started.pid).expect("a child's pidfd")
+            }),
+        });
+        info::track(&tracked);
+        Process {
+            inner: Mutex::new(Inner {
+                started,
+                reader: frame::Reader::new(u64::MAX),
+                outcome: None,
+                exit: None,
+                finished: false,
+            }),
+            tracked,
+            daemon,
+            method,
+            _result: PhantomData,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.tracked.name
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.tracked.pid
+    }
+
+    /// How the child was started.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Whether the child is a daemon (see [`Builder::daemon`]).
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&self) -> bool {
+        let inner = self.lock();
+        inner.exit.is_none()
+            && !sys::socket::is_readable(inner.started.pidfd.as_fd()).unwrap_or(false)
+    }
+
+    /// How the child ended, or `None` while it runs (Python's `exitcode`).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut inner = self.lock();
+        if inner.exit.is_none()
+            && sys::socket::is_readable(inner.started.pidfd.as_fd()).unwrap_or(false)
+        {
+            let Inner { started, exit, .. } = &mut *inner;
+            // The child has exited; its status is at most a moment away.
+            let deadline = Some(Instant::now() + Duration::from_secs(5));
+            if let Ok(Some(status)) = started.reaper.wait(started.pidfd.as_fd(), deadline) {
+                *exit = Some(status);
+            }
+        }
+        inner.exit
+    }
+
+    /// Sends SIGTERM (Python's `terminate`). The child may catch it.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        self.signal(Signal::TERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill`). The child cannot catch it.
+    pub fn kill(&self) -> std::io::Result<()> {
+        self.signal(Signal::KILL)
+    }
+
+    /// Sends `signal` to the child. Sending to a child that has already
+    /// exited does nothing: a pidfd never reaches a process that reused the
+    /// number.
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        match sys::process::pidfd_signal(self.tracked.pidfd.as_fd(), signal.0) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Drives the child to its end or to `deadline`. `Ok(false)` on timeout.
+    fn drive(&self, deadline: Option<Instant>) -> Result<bool, JoinError> {
+        let mut inner = self.lock();
+        let Inner {
+            started,
+            reader,
+            outcome,
+            exit,
+            ..
+        } = &mut *inner;
+        if outcome.is_none() {
+            match reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline) {
+                Ok(frame::Step::Frame(f)) => *outcome = Some(Ok(f)),
+                Ok(frame::Step::TimedOut) => return Ok(false),
+                Err(FrameError::Io(e)) => return Err(JoinError::Io(e)),
+                Err(e) => {
+                    if !matches!(e, FrameError::Closed | FrameError::Truncated { .. }) {
+                        // It speaks garbage: it will not say anything useful.
+                        let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
+                    }
+                    *outcome = Some(Err(e));
+                }
+            }
+        }
+        if exit.is_none() {
+            match started.reaper.wait(started.pidfd.as_fd(), deadline)? {
+                Some(status) => *exit = Some(status),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    fn take_result(&self) -> Result<R, JoinError>
+    where
+        R: DeserializeOwned,
+    {
+        let mut inner = self.lock();
+        inner.finished = true;
+        let exit = inner.exit.expect("driven to the end");
+        match inner.outcome.take().expect("driven to the end") {
+            Ok(f) => match f.kind {
+                kind::OK => Ok(codec::decode::<R>(&f.payload)?),
+                kind::PANIC => Err(JoinError::Panicked(codec::decode::<PanicReport>(
+                    &f.payload,
+                )?)),
+                kind::RESULT_ENCODE => Err(JoinError::ResultEncode(
+                    codec::decode(&f.payload).unwrap_or_default(),
+                )),
+                kind::ARG_DECODE => Err(JoinError::ArgumentDecode(
+                    codec::decode(&f.payload).unwrap_or_default(),
+                )),
+                other => Err(JoinError::Protocol(FrameError::Garbage(format!(
+                    "unexpected frame kind {other}"
+                )))),
+            },
+            Err(FrameError::Closed | FrameError::Truncated { .. }) => Err(match exit {
+                ExitStatus::Exited(code) => JoinError::Exited { code },
+                ExitStatus::Signaled {
+                    signal,
+                    core_dumped,
+                } => JoinError::Signaled {
+                    signal,
+                    core_dumped,
+                },
+            }),
+            Err(e) => Err(JoinError::Protocol(e)),
+        }
+    }
+
+    /// Waits for the child to finish and returns its result (Python's
+    /// `join`, plus the return value Python does not give).
+    pub fn join(self) -> Result<R, JoinError>
+    where
+        R: DeserializeOwned,
+    {
+        self.drive(None)?;
+        self.take_result()
+    }
+
+    /// Like [`join`](Self::join), but gives up at `timeout` and hands the
+    /// handle back in [`JoinTimeoutError::Timeout`].
+    pub fn join_timeout(self, timeout: Duration) -> Result<R, JoinTimeoutError<R>>
+    where
+        R: DeserializeOwned,
+    {
+        match self.drive(Some(Instant::now() + timeout)) {
+            Ok(true) => Ok(self.take_result()?),
+            Ok(false) => Err(JoinTimeoutError::Timeout(self)),
+            Err(e) => Err(JoinTimeoutError::Failed(e)),
+        }
+    }
+
+    /// Returns the result if the child has finished, or the handle back in
+    /// [`TryJoinError::Running`] without waiting.
+    pub fn try_join(self) -> Result<R, TryJoinError<R>>
+    where
+        R: DeserializeOwned,
+    {
+        match self.drive(Some(Instant::now())) {
+            Ok(true) => Ok(self.take_result()?),
+            Ok(false) => Err(TryJoinError::Running(self)),
+            Err(e) => Err(TryJoinError::Failed(e)),
+        }
+    }
+}
+
+/// How long `Drop` waits for a killed child to be reaped.
+const REAP_AFTER_KILL: Duration = Duration::from_secs(10);
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        let finished = self.lock().finished;
+        if finished {
+            return;
+        }
+        let deadline = if self.daemon || std::thread::panicking() {
+            let _ = self.kill();
+            Some(Instant::now() + REAP_AFTER_KILL)
+        } else {
+            None
+        };
+        let mut inner = self.lock();
+        let Inner {
+            started,
+            reader,
+            outcome,
+            exit,
+            ..
+        } = &mut *inner;
+        if outcome.is_none() {
+            // Drain the result so a child blocked on a large write can exit.
+            let _ = reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline);
+        }
+        if exit.is_none() {
+            if let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline) {
+                let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
+                let _ = started.reaper.wait(
+                    started.pidfd.as_fd(),
+                    Some(Instant::now() + REAP_AFTER_KILL),
+                );
+            }
+        }
+    }
+}

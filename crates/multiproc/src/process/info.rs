@@ -1,0 +1,196 @@
+//! Who this process is, who its parent is, and which children it has.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sys;
+
+/// The identity of the current process (Python's `current_process()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// `"MainProcess"` in a program's first process; otherwise the name the
+    /// parent gave, by default `Process-N` (`Process-N:M` for grandchildren).
+    pub name: String,
+    /// The operating system's process id.
+    pub pid: i32,
+    /// The position in the tree of processes multiproc started: empty for the
+    /// main process, `[2]` for its second child, `[2, 1]` for that child's
+    /// first child.
+    pub ident: Vec<u32>,
+}
+
+/// The process that started this one (Python's `parent_process()`).
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    /// The parent's name.
+    pub name: String,
+    /// The parent's process id.
+    pub pid: i32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl ParentProcess {
+    /// Whether the parent is still running.
+    pub fn is_alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => !sys::socket::is_readable(std::os::fd::AsFd::as_fd(&**fd)).unwrap_or(true),
+            None => false,
+        }
+    }
+}
+
+/// A live child of this process (what [`active_children`] lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// The child's name.
+    pub name: String,
+    /// The child's process id.
+    pub pid: i32,
+}
+
+#[derive(Debug)]
+struct Current {
+    pid: i32,
+    name: String,
+    ident: Vec<u32>,
+    children_started: u32,
+    parent: Option<ParentProcess>,
+}
+
+static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
+
+/// What a parent tells a child about itself.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Lineage {
+    pub name: String,
+    pub ident: Vec<u32>,
+    pub parent_name: String,
+    pub parent_pid: i32,
+}
+
+fn with_current<T>(f: impl FnOnce(&mut Current) -> T) -> T {
+    let mut guard = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = sys::process::pid();
+    let cur = guard.get_or_insert_with(|| Current {
+        pid,
+        name: "MainProcess".into(),
+        ident: Vec::new(),
+        children_started: 0,
+        parent: None,
+    });
+    if cur.pid != pid {
+        // A fork that did not go through multiproc: we are someone's child
+        // but were never told who we are.
+        *cur = Current {
+            pid,
+            name: format!("{}-fork", cur.name),
+            ident: cur.ident.clone(),
+            children_started: 0,
+            parent: None,
+        };
+    }
+    f(cur)
+}
+
+/// Returns the identity of the current process.
+pub fn current_process() -> ProcessInfo {
+    with_current(|c| ProcessInfo {
+        name: c.name.clone(),
+        pid: c.pid,
+        ident: c.ident.clone(),
+    })
+}
+
+/// Returns the process that started this one, or `None` in a process that
+/// multiproc did not start.
+pub fn parent_process() -> Option<ParentProcess> {
+    with_current(|c| c.parent.clone())
+}
+
+/// Number of CPUs this process may run on: its affinity mask, capped by a
+/// cgroup CPU quota when one is set. (Python's `cpu_count()` ignores both;
+/// this is its `process_cpu_count()`.)
+pub fn cpu_count() -> usize {
+    sys::process::cpu_count()
+}
+
+/// Allocates the identity of the next child: its lineage with a default name.
+pub(crate) fn next_child(name: Option<String>) -> Lineage {
+    with_current(|c| {
+        c.children_started += 1;
+        let mut ident = c.ident.clone();
+        ident.push(c.children_started);
+        let default = format!(
+            "Process-{}",
+            ident
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        Lineage {
+            name: name.unwrap_or(default),
+            ident,
+            parent_name: c.name.clone(),
+            parent_pid: c.pid,
+        }
+    })
+}
+
+/// Records, in a freshly started child, who it is. In a forked child the
+/// lock may have been held by another thread of the parent at the moment of
+/// the fork; then the identity is left as it was rather than risk a hang.
+pub(crate) fn become_child(lineage: Lineage) {
+    let pidfd = sys::process::pidfd_open(lineage.parent_pid)
+        .ok()
+        .map(Arc::new);
+    let me = Current {
+        pid: sys::process::pid(),
+        name: lineage.name,
+        ident: lineage.ident,
+        children_started: 0,
+        parent: Some(ParentProcess {
+            name: lineage.parent_name,
+            pid: lineage.parent_pid,
+            pidfd,
+        }),
+    };
+    if let Ok(mut guard) = CURRENT.try_lock() {
+        *guard = Some(me);
+    }
+    if let Ok(mut children) = CHILDREN.try_lock() {
+        children.clear();
+    }
+}
+
+/// What the registry of children keeps of each.
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    pub name: String,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+static CHILDREN: Mutex<Vec<Weak<Tracked>>> = Mutex::new(Vec::new());
+
+/// Adds a child to the registry behind [`active_children`].
+pub(crate) fn track(child: &Arc<Tracked>) {
+    let mut list = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(child));
+}
+
+/// Returns the children this process started that are still running and
+/// whose handles still exist.
+pub fn active_children() -> Vec<ChildInfo> {
+    let mut list = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    list.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|t| !sys::socket::is_readable(std::os::fd::AsFd::as_fd(&t.pidfd)).unwrap_or(true))
+        .map(|t| ChildInfo {
+            name: t.name.clone(),
+            pid: t.pid,
+        })
+        .collect()
+}

@@ -1,0 +1,255 @@
+//! Creating, watching, signalling and reaping processes.
+
+use std::ffi::{CString, OsStr};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::process::{self as rp, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+/// How a process ended, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawExit {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+/// The current process id.
+pub(crate) fn pid() -> i32 {
+    rp::getpid().as_raw_nonzero().get()
+}
+
+/// The parent's process id, if it has one.
+pub(crate) fn parent_pid() -> Option<i32> {
+    rp::getppid().map(|p| p.as_raw_nonzero().get())
+}
+
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rp::getpid()
+}
+
+fn to_pid(pid: i32) -> io::Result<Pid> {
+    Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Opens a pidfd: a handle on a process that cannot be confused with a later
+/// process reusing the same number.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    Ok(rp::pidfd_open(to_pid(pid)?, PidfdFlags::empty())?)
+}
+
+/// Sends `signal` to the process behind `pidfd`.
+///
+/// Fails with `ESRCH` once the process has exited; it never reaches another
+/// process that took the same number.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    let sig = Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown signal number"))?;
+    Ok(rp::pidfd_send_signal(pidfd, sig)?)
+}
+
+fn decode(status: rp::WaitIdStatus) -> RawExit {
+    if let Some(code) = status.exit_status() {
+        RawExit::Exited(code)
+    } else {
+        RawExit::Signaled {
+            signal: status.terminating_signal().unwrap_or(0),
+            core_dumped: status.dumped(),
+        }
+    }
+}
+
+/// Reaps the child behind `pidfd` if it has exited; `None` while it runs.
+pub(crate) fn reap_nohang(pidfd: BorrowedFd<'_>) -> io::Result<Option<RawExit>> {
+    loop {
+        match rp::waitid(
+            WaitId::PidFd(pidfd),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(status) => return Ok(status.filter(|s| s.raw_signo() != 0).map(decode)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that created it
+/// ends, then checks that the creator did not end already. Returns false if
+/// it did (the caller should exit at once).
+pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
+    if rp::set_parent_process_death_signal(Some(Signal::KILL)).is_err() {
+        return false;
+    }
+    parent_pid() == Some(expected_parent)
+}
+
+/// Flushes Rust's standard streams and ends the process at once, without
+/// running `atexit` handlers or destructors inherited from a forked parent.
+pub(crate) fn exit_now(code: i32) -> ! {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and never returns; skipping atexit
+    // handlers is the point (a forked child must not run its parent's).
+    unsafe { libc::_exit(code) }
+}
+
+/// Forks. The child runs `body` and exits with the code it returns; it never
+/// returns into the caller's stack. Returns the child's pid to the parent.
+///
+/// The child arranges to be SIGKILLed when the calling thread ends, so call
+/// this from a thread that lives as long as the process (the launcher).
+///
+/// Forking a process that has other threads copies only the calling thread:
+/// locks those threads held stay locked in the child. That can deadlock the
+/// child, never corrupt memory: glibc makes `malloc` fork-safe.
+pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<i32> {
+    let parent = pid();
+    // SAFETY: `fork` has no memory-safety preconditions of its own. In the
+    // child we never return to the caller's frames: `body` runs under
+    // `catch_unwind` and every path ends in `_exit`.
+    let ret = unsafe { libc::fork() };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            if !die_with_parent(parent) {
+                exit_now(1);
+            }
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+            exit_now(code)
+        }
+        child => Ok(child),
+    }
+}
+
+/// Forks a forkserver worker: the child closes the server's descriptors in
+/// `close`, restores the default SIGINT action, then serves `channel`, a
+/// start channel the server received from a client over its private control
+/// socket.
+pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Result<i32> {
+    let server = pid();
+    fork_child(move || {
+        for fd in close {
+            // SAFETY: this is the forked child, which ends in `_exit` without
+            // returning to the frames that own these descriptors, so nothing
+            // will use or close them again.
+            unsafe { libc::close(fd.as_raw_fd()) };
+        }
+        ignore_interrupts(false);
+        super::boot::serve_start_channel(channel, server)
+    })
+}
+
+/// Ignores SIGINT (`true`), or restores its default action (`false`). A
+/// terminal's Ctrl-C reaches the whole foreground process group; the
+/// forkserver leaves it to its parent to decide what to stop.
+pub(crate) fn ignore_interrupts(ignore: bool) {
+    let action = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: installing SIG_IGN or SIG_DFL runs no handler code of ours.
+    unsafe { libc::signal(libc::SIGINT, action) };
+}
+
+/// Re-executes this very binary (`/proc/self/exe`) with `fd` placed at
+/// descriptor `target_fd` and `env` added to the environment. Uses
+/// `posix_spawn`, a vfork-style clone whose cost does not grow with the
+/// parent's memory.
+pub(crate) fn spawn_self(
+    fd: BorrowedFd<'_>,
+    target_fd: RawFd,
+    argv1: &str,
+    env: (&str, &str),
+) -> io::Result<i32> {
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in string"))
+    };
+    let path = cstr(b"/proc/self/exe")?;
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsStr::new("multiproc").to_owned());
+    let argv_owned = [cstr(argv0.as_bytes())?, cstr(argv1.as_bytes())?];
+    let mut envp_owned = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.as_bytes() == env.0.as_bytes() {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp_owned.push(cstr(&kv)?);
+    }
+    envp_owned.push(cstr(format!("{}={}", env.0, env.1).as_bytes())?);
+    let mut argv: Vec<*mut libc::c_char> =
+        argv_owned.iter().map(|s| s.as_ptr() as *mut _).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> =
+        envp_owned.iter().map(|s| s.as_ptr() as *mut _).collect();
+    envp.push(std::ptr::null_mut());
+
+    // dup2(x, x) may keep FD_CLOEXEC, so hand over a copy that is certainly
+    // not `target_fd` itself.
+    let tmp = rustix::io::fcntl_dupfd_cloexec(fd, target_fd + 1)?;
+
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the attribute and file-action objects are initialised before
+    // use and destroyed on every path; all pointers (path, argv, envp) point
+    // to NUL-terminated strings in `argv_owned`/`envp_owned`, which outlive
+    // the call; both arrays end with a null pointer.
+    let rc = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut actions);
+        libc::posix_spawnattr_init(&mut attr);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+        libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, tmp.as_raw_fd(), target_fd);
+        let rc = libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            &actions,
+            &attr,
+            argv.as_ptr(),
+            envp.as_ptr(),
+        );
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        rc
+    };
+    drop(tmp);
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(pid)
+}
+
+/// Takes ownership of a descriptor this process inherited at a known number,
+/// and marks it close-on-exec. Returns `None` unless `fd` is open.
+///
+/// # Safety
+/// Nothing else in this process may own descriptor `fd` (true for the one a
+/// parent placed for the boot code, before `main` runs).
+pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD reads flags only and is valid for any integer.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and, by the caller's
+    // contract, nobody else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = rustix::io::fcntl_setfd(owned.as_fd(), rustix::io::FdFlags::CLOEXEC);
+    Some(owned)
+}
+
+/// Number of CPUs this process may use: the affinity mask, capped by a cgroup
+/// CPU quota when one is set (what the standard library computes).
+pub(crate) fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

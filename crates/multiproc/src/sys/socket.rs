@@ -1,0 +1,166 @@
+//! Unix stream sockets: pairs, whole-buffer sends, descriptor passing
+//! (`SCM_RIGHTS`) and waiting for readiness with a deadline.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// Most descriptors one message may carry.
+pub(crate) const MAX_FDS: usize = 16;
+
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Sends every byte of `bufs`, in order, with `fds` attached to the first
+/// byte. A peer that has gone away is an `EPIPE` error, never a SIGPIPE.
+pub(crate) fn send_all(
+    fd: BorrowedFd<'_>,
+    bufs: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut first = true;
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < bufs.len() {
+        if off == bufs[idx].len() {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len() - idx);
+        iov.push(IoSlice::new(&bufs[idx][off..]));
+        iov.extend(bufs[idx + 1..].iter().map(|b| IoSlice::new(b)));
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if first && !fds.is_empty() {
+            if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "too many descriptors",
+                ));
+            }
+        }
+        let sent = match rustix::net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        first = false;
+        let mut left = sent;
+        while left > 0 && idx < bufs.len() {
+            let avail = bufs[idx].len() - off;
+            if left >= avail {
+                left -= avail;
+                idx += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+    }
+    if first && !fds.is_empty() {
+        // Nothing to send but descriptors: carry them on one zero byte.
+        return send_all(fd, &[&[0]], fds);
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and any descriptors that came with them.
+/// Returns 0 bytes at end of stream. Does not block if `nonblocking`.
+pub(crate) fn recv(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(fd, &mut iov, &mut control, flags) {
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = m {
+                        fds.extend(received);
+                    }
+                }
+                return Ok(msg.bytes);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up), or until `deadline`.
+/// Returns which ones are ready; all false means the deadline passed.
+pub(crate) fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<bool>> {
+    loop {
+        let mut polls: Vec<PollFd<'_>> =
+            fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                })
+            }
+        };
+        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+            Ok(_) => {
+                let ready: Vec<bool> = polls.iter().map(|p| !p.revents().is_empty()).collect();
+                if ready.iter().any(|r| *r) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(ready);
+                }
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether `fd` is readable right now, without waiting.
+pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut polls = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        match rustix::event::poll(&mut polls, Some(&zero)) {
+            Ok(_) => return Ok(!polls[0].revents().is_empty()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Duplicates a descriptor (close-on-exec).
+pub(crate) fn dup(fd: impl AsFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}

@@ -1,0 +1,54 @@
+//! Values to bytes and back.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A value could not be turned into bytes (for example a map with non-string
+/// keys that a format rejects, or a `Serialize` impl that returned an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not encode a value of type `{type_name}`: {message}")]
+pub struct EncodeError {
+    /// The Rust type that failed to encode.
+    pub type_name: &'static str,
+    /// What the encoder said.
+    pub message: String,
+}
+
+/// Bytes could not be turned into a value of the expected type: they were
+/// truncated, corrupted, or encode a different type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not decode a value of type `{type_name}`: {message}")]
+pub struct DecodeError {
+    /// The Rust type that was expected.
+    pub type_name: &'static str,
+    /// What the decoder said.
+    pub message: String,
+}
+
+/// Appends the encoding of `value` to `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: Vec<u8>,
+) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_extend(value, out).map_err(|e| EncodeError {
+        type_name: std::any::type_name::<T>(),
+        message: e.to_string(),
+    })
+}
+
+/// Encodes `value`.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    encode_into(value, Vec::new())
+}
+
+/// Decodes a `T` that must fill `bytes` exactly.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let err = |message: String| DecodeError {
+        type_name: std::any::type_name::<T>(),
+        message,
+    };
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(err(format!("{} trailing bytes", rest.len()))),
+        Err(e) => Err(err(e.to_string())),
+    }
+}

@@ -1,0 +1,17 @@
+//! The wire layer: how bytes and values cross a process boundary.
+//!
+//! * [`frame`]: a 16-byte header (magic, version, kind, length) in front of
+//!   each message, a size limit checked before anything is allocated, and a
+//!   reader that can resume after a timeout.
+//! * [`codec`]: values to bytes and back with serde and `postcard`, a
+//!   maintained, compact, non-self-describing binary format. Nothing that is
+//!   decoded is ever executed, unlike Python's `pickle`.
+//!
+//! Descriptors (of sockets, shared memory, processes) travel beside the bytes
+//! as `SCM_RIGHTS` ancillary data, never inside them.
+
+pub(crate) mod codec;
+pub(crate) mod frame;
+
+pub use codec::{DecodeError, EncodeError};
+pub use frame::FrameError;
