@@ -7,10 +7,11 @@
 //! `OK` with the encoded result, or `PANIC`, `RESULT_ENCODE` or
 //! `ARG_DECODE` with what went wrong, and exits with code 0.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -40,14 +41,32 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
 }
 
+/// Set in a child forked from a multi-threaded parent: locks that another
+/// thread held at the fork (stderr's, the backtrace printer's) stay locked
+/// here, so the panic hook must not take them.
+static LOCK_FREE_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a child forked from a multi-threaded parent.
+pub(crate) fn forked_from_threads() {
+    LOCK_FREE_PANICS.store(true, Ordering::Relaxed);
+}
+
 /// Chains a hook in front of the current panic hook that keeps the panic's
 /// message, location and backtrace for the parent. The previous hook still
 /// runs, so the child prints the panic as any Rust thread does.
-fn install_panic_hook() {
+///
+/// Installed in the parent before a fork (never in a forked child, where
+/// the hook's lock may be held by a thread that no longer exists), and in
+/// spawn and forkserver children. In any thread not running a child body it
+/// only passes the panic on.
+pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
+            if !IN_BODY.with(|b| b.get()) {
+                return previous(info);
+            }
             let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
                 (*s).to_string()
             } else if let Some(s) = info.payload().downcast_ref::<String>() {
@@ -58,9 +77,18 @@ fn install_panic_hook() {
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            let bt = std::backtrace::Backtrace::capture();
-            let backtrace =
-                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+            let lock_free = LOCK_FREE_PANICS.load(Ordering::Relaxed);
+            let backtrace = if lock_free {
+                None
+            } else {
+                let bt = std::backtrace::Backtrace::capture();
+                (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string())
+            };
+            let line = format!(
+                "process {} panicked at {}:\n{message}\n",
+                sys::process::pid(),
+                location.as_deref().unwrap_or("<unknown>")
+            );
             LAST_PANIC.with(|p| {
                 *p.borrow_mut() = Some(PanicReport {
                     message,
@@ -68,20 +96,30 @@ fn install_panic_hook() {
                     backtrace,
                 })
             });
-            previous(info);
+            if lock_free {
+                sys::process::write_stderr_raw(line.as_bytes());
+            } else {
+                previous(info);
+            }
         }));
     });
 }
 
+thread_local! {
+    static IN_BODY: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Runs `f`, catching a panic, and encodes what happened as a result frame.
 pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> (u8, Vec<u8>) {
-    install_panic_hook();
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
+    IN_BODY.with(|b| b.set(true));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_BODY.with(|b| b.set(false));
+    match outcome {
         Ok(value) => match codec::encode(&value) {
             Ok(bytes) => (kind::OK, bytes),
             Err(e) => (
                 kind::RESULT_ENCODE,
-                codec::encode(&e.message).unwrap_or_default(),
+                codec::encode(&e.to_string()).unwrap_or_default(),
             ),
         },
         Err(payload) => {
@@ -132,6 +170,8 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     if !sys::process::die_with_parent(parent) {
         sys::process::exit_now(1);
     }
+    // A fresh, single-threaded process: installing the hook here is safe.
+    install_panic_hook();
     let Some(entry) = entry else {
         eprintln!("multiproc: a child received no valid start request");
         sys::process::exit_now(2);
@@ -153,5 +193,6 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     info::become_child(lineage);
     let (k, payload) = entry.call(&args);
     reply(channel.as_fd(), k, &payload);
+    sys::process::flush_std_streams();
     sys::process::exit_now(0)
 }

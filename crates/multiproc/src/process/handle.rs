@@ -20,7 +20,7 @@ use crate::sys::code::EntryId;
 use crate::wire::{FrameError, codec, frame};
 
 /// How a child process is created. See `docs/start-methods.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StartMethod {
     /// Copy this process with `fork()`; the child runs the function (or a
     /// closure) directly. Fastest from a small, single-threaded parent.

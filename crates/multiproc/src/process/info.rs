@@ -1,7 +1,7 @@
 //! Who this process is, who its parent is, and which children it has.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::sys;
 
@@ -137,14 +137,11 @@ pub(crate) fn next_child(name: Option<String>) -> Lineage {
     })
 }
 
-/// Records, in a freshly started child, who it is. In a forked child the
-/// lock may have been held by another thread of the parent at the moment of
-/// the fork; then the identity is left as it was rather than risk a hang.
-pub(crate) fn become_child(lineage: Lineage) {
+fn child_state(lineage: Lineage) -> Current {
     let pidfd = sys::process::pidfd_open(lineage.parent_pid)
         .ok()
         .map(Arc::new);
-    let me = Current {
+    Current {
         pid: sys::process::pid(),
         name: lineage.name,
         ident: lineage.ident,
@@ -154,12 +151,35 @@ pub(crate) fn become_child(lineage: Lineage) {
             pid: lineage.parent_pid,
             pidfd,
         }),
-    };
-    if let Ok(mut guard) = CURRENT.try_lock() {
-        *guard = Some(me);
     }
-    if let Ok(mut children) = CHILDREN.try_lock() {
-        children.clear();
+}
+
+/// Records, in a freshly started spawn or forkserver child, who it is.
+pub(crate) fn become_child(lineage: Lineage) {
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(child_state(lineage));
+}
+
+/// This module's locks, held by the forking thread across a fork so that
+/// the child never inherits them locked by a thread it does not have.
+pub(crate) struct ForkGuards {
+    current: MutexGuard<'static, Option<Current>>,
+    children: MutexGuard<'static, Vec<Weak<Tracked>>>,
+}
+
+/// Takes this module's locks before a fork.
+pub(crate) fn lock_for_fork() -> ForkGuards {
+    ForkGuards {
+        current: CURRENT.lock().unwrap_or_else(|e| e.into_inner()),
+        children: CHILDREN.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
+impl ForkGuards {
+    /// In the forked child: records who it is, forgets the parent's
+    /// children, and releases the locks.
+    pub(crate) fn become_child(mut self, lineage: Lineage) {
+        *self.current = Some(child_state(lineage));
+        self.children.clear();
     }
 }
 

@@ -91,11 +91,33 @@ pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
     parent_pid() == Some(expected_parent)
 }
 
-/// Flushes Rust's standard streams and ends the process at once, without
-/// running `atexit` handlers or destructors inherited from a forked parent.
-pub(crate) fn exit_now(code: i32) -> ! {
+/// Flushes Rust's standard output and error streams. Takes their locks, so
+/// a child forked from a multi-threaded parent must not call it.
+pub(crate) fn flush_std_streams() {
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
+}
+
+/// Writes to descriptor 2 without taking any lock.
+pub(crate) fn write_stderr_raw(bytes: &[u8]) {
+    // SAFETY: fd 2 is borrowed only for this call; if it is closed the
+    // write fails harmlessly.
+    let fd = unsafe { BorrowedFd::borrow_raw(2) };
+    let _ = rustix::io::write(fd, bytes);
+}
+
+/// Number of threads in this process, from `/proc/self/stat`.
+pub(crate) fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(17)?.parse().ok()
+}
+
+/// Ends the process at once, without running `atexit` handlers or
+/// destructors inherited from a forked parent, and without flushing (see
+/// [`flush_std_streams`]).
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` takes no pointers and never returns; skipping atexit
     // handlers is the point (a forked child must not run its parent's).
     unsafe { libc::_exit(code) }

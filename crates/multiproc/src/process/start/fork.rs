@@ -1,7 +1,14 @@
 //! The *fork* start method: the child is a copy of this process and runs a
 //! closure directly. Fastest from a small parent; its cost grows with the
-//! parent's memory (page tables are copied), and in a parent with other
-//! threads, locks they held stay locked in the child.
+//! parent's memory (page tables are copied).
+//!
+//! In a parent with other threads, a lock one of them held at the fork stays
+//! locked in the child forever. multiproc's own code in the child takes no
+//! lock it cannot prove free: its registries are locked by the forking
+//! thread across the fork, the panic hook is installed before it, and a
+//! panic is reported without std's stderr or backtrace locks. The user's
+//! closure carries the rest of that risk, as in C and in Python; the
+//! forkserver method does not.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -17,11 +24,25 @@ pub(crate) fn start(
     body: Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>,
 ) -> io::Result<Started> {
     let (channel, theirs) = sys::socket::stream_pair()?;
+    // Never install the hook in the child: its lock may be held there.
+    child::install_panic_hook();
     let pid = launcher::run(move || {
+        // Our own locks are held across the fork, so the child gets them
+        // from the thread that continues in it, never from a lost thread.
+        let guards = info::lock_for_fork();
+        let single_threaded = sys::process::thread_count() == Some(1);
         sys::process::fork_child(move || {
-            info::become_child(lineage);
+            guards.become_child(lineage);
+            if !single_threaded {
+                child::forked_from_threads();
+            }
             let (kind, payload) = child::run_body(body);
             child::reply(theirs.as_fd(), kind, &payload);
+            if single_threaded {
+                // Only here is it certain that no lost thread holds the
+                // standard streams' locks.
+                sys::process::flush_std_streams();
+            }
             0
         })
     })?;

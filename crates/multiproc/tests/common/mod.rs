@@ -1,0 +1,103 @@
+//! Shared harness for multi-process tests: every test runs under a deadline,
+//! so a bug fails the test instead of hanging CI, and helpers check that no
+//! process is left behind.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Runs `body` on its own thread and fails the test if it takes longer than
+/// `limit`. A panic in `body` is re-raised here with its message.
+pub fn deadline<T: Send + 'static>(
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let out = body();
+        let _ = tx.send(());
+        out
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test exceeded its deadline of {limit:?}"),
+    }
+}
+
+/// The usual deadline for one test.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether a process with this pid exists (a zombie counts as existing).
+pub fn exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The state letter of a process from /proc (R, S, Z, ...), if it exists.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Waits until no process `pid` exists, nor a zombie of it; false if it
+/// still does after `within`.
+pub fn wait_gone(pid: i32, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if !exists(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Asserts that `pid` is gone (reaped, not a zombie) within a few seconds.
+pub fn assert_gone(pid: i32) {
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "process {pid} is still there (state {:?})",
+        state(pid)
+    );
+}
+
+/// A fresh path in the temporary directory, unique to this test process.
+pub fn temp_path(tag: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("multiproc-test-{}-{tag}-{n}", std::process::id()))
+}
+
+/// Waits until `path` holds a number, and returns it.
+pub fn read_pid_file(path: &std::path::Path, within: Duration) -> i32 {
+    let end = Instant::now() + within;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "no pid appeared in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until `pid` no longer runs: gone, or a zombie awaiting its new
+/// parent (an orphan's reaper is not ours to hurry). False after `within`.
+pub fn wait_dead(pid: i32, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        match state(pid) {
+            None | Some('Z') | Some('X') => return true,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    false
+}
