@@ -1,1 +1,186 @@
-fn main() {}
+//! Benchmarks of multiproc against CPython's `multiprocessing`, both measured
+//! in the same run. See this crate's README.md.
+//!
+//! ```text
+//! cargo run --release -p multiproc-bench -- [GROUP...] [--quick] [--json]
+//! ```
+
+use std::io;
+use std::process::ExitCode;
+
+mod groups;
+mod measure;
+mod python;
+mod report;
+
+use groups::Options;
+use report::{Impl, Row};
+
+/// A benchmark group: a name on the command line and the function that runs
+/// it.
+struct Group {
+    name: &'static str,
+    about: &'static str,
+    run: fn(&Options) -> Vec<Row>,
+}
+
+/// Every group, in the order `all` runs them. A new group is one file under
+/// `src/groups/` (plus its script under `python/`) and one line here.
+const GROUPS: &[Group] = &[Group {
+    name: groups::start::NAME,
+    about: "start+join latency and idle worker memory, per start method",
+    run: groups::start::run,
+}];
+
+/// What the command line asked for.
+#[derive(Debug)]
+struct Cli {
+    groups: Vec<&'static Group>,
+    quick: bool,
+    json: bool,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The one-line synopsis, also shown after a usage error.
+const USAGE_LINE: &str = "usage: multiproc-bench [GROUP...] [--quick] [--json]";
+
+/// The `--help` text.
+fn usage() -> String {
+    let mut text = format!(
+        "Benchmarks multiproc against CPython's multiprocessing, in the same run.\n\n\
+         {USAGE_LINE}\n\n\
+         options:\n\
+         \x20 --quick     fewer repetitions (about 30 s per group)\n\
+         \x20 --json      one JSON object per line instead of a table\n\
+         \x20 -h, --help  print this help\n\n\
+         groups (default: all):\n"
+    );
+    for g in GROUPS {
+        text.push_str(&format!("  {:<12}{}\n", g.name, g.about));
+    }
+    text.push_str(
+        "\nThe Python side runs with $PYTHON (default python3). Reported values are \
+         medians;\nratio = python / multiproc, so above 1 means multiproc is better.\n",
+    );
+    text
+}
+
+/// `Ok(None)` means `--help` was asked for.
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> {
+    let mut cli = Cli {
+        groups: Vec::new(),
+        quick: false,
+        json: false,
+    };
+    for arg in args {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => cli.quick = true,
+            "--json" => cli.json = true,
+            flag if flag.starts_with('-') => return Err(format!("unknown option `{flag}`")),
+            name => {
+                let group = GROUPS.iter().find(|g| g.name == name).ok_or_else(|| {
+                    let known: Vec<&str> = GROUPS.iter().map(|g| g.name).collect();
+                    format!(
+                        "unknown group `{name}` (known groups: {})",
+                        known.join(", ")
+                    )
+                })?;
+                if !cli.groups.iter().any(|g| g.name == group.name) {
+                    cli.groups.push(group);
+                }
+            }
+        }
+    }
+    if cli.groups.is_empty() {
+        cli.groups = GROUPS.iter().collect();
+    }
+    Ok(Some(cli))
+}
+
+fn main() -> ExitCode {
+    let cli = match parse(std::env::args().skip(1)) {
+        Ok(Some(cli)) => cli,
+        Ok(None) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE_LINE} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        quick: cli.quick,
+        verbose: true,
+        python: python::Python::from_env(),
+    };
+    let mut multiproc_failed = false;
+    for group in &cli.groups {
+        let rows = (group.run)(&opts);
+        multiproc_failed |= rows
+            .iter()
+            .any(|r| r.implementation == Impl::Multiproc && !r.is_available());
+        let mut out = io::stdout().lock();
+        let written = if cli.json {
+            report::write_json(&mut out, &rows)
+        } else {
+            report::write_table(&mut out, group.name, &rows)
+        };
+        if let Err(e) = written {
+            // A closed pipe (`| head`) ends the run quietly.
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                eprintln!("error: writing the results failed: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    }
+    if multiproc_failed {
+        eprintln!("error: some multiproc measurements failed (see their errors)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_group_means_all() {
+        let cli = parse(args(&["--quick"])).unwrap().unwrap();
+        assert_eq!(cli.groups.len(), GROUPS.len());
+        assert!(cli.quick && !cli.json);
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        assert!(
+            parse(args(&["nope"]))
+                .unwrap_err()
+                .contains("unknown group")
+        );
+        assert!(
+            parse(args(&["--fast"]))
+                .unwrap_err()
+                .contains("unknown option")
+        );
+        assert!(parse(args(&["start", "--help"])).unwrap().is_none());
+    }
+
+    #[test]
+    fn groups_are_deduplicated() {
+        let cli = parse(args(&["start", "start", "--json"])).unwrap().unwrap();
+        assert_eq!(cli.groups.len(), 1);
+        assert!(cli.json);
+    }
+}

@@ -81,7 +81,9 @@
 
 mod process;
 mod sys;
-pub mod wire;
+mod wire;
+
+pub use wire::{DecodeError, EncodeError, FrameError};
 
 pub use process::{
     Builder, ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess,

@@ -78,7 +78,7 @@ fn make_big(len: usize) -> Vec<u8> {
 #[test]
 fn large_results() {
     each_method(|m| {
-        let len = 32 << 20;
+        let len = 8 << 20;
         let got = builder(m).spawn(make_big, len).unwrap().join().unwrap();
         assert_eq!(got.len(), len, "{m}");
         assert!(
@@ -95,7 +95,7 @@ fn total(v: Vec<u8>) -> u64 {
 #[test]
 fn large_arguments() {
     each_method(|m| {
-        let v = make_big(16 << 20);
+        let v = make_big(4 << 20);
         let expect = total(v.clone());
         assert_eq!(
             builder(m).spawn(total, v).unwrap().join().unwrap(),
@@ -105,7 +105,10 @@ fn large_arguments() {
     });
 }
 
-fn whoami(_: ()) -> (String, i32, Vec<u32>, Option<(String, i32, bool)>) {
+/// A child's name, pid and ident, and its parent's name, pid and liveness.
+type Identity = (String, i32, Vec<u32>, Option<(String, i32, bool)>);
+
+fn whoami(_: ()) -> Identity {
     let me = current_process();
     let parent = parent_process().map(|p| (p.name.clone(), p.pid, p.is_alive()));
     (me.name, me.pid, me.ident, parent)

@@ -245,7 +245,7 @@ struct Inner {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Process<R> {
-    inner: Mutex<Inner>,
+    inner: Box<Mutex<Inner>>,
     tracked: Arc<Tracked>,
     daemon: bool,
     method: StartMethod,
@@ -301,13 +301,13 @@ impl<R> Process<R> {
         });
         info::track(&tracked);
         Process {
-            inner: Mutex::new(Inner {
+            inner: Box::new(Mutex::new(Inner {
                 started,
                 reader: frame::Reader::new(u64::MAX),
                 outcome: None,
                 exit: None,
                 finished: false,
-            }),
+            })),
             tracked,
             daemon,
             method,

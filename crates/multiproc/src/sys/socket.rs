@@ -47,13 +47,14 @@ pub(crate) fn send_all(
         iov.push(IoSlice::new(&bufs[idx][off..]));
         iov.extend(bufs[idx + 1..].iter().map(|b| IoSlice::new(b)));
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if first && !fds.is_empty() {
-            if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "too many descriptors",
-                ));
-            }
+        if first
+            && !fds.is_empty()
+            && (fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many descriptors",
+            ));
         }
         let sent = match rustix::net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(n) => n,

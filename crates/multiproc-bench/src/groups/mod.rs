@@ -1,0 +1,28 @@
+//! The benchmark groups, one file each. Each exposes
+//! `run(&Options) -> Vec<Row>`, measuring multiproc and then the same
+//! workload in CPython (via its script under `python/`), and is registered
+//! in the table in `main.rs`.
+
+use crate::python::Python;
+
+pub mod start;
+
+/// What every group is told about the run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Fewer repetitions, so that a group takes under about 30 s.
+    pub quick: bool,
+    /// Print progress to stderr.
+    pub verbose: bool,
+    /// The interpreter that runs the Python side.
+    pub python: Python,
+}
+
+impl Options {
+    /// Reports progress on stderr, if enabled.
+    pub fn progress(&self, group: &str, what: &str) {
+        if self.verbose {
+            eprintln!("[{group}] {what}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The multiproc tour: `cargo run --release --example tour`.
+//!
+//! It follows the text multiproc grew from. Chapter 1: processes, each with
+//! its own address space, running truly in parallel on every core. Later
+//! chapters (queues, pipes, managers, pools) join as those parts land.
+
+use std::time::{Duration, Instant};
+
+use multiproc::{JoinError, Process, StartMethod, cpu_count, current_process};
+
+/// The CPU-bound job: how many primes lie in `[start, end)`, by trial
+/// division, on purpose slow and easy to split.
+fn count_primes((start, end): (u64, u64)) -> u64 {
+    (start..end).filter(|&n| is_prime(n)).count() as u64
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Splits `[0, limit)` into `parts` ranges of about equal work (later
+/// numbers cost more, so the ranges shrink).
+fn split(limit: u64, parts: usize) -> Vec<(u64, u64)> {
+    let total = (limit as f64).powf(1.5);
+    let mut bounds = vec![0u64];
+    for i in 1..parts {
+        let target = total * i as f64 / parts as f64;
+        bounds.push(target.powf(1.0 / 1.5) as u64);
+    }
+    bounds.push(limit);
+    bounds.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+fn crash(_: ()) -> u64 {
+    // A worker that dies the hard way: the parent must get an error, not die.
+    std::process::abort()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let limit: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4_000_000);
+    let cores = cpu_count();
+    println!(
+        "multiproc tour — {} (pid {})",
+        current_process().name,
+        std::process::id()
+    );
+    println!();
+    println!("1. Processes on every core");
+    println!(
+        "   Count the primes below {limit}, first in this process, then split over {cores} worker processes."
+    );
+
+    let t = Instant::now();
+    let serial = count_primes((0, limit));
+    let serial_time = t.elapsed();
+    println!("   serial    : {serial} primes in {}", ms(serial_time));
+
+    for method in StartMethod::ALL {
+        let t = Instant::now();
+        let workers = split(limit, cores)
+            .into_iter()
+            .map(|range| {
+                Process::builder()
+                    .start_method(method)
+                    .spawn(count_primes, range)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pids: Vec<i32> = workers.iter().map(Process::pid).collect();
+        let mut parallel = 0;
+        for w in workers {
+            parallel += w.join()?;
+        }
+        let took = t.elapsed();
+        assert_eq!(
+            parallel, serial,
+            "the workers disagree with the serial count"
+        );
+        println!(
+            "   {method:<10}: {parallel} primes in {} on {} processes {pids:?} — {:.2}x faster",
+            ms(took),
+            cores,
+            serial_time.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+
+    println!();
+    println!("2. Isolation: a worker that crashes does not take us down");
+    match Process::spawn(crash, ())?.join() {
+        Err(JoinError::Signaled { signal, .. }) => {
+            println!("   the worker died of {signal}; this process carries on")
+        }
+        other => println!("   unexpected: {other:?}"),
+    }
+
+    println!();
+    println!("3. Hard limits on runaway work");
+    let runaway = Process::spawn(count_primes, (0, u64::MAX))?;
+    let runaway = match runaway.join_timeout(Duration::from_millis(200)) {
+        Err(multiproc::JoinTimeoutError::Timeout(p)) => p,
+        other => return Err(format!("unexpected: {other:?}").into()),
+    };
+    runaway.kill()?;
+    println!(
+        "   still running after 200 ms, so killed: {}",
+        runaway.join().unwrap_err()
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
