@@ -79,10 +79,15 @@
 //! reaps its child. See the README for how this differs from Python.
 #![deny(unsafe_code)]
 
+mod connection;
 mod process;
 mod sys;
 mod wire;
 
+pub use connection::{
+    AcceptError, Address, AuthError, Client, ConnectError, Connection, Listener, RecvError,
+    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+};
 pub use wire::{DecodeError, EncodeError, FrameError};
 
 pub use process::{

@@ -18,8 +18,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::error::PanicReport;
 use super::info::{self, Lineage};
 use crate::sys;
-use crate::sys::code::Entry;
-use crate::wire::{codec, frame};
+use crate::sys::code::{Entry, Reply};
+use crate::wire::{codec, frame, handles};
 
 /// Frame kinds of the start protocol.
 pub(crate) mod kind {
@@ -110,17 +110,16 @@ thread_local! {
 }
 
 /// Runs `f`, catching a panic, and encodes what happened as a result frame.
-pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> (u8, Vec<u8>) {
+/// A result that holds handles (a `Connection`, say) takes their
+/// descriptors along.
+pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> Reply {
     IN_BODY.with(|b| b.set(true));
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     IN_BODY.with(|b| b.set(false));
     match outcome {
-        Ok(value) => match codec::encode(&value) {
-            Ok(bytes) => (kind::OK, bytes),
-            Err(e) => (
-                kind::RESULT_ENCODE,
-                codec::encode(&e.to_string()).unwrap_or_default(),
-            ),
+        Ok(value) => match handles::encode(&value, Vec::new()) {
+            Ok((bytes, fds)) => (kind::OK, bytes, fds),
+            Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
         },
         Err(payload) => {
             let report = LAST_PANIC
@@ -134,35 +133,38 @@ pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> (u8, Vec<u8
                     location: None,
                     backtrace: None,
                 });
-            (kind::PANIC, codec::encode(&report).unwrap_or_default())
+            (
+                kind::PANIC,
+                codec::encode(&report).unwrap_or_default(),
+                Vec::new(),
+            )
         }
     }
 }
 
-/// The typed body of a spawn or forkserver child: decodes the argument and
-/// calls the target. Named by an [`EntryId`](crate::sys::code::EntryId).
+fn failure(kind: u8, message: &str) -> Reply {
+    (kind, codec::encode(message).unwrap_or_default(), Vec::new())
+}
+
+/// The typed body of a spawn or forkserver child: decodes the argument (and
+/// the handles that came with it) and calls the target. Named by an
+/// [`EntryId`](crate::sys::code::EntryId).
 pub(crate) fn body<A: DeserializeOwned, R: Serialize>(
     target: fn(A) -> R,
     input: &[u8],
-) -> (u8, Vec<u8>) {
-    match codec::decode::<A>(input) {
+    fds: Vec<OwnedFd>,
+) -> Reply {
+    match handles::decode::<A>(input, fds) {
         Ok(arg) => encode_outcome(move || target(arg)),
-        Err(e) => (
-            kind::ARG_DECODE,
-            codec::encode(&e.to_string()).unwrap_or_default(),
-        ),
+        Err(e) => failure(kind::ARG_DECODE, &e.to_string()),
     }
-}
-
-/// Runs a fork child's boxed body.
-pub(crate) fn run_body(body: Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>) -> (u8, Vec<u8>) {
-    body()
 }
 
 /// Sends the result frame. A parent that has gone away is not an error here:
 /// the child simply exits.
-pub(crate) fn reply(channel: BorrowedFd<'_>, kind: u8, payload: &[u8]) {
-    let _ = frame::write(channel, kind, payload, &[]);
+pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let _ = frame::write(channel, kind, &payload, &borrowed);
 }
 
 /// Serves a start channel in a spawn or forkserver child; never returns.
@@ -178,7 +180,7 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     };
     let mut reader = frame::Reader::new(u64::MAX);
     let mut next = |want: u8| match reader.read(channel.as_fd(), &[], None) {
-        Ok(frame::Step::Frame(f)) if f.kind == want => Some(f.payload),
+        Ok(frame::Step::Frame(f)) if f.kind == want => Some(f),
         _ => None,
     };
     let Some(meta) = next(kind::META) else {
@@ -187,12 +189,12 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     let Some(args) = next(kind::ARGS) else {
         sys::process::exit_now(2)
     };
-    let Ok(lineage) = codec::decode::<Lineage>(&meta) else {
+    let Ok(lineage) = codec::decode::<Lineage>(&meta.payload) else {
         sys::process::exit_now(2)
     };
     info::become_child(lineage);
-    let (k, payload) = entry.call(&args);
-    reply(channel.as_fd(), k, &payload);
+    let out = entry.call(&args.payload, args.fds);
+    reply(channel.as_fd(), out);
     sys::process::flush_std_streams();
     sys::process::exit_now(0)
 }

@@ -16,8 +16,8 @@ use super::info::{self, Tracked};
 use super::start::{self, Started};
 use super::status::{ExitStatus, Signal};
 use crate::sys;
-use crate::sys::code::EntryId;
-use crate::wire::{FrameError, codec, frame};
+use crate::sys::code::{EntryId, Reply};
+use crate::wire::{FrameError, codec, frame, handles};
 
 /// How a child process is created. See `docs/start-methods.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -167,7 +167,7 @@ impl Builder {
         if !sys::boot::hook_ran() {
             return Err(StartError::BootHookMissing);
         }
-        let args = codec::encode(&arg)?;
+        let (args, arg_fds) = handles::encode(&arg, Vec::new())?;
         let entry = EntryId::new::<A, R>(f, child::body::<A, R>);
         let lineage = info::next_child(self.name.clone());
         let meta = codec::encode(&lineage)?;
@@ -180,7 +180,10 @@ impl Builder {
         let ch = started.channel.as_fd();
         let _ = sys::socket::send_all(ch, &[&entry.preamble()], &[])
             .and_then(|()| frame::write(ch, kind::META, &meta, &[]))
-            .and_then(|()| frame::write(ch, kind::ARGS, &args, &[]));
+            .and_then(|()| {
+                let fds: Vec<_> = arg_fds.iter().map(AsFd::as_fd).collect();
+                frame::write(ch, kind::ARGS, &args, &fds)
+            });
         Ok(Process::new(started, lineage.name, self.daemon, method))
     }
 
@@ -209,7 +212,7 @@ impl Builder {
     }
 }
 
-fn make_fork_body<F, R>(f: F) -> Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>
+fn make_fork_body<F, R>(f: F) -> Box<dyn FnOnce() -> Reply + Send>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Serialize + 'static,
@@ -424,7 +427,7 @@ impl<R> Process<R> {
         let exit = inner.exit.expect("driven to the end");
         match inner.outcome.take().expect("driven to the end") {
             Ok(f) => match f.kind {
-                kind::OK => Ok(codec::decode::<R>(&f.payload)?),
+                kind::OK => Ok(handles::decode::<R>(&f.payload, f.fds)?),
                 kind::PANIC => Err(JoinError::Panicked(codec::decode::<PanicReport>(
                     &f.payload,
                 )?)),

@@ -17,11 +17,17 @@
 //! A later cross-machine backend would replace the offsets with registered,
 //! stable names; the rest of the start protocol does not depend on them.
 
-/// The typed body: decodes `input`, calls the target, returns the result frame
-/// kind and its payload.
-pub(crate) type Body<A, R> = fn(fn(A) -> R, &[u8]) -> (u8, Vec<u8>);
+use std::os::fd::OwnedFd;
 
-type Shim = fn(usize, usize, &[u8]) -> (u8, Vec<u8>);
+/// What a body returns: the result frame's kind, its payload, and the
+/// descriptors that travel with it.
+pub(crate) type Reply = (u8, Vec<u8>, Vec<OwnedFd>);
+
+/// The typed body: decodes `input` (with the descriptors that came with
+/// it), calls the target, returns the result frame.
+pub(crate) type Body<A, R> = fn(fn(A) -> R, &[u8], Vec<OwnedFd>) -> Reply;
+
+type Shim = fn(usize, usize, &[u8], Vec<OwnedFd>) -> Reply;
 
 #[inline(never)]
 fn anchor() {}
@@ -43,7 +49,7 @@ pub(crate) struct EntryId {
     body: i64,
 }
 
-fn shim<A, R>(target: usize, body: usize, input: &[u8]) -> (u8, Vec<u8>) {
+fn shim<A, R>(target: usize, body: usize, input: &[u8], fds: Vec<OwnedFd>) -> Reply {
     // SAFETY: `EntryId::new::<A, R>` took `target` from a `fn(A) -> R` and
     // `body` from a `Body<A, R>`, and recorded this very instantiation of
     // `shim` beside them; `EntryId::call`'s contract guarantees the three
@@ -55,7 +61,7 @@ fn shim<A, R>(target: usize, body: usize, input: &[u8]) -> (u8, Vec<u8>) {
             std::mem::transmute::<usize, Body<A, R>>(body),
         )
     };
-    body(target, input)
+    body(target, input, fds)
 }
 
 impl EntryId {
@@ -123,12 +129,17 @@ impl Entry {
     }
 
     /// Calls the named function's body with `input`.
-    pub(crate) fn call(&self, input: &[u8]) -> (u8, Vec<u8>) {
+    pub(crate) fn call(&self, input: &[u8], fds: Vec<OwnedFd>) -> Reply {
         // SAFETY: an `Entry` exists only through `receive`, whose contract is
         // that the id was made by `EntryId::new` in the same executable image,
         // so `shim` rebuilds the address of a `shim::<A, R>` instantiation of
         // this image, whose type is `Shim`.
         let shim = unsafe { std::mem::transmute::<usize, Shim>(address_of(self.0.shim)) };
-        shim(address_of(self.0.target), address_of(self.0.body), input)
+        shim(
+            address_of(self.0.target),
+            address_of(self.0.body),
+            input,
+            fds,
+        )
     }
 }

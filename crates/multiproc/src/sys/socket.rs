@@ -14,7 +14,7 @@ use rustix::net::{
 };
 
 /// Most descriptors one message may carry.
-pub(crate) const MAX_FDS: usize = 16;
+pub(crate) const MAX_FDS: usize = 64;
 
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -164,4 +164,73 @@ pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Duplicates a descriptor (close-on-exec).
 pub(crate) fn dup(fd: impl AsFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// One `sendmsg` of `bufs` (in order), with `fds` attached to the first
+/// byte. Returns how many bytes went out; `WouldBlock` if none could and
+/// `nonblocking` is set. A vanished peer is `EPIPE`, never SIGPIPE.
+pub(crate) fn send_some(
+    fd: BorrowedFd<'_>,
+    bufs: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let iov: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty()
+        && (fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    loop {
+        match rustix::net::sendmsg(fd, &iov, &mut control, flags) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until `fd` is writable or readable, or `deadline` passes. Returns
+/// `(readable, writable)`.
+pub(crate) fn wait_read_write(
+    fd: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> io::Result<(bool, bool)> {
+    loop {
+        let mut polls = [PollFd::new(&fd, PollFlags::IN | PollFlags::OUT)];
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+            Ok(_) => {
+                let ev = polls[0].revents();
+                let hup = ev.intersects(PollFlags::HUP | PollFlags::ERR);
+                return Ok((
+                    ev.contains(PollFlags::IN) || hup,
+                    ev.contains(PollFlags::OUT) || hup,
+                ));
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks for socket buffers of `bytes` each way (the kernel caps the size).
+pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
 }

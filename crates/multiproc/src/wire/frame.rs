@@ -86,6 +86,8 @@ pub(crate) struct Frame {
     pub kind: u8,
     /// The payload.
     pub payload: Vec<u8>,
+    /// Descriptors that arrived with the frame.
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Reads frames from a stream socket; can stop at a deadline and resume.
@@ -96,8 +98,6 @@ pub(crate) struct Reader {
     head_got: usize,
     payload: Vec<u8>,
     expected: Option<(u8, usize)>,
-    /// Descriptors that arrived; this protocol expects none, so they are
-    /// closed with the reader.
     fds: Vec<OwnedFd>,
 }
 
@@ -234,6 +234,7 @@ impl Reader {
                         return Ok(Some(Frame {
                             kind,
                             payload: std::mem::take(&mut self.payload),
+                            fds: std::mem::take(&mut self.fds),
                         }));
                     }
                     let have = self.payload.len();

@@ -7,11 +7,16 @@
 //!   maintained, compact, non-self-describing binary format. Nothing that is
 //!   decoded is ever executed, unlike Python's `pickle`.
 //!
-//! Descriptors (of sockets, shared memory, processes) travel beside the bytes
-//! as `SCM_RIGHTS` ancillary data, never inside them.
+//! * [`stream`]: messages on a connection, framed as CPython's
+//!   `multiprocessing.connection` frames them, so a Python peer can talk to
+//!   us.
+//! * [`handles`]: descriptors (of sockets, shared memory, processes) travel
+//!   beside the bytes as `SCM_RIGHTS` ancillary data, never inside them.
 
 pub(crate) mod codec;
 pub(crate) mod frame;
+pub(crate) mod handles;
+pub(crate) mod stream;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;

@@ -16,12 +16,13 @@ use std::os::fd::AsFd;
 use super::{Reaper, Started};
 use crate::process::{child, info, launcher};
 use crate::sys;
+use crate::sys::code::Reply;
 
 /// Forks a child that records `lineage`, runs `body` and sends back the
 /// result frame it makes.
 pub(crate) fn start(
     lineage: info::Lineage,
-    body: Box<dyn FnOnce() -> (u8, Vec<u8>) + Send>,
+    body: Box<dyn FnOnce() -> Reply + Send>,
 ) -> io::Result<Started> {
     let (channel, theirs) = sys::socket::stream_pair()?;
     // Never install the hook in the child: its lock may be held there.
@@ -36,8 +37,7 @@ pub(crate) fn start(
             if !single_threaded {
                 child::forked_from_threads();
             }
-            let (kind, payload) = child::run_body(body);
-            child::reply(theirs.as_fd(), kind, &payload);
+            child::reply(theirs.as_fd(), body());
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
                 // standard streams' locks.

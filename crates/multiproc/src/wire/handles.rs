@@ -1,0 +1,118 @@
+//! Handles (file descriptors) that travel beside the bytes of a value.
+//!
+//! A value such as a [`Connection`](crate::Connection) owns a descriptor.
+//! When it is encoded for another process, its `Serialize` impl calls
+//! [`serialize_fd`], which puts a duplicate of the descriptor in a list kept
+//! for the duration of [`encode`] and writes only the duplicate's index. The
+//! list is sent with the bytes as `SCM_RIGHTS` ancillary data: the kernel
+//! installs the descriptors in the receiving process. [`decode`] makes the
+//! received descriptors available to [`deserialize_fd`] by index.
+//!
+//! Encoding such a value outside [`encode`] (with another serde format) is
+//! an error, not a silently useless number.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::codec::{self, DecodeError, EncodeError};
+use crate::sys;
+
+/// Most descriptors one message may carry.
+pub(crate) const MAX_HANDLES: usize = sys::socket::MAX_FDS;
+
+enum Context {
+    Encoding(Vec<OwnedFd>),
+    Decoding(Vec<Option<OwnedFd>>),
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Vec<Context>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes `value`, collecting the descriptors it contains.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    out: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<OwnedFd>), EncodeError> {
+    CONTEXT.with(|c| c.borrow_mut().push(Context::Encoding(Vec::new())));
+    let result = codec::encode_into(value, out);
+    let fds = match CONTEXT.with(|c| c.borrow_mut().pop()) {
+        Some(Context::Encoding(fds)) => fds,
+        _ => Vec::new(),
+    };
+    let bytes = result?;
+    if fds.len() > MAX_HANDLES {
+        return Err(EncodeError {
+            type_name: std::any::type_name::<T>(),
+            message: format!(
+                "{} handles in one message; at most {MAX_HANDLES} fit",
+                fds.len()
+            ),
+        });
+    }
+    Ok((bytes, fds))
+}
+
+/// Decodes a `T` from `bytes`, handing it the descriptors `fds` that came
+/// with them. Descriptors the value does not claim are closed.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, DecodeError> {
+    CONTEXT.with(|c| {
+        c.borrow_mut()
+            .push(Context::Decoding(fds.into_iter().map(Some).collect()))
+    });
+    let result = codec::decode(bytes);
+    CONTEXT.with(|c| c.borrow_mut().pop());
+    result
+}
+
+/// Serializes a descriptor as an index into the message's handle list.
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let index = CONTEXT.with(|c| match c.borrow_mut().last_mut() {
+        Some(Context::Encoding(fds)) => {
+            let dup = sys::socket::dup(fd).map_err(|e| S::Error::custom(format!("cannot duplicate a handle: {e}")))?;
+            fds.push(dup);
+            Ok(fds.len() - 1)
+        }
+        _ => Err(S::Error::custom(
+            "a handle (Connection, Queue, ...) can only be encoded by multiproc to send it to another process",
+        )),
+    })?;
+    u32::try_from(index)
+        .map_err(S::Error::custom)?
+        .serialize(serializer)
+}
+
+/// Deserializes a descriptor sent with [`serialize_fd`].
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(deserializer)? as usize;
+    CONTEXT.with(|c| match c.borrow_mut().last_mut() {
+        Some(Context::Decoding(fds)) => fds
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| D::Error::custom(format!("handle {index} is missing from the message"))),
+        _ => Err(D::Error::custom(
+            "a handle can only be decoded by multiproc, from a message that carried it",
+        )),
+    })
+}
+
+/// A borrowed descriptor that serializes through [`serialize_fd`].
+pub(crate) struct FdRef<'a>(pub BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, serializer)
+    }
+}
