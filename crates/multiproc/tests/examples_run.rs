@@ -10,21 +10,23 @@ use std::time::{Duration, Instant};
 fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/examples_run-HASH -> target/<profile>/examples/NAME
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
+    let path = exe
+        .parent()
         .unwrap()
         .parent()
         .unwrap()
         .join("examples")
-        .join(name)
+        .join(name);
+    assert!(
+        path.exists(),
+        "example binary {} was not built: run `cargo test` without a `--test` filter, which builds the examples",
+        path.display()
+    );
+    path
 }
 
 fn run(name: &str, args: &[&str], limit: Duration) -> String {
     let path = example(name);
-    assert!(
-        path.exists(),
-        "example binary {} was not built",
-        path.display()
-    );
     let mut child = Command::new(&path)
         .args(args)
         .stdout(Stdio::piped())
@@ -64,4 +66,51 @@ fn the_process_example_runs() {
     let out = run("process", &[], Duration::from_secs(60));
     assert!(out.contains("square(12) = 144"), "{out}");
     assert!(out.contains("a killed child reports SIGKILL"), "{out}");
+}
+
+#[test]
+fn the_pipe_example_runs() {
+    let out = run("pipe", &[], Duration::from_secs(60));
+    assert!(out.contains("20 + 22 = Sum(42)"), "{out}");
+    assert!(out.contains("the child served 2 requests"), "{out}");
+}
+
+#[test]
+fn the_echo_server_echoes_until_killed() {
+    use std::io::{BufRead, BufReader};
+
+    let path = common::temp_path("echo.sock");
+    let mut server = Command::new(example("echo_server"))
+        .args(["--address", path.to_str().unwrap(), "--authkey", "k"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    // The server is not our child process: kill it even if the test fails.
+    let result = std::panic::catch_unwind(move || {
+        common::deadline(common::LIMIT, move || {
+            let addr = multiproc::Address::Unix(path);
+            let conn: multiproc::Connection<(), ()> =
+                multiproc::Client::connect(&addr, Some(b"k")).unwrap();
+            for msg in [&b"one"[..], b"", &[9u8; 100_000][..]] {
+                conn.send_bytes(msg).unwrap();
+                assert_eq!(conn.recv_bytes().unwrap(), msg);
+            }
+            let wrong = multiproc::Client::connect::<(), ()>(&addr, Some(b"nope"));
+            assert!(wrong.is_err());
+        })
+    });
+    server.kill().unwrap();
+    let status = server.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
 }

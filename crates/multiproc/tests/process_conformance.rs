@@ -311,8 +311,7 @@ fn give_unserializable(_: ()) -> Unserializable {
 #[test]
 fn codec_failures_are_their_own_errors() {
     each_method(|m| {
-        if m != StartMethod::Fork {
-            // Under fork the argument is never encoded, so it cannot fail.
+        {
             match builder(m)
                 .spawn(take_unencodable, Unencodable)
                 .unwrap()
@@ -336,7 +335,7 @@ fn codec_failures_are_their_own_errors() {
 #[test]
 fn an_argument_that_cannot_be_encoded_starts_nothing() {
     deadline(LIMIT, || {
-        for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for m in StartMethod::ALL {
             match builder(m).spawn(take_unserializable_arg, Unserializable) {
                 Err(multiproc::StartError::Encode(e)) => {
                     assert!(e.type_name.contains("Unserializable"), "{e}")

@@ -160,6 +160,19 @@ pub(crate) fn body<A: DeserializeOwned, R: Serialize>(
     }
 }
 
+/// The body of a child forked to run `target`: reads the argument frame the
+/// parent sends after the fork, then runs it like a spawned child would.
+pub(crate) fn forked_body<A: DeserializeOwned, R: Serialize>(
+    target: fn(A) -> R,
+    channel: BorrowedFd<'_>,
+) -> Reply {
+    let mut reader = frame::Reader::new(u64::MAX);
+    match reader.read(channel, &[], None) {
+        Ok(frame::Step::Frame(f)) if f.kind == kind::ARGS => body(target, &f.payload, f.fds),
+        _ => failure(kind::ARG_DECODE, "the parent sent no argument"),
+    }
+}
+
 /// Sends the result frame. A parent that has gone away is not an error here:
 /// the child simply exits.
 pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) {

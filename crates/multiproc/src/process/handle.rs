@@ -16,7 +16,7 @@ use super::info::{self, Tracked};
 use super::start::{self, Started};
 use super::status::{ExitStatus, Signal};
 use crate::sys;
-use crate::sys::code::{EntryId, Reply};
+use crate::sys::code::EntryId;
 use crate::wire::{FrameError, codec, frame, handles};
 
 /// How a child process is created. See `docs/start-methods.md`.
@@ -152,44 +152,60 @@ impl Builder {
 
     /// Starts a child that runs `f(arg)` and returns its result.
     ///
-    /// `f` is a function or a closure that captures nothing. Under *spawn*
-    /// and *forkserver*, `arg` is encoded and sent to the child; under
-    /// *fork* the child has its own copy already.
+    /// `f` is a function or a closure that captures nothing. Under every
+    /// start method `arg` is encoded and sent to the child, with the handles
+    /// it holds (connections, ...): the child holds exactly the handles it
+    /// was given. (A forked child closes the parent's other handles, so it
+    /// cannot keep the parent's end of a pipe open by accident.)
     pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
         let method = self.method.unwrap_or_else(get_start_method);
-        if method == StartMethod::Fork {
-            return self.start_fork(move || f(arg), method);
-        }
-        if !sys::boot::hook_ran() {
+        if method != StartMethod::Fork && !sys::boot::hook_ran() {
             return Err(StartError::BootHookMissing);
         }
+        // Under every method the argument, and the handles in it, travel
+        // over the channel: a child holds exactly the handles it was given.
         let (args, arg_fds) = handles::encode(&arg, Vec::new())?;
-        let entry = EntryId::new::<A, R>(f, child::body::<A, R>);
         let lineage = info::next_child(self.name.clone());
-        let meta = codec::encode(&lineage)?;
+        let name = lineage.name.clone();
         let started = match method {
-            StartMethod::Spawn => start::spawn::start()?,
-            _ => start::forkserver::start()?,
+            StartMethod::Fork => {
+                let body: start::fork::Body = Box::new(move |ch| child::forked_body(f, ch));
+                start::fork::start(lineage, body, true)?
+            }
+            StartMethod::Spawn | StartMethod::ForkServer => {
+                let meta = codec::encode(&lineage)?;
+                let started = if method == StartMethod::Spawn {
+                    start::spawn::start()?
+                } else {
+                    start::forkserver::start()?
+                };
+                let entry = EntryId::new::<A, R>(f, child::body::<A, R>);
+                let ch = started.channel.as_fd();
+                // A child that dies before reading its request shows up at
+                // join time, with its exit status.
+                let _ = sys::socket::send_all(ch, &[&entry.preamble()], &[])
+                    .and_then(|()| frame::write(ch, kind::META, &meta, &[]));
+                started
+            }
         };
-        // A child that dies before reading its request shows up at join time,
-        // with its exit status; a write error here says nothing more.
-        let ch = started.channel.as_fd();
-        let _ = sys::socket::send_all(ch, &[&entry.preamble()], &[])
-            .and_then(|()| frame::write(ch, kind::META, &meta, &[]))
-            .and_then(|()| {
-                let fds: Vec<_> = arg_fds.iter().map(AsFd::as_fd).collect();
-                frame::write(ch, kind::ARGS, &args, &fds)
-            });
-        Ok(Process::new(started, lineage.name, self.daemon, method))
+        let fds: Vec<_> = arg_fds.iter().map(AsFd::as_fd).collect();
+        let _ = frame::write(started.channel.as_fd(), kind::ARGS, &args, &fds);
+        Ok(Process::new(started, name, self.daemon, method))
     }
 
     /// Forks a child that runs the closure `f` and returns its result. Always
     /// uses the *fork* start method, whatever [`Builder::start_method`] says:
     /// only a forked child has a copy of the closure's captures.
+    ///
+    /// The child inherits every descriptor of the parent, as in C and
+    /// Python: if the parent keeps one end of a [`pipe`](crate::pipe) and
+    /// the closure uses the other, the child holds both ends, and will not
+    /// see the end of the stream when the parent drops its end. Pass
+    /// connections through [`spawn`](Self::spawn)'s argument to avoid that.
     pub fn fork<F, R>(self, f: F) -> Result<Process<R>, StartError>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -207,18 +223,19 @@ impl Builder {
         let name = lineage.name.clone();
         // Encoding happens in the child; `R: Serialize` is checked there.
         let body = make_fork_body(f);
-        let started = start::fork::start(lineage, body)?;
+        // The closure may hold any of the parent's handles: keep them all.
+        let started = start::fork::start(lineage, body, false)?;
         Ok(Process::new(started, name, self.daemon, method))
     }
 }
 
-fn make_fork_body<F, R>(f: F) -> Box<dyn FnOnce() -> Reply + Send>
+fn make_fork_body<F, R>(f: F) -> start::fork::Body
 where
     F: FnOnce() -> R + Send + 'static,
     R: Serialize + 'static,
 {
     // `R` need not be `Send`: it is made and encoded inside the child.
-    Box::new(move || child::encode_outcome(f))
+    Box::new(move |_| child::encode_outcome(f))
 }
 
 #[derive(Debug)]
@@ -528,5 +545,13 @@ impl<R> Drop for Process<R> {
                 );
             }
         }
+    }
+}
+
+impl<R> crate::connection::Waitable for Process<R> {
+    /// A process is ready for [`wait`](crate::wait) once it has exited
+    /// (Python's `Process.sentinel`).
+    fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.tracked.pidfd.as_fd()
     }
 }

@@ -169,6 +169,20 @@ pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Res
     })
 }
 
+/// Closes, in a forked child, descriptors that belonged to the parent's
+/// handles. Only the fork path calls it, in a child that runs a function
+/// and will never reach (or drop) the parent's objects that own these
+/// numbers; errors (a number already closed) are ignored.
+pub(crate) fn close_inherited_handles(fds: &[RawFd]) {
+    for &fd in fds {
+        // SAFETY: see above: the owners of these descriptors are copies of
+        // the parent's objects, unreachable in this child, which ends in
+        // `_exit` without dropping them; closing the numbers here cannot
+        // close a descriptor some live object of this child uses.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Ignores SIGINT (`true`), or restores its default action (`false`). A
 /// terminal's Ctrl-C reaches the whole foreground process group; the
 /// forkserver leaves it to its parent to decide what to stop.

@@ -12,7 +12,9 @@
 //! an error, not a silently useless number.
 
 use std::cell::RefCell;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
@@ -114,5 +116,44 @@ pub(crate) struct FdRef<'a>(pub BorrowedFd<'a>);
 impl Serialize for FdRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serialize_fd(self.0, serializer)
+    }
+}
+
+/// Descriptors owned by live handles (connections, queues, ...) of this
+/// process. A child forked to run a function closes them before it receives
+/// its argument, so that it holds only the handles it was given: otherwise
+/// it would keep, say, the parent's end of a pipe open, and never see the
+/// end of the stream when the parent drops it.
+static LIVE: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+fn live() -> MutexGuard<'static, BTreeSet<RawFd>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records that a handle owns `fd`.
+pub(crate) fn track(fd: BorrowedFd<'_>) {
+    live().insert(fd.as_raw_fd());
+}
+
+/// Records that the handle owning `fd` is closing it.
+pub(crate) fn untrack(fd: BorrowedFd<'_>) {
+    live().remove(&fd.as_raw_fd());
+}
+
+/// The registry's lock, held by the forking thread across a fork.
+pub(crate) struct ForkGuard(MutexGuard<'static, BTreeSet<RawFd>>);
+
+/// Takes the registry's lock before a fork.
+pub(crate) fn lock_for_fork() -> ForkGuard {
+    ForkGuard(live())
+}
+
+impl ForkGuard {
+    /// In a child forked to run a function: closes every descriptor the
+    /// parent's handles owned. Their owners are copies of the parent's
+    /// objects that this child never reaches or drops.
+    pub(crate) fn close_inherited(mut self) {
+        let fds: Vec<RawFd> = std::mem::take(&mut *self.0).into_iter().collect();
+        sys::process::close_inherited_handles(&fds);
     }
 }

@@ -164,9 +164,16 @@ impl RecvState {
     }
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        super::handles::untrack(self.fd.as_fd());
+    }
+}
+
 impl Stream {
     /// Wraps a connected stream socket.
     pub(crate) fn new(fd: OwnedFd) -> Self {
+        super::handles::track(fd.as_fd());
         Stream {
             fd,
             send: Mutex::new(()),

@@ -11,18 +11,26 @@
 //! forkserver method does not.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Reaper, Started};
 use crate::process::{child, info, launcher};
 use crate::sys;
 use crate::sys::code::Reply;
+use crate::wire::handles;
+
+/// The code a fork child runs: it gets its end of the channel (to read its
+/// argument from, if it has one) and makes the result frame.
+pub(crate) type Body = Box<dyn FnOnce(BorrowedFd<'_>) -> Reply + Send>;
 
 /// Forks a child that records `lineage`, runs `body` and sends back the
-/// result frame it makes.
+/// result frame it makes. With `close_handles`, the child first closes the
+/// descriptors of the parent's connections and other handles: a function
+/// receives its handles through its argument, like under spawn.
 pub(crate) fn start(
     lineage: info::Lineage,
-    body: Box<dyn FnOnce() -> Reply + Send>,
+    body: Body,
+    close_handles: bool,
 ) -> io::Result<Started> {
     let (channel, theirs) = sys::socket::stream_pair()?;
     // Never install the hook in the child: its lock may be held there.
@@ -31,13 +39,19 @@ pub(crate) fn start(
         // Our own locks are held across the fork, so the child gets them
         // from the thread that continues in it, never from a lost thread.
         let guards = info::lock_for_fork();
+        let handles = handles::lock_for_fork();
         let single_threaded = sys::process::thread_count() == Some(1);
         sys::process::fork_child(move || {
             guards.become_child(lineage);
+            if close_handles {
+                handles.close_inherited();
+            } else {
+                drop(handles);
+            }
             if !single_threaded {
                 child::forked_from_threads();
             }
-            child::reply(theirs.as_fd(), body());
+            child::reply(theirs.as_fd(), body(theirs.as_fd()));
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
                 // standard streams' locks.
