@@ -41,6 +41,20 @@ fn split(limit: u64, parts: usize) -> Vec<(u64, u64)> {
     bounds.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
+/// Answers questions over a pipe until the parent hangs up.
+fn interviewee(conn: multiproc::Connection<String, String>) {
+    let me = current_process();
+    while let Ok(question) = conn.recv() {
+        let answer = match question.as_str() {
+            "who are you?" => format!("{}, pid {}, a separate process", me.name, me.pid),
+            _ => "I answer over a socket pair, in my own address space".to_string(),
+        };
+        if conn.send(&answer).is_err() {
+            break;
+        }
+    }
+}
+
 fn crash(_: ()) -> u64 {
     // A worker that dies the hard way: the parent must get an error, not die.
     std::process::abort()
@@ -97,7 +111,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("2. Isolation: a worker that crashes does not take us down");
+    println!("2. A Pipe: two processes talk both ways");
+    let (ours, theirs) = multiproc::pipe::<String, String>()?;
+    let child = Process::spawn(interviewee, theirs)?;
+    for question in ["who are you?", "what do you do?"] {
+        ours.send(&question.to_string())?;
+        println!("   parent asks : {question}");
+        println!("   child says  : {}", ours.recv()?);
+    }
+    drop(ours);
+    child.join()?;
+
+    println!();
+    println!("3. Isolation: a worker that crashes does not take us down");
     match Process::spawn(crash, ())?.join() {
         Err(JoinError::Signaled { signal, .. }) => {
             println!("   the worker died of {signal}; this process carries on")
@@ -106,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("3. Hard limits on runaway work");
+    println!("4. Hard limits on runaway work");
     let runaway = Process::spawn(count_primes, (0, u64::MAX))?;
     let runaway = match runaway.join_timeout(Duration::from_millis(200)) {
         Err(multiproc::JoinTimeoutError::Timeout(p)) => p,

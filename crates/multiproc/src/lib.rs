@@ -72,6 +72,35 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Pipes
+//!
+//! [`pipe`] gives two connected [`Connection`]s; each sends and receives,
+//! typed values or raw bytes. A connection is an ordinary argument: pass one
+//! end to a child.
+//!
+//! ```
+//! use multiproc::{Connection, Process, pipe};
+//!
+//! fn doubler(conn: Connection<u64, u64>) {
+//!     while let Ok(x) = conn.recv() {
+//!         conn.send(&(2 * x)).unwrap();
+//!     }
+//! }
+//!
+//! let (ours, theirs) = pipe::<u64, u64>()?;
+//! let child = Process::spawn(doubler, theirs)?;
+//! ours.send(&21)?;
+//! assert_eq!(ours.recv()?, 42);
+//! drop(ours);
+//! child.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`Listener`] and [`Client`] connect processes that did not start each
+//! other, over a Unix socket or TCP, with an optional auth key. They speak
+//! CPython's `multiprocessing.connection` protocol, so the other side may be
+//! Python.
+//!
 //! # What a child never does
 //!
 //! A child never outlives its parent: if the parent dies, even by SIGKILL,

@@ -176,7 +176,18 @@ pub(crate) fn send_some(
     nonblocking: bool,
 ) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let iov: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    // Up to 8 buffers, the common case, need no allocation.
+    let mut inline = [IoSlice::new(&[]); 8];
+    let heap: Vec<IoSlice<'_>>;
+    let iov: &[IoSlice<'_>] = if bufs.len() <= inline.len() {
+        for (slot, b) in inline.iter_mut().zip(bufs) {
+            *slot = IoSlice::new(b);
+        }
+        &inline[..bufs.len()]
+    } else {
+        heap = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        &heap
+    };
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty()
         && (fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)))
@@ -191,7 +202,7 @@ pub(crate) fn send_some(
         flags |= SendFlags::DONTWAIT;
     }
     loop {
-        match rustix::net::sendmsg(fd, &iov, &mut control, flags) {
+        match rustix::net::sendmsg(fd, iov, &mut control, flags) {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),

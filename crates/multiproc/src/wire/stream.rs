@@ -223,40 +223,41 @@ impl Stream {
             }
             return self.send_all(&[&small[..at]], fds);
         }
-        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        bufs.push(&head[..hlen]);
-        bufs.extend(parts.iter().copied());
-        self.send_all(&bufs, fds)
+        let mut bufs: [&[u8]; 8] = [&[]; 8];
+        if parts.len() >= bufs.len() {
+            return Err(StreamError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many parts in one message",
+            )));
+        }
+        bufs[0] = &head[..hlen];
+        bufs[1..=parts.len()].copy_from_slice(parts);
+        self.send_all(&bufs[..=parts.len()], fds)
     }
 
     fn send_all(&self, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), StreamError> {
-        let mut idx = 0;
-        let mut off = 0;
+        // The frame is at most a header and a few parts; track progress in a
+        // small array of remaining slices instead of allocating.
+        let mut rest: [&[u8]; 8] = [&[]; 8];
+        let n = bufs.len().min(rest.len());
+        rest[..n].copy_from_slice(&bufs[..n]);
+        debug_assert!(bufs.len() <= rest.len(), "frames have at most 8 parts");
+        let mut first = 0;
         let mut fds = fds;
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut sent_total = 0;
-        while sent_total < total {
-            while off == bufs[idx].len() {
-                idx += 1;
-                off = 0;
+        while first < n {
+            if rest[first].is_empty() {
+                first += 1;
+                continue;
             }
-            let mut rest: Vec<&[u8]> = Vec::with_capacity(bufs.len() - idx);
-            rest.push(&bufs[idx][off..]);
-            rest.extend(bufs[idx + 1..].iter().copied());
-            match socket::send_some(self.fd(), &rest, fds, true) {
-                Ok(n) => {
+            match socket::send_some(self.fd(), &rest[first..n], fds, true) {
+                Ok(mut sent) => {
                     fds = &[];
-                    sent_total += n;
-                    let mut left = n;
-                    while left > 0 {
-                        let avail = bufs[idx].len() - off;
-                        if left >= avail {
-                            left -= avail;
-                            idx += 1;
-                            off = 0;
-                        } else {
-                            off += left;
-                            left = 0;
+                    while sent > 0 {
+                        let take = sent.min(rest[first].len());
+                        rest[first] = &rest[first][take..];
+                        sent -= take;
+                        if rest[first].is_empty() {
+                            first += 1;
                         }
                     }
                 }
