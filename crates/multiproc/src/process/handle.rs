@@ -315,9 +315,7 @@ impl<R> Process<R> {
         let tracked = Arc::new(Tracked {
             name,
             pid: started.pid,
-            pidfd: sys::socket::dup(&started.pidfd).unwrap_or_else(|_| {
-                sys::process::pidfd_open(started.pid).expect("a child's pidfd")
-            }),
+            pidfd: Arc::clone(&started.pidfd),
         });
         info::track(&tracked);
         Process {

@@ -188,7 +188,7 @@ impl ForkGuards {
 pub(crate) struct Tracked {
     pub name: String,
     pub pid: i32,
-    pub pidfd: OwnedFd,
+    pub pidfd: Arc<OwnedFd>,
 }
 
 static CHILDREN: Mutex<Vec<Weak<Tracked>>> = Mutex::new(Vec::new());

@@ -17,7 +17,9 @@ static LAUNCHER: Mutex<Option<(i32, mpsc::Sender<Job>)>> = Mutex::new(None);
 
 /// Runs `f` on a thread that lives as long as the process, and returns its
 /// result.
-pub(crate) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn run<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     if sys::process::is_main_thread() {
         return f();
     }
@@ -38,8 +40,7 @@ pub(crate) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
                         for job in rx {
                             job();
                         }
-                    })
-                    .expect("multiproc: cannot start the launcher thread");
+                    })?;
                 *guard = Some((me, tx.clone()));
                 tx
             }

@@ -63,7 +63,7 @@ pub(crate) fn start(
     let pidfd = sys::process::pidfd_open(pid)?;
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: pidfd.into(),
         channel,
         reaper: Reaper::Direct,
     })

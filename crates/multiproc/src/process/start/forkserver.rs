@@ -132,7 +132,7 @@ pub(crate) fn start() -> Result<Started, StartError> {
         .ok_or_else(|| StartError::ForkServer("the forkserver sent no pidfd".into()))?;
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: pidfd.into(),
         channel,
         reaper: Reaper::Server(status),
     })

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::status::ExitStatus;
@@ -22,7 +23,8 @@ pub(crate) mod spawn;
 #[derive(Debug)]
 pub(crate) struct Started {
     pub pid: i32,
-    pub pidfd: OwnedFd,
+    /// Shared with the registry behind `active_children`.
+    pub pidfd: Arc<OwnedFd>,
     /// The parent's end of the channel to the child.
     pub channel: OwnedFd,
     pub reaper: Reaper,

@@ -26,7 +26,7 @@ pub(crate) fn start() -> io::Result<Started> {
     let pidfd = sys::process::pidfd_open(pid)?;
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: pidfd.into(),
         channel,
         reaper: Reaper::Direct,
     })
