@@ -110,12 +110,18 @@
 
 mod connection;
 mod process;
+mod queue;
+mod shm;
 mod sys;
 mod wire;
 
 pub use connection::{
     AcceptError, Address, AuthError, Client, ConnectError, Connection, Listener, RecvError,
     RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+};
+pub use queue::{
+    DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
+    PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
 };
 pub use wire::{DecodeError, EncodeError, FrameError};
 

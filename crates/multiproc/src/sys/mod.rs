@@ -8,5 +8,7 @@
 
 pub(crate) mod boot;
 pub(crate) mod code;
+pub(crate) mod futex;
 pub(crate) mod process;
+pub(crate) mod shm;
 pub(crate) mod socket;

@@ -245,3 +245,32 @@ pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
 }
+
+/// A connected pair of Unix sequenced-packet sockets (message boundaries
+/// kept), both close-on-exec.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Looks at the next datagram without taking it or its descriptors:
+/// copies its start into `buf` and returns its full length, or `None` if
+/// none is waiting.
+pub(crate) fn peek_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::recv(
+            fd,
+            &mut *buf,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+        ) {
+            Ok((_, full)) => return Ok(Some(full)),
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The out-of-line path: messages too large for the ring, and messages that
+//! carry handles (descriptors cannot live in shared memory).
+//!
+//! Every queue has a sequenced-packet socket pair, held by every process
+//! that holds the queue. Under the producer lock, a producer sends one
+//! datagram — `[id: u64][kind: u8][0; 7]` and the payload, or just the
+//! header with the payload in a memfd — with the descriptors attached, and
+//! only then publishes a `LARGE` record naming `id` in the ring. Under the
+//! consumer lock, a consumer that pops that record takes datagrams from the
+//! mailbox: ids are increasing in both, so the datagram for `id` is the
+//! first one not older than `id`.
+//!
+//! Deaths: a producer that died between sending and publishing leaves a
+//! datagram no record names (older than the next id: dropped when passed).
+//! A consumer that died after taking a datagram but before retiring its
+//! record leaves a record whose datagram is gone: the next consumer finds a
+//! newer id (or none) first, and that one message is lost, as documented.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::sys;
+
+const HEAD: usize = 16;
+const IN_DATAGRAM: u8 = 1;
+const IN_MEMFD: u8 = 2;
+/// Payloads at most this long ride in the datagram itself.
+const DATAGRAM_MAX: usize = 16 << 10;
+
+/// The two ends of a queue's mailbox.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    pub(crate) tx: OwnedFd,
+    pub(crate) rx: OwnedFd,
+}
+
+impl Mailbox {
+    /// A new mailbox.
+    pub(crate) fn new() -> io::Result<Mailbox> {
+        let (tx, rx) = sys::socket::seqpacket_pair()?;
+        Ok(Mailbox { tx, rx })
+    }
+
+    /// Sends message `id`.
+    pub(crate) fn send(
+        &self,
+        id: u64,
+        payload: &[u8],
+        handles: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        let mut head = [0u8; HEAD];
+        head[..8].copy_from_slice(&id.to_le_bytes());
+        if payload.len() <= DATAGRAM_MAX {
+            head[8] = IN_DATAGRAM;
+            sys::socket::send_some(self.tx.as_fd(), &[&head, payload], handles, false).map(drop)
+        } else {
+            head[8] = IN_MEMFD;
+            let memfd = sys::shm::memfd_with("multiproc-message", &[payload])?;
+            let mut fds = vec![memfd.as_fd()];
+            fds.extend_from_slice(handles);
+            sys::socket::send_some(self.tx.as_fd(), &[&head], &fds, false).map(drop)
+        }
+    }
+
+    /// Takes message `id`: its payload and handles, or `None` if it is gone
+    /// (taken by a consumer that died).
+    pub(crate) fn take(&self, id: u64) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        loop {
+            let mut head = [0u8; HEAD];
+            let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? else {
+                return Ok(None);
+            };
+            let found = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+            if found > id {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; full.max(HEAD)];
+            let mut fds = Vec::new();
+            let n = sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true)?;
+            if found < id {
+                continue; // left by a producer that died before publishing
+            }
+            if n < HEAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a short mailbox message",
+                ));
+            }
+            return match buf[8] {
+                IN_DATAGRAM => {
+                    buf.truncate(n);
+                    buf.drain(..HEAD);
+                    Ok(Some((buf, fds)))
+                }
+                IN_MEMFD if !fds.is_empty() => {
+                    let memfd = fds.remove(0);
+                    Ok(Some((sys::shm::read_memfd(memfd.as_fd())?, fds)))
+                }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a malformed mailbox message",
+                )),
+            };
+        }
+    }
+}

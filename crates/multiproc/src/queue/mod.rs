@@ -1,0 +1,574 @@
+//! Queues between processes (Python's `Queue`, `SimpleQueue` and
+//! `JoinableQueue`), on a shared-memory ring.
+//!
+//! * this file: the public handles, with no `unsafe`;
+//! * [`crate::shm::ring`]: the ring of records in shared memory;
+//! * [`mailbox`]: the out-of-line path for large messages and messages
+//!   that carry handles;
+//! * [`error`]: one error family per operation, giving back unsent values.
+//!
+//! A put encodes the value (serde, postcard), copies it into the ring
+//! under the producer lock and wakes a sleeping consumer only if one
+//! sleeps. A get copies or decodes the record under the consumer lock. See
+//! `docs/shm-ring.md` for the protocol and what a killed process can lose.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub(crate) mod error;
+pub(crate) mod mailbox;
+
+use crate::shm::ring::{PopError, PushError, Record, Ring};
+use crate::sys;
+use crate::wire::handles::{self, FdRef};
+pub use error::{
+    GetError, GetTimeoutError, PutError, PutFailure, PutTimeoutError, TaskDoneError, TryGetError,
+    TryPutError,
+};
+use mailbox::Mailbox;
+
+/// Default size of a queue's ring: 4 MiB. Messages up to a quarter of it
+/// travel inline; larger ones out of line.
+pub const DEFAULT_RING_BYTES: usize = 4 << 20;
+
+/// Handles of each queue held in this process, by (pid, ring inode): a
+/// forked child's inherited counts carry the parent's pid and do not count.
+static LOCAL: Mutex<Option<HashMap<u64, (u32, usize)>>> = Mutex::new(None);
+
+fn local_adjust(key: u64, delta: isize) -> usize {
+    let mut guard = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    let me = sys::futex::pid();
+    let entry = map.entry(key).or_insert((me, 0));
+    if entry.0 != me {
+        *entry = (me, 0);
+    }
+    entry.1 = entry.1.saturating_add_signed(delta);
+    let n = entry.1;
+    if n == 0 {
+        map.remove(&key);
+    }
+    n
+}
+
+fn local_count(key: u64) -> usize {
+    let guard = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    let me = sys::futex::pid();
+    guard
+        .as_ref()
+        .and_then(|m| m.get(&key))
+        .filter(|(pid, _)| *pid == me)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[derive(Debug)]
+struct Shared {
+    ring: Ring,
+    mailbox: Mailbox,
+    key: u64,
+    registered: AtomicU32,
+    joinable: bool,
+}
+
+impl Shared {
+    fn new(ring: Ring, mailbox: Mailbox, joinable: bool) -> std::io::Result<Shared> {
+        let key = rustix::fs::fstat(ring.fd())?.st_ino;
+        for fd in [ring.fd(), mailbox.tx.as_fd(), mailbox.rx.as_fd()] {
+            handles::track(fd);
+        }
+        let shared = Shared {
+            ring,
+            mailbox,
+            key,
+            registered: AtomicU32::new(0),
+            joinable,
+        };
+        shared.register();
+        Ok(shared)
+    }
+
+    /// Makes sure this process is in the ring's table of holders (a forked
+    /// child holds the parent's handle but must register itself).
+    fn register(&self) {
+        let me = sys::futex::pid();
+        if self.registered.load(Ordering::Relaxed) != me {
+            self.ring.attach_pid(me);
+            self.registered.store(me, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether anybody besides the caller's handle could still put or get.
+    fn connected(&self) -> bool {
+        local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
+    }
+
+    fn put(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        deadline: Option<Instant>,
+    ) -> Result<(), PushError> {
+        self.register();
+        let connected = || self.connected();
+        if fds.is_empty() && bytes.len() <= self.ring.max_inline() {
+            return self
+                .ring
+                .push(&[bytes], None, deadline, &connected, self.joinable);
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let mut send = |id: u64| self.mailbox.send(id, bytes, &borrowed);
+        self.ring
+            .push(&[], Some(&mut send), deadline, &connected, self.joinable)
+    }
+
+    fn get<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, GetTimeoutError> {
+        self.register();
+        let connected = || self.connected();
+        loop {
+            let popped = self.ring.pop(deadline, &connected, |record| match record {
+                Record::Inline(bytes) => {
+                    Some(handles::decode::<T>(bytes, Vec::new()).map_err(GetError::from))
+                }
+                Record::Large(id) => match self.mailbox.take(id) {
+                    Ok(Some((payload, fds))) => {
+                        Some(handles::decode::<T>(&payload, fds).map_err(GetError::from))
+                    }
+                    // Taken by a consumer that died: that message is lost.
+                    Ok(None) => None,
+                    Err(e) => Some(Err(GetError::Io(e))),
+                },
+            });
+            return match popped {
+                Ok(Some(value)) => Ok(value?),
+                Ok(None) => continue,
+                Err(PopError::Empty) => Err(GetTimeoutError::Timeout),
+                Err(PopError::Disconnected) => Err(GetError::Disconnected.into()),
+                Err(PopError::Corrupted(why)) => Err(GetError::Corrupted(why).into()),
+            };
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for fd in [
+            self.ring.fd(),
+            self.mailbox.tx.as_fd(),
+            self.mailbox.rx.as_fd(),
+        ] {
+            handles::untrack(fd);
+        }
+    }
+}
+
+/// A queue any number of processes can put to and get from (Python's
+/// `multiprocessing.Queue`).
+///
+/// Handles are cheap to clone and can be passed to child processes as (part
+/// of) their argument, under every start method.
+///
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// fn produce(q: Queue<String>) {
+///     for i in 0..3 {
+///         q.put(format!("message {i}")).unwrap();
+///     }
+/// }
+///
+/// let q = Queue::new()?;
+/// let child = Process::spawn(produce, q.clone())?;
+/// for i in 0..3 {
+///     assert_eq!(q.get()?, format!("message {i}"));
+/// }
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<T> {
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.shared.ring.len())
+            .field("max_items", &self.shared.ring.max_items())
+            .field("ring_bytes", &self.shared.ring.capacity())
+            .finish()
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        local_adjust(self.shared.key, 1);
+        Queue {
+            shared: Arc::clone(&self.shared),
+            closed: AtomicBool::new(false),
+            _items: PhantomData,
+        }
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        if local_adjust(self.shared.key, -1) == 0 && Arc::strong_count(&self.shared) == 1 {
+            self.shared.ring.detach_pid(sys::futex::pid());
+        }
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            FdRef(self.shared.ring.fd()),
+            FdRef(self.shared.mailbox.tx.as_fd()),
+            FdRef(self.shared.mailbox.rx.as_fd()),
+            self.shared.joinable,
+        )
+            .serialize(serializer)
+    }
+}
+
+#[derive(Deserialize)]
+struct WireQueue {
+    #[serde(deserialize_with = "handles::deserialize_fd")]
+    ring: OwnedFd,
+    #[serde(deserialize_with = "handles::deserialize_fd")]
+    tx: OwnedFd,
+    #[serde(deserialize_with = "handles::deserialize_fd")]
+    rx: OwnedFd,
+    joinable: bool,
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let w = WireQueue::deserialize(deserializer)?;
+        let ring = Ring::attach(w.ring).map_err(D::Error::custom)?;
+        let shared = Shared::new(ring, Mailbox { tx: w.tx, rx: w.rx }, w.joinable)
+            .map_err(D::Error::custom)?;
+        Ok(Queue::from_shared(shared))
+    }
+}
+
+/// Configures a [`Queue`] before creating it.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct QueueBuilder {
+    max_items: u64,
+    ring_bytes: usize,
+}
+
+impl QueueBuilder {
+    /// At most `n` values wait in the queue; `put` blocks beyond (Python's
+    /// `maxsize`). 0, the default, means no bound but the ring's bytes.
+    pub fn max_items(mut self, n: u64) -> Self {
+        self.max_items = n;
+        self
+    }
+
+    /// Bytes of shared memory for values in flight (rounded up to a power of
+    /// two, at least 4 KiB; default [`DEFAULT_RING_BYTES`]). Values larger
+    /// than a quarter of it travel out of line.
+    pub fn ring_bytes(mut self, bytes: usize) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// Creates the queue.
+    pub fn build<T>(self) -> std::io::Result<Queue<T>> {
+        Queue::create(self, false)
+    }
+}
+
+impl Queue<()> {
+    /// Configures a queue: `Queue::builder().max_items(8).build::<String>()`.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder {
+            max_items: 0,
+            ring_bytes: DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    fn from_shared(shared: Shared) -> Self {
+        local_adjust(shared.key, 1);
+        Queue {
+            shared: Arc::new(shared),
+            closed: AtomicBool::new(false),
+            _items: PhantomData,
+        }
+    }
+
+    fn create(b: QueueBuilder, joinable: bool) -> std::io::Result<Self> {
+        let ring = Ring::create(b.ring_bytes, b.max_items)?;
+        Ok(Queue::from_shared(Shared::new(
+            ring,
+            Mailbox::new()?,
+            joinable,
+        )?))
+    }
+
+    /// A queue with no bound on the number of values (Python's `Queue()`).
+    pub fn new() -> std::io::Result<Self> {
+        Queue::builder().build()
+    }
+
+    /// A queue that holds at most `max_items` values (Python's
+    /// `Queue(maxsize)`).
+    pub fn bounded(max_items: u64) -> std::io::Result<Self> {
+        Queue::builder().max_items(max_items).build()
+    }
+
+    /// Values in the queue (approximate while others put and get, as in
+    /// Python).
+    pub fn len(&self) -> usize {
+        self.shared.ring.len() as usize
+    }
+
+    /// Whether the queue is empty (approximate).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the queue holds `max_items` values (approximate; always
+    /// false without a bound).
+    pub fn is_full(&self) -> bool {
+        let max = self.shared.ring.max_items();
+        max > 0 && self.shared.ring.len() >= max
+    }
+
+    /// Stops this handle from putting (Python's `close`); `get` still works.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    fn put_until(&self, value: T, deadline: Option<Instant>) -> Result<(), PutTimeoutError<T>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError {
+                value,
+                reason: PutFailure::Closed,
+            }
+            .into());
+        }
+        let (bytes, fds) = match handles::encode(&value, Vec::new()) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                return Err(PutError {
+                    value,
+                    reason: e.into(),
+                }
+                .into());
+            }
+        };
+        match self.shared.put(&bytes, &fds, deadline) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full) => Err(PutTimeoutError::Timeout(value)),
+            Err(PushError::Disconnected) => Err(PutError {
+                value,
+                reason: PutFailure::Disconnected,
+            }
+            .into()),
+            Err(PushError::Io(e)) => Err(PutError {
+                value,
+                reason: e.into(),
+            }
+            .into()),
+        }
+    }
+
+    /// Puts a value, waiting while the queue is full.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        match self.put_until(value, None) {
+            Ok(()) => Ok(()),
+            Err(PutTimeoutError::Failed(e)) => Err(e),
+            Err(PutTimeoutError::Timeout(value)) => Err(PutError {
+                value,
+                reason: PutFailure::Disconnected,
+            }),
+        }
+    }
+
+    /// Puts a value, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.put_until(value, Some(Instant::now() + timeout))
+    }
+
+    /// Puts a value if there is room now.
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+        match self.put_until(value, Some(Instant::now())) {
+            Ok(()) => Ok(()),
+            Err(PutTimeoutError::Timeout(v)) => Err(TryPutError::Full(v)),
+            Err(PutTimeoutError::Failed(e)) => Err(TryPutError::Failed(e)),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the oldest value, waiting while the queue is empty. Fails with
+    /// [`GetError::Disconnected`] instead of waiting forever once no other
+    /// handle, in this process or another live one, could put.
+    pub fn get(&self) -> Result<T, GetError> {
+        match self.shared.get(None) {
+            Ok(v) => Ok(v),
+            Err(GetTimeoutError::Failed(e)) => Err(e),
+            Err(GetTimeoutError::Timeout) => Err(GetError::Disconnected),
+        }
+    }
+
+    /// Takes the oldest value, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        self.shared.get(Some(Instant::now() + timeout))
+    }
+
+    /// Takes the oldest value if there is one now.
+    pub fn try_get(&self) -> Result<T, TryGetError> {
+        match self.shared.get(Some(Instant::now())) {
+            Ok(v) => Ok(v),
+            Err(GetTimeoutError::Timeout) => Err(TryGetError::Empty),
+            Err(GetTimeoutError::Failed(e)) => Err(TryGetError::Failed(e)),
+        }
+    }
+}
+
+/// The minimal queue (Python's `SimpleQueue`): `put`, `get`, `is_empty`,
+/// `close`, without a bound.
+///
+/// ```
+/// let q = multiproc::SimpleQueue::<u32>::new()?;
+/// q.put(1)?;
+/// assert_eq!(q.get()?, 1);
+/// assert!(q.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.0).finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// A new queue.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(SimpleQueue(Queue::new()?))
+    }
+
+    /// Puts a value (waits only while the ring's bytes are full).
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put(value)
+    }
+
+    /// Takes the oldest value, waiting while empty.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Stops this handle from putting.
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+/// A [`Queue`] whose consumers say when they have finished each value, so a
+/// producer can wait for all of them (Python's `JoinableQueue`).
+///
+/// ```
+/// use multiproc::{JoinableQueue, Process};
+///
+/// fn worker(q: JoinableQueue<u64>) {
+///     while let Ok(job) = q.get() {
+///         let _ = job * 2; // work
+///         q.task_done().unwrap();
+///     }
+/// }
+///
+/// let q = JoinableQueue::new()?;
+/// let w = Process::builder().daemon(true).spawn(worker, q.clone())?;
+/// for job in 0..10 {
+///     q.put(job)?;
+/// }
+/// q.join(); // every job has been marked done
+/// drop(w);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T>(Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.0).finish()
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// A new joinable queue without a bound.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(JoinableQueue(Queue::create(Queue::builder(), true)?))
+    }
+
+    /// A new joinable queue from a builder's settings.
+    pub fn with(builder: QueueBuilder) -> std::io::Result<Self> {
+        Ok(JoinableQueue(Queue::create(builder, true)?))
+    }
+
+    /// Marks one value got from the queue as processed.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        if self.0.shared.ring.task_done() {
+            Ok(())
+        } else {
+            Err(TaskDoneError)
+        }
+    }
+
+    /// Waits until every value put has been marked done.
+    pub fn join(&self) {
+        self.0.shared.ring.join(None);
+    }
+
+    /// Like [`join`](Self::join), giving up at `timeout`; true if all done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.0.shared.ring.join(Some(Instant::now() + timeout))
+    }
+}

@@ -1,0 +1,329 @@
+//! Queues under every start method: order, bounds, timeouts, large and
+//! handle-carrying messages, disconnection, joinable queues.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{LIMIT, deadline};
+use multiproc::{
+    Connection, GetError, GetTimeoutError, JoinableQueue, Process, PutFailure, PutTimeoutError,
+    Queue, SimpleQueue, StartMethod, TryGetError, TryPutError, pipe,
+};
+use serde_bytes::ByteBuf;
+
+#[test]
+fn fifo_in_one_process() {
+    deadline(LIMIT, || {
+        let q = Queue::<String>::new().unwrap();
+        assert!(q.is_empty());
+        for i in 0..1000 {
+            q.put(format!("v{i}")).unwrap();
+        }
+        assert_eq!(q.len(), 1000);
+        for i in 0..1000 {
+            assert_eq!(q.get().unwrap(), format!("v{i}"));
+        }
+        assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
+        let t = Instant::now();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(30)),
+            Err(GetTimeoutError::Timeout)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(25));
+    });
+}
+
+#[test]
+fn the_ring_wraps_many_times() {
+    deadline(LIMIT, || {
+        let q = Queue::builder()
+            .ring_bytes(4096)
+            .build::<Vec<u8>>()
+            .unwrap();
+        for round in 0..2000usize {
+            let v = vec![(round % 256) as u8; round % 300];
+            q.put(v.clone()).unwrap();
+            assert_eq!(q.get().unwrap(), v);
+        }
+    });
+}
+
+#[test]
+fn a_bound_gives_the_value_back() {
+    deadline(LIMIT, || {
+        let q = Queue::bounded(2).unwrap();
+        q.put(1u8).unwrap();
+        q.try_put(2u8).unwrap();
+        assert!(q.is_full());
+        match q.try_put(3u8) {
+            Err(TryPutError::Full(v)) => assert_eq!(v, 3),
+            other => panic!("{other:?}"),
+        }
+        match q.put_timeout(4u8, Duration::from_millis(20)) {
+            Err(PutTimeoutError::Timeout(v)) => assert_eq!(v, 4),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.get().unwrap(), 1);
+        q.try_put(5).unwrap();
+        assert_eq!((q.get().unwrap(), q.get().unwrap()), (2, 5));
+    });
+}
+
+fn produce((q, n): (Queue<u64>, u64)) -> u64 {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+    n
+}
+
+fn consume((q, n): (Queue<u64>, u64)) -> u64 {
+    (0..n).map(|_| q.get().unwrap()).sum()
+}
+
+#[test]
+fn between_processes_under_every_start_method() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let q = Queue::<u64>::new().unwrap();
+            let n = 20_000;
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(produce, (q.clone(), n))
+                .unwrap();
+            for i in 0..n {
+                assert_eq!(q.get().unwrap(), i, "{m}");
+            }
+            assert_eq!(p.join().unwrap(), n);
+            // And the other way round, through a bounded queue.
+            let q = Queue::<u64>::bounded(16).unwrap();
+            let c = Process::builder()
+                .start_method(m)
+                .spawn(consume, (q.clone(), n))
+                .unwrap();
+            for i in 0..n {
+                q.put(i).unwrap();
+            }
+            assert_eq!(c.join().unwrap(), n * (n - 1) / 2, "{m}");
+        }
+    });
+}
+
+fn echo_sizes((input, output): (Queue<ByteBuf>, Queue<ByteBuf>)) {
+    while let Ok(v) = input.get() {
+        if v.as_slice() == b"stop" {
+            break;
+        }
+        output.put(v).unwrap();
+    }
+}
+
+#[test]
+fn messages_of_every_size_cross_processes() {
+    deadline(LIMIT * 2, || {
+        for m in StartMethod::ALL {
+            let (input, output) = (Queue::new().unwrap(), Queue::new().unwrap());
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(echo_sizes, (input.clone(), output.clone()))
+                .unwrap();
+            let inline_max = multiproc::DEFAULT_RING_BYTES / 4 - 8;
+            for len in [
+                0usize,
+                1,
+                7,
+                8,
+                9,
+                4096,
+                65536,
+                inline_max - 16,
+                inline_max,
+                inline_max + 100,
+                8 << 20,
+            ] {
+                let v: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+                input.put(ByteBuf::from(v.clone())).unwrap();
+                assert!(output.get().unwrap().into_vec() == v, "{m}: {len} bytes");
+            }
+            input.put(ByteBuf::from(b"stop".to_vec())).unwrap();
+            child.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_quarter_gigabyte_message() {
+    deadline(LIMIT * 2, || {
+        // ByteBuf encodes as one block (a Vec<u8> is encoded byte by byte).
+        let q = Queue::<ByteBuf>::new().unwrap();
+        let q2 = q.clone();
+        let child = Process::builder()
+            .start_method(StartMethod::ForkServer)
+            .spawn(
+                |q: Queue<ByteBuf>| {
+                    let mut v = vec![0u8; 256 << 20];
+                    v[12345] = 7;
+                    q.put(ByteBuf::from(v)).unwrap();
+                },
+                q2,
+            )
+            .unwrap();
+        let v = q.get().unwrap();
+        assert_eq!((v.len(), v[12345]), (256 << 20, 7));
+        child.join().unwrap();
+    });
+}
+
+fn say_hello_through(q: Queue<Connection<String, String>>) {
+    let conn = q.get().unwrap();
+    conn.send(&"hello through a queued connection".to_string())
+        .unwrap();
+}
+
+#[test]
+fn a_connection_travels_through_a_queue() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let q = Queue::new().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(say_hello_through, q.clone())
+                .unwrap();
+            let (ours, theirs) = pipe::<String, String>().unwrap();
+            q.put(theirs).unwrap();
+            assert_eq!(
+                ours.recv().unwrap(),
+                "hello through a queued connection",
+                "{m}"
+            );
+            child.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn get_with_nobody_left_is_disconnected() {
+    deadline(LIMIT, || {
+        // Alone in this process.
+        let q = Queue::<u8>::new().unwrap();
+        assert!(matches!(q.get(), Err(GetError::Disconnected)));
+        // A full queue with nobody to drain it.
+        let q = Queue::<u8>::bounded(1).unwrap();
+        q.put(1).unwrap();
+        match q.put(2) {
+            Err(e) => assert!(matches!(e.reason, PutFailure::Disconnected) && e.value == 2),
+            Ok(()) => panic!("put into a full queue nobody drains"),
+        }
+        // Another handle in this process keeps it connected.
+        let q = Queue::<u8>::new().unwrap();
+        let other = q.clone();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(120)),
+            Err(GetTimeoutError::Timeout)
+        ));
+        drop(other);
+        // A child that held it and exited.
+        for m in StartMethod::ALL {
+            let q = Queue::<u64>::new().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(produce, (q.clone(), 3))
+                .unwrap();
+            child.join().unwrap();
+            assert_eq!(
+                (q.get().unwrap(), q.get().unwrap(), q.get().unwrap()),
+                (0, 1, 2)
+            );
+            let t = Instant::now();
+            assert!(matches!(q.get(), Err(GetError::Disconnected)), "{m}");
+            assert!(t.elapsed() < Duration::from_secs(5), "{m}");
+        }
+    });
+}
+
+#[test]
+fn an_unencodable_value_comes_back_and_the_queue_works() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Refuses(u8);
+    impl serde::Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+    let q = Queue::<Refuses>::new().unwrap();
+    let err = q.put(Refuses(9)).unwrap_err();
+    assert_eq!(err.value, Refuses(9));
+    assert!(matches!(err.reason, PutFailure::Encode(_)));
+    let q2 = Queue::<u8>::new().unwrap();
+    q2.put(1).unwrap();
+    assert_eq!(q2.get().unwrap(), 1);
+}
+
+#[test]
+fn a_closed_handle_refuses_puts() {
+    let q = Queue::<u8>::new().unwrap();
+    let other = q.clone();
+    q.close();
+    assert!(matches!(q.put(1).unwrap_err().reason, PutFailure::Closed));
+    other.put(2).unwrap();
+    assert_eq!(q.get().unwrap(), 2);
+}
+
+fn work_and_mark(q: JoinableQueue<u64>) {
+    while let Ok(job) = q.get() {
+        std::thread::sleep(Duration::from_millis(job));
+        q.task_done().unwrap();
+    }
+}
+
+#[test]
+fn joinable_queues_wait_for_every_task() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let q = JoinableQueue::<u64>::new().unwrap();
+            assert!(q.join_timeout(Duration::ZERO));
+            for _ in 0..5 {
+                q.put(20).unwrap();
+            }
+            assert!(
+                !q.join_timeout(Duration::from_millis(10)),
+                "{m}: join returned with work pending"
+            );
+            let w = Process::builder()
+                .start_method(m)
+                .daemon(true)
+                .spawn(work_and_mark, q.clone())
+                .unwrap();
+            let t = Instant::now();
+            q.join();
+            assert!(t.elapsed() >= Duration::from_millis(80), "{m}");
+            assert!(q.is_empty());
+            drop(w);
+        }
+        let q = JoinableQueue::<u8>::new().unwrap();
+        q.put(1).unwrap();
+        q.get().unwrap();
+        q.task_done().unwrap();
+        assert!(q.task_done().is_err());
+    });
+}
+
+fn simple_child(q: SimpleQueue<String>) {
+    q.put("from a simple queue".into()).unwrap();
+}
+
+#[test]
+fn simple_queues_cross_processes() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let q = SimpleQueue::new().unwrap();
+            let c = Process::builder()
+                .start_method(m)
+                .spawn(simple_child, q.clone())
+                .unwrap();
+            assert_eq!(q.get().unwrap(), "from a simple queue");
+            c.join().unwrap();
+            assert!(q.is_empty());
+        }
+    });
+}
