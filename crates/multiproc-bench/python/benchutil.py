@@ -9,6 +9,7 @@ The Rust side (src/python.rs) takes the medians.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -37,6 +38,19 @@ def measure(bench, param, unit, fn, *args):
         emit_error(bench, param, unit, exc)
     else:
         emit(bench, param, unit, samples)
+
+
+def calibrate(run, target):
+    """How many operations make run(count) (which performs count of them
+    and returns the seconds it took) last about target seconds. As
+    measure::calibrate on the Rust side: counts grow fourfold from 16 until
+    a run lasts target/8, then scale linearly; the runs warm up."""
+    count = 16
+    while True:
+        took = run(count)
+        if took >= target / 8 or count >= 1 << 40:
+            return max(1, math.ceil(count * target / max(took, 1e-9)))
+        count *= 4
 
 
 def private_kib(pid):

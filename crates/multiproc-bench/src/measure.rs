@@ -17,6 +17,87 @@ pub fn time_each_ms<E>(reps: usize, mut op: impl FnMut() -> Result<(), E>) -> Re
     Ok(samples)
 }
 
+/// Times several operations in interleaved batches: each runs `warmup`
+/// times untimed, then `batches` rounds in which every operation runs one
+/// batch of `batch` times. Returns, per operation, each batch's mean time
+/// per run in microseconds. Interleaving exposes all of them alike to
+/// drifts in the machine's load. An operation that fails leaves the
+/// rotation with its error; the others go on.
+pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
+    warmup: usize,
+    batches: usize,
+    batch: usize,
+    ops: &mut [&mut F],
+) -> Vec<Result<Vec<f64>, String>> {
+    let mut results: Vec<Result<Vec<f64>, String>> = ops
+        .iter_mut()
+        .map(|op| (0..warmup).try_for_each(|_| op()).map(|()| Vec::new()))
+        .collect();
+    for _ in 0..batches {
+        for (op, result) in ops.iter_mut().zip(&mut results) {
+            let Ok(samples) = result else { continue };
+            let t0 = Instant::now();
+            match (0..batch).try_for_each(|_| op()) {
+                Ok(()) => samples.push(t0.elapsed().as_secs_f64() * 1e6 / batch.max(1) as f64),
+                Err(e) => *result = Err(e),
+            }
+        }
+    }
+    results
+}
+
+/// Times several throughput benchmarks, interleaved. Each `run(count)`
+/// performs `count` operations and returns how long they took. Each is
+/// first calibrated ([`calibrate`]) to last about `target`, then `reps`
+/// rounds run every one once. Returns, per run, each repetition's
+/// `(operations, seconds)`. A run that fails leaves the rotation with its
+/// error.
+pub fn timed_runs<F: FnMut(u64) -> Result<Duration, String> + ?Sized>(
+    target: Duration,
+    reps: usize,
+    runs: &mut [&mut F],
+) -> Vec<Result<Vec<(u64, f64)>, String>> {
+    let counts: Vec<Result<u64, String>> = runs
+        .iter_mut()
+        .map(|run| calibrate(target, &mut **run))
+        .collect();
+    let mut results: Vec<Result<Vec<(u64, f64)>, String>> = counts
+        .iter()
+        .map(|c| c.clone().map(|_| Vec::new()))
+        .collect();
+    for _ in 0..reps {
+        for ((run, count), result) in runs.iter_mut().zip(&counts).zip(&mut results) {
+            let (Ok(samples), Ok(count)) = (&mut *result, count) else {
+                continue;
+            };
+            match run(*count) {
+                Ok(took) => samples.push((*count, took.as_secs_f64())),
+                Err(e) => *result = Err(e),
+            }
+        }
+    }
+    results
+}
+
+/// Finds how many operations make `run(count)` (which performs `count` of
+/// them and returns how long that took) last about `target`. Counts grow
+/// fourfold from 16 until a run lasts at least an eighth of `target`, then
+/// scale linearly. The runs double as a warm-up.
+pub fn calibrate<E>(
+    target: Duration,
+    mut run: impl FnMut(u64) -> Result<Duration, E>,
+) -> Result<u64, E> {
+    let mut count: u64 = 16;
+    loop {
+        let took = run(count)?;
+        if took >= target / 8 || count >= 1 << 40 {
+            let scaled = count as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-9);
+            return Ok(scaled.ceil().max(1.0) as u64);
+        }
+        count *= 4;
+    }
+}
+
 /// Private memory of process `pid` in KiB: the sum of its `Private_Clean`
 /// and `Private_Dirty` from `/proc/<pid>/smaps_rollup` (or, on kernels
 /// without it, summed over `/proc/<pid>/smaps`).
@@ -90,6 +171,48 @@ pub fn marker_path(tag: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_scales_to_the_target() {
+        // 1 µs per operation: 100 ms is 100_000 operations.
+        let count = calibrate(Duration::from_millis(100), |n| {
+            Ok::<_, ()>(Duration::from_micros(n))
+        })
+        .unwrap();
+        assert!((100_000..=100_001).contains(&count), "{count}");
+    }
+
+    #[test]
+    fn per_op_us_interleaves_and_drops_failures() {
+        let (mut a, mut b) = (0, 0);
+        let mut op_a = || {
+            a += 1;
+            Ok(())
+        };
+        let mut op_b = || {
+            b += 1;
+            if b > 10 {
+                Err("tired".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut op_a, &mut op_b];
+        let results = per_op_us(3, 4, 5, ops);
+        assert_eq!(results[0].as_ref().map(Vec::len), Ok(4));
+        assert_eq!(results[1], Err("tired".to_string()));
+        // 3 warm-up runs and 4 batches of 5; b fails in its second batch.
+        assert_eq!((a, b), (23, 11));
+    }
+
+    #[test]
+    fn timed_runs_use_the_calibrated_count() {
+        let mut run = |n: u64| Ok(Duration::from_micros(n));
+        let results = timed_runs(Duration::from_millis(100), 3, &mut [&mut run]);
+        let runs = results[0].as_ref().unwrap();
+        assert_eq!(runs.len(), 3);
+        assert!(runs.iter().all(|&(n, secs)| n >= 100_000 && secs > 0.09));
+    }
 
     #[test]
     fn own_private_memory_is_positive() {

@@ -14,6 +14,9 @@ pub enum Impl {
     Multiproc,
     /// CPython's `multiprocessing`, run by a script under `python/`.
     Python,
+    /// A floor with no library at all (plain std sockets, say): what the
+    /// operating system alone costs for the same workload.
+    Raw,
 }
 
 /// The raw samples of one benchmark for one parameter, or why there are none.
@@ -174,6 +177,38 @@ pub fn pair(
     rows
 }
 
+/// Adds `raw` measurements (the floor with no library, [`Impl::Raw`]) to
+/// `rows` made by [`pair`]: each goes right after the last row of the same
+/// bench and param, or at the end if there is none.
+pub fn add_raw(group: &str, mut rows: Vec<Row>, raw: Vec<Measurement>) -> Vec<Row> {
+    for m in raw {
+        let at = rows
+            .iter()
+            .rposition(|r| r.bench == m.bench && r.param == m.param)
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(at, Row::from_measurement(group, Impl::Raw, m));
+    }
+    rows
+}
+
+/// Whether a larger value is better in `unit`: rates (`MB/s`, `msg/s`,
+/// any unit ending in `/s`) are; times and sizes are not.
+pub fn higher_is_better(unit: &str) -> bool {
+    unit.ends_with("/s")
+}
+
+/// How many times better `ours` is than `theirs`, both in `unit`: their
+/// value over ours for times and sizes, ours over theirs for rates. Above 1
+/// means ours is better. `None` if the division makes no sense.
+pub fn times_better(unit: &str, ours: f64, theirs: f64) -> Option<f64> {
+    let (num, den) = if higher_is_better(unit) {
+        (ours, theirs)
+    } else {
+        (theirs, ours)
+    };
+    (num >= 0.0 && den > 0.0).then(|| num / den)
+}
+
 /// Writes `rows` as JSON lines, one object per row.
 pub fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
     for row in rows {
@@ -184,8 +219,13 @@ pub fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
 }
 
 /// Writes `rows` of `group` as a table with one line per bench and param:
-/// the multiproc median, the Python median, and their ratio
-/// (python / multiproc, so above 1 means multiproc is faster or smaller).
+/// the multiproc median, the Python median, and `ratio`, how many times
+/// better multiproc is than Python ([`times_better`]: python / multiproc
+/// for times and sizes, multiproc / python for rates; above 1 means
+/// multiproc is better). If the group has [`Impl::Raw`] rows, two more
+/// columns follow: the raw median and `vs raw`, how many times worse than
+/// the raw floor multiproc is (multiproc / raw for times, raw / multiproc
+/// for rates; 1.00x means on par with it).
 pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Result<()> {
     let mut keys: Vec<(&str, &str)> = Vec::new();
     let mut by_key: HashMap<(&str, &str, Impl), &Row> = HashMap::new();
@@ -196,30 +236,49 @@ pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Resul
         }
         by_key.insert((key.0, key.1, row.implementation), row);
     }
-    let header = ["bench", "param", "multiproc", "python", "ratio", "unit"].map(String::from);
-    let mut lines = vec![header];
+    let with_raw = rows.iter().any(|r| r.implementation == Impl::Raw);
+    let mut header = vec!["bench", "param", "multiproc", "python", "ratio"];
+    if with_raw {
+        header.extend(["raw", "vs raw"]);
+    }
+    header.push("unit");
+    let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     let mut notes = Vec::new();
     for (bench, param) in keys {
-        let mp = by_key.get(&(bench, param, Impl::Multiproc)).copied();
-        let py = by_key.get(&(bench, param, Impl::Python)).copied();
+        let get = |i: Impl| by_key.get(&(bench, param, i)).copied();
+        let (mp, py, raw) = (get(Impl::Multiproc), get(Impl::Python), get(Impl::Raw));
+        let unit = mp.or(py).or(raw).map(|r| r.unit.as_str()).unwrap_or("");
         let cell = |r: Option<&Row>| match r.and_then(|r| r.median) {
             Some(v) => format_value(v),
             None => "n/a".to_string(),
         };
-        let ratio = match (mp.and_then(|r| r.median), py.and_then(|r| r.median)) {
-            (Some(m), Some(p)) if m > 0.0 => format!("{:.2}x", p / m),
-            _ => "n/a".to_string(),
+        let median = |r: Option<&Row>| r.and_then(|r| r.median);
+        let ratio = match (median(mp), median(py)) {
+            (Some(m), Some(p)) => times_better(unit, m, p).map(|x| format!("{x:.2}x")),
+            _ => None,
         };
-        let unit = mp.or(py).map(|r| r.unit.clone()).unwrap_or_default();
-        lines.push([
+        let mut line = vec![
             bench.to_string(),
             param.to_string(),
             cell(mp),
             cell(py),
-            ratio,
-            unit,
-        ]);
-        for (who, r) in [("multiproc", mp), ("python", py)] {
+            ratio.unwrap_or_else(|| "n/a".to_string()),
+        ];
+        if with_raw {
+            let vs_raw = match (median(mp), median(raw)) {
+                // Worse than raw = how many times better raw is.
+                (Some(m), Some(r)) => times_better(unit, r, m).map(|x| format!("{x:.2}x")),
+                _ => None,
+            };
+            line.push(if raw.is_some() { cell(raw) } else { "-".into() });
+            line.push(match (raw, vs_raw) {
+                (None, _) => "-".into(),
+                (Some(_), v) => v.unwrap_or_else(|| "n/a".to_string()),
+            });
+        }
+        line.push(unit.to_string());
+        lines.push(line);
+        for (who, r) in [("multiproc", mp), ("python", py), ("raw", raw)] {
             if let Some(e) = r.and_then(|r| r.error.as_deref()) {
                 let note = format!("{who} unavailable: {e}");
                 if !notes.contains(&note) {
@@ -228,7 +287,8 @@ pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Resul
             }
         }
     }
-    let mut widths = [0usize; 6];
+    let columns = lines[0].len();
+    let mut widths = vec![0usize; columns];
     for line in &lines {
         for (w, c) in widths.iter_mut().zip(line) {
             *w = (*w).max(c.len());
@@ -236,21 +296,35 @@ pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Resul
     }
     writeln!(out, "== group {group} ==")?;
     for line in &lines {
-        let [bench, param, mp, py, ratio, unit] = line;
-        writeln!(
-            out,
-            "{bench:<w0$}  {param:<w1$}  {mp:>w2$}  {py:>w3$}  {ratio:>w4$}  {unit}",
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4],
-        )?;
+        let mut text = String::new();
+        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if i == columns - 1 {
+                // The unit, last: no padding.
+                text.push_str(cell);
+            } else if i < 2 {
+                text.push_str(&format!("{cell:<w$}"));
+            } else {
+                text.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        writeln!(out, "{text}")?;
     }
     writeln!(
         out,
-        "(medians; ratio = python / multiproc, above 1 means multiproc is better)"
+        "(medians; ratio = how many times better multiproc is than python: python / multiproc \
+         for times and sizes,\n multiproc / python for rates (units ending in /s); above 1 means \
+         multiproc is better)"
     )?;
+    if with_raw {
+        writeln!(
+            out,
+            "(vs raw = how many times worse multiproc is than the raw floor: multiproc / raw for \
+             times,\n raw / multiproc for rates; 1.00x means on par with it)"
+        )?;
+    }
     for note in notes {
         writeln!(out, "note: {note}")?;
     }
@@ -300,5 +374,50 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("3.00x"), "{text}");
         assert!(text.contains("python unavailable: boom"), "{text}");
+        assert!(!text.contains("vs raw"), "{text}");
+    }
+
+    #[test]
+    fn rates_are_better_higher_and_raw_rows_follow_their_pair() {
+        let mp = vec![
+            Measurement::new("rt", "8B", "us", Ok(vec![10.0])),
+            Measurement::new("tp", "8B", "MB/s", Ok(vec![400.0])),
+        ];
+        let py = vec![
+            Measurement::new("rt", "8B", "us", Ok(vec![30.0])),
+            Measurement::new("tp", "8B", "MB/s", Ok(vec![100.0])),
+        ];
+        let raw = vec![
+            Measurement::new("rt", "8B", "us", Ok(vec![8.0])),
+            Measurement::new("tp", "8B", "MB/s", Ok(vec![500.0])),
+        ];
+        let rows = add_raw("g", pair("g", mp, py, None), raw);
+        let order: Vec<(&str, Impl)> = rows
+            .iter()
+            .map(|r| (r.bench.as_str(), r.implementation))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("rt", Impl::Multiproc),
+                ("rt", Impl::Python),
+                ("rt", Impl::Raw),
+                ("tp", Impl::Multiproc),
+                ("tp", Impl::Python),
+                ("tp", Impl::Raw),
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&rows[2]).unwrap()["impl"],
+            serde_json::json!("raw")
+        );
+        let mut out = Vec::new();
+        write_table(&mut out, "g", &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rt = text.lines().find(|l| l.starts_with("rt")).unwrap();
+        let tp = text.lines().find(|l| l.starts_with("tp")).unwrap();
+        // 30 / 10 and 400 / 100: both 3 and 4 times better than python.
+        assert!(rt.contains("3.00x") && rt.contains("1.25x"), "{text}");
+        assert!(tp.contains("4.00x") && tp.contains("1.25x"), "{text}");
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::python::Python;
 
+pub mod pipe;
 pub mod start;
 
 /// What every group is told about the run.

@@ -1,0 +1,485 @@
+//! Group `pipe`: messages over a duplex pipe between the parent and one
+//! child process.
+//!
+//! * `roundtrip_bytes` (µs): ping-pong latency of an 8-byte message; the
+//!   child echoes with `recv_bytes`/`send_bytes`. Median of per-batch mean
+//!   round-trip times.
+//! * `roundtrip_typed` (µs): the same with typed `send(&u64)`/`recv()`
+//!   (Python: `send`/`recv`, which pickle an int).
+//! * `oneway_bytes` (MB/s, payload bytes only, 1 MB = 10^6 bytes): the
+//!   child sends, the parent receives with `recv_bytes`, messages of 8 B,
+//!   64 KiB and 1 MiB. `oneway_bytes_msgs` (msg/s) is the message rate of
+//!   the same 8-byte runs.
+//!
+//! Each bench also has a `raw` floor: a plain `UnixStream::pair()` with a
+//! forked child, no framing library. For the round trip, one `write` and
+//! one `read` of the 8 bytes per direction; one way, one `write_all` of a
+//! prebuilt 4-byte big-endian length prefix plus payload per message, read
+//! with `read_exact` through a 64 KiB `BufReader` (multiproc's read buffer
+//! is also 64 KiB).
+//!
+//! The children of multiproc and Python are started with forkserver, so a
+//! child holds only its own end of the pipe and closing the parent's end
+//! stops it. The raw children are forked with a closure (they need the
+//! socket without the library): such a child holds copies of all the
+//! parent's descriptors, so it is stopped by shutting down the parent's
+//! write side, and it is forked before the multiproc pipes exist.
+//!
+//! One-way runs are driven by the parent: it sends the child a command
+//! (a message count), then receives that many messages; the time runs from
+//! sending the command to receiving the last message. The count is
+//! calibrated first (those runs are the warm-up) so that a run lasts about
+//! [`Plan::target`].
+//!
+//! The children of one comparison run side by side and their batches (or
+//! runs) are interleaved: the three round trips (bytes, typed, raw) in
+//! turn, batch after batch, and multiproc and raw in turn for each message
+//! size. A child that is not being measured waits in a blocking receive.
+//! So a drift in the machine's load (another build, say) hits them alike.
+//!
+//! The Python side is `python/pipe.py`, run afterwards with the same plan
+//! (its bytes and typed round trips interleaved the same way).
+
+use std::io::{BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use multiproc::{Connection, JoinTimeoutError, Process, StartMethod, pipe};
+
+use super::Options;
+use crate::measure;
+use crate::report::{self, Measurement, Row};
+
+/// The group's name on the command line and in the output.
+pub const NAME: &str = "pipe";
+
+/// How the multiproc (and Python) children are started.
+const METHOD: StartMethod = StartMethod::ForkServer;
+
+/// Message sizes of `oneway_bytes`: param and bytes.
+const SIZES: [(&str, usize); 3] = [("8B", 8), ("64KiB", 64 << 10), ("1MiB", 1 << 20)];
+
+/// The param of the 8-byte benches.
+const SMALL: &str = "8B";
+
+/// The 8-byte message of `roundtrip_bytes`.
+const PING: [u8; 8] = *b"ping-pon";
+
+/// The value of `roundtrip_typed` (the same on the Python side).
+const PING_VALUE: u64 = 0x0123_4567_89ab_cdef;
+
+/// Read buffer of the raw one-way receiver.
+const RAW_READ_BUF: usize = 64 << 10;
+
+/// How long a child may take to exit once told to.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Repetition counts of one run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Untimed round trips before the batches.
+    warmup: usize,
+    /// Round-trip batches (samples) per bench.
+    batches: usize,
+    /// Round trips per batch.
+    batch: usize,
+    /// Timed one-way runs (samples) per size.
+    reps: usize,
+    /// How long one one-way run should last.
+    target: Duration,
+    /// How long the Python script may run.
+    python_timeout: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                warmup: 2000,
+                batches: 20,
+                batch: 1000,
+                reps: 3,
+                target: Duration::from_millis(300),
+                python_timeout: Duration::from_secs(120),
+            }
+        } else {
+            Plan {
+                warmup: 5000,
+                batches: 100,
+                batch: 1000,
+                reps: 9,
+                target: Duration::from_millis(500),
+                python_timeout: Duration::from_secs(600),
+            }
+        }
+    }
+}
+
+/// Runs the group: multiproc and the raw floor, then Python.
+pub fn run(opts: &Options) -> Vec<Row> {
+    let plan = Plan::new(opts.quick);
+    let mut multiproc = Vec::new();
+    let mut raw = Vec::new();
+
+    opts.progress(
+        NAME,
+        "roundtrip 8B: multiproc bytes, typed and raw, interleaved",
+    );
+    let [bytes, typed, raw_rt] = roundtrips(&plan);
+    multiproc.push(Measurement::new("roundtrip_bytes", SMALL, "us", bytes));
+    multiproc.push(Measurement::new("roundtrip_typed", SMALL, "us", typed));
+    raw.push(Measurement::new("roundtrip_bytes", SMALL, "us", raw_rt));
+    for (param, size) in SIZES {
+        opts.progress(
+            NAME,
+            &format!("oneway_bytes {param}: multiproc and raw, interleaved"),
+        );
+        let [mp_runs, raw_runs] = oneway(&plan, size);
+        multiproc.extend(oneway_measurements(param, size, mp_runs));
+        raw.extend(oneway_measurements(param, size, raw_runs));
+    }
+
+    opts.progress(NAME, "python (pipe.py)");
+    let args = [
+        "--warmup".to_string(),
+        plan.warmup.to_string(),
+        "--batches".to_string(),
+        plan.batches.to_string(),
+        "--batch".to_string(),
+        plan.batch.to_string(),
+        "--reps".to_string(),
+        plan.reps.to_string(),
+        "--target-ms".to_string(),
+        plan.target.as_millis().to_string(),
+        "--start-method".to_string(),
+        METHOD.as_str().to_string(),
+    ];
+    let python = opts.python.run("pipe.py", &args, plan.python_timeout);
+    let rows = report::pair(
+        NAME,
+        multiproc,
+        python.measurements,
+        python.failure.as_deref(),
+    );
+    report::add_raw(NAME, rows, raw)
+}
+
+/// The `oneway_bytes` measurement of `param` from per-run `(messages,
+/// seconds)`, plus `oneway_bytes_msgs` for the 8-byte size.
+fn oneway_measurements(
+    param: &str,
+    size: usize,
+    runs: Result<Vec<(u64, f64)>, String>,
+) -> Vec<Measurement> {
+    let rate = |f: &dyn Fn(u64, f64) -> f64| {
+        runs.as_ref()
+            .map(|runs| runs.iter().map(|&(n, secs)| f(n, secs)).collect())
+            .map_err(Clone::clone)
+    };
+    let mut out = vec![Measurement::new(
+        "oneway_bytes",
+        param,
+        "MB/s",
+        rate(&|n, secs| (n as f64 * size as f64) / secs / 1e6),
+    )];
+    if param == SMALL {
+        out.push(Measurement::new(
+            "oneway_bytes_msgs",
+            param,
+            "msg/s",
+            rate(&|n, secs| n as f64 / secs),
+        ));
+    }
+    out
+}
+
+/// One round trip, done by the parent.
+type RoundTrip = dyn FnMut() -> Result<(), String>;
+
+/// One one-way run of the given number of messages, done by the parent;
+/// returns how long it took.
+type OneWayRun = dyn FnMut(u64) -> Result<Duration, String>;
+
+/// A child and the parent's side of the work it serves. `op` owns the
+/// parent's end of the pipe (or a [`ShutdownOnDrop`]), so dropping it ends
+/// the child's input.
+struct Peer<F: ?Sized> {
+    child: Process<()>,
+    op: Box<F>,
+}
+
+impl<F: ?Sized> Peer<F> {
+    /// Ends the child's input and then the child, after a measurement
+    /// that produced `result`: on success the child must exit by itself
+    /// within [`EXIT_TIMEOUT`]; on failure it is killed. Either way it is
+    /// reaped.
+    fn finish<T>(self, result: Result<T, String>) -> Result<T, String> {
+        let Peer { child, op } = self;
+        drop(op);
+        if result.is_err() {
+            let _ = child.kill();
+            // Killed, the child has no result: the join error is expected.
+            let _ = child.join();
+            return result;
+        }
+        match child.join_timeout(EXIT_TIMEOUT) {
+            Ok(()) => result,
+            Err(JoinTimeoutError::Timeout(child)) => {
+                let _ = child.kill();
+                let _ = child.join();
+                Err(format!(
+                    "the child did not exit within {} s of the end of its input",
+                    EXIT_TIMEOUT.as_secs()
+                ))
+            }
+            Err(JoinTimeoutError::Failed(e)) => Err(format!("the child failed: {e}")),
+        }
+    }
+}
+
+/// Measures the peers that started with `measure` (which gets their
+/// operations, in order, and returns one result per operation), then ends
+/// every child. Returns one result per peer, in order; a peer that did not
+/// start has its start error.
+fn measure_peers<F: ?Sized, T, const N: usize>(
+    peers: [Result<Peer<F>, String>; N],
+    measure: impl FnOnce(&mut [&mut F]) -> Vec<Result<T, String>>,
+) -> [Result<T, String>; N] {
+    let mut out: [Option<Result<T, String>>; N] = std::array::from_fn(|_| None);
+    let mut started = Vec::new();
+    for (i, peer) in peers.into_iter().enumerate() {
+        match peer {
+            Ok(peer) => started.push((i, peer)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let results = {
+        let mut ops: Vec<&mut F> = started.iter_mut().map(|(_, p)| &mut *p.op).collect();
+        measure(&mut ops)
+    };
+    let mut results = results.into_iter();
+    for (i, peer) in started {
+        let result = results
+            .next()
+            .unwrap_or_else(|| Err("no result was measured".to_string()));
+        out[i] = Some(peer.finish(result));
+    }
+    out.map(|r| r.unwrap_or_else(|| Err("not measured".to_string())))
+}
+
+/// Starts `f(arg)` in a daemon child with [`METHOD`].
+fn start<A>(f: fn(A), arg: A) -> Result<Process<()>, String>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    Process::builder()
+        .start_method(METHOD)
+        .daemon(true)
+        .spawn(f, arg)
+        .map_err(|e| format!("start failed: {e}"))
+}
+
+/// Forks a daemon child that runs `f` (for the raw floors).
+fn fork(f: impl FnOnce() + Send + 'static) -> Result<Process<()>, String> {
+    Process::builder()
+        .daemon(true)
+        .fork(f)
+        .map_err(|e| format!("fork failed: {e}"))
+}
+
+/// Shuts down the write side of a socket when dropped: the end of input
+/// for a forked child, which holds a copy of our descriptor, so that
+/// closing ours would not end it.
+struct ShutdownOnDrop(UnixStream);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+}
+
+/// Per-batch mean round-trip times (µs) of `roundtrip_bytes`,
+/// `roundtrip_typed` and the raw floor, measured interleaved.
+fn roundtrips(plan: &Plan) -> [Result<Vec<f64>, String>; 3] {
+    // The raw child is forked first: a forked child holds copies of every
+    // descriptor the parent has (see `raw_echo_peer`), and it must not
+    // hold the multiproc pipes, or their children would never see the end.
+    let raw = raw_echo_peer();
+    let peers = [echo_bytes_peer(), echo_typed_peer(), raw];
+    measure_peers(peers, |ops| {
+        measure::per_op_us(plan.warmup, plan.batches, plan.batch, ops)
+    })
+}
+
+/// Child of `roundtrip_bytes`: echoes every message until the pipe closes.
+fn echo_bytes(conn: Connection) {
+    while let Ok(msg) = conn.recv_bytes() {
+        if conn.send_bytes(&msg).is_err() {
+            break;
+        }
+    }
+}
+
+/// Child of `roundtrip_typed`: echoes every value until the pipe closes.
+fn echo_typed(conn: Connection<u64, u64>) {
+    while let Ok(value) = conn.recv() {
+        if conn.send(&value).is_err() {
+            break;
+        }
+    }
+}
+
+/// `roundtrip_bytes`: `send_bytes` + `recv_bytes` of 8 bytes.
+fn echo_bytes_peer() -> Result<Peer<RoundTrip>, String> {
+    let (ours, theirs) = pipe::<(), ()>().map_err(|e| format!("pipe failed: {e}"))?;
+    let child = start(echo_bytes, theirs)?;
+    let op: Box<RoundTrip> = Box::new(move || {
+        ours.send_bytes(&PING)
+            .map_err(|e| format!("send_bytes failed: {e}"))?;
+        let back = ours
+            .recv_bytes()
+            .map_err(|e| format!("recv_bytes failed: {e}"))?;
+        if back.len() != PING.len() {
+            return Err(format!("an echo of {} bytes came back", back.len()));
+        }
+        Ok(())
+    });
+    Ok(Peer { child, op })
+}
+
+/// `roundtrip_typed`: typed `send` + `recv` of a u64.
+fn echo_typed_peer() -> Result<Peer<RoundTrip>, String> {
+    let (ours, theirs) = pipe::<u64, u64>().map_err(|e| format!("pipe failed: {e}"))?;
+    let child = start(echo_typed, theirs)?;
+    let op: Box<RoundTrip> = Box::new(move || {
+        ours.send(&PING_VALUE)
+            .map_err(|e| format!("send failed: {e}"))?;
+        let back = ours.recv().map_err(|e| format!("recv failed: {e}"))?;
+        if back != PING_VALUE {
+            return Err(format!("the echo came back as {back:#x}"));
+        }
+        Ok(())
+    });
+    Ok(Peer { child, op })
+}
+
+/// The raw floor of `roundtrip_bytes`: 8 bytes each way over a plain
+/// socket pair, one `write` and one `read` per direction.
+fn raw_echo_peer() -> Result<Peer<RoundTrip>, String> {
+    let (mut ours, mut theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let closer = ShutdownOnDrop(ours.try_clone().map_err(|e| format!("dup: {e}"))?);
+    let child = fork(move || {
+        let mut buf = [0u8; 8];
+        while theirs.read_exact(&mut buf).is_ok() {
+            if theirs.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    })?;
+    let mut buf = [0u8; 8];
+    let op: Box<RoundTrip> = Box::new(move || {
+        let _ = &closer;
+        ours.write_all(&PING).map_err(|e| format!("write: {e}"))?;
+        ours.read_exact(&mut buf).map_err(|e| format!("read: {e}"))
+    });
+    Ok(Peer { child, op })
+}
+
+/// Reads a one-way command: how many messages to send; `None` at the end.
+fn command(msg: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(msg).ok().map(u64::from_le_bytes)
+}
+
+/// Child of `oneway_bytes`: for every command received, sends that many
+/// messages of `size` bytes; returns when the pipe closes.
+fn sender((conn, size): (Connection, u64)) {
+    let payload = vec![0xa5u8; size as usize];
+    while let Some(count) = conn.recv_bytes().ok().as_deref().and_then(command) {
+        for _ in 0..count {
+            if conn.send_bytes(&payload).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One-way runs of `size`-byte messages, multiproc and raw, interleaved.
+fn oneway(plan: &Plan, size: usize) -> [Result<Vec<(u64, f64)>, String>; 2] {
+    // The raw child first, as in `roundtrips`.
+    let raw = raw_sender_peer(size);
+    let peers = [sender_peer(size), raw];
+    measure_peers(peers, |runs| {
+        measure::timed_runs(plan.target, plan.reps, runs)
+    })
+}
+
+/// `oneway_bytes`: a child sends with `send_bytes`, the parent receives
+/// with `recv_bytes`.
+fn sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
+    let (ours, theirs) = pipe::<(), ()>().map_err(|e| format!("pipe failed: {e}"))?;
+    let child = start(sender, (theirs, size as u64))?;
+    let op: Box<OneWayRun> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send_bytes(&count.to_le_bytes())
+            .map_err(|e| format!("send_bytes failed: {e}"))?;
+        let mut last = 0;
+        for _ in 0..count {
+            last = ours
+                .recv_bytes()
+                .map_err(|e| format!("recv_bytes failed: {e}"))?
+                .len();
+        }
+        let took = t0.elapsed();
+        if last != size {
+            return Err(format!("got a message of {last} bytes, not {size}"));
+        }
+        Ok(took)
+    });
+    Ok(Peer { child, op })
+}
+
+/// The raw floor of `oneway_bytes`: one `write_all` of prefix and payload
+/// per message, `read_exact` of prefix and payload through a `BufReader`.
+fn raw_sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
+    let prefix = u32::try_from(size).map_err(|_| "message too large".to_string())?;
+    let (ours, mut theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let mut writer = ours.try_clone().map_err(|e| format!("dup: {e}"))?;
+    let closer = ShutdownOnDrop(ours.try_clone().map_err(|e| format!("dup: {e}"))?);
+    let child = fork(move || {
+        let mut frame = prefix.to_be_bytes().to_vec();
+        frame.resize(4 + size, 0xa5);
+        let mut cmd = [0u8; 8];
+        while theirs.read_exact(&mut cmd).is_ok() {
+            for _ in 0..u64::from_le_bytes(cmd) {
+                if theirs.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        }
+    })?;
+    let mut reader = BufReader::with_capacity(RAW_READ_BUF, ours);
+    let mut buf = vec![0u8; size];
+    let op: Box<OneWayRun> = Box::new(move |count| {
+        let _ = &closer;
+        let t0 = Instant::now();
+        writer
+            .write_all(&count.to_le_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        for _ in 0..count {
+            let mut head = [0u8; 4];
+            reader
+                .read_exact(&mut head)
+                .map_err(|e| format!("read: {e}"))?;
+            let len = u32::from_be_bytes(head) as usize;
+            if len != size {
+                return Err(format!("got a message of {len} bytes, not {size}"));
+            }
+            reader
+                .read_exact(&mut buf)
+                .map_err(|e| format!("read: {e}"))?;
+        }
+        Ok(t0.elapsed())
+    });
+    Ok(Peer { child, op })
+}
