@@ -274,3 +274,45 @@ pub(crate) fn peek_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
         }
     }
 }
+
+/// Receives at most `max` bytes into the spare capacity of `buf` (which
+/// must have at least `max` spare), without zeroing it first; returns how
+/// many arrived (0 at end of stream, or if the peer reset the connection).
+pub(crate) fn recv_into_spare(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    loop {
+        match rustix::net::recv(fd, &mut spare[..max], RecvFlags::empty()) {
+            Ok(((filled, _), _)) => {
+                let n = filled.len();
+                // SAFETY: `recv` initialised the first `n` bytes of the
+                // spare capacity (`filled` is exactly that prefix), and
+                // `n <= max <= spare capacity`.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One plain `send` (no descriptors), never raising SIGPIPE.
+pub(crate) fn send_plain(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Result<usize> {
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    loop {
+        match rustix::net::send(fd, buf, flags) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -27,11 +27,16 @@ use crate::sys::socket;
 
 /// Size of the read buffer.
 const BUF: usize = 64 << 10;
+/// Most bytes one read brings into the buffer. Many small frames fit; of a
+/// large payload only this much is copied from the buffer (below the 4 KiB
+/// at which this glibc's memcpy falls off a cliff for some alignments), the
+/// rest is read straight into its destination.
+const READ_CHUNK: usize = 4 << 10;
 /// Most bytes reserved for a payload before any of it arrived.
 pub(crate) const UPFRONT: usize = 64 << 20;
 /// Frames at most this long are copied into one buffer and sent with one
 /// plain `send`.
-const SMALL: usize = 512;
+const SMALL: usize = 128;
 /// Default limit on a received payload.
 pub(crate) const DEFAULT_MAX_MESSAGE: u64 = 2 << 30;
 
@@ -155,7 +160,8 @@ impl RecvState {
             fds: &mut self.fds,
             nonblocking,
         };
-        let n = reader.read(&mut self.buf[self.end..])?;
+        let upto = (self.end + READ_CHUNK).min(self.buf.len());
+        let n = reader.read(&mut self.buf[self.end..upto])?;
         if n == 0 {
             self.eof = true;
         }
@@ -221,6 +227,9 @@ impl Stream {
                 small[at..at + p.len()].copy_from_slice(p);
                 at += p.len();
             }
+            if fds.is_empty() {
+                return self.send_small(&small[..at]);
+            }
             return self.send_all(&[&small[..at]], fds);
         }
         let mut bufs: [&[u8]; 8] = [&[]; 8];
@@ -261,6 +270,26 @@ impl Stream {
                         }
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stall()?,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Err(StreamError::Closed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_small(&self, frame: &[u8]) -> Result<(), StreamError> {
+        let mut sent = 0;
+        while sent < frame.len() {
+            match socket::send_plain(self.fd(), &frame[sent..], true) {
+                Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stall()?,
                 Err(e)
                     if matches!(
@@ -375,21 +404,23 @@ impl Stream {
             p.extend_from_slice(&st.buf[st.start..st.end]);
             st.start = 0;
             st.end = 0;
-            let want = (len - p.len()) as u64;
-            let fd = self.fd.as_fd();
-            let mut reader = SockRead {
-                fd,
-                fds: &mut st.fds,
-                nonblocking: false,
-            };
-            (&mut reader).take(want).read_to_end(&mut p)?;
-            if p.len() < len {
-                st.eof = true;
-                st.broken = Some("the connection closed in the middle of a message".into());
-                return Err(StreamError::Truncated {
-                    got: (hlen + p.len()) as u64,
-                    expected: (hlen + len) as u64,
-                });
+            // The payload's descriptors came with its first bytes, already
+            // read: the rest is plain data, read into place.
+            while p.len() < len {
+                if p.len() == p.capacity() {
+                    let grow = (len - p.len()).min(p.capacity().max(1 << 20));
+                    p.reserve_exact(grow);
+                }
+                let want = len - p.len();
+                let n = socket::recv_into_spare(self.fd.as_fd(), &mut p, want)?;
+                if n == 0 {
+                    st.eof = true;
+                    st.broken = Some("the connection closed in the middle of a message".into());
+                    return Err(StreamError::Truncated {
+                        got: (hlen + p.len()) as u64,
+                        expected: (hlen + len) as u64,
+                    });
+                }
             }
             p
         };
