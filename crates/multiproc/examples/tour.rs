@@ -41,6 +41,26 @@ fn split(limit: u64, parts: usize) -> Vec<(u64, u64)> {
     bounds.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
+/// Puts the numbers of a range on the queue.
+fn produce((q, (from, to)): (multiproc::Queue<u64>, (u64, u64))) {
+    for x in from..to {
+        q.put(x).expect("a consumer is alive");
+    }
+}
+
+/// Counts and sums values until the end marker.
+fn tally(q: multiproc::Queue<u64>) -> (u64, u64) {
+    let (mut count, mut sum) = (0, 0);
+    while let Ok(x) = q.get() {
+        if x == u64::MAX {
+            break;
+        }
+        count += 1;
+        sum += x;
+    }
+    (count, sum)
+}
+
 /// Answers questions over a pipe until the parent hangs up.
 fn interviewee(conn: multiproc::Connection<String, String>) {
     let me = current_process();
@@ -123,7 +143,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     child.join()?;
 
     println!();
-    println!("3. Isolation: a worker that crashes does not take us down");
+    println!("3. A Queue: producers and consumers exchange data asynchronously");
+    let n: u64 = 1_000_000;
+    let q = multiproc::Queue::new()?;
+    let t = Instant::now();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| Process::spawn(tally, q.clone()))
+        .collect::<Result<_, _>>()?;
+    let producers: Vec<_> = [(0, n / 2), (n / 2, n)]
+        .into_iter()
+        .map(|range| Process::spawn(produce, (q.clone(), range)))
+        .collect::<Result<_, _>>()?;
+    for p in producers {
+        p.join()?;
+    }
+    for _ in 0..2 {
+        q.put(u64::MAX)?;
+    }
+    let mut total = (0, 0);
+    for c in consumers {
+        let (count, sum) = c.join()?;
+        total = (total.0 + count, total.1 + sum);
+    }
+    let took = t.elapsed();
+    assert_eq!(total, (n, n * (n - 1) / 2), "every value exactly once");
+    println!(
+        "   2 producers -> 2 consumers: {n} values, each exactly once, in {} ({:.1} M values/s)",
+        ms(took),
+        n as f64 / took.as_secs_f64() / 1e6
+    );
+
+    println!();
+    println!("4. Isolation: a worker that crashes does not take us down");
     match Process::spawn(crash, ())?.join() {
         Err(JoinError::Signaled { signal, .. }) => {
             println!("   the worker died of {signal}; this process carries on")
@@ -132,7 +183,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("4. Hard limits on runaway work");
+    println!("5. Hard limits on runaway work");
     let runaway = Process::spawn(count_primes, (0, u64::MAX))?;
     let runaway = match runaway.join_timeout(Duration::from_millis(200)) {
         Err(multiproc::JoinTimeoutError::Timeout(p)) => p,

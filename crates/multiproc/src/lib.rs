@@ -101,6 +101,36 @@
 //! CPython's `multiprocessing.connection` protocol, so the other side may be
 //! Python.
 //!
+//! # Queues
+//!
+//! A [`Queue`] lives in shared memory: any number of processes put and get.
+//! A put is an encode and a copy; nobody is woken unless somebody sleeps.
+//!
+//! ```
+//! use multiproc::{Process, Queue};
+//!
+//! fn squares((jobs, results): (Queue<u64>, Queue<u64>)) {
+//!     while let Ok(x) = jobs.get() {
+//!         if x == 0 {
+//!             break;
+//!         }
+//!         results.put(x * x).unwrap();
+//!     }
+//! }
+//!
+//! let (jobs, results) = (Queue::new()?, Queue::new()?);
+//! let worker = Process::spawn(squares, (jobs.clone(), results.clone()))?;
+//! for x in [3, 4, 0] {
+//!     jobs.put(x)?;
+//! }
+//! assert_eq!((results.get()?, results.get()?), (9, 16));
+//! worker.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`SimpleQueue`] is the minimal variant; [`JoinableQueue`] adds
+//! `task_done` and `join`.
+//!
 //! # What a child never does
 //!
 //! A child never outlives its parent: if the parent dies, even by SIGKILL,

@@ -59,6 +59,7 @@ fn the_tour_runs() {
     let out = run("tour", &["200000"], Duration::from_secs(120));
     assert!(out.contains("1. Processes on every core"), "{out}");
     assert!(out.contains("this process carries on"), "{out}");
+    assert!(out.contains("each exactly once"), "{out}");
 }
 
 #[test]
@@ -113,4 +114,11 @@ fn the_echo_server_echoes_until_killed() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
+}
+
+#[test]
+fn the_queue_example_runs() {
+    let out = run("queue", &[], Duration::from_secs(60));
+    assert!(out.contains("each exactly once"), "{out}");
+    assert!(out.contains("all tasks done"), "{out}");
 }
