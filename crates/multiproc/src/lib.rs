@@ -146,8 +146,9 @@ mod sys;
 mod wire;
 
 pub use connection::{
-    AcceptError, Address, AuthError, Client, ConnectError, Connection, Listener, RecvError,
-    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
+    HANDSHAKE_TIMEOUT, Listener, RecvError, RecvIntoError, RecvTimeoutError, SendError,
+    TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use queue::{
     DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,

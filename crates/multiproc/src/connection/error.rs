@@ -39,7 +39,7 @@ pub enum RecvError {
         expected: u64,
     },
     /// A message announced more bytes than this end accepts (see
-    /// [`Connection::set_max_message_size`]). Nothing was allocated for it;
+    /// [`Connection::set_max_message_size`](crate::Connection::set_max_message_size)). Nothing was allocated for it;
     /// the connection cannot be used further.
     #[error("a message of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

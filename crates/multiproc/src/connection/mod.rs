@@ -32,7 +32,7 @@ pub use error::{
     AcceptError, AuthError, ConnectError, RecvError, RecvIntoError, RecvTimeoutError, SendError,
     TryRecvError,
 };
-pub use listener::{Address, Client, Listener};
+pub use listener::{Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listener};
 
 /// One end of a two-way channel: sends `S`, receives `R`.
 ///
