@@ -37,6 +37,11 @@ const GROUPS: &[Group] = &[
         about: "pipe round-trip latency and one-way throughput, with a raw socket floor",
         run: groups::pipe::run,
     },
+    Group {
+        name: groups::queue::NAME,
+        about: "Queue/SimpleQueue throughput, 1 and 2 producers and consumers",
+        run: groups::queue::run,
+    },
 ];
 
 /// What the command line asked for.

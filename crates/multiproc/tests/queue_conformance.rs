@@ -127,7 +127,7 @@ fn messages_of_every_size_cross_processes() {
                 .start_method(m)
                 .spawn(echo_sizes, (input.clone(), output.clone()))
                 .unwrap();
-            let inline_max = multiproc::DEFAULT_RING_BYTES / 4 - 8;
+            let inline_max = multiproc::DEFAULT_RING_BYTES / 2 - 8;
             for len in [
                 0usize,
                 1,

@@ -6,6 +6,7 @@
 use crate::python::Python;
 
 pub mod pipe;
+pub mod queue;
 pub mod start;
 
 /// What every group is told about the run.

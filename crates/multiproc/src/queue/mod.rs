@@ -35,9 +35,17 @@ pub use error::{
 };
 use mailbox::Mailbox;
 
-/// Default size of a queue's ring: 4 MiB. Messages up to a quarter of it
+/// Default size of a queue's ring: 4 MiB. Messages up to half of it
 /// travel inline; larger ones out of line.
 pub const DEFAULT_RING_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// A reusable encoding buffer for puts.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer kept between puts.
+const SCRATCH_KEEP: usize = 8 << 20;
 
 /// Handles of each queue held in this process, by (pid, ring inode): a
 /// forked child's inherited counts carry the parent's pid and do not count.
@@ -279,7 +287,7 @@ impl QueueBuilder {
 
     /// Bytes of shared memory for values in flight (rounded up to a power of
     /// two, at least 4 KiB; default [`DEFAULT_RING_BYTES`]). Values larger
-    /// than a quarter of it travel out of line.
+    /// than half of it travel out of line.
     pub fn ring_bytes(mut self, bytes: usize) -> Self {
         self.ring_bytes = bytes;
         self
@@ -364,7 +372,9 @@ impl<T: Serialize> Queue<T> {
             }
             .into());
         }
-        let (bytes, fds) = match handles::encode(&value, Vec::new()) {
+        // Encode into this thread's scratch buffer: no allocation per put.
+        let scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let (bytes, fds) = match handles::encode(&value, scratch) {
             Ok(encoded) => encoded,
             Err(e) => {
                 return Err(PutError {
@@ -374,7 +384,13 @@ impl<T: Serialize> Queue<T> {
                 .into());
             }
         };
-        match self.shared.put(&bytes, &fds, deadline) {
+        let pushed = self.shared.put(&bytes, &fds, deadline);
+        if bytes.capacity() <= SCRATCH_KEEP {
+            let mut bytes = bytes;
+            bytes.clear();
+            SCRATCH.with(|s| *s.borrow_mut() = bytes);
+        }
+        match pushed {
             Ok(()) => Ok(()),
             Err(PushError::Full) => Err(PutTimeoutError::Timeout(value)),
             Err(PushError::Disconnected) => Err(PutError {

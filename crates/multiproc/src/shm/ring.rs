@@ -51,14 +51,15 @@ struct Side {
     _pad: u32,
     /// `tail` on the producer side, `head` on the consumer side.
     pos: AtomicU64,
+    /// Records ever put (producer side) or got (consumer side). Written
+    /// only under the side's lock, so a plain store suffices.
+    count: AtomicU64,
     /// Producer side: the next large-message id.
     large_seq: AtomicU64,
 }
 
 #[repr(C, align(64))]
 struct Counts {
-    put: AtomicU64,
-    got: AtomicU64,
     unfinished: AtomicU64,
 }
 
@@ -195,17 +196,20 @@ impl Ring {
         self.capacity
     }
 
-    /// The largest payload stored inline; larger ones go out of line.
+    /// The largest payload stored inline; larger ones go out of line. A
+    /// record of at most half the ring always fits in an empty ring, with
+    /// or without the padding that keeps it from wrapping.
     pub(crate) fn max_inline(&self) -> usize {
-        (self.capacity / 4) as usize - 8
+        (self.capacity / 2) as usize - 8
     }
 
     /// Records put and not yet got (approximate while others work).
     pub(crate) fn len(&self) -> u64 {
-        let c = &self.header().counts;
-        c.put
+        let h = self.header();
+        h.producer
+            .count
             .load(Ordering::Acquire)
-            .saturating_sub(c.got.load(Ordering::Acquire))
+            .saturating_sub(h.consumer.count.load(Ordering::Acquire))
     }
 
     /// The bound on records, 0 for none.
@@ -227,12 +231,7 @@ impl Ring {
         let need = if size > to_end { to_end + size } else { size };
         let items_ok = {
             let max = h.meta.max_items.load(Ordering::Relaxed);
-            max == 0
-                || h.counts
-                    .put
-                    .load(Ordering::Acquire)
-                    .saturating_sub(h.counts.got.load(Ordering::Acquire))
-                    < max
+            max == 0 || self.len() < max
         };
         (items_ok && self.capacity - (tail - head) >= need, to_end)
     }
@@ -272,7 +271,7 @@ impl Ring {
             parts.iter().map(|p| p.len()).sum()
         };
         let size = record_size(len);
-        debug_assert!(size <= self.capacity / 4 + 8 || large.is_some());
+        debug_assert!(size <= self.capacity / 2 + 8 || large.is_some());
         let mut large = large;
         let mut spins = 0u32;
         loop {
@@ -301,7 +300,8 @@ impl Ring {
                 } else {
                     self.write_at(tail, u64::from(INLINE) << 32 | len as u64, parts);
                 }
-                h.counts.put.fetch_add(1, Ordering::Release);
+                let put = h.producer.count.load(Ordering::Relaxed);
+                h.producer.count.store(put + 1, Ordering::Release);
                 h.producer.pos.store(tail + size, Ordering::SeqCst);
                 h.producer.lock.unlock();
                 if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
@@ -446,7 +446,8 @@ impl Ring {
                 let payload = unsafe { std::slice::from_raw_parts(self.data().add(off + 8), len) };
                 read(Record::Inline(payload))
             };
-            h.counts.got.fetch_add(1, Ordering::Release);
+            let got = h.consumer.count.load(Ordering::Relaxed);
+            h.consumer.count.store(got + 1, Ordering::Release);
             h.consumer.pos.store(head + size, Ordering::SeqCst);
             return Ok(Some(out));
         }

@@ -2,7 +2,9 @@
 //! other processes), and the liveness check used to recover from a dead
 //! lock holder.
 
-use std::sync::atomic::AtomicU32;
+use std::cell::Cell;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rustix::thread::futex;
@@ -44,14 +46,56 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
-/// The calling thread's id, as stored in lock words.
-pub(crate) fn tid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
+/// Bumped in every child right after a fork (a `pthread_atfork` handler),
+/// so ids cached before the fork are never used after it.
+static FORK_GENERATION: AtomicU32 = AtomicU32::new(1);
+/// `generation << 32 | pid`, the cached process id.
+static PID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// `(generation, tid)`, the cached thread id.
+    static TID: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
-/// The calling process's id.
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn generation() -> u32 {
+    static ATFORK: Once = Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` that only touches
+        // an atomic, which is async-signal-safe and valid in a fork child.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// The calling thread's id, as stored in lock words. Cached: asking the
+/// kernel on every lock was half the cost of a queue operation.
+pub(crate) fn tid() -> u32 {
+    let g = generation();
+    TID.with(|c| {
+        let (cached_g, tid) = c.get();
+        if cached_g == g {
+            return tid;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        c.set((g, tid));
+        tid
+    })
+}
+
+/// The calling process's id (cached like [`tid`]).
 pub(crate) fn pid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
+    let g = generation();
+    let cached = PID.load(Ordering::Relaxed);
+    if (cached >> 32) as u32 == g {
+        return cached as u32;
+    }
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    PID.store(u64::from(g) << 32 | u64::from(pid), Ordering::Relaxed);
+    pid
 }
 
 /// Whether a thread or process with this id exists. A recycled id reads

@@ -110,12 +110,24 @@ pub(crate) fn memfd_with(name: &str, parts: &[&[u8]]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads a whole memfd into a vector.
+/// Reads a whole memfd into a vector (its size, then `pread`s).
 pub(crate) fn read_memfd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))?;
-    let mut out = Vec::with_capacity(len);
-    let mut file = std::fs::File::from(rustix::io::dup(fd)?);
-    std::io::Read::read_to_end(&mut file, &mut out)?;
+    let mut out = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match rustix::io::pread(fd, &mut out[done..], done as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the memfd shrank",
+                ));
+            }
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(out)
 }

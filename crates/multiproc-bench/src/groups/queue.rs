@@ -1,0 +1,571 @@
+//! Group `queue`: throughput of `multiproc::Queue` and `SimpleQueue`
+//! between processes (Python: `multiprocessing.Queue` and `SimpleQueue`).
+//!
+//! * `queue_1p1c` (MB/s, payload bytes only, 1 MB = 10^6 bytes): one
+//!   producer child puts, the **parent** gets. Params `8B` (a `u64`),
+//!   `1KiB`, `64KiB` and `1MiB` (a `serde_bytes::ByteBuf`, so the payload
+//!   is copied as one block, not element by element). `queue_1p1c_msgs`
+//!   (msg/s) is the message rate of the same 8-byte runs.
+//! * `queue_1p1c_ring4MiB` (`1MiB`): the 1 MiB runs again on a queue with
+//!   the default 4 MiB ring, where a 1 MiB message no longer fits inline
+//!   (the limit is a quarter of the ring, less 8 bytes) and goes out of
+//!   line through a memfd. The `queue_1p1c` 1MiB row uses a 16 MiB ring
+//!   ([`BIG_RING`]), where it is inline.
+//! * `queue_2p2c` (`8B`, MB/s; `queue_2p2c_msgs` in msg/s): two producer
+//!   children put `u64`s, two consumer children get them; the parent only
+//!   commands and checks that every message arrived once (count and sum).
+//! * `simplequeue_1p1c` (`8B`, MB/s; `simplequeue_1p1c_msgs` in msg/s):
+//!   `queue_1p1c` 8B with a `SimpleQueue<u64>`.
+//!
+//! Every child is started with forkserver and waits for commands on its
+//! own pipe, blocked in `recv`. A run: the parent sends the producer a
+//! message count (and the consumers a go), then gets that many messages
+//! (1p1c) or waits for the consumers' reports (2p2c); it is timed from the
+//! first command to the last message or report. After a warm-up (a
+//! calibration whose result is thrown away), the count is calibrated so
+//! that a run lasts about [`Plan::target`]. Dropping the parent's ends of
+//! the command pipes ends the children.
+//!
+//! `put` takes its value, so a bytes producer puts a fresh clone of its
+//! payload every time, as user code sending the same bytes again must;
+//! that copy is part of the measurement (Python's `put` pickles the same
+//! `bytes` object, which also copies it).
+//!
+//! Interleaving: the two 8-byte 1p1c benches (Queue and SimpleQueue) run
+//! side by side, one run of each in turn, and so do the two 1 MiB ring
+//! sizes; so a drift in the machine's load hits them alike. The Python
+//! side, `python/queue_bench.py` (not `queue.py`, which would shadow the
+//! standard library's `queue` module), runs afterwards with the same plan
+//! and interleaves the same way.
+//!
+//! There is no `raw` floor: a minimal shared-memory ring between two
+//! processes needs `mmap` and raw-pointer access, i.e. `unsafe` code,
+//! which this crate does not contain (see the README).
+
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    Connection, JoinTimeoutError, Process, Queue, SimpleQueue, StartMethod, Waitable, pipe, wait,
+};
+use serde_bytes::ByteBuf;
+
+use super::Options;
+use crate::measure;
+use crate::report::{self, Measurement, Row};
+
+/// The group's name on the command line and in the output.
+pub const NAME: &str = "queue";
+
+/// How every child (and Python's) is started.
+const METHOD: StartMethod = StartMethod::ForkServer;
+
+/// Payload sizes of `queue_1p1c` (param, bytes). The 8-byte one is a `u64`.
+const SIZES: [(&str, usize); 4] = [
+    ("8B", 8),
+    ("1KiB", 1 << 10),
+    ("64KiB", 64 << 10),
+    ("1MiB", 1 << 20),
+];
+
+/// The param of the 8-byte (`u64`) benches.
+const SMALL: &str = "8B";
+
+/// The payload size whose two ring sizes are compared.
+const BIG: usize = 1 << 20;
+
+/// Ring of the `queue_1p1c` 1MiB bench: large enough for 1 MiB inline.
+const BIG_RING: usize = 16 << 20;
+
+/// Bench name of the 1 MiB runs on the default (4 MiB) ring.
+const BIG_DEFAULT_RING_BENCH: &str = "queue_1p1c_ring4MiB";
+
+/// Byte value of the payloads.
+const FILL: u8 = 0xa5;
+
+/// What a 2p2c producer puts after its messages; a consumer stops at the
+/// first one it gets (every value put is below it).
+const SENTINEL: u64 = u64::MAX;
+
+/// How long a child may take to exit once told to.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the parent waits for a 2p2c consumer's report.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Repetition counts of one run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Timed runs (samples) per bench.
+    reps: usize,
+    /// How long one run should last.
+    target: Duration,
+    /// How long the Python script may run.
+    python_timeout: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                reps: 3,
+                target: Duration::from_millis(300),
+                python_timeout: Duration::from_secs(120),
+            }
+        } else {
+            Plan {
+                reps: 9,
+                target: Duration::from_millis(500),
+                python_timeout: Duration::from_secs(600),
+            }
+        }
+    }
+}
+
+/// Per-run `(messages, seconds)` of one bench, or why it failed.
+type Runs = Result<Vec<(u64, f64)>, String>;
+
+/// Runs the group: multiproc, then Python.
+pub fn run(opts: &Options) -> Vec<Row> {
+    let plan = Plan::new(opts.quick);
+    let mut multiproc = Vec::new();
+
+    opts.progress(
+        NAME,
+        "queue_1p1c and simplequeue_1p1c 8B: multiproc, interleaved",
+    );
+    let [queue_runs, simple_runs] = measure_rigs(&plan, [u64_rig(), simple_rig()]);
+    multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
+    // Reported last, after the Queue benches.
+    let simple = measurements("simplequeue_1p1c", SMALL, 8, simple_runs);
+    for (param, size) in SIZES.into_iter().filter(|&(_, size)| size > 8) {
+        if size == BIG {
+            opts.progress(
+                NAME,
+                &format!("queue_1p1c {param}: multiproc, 16 MiB and 4 MiB rings, interleaved"),
+            );
+            let rigs = [bytes_rig(size, Some(BIG_RING)), bytes_rig(size, None)];
+            let [big_ring, default_ring] = measure_rigs(&plan, rigs);
+            multiproc.extend(measurements("queue_1p1c", param, size, big_ring));
+            multiproc.extend(measurements(
+                BIG_DEFAULT_RING_BENCH,
+                param,
+                size,
+                default_ring,
+            ));
+        } else {
+            opts.progress(NAME, &format!("queue_1p1c {param}: multiproc"));
+            let [runs] = measure_rigs(&plan, [bytes_rig(size, None)]);
+            multiproc.extend(measurements("queue_1p1c", param, size, runs));
+        }
+    }
+    opts.progress(NAME, "queue_2p2c 8B: multiproc");
+    let [runs] = measure_rigs(&plan, [two_by_two_rig()]);
+    multiproc.extend(measurements("queue_2p2c", SMALL, 8, runs));
+    multiproc.extend(simple);
+
+    opts.progress(NAME, "python (queue_bench.py)");
+    let args = [
+        "--reps".to_string(),
+        plan.reps.to_string(),
+        "--target-ms".to_string(),
+        plan.target.as_millis().to_string(),
+        "--start-method".to_string(),
+        METHOD.as_str().to_string(),
+    ];
+    let python = opts
+        .python
+        .run("queue_bench.py", &args, plan.python_timeout);
+    report::pair(
+        NAME,
+        multiproc,
+        python.measurements,
+        python.failure.as_deref(),
+    )
+}
+
+/// The MB/s measurement of `bench` and `param` from per-run `(messages,
+/// seconds)` of `size`-byte payloads, plus `<bench>_msgs` (msg/s) for the
+/// 8-byte param.
+fn measurements(bench: &str, param: &str, size: usize, runs: Runs) -> Vec<Measurement> {
+    let rate = |f: &dyn Fn(u64, f64) -> f64| {
+        runs.as_ref()
+            .map(|runs| runs.iter().map(|&(n, secs)| f(n, secs)).collect())
+            .map_err(Clone::clone)
+    };
+    let mut out = vec![Measurement::new(
+        bench,
+        param,
+        "MB/s",
+        rate(&|n, secs| n as f64 * size as f64 / secs / 1e6),
+    )];
+    if param == SMALL {
+        out.push(Measurement::new(
+            &format!("{bench}_msgs"),
+            param,
+            "msg/s",
+            rate(&|n, secs| n as f64 / secs),
+        ));
+    }
+    out
+}
+
+/// One run of the given number of messages, driven by the parent; returns
+/// how long it took.
+type Run = dyn FnMut(u64) -> Result<Duration, String>;
+
+/// The children of one bench and the parent's side of a run. `run` owns
+/// the parent's ends of the command pipes, so dropping it ends the
+/// children's input.
+struct Rig {
+    children: Vec<Process<()>>,
+    run: Box<Run>,
+}
+
+impl Rig {
+    /// Ends the children's input and then the children, after a
+    /// measurement that produced `result` (see [`end`]).
+    fn finish<T>(self, result: Result<T, String>) -> Result<T, String> {
+        let Rig { children, run } = self;
+        drop(run);
+        end(children, result)
+    }
+}
+
+/// Ends `children` after `result`: on success each must exit by itself
+/// within [`EXIT_TIMEOUT`] (their input has ended); on failure they are
+/// killed. Either way every one is reaped. Returns `result`, or the first
+/// thing that went wrong with a child.
+fn end<T>(children: Vec<Process<()>>, result: Result<T, String>) -> Result<T, String> {
+    if result.is_err() {
+        for child in &children {
+            let _ = child.kill();
+        }
+        for child in children {
+            // Killed, the child has no result: the join error is expected.
+            let _ = child.join();
+        }
+        return result;
+    }
+    let mut result = result;
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    for child in children {
+        let failure = match child.join_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(()) => None,
+            Err(JoinTimeoutError::Timeout(child)) => {
+                let _ = child.kill();
+                let _ = child.join();
+                Some(format!(
+                    "a child did not exit within {} s of the end of its input",
+                    EXIT_TIMEOUT.as_secs()
+                ))
+            }
+            Err(JoinTimeoutError::Failed(e)) => Some(format!("a child failed: {e}")),
+        };
+        if let (Some(why), Ok(_)) = (failure, &result) {
+            result = Err(why);
+        }
+    }
+    result
+}
+
+/// Warms up the rigs that started, then calibrates and times them,
+/// interleaved ([`measure::timed_runs`]), then ends every child. Returns
+/// one result per rig, in order; a rig that did not start has its start
+/// error.
+///
+/// The warm-up is a calibration whose result is thrown away: its first
+/// run waits for the children to come up, and the first runs after that
+/// are slower than the steady state (pages touched for the first time).
+/// Left in the real calibration, they would make the timed runs shorter
+/// than [`Plan::target`].
+fn measure_rigs<const N: usize>(plan: &Plan, rigs: [Result<Rig, String>; N]) -> [Runs; N] {
+    let mut out: [Option<Runs>; N] = std::array::from_fn(|_| None);
+    let mut started = Vec::new();
+    for (i, rig) in rigs.into_iter().enumerate() {
+        match rig.and_then(
+            |mut rig| match measure::calibrate(plan.target, &mut *rig.run) {
+                Ok(_) => Ok(rig),
+                Err(e) => rig.finish(Err(e)),
+            },
+        ) {
+            Ok(rig) => started.push((i, rig)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let results = {
+        let mut runs: Vec<&mut Run> = started.iter_mut().map(|(_, r)| &mut *r.run).collect();
+        measure::timed_runs(plan.target, plan.reps, &mut runs)
+    };
+    for ((i, rig), result) in started.into_iter().zip(results) {
+        out[i] = Some(rig.finish(result));
+    }
+    out.map(|r| r.unwrap_or_else(|| Err("not measured".to_string())))
+}
+
+/// Starts `f(arg)` in a daemon child with [`METHOD`].
+fn start<A>(f: fn(A), arg: A) -> Result<Process<()>, String>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    Process::builder()
+        .start_method(METHOD)
+        .daemon(true)
+        .spawn(f, arg)
+        .map_err(|e| format!("start failed: {e}"))
+}
+
+/// Both ends of a command pipe: the parent's, then the child's.
+type Ends<S, R> = (Connection<S, R>, Connection<R, S>);
+
+/// A command pipe: the parent's end and the child's.
+fn command_pipe<S, R>() -> Result<Ends<S, R>, String> {
+    pipe::<S, R>().map_err(|e| format!("pipe failed: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Children
+
+/// 1p1c producer of `u64`s: for every command `count`, puts `0..count`;
+/// returns when the command pipe closes.
+fn produce_u64((cmd, q): (Connection<(), u64>, Queue<u64>)) {
+    while let Ok(count) = cmd.recv() {
+        for i in 0..count {
+            if q.put(i).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The same with a `SimpleQueue`.
+fn produce_simple((cmd, q): (Connection<(), u64>, SimpleQueue<u64>)) {
+    while let Ok(count) = cmd.recv() {
+        for i in 0..count {
+            if q.put(i).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// 1p1c producer of `size`-byte payloads: for every command `count`, puts
+/// that many. `put` takes the value, so every message is a fresh copy of
+/// the payload (as user code that sends the same bytes again would make).
+fn produce_bytes((cmd, q, size): (Connection<(), u64>, Queue<ByteBuf>, u64)) {
+    let payload = ByteBuf::from(vec![FILL; size as usize]);
+    while let Ok(count) = cmd.recv() {
+        for _ in 0..count {
+            if q.put(payload.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// 2p2c producer: for every command `(first, count)`, puts
+/// `first..first + count` and then [`SENTINEL`].
+fn produce_range((cmd, q): (Connection<(), (u64, u64)>, Queue<u64>)) {
+    while let Ok((first, count)) = cmd.recv() {
+        for v in (first..first + count).chain([SENTINEL]) {
+            if q.put(v).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// 2p2c consumer: for every command, gets values until a [`SENTINEL`], then
+/// reports how many it got and their (wrapping) sum.
+fn consume_until_sentinel((cmd, q): (Connection<(u64, u64), u64>, Queue<u64>)) {
+    while cmd.recv().is_ok() {
+        let (mut count, mut sum) = (0u64, 0u64);
+        loop {
+            match q.get() {
+                Ok(SENTINEL) => break,
+                Ok(v) => {
+                    count += 1;
+                    sum = sum.wrapping_add(v);
+                }
+                Err(_) => return,
+            }
+        }
+        if cmd.send(&(count, sum)).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rigs: the children of a bench and the parent's side of a run
+
+/// `queue_1p1c` 8B: a producer child puts `u64`s, the parent gets them and
+/// checks their order.
+fn u64_rig() -> Result<Rig, String> {
+    let q = Queue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(produce_u64, (theirs, q.clone()))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        for i in 0..count {
+            let v = q.get().map_err(|e| format!("get failed: {e}"))?;
+            if v != i {
+                return Err(format!("got {v} where {i} was due"));
+            }
+        }
+        Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// `simplequeue_1p1c` 8B: as [`u64_rig`] with a `SimpleQueue`.
+fn simple_rig() -> Result<Rig, String> {
+    let q = SimpleQueue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(produce_simple, (theirs, q.clone()))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        for i in 0..count {
+            let v = q.get().map_err(|e| format!("get failed: {e}"))?;
+            if v != i {
+                return Err(format!("got {v} where {i} was due"));
+            }
+        }
+        Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// `queue_1p1c` of `size`-byte payloads: a producer child puts
+/// `ByteBuf`s, the parent gets them. `ring` is the ring size (`None`: the
+/// default, [`multiproc::DEFAULT_RING_BYTES`]).
+fn bytes_rig(size: usize, ring: Option<usize>) -> Result<Rig, String> {
+    let builder = Queue::builder();
+    let builder = match ring {
+        Some(bytes) => builder.ring_bytes(bytes),
+        None => builder,
+    };
+    let q = builder
+        .build::<ByteBuf>()
+        .map_err(|e| format!("queue failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(produce_bytes, (theirs, q.clone(), size as u64))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        let mut last = size;
+        for _ in 0..count {
+            last = q.get().map_err(|e| format!("get failed: {e}"))?.len();
+        }
+        let took = t0.elapsed();
+        if last != size {
+            return Err(format!("got a payload of {last} bytes, not {size}"));
+        }
+        Ok(took)
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// `queue_2p2c`: two producer and two consumer children on one queue. A
+/// run of `count` messages gives each producer half of `0..count`; each
+/// consumer gets until a sentinel and reports its count and sum, and the
+/// parent checks that they add up to `count` and the sum of `0..count`.
+fn two_by_two_rig() -> Result<Rig, String> {
+    let q = Queue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
+    let mut children = Vec::new();
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    let started = (|| {
+        for _ in 0..2 {
+            let (ours, theirs) = command_pipe::<u64, (u64, u64)>()?;
+            children.push(start(consume_until_sentinel, (theirs, q.clone()))?);
+            consumers.push(ours);
+        }
+        for _ in 0..2 {
+            let (ours, theirs) = command_pipe::<(u64, u64), ()>()?;
+            children.push(start(produce_range, (theirs, q.clone()))?);
+            producers.push(ours);
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        drop((producers, consumers));
+        return end(children, Err(e));
+    }
+    // The parent neither puts nor gets: only the children hold the queue.
+    drop(q);
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        for c in &consumers {
+            c.send(&count).map_err(|e| format!("command failed: {e}"))?;
+        }
+        let half = count / 2;
+        for (p, command) in producers.iter().zip([(0, half), (half, count - half)]) {
+            p.send(&command)
+                .map_err(|e| format!("command failed: {e}"))?;
+        }
+        let (got, sum) = collect_reports(&consumers, &producers)?;
+        let took = t0.elapsed();
+        // The sum of 0..count, wrapping as the consumers' sums do.
+        let want = (u128::from(count) * u128::from(count.saturating_sub(1)) / 2) as u64;
+        if got != count || sum != want {
+            return Err(format!(
+                "the consumers got {got} messages summing to {sum}, not {count} summing to {want}"
+            ));
+        }
+        Ok(took)
+    });
+    Ok(Rig { children, run })
+}
+
+/// Waits for one `(count, sum)` report from each consumer and adds them
+/// up. A producer's command pipe becomes readable only when the producer
+/// is gone (producers never send): then its sentinel never comes, and the
+/// run fails at once rather than at [`REPORT_TIMEOUT`].
+fn collect_reports(
+    consumers: &[Connection<u64, (u64, u64)>],
+    producers: &[Connection<(u64, u64), ()>],
+) -> Result<(u64, u64), String> {
+    let deadline = Instant::now() + REPORT_TIMEOUT;
+    let mut pending: Vec<&Connection<u64, (u64, u64)>> = consumers.iter().collect();
+    let (mut got, mut sum) = (0u64, 0u64);
+    while !pending.is_empty() {
+        let mut watched: Vec<&dyn Waitable> = pending.iter().map(|c| *c as &dyn Waitable).collect();
+        watched.extend(producers.iter().map(|p| p as &dyn Waitable));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut ready = wait(&watched, Some(left)).map_err(|e| format!("wait failed: {e}"))?;
+        ready.sort_unstable();
+        if ready.is_empty() {
+            return Err(format!(
+                "no report from a consumer within {} s",
+                REPORT_TIMEOUT.as_secs()
+            ));
+        }
+        if ready.iter().any(|&i| i >= pending.len()) {
+            return Err("a producer exited during a run".to_string());
+        }
+        // Highest index first, so that removing keeps the others valid.
+        for &i in ready.iter().rev() {
+            let (n, s) = pending
+                .remove(i)
+                .recv()
+                .map_err(|e| format!("no report from a consumer: {e}"))?;
+            got += n;
+            sum = sum.wrapping_add(s);
+        }
+    }
+    Ok((got, sum))
+}
