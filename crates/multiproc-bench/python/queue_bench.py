@@ -7,7 +7,7 @@ module, which multiprocessing imports.
 * queue_1p1c: one producer child puts, the parent gets, on a
   multiprocessing.Queue; payloads of 8 B (an int), 1 KiB, 64 KiB and 1 MiB
   (bytes); payload MB/s (10^6 bytes). queue_1p1c_msgs: messages/s of the
-  8-byte runs. queue_1p1c_ring4MiB 1MiB repeats the 1MiB samples (Python's
+  8-byte runs. queue_1p1c_ring16MiB 1MiB repeats the 1MiB samples (Python's
   queue has no ring size), so that both multiproc rows have a baseline.
 * simplequeue_1p1c: the 8-byte runs on a SimpleQueue, interleaved with
   queue_1p1c 8B.
@@ -31,7 +31,7 @@ import benchutil
 
 SIZES = (("8B", 8), ("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20))
 SMALL = "8B"
-BIG_DEFAULT_RING_BENCH = "queue_1p1c_ring4MiB"
+BIG_DEFAULT_RING_BENCH = "queue_1p1c_ring16MiB"
 FILL = b"\xa5"
 EXIT_TIMEOUT = 10.0
 REPORT_TIMEOUT = 60.0
