@@ -142,6 +142,7 @@ mod connection;
 mod process;
 mod queue;
 mod shm;
+mod sync;
 mod sys;
 mod wire;
 
@@ -153,6 +154,11 @@ pub use connection::{
 pub use queue::{
     DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
     PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
+};
+pub use sync::{
+    Array, ArrayGuard, Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event,
+    Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,
+    ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
 };
 pub use wire::{DecodeError, EncodeError, FrameError};
 

@@ -126,6 +126,8 @@ pub enum TryGetError {
 
 /// [`task_done`](crate::JoinableQueue::task_done) was called more times than
 /// values were put (Python's `ValueError`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 #[error("task_done() called more times than values were put")]
 pub struct TaskDoneError;

@@ -53,6 +53,38 @@ impl RawLock {
         self.lock_until(None).unwrap_or(Locked::Clean)
     }
 
+    /// Takes the lock if it is free, or held by a thread that died.
+    pub(crate) fn try_lock(&self) -> Option<Locked> {
+        let me = futex::tid();
+        let cur = self.0.load(Ordering::Relaxed);
+        if cur == 0 {
+            return self
+                .0
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .ok()
+                .map(|_| Locked::Clean);
+        }
+        if !futex::is_alive(cur & TID)
+            && self
+                .0
+                .compare_exchange(
+                    cur,
+                    me | (cur & WAITERS),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(Locked::Recovered);
+        }
+        None
+    }
+
+    /// Whether the calling thread holds the lock.
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & TID == futex::tid()
+    }
+
     /// Takes the lock, or gives up at `deadline` (`None` then).
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
         let me = futex::tid();

@@ -1,0 +1,131 @@
+//! `Condition`: wait until notified, with a lock around the shared state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::lock::OwnerDied;
+use super::{Shared, shared_handle};
+use crate::shm::states::{Acquired, ConditionState};
+
+/// A condition variable shared between processes, with its own lock
+/// (Python's `Condition`). Take the lock with [`lock`](Self::lock), then
+/// [`ConditionGuard::wait`] releases it while waiting for a notification
+/// and takes it back. Spurious wake-ups are possible, as everywhere: use
+/// [`ConditionGuard::wait_while`] to wait for a predicate.
+///
+/// ```
+/// use multiproc::{Condition, Process, Value};
+///
+/// fn producer((cond, ready): (Condition, Value<u32>)) {
+///     let _g = cond.lock().unwrap();
+///     ready.set(1);
+///     cond.notify_all();
+/// }
+///
+/// let cond = Condition::new()?;
+/// let ready = Value::new(0u32)?;
+/// let child = Process::spawn(producer, (cond.clone(), ready.clone()))?;
+/// let guard = cond.lock().unwrap();
+/// let _guard = guard.wait_while(|| ready.get() == 0);
+/// assert_eq!(ready.get(), 1);
+/// drop(_guard);
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Condition {
+    shared: Arc<Shared<ConditionState>>,
+}
+
+shared_handle!(Condition);
+
+/// Holds a [`Condition`]'s lock.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ConditionGuard<'a> {
+    cond: &'a Condition,
+}
+
+impl<'a> ConditionGuard<'a> {
+    /// Releases the lock, waits for a notification, takes the lock back.
+    pub fn wait(self) -> ConditionGuard<'a> {
+        let cond = self.cond;
+        std::mem::forget(self);
+        let _ = cond.shared.state().wait(None);
+        ConditionGuard { cond }
+    }
+
+    /// Like [`wait`](Self::wait), giving up at `timeout`; the flag says
+    /// whether a notification came.
+    pub fn wait_timeout(self, timeout: Duration) -> (ConditionGuard<'a>, bool) {
+        let cond = self.cond;
+        std::mem::forget(self);
+        let (notified, _) = cond.shared.state().wait(Some(Instant::now() + timeout));
+        (ConditionGuard { cond }, notified)
+    }
+
+    /// Waits (re-checking after every notification) while `pred` holds.
+    pub fn wait_while(self, mut pred: impl FnMut() -> bool) -> ConditionGuard<'a> {
+        let mut guard = self;
+        while pred() {
+            guard = guard.wait();
+        }
+        guard
+    }
+
+    /// Declares the protected data consistent again after [`OwnerDied`].
+    pub fn make_consistent(&self) {
+        self.cond.shared.state().lock.make_consistent();
+    }
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        self.cond.shared.state().lock.release();
+    }
+}
+
+impl Condition {
+    fn from_shared(shared: Arc<Shared<ConditionState>>) -> Self {
+        Condition { shared }
+    }
+
+    /// A new condition with its own lock.
+    pub fn new() -> std::io::Result<Condition> {
+        Ok(Condition::from_shared(Shared::create(
+            "multiproc-condition",
+            0,
+            0,
+        )?))
+    }
+
+    /// Takes the condition's lock.
+    pub fn lock(&self) -> Result<ConditionGuard<'_>, OwnerDied<ConditionGuard<'_>>> {
+        let how = self
+            .shared
+            .state()
+            .lock
+            .acquire(None)
+            .unwrap_or(Acquired::Clean);
+        let guard = ConditionGuard { cond: self };
+        match how {
+            Acquired::Clean => Ok(guard),
+            Acquired::OwnerDied => Err(OwnerDied(guard)),
+        }
+    }
+
+    /// Wakes one waiter.
+    pub fn notify_one(&self) {
+        self.shared.state().notify(1);
+    }
+
+    /// Wakes up to `n` waiters.
+    pub fn notify(&self, n: u32) {
+        self.shared.state().notify(n);
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.shared.state().notify(u32::MAX);
+    }
+}

@@ -1,0 +1,233 @@
+//! `Lock` and `RLock`: mutual exclusion between processes, robust to a
+//! holder that dies.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Shared, shared_handle};
+use crate::shm::states::{Acquired, LockState};
+
+/// The lock was taken, but a holder died with it: the data it protects may
+/// be half updated. The guard is inside; fix the data, then call
+/// `make_consistent` on it, or later lockers will be told the same.
+pub struct OwnerDied<G>(pub G);
+
+impl<G> OwnerDied<G> {
+    /// The guard: the lock is held.
+    pub fn into_guard(self) -> G {
+        self.0
+    }
+}
+
+impl<G> fmt::Debug for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnerDied(..)")
+    }
+}
+
+impl<G> fmt::Display for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a previous holder of the lock died holding it; the protected data may be inconsistent",
+        )
+    }
+}
+
+impl<G> std::error::Error for OwnerDied<G> {}
+
+/// [`Lock::try_lock`] did not take the lock cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum TryLockError<G> {
+    /// Another holder has it.
+    #[error("the lock is held")]
+    WouldBlock,
+    /// Taken, after a holder died (see [`OwnerDied`]).
+    #[error(transparent)]
+    OwnerDied(OwnerDied<G>),
+}
+
+/// [`Lock::lock_timeout`] did not take the lock cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum LockTimeoutError<G> {
+    /// Still held at the deadline.
+    #[error("the lock stayed held")]
+    Timeout,
+    /// Taken, after a holder died (see [`OwnerDied`]).
+    #[error(transparent)]
+    OwnerDied(OwnerDied<G>),
+}
+
+fn wrap<G>(guard: G, how: Acquired) -> Result<G, OwnerDied<G>> {
+    match how {
+        Acquired::Clean => Ok(guard),
+        Acquired::OwnerDied => Err(OwnerDied(guard)),
+    }
+}
+
+/// A lock shared between processes (Python's `multiprocessing.Lock`).
+///
+/// ```
+/// use multiproc::{Lock, Process};
+///
+/// fn careful(lock: Lock) -> bool {
+///     let _guard = lock.lock().unwrap();
+///     true
+/// }
+///
+/// let lock = Lock::new()?;
+/// let child = Process::spawn(careful, lock.clone())?;
+/// {
+///     let _guard = lock.lock().unwrap();
+///     // the child waits here until the guard is dropped
+/// }
+/// assert!(child.join()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Lock {
+    shared: Arc<Shared<LockState>>,
+}
+
+shared_handle!(Lock);
+
+/// Holds a [`Lock`]; releases it when dropped.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+}
+
+impl LockGuard<'_> {
+    /// Declares the protected data consistent again after [`OwnerDied`].
+    pub fn make_consistent(&self) {
+        self.lock.shared.state().make_consistent();
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.shared.state().release();
+    }
+}
+
+impl Lock {
+    fn from_shared(shared: Arc<Shared<LockState>>) -> Self {
+        Lock { shared }
+    }
+
+    /// A new, unlocked lock.
+    pub fn new() -> std::io::Result<Lock> {
+        Ok(Lock::from_shared(Shared::create("multiproc-lock", 0, 0)?))
+    }
+
+    /// Takes the lock, waiting as long as needed (never for a dead holder).
+    pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
+        let how = self.shared.state().acquire(None).unwrap_or(Acquired::Clean);
+        wrap(LockGuard { lock: self }, how)
+    }
+
+    /// Takes the lock if it is free (or its holder died).
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
+        match self.shared.state().try_acquire() {
+            None => Err(TryLockError::WouldBlock),
+            Some(how) => wrap(LockGuard { lock: self }, how).map_err(TryLockError::OwnerDied),
+        }
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
+        match self.shared.state().acquire(Some(Instant::now() + timeout)) {
+            None => Err(LockTimeoutError::Timeout),
+            Some(how) => wrap(LockGuard { lock: self }, how).map_err(LockTimeoutError::OwnerDied),
+        }
+    }
+}
+
+/// A re-entrant lock (Python's `RLock`): the thread that holds it may take
+/// it again; it is released when every guard is dropped.
+///
+/// ```
+/// let lock = multiproc::RLock::new()?;
+/// let outer = lock.lock().unwrap();
+/// let inner = lock.lock().unwrap(); // same thread: no deadlock
+/// drop((inner, outer));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct RLock {
+    shared: Arc<Shared<LockState>>,
+}
+
+shared_handle!(RLock);
+
+/// Holds an [`RLock`] once; releases that level when dropped.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+}
+
+impl RLockGuard<'_> {
+    /// Declares the protected data consistent again after [`OwnerDied`].
+    pub fn make_consistent(&self) {
+        self.lock.shared.state().make_consistent();
+    }
+}
+
+impl Drop for RLockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.shared.state().release();
+    }
+}
+
+impl RLock {
+    fn from_shared(shared: Arc<Shared<LockState>>) -> Self {
+        RLock { shared }
+    }
+
+    /// A new, unlocked re-entrant lock.
+    pub fn new() -> std::io::Result<RLock> {
+        Ok(RLock::from_shared(Shared::create("multiproc-rlock", 0, 0)?))
+    }
+
+    /// Takes the lock (again, if this thread holds it).
+    pub fn lock(&self) -> Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>> {
+        let state = self.shared.state();
+        if state.reenter() {
+            return Ok(RLockGuard { lock: self });
+        }
+        let how = state.acquire(None).unwrap_or(Acquired::Clean);
+        wrap(RLockGuard { lock: self }, how)
+    }
+
+    /// Takes the lock (again) if that needs no waiting.
+    pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
+        let state = self.shared.state();
+        if state.reenter() {
+            return Ok(RLockGuard { lock: self });
+        }
+        match state.try_acquire() {
+            None => Err(TryLockError::WouldBlock),
+            Some(how) => wrap(RLockGuard { lock: self }, how).map_err(TryLockError::OwnerDied),
+        }
+    }
+
+    /// Takes the lock (again), waiting at most `timeout`.
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RLockGuard<'_>, LockTimeoutError<RLockGuard<'_>>> {
+        let state = self.shared.state();
+        if state.reenter() {
+            return Ok(RLockGuard { lock: self });
+        }
+        match state.acquire(Some(Instant::now() + timeout)) {
+            None => Err(LockTimeoutError::Timeout),
+            Some(how) => wrap(RLockGuard { lock: self }, how).map_err(LockTimeoutError::OwnerDied),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `Semaphore` and `BoundedSemaphore`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Shared, shared_handle};
+use crate::shm::states::SemaphoreState;
+
+/// [`BoundedSemaphore::release`] would raise the value past its initial
+/// value (Python's `ValueError`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
+#[error("the semaphore was released more times than it was acquired")]
+pub struct ReleaseError;
+
+/// A counter shared between processes (Python's `Semaphore`): `acquire`
+/// takes one unit, waiting while there is none; `release` returns one.
+///
+/// A semaphore has no owner: a process that dies holding units does not
+/// give them back (as in Python).
+///
+/// ```
+/// let slots = multiproc::Semaphore::new(2)?;
+/// slots.acquire();
+/// assert!(slots.try_acquire());
+/// assert!(!slots.try_acquire());
+/// slots.release();
+/// assert_eq!(slots.value(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Semaphore {
+    shared: Arc<Shared<SemaphoreState>>,
+}
+
+shared_handle!(Semaphore);
+
+impl Semaphore {
+    fn from_shared(shared: Arc<Shared<SemaphoreState>>) -> Self {
+        Semaphore { shared }
+    }
+
+    /// A semaphore holding `value` units.
+    pub fn new(value: u32) -> std::io::Result<Semaphore> {
+        let shared = Shared::<SemaphoreState>::create("multiproc-semaphore", 0, 0)?;
+        shared.state().init(value, None);
+        Ok(Semaphore::from_shared(shared))
+    }
+
+    /// Takes a unit, waiting while there is none.
+    pub fn acquire(&self) {
+        self.shared.state().acquire(None);
+    }
+
+    /// Takes a unit if one is there now.
+    pub fn try_acquire(&self) -> bool {
+        self.shared.state().acquire(Some(Instant::now()))
+    }
+
+    /// Takes a unit, waiting at most `timeout`; false if none came.
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.shared.state().acquire(Some(Instant::now() + timeout))
+    }
+
+    /// Returns a unit and wakes one waiter.
+    pub fn release(&self) {
+        let _ = self.shared.state().release();
+    }
+
+    /// Units available now (approximate while others work).
+    pub fn value(&self) -> u32 {
+        self.shared.state().value()
+    }
+}
+
+/// A [`Semaphore`] that refuses to be released past its initial value
+/// (Python's `BoundedSemaphore`).
+///
+/// ```
+/// let s = multiproc::BoundedSemaphore::new(1)?;
+/// s.acquire();
+/// s.release()?;
+/// assert!(s.release().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct BoundedSemaphore {
+    shared: Arc<Shared<SemaphoreState>>,
+}
+
+shared_handle!(BoundedSemaphore);
+
+impl BoundedSemaphore {
+    fn from_shared(shared: Arc<Shared<SemaphoreState>>) -> Self {
+        BoundedSemaphore { shared }
+    }
+
+    /// A semaphore holding, and bounded by, `value` units.
+    pub fn new(value: u32) -> std::io::Result<BoundedSemaphore> {
+        let shared = Shared::<SemaphoreState>::create("multiproc-semaphore", 0, 0)?;
+        shared.state().init(value, Some(value));
+        Ok(BoundedSemaphore::from_shared(shared))
+    }
+
+    /// Takes a unit, waiting while there is none.
+    pub fn acquire(&self) {
+        self.shared.state().acquire(None);
+    }
+
+    /// Takes a unit if one is there now.
+    pub fn try_acquire(&self) -> bool {
+        self.shared.state().acquire(Some(Instant::now()))
+    }
+
+    /// Takes a unit, waiting at most `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.shared.state().acquire(Some(Instant::now() + timeout))
+    }
+
+    /// Returns a unit; an error if that would pass the initial value.
+    pub fn release(&self) -> Result<(), ReleaseError> {
+        if self.shared.state().release() {
+            Ok(())
+        } else {
+            Err(ReleaseError)
+        }
+    }
+
+    /// Units available now.
+    pub fn value(&self) -> u32 {
+        self.shared.state().value()
+    }
+}
