@@ -141,6 +141,7 @@
 mod connection;
 mod process;
 mod queue;
+mod shared;
 mod shm;
 mod sync;
 mod sys;
@@ -155,6 +156,7 @@ pub use queue::{
     DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
     PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
 };
+pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{
     Array, ArrayGuard, Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event,
     Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,

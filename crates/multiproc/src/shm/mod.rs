@@ -13,4 +13,5 @@
 pub(crate) mod lock;
 pub(crate) mod object;
 pub(crate) mod ring;
+pub(crate) mod segment;
 pub(crate) mod states;

@@ -1,0 +1,202 @@
+//! Shared memory blocks (Python's `multiprocessing.shared_memory`).
+//!
+//! A block is a memfd: it has no file in `/dev/shm`, so a crash can never
+//! leak one there, and its memory is freed when the last process holding it
+//! exits. Its name resolves through the creator's `/proc/<pid>/fd/<n>` for
+//! as long as the creator holds the name (until [`SharedMemory::unlink`] or
+//! drop); passing the block itself to a child, as an argument or in a
+//! message, works whatever the creator does.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shm::segment::Segment;
+use crate::sys;
+use crate::wire::handles::{self, FdRef};
+
+#[derive(Debug)]
+struct Inner {
+    segment: Segment,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        handles::untrack(self.segment.fd());
+    }
+}
+
+/// A block of shared memory (Python's `SharedMemory`).
+///
+/// ```
+/// use multiproc::{Process, SharedMemory};
+///
+/// fn fill(shm: SharedMemory) {
+///     shm.write(0, b"written by a child").unwrap();
+/// }
+///
+/// let shm = SharedMemory::create(4096)?;
+/// Process::spawn(fill, shm.clone())?.join()?;
+/// let mut buf = [0u8; 18];
+/// shm.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"written by a child");
+///
+/// // Another process can also attach by name while the creator holds it.
+/// let again = SharedMemory::attach(shm.name().unwrap())?;
+/// assert_eq!(again.size(), shm.size());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedMemory {
+    inner: Arc<Inner>,
+    name: Option<Arc<(String, OwnedFd)>>,
+}
+
+/// A read or write outside the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bytes {offset}..{end} are outside a block of {size} bytes")]
+pub struct OutOfBounds {
+    /// Where the access started.
+    pub offset: usize,
+    /// Where it ended.
+    pub end: usize,
+    /// The block's size.
+    pub size: usize,
+}
+
+impl SharedMemory {
+    fn from_segment(segment: Segment, named: bool) -> io::Result<SharedMemory> {
+        handles::track(segment.fd());
+        let name = if named {
+            let fd = sys::socket::dup(segment.fd())?;
+            Some(Arc::new((
+                format!("multiproc-{}-{}", sys::process::pid(), fd.as_raw_fd()),
+                fd,
+            )))
+        } else {
+            None
+        };
+        Ok(SharedMemory {
+            inner: Arc::new(Inner { segment }),
+            name,
+        })
+    }
+
+    /// A new zeroed block of `size` bytes (rounded up to whole pages by the
+    /// kernel; [`size`](Self::size) reports the mapped size).
+    pub fn create(size: usize) -> io::Result<SharedMemory> {
+        SharedMemory::from_segment(Segment::create(size)?, true)
+    }
+
+    /// Attaches to a block by the name its creator reported, while the
+    /// creator still holds it.
+    pub fn attach(name: &str) -> io::Result<SharedMemory> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no multiproc shared memory named {name:?}"),
+            )
+        };
+        let rest = name.strip_prefix("multiproc-").ok_or_else(bad)?;
+        let (pid, fd) = rest.split_once('-').ok_or_else(bad)?;
+        let (pid, fd): (u32, i32) = (
+            pid.parse().map_err(|_| bad())?,
+            fd.parse().map_err(|_| bad())?,
+        );
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let target = std::fs::read_link(&path).map_err(|_| bad())?;
+        if !target.to_string_lossy().starts_with("/memfd:multiproc-shm") {
+            return Err(bad());
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|_| bad())?;
+        SharedMemory::from_segment(Segment::attach(OwnedFd::from(file))?, false)
+    }
+
+    /// The name another process can [`attach`](Self::attach) with: only
+    /// the creating handle (and its clones) has one, until unlinked.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref().map(|(n, _)| n.as_str())
+    }
+
+    /// Stops the name from resolving (Python's `unlink`). The memory stays
+    /// for every process that has it, and is freed with the last one.
+    pub fn unlink(&mut self) {
+        self.name = None;
+    }
+
+    /// The block's size in bytes.
+    pub fn size(&self) -> usize {
+        self.inner.segment.len()
+    }
+
+    fn bounds(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
+        let end = offset.saturating_add(len);
+        if end > self.size() {
+            Err(OutOfBounds {
+                offset,
+                end,
+                size: self.size(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        self.bounds(offset, out.len())?;
+        self.inner.segment.read(offset, out);
+        Ok(())
+    }
+
+    /// Copies `data` into the block at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
+        self.bounds(offset, data.len())?;
+        self.inner.segment.write(offset, data);
+        Ok(())
+    }
+
+    /// The block as bytes that any process may read and write at once.
+    pub fn as_atomic_u8(&self) -> &[AtomicU8] {
+        self.inner.segment.atomic_u8()
+    }
+
+    /// The block as 32-bit words that any process may read and write at
+    /// once.
+    pub fn as_atomic_u32(&self) -> &[AtomicU32] {
+        self.inner.segment.atomic_u32()
+    }
+
+    /// The block as 64-bit words that any process may read and write at
+    /// once.
+    pub fn as_atomic_u64(&self) -> &[AtomicU64] {
+        self.inner.segment.atomic_u64()
+    }
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FdRef(self.inner.segment.fd()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = handles::deserialize_fd(d)?;
+        let segment = Segment::attach(fd).map_err(serde::de::Error::custom)?;
+        SharedMemory::from_segment(segment, false).map_err(serde::de::Error::custom)
+    }
+}
+
+impl AsFd for SharedMemory {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.segment.fd()
+    }
+}

@@ -1,0 +1,95 @@
+//! A raw shared-memory segment: the memory behind `SharedMemory`.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+
+use crate::sys::shm::Mapping;
+
+/// Bytes of shared memory with bounds-checked, race-tolerant access.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    map: Mapping,
+}
+
+macro_rules! atomic_view {
+    ($name:ident, $t:ty) => {
+        /// The segment as atomics (its length divided by their width).
+        pub(crate) fn $name(&self) -> &[$t] {
+            let n = self.map.len() / std::mem::size_of::<$t>();
+            // SAFETY: the mapping is page-aligned, so aligned for every
+            // atomic width; `n` atomics fit in it; atomics may be accessed
+            // concurrently by other processes (they are plain memory of the
+            // same size as their integer, valid at any bytes); the slice
+            // borrows `self`, which owns the mapping.
+            unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<$t>(), n) }
+        }
+    };
+}
+
+impl Segment {
+    /// A new zeroed segment of `len` bytes (at least 1).
+    pub(crate) fn create(len: usize) -> io::Result<Segment> {
+        Ok(Segment {
+            map: Mapping::create("multiproc-shm", len.max(1))?,
+        })
+    }
+
+    /// Maps a segment from its memfd.
+    pub(crate) fn attach(fd: OwnedFd) -> io::Result<Segment> {
+        Ok(Segment {
+            map: Mapping::attach(fd)?,
+        })
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The memfd.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.map.fd()
+    }
+
+    /// Copies bytes out from `offset`; false if out of bounds.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: in bounds (checked); `out` is ours; the source is shared
+        // memory that other processes may write concurrently: a raw copy
+        // reads some bytes and no Rust reference to it exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        true
+    }
+
+    /// Copies bytes in at `offset`; false if out of bounds.
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) -> bool {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: in bounds (checked); no Rust reference covers the shared
+        // bytes (views are atomics, which tolerate concurrent writes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len())
+        };
+        true
+    }
+
+    atomic_view!(atomic_u8, AtomicU8);
+    atomic_view!(atomic_u32, AtomicU32);
+    atomic_view!(atomic_u64, AtomicU64);
+}
