@@ -131,6 +131,32 @@
 //! [`SimpleQueue`] is the minimal variant; [`JoinableQueue`] adds
 //! `task_done` and `join`.
 //!
+//! # Synchronisation and shared state
+//!
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
+//! [`Condition`] and [`Barrier`] work across processes, on futexes in
+//! shared memory; [`Value`] and [`Array`] hold plain data with a lock, and
+//! [`SharedMemory`] is a raw block. A lock whose holder died is recovered,
+//! and the next holder is told ([`OwnerDied`]).
+//!
+//! ```
+//! use multiproc::{Process, Value};
+//!
+//! fn deposit(balance: Value<i64>) {
+//!     for _ in 0..100 {
+//!         *balance.get_lock().unwrap() += 1;
+//!     }
+//! }
+//!
+//! let balance = Value::new(0i64)?;
+//! let children: Vec<_> = (0..2).map(|_| Process::spawn(deposit, balance.clone())).collect::<Result<_, _>>()?;
+//! for c in children {
+//!     c.join()?;
+//! }
+//! assert_eq!(balance.get(), 200);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What a child never does
 //!
 //! A child never outlives its parent: if the parent dies, even by SIGKILL,

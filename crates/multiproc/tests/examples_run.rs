@@ -122,3 +122,11 @@ fn the_queue_example_runs() {
     assert!(out.contains("each exactly once"), "{out}");
     assert!(out.contains("all tasks done"), "{out}");
 }
+
+#[test]
+fn the_sync_example_runs() {
+    let out = run("sync", &[], Duration::from_secs(60));
+    assert!(out.contains("(total 2000)"), "{out}");
+    assert!(out.contains("the holder was killed"), "{out}");
+    assert!(out.contains("bumped by 4 processes: 4"), "{out}");
+}
