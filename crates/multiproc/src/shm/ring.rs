@@ -54,6 +54,11 @@ struct Side {
     /// Records ever put (producer side) or got (consumer side). Written
     /// only under the side's lock, so a plain store suffices.
     count: AtomicU64,
+    /// The other side's position as last read: a producer re-reads `head`,
+    /// a consumer `tail`, only when this copy says full or empty, so the
+    /// common case touches no cache line the other side writes. Accessed
+    /// under the side's lock.
+    peer: AtomicU64,
     /// Producer side: the next large-message id.
     large_seq: AtomicU64,
 }
@@ -224,16 +229,28 @@ impl Ring {
 
     /// Free bytes needed at `tail` for a record of `size` (with the PAD
     /// that may precede it), and whether it fits now.
-    fn fits(&self, tail: u64, size: u64) -> (bool, u64) {
+    fn fits(&self, tail: u64, size: u64, fresh: bool) -> (bool, u64) {
         let h = self.header();
-        let head = h.consumer.pos.load(Ordering::Acquire);
         let to_end = self.capacity - (tail % self.capacity);
         let need = if size > to_end { to_end + size } else { size };
         let items_ok = {
             let max = h.meta.max_items.load(Ordering::Relaxed);
             max == 0 || self.len() < max
         };
-        (items_ok && self.capacity - (tail - head) >= need, to_end)
+        if !items_ok {
+            return (false, to_end);
+        }
+        // `head` only grows: if the cached copy leaves room, so does the
+        // real one.
+        let cached = h.producer.peer.load(Ordering::Relaxed);
+        if !fresh && cached <= tail && self.capacity - (tail - cached) >= need {
+            return (true, to_end);
+        }
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        if !fresh {
+            h.producer.peer.store(head, Ordering::Relaxed);
+        }
+        (self.capacity - (tail - head) >= need, to_end)
     }
 
     /// Writes `header` and `parts` at ring position `pos` (no wrap).
@@ -277,7 +294,7 @@ impl Ring {
         loop {
             let _ = h.producer.lock.lock();
             let tail = h.producer.pos.load(Ordering::Relaxed);
-            let (fits, to_end) = self.fits(tail, size);
+            let (fits, to_end) = self.fits(tail, size, false);
             if fits {
                 let mut tail = tail;
                 if size > to_end {
@@ -324,7 +341,7 @@ impl Ring {
             let seq = h.waits.space_seq.load(Ordering::SeqCst);
             h.waits.space_sleepers.fetch_add(1, Ordering::SeqCst);
             let tail = h.producer.pos.load(Ordering::SeqCst);
-            let woke = if self.fits(tail, size).0 {
+            let woke = if self.fits(tail, size, true).0 {
                 futex::Wake::Woken
             } else {
                 futex::wait(&h.waits.space_seq, seq, Some(until(deadline)))
@@ -352,7 +369,10 @@ impl Ring {
         let h = self.header();
         let mut spins = 0u32;
         loop {
-            if !self.is_empty_now() {
+            // Known non-empty from our own cache line, or else ask.
+            let known =
+                h.consumer.peer.load(Ordering::Relaxed) != h.consumer.pos.load(Ordering::Relaxed);
+            if known || !self.is_empty_now() {
                 let _ = h.consumer.lock.lock();
                 let out = self.pop_locked(&mut read);
                 h.consumer.lock.unlock();
@@ -405,7 +425,13 @@ impl Ring {
         let h = self.header();
         let mut head = h.consumer.pos.load(Ordering::Relaxed);
         loop {
-            let tail = h.producer.pos.load(Ordering::Acquire);
+            // Records up to the cached `tail` were published when it was
+            // read (Acquire); re-read only when we have caught up with it.
+            let mut tail = h.consumer.peer.load(Ordering::Relaxed);
+            if head == tail || tail < head {
+                tail = h.producer.pos.load(Ordering::Acquire);
+                h.consumer.peer.store(tail, Ordering::Relaxed);
+            }
             if head == tail {
                 h.consumer.pos.store(head, Ordering::SeqCst);
                 return Ok(None);
