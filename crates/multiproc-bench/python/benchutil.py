@@ -1,4 +1,5 @@
-"""Helpers shared by the group scripts: output lines, memory, readiness.
+"""Helpers shared by the group scripts: output lines, calibrated runs,
+children driven through command pipes, memory, readiness.
 
 Every script prints one JSON line per measurement on stdout:
 
@@ -8,12 +9,16 @@ Every script prints one JSON line per measurement on stdout:
 The Rust side (src/python.rs) takes the medians.
 """
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 import traceback
+
+# How long a child may take to exit once its input has ended.
+EXIT_TIMEOUT = 10.0
 
 
 def emit(bench, param, unit, samples):
@@ -51,6 +56,66 @@ def calibrate(run, target):
         if took >= target / 8 or count >= 1 << 40:
             return max(1, math.ceil(count * target / max(took, 1e-9)))
         count *= 4
+
+
+def timed_runs(runs, reps, target):
+    """As measure_rigs on the Rust side (src/rig.rs): warms up each run
+    with a calibration whose result is thrown away (its first run waits for
+    the children to come up, and the first runs are slower than the steady
+    state), calibrates each run, then reps rounds run each once. Returns
+    per run a list of (count, seconds) or the exception that stopped it."""
+    counts = []
+    for run in runs:
+        try:
+            calibrate(run, target)
+            counts.append(calibrate(run, target))
+        except Exception as exc:
+            counts.append(exc)
+    results = [c if isinstance(c, Exception) else [] for c in counts]
+    for _ in range(reps):
+        for i, run in enumerate(runs):
+            if isinstance(results[i], Exception):
+                continue
+            try:
+                results[i].append((counts[i], run(counts[i])))
+            except Exception as exc:
+                results[i] = exc
+    return results
+
+
+@contextlib.contextmanager
+def children(ctx, specs):
+    """Starts a daemon child per (target, args) in specs, each given its own
+    command pipe as first argument; yields our ends. Afterwards closes
+    them, so the children return, and joins them (or kills them if they do
+    not exit, or if the block failed)."""
+    started = []
+    ok = False
+    try:
+        for target, args in specs:
+            ours, theirs = ctx.Pipe()
+            p = ctx.Process(target=target, args=(theirs, *args), daemon=True)
+            p.start()
+            theirs.close()
+            started.append((ours, p))
+        yield [ours for ours, _ in started]
+        ok = True
+    finally:
+        for ours, _ in started:
+            ours.close()
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        stuck = False
+        for _, p in started:
+            p.join(max(0.0, deadline - time.monotonic()) if ok else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join()
+                stuck = True
+        if ok and stuck:
+            raise RuntimeError("a child did not exit at the end of its input")
+        if ok and any(p.exitcode != 0 for _, p in started):
+            codes = [p.exitcode for _, p in started]
+            raise RuntimeError(f"a child failed (exit codes {codes})")
 
 
 def private_kib(pid):

@@ -22,7 +22,6 @@ first command to the last message (1p1c) or the last consumer report
 """
 
 import argparse
-import contextlib
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -33,7 +32,6 @@ SIZES = (("8B", 8), ("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20))
 SMALL = "8B"
 BIG_DEFAULT_RING_BENCH = "queue_1p1c_ring16MiB"
 FILL = b"\xa5"
-EXIT_TIMEOUT = 10.0
 REPORT_TIMEOUT = 60.0
 
 
@@ -94,66 +92,6 @@ def consume_until_sentinel(cmd, q):
         cmd.send((count, total))
 
 
-@contextlib.contextmanager
-def children(ctx, specs):
-    """Starts a daemon child per (target, args) in specs, each given its own
-    command pipe as first argument; yields our ends. Afterwards closes
-    them, so the children return, and joins them (or kills them if they do
-    not exit, or if the block failed)."""
-    started = []
-    ok = False
-    try:
-        for target, args in specs:
-            ours, theirs = ctx.Pipe()
-            p = ctx.Process(target=target, args=(theirs, *args), daemon=True)
-            p.start()
-            theirs.close()
-            started.append((ours, p))
-        yield [ours for ours, _ in started]
-        ok = True
-    finally:
-        for ours, _ in started:
-            ours.close()
-        deadline = time.monotonic() + EXIT_TIMEOUT
-        stuck = False
-        for _, p in started:
-            p.join(max(0.0, deadline - time.monotonic()) if ok else 0.1)
-            if p.is_alive():
-                p.kill()
-                p.join()
-                stuck = True
-        if ok and stuck:
-            raise RuntimeError("a child did not exit at the end of its input")
-        if ok and any(p.exitcode != 0 for _, p in started):
-            codes = [p.exitcode for _, p in started]
-            raise RuntimeError(f"a child failed (exit codes {codes})")
-
-
-def timed_runs(runs, reps, target):
-    """As on the Rust side: warms up each run with a calibration whose
-    result is thrown away (its first run waits for the children to come
-    up, and the first runs are slower than the steady state), calibrates
-    each run, then reps rounds run each once. Returns per run a list of
-    (count, seconds) or the exception that stopped it."""
-    counts = []
-    for run in runs:
-        try:
-            benchutil.calibrate(run, target)
-            counts.append(benchutil.calibrate(run, target))
-        except Exception as exc:
-            counts.append(exc)
-    results = [c if isinstance(c, Exception) else [] for c in counts]
-    for _ in range(reps):
-        for i, run in enumerate(runs):
-            if isinstance(results[i], Exception):
-                continue
-            try:
-                results[i].append((counts[i], run(counts[i])))
-            except Exception as exc:
-                results[i] = exc
-    return results
-
-
 def one_to_one(cmd, q, check_order):
     """The parent's side of a 1p1c run: command the producer, get count
     values; with check_order they must be 0..count in order."""
@@ -181,18 +119,18 @@ def small(ctx, reps, target):
     """queue_1p1c and simplequeue_1p1c 8B, interleaved."""
     queues = [ctx.Queue(), ctx.SimpleQueue()]
     specs = [(produce_ints, (q,)) for q in queues]
-    with children(ctx, specs) as cmds:
+    with benchutil.children(ctx, specs) as cmds:
         runs = []
         for cmd, q in zip(cmds, queues):
             inner = one_to_one(cmd, q, True)
             runs.append(lambda count, inner=inner: inner(count)[0])
-        return timed_runs(runs, reps, target)
+        return benchutil.timed_runs(runs, reps, target)
 
 
 def sized(ctx, size, reps, target):
     """queue_1p1c of size-byte payloads."""
     q = ctx.Queue()
-    with children(ctx, [(produce_bytes, (q, size))]) as (cmd,):
+    with benchutil.children(ctx, [(produce_bytes, (q, size))]) as (cmd,):
         inner = one_to_one(cmd, q, False)
 
         def run(count):
@@ -201,14 +139,14 @@ def sized(ctx, size, reps, target):
                 raise RuntimeError(f"got a payload of {len(last)} bytes, not {size}")
             return took
 
-        return timed_runs([run], reps, target)[0]
+        return benchutil.timed_runs([run], reps, target)[0]
 
 
 def two_by_two(ctx, reps, target):
     """queue_2p2c: 2 producers, 2 consumers, every message checked."""
     q = ctx.Queue()
     specs = [(consume_until_sentinel, (q,))] * 2 + [(produce_range, (q,))] * 2
-    with children(ctx, specs) as cmds:
+    with benchutil.children(ctx, specs) as cmds:
         consumers, producers = cmds[:2], cmds[2:]
 
         def run(count):
@@ -226,7 +164,7 @@ def two_by_two(ctx, reps, target):
                                    f"{total}, not {count} summing to {want}")
             return took
 
-        return timed_runs([run], reps, target)[0]
+        return benchutil.timed_runs([run], reps, target)[0]
 
 
 def collect_reports(consumers, producers):

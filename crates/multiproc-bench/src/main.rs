@@ -12,6 +12,7 @@ mod groups;
 mod measure;
 mod python;
 mod report;
+mod rig;
 
 use groups::Options;
 use report::{Impl, Row};
@@ -41,6 +42,11 @@ const GROUPS: &[Group] = &[
         name: groups::queue::NAME,
         about: "Queue/SimpleQueue throughput, 1 and 2 producers and consumers",
         run: groups::queue::run,
+    },
+    Group {
+        name: groups::sync::NAME,
+        about: "Lock, locked Value, Event ping-pong and Barrier rates, 1 and 2 processes",
+        run: groups::sync::run,
     },
 ];
 

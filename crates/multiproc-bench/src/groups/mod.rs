@@ -8,6 +8,7 @@ use crate::python::Python;
 pub mod pipe;
 pub mod queue;
 pub mod start;
+pub mod sync;
 
 /// What every group is told about the run.
 #[derive(Debug, Clone)]

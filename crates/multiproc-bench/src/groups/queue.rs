@@ -23,7 +23,8 @@
 //! first command to the last message or report. After a warm-up (a
 //! calibration whose result is thrown away), the count is calibrated so
 //! that a run lasts about [`Plan::target`]. Dropping the parent's ends of
-//! the command pipes ends the children.
+//! the command pipes ends the children (this machinery, shared with group
+//! `sync`, is in [`crate::rig`]).
 //!
 //! `put` takes its value, so a bytes producer puts a fresh clone of its
 //! payload every time, as user code sending the same bytes again must;
@@ -43,14 +44,12 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{
-    Connection, JoinTimeoutError, Process, Queue, SimpleQueue, StartMethod, Waitable, pipe, wait,
-};
+use multiproc::{Connection, Queue, SimpleQueue, StartMethod, Waitable, wait};
 use serde_bytes::ByteBuf;
 
 use super::Options;
-use crate::measure;
 use crate::report::{self, Measurement, Row};
+use crate::rig::{Rig, Run, Runs, command_pipe, end, measure_rigs, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "queue";
@@ -85,9 +84,6 @@ const FILL: u8 = 0xa5;
 /// first one it gets (every value put is below it).
 const SENTINEL: u64 = u64::MAX;
 
-/// How long a child may take to exit once told to.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long the parent waits for a 2p2c consumer's report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -120,9 +116,6 @@ impl Plan {
     }
 }
 
-/// Per-run `(messages, seconds)` of one bench, or why it failed.
-type Runs = Result<Vec<(u64, f64)>, String>;
-
 /// Runs the group: multiproc, then Python.
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
@@ -132,7 +125,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
         NAME,
         "queue_1p1c and simplequeue_1p1c 8B: multiproc, interleaved",
     );
-    let [queue_runs, simple_runs] = measure_rigs(&plan, [u64_rig(), simple_rig()]);
+    let [queue_runs, simple_runs] = measure_rigs(plan.target, plan.reps, [u64_rig(), simple_rig()]);
     multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
     // Reported last, after the Queue benches.
     let simple = measurements("simplequeue_1p1c", SMALL, 8, simple_runs);
@@ -143,17 +136,17 @@ pub fn run(opts: &Options) -> Vec<Row> {
                 &format!("queue_1p1c {param}: multiproc, 16 MiB and 4 MiB rings, interleaved"),
             );
             let rigs = [bytes_rig(size, Some(BIG_RING)), bytes_rig(size, None)];
-            let [big_ring, default_ring] = measure_rigs(&plan, rigs);
+            let [big_ring, default_ring] = measure_rigs(plan.target, plan.reps, rigs);
             multiproc.extend(measurements("queue_1p1c", param, size, default_ring));
             multiproc.extend(measurements(BIG_RING_BENCH, param, size, big_ring));
         } else {
             opts.progress(NAME, &format!("queue_1p1c {param}: multiproc"));
-            let [runs] = measure_rigs(&plan, [bytes_rig(size, None)]);
+            let [runs] = measure_rigs(plan.target, plan.reps, [bytes_rig(size, None)]);
             multiproc.extend(measurements("queue_1p1c", param, size, runs));
         }
     }
     opts.progress(NAME, "queue_2p2c 8B: multiproc");
-    let [runs] = measure_rigs(&plan, [two_by_two_rig()]);
+    let [runs] = measure_rigs(plan.target, plan.reps, [two_by_two_rig()]);
     multiproc.extend(measurements("queue_2p2c", SMALL, 8, runs));
     multiproc.extend(simple);
 
@@ -201,119 +194,6 @@ fn measurements(bench: &str, param: &str, size: usize, runs: Runs) -> Vec<Measur
         ));
     }
     out
-}
-
-/// One run of the given number of messages, driven by the parent; returns
-/// how long it took.
-type Run = dyn FnMut(u64) -> Result<Duration, String>;
-
-/// The children of one bench and the parent's side of a run. `run` owns
-/// the parent's ends of the command pipes, so dropping it ends the
-/// children's input.
-struct Rig {
-    children: Vec<Process<()>>,
-    run: Box<Run>,
-}
-
-impl Rig {
-    /// Ends the children's input and then the children, after a
-    /// measurement that produced `result` (see [`end`]).
-    fn finish<T>(self, result: Result<T, String>) -> Result<T, String> {
-        let Rig { children, run } = self;
-        drop(run);
-        end(children, result)
-    }
-}
-
-/// Ends `children` after `result`: on success each must exit by itself
-/// within [`EXIT_TIMEOUT`] (their input has ended); on failure they are
-/// killed. Either way every one is reaped. Returns `result`, or the first
-/// thing that went wrong with a child.
-fn end<T>(children: Vec<Process<()>>, result: Result<T, String>) -> Result<T, String> {
-    if result.is_err() {
-        for child in &children {
-            let _ = child.kill();
-        }
-        for child in children {
-            // Killed, the child has no result: the join error is expected.
-            let _ = child.join();
-        }
-        return result;
-    }
-    let mut result = result;
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    for child in children {
-        let failure = match child.join_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => None,
-            Err(JoinTimeoutError::Timeout(child)) => {
-                let _ = child.kill();
-                let _ = child.join();
-                Some(format!(
-                    "a child did not exit within {} s of the end of its input",
-                    EXIT_TIMEOUT.as_secs()
-                ))
-            }
-            Err(JoinTimeoutError::Failed(e)) => Some(format!("a child failed: {e}")),
-        };
-        if let (Some(why), Ok(_)) = (failure, &result) {
-            result = Err(why);
-        }
-    }
-    result
-}
-
-/// Warms up the rigs that started, then calibrates and times them,
-/// interleaved ([`measure::timed_runs`]), then ends every child. Returns
-/// one result per rig, in order; a rig that did not start has its start
-/// error.
-///
-/// The warm-up is a calibration whose result is thrown away: its first
-/// run waits for the children to come up, and the first runs after that
-/// are slower than the steady state (pages touched for the first time).
-/// Left in the real calibration, they would make the timed runs shorter
-/// than [`Plan::target`].
-fn measure_rigs<const N: usize>(plan: &Plan, rigs: [Result<Rig, String>; N]) -> [Runs; N] {
-    let mut out: [Option<Runs>; N] = std::array::from_fn(|_| None);
-    let mut started = Vec::new();
-    for (i, rig) in rigs.into_iter().enumerate() {
-        match rig.and_then(
-            |mut rig| match measure::calibrate(plan.target, &mut *rig.run) {
-                Ok(_) => Ok(rig),
-                Err(e) => rig.finish(Err(e)),
-            },
-        ) {
-            Ok(rig) => started.push((i, rig)),
-            Err(e) => out[i] = Some(Err(e)),
-        }
-    }
-    let results = {
-        let mut runs: Vec<&mut Run> = started.iter_mut().map(|(_, r)| &mut *r.run).collect();
-        measure::timed_runs(plan.target, plan.reps, &mut runs)
-    };
-    for ((i, rig), result) in started.into_iter().zip(results) {
-        out[i] = Some(rig.finish(result));
-    }
-    out.map(|r| r.unwrap_or_else(|| Err("not measured".to_string())))
-}
-
-/// Starts `f(arg)` in a daemon child with [`METHOD`].
-fn start<A>(f: fn(A), arg: A) -> Result<Process<()>, String>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    Process::builder()
-        .start_method(METHOD)
-        .daemon(true)
-        .spawn(f, arg)
-        .map_err(|e| format!("start failed: {e}"))
-}
-
-/// Both ends of a command pipe: the parent's, then the child's.
-type Ends<S, R> = (Connection<S, R>, Connection<R, S>);
-
-/// A command pipe: the parent's end and the child's.
-fn command_pipe<S, R>() -> Result<Ends<S, R>, String> {
-    pipe::<S, R>().map_err(|e| format!("pipe failed: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -397,7 +277,7 @@ fn consume_until_sentinel((cmd, q): (Connection<(u64, u64), u64>, Queue<u64>)) {
 fn u64_rig() -> Result<Rig, String> {
     let q = Queue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
     let (ours, theirs) = command_pipe::<u64, ()>()?;
-    let child = start(produce_u64, (theirs, q.clone()))?;
+    let child = start(METHOD, produce_u64, (theirs, q.clone()))?;
     let run: Box<Run> = Box::new(move |count| {
         let t0 = Instant::now();
         ours.send(&count)
@@ -420,7 +300,7 @@ fn u64_rig() -> Result<Rig, String> {
 fn simple_rig() -> Result<Rig, String> {
     let q = SimpleQueue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
     let (ours, theirs) = command_pipe::<u64, ()>()?;
-    let child = start(produce_simple, (theirs, q.clone()))?;
+    let child = start(METHOD, produce_simple, (theirs, q.clone()))?;
     let run: Box<Run> = Box::new(move |count| {
         let t0 = Instant::now();
         ours.send(&count)
@@ -452,7 +332,7 @@ fn bytes_rig(size: usize, ring: Option<usize>) -> Result<Rig, String> {
         .build::<ByteBuf>()
         .map_err(|e| format!("queue failed: {e}"))?;
     let (ours, theirs) = command_pipe::<u64, ()>()?;
-    let child = start(produce_bytes, (theirs, q.clone(), size as u64))?;
+    let child = start(METHOD, produce_bytes, (theirs, q.clone(), size as u64))?;
     let run: Box<Run> = Box::new(move |count| {
         let t0 = Instant::now();
         ours.send(&count)
@@ -485,12 +365,12 @@ fn two_by_two_rig() -> Result<Rig, String> {
     let started = (|| {
         for _ in 0..2 {
             let (ours, theirs) = command_pipe::<u64, (u64, u64)>()?;
-            children.push(start(consume_until_sentinel, (theirs, q.clone()))?);
+            children.push(start(METHOD, consume_until_sentinel, (theirs, q.clone()))?);
             consumers.push(ours);
         }
         for _ in 0..2 {
             let (ours, theirs) = command_pipe::<(u64, u64), ()>()?;
-            children.push(start(produce_range, (theirs, q.clone()))?);
+            children.push(start(METHOD, produce_range, (theirs, q.clone()))?);
             producers.push(ours);
         }
         Ok(())
