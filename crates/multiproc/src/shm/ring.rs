@@ -35,7 +35,7 @@ const PAD: u32 = 2;
 const LARGE: u32 = 3;
 /// Processes the attachment table can name.
 const ATTACH_SLOTS: usize = 60;
-const SPINS: u32 = 128;
+const SPINS: u32 = 1024;
 const YIELDS: u32 = 4;
 
 #[repr(C, align(64))]

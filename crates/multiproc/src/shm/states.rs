@@ -41,6 +41,27 @@ fn sleep_on(
     r
 }
 
+/// Spins, then yields, checking `ready` each time: most waits between
+/// processes on two cores end within microseconds, far sooner than a futex
+/// sleep and wake-up (several microseconds each here). True if it became
+/// ready.
+fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    for i in 0..SPINS + YIELDS {
+        if ready() {
+            return true;
+        }
+        if i < SPINS {
+            std::hint::spin_loop();
+        } else {
+            futex::yield_now();
+        }
+    }
+    ready()
+}
+
+const SPINS: u32 = 128;
+const YIELDS: u32 = 8;
+
 fn wake_if_sleeping(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
     if sleepers.load(Ordering::SeqCst) > 0 {
         futex::wake(word, n);
@@ -174,6 +195,9 @@ impl SemaphoreState {
 
     /// Decrements, waiting while the value is 0, until `deadline`.
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> bool {
+        if deadline.is_none_or(|d| d > Instant::now()) && spin_until(|| self.try_take()) {
+            return true;
+        }
         loop {
             if self.try_take() {
                 return true;
@@ -242,6 +266,9 @@ impl EventState {
 
     /// Waits until the flag is set or `deadline`; returns the flag.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        if deadline.is_none_or(|d| d > Instant::now()) && spin_until(|| self.is_set()) {
+            return true;
+        }
         loop {
             if self.is_set() {
                 return true;
@@ -404,13 +431,14 @@ impl BarrierState {
             }
             self.generation.fetch_add(1, Ordering::SeqCst);
             self.lock.unlock();
-            futex::wake(&self.generation, u32::MAX);
+            wake_if_sleeping(&self.generation, &self.sleepers, u32::MAX);
             return Ok(index);
         }
         if let Some(slot) = self.waiting.iter().find(|w| w.load(Ordering::SeqCst) == 0) {
             slot.store(me, Ordering::SeqCst);
         }
         self.lock.unlock();
+        spin_until(|| self.generation.load(Ordering::SeqCst) != generation);
         loop {
             if self.generation.load(Ordering::SeqCst) != generation {
                 return if self.is_broken() {
