@@ -225,10 +225,13 @@ impl<S: Serialize, R> Connection<S, R> {
         if !self.writable {
             return Err(SendError::ReadOnly);
         }
-        let (mut bytes, fds) = handles::encode(value, vec![0u8])?;
-        bytes[0] = fds.len() as u8;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        Ok(self.stream.send(&[&bytes], &borrowed)?)
+        // The first byte counts the handles the value carries.
+        let sent = handles::with_encoded(value, &[0], |bytes, fds| {
+            bytes[0] = fds.len() as u8;
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+            self.stream.send(&[bytes], &borrowed)
+        })?;
+        Ok(sent?)
     }
 }
 

@@ -39,14 +39,6 @@ use mailbox::Mailbox;
 /// travel inline; larger ones out of line.
 pub const DEFAULT_RING_BYTES: usize = 4 << 20;
 
-thread_local! {
-    /// A reusable encoding buffer for puts.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Largest scratch buffer kept between puts.
-const SCRATCH_KEEP: usize = 8 << 20;
-
 /// Handles of each queue held in this process, by (pid, ring inode): a
 /// forked child's inherited counts carry the parent's pid and do not count.
 static LOCAL: Mutex<Option<HashMap<u64, (u32, usize)>>> = Mutex::new(None);
@@ -372,10 +364,11 @@ impl<T: Serialize> Queue<T> {
             }
             .into());
         }
-        // Encode into this thread's scratch buffer: no allocation per put.
-        let scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let (bytes, fds) = match handles::encode(&value, scratch) {
-            Ok(encoded) => encoded,
+        // Encoded into this thread's reused buffer: no allocation per put.
+        let pushed = match handles::with_encoded(&value, &[], |bytes, fds| {
+            self.shared.put(bytes, fds, deadline)
+        }) {
+            Ok(pushed) => pushed,
             Err(e) => {
                 return Err(PutError {
                     value,
@@ -384,12 +377,6 @@ impl<T: Serialize> Queue<T> {
                 .into());
             }
         };
-        let pushed = self.shared.put(&bytes, &fds, deadline);
-        if bytes.capacity() <= SCRATCH_KEEP {
-            let mut bytes = bytes;
-            bytes.clear();
-            SCRATCH.with(|s| *s.borrow_mut() = bytes);
-        }
         match pushed {
             Ok(()) => Ok(()),
             Err(PushError::Full) => Err(PutTimeoutError::Timeout(value)),

@@ -84,51 +84,33 @@ impl Semaphore {
 /// assert!(s.release().is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
-pub struct BoundedSemaphore {
-    shared: Arc<Shared<SemaphoreState>>,
-}
-
-shared_handle!(BoundedSemaphore);
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BoundedSemaphore(Semaphore);
 
 impl BoundedSemaphore {
-    fn from_shared(shared: Arc<Shared<SemaphoreState>>) -> Self {
-        BoundedSemaphore { shared }
-    }
-
     /// A semaphore holding, and bounded by, `value` units.
     pub fn new(value: u32) -> std::io::Result<BoundedSemaphore> {
         let shared = Shared::<SemaphoreState>::create("multiproc-semaphore", 0, 0)?;
         shared.state().init(value, Some(value));
-        Ok(BoundedSemaphore::from_shared(shared))
-    }
-
-    /// Takes a unit, waiting while there is none.
-    pub fn acquire(&self) {
-        self.shared.state().acquire(None);
-    }
-
-    /// Takes a unit if one is there now.
-    pub fn try_acquire(&self) -> bool {
-        self.shared.state().acquire(Some(Instant::now()))
-    }
-
-    /// Takes a unit, waiting at most `timeout`.
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.shared.state().acquire(Some(Instant::now() + timeout))
+        Ok(BoundedSemaphore(Semaphore::from_shared(shared)))
     }
 
     /// Returns a unit; an error if that would pass the initial value.
     pub fn release(&self) -> Result<(), ReleaseError> {
-        if self.shared.state().release() {
+        if self.0.shared.state().release() {
             Ok(())
         } else {
             Err(ReleaseError)
         }
     }
+}
 
-    /// Units available now.
-    pub fn value(&self) -> u32 {
-        self.shared.state().value()
+/// `acquire`, `try_acquire`, `acquire_timeout` and `value` are those of
+/// the underlying [`Semaphore`].
+impl std::ops::Deref for BoundedSemaphore {
+    type Target = Semaphore;
+    fn deref(&self) -> &Semaphore {
+        &self.0
     }
 }

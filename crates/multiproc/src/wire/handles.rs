@@ -59,6 +59,33 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     Ok((bytes, fds))
 }
 
+thread_local! {
+    /// A reusable encoding buffer: sending a value allocates nothing once
+    /// this thread has sent one of that size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer kept between sends.
+const SCRATCH_KEEP: usize = 8 << 20;
+
+/// Encodes `value` after `prefix` into this thread's scratch buffer and
+/// hands the bytes and collected descriptors to `send`.
+pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
+    value: &T,
+    prefix: &[u8],
+    send: impl FnOnce(&mut Vec<u8>, &[OwnedFd]) -> R,
+) -> Result<R, EncodeError> {
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    scratch.clear();
+    scratch.extend_from_slice(prefix);
+    let (mut bytes, fds) = encode(value, scratch)?;
+    let out = send(&mut bytes, &fds);
+    if bytes.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| *s.borrow_mut() = bytes);
+    }
+    Ok(out)
+}
+
 /// Decodes a `T` from `bytes`, handing it the descriptors `fds` that came
 /// with them. Descriptors the value does not claim are closed.
 pub(crate) fn decode<T: DeserializeOwned>(

@@ -270,16 +270,7 @@ impl Stream {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stall()?,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    return Err(StreamError::Closed);
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => self.send_failed(e)?,
             }
         }
         Ok(())
@@ -290,19 +281,20 @@ impl Stream {
         while sent < frame.len() {
             match socket::send_plain(self.fd(), &frame[sent..], true) {
                 Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stall()?,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    return Err(StreamError::Closed);
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => self.send_failed(e)?,
             }
         }
         Ok(())
+    }
+
+    /// What a failed send means: a full socket waits (draining the peer),
+    /// a vanished peer is `Closed`, anything else an I/O error.
+    fn send_failed(&self, e: io::Error) -> Result<(), StreamError> {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => self.stall(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Err(StreamError::Closed),
+            _ => Err(e.into()),
+        }
     }
 
     /// Waits until the socket takes more bytes, reading what the peer sends
