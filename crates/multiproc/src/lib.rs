@@ -165,6 +165,7 @@
 #![deny(unsafe_code)]
 
 mod connection;
+pub mod pool;
 mod process;
 mod queue;
 mod shared;
@@ -181,6 +182,9 @@ pub use connection::{
 pub use queue::{
     DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
     PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
+};
+pub use pool::{
+    Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,
 };
 pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{

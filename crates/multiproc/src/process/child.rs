@@ -18,7 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::error::PanicReport;
 use super::info::{self, Lineage};
 use crate::sys;
-use crate::sys::code::{Entry, Reply};
+use crate::sys::code::{Body, Entry, Reply};
 use crate::wire::{codec, frame, handles};
 
 /// Frame kinds of the start protocol.
@@ -113,33 +113,38 @@ thread_local! {
 /// A result that holds handles (a `Connection`, say) takes their
 /// descriptors along.
 pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> Reply {
-    IN_BODY.with(|b| b.set(true));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-    IN_BODY.with(|b| b.set(false));
-    match outcome {
+    match run_caught(f) {
         Ok(value) => match handles::encode(&value, Vec::new()) {
             Ok((bytes, fds)) => (kind::OK, bytes, fds),
             Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
         },
-        Err(payload) => {
-            let report = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| PanicReport {
-                    message: payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "Box<dyn Any>".into()),
-                    location: None,
-                    backtrace: None,
-                });
-            (
-                kind::PANIC,
-                codec::encode(&report).unwrap_or_default(),
-                Vec::new(),
-            )
-        }
+        Err(report) => (
+            kind::PANIC,
+            codec::encode(&report).unwrap_or_default(),
+            Vec::new(),
+        ),
     }
+}
+
+/// Runs `f`, turning a panic into the report the panic hook kept (its
+/// message, location and backtrace).
+pub(crate) fn run_caught<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    IN_BODY.with(|b| b.set(true));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_BODY.with(|b| b.set(false));
+    outcome.map_err(|payload| {
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| PanicReport {
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "Box<dyn Any>".into()),
+                location: None,
+                backtrace: None,
+            })
+    })
 }
 
 fn failure(kind: u8, message: &str) -> Reply {
@@ -162,8 +167,9 @@ pub(crate) fn body<A: DeserializeOwned, R: Serialize>(
 
 /// The body of a child forked to run `target`: reads the argument frame the
 /// parent sends after the fork, then runs it like a spawned child would.
-pub(crate) fn forked_body<A: DeserializeOwned, R: Serialize>(
+pub(crate) fn forked_body<A, R>(
     target: fn(A) -> R,
+    body: Body<A, R>,
     channel: BorrowedFd<'_>,
 ) -> Reply {
     let mut reader = frame::Reader::new(u64::MAX);

@@ -16,7 +16,7 @@ use super::info::{self, Tracked};
 use super::start::{self, Started};
 use super::status::{ExitStatus, Signal};
 use crate::sys;
-use crate::sys::code::EntryId;
+use crate::sys::code::{Body, EntryId};
 use crate::wire::{FrameError, codec, frame, handles};
 
 /// How a child process is created. See `docs/start-methods.md`.
@@ -162,18 +162,36 @@ impl Builder {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
+        self.spawn_with_body(f, child::body::<A, R>, &arg)
+    }
+
+    /// Starts a child that runs `body(target, encoded arg)`: the general
+    /// form of [`spawn`](Self::spawn), for library code (the pool's
+    /// workers) whose body decodes its own argument type `W` and whose
+    /// result frame has type `Out`.
+    pub(crate) fn spawn_with_body<A, R, W, Out>(
+        self,
+        f: fn(A) -> R,
+        body: Body<A, R>,
+        arg: &W,
+    ) -> Result<Process<Out>, StartError>
+    where
+        A: 'static,
+        R: 'static,
+        W: Serialize + ?Sized,
+    {
         let method = self.method.unwrap_or_else(get_start_method);
         if method != StartMethod::Fork && !sys::boot::hook_ran() {
             return Err(StartError::BootHookMissing);
         }
         // Under every method the argument, and the handles in it, travel
         // over the channel: a child holds exactly the handles it was given.
-        let (args, arg_fds) = handles::encode(&arg, Vec::new())?;
+        let (args, arg_fds) = handles::encode(arg, Vec::new())?;
         let lineage = info::next_child(self.name.clone());
         let name = lineage.name.clone();
         let started = match method {
             StartMethod::Fork => {
-                let body: start::fork::Body = Box::new(move |ch| child::forked_body(f, ch));
+                let body: start::fork::Body = Box::new(move |ch| child::forked_body(f, body, ch));
                 start::fork::start(lineage, body, true)?
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
@@ -183,7 +201,7 @@ impl Builder {
                 } else {
                     start::forkserver::start()?
                 };
-                let entry = EntryId::new::<A, R>(f, child::body::<A, R>);
+                let entry = EntryId::new::<A, R>(f, body);
                 let ch = started.channel.as_fd();
                 // A child that dies before reading its request shows up at
                 // join time, with its exit status.

@@ -143,3 +143,53 @@ impl Entry {
         )
     }
 }
+
+/// The worker's end of a private link on which the process that started it
+/// names functions for it to run (the pool's task link).
+///
+/// Made only by [`WorkerLink::pair`], whose other end stays in the process
+/// that called it, and sent only as part of a worker's start argument,
+/// which travels over the start channel to a child of the same executable.
+/// So every preamble read from a `WorkerLink` was written by a process of
+/// the same executable image, as [`Entry::receive`] requires.
+#[derive(Debug)]
+pub(crate) struct WorkerLink(OwnedFd);
+
+impl WorkerLink {
+    /// A connected pair: the parent's plain end and the worker's link.
+    pub(crate) fn pair() -> std::io::Result<(OwnedFd, WorkerLink)> {
+        let (ours, theirs) = super::socket::stream_pair()?;
+        Ok((ours, WorkerLink(theirs)))
+    }
+
+    /// The socket, to read and write frames on.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+
+    /// The function named by `preamble`, read from this link.
+    pub(crate) fn entry(&self, preamble: &[u8]) -> Option<Entry> {
+        let bytes: &[u8; PREAMBLE] = preamble.try_into().ok()?;
+        // SAFETY: the bytes came from this link, whose peer is, by the
+        // type's invariant, a process running this same executable image
+        // that alone can write to it.
+        unsafe {
+            Entry::receive(|buf| {
+                *buf = *bytes;
+                true
+            })
+        }
+    }
+}
+
+impl serde::Serialize for WorkerLink {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::wire::handles::serialize_fd(self.fd(), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WorkerLink {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::wire::handles::deserialize_fd(d).map(WorkerLink)
+    }
+}

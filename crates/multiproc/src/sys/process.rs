@@ -289,3 +289,17 @@ pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// Nanoseconds on the system-wide monotonic clock: comparable between
+/// processes of one machine (unlike `Instant`, whose value is opaque).
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// This process's resident memory in bytes, from `/proc/self/statm`.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}

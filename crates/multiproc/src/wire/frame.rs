@@ -79,6 +79,38 @@ pub(crate) fn write(
     socket::send_all(sock, &[&header(kind, payload.len()), payload], fds)
 }
 
+/// Checks a header and returns the frame's kind and payload length.
+pub(crate) fn parse_header(h: &[u8; HEADER], limit: u64) -> Result<(u8, usize), FrameError> {
+    if h[..2] != MAGIC {
+        return Err(FrameError::Garbage(format!(
+            "bad magic {:02x}{:02x}",
+            h[0], h[1]
+        )));
+    }
+    if h[2] != VERSION {
+        return Err(FrameError::Garbage(format!(
+            "unknown wire version {}",
+            h[2]
+        )));
+    }
+    if h[4..8] != [0; 4] {
+        return Err(FrameError::Garbage(
+            "reserved header bytes are not zero".into(),
+        ));
+    }
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&h[8..]);
+    let len = u64::from_le_bytes(l);
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let len = usize::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        limit: usize::MAX as u64,
+    })?;
+    Ok((h[3], len))
+}
+
 /// A complete frame.
 #[derive(Debug)]
 pub(crate) struct Frame {
@@ -193,39 +225,9 @@ impl Reader {
                     if self.head_got < HEADER {
                         continue;
                     }
-                    let h = self.head;
-                    if h[..2] != MAGIC {
-                        return Err(FrameError::Garbage(format!(
-                            "bad magic {:02x}{:02x}",
-                            h[0], h[1]
-                        )));
-                    }
-                    if h[2] != VERSION {
-                        return Err(FrameError::Garbage(format!(
-                            "unknown wire version {}",
-                            h[2]
-                        )));
-                    }
-                    if h[4..8] != [0; 4] {
-                        return Err(FrameError::Garbage(
-                            "reserved header bytes are not zero".into(),
-                        ));
-                    }
-                    let mut l = [0u8; 8];
-                    l.copy_from_slice(&h[8..]);
-                    let len = u64::from_le_bytes(l);
-                    if len > self.limit {
-                        return Err(FrameError::TooLarge {
-                            len,
-                            limit: self.limit,
-                        });
-                    }
-                    let len = usize::try_from(len).map_err(|_| FrameError::TooLarge {
-                        len,
-                        limit: usize::MAX as u64,
-                    })?;
+                    let (kind, len) = parse_header(&self.head, self.limit)?;
                     self.payload = Vec::with_capacity(len.min(CHUNK));
-                    self.expected = Some((h[3], len));
+                    self.expected = Some((kind, len));
                 }
                 Some((kind, len)) => {
                     if self.payload.len() == len {

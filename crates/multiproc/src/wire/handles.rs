@@ -184,3 +184,29 @@ impl ForkGuard {
         sys::process::close_inherited_handles(&fds);
     }
 }
+
+/// A descriptor of this process's plumbing (a pool's link ends, say) that a
+/// child forked to run a function must not keep: recorded in the registry
+/// for as long as it is open.
+#[derive(Debug)]
+pub(crate) struct TrackedFd(OwnedFd);
+
+impl TrackedFd {
+    /// Records `fd`.
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        track(std::os::fd::AsFd::as_fd(&fd));
+        TrackedFd(fd)
+    }
+}
+
+impl std::os::fd::AsFd for TrackedFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Drop for TrackedFd {
+    fn drop(&mut self) {
+        untrack(std::os::fd::AsFd::as_fd(&self.0));
+    }
+}

@@ -1,0 +1,104 @@
+//! How many items go into one task.
+//!
+//! * A map over a known number of items uses Python's rule: four chunks per
+//!   worker, so that a slow chunk is balanced by the others.
+//! * A stream (`imap`) of unknown length starts with single items and grows
+//!   chunks until one takes about [`TARGET`] to run, measured from the
+//!   results that come back.
+//! * An explicit chunk size always wins. A job with a timeout runs one item
+//!   per task unless told otherwise, so the timeout applies to each item
+//!   and a killed worker takes only that item with it.
+//! * Whatever the count, a chunk closes once its encoded items pass
+//!   [`MAX_BYTES`], so huge items do not make huge messages.
+
+use std::time::Duration;
+
+/// How long a chunk should take to run, for streams.
+pub(crate) const TARGET: Duration = Duration::from_millis(2);
+/// Most encoded bytes in one chunk.
+pub(crate) const MAX_BYTES: usize = 4 << 20;
+/// Most items in one chunk of a stream.
+const MAX_STREAM: usize = 1 << 16;
+
+/// Chooses chunk sizes for one job.
+#[derive(Debug, Clone)]
+pub(crate) enum Chunker {
+    /// Always this many.
+    Fixed(usize),
+    /// Grows with the measured time per item.
+    Adaptive {
+        /// The size to use next.
+        size: usize,
+    },
+}
+
+impl Chunker {
+    /// The chunker for a job of `len` items (if known) on `workers`
+    /// workers, given an explicit size and whether tasks have a timeout.
+    pub(crate) fn new(
+        explicit: Option<usize>,
+        len: Option<usize>,
+        workers: usize,
+        timed: bool,
+    ) -> Self {
+        match (explicit, len) {
+            (Some(n), _) => Chunker::Fixed(n.max(1)),
+            (None, _) if timed => Chunker::Fixed(1),
+            (None, Some(len)) => Chunker::Fixed(len.div_ceil(workers.max(1) * 4).max(1)),
+            (None, None) => Chunker::Adaptive { size: 1 },
+        }
+    }
+
+    /// Items in the next chunk.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Chunker::Fixed(n) => *n,
+            Chunker::Adaptive { size } => *size,
+        }
+    }
+
+    /// Learns from a finished chunk: `items` ran in `busy`.
+    pub(crate) fn observe(&mut self, items: usize, busy: Duration) {
+        if let Chunker::Adaptive { size } = self {
+            if items == 0 {
+                return;
+            }
+            let per_item = busy.as_nanos().max(1) / items as u128;
+            let want = (TARGET.as_nanos() / per_item).clamp(1, MAX_STREAM as u128) as usize;
+            // Grow at most fourfold at a time; shrink at once.
+            *size = want.min(size.saturating_mul(4)).max(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_length_uses_four_chunks_per_worker() {
+        assert_eq!(
+            Chunker::new(None, Some(1_000_000), 2, false).size(),
+            125_000
+        );
+        assert_eq!(Chunker::new(None, Some(3), 4, false).size(), 1);
+        assert_eq!(Chunker::new(Some(7), Some(1000), 2, true).size(), 7);
+        assert_eq!(Chunker::new(None, Some(1000), 2, true).size(), 1);
+        assert_eq!(Chunker::new(Some(0), None, 2, false).size(), 1);
+    }
+
+    #[test]
+    fn streams_grow_toward_the_target_and_shrink_back() {
+        let mut c = Chunker::new(None, None, 2, false);
+        assert_eq!(c.size(), 1);
+        c.observe(1, Duration::from_micros(1));
+        assert_eq!(c.size(), 4);
+        for _ in 0..20 {
+            let n = c.size();
+            c.observe(n, Duration::from_micros(n as u64));
+        }
+        assert_eq!(c.size(), 2000);
+        c.observe(10, Duration::from_millis(10));
+        assert_eq!(c.size(), 2);
+    }
+}

@@ -1,0 +1,108 @@
+//! What can go wrong in a pool: starting it, and running one task.
+
+use std::time::Duration;
+
+use crate::process::{ExitStatus, PanicReport, StartError};
+use crate::wire::{DecodeError, EncodeError};
+
+/// The pool could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A worker process could not be started.
+    #[error("could not start a pool worker: {0}")]
+    Start(#[from] StartError),
+    /// The initializer failed (returned an error or panicked) in a worker.
+    /// The pool does not retry: it would fail again.
+    #[error("the pool's initializer failed in worker {worker}: {message}")]
+    Initializer {
+        /// The worker's index.
+        worker: usize,
+        /// The error's or the panic's message.
+        message: String,
+    },
+    /// A worker ended before it was ready.
+    #[error("pool worker {worker} ended before it was ready: {status}")]
+    WorkerLost {
+        /// The worker's index.
+        worker: usize,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The operating system refused something (a socket, shared memory).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The builder was given an impossible setting.
+    #[error("invalid pool setting: {0}")]
+    Invalid(&'static str),
+}
+
+/// One task (one item of a map) did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The function panicked; the worker survives.
+    #[error("the task panicked: {0}")]
+    Panicked(PanicReport),
+    /// The worker running the task died (killed by a signal, a segfault,
+    /// or it exited). It has been replaced.
+    #[error("pool worker {worker} (pid {pid}) died while running the task: {status}")]
+    WorkerDied {
+        /// The worker's index.
+        worker: usize,
+        /// Its process id.
+        pid: i32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The task ran past its timeout; its worker was killed and replaced.
+    #[error("the task ran past its timeout of {0:?}; its worker was killed")]
+    TimedOut(Duration),
+    /// The task was cancelled before it finished.
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The argument could not be encoded in this process.
+    #[error(transparent)]
+    ArgumentEncode(EncodeError),
+    /// The worker could not decode the argument.
+    #[error("the worker could not decode the argument: {0}")]
+    ArgumentDecode(String),
+    /// The worker could not encode the result.
+    #[error("the worker could not encode the result: {0}")]
+    ResultEncode(String),
+    /// This process could not decode the result.
+    #[error(transparent)]
+    ResultDecode(DecodeError),
+    /// A worker sent something that is not a result of this protocol.
+    #[error("a pool worker broke the protocol: {0}")]
+    Protocol(String),
+    /// The pool was terminated (or dropped) before the task finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+    /// The pool is closed: it takes no new tasks.
+    #[error("the pool is closed")]
+    Closed,
+    /// A worker's initializer failed while replacing a worker: the pool
+    /// runs no more tasks.
+    #[error("the pool is broken: {0}")]
+    Broken(String),
+}
+
+/// A result handle's `get_timeout` gave up waiting, or the task failed.
+#[derive(thiserror::Error)]
+pub enum GetTimeoutError<H> {
+    /// The task failed.
+    #[error(transparent)]
+    Failed(TaskError),
+    /// The result was not ready in time; the task goes on, and here is the
+    /// handle back.
+    #[error("the result was not ready in time")]
+    Timeout(H),
+}
+
+impl<H> std::fmt::Debug for GetTimeoutError<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            GetTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Where a job's results go: a typed store that the scheduler fills and
+//! the caller's handle (a map, an iterator, a task handle) drains.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::error::TaskError;
+use super::worker::Outcome;
+use crate::wire::DecodeError;
+
+/// The scheduler's view of a job, without its result type.
+pub(crate) trait Sink: Send + Sync {
+    /// Decodes the outcomes of `count` items, the first of which has index
+    /// `first` in the job.
+    fn deliver(&self, first: usize, count: usize, bytes: &[u8], busy: Duration);
+    /// Item `index` failed.
+    fn fail(&self, index: usize, error: TaskError);
+    /// Nobody wants the rest: queued chunks are dropped.
+    fn abandoned(&self) -> bool;
+    /// The job was cancelled: a running item's worker is killed.
+    fn cancelled(&self) -> bool;
+    /// Its chunks are known to run quickly (under a millisecond): one may
+    /// wait in a busy worker's socket without delaying it much.
+    fn quick(&self) -> bool;
+}
+
+/// Something told when any of several jobs completes (`as_completed`).
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    pub done: Mutex<VecDeque<usize>>,
+    pub cv: Condvar,
+}
+
+struct State<R> {
+    /// Ordered jobs: the outcome of item `base + i` at `i`.
+    slots: VecDeque<Option<Result<R, TaskError>>>,
+    base: usize,
+    /// Unordered jobs: outcomes in the order they came.
+    arrived: VecDeque<Result<R, TaskError>>,
+    submitted: usize,
+    finished: usize,
+    sealed: bool,
+    first_error: Option<TaskError>,
+    waker: Option<Waker>,
+    listener: Option<(Arc<Notifier>, usize)>,
+    measured: (usize, Duration),
+    chunks: u32,
+}
+
+/// A job's results.
+pub(crate) struct Job<R> {
+    ordered: bool,
+    fail_fast: bool,
+    state: Mutex<State<R>>,
+    cv: Condvar,
+    abandoned: AtomicBool,
+    cancelled: AtomicBool,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl<R> Job<R> {
+    pub(crate) fn new(
+        ordered: bool,
+        fail_fast: bool,
+        progress: Option<indicatif::ProgressBar>,
+    ) -> Self {
+        Job {
+            ordered,
+            fail_fast,
+            state: Mutex::new(State {
+                slots: VecDeque::new(),
+                base: 0,
+                arrived: VecDeque::new(),
+                submitted: 0,
+                finished: 0,
+                sealed: false,
+                first_error: None,
+                waker: None,
+                listener: None,
+                measured: (0, Duration::ZERO),
+                chunks: 0,
+            }),
+            cv: Condvar::new(),
+            abandoned: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            progress,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts `n` more items as submitted.
+    pub(crate) fn add_items(&self, n: usize) {
+        let mut st = self.lock();
+        st.submitted += n;
+        if self.ordered {
+            let len = st.submitted - st.base;
+            st.slots.resize_with(len, || None);
+        }
+        if let Some(p) = &self.progress {
+            p.inc_length(n as u64);
+        }
+    }
+
+    /// Items submitted whose outcome has not been taken yet.
+    pub(crate) fn untaken(&self) -> usize {
+        let st = self.lock();
+        st.submitted - st.base
+    }
+
+    /// Items measured so far and the time they took to run.
+    pub(crate) fn measured(&self) -> (usize, Duration) {
+        self.lock().measured
+    }
+
+    /// The progress bar, if the job has one.
+    pub(crate) fn progress(&self) -> Option<&indicatif::ProgressBar> {
+        self.progress.as_ref()
+    }
+
+    /// No more items will be submitted.
+    pub(crate) fn seal(&self) {
+        let mut st = self.lock();
+        st.sealed = true;
+        self.wake(&mut st);
+    }
+
+    /// Stops the rest: queued items are dropped, running ones finish.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    /// Cancels: queued items are dropped, a running one's worker killed.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.abandon();
+    }
+
+    pub(crate) fn listen(&self, notifier: Arc<Notifier>, key: usize) {
+        let mut st = self.lock();
+        if st.sealed && st.finished == st.submitted {
+            notifier
+                .done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(key);
+            notifier.cv.notify_all();
+        }
+        st.listener = Some((notifier, key));
+    }
+
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let mut st = self.lock();
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            st.waker = Some(waker.clone());
+        }
+    }
+
+    fn wake(&self, st: &mut State<R>) {
+        self.cv.notify_all();
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+        if st.sealed && st.finished == st.submitted {
+            if let Some((n, key)) = &st.listener {
+                n.done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(*key);
+                n.cv.notify_all();
+            }
+        }
+    }
+
+    fn store(&self, st: &mut State<R>, index: usize, outcome: Result<R, TaskError>) {
+        st.finished += 1;
+        if let Err(e) = &outcome {
+            if st.first_error.is_none() {
+                st.first_error = Some(e.clone());
+                if self.fail_fast {
+                    self.abandon();
+                }
+            }
+        }
+        if self.ordered {
+            if let Some(slot) = index.checked_sub(st.base).and_then(|i| st.slots.get_mut(i)) {
+                *slot = Some(outcome);
+            }
+        } else {
+            st.arrived.push_back(outcome);
+        }
+    }
+
+    /// Whether every submitted item has an outcome and no more will come.
+    pub(crate) fn is_complete(&self) -> bool {
+        let st = self.lock();
+        st.sealed && st.finished == st.submitted
+    }
+
+    /// Whether it failed, once (fail-fast jobs stop at the first failure).
+    pub(crate) fn first_error(&self) -> Option<TaskError> {
+        self.lock().first_error.clone()
+    }
+
+    /// Waits until the job is complete (or, if fail-fast, has failed), or
+    /// `deadline` passes. Returns whether it is done.
+    pub(crate) fn wait_done(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.lock();
+        loop {
+            if (st.sealed && st.finished == st.submitted)
+                || (self.fail_fast && st.first_error.is_some())
+            {
+                return true;
+            }
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Takes every outcome, in order (ordered jobs).
+    pub(crate) fn take_all(&self) -> Vec<Result<R, TaskError>> {
+        let mut st = self.lock();
+        let slots = std::mem::take(&mut st.slots);
+        st.base += slots.len();
+        slots
+            .into_iter()
+            .map(|s| s.unwrap_or(Err(TaskError::Cancelled)))
+            .collect()
+    }
+
+    /// The next outcome in order (ordered) or of arrival (unordered), if
+    /// one is ready; `Ok(None)` when the job is complete and drained.
+    pub(crate) fn try_next(&self) -> Result<Option<Result<R, TaskError>>, ()> {
+        let mut st = self.lock();
+        let next = if self.ordered {
+            match st.slots.front() {
+                Some(Some(_)) => {
+                    st.base += 1;
+                    st.slots.pop_front().flatten()
+                }
+                _ => None,
+            }
+        } else {
+            st.arrived.pop_front().inspect(|_| st.base += 1)
+        };
+        match next {
+            Some(outcome) => Ok(Some(outcome)),
+            None if st.sealed && st.base == st.submitted => Ok(None),
+            None => Err(()),
+        }
+    }
+
+    /// Waits until [`try_next`](Self::try_next) could return something.
+    pub(crate) fn wait_next(&self) {
+        let mut st = self.lock();
+        loop {
+            let ready = if self.ordered {
+                matches!(st.slots.front(), Some(Some(_)))
+            } else {
+                !st.arrived.is_empty()
+            };
+            let drained = st.sealed && st.base == st.submitted;
+            if ready || drained {
+                return;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
+    match postcard::take_from_bytes::<Outcome<R>>(bytes) {
+        Ok((outcome, rest)) => {
+            *bytes = rest;
+            match outcome {
+                Outcome::Ok(v) => Ok(v),
+                Outcome::Panicked(p) => Err(TaskError::Panicked(p)),
+                Outcome::ResultEncode(m) => Err(TaskError::ResultEncode(m)),
+                Outcome::ArgumentDecode(m) => Err(TaskError::ArgumentDecode(m)),
+            }
+        }
+        Err(e) => {
+            *bytes = &[];
+            Err(TaskError::ResultDecode(DecodeError {
+                type_name: std::any::type_name::<R>(),
+                message: e.to_string(),
+            }))
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for Job<R> {
+    fn deliver(&self, first: usize, count: usize, mut bytes: &[u8], busy: Duration) {
+        let mut st = self.lock();
+        st.measured.0 += count;
+        st.measured.1 += busy;
+        st.chunks = st.chunks.saturating_add(1);
+        for i in 0..count {
+            let outcome = decode_one::<R>(&mut bytes);
+            self.store(&mut st, first + i, outcome);
+        }
+        if let Some(p) = &self.progress {
+            p.inc(count as u64);
+        }
+        self.wake(&mut st);
+    }
+
+    fn fail(&self, index: usize, error: TaskError) {
+        let mut st = self.lock();
+        self.store(&mut st, index, Err(error));
+        if let Some(p) = &self.progress {
+            p.inc(1);
+        }
+        self.wake(&mut st);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn quick(&self) -> bool {
+        let st = self.lock();
+        st.chunks >= 2 && st.measured.1 < Duration::from_millis(1) * st.chunks
+    }
+}

@@ -1,0 +1,164 @@
+//! The pool's task link between the parent and one worker: frames (the
+//! wire layer's 16-byte header) read through a buffer, so that many small
+//! tasks or results cost one system call, not one each.
+//!
+//! Parent → worker: [`TASK`] frames. Worker → parent: [`READY`] once its
+//! initializer succeeded, [`INIT_FAILED`] if it did not, then one
+//! [`RESULT`] per task, in the order the tasks came.
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+
+use crate::sys;
+use crate::wire::FrameError;
+use crate::wire::frame::{self, HEADER};
+
+/// Parent → worker: `[entry preamble: 32][task header][items]`.
+pub(crate) const TASK: u8 = 1;
+/// Worker → parent: the initializer succeeded; tasks may come.
+pub(crate) const READY: u8 = 2;
+/// Worker → parent: the initializer failed; the payload is the message.
+pub(crate) const INIT_FAILED: u8 = 3;
+/// Worker → parent: the outcome of one task (see `worker::Reply`).
+pub(crate) const RESULT: u8 = 4;
+
+/// Largest frame either side accepts.
+pub(crate) const MAX_FRAME: u64 = 1 << 34;
+
+/// How much a read asks for at least.
+const READ_SIZE: usize = 256 << 10;
+
+/// Appends one frame to `out`.
+pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[&[u8]]) {
+    let len = payload.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(&frame::header(kind, len));
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Writes every byte of `bytes`; a peer that has gone is an error.
+pub(crate) fn write(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    sys::socket::send_all(fd, &[bytes], &[])
+}
+
+/// Reads frames through a buffer.
+#[derive(Debug, Default)]
+pub(crate) struct LinkReader {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl LinkReader {
+    /// Whether a whole frame is buffered.
+    pub(crate) fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < HEADER {
+            return false;
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&avail[8..16]);
+        avail.len() - HEADER >= u64::from_le_bytes(len) as usize
+    }
+
+    /// Reads what the socket has (blocking until something arrives).
+    /// `Ok(false)` at the end of the stream.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut want = READ_SIZE;
+        let avail = &self.buf[self.pos..];
+        if avail.len() >= HEADER {
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&avail[8..16]);
+            let missing =
+                (HEADER as u64 + u64::from_le_bytes(len)).saturating_sub(avail.len() as u64);
+            want = want.max(missing.min(MAX_FRAME) as usize);
+        }
+        self.buf.reserve(want);
+        Ok(sys::socket::recv_into_spare(fd, &mut self.buf, want)? > 0)
+    }
+
+    /// The next whole frame: its kind and where its payload lies in
+    /// [`buffer`](Self::buffer). `Ok(None)` if it has not all arrived.
+    pub(crate) fn next(&mut self) -> Result<Option<(u8, Range<usize>)>, FrameError> {
+        if !self.has_frame() {
+            let avail = &self.buf[self.pos..];
+            if avail.len() >= HEADER {
+                // Checks the header now, so garbage is caught early.
+                let mut h = [0u8; HEADER];
+                h.copy_from_slice(&avail[..HEADER]);
+                frame::parse_header(&h, MAX_FRAME)?;
+            }
+            return Ok(None);
+        }
+        let mut h = [0u8; HEADER];
+        h.copy_from_slice(&self.buf[self.pos..self.pos + HEADER]);
+        let (kind, len) = frame::parse_header(&h, MAX_FRAME)?;
+        let start = self.pos + HEADER;
+        self.pos = start + len;
+        Ok(Some((kind, start..start + len)))
+    }
+
+    /// The buffer that [`next`](Self::next)'s ranges point into.
+    pub(crate) fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn frames_split_and_joined_arrive_whole() {
+        let (a, b) = sys::socket::stream_pair().unwrap();
+        let mut out = Vec::new();
+        push_frame(&mut out, TASK, &[b"hello", b" world"]);
+        push_frame(&mut out, RESULT, &[&[]]);
+        push_frame(&mut out, READY, &[&vec![7u8; 600_000]]);
+        let writer = std::thread::spawn(move || {
+            for piece in out.chunks(1000) {
+                write(a.as_fd(), piece).unwrap();
+            }
+        });
+        let mut r = LinkReader::default();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            while let Some((kind, range)) = r.next().unwrap() {
+                got.push((kind, r.buffer()[range].to_vec()));
+            }
+            if got.len() < 3 {
+                assert!(r.fill(b.as_fd()).unwrap());
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got[0], (TASK, b"hello world".to_vec()));
+        assert_eq!(got[1], (RESULT, vec![]));
+        assert_eq!(got[2].1.len(), 600_000);
+        assert_eq!(r.pending(), 0);
+        assert!(!r.fill(b.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        let (a, b) = sys::socket::stream_pair().unwrap();
+        write(a.as_fd(), &[0xAB; 40]).unwrap();
+        let mut r = LinkReader::default();
+        r.fill(b.as_fd()).unwrap();
+        assert!(matches!(r.next(), Err(FrameError::Garbage(_))));
+    }
+}

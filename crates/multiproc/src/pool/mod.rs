@@ -1,0 +1,956 @@
+//! A pool of worker processes: `map`, `imap`, `apply_async`, `submit`
+//! (Python's `multiprocessing.Pool` and `concurrent.futures`'
+//! `ProcessPoolExecutor`), where a worker that dies, panics or hangs fails
+//! only its own task.
+//!
+//! * [`worker`]: what a worker process runs.
+//! * [`scheduler`]: which worker holds which task; deaths, timeouts,
+//!   replacements.
+//! * [`chunking`]: how many items go into one task.
+//! * [`job`]: where results go until a handle takes them.
+//! * [`link`]: the framed socket between the parent and each worker.
+//!
+//! ```
+//! use multiproc::Pool;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! assert_eq!(pool.map(square, 1..=4)?, [1, 4, 9, 16]);
+//! let handle = pool.submit(square, 12);
+//! assert_eq!(handle.get()?, 144);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub(crate) mod chunking;
+pub(crate) mod error;
+pub(crate) mod job;
+pub(crate) mod link;
+pub(crate) mod scheduler;
+pub(crate) mod worker;
+
+use std::convert::Infallible;
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use self::chunking::Chunker;
+use self::job::{Job, Notifier, Sink};
+use self::scheduler::{Chunk, Shared, Spawner};
+use crate::process::{Process, StartMethod, get_start_method};
+use crate::sys::code::{EntryId, PREAMBLE, WorkerLink};
+use crate::wire::EncodeError;
+use crate::wire::handles::TrackedFd;
+
+pub use error::{GetTimeoutError, PoolError, TaskError};
+pub use scheduler::WorkerStats;
+pub use worker::with_state;
+
+/// Chunks one worker may hold at once: one running, one waiting in its
+/// socket so it never waits for the next.
+const DEPTH: usize = 2;
+
+fn no_initializer(_: ()) -> Result<(), Infallible> {
+    Ok(())
+}
+
+/// Configures a [`Pool`] before starting it.
+///
+/// `I` is the initializer's argument, `S` the per-worker state it builds,
+/// `E` its error.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder<I = (), S = (), E = Infallible> {
+    workers: Option<usize>,
+    method: Option<StartMethod>,
+    max_tasks_per_child: Option<u64>,
+    memory_limit: Option<u64>,
+    task_timeout: Option<Duration>,
+    initializer: fn(I) -> Result<S, E>,
+    init_arg: I,
+}
+
+impl<I, S, E> fmt::Debug for PoolBuilder<I, S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("method", &self.method)
+            .field("max_tasks_per_child", &self.max_tasks_per_child)
+            .field("memory_limit", &self.memory_limit)
+            .field("task_timeout", &self.task_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: None,
+            method: None,
+            max_tasks_per_child: None,
+            memory_limit: None,
+            task_timeout: None,
+            initializer: no_initializer,
+            init_arg: (),
+        }
+    }
+}
+
+impl<I, S, E> PoolBuilder<I, S, E>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: 'static,
+    E: Display + 'static,
+{
+    /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// How workers are started (default: [`get_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// A worker exits after this many items and is replaced (Python's
+    /// `maxtasksperchild`, counted in items rather than chunks).
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// A worker whose resident memory passes `bytes` after an item is
+    /// replaced; the rest of its chunk goes to another worker. Checked
+    /// after each item, at most every 5 ms, so one item can overshoot.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The default timeout of every item (see [`TaskOptions::timeout`]).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs `f(arg)` once in every worker before its first task. What it
+    /// returns is the worker's state, reached from tasks through
+    /// [`with_state`]. If it fails (returns an error or panics), the pool
+    /// does not start: [`build`](Self::build) returns
+    /// [`PoolError::Initializer`] with the message. `arg` may hold handles
+    /// (a [`Queue`](crate::Queue), a [`Lock`](crate::Lock)...): every
+    /// worker, and every replacement, gets its own.
+    pub fn initializer<I2, S2, E2>(
+        self,
+        f: fn(I2) -> Result<S2, E2>,
+        arg: I2,
+    ) -> PoolBuilder<I2, S2, E2> {
+        PoolBuilder {
+            workers: self.workers,
+            method: self.method,
+            max_tasks_per_child: self.max_tasks_per_child,
+            memory_limit: self.memory_limit,
+            task_timeout: self.task_timeout,
+            initializer: f,
+            init_arg: arg,
+        }
+    }
+
+    /// Starts the workers and waits until each has run its initializer.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let workers = self.workers.unwrap_or_else(crate::cpu_count);
+        if workers == 0 {
+            return Err(PoolError::Invalid("a pool needs at least one worker"));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(PoolError::Invalid("max_tasks_per_child must be at least 1"));
+        }
+        let method = self.method.unwrap_or_else(get_start_method);
+        let (init, arg) = (self.initializer, self.init_arg);
+        let (max_tasks, memory_limit) = (self.max_tasks_per_child, self.memory_limit);
+        let spawner: Spawner = Box::new(move |index, slots| {
+            let (ours, link) = WorkerLink::pair()?;
+            // Recorded before the fork, so a forked worker closes it.
+            let ours = TrackedFd::new(ours);
+            let setup = worker::Setup {
+                link,
+                slots: slots.clone(),
+                index,
+                init: &arg,
+                max_tasks,
+                memory_limit,
+            };
+            let process = Process::builder()
+                .name(format!("PoolWorker-{index}"))
+                .daemon(true)
+                .start_method(method)
+                .spawn_with_body(init, worker::worker_body::<I, S, E>, &setup)?;
+            Ok((process, ours))
+        });
+        let shared = Shared::new(workers, DEPTH, method, spawner)?;
+        let runner = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("multiproc-pool".into())
+            .spawn(move || runner.run())
+            .map_err(PoolError::Io)?;
+        let pool = Pool {
+            shared,
+            thread: Some(thread),
+            workers,
+            task_timeout: self.task_timeout,
+        };
+        pool.shared.wait_started()?;
+        Ok(pool)
+    }
+}
+
+/// A pool of worker processes.
+///
+/// Each worker is a process: a panic, a segfault, a leak or a hang in a
+/// task cannot reach the caller. The parent knows which worker runs which
+/// item: if a worker dies mid-task (killed, segfault, `exit`), exactly that
+/// item fails with [`TaskError::WorkerDied`], the worker is replaced and
+/// the rest goes on. Dropping the pool terminates it (as Python's `with
+/// Pool()` does); [`join`](Self::join) finishes the queued work first.
+///
+/// ```
+/// use multiproc::{Pool, TaskError};
+///
+/// fn check(x: i32) -> i32 {
+///     assert!(x != 3, "three is not allowed");
+///     x * 10
+/// }
+///
+/// let pool = Pool::builder().workers(2).build()?;
+/// let results = pool.map_results(check, 1..=4);
+/// assert_eq!(results[0], Ok(10));
+/// assert!(matches!(&results[2], Err(TaskError::Panicked(p)) if p.message == "three is not allowed"));
+/// assert_eq!(results[3], Ok(40));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    workers: usize,
+    task_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers)
+            .field("start_method", &self.shared.method())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` processes with the default settings.
+    pub fn new(workers: usize) -> Result<Pool, PoolError> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A [`PoolBuilder`] for the other settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// How the workers are started.
+    pub fn start_method(&self) -> StartMethod {
+        self.shared.method()
+    }
+
+    /// Per-worker statistics: items done, busy and idle time, restarts.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.shared.stats()
+    }
+
+    /// Options for running `f`: chunk size, timeout, progress bar.
+    pub fn task<A, R>(&self, f: fn(A) -> R) -> TaskOptions<'_, A, R> {
+        TaskOptions {
+            pool: self,
+            f,
+            chunksize: None,
+            timeout: self.task_timeout,
+            progress: None,
+        }
+    }
+
+    /// `f` over every item, results in order (Python's `map`). Stops at
+    /// the first failure and returns it; the items not yet started are
+    /// dropped. [`map_results`](Self::map_results) runs every item.
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).map(items)
+    }
+
+    /// `f` over every item, each item's own outcome in order: a failed item
+    /// does not stop the others.
+    pub fn map_results<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Vec<Result<R, TaskError>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).map_results(items)
+    }
+
+    /// Python's `starmap`. A Rust function takes its arguments as one
+    /// tuple, so this is [`map`](Self::map) over tuples: `fn((a, b)) -> r`.
+    pub fn starmap<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map(f, items)
+    }
+
+    /// A lazy, ordered map: items are read from `items` only as results
+    /// are taken, so memory stays bounded for inputs of any length.
+    pub fn imap<A, R, It>(&self, f: fn(A) -> R, items: It) -> Imap<R, It::IntoIter>
+    where
+        It: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).imap(items)
+    }
+
+    /// Like [`imap`](Self::imap), results in the order they finish.
+    pub fn imap_unordered<A, R, It>(&self, f: fn(A) -> R, items: It) -> Imap<R, It::IntoIter>
+    where
+        It: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).imap_unordered(items)
+    }
+
+    /// Runs `f(arg)` in a worker and waits for it (Python's `apply`).
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit(f, arg).get()
+    }
+
+    /// Starts `f(arg)` in a worker (Python's `apply_async`); see
+    /// [`submit`](Self::submit).
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit(f, arg)
+    }
+
+    /// Starts `f(arg)` in a worker (the executor's `submit`). The handle
+    /// waits for the result, or is awaited: it is a [`Future`] that needs
+    /// no particular async runtime.
+    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).submit(arg)
+    }
+
+    /// Starts `f` over every item and returns at once (Python's
+    /// `map_async`).
+    pub fn map_async<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> MapHandle<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).map_async(items)
+    }
+
+    /// Takes no more tasks; what is queued still runs (Python's `close`).
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Closes the pool, waits for every queued task, and ends the workers
+    /// (Python's `close` then `join`).
+    pub fn join(mut self) {
+        self.shared.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops at once: queued and running tasks fail with
+    /// [`TaskError::Terminated`] and the workers are killed (Python's
+    /// `terminate`). Dropping the pool does the same.
+    pub fn terminate(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.shared.terminate();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How to run one function on a pool: chunk size, timeout, progress bar.
+/// Made by [`Pool::task`].
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Pool, TaskError};
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// let out = pool
+///     .task(nap)
+///     .timeout(Duration::from_millis(500))
+///     .map_results([1, 5_000, 2]);
+/// assert_eq!(out[0], Ok(1));
+/// assert!(matches!(out[1], Err(TaskError::TimedOut(_))));
+/// assert_eq!(out[2], Ok(2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "options do nothing until a map or submit runs them"]
+pub struct TaskOptions<'p, A, R> {
+    pool: &'p Pool,
+    f: fn(A) -> R,
+    chunksize: Option<usize>,
+    timeout: Option<Duration>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl<A, R> fmt::Debug for TaskOptions<'_, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskOptions")
+            .field("chunksize", &self.chunksize)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, A, R> TaskOptions<'p, A, R>
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Items per task (default: automatic, see the module docs).
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n);
+        self
+    }
+
+    /// Kills a worker whose item runs longer than `timeout`: the item
+    /// fails with [`TaskError::TimedOut`], the worker is replaced. Items
+    /// then go one per task unless a chunk size is given.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Shows a progress bar on the terminal (hidden when stderr is not
+    /// one) that counts finished items.
+    pub fn progress(self) -> Self {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        self.progress_bar(bar)
+    }
+
+    /// Counts finished items on `bar` (its length is set as items are
+    /// submitted).
+    pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = Some(bar);
+        self
+    }
+
+    fn feeder<It: Iterator<Item = A>>(
+        self,
+        ordered: bool,
+        fail_fast: bool,
+        len: Option<usize>,
+        items: It,
+    ) -> Feeder<R, It> {
+        let job = Arc::new(Job::new(ordered, fail_fast, self.progress));
+        Feeder {
+            shared: Arc::clone(&self.pool.shared),
+            preamble: EntryId::new(self.f, worker::chunk_body::<A, R>).preamble(),
+            chunker: Chunker::new(
+                self.chunksize,
+                len,
+                self.pool.workers,
+                self.timeout.is_some(),
+            ),
+            timeout: self.timeout,
+            items: items.fuse(),
+            next: 0,
+            done: false,
+            sink: Arc::clone(&job) as Arc<dyn Sink>,
+            job,
+            workers: self.pool.workers,
+        }
+    }
+
+    fn start_all(self, fail_fast: bool, items: impl IntoIterator<Item = A>) -> Arc<Job<R>> {
+        let items: Vec<A> = items.into_iter().collect();
+        let len = items.len();
+        let mut feeder = self.feeder(true, fail_fast, Some(len), items.into_iter());
+        while !feeder.done {
+            feeder.feed_one();
+        }
+        Arc::clone(&feeder.job)
+    }
+
+    /// See [`Pool::map`].
+    pub fn map(self, items: impl IntoIterator<Item = A>) -> Result<Vec<R>, TaskError> {
+        let job = self.start_all(true, items);
+        job.wait_done(None);
+        finish_progress(&job);
+        if let Some(e) = job.first_error() {
+            return Err(e);
+        }
+        job.take_all().into_iter().collect()
+    }
+
+    /// See [`Pool::map_results`].
+    pub fn map_results(self, items: impl IntoIterator<Item = A>) -> Vec<Result<R, TaskError>> {
+        let job = self.start_all(false, items);
+        job.wait_done(None);
+        finish_progress(&job);
+        job.take_all()
+    }
+
+    /// See [`Pool::map_async`].
+    pub fn map_async(self, items: impl IntoIterator<Item = A>) -> MapHandle<R> {
+        MapHandle {
+            job: self.start_all(true, items),
+        }
+    }
+
+    /// See [`Pool::imap`].
+    pub fn imap<It: IntoIterator<Item = A>>(self, items: It) -> Imap<R, It::IntoIter> {
+        Imap {
+            feeder: self.feeder(true, false, None, items.into_iter()),
+        }
+    }
+
+    /// See [`Pool::imap_unordered`].
+    pub fn imap_unordered<It: IntoIterator<Item = A>>(self, items: It) -> Imap<R, It::IntoIter> {
+        Imap {
+            feeder: self.feeder(false, false, None, items.into_iter()),
+        }
+    }
+
+    /// See [`Pool::submit`].
+    pub fn submit(self, arg: A) -> TaskHandle<R> {
+        let shared = Arc::clone(&self.pool.shared);
+        let mut feeder = self.feeder(true, true, Some(1), std::iter::once(arg));
+        while !feeder.done {
+            feeder.feed_one();
+        }
+        TaskHandle {
+            job: Arc::clone(&feeder.job),
+            shared,
+        }
+    }
+}
+
+fn finish_progress<R>(job: &Job<R>) {
+    if let Some(p) = job.progress() {
+        p.finish();
+    }
+}
+
+/// Encodes items into chunks and submits them.
+struct Feeder<R, It: Iterator> {
+    shared: Arc<Shared>,
+    preamble: [u8; PREAMBLE],
+    chunker: Chunker,
+    timeout: Option<Duration>,
+    items: std::iter::Fuse<It>,
+    next: usize,
+    done: bool,
+    job: Arc<Job<R>>,
+    sink: Arc<dyn Sink>,
+    workers: usize,
+}
+
+impl<R, A, It> Feeder<R, It>
+where
+    It: Iterator<Item = A>,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    /// Encodes and submits the next chunk; seals the job at the end.
+    fn feed_one(&mut self) {
+        let size = self.chunker.size();
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(size.min(1 << 16));
+        let mut failed: Option<(usize, EncodeError)> = None;
+        while ends.len() < size && bytes.len() < chunking::MAX_BYTES {
+            let Some(item) = self.items.next() else {
+                self.done = true;
+                break;
+            };
+            let at = bytes.len();
+            match postcard::to_io(&item, &mut bytes) {
+                Ok(_) => ends.push(bytes.len()),
+                Err(e) => {
+                    bytes.truncate(at);
+                    failed = Some((
+                        self.next + ends.len(),
+                        EncodeError {
+                            type_name: std::any::type_name::<A>(),
+                            message: e.to_string(),
+                        },
+                    ));
+                    break;
+                }
+            }
+        }
+        let count = ends.len();
+        if count > 0 {
+            self.job.add_items(count);
+            let chunk = Chunk {
+                id: self.shared.next_id(),
+                sink: Arc::clone(&self.sink),
+                preamble: self.preamble,
+                first: self.next,
+                items: bytes,
+                ends,
+                timeout: self.timeout,
+            };
+            if let Err(e) = self.shared.submit(vec![chunk]) {
+                for i in 0..count {
+                    self.sink.fail(self.next + i, e.clone());
+                }
+            }
+            self.next += count;
+        }
+        if let Some((index, e)) = failed {
+            self.job.add_items(1);
+            self.sink.fail(index, TaskError::ArgumentEncode(e));
+            self.next += 1;
+        }
+        if self.done {
+            self.job.seal();
+        }
+    }
+
+    /// Learns chunk sizes from what has run.
+    fn adapt(&mut self) {
+        let (items, busy) = self.job.measured();
+        self.chunker.observe(items, busy);
+    }
+
+    /// Items that may be submitted and not yet taken: enough to keep every
+    /// worker busy, bounded so memory stays bounded.
+    fn window(&self) -> usize {
+        self.chunker.size() * self.workers * DEPTH * 2
+    }
+}
+
+/// The results of [`Pool::imap`] or [`Pool::imap_unordered`], one per
+/// item, as they come. Items are read from the input only as results are
+/// taken. Dropping it drops the items not yet started.
+pub struct Imap<R, It: Iterator> {
+    feeder: Feeder<R, It>,
+}
+
+impl<R, It: Iterator> fmt::Debug for Imap<R, It> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("next", &self.feeder.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, A, It> Iterator for Imap<R, It>
+where
+    It: Iterator<Item = A>,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let f = &mut self.feeder;
+        loop {
+            while !f.done && f.job.untaken() < f.window() {
+                f.adapt();
+                f.feed_one();
+            }
+            match f.job.try_next() {
+                Ok(Some(outcome)) => return Some(outcome),
+                Ok(None) => {
+                    finish_progress(&f.job);
+                    return None;
+                }
+                Err(()) => f.job.wait_next(),
+            }
+        }
+    }
+}
+
+impl<R, It: Iterator> Drop for Imap<R, It> {
+    fn drop(&mut self) {
+        self.feeder.job.abandon();
+    }
+}
+
+/// The result of one task started with [`Pool::submit`] or
+/// [`Pool::apply_async`]. Wait for it with [`get`](Self::get), or `.await`
+/// it.
+pub struct TaskHandle<R> {
+    job: Arc<Job<R>>,
+    shared: Arc<Shared>,
+}
+
+impl<R> fmt::Debug for TaskHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("ready", &self.job.is_complete())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
+    fn take(&self) -> Result<R, TaskError> {
+        self.job
+            .take_all()
+            .into_iter()
+            .next()
+            .unwrap_or(Err(TaskError::Cancelled))
+    }
+
+    /// Waits for the result.
+    pub fn get(self) -> Result<R, TaskError> {
+        self.job.wait_done(None);
+        self.take()
+    }
+
+    /// Waits at most `timeout`; on timeout the handle comes back in
+    /// [`GetTimeoutError::Timeout`] and the task goes on.
+    pub fn get_timeout(self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
+        if self.job.wait_done(Some(Instant::now() + timeout)) {
+            self.take().map_err(GetTimeoutError::Failed)
+        } else {
+            Err(GetTimeoutError::Timeout(self))
+        }
+    }
+
+    /// Waits until the result is ready, at most `timeout`; returns whether
+    /// it is.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait_done(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        self.job.wait_done(None);
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        self.job.is_complete()
+    }
+
+    /// Whether it succeeded: `None` until it is ready.
+    pub fn successful(&self) -> Option<bool> {
+        self.ready().then(|| self.job.first_error().is_none())
+    }
+
+    /// Cancels the task: if queued, it never runs; if running, its worker
+    /// is killed and replaced. Either way the result is
+    /// [`TaskError::Cancelled`].
+    pub fn cancel(&self) {
+        if self.job.is_complete() {
+            return;
+        }
+        self.job.cancel();
+        // Queued, it fails here; running, the scheduler kills its worker.
+        self.shared.drop_cancelled();
+        self.shared.wake();
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.job.set_waker(cx.waker());
+        if self.job.is_complete() {
+            Poll::Ready(self.take())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Yields the handles as their tasks complete (the executor's
+/// `as_completed`).
+///
+/// ```
+/// use multiproc::{Pool, pool::as_completed};
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// let handles = vec![pool.submit(nap, 300), pool.submit(nap, 1)];
+/// let order: Vec<u64> = as_completed(handles).map(|h| h.get().unwrap()).collect();
+/// assert_eq!(order, [1, 300]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn as_completed<R>(handles: impl IntoIterator<Item = TaskHandle<R>>) -> AsCompleted<R> {
+    let notifier = Arc::new(Notifier::default());
+    let handles: Vec<Option<TaskHandle<R>>> = handles.into_iter().map(Some).collect();
+    for (i, h) in handles.iter().enumerate() {
+        if let Some(h) = h {
+            h.job.listen(Arc::clone(&notifier), i);
+        }
+    }
+    AsCompleted { notifier, handles }
+}
+
+/// The iterator [`as_completed`] returns.
+pub struct AsCompleted<R> {
+    notifier: Arc<Notifier>,
+    handles: Vec<Option<TaskHandle<R>>>,
+}
+
+impl<R> fmt::Debug for AsCompleted<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("left", &self.handles.iter().filter(|h| h.is_some()).count())
+            .finish()
+    }
+}
+
+impl<R> Iterator for AsCompleted<R> {
+    type Item = TaskHandle<R>;
+
+    fn next(&mut self) -> Option<TaskHandle<R>> {
+        if self.handles.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut done = self.notifier.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(i) = done.pop_front() {
+                if let Some(h) = self.handles.get_mut(i).and_then(Option::take) {
+                    return Some(h);
+                }
+                continue;
+            }
+            done = self
+                .notifier
+                .cv
+                .wait(done)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The results of [`Pool::map_async`].
+pub struct MapHandle<R> {
+    job: Arc<Job<R>>,
+}
+
+impl<R> fmt::Debug for MapHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapHandle")
+            .field("ready", &self.job.is_complete())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
+    fn take(&self) -> Result<Vec<R>, TaskError> {
+        if let Some(e) = self.job.first_error() {
+            return Err(e);
+        }
+        self.job.take_all().into_iter().collect()
+    }
+
+    /// Waits for every result, in order; the first failure is the error.
+    pub fn get(self) -> Result<Vec<R>, TaskError> {
+        self.job.wait_done(None);
+        self.take()
+    }
+
+    /// Waits at most `timeout`; on timeout the handle comes back.
+    pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, GetTimeoutError<Self>> {
+        if self.job.wait_done(Some(Instant::now() + timeout)) {
+            self.take().map_err(GetTimeoutError::Failed)
+        } else {
+            Err(GetTimeoutError::Timeout(self))
+        }
+    }
+
+    /// Waits until every result is ready (or one failed).
+    pub fn wait(&self) {
+        self.job.wait_done(None);
+    }
+
+    /// Whether the results are ready (or one failed).
+    pub fn ready(&self) -> bool {
+        self.job.is_complete() || self.job.first_error().is_some()
+    }
+
+    /// Whether every item succeeded: `None` until ready.
+    pub fn successful(&self) -> Option<bool> {
+        self.ready().then(|| self.job.first_error().is_none())
+    }
+}
+
+impl<R> Drop for MapHandle<R> {
+    fn drop(&mut self) {
+        self.job.abandon();
+    }
+}

@@ -1,0 +1,713 @@
+//! The pool's scheduler: which worker holds which chunk, what happens when
+//! a result arrives, when a worker dies, overruns its timeout or retires.
+//!
+//! Callers dispatch chunks to idle workers themselves (a write on the
+//! worker's link). One scheduler thread per pool waits on every worker's
+//! link and pidfd, reads results, dispatches the queue, kills overrunning
+//! workers and replaces dead ones. All of it happens under one lock.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::{PoolError, TaskError};
+use super::job::Sink;
+use super::link::{self, LinkReader};
+use super::worker::{
+    FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START, SLOT_TASK, SLOT_WORDS,
+    TASK_HEADER,
+};
+use crate::connection::Waitable;
+use crate::process::{ExitStatus, Process, StartMethod};
+use crate::wire::handles::TrackedFd;
+use crate::{SharedMemory, sys};
+
+/// Starts worker `index`: its process and the parent's end of its link.
+pub(crate) type Spawner =
+    Box<dyn Fn(usize, &SharedMemory) -> Result<(Process<()>, TrackedFd), PoolError> + Send + Sync>;
+
+/// A run of items of one job, sent to one worker as one task.
+pub(crate) struct Chunk {
+    pub id: u64,
+    pub sink: Arc<dyn Sink>,
+    pub preamble: [u8; sys::code::PREAMBLE],
+    /// Job index of the first item.
+    pub first: usize,
+    /// The items' encodings, back to back.
+    pub items: Vec<u8>,
+    /// Where each item's encoding ends in `items`.
+    pub ends: Vec<usize>,
+    pub timeout: Option<Duration>,
+}
+
+impl Chunk {
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The items from `k` on, as a chunk of their own.
+    fn rest(&self, k: usize, id: u64) -> Chunk {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        Chunk {
+            id,
+            sink: Arc::clone(&self.sink),
+            preamble: self.preamble,
+            first: self.first + k,
+            items: self.items[start..].to_vec(),
+            ends: self.ends[k..].iter().map(|e| e - start).collect(),
+            timeout: self.timeout,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut header = [0u8; TASK_HEADER];
+        header[..8].copy_from_slice(&self.id.to_le_bytes());
+        header[8..12].copy_from_slice(&(self.count() as u32).to_le_bytes());
+        header[12] = if self.timeout.is_some() {
+            FLAG_TIMED
+        } else {
+            0
+        };
+        link::push_frame(out, link::TASK, &[&self.preamble, &header, &self.items]);
+    }
+}
+
+/// What the pool knows of one worker's activity, over all the processes
+/// that have held its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's index in the pool.
+    pub index: usize,
+    /// The current process id (0 while it is being replaced).
+    pub pid: i32,
+    /// Items it finished (successfully or not).
+    pub tasks_done: u64,
+    /// Time spent running tasks.
+    pub busy: Duration,
+    /// Time alive and not running tasks.
+    pub idle: Duration,
+    /// Processes that have replaced a dead, timed-out or retired one.
+    pub restarts: u64,
+}
+
+struct Worker {
+    process: Option<Process<()>>,
+    pidfd: Option<Arc<TrackedFd>>,
+    link: Option<Arc<TrackedFd>>,
+    reader: LinkReader,
+    inflight: VecDeque<Chunk>,
+    ready: bool,
+    retiring: bool,
+    /// Why the scheduler killed it: the chunk, the item and the error.
+    killed: Option<(u64, usize, TaskError)>,
+    tasks_done: u64,
+    busy: Duration,
+    alive_before: Duration,
+    born: Instant,
+    restarts: u64,
+}
+
+impl Worker {
+    fn empty() -> Worker {
+        Worker {
+            process: None,
+            pidfd: None,
+            link: None,
+            reader: LinkReader::default(),
+            inflight: VecDeque::new(),
+            ready: false,
+            retiring: false,
+            killed: None,
+            tasks_done: 0,
+            busy: Duration::ZERO,
+            alive_before: Duration::ZERO,
+            born: Instant::now(),
+            restarts: 0,
+        }
+    }
+
+    fn kill(&mut self, chunk: u64, item: usize, error: TaskError) {
+        if self.killed.is_none() {
+            self.killed = Some((chunk, item, error));
+        }
+        if let Some(p) = &self.process {
+            let _ = p.kill();
+        }
+    }
+}
+
+/// The pool's state, shared by its handle, its result handles and the
+/// scheduler thread.
+pub(crate) struct State {
+    queue: VecDeque<Chunk>,
+    workers: Vec<Worker>,
+    /// Chunks a worker may hold at once (one running, the rest waiting
+    /// in its socket).
+    depth: usize,
+    next_id: u64,
+    /// No new tasks (close or terminate).
+    closed: bool,
+    /// Stop now: terminate.
+    terminating: bool,
+    /// Why no worker can be started any more.
+    broken: Option<String>,
+    /// Why the pool failed to start (first worker failure).
+    start_error: Option<PoolError>,
+    slots: SharedMemory,
+    spawner: Spawner,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    wake_tx: TrackedFd,
+    wake_rx: TrackedFd,
+    method: StartMethod,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        workers: usize,
+        depth: usize,
+        method: StartMethod,
+        spawner: Spawner,
+    ) -> Result<Arc<Shared>, PoolError> {
+        let slots = SharedMemory::create(workers * SLOT_WORDS * 8)?;
+        let (wake_tx, wake_rx) = sys::socket::stream_pair()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                workers: (0..workers).map(|_| Worker::empty()).collect(),
+                depth,
+                next_id: 1,
+                closed: false,
+                terminating: false,
+                broken: None,
+                start_error: None,
+                slots,
+                spawner,
+            }),
+            changed: Condvar::new(),
+            wake_tx: TrackedFd::new(wake_tx),
+            wake_rx: TrackedFd::new(wake_rx),
+            method,
+        });
+        {
+            let mut st = shared.lock();
+            for i in 0..workers {
+                if let Err(e) = start_worker(&mut st, i) {
+                    drop(st);
+                    shared.terminate();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(shared)
+    }
+
+    pub(crate) fn method(&self) -> StartMethod {
+        self.method
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the scheduler thread so it re-reads the state.
+    pub(crate) fn wake(&self) {
+        let _ = sys::socket::send_plain(self.wake_tx.as_fd(), &[1], true);
+    }
+
+    /// Waits until every worker is ready, or one failed to start.
+    pub(crate) fn wait_started(&self) -> Result<(), PoolError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = st.start_error.take() {
+                return Err(e);
+            }
+            if st.workers.iter().all(|w| w.ready) {
+                return Ok(());
+            }
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// A fresh chunk id.
+    pub(crate) fn next_id(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_id += 1;
+        st.next_id
+    }
+
+    /// Queues chunks and hands what it can to idle workers at once.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), TaskError> {
+        let mut st = self.lock();
+        if let Some(b) = &st.broken {
+            return Err(TaskError::Broken(b.clone()));
+        }
+        if st.closed {
+            return Err(if st.terminating {
+                TaskError::Terminated
+            } else {
+                TaskError::Closed
+            });
+        }
+        let timed = chunks.iter().any(|c| c.timeout.is_some());
+        st.queue.extend(chunks);
+        dispatch(&mut st);
+        drop(st);
+        if timed {
+            // The scheduler must watch the clock for this chunk.
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Fails the queued chunks of cancelled jobs.
+    pub(crate) fn drop_cancelled(&self) {
+        let mut st = self.lock();
+        let (cancelled, kept): (VecDeque<Chunk>, VecDeque<Chunk>) = std::mem::take(&mut st.queue)
+            .into_iter()
+            .partition(|c| c.sink.cancelled());
+        st.queue = kept;
+        drop(st);
+        for chunk in cancelled {
+            fail_chunk(&chunk, 0, &TaskError::Cancelled);
+        }
+    }
+
+    /// Stops taking tasks; the queue still drains.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake();
+    }
+
+    /// Stops everything now: queued and running tasks fail with
+    /// [`TaskError::Terminated`], workers are killed.
+    pub(crate) fn terminate(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.terminating = true;
+        for chunk in std::mem::take(&mut st.queue) {
+            fail_chunk(&chunk, 0, &TaskError::Terminated);
+        }
+        for w in &mut st.workers {
+            if let Some(p) = &w.process {
+                let _ = p.kill();
+            }
+        }
+        drop(st);
+        self.wake();
+    }
+
+    /// Per-worker statistics.
+    pub(crate) fn stats(&self) -> Vec<WorkerStats> {
+        let st = self.lock();
+        st.workers
+            .iter()
+            .enumerate()
+            .map(|(index, w)| {
+                let alive = w.alive_before
+                    + if w.process.is_some() {
+                        w.born.elapsed()
+                    } else {
+                        Duration::ZERO
+                    };
+                WorkerStats {
+                    index,
+                    pid: w.process.as_ref().map_or(0, Process::pid),
+                    tasks_done: w.tasks_done,
+                    busy: w.busy,
+                    idle: alive.saturating_sub(w.busy),
+                    restarts: w.restarts,
+                }
+            })
+            .collect()
+    }
+
+    /// The scheduler thread's loop; returns once every worker is gone
+    /// after a close (queue drained) or a terminate.
+    pub(crate) fn run(&self) {
+        loop {
+            let (watch, deadline) = {
+                let mut st = self.lock();
+                dispatch(&mut st);
+                let deadline = check_running(&mut st);
+                if st.closed && st.queue.is_empty() {
+                    // Nothing more will be sent: closing the links lets
+                    // idle workers exit.
+                    for w in &mut st.workers {
+                        if w.inflight.is_empty() {
+                            w.link = None;
+                        }
+                    }
+                }
+                if st.workers.iter().all(|w| w.process.is_none()) && st.closed {
+                    return;
+                }
+                let mut watch: Vec<(usize, bool, Arc<TrackedFd>)> = Vec::new();
+                for (i, w) in st.workers.iter().enumerate() {
+                    if let Some(l) = &w.link {
+                        watch.push((i, true, Arc::clone(l)));
+                    }
+                    if let Some(p) = &w.pidfd {
+                        watch.push((i, false, Arc::clone(p)));
+                    }
+                }
+                (watch, deadline)
+            };
+            let mut fds: Vec<BorrowedFd<'_>> = vec![self.wake_rx.as_fd()];
+            fds.extend(watch.iter().map(|(_, _, fd)| fd.as_fd()));
+            let Ok(ready) = sys::socket::wait_readable(&fds, deadline) else {
+                continue;
+            };
+            if ready[0] {
+                let mut sink = [0u8; 64];
+                let _ = sys::socket::recv(self.wake_rx.as_fd(), &mut sink, &mut Vec::new(), true);
+            }
+            let mut st = self.lock();
+            for ((index, is_link, _), _) in watch.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+                if *is_link {
+                    read_link(&mut st, *index, &self.changed);
+                } else {
+                    worker_exited(&mut st, *index, &self.changed);
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Sends queued chunks to workers with room, least loaded first.
+fn dispatch(st: &mut State) {
+    let mut out = Vec::new();
+    loop {
+        // Drop what nobody wants any more.
+        while let Some(chunk) = st.queue.pop_front() {
+            if !chunk.sink.abandoned() {
+                st.queue.push_front(chunk);
+                break;
+            }
+            if chunk.sink.cancelled() {
+                fail_chunk(&chunk, 0, &TaskError::Cancelled);
+            }
+        }
+        if st.queue.is_empty() {
+            return;
+        }
+        let depth = st.depth;
+        let Some(w) = st
+            .workers
+            .iter_mut()
+            .filter(|w| w.ready && !w.retiring && w.killed.is_none() && w.link.is_some())
+            .filter(|w| w.inflight.len() < depth)
+            // A busy worker gets another chunk only if it is small (the
+            // write cannot block) and quick (it will not wait long behind
+            // the running one while another worker sits idle).
+            .filter(|w| {
+                w.inflight.is_empty()
+                    || (st.queue[0].items.len() < 64 << 10 && st.queue[0].sink.quick())
+            })
+            .min_by_key(|w| w.inflight.len())
+        else {
+            return;
+        };
+        let chunk = st.queue.pop_front().expect("not empty");
+        out.clear();
+        chunk.encode(&mut out);
+        let link = w.link.as_ref().expect("filtered");
+        if link::write(link.as_fd(), &out).is_err() {
+            // The worker is dying; its exit handler will requeue this.
+            w.inflight.push_back(chunk);
+            w.retiring = true;
+            continue;
+        }
+        w.inflight.push_back(chunk);
+    }
+}
+
+/// Kills workers whose running item overran its timeout or was
+/// cancelled; returns when to look again.
+fn check_running(st: &mut State) -> Option<Instant> {
+    let now_ns = sys::process::monotonic_ns();
+    let mut next: Option<Instant> = None;
+    let slots = st.slots.as_atomic_u64();
+    for (i, w) in st.workers.iter_mut().enumerate() {
+        let Some(front) = w.inflight.front() else {
+            continue;
+        };
+        let base = i * SLOT_WORDS;
+        if slots[base + SLOT_TASK].load(Ordering::Acquire) != front.id {
+            if front.timeout.is_some() {
+                // Not started yet: look again soon.
+                let soon = Instant::now() + Duration::from_millis(20);
+                next = Some(next.map_or(soon, |n| n.min(soon)));
+            }
+            continue;
+        }
+        let start = slots[base + SLOT_START].load(Ordering::Acquire);
+        let item = slots[base + SLOT_ITEM].load(Ordering::Acquire) as usize;
+        let again = slots[base + SLOT_START].load(Ordering::Acquire);
+        if front.sink.cancelled() {
+            let id = front.id;
+            w.kill(id, item, TaskError::Cancelled);
+            continue;
+        }
+        let Some(timeout) = front.timeout else {
+            continue;
+        };
+        if start != again || start == 0 {
+            let soon = Instant::now() + Duration::from_millis(5);
+            next = Some(next.map_or(soon, |n| n.min(soon)));
+            continue;
+        }
+        let ran = Duration::from_nanos(now_ns.saturating_sub(start));
+        if ran >= timeout {
+            let id = front.id;
+            w.kill(id, item, TaskError::TimedOut(timeout));
+        } else {
+            let at = Instant::now() + (timeout - ran);
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    next
+}
+
+fn start_worker(st: &mut State, index: usize) -> Result<(), PoolError> {
+    let (process, link) = (st.spawner)(index, &st.slots)?;
+    let pidfd = sys::socket::dup(process.wait_fd())?;
+    let w = &mut st.workers[index];
+    w.pidfd = Some(Arc::new(TrackedFd::new(pidfd)));
+    w.link = Some(Arc::new(link));
+    w.process = Some(process);
+    w.reader = LinkReader::default();
+    w.ready = false;
+    w.retiring = false;
+    w.killed = None;
+    w.born = Instant::now();
+    Ok(())
+}
+
+/// Reads and handles what worker `index` sent.
+fn read_link(st: &mut State, index: usize, changed: &Condvar) {
+    let w = &mut st.workers[index];
+    let Some(link) = w.link.clone() else { return };
+    match w.reader.fill(link.as_fd()) {
+        Ok(true) => {}
+        // The worker closed its end: its exit handler takes over.
+        Ok(false) | Err(_) => return,
+    }
+    handle_frames(st, index, changed);
+}
+
+fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
+    let mut requeue = Vec::new();
+    loop {
+        let w = &mut st.workers[index];
+        let (kind, range) = match w.reader.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => {
+                // Garbage from a worker: it cannot be trusted further.
+                let id = w.inflight.front().map_or(0, |c| c.id);
+                w.kill(
+                    id,
+                    0,
+                    TaskError::Protocol("garbage on the task link".into()),
+                );
+                break;
+            }
+        };
+        match kind {
+            link::READY => {
+                w.ready = true;
+                changed.notify_all();
+            }
+            link::INIT_FAILED => {
+                let message = String::from_utf8_lossy(&w.reader.buffer()[range]).into_owned();
+                if st.start_error.is_none() {
+                    st.start_error = Some(PoolError::Initializer {
+                        worker: index,
+                        message: message.clone(),
+                    });
+                }
+                st.broken = Some(format!(
+                    "the initializer failed in worker {index}: {message}"
+                ));
+                changed.notify_all();
+            }
+            link::RESULT => {
+                let Some(chunk) = w.inflight.pop_front() else {
+                    w.kill(0, 0, TaskError::Protocol("a result for no task".into()));
+                    break;
+                };
+                let payload = &w.reader.buffer()[range];
+                if payload.len() < REPLY_HEADER || payload[..8] != chunk.id.to_le_bytes() {
+                    let id = chunk.id;
+                    w.inflight.push_front(chunk);
+                    w.kill(
+                        id,
+                        0,
+                        TaskError::Protocol("a result for another task".into()),
+                    );
+                    break;
+                }
+                let done =
+                    u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
+                let mut busy = [0u8; 8];
+                busy.copy_from_slice(&payload[12..20]);
+                let retire = payload[20];
+                let done = done.min(chunk.count());
+                let busy = Duration::from_nanos(u64::from_le_bytes(busy));
+                if !chunk.sink.abandoned() {
+                    chunk
+                        .sink
+                        .deliver(chunk.first, done, &payload[REPLY_HEADER..], busy);
+                }
+                w.tasks_done += done as u64;
+                w.busy += busy;
+                if done < chunk.count() {
+                    requeue.push((chunk, done));
+                }
+                if retire != RETIRE_NONE {
+                    w.retiring = true;
+                }
+            }
+            _ => {
+                let id = w.inflight.front().map_or(0, |c| c.id);
+                w.kill(
+                    id,
+                    0,
+                    TaskError::Protocol(format!("unknown frame kind {kind}")),
+                );
+                break;
+            }
+        }
+    }
+    for (chunk, done) in requeue.into_iter().rev() {
+        st.next_id += 1;
+        let rest = chunk.rest(done, st.next_id);
+        st.queue.push_front(rest);
+    }
+}
+
+fn fail_chunk(chunk: &Chunk, from: usize, error: &TaskError) {
+    for i in from..chunk.count() {
+        chunk.sink.fail(chunk.first + i, error.clone());
+    }
+}
+
+/// Worker `index`'s process has exited: blame the item it was running,
+/// requeue the rest of what it held, and replace it.
+fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
+    // Results it sent before dying still count.
+    loop {
+        let w = &mut st.workers[index];
+        let Some(link) = w.link.clone() else { break };
+        if !sys::socket::is_readable(link.as_fd()).unwrap_or(false) {
+            break;
+        }
+        match w.reader.fill(link.as_fd()) {
+            Ok(true) => handle_frames(st, index, changed),
+            _ => break,
+        }
+    }
+    let slots = st.slots.as_atomic_u64();
+    let base = index * SLOT_WORDS;
+    let running = slots[base + SLOT_TASK].swap(0, Ordering::AcqRel);
+    let item = slots[base + SLOT_ITEM].load(Ordering::Acquire) as usize;
+    let w = &mut st.workers[index];
+    let Some(process) = w.process.take() else {
+        return;
+    };
+    let pid = process.pid();
+    let status = process.exit_status();
+    drop(process);
+    w.pidfd = None;
+    w.link = None;
+    w.alive_before += w.born.elapsed();
+    let was_ready = w.ready;
+    w.ready = false;
+    let killed = w.killed.take();
+    let retiring = std::mem::take(&mut w.retiring);
+    let held: Vec<Chunk> = w.inflight.drain(..).collect();
+    let status = status.unwrap_or(ExitStatus::Signaled {
+        signal: crate::Signal::KILL,
+        core_dumped: false,
+    });
+    let mut requeue = Vec::new();
+    for chunk in held {
+        if st.terminating {
+            fail_chunk(&chunk, 0, &TaskError::Terminated);
+            continue;
+        }
+        let blamed = match &killed {
+            Some((id, it, error)) if *id == chunk.id => Some((*it, error.clone())),
+            _ if chunk.id == running && !retiring => Some((
+                item,
+                TaskError::WorkerDied {
+                    worker: index,
+                    pid,
+                    status,
+                },
+            )),
+            _ => None,
+        };
+        match blamed {
+            Some((it, error)) if it < chunk.count() => {
+                chunk.sink.fail(chunk.first + it, error);
+                // The items before it finished, but their results died
+                // with the worker: they run again, as do those after it.
+                let mut before = chunk.rest(0, 0);
+                before.ends.truncate(it);
+                before
+                    .items
+                    .truncate(if it == 0 { 0 } else { chunk.ends[it - 1] });
+                if it > 0 {
+                    requeue.push(before);
+                }
+                if it + 1 < chunk.count() {
+                    requeue.push(chunk.rest(it + 1, 0));
+                }
+            }
+            _ => requeue.push(chunk),
+        }
+    }
+    if st.terminating {
+        for chunk in &requeue {
+            fail_chunk(chunk, 0, &TaskError::Terminated);
+        }
+    } else {
+        for mut chunk in requeue.into_iter().rev() {
+            st.next_id += 1;
+            chunk.id = st.next_id;
+            st.queue.push_front(chunk);
+        }
+    }
+    if !was_ready && st.start_error.is_none() && st.broken.is_none() && !st.terminating {
+        // It died before its initializer finished.
+        st.start_error = Some(PoolError::WorkerLost {
+            worker: index,
+            status,
+        });
+        st.broken = Some(format!("worker {index} died while starting: {status}"));
+    }
+    let replace = !st.terminating && st.broken.is_none() && !(st.closed && st.queue.is_empty());
+    if replace {
+        st.workers[index].restarts += 1;
+        if let Err(e) = start_worker(st, index) {
+            st.broken = Some(format!("could not replace worker {index}: {e}"));
+        }
+    }
+    if let Some(reason) = st.broken.clone() {
+        // No worker will run what is queued.
+        if st.workers.iter().all(|w| w.process.is_none() || !w.ready) {
+            for chunk in std::mem::take(&mut st.queue) {
+                fail_chunk(&chunk, 0, &TaskError::Broken(reason.clone()));
+            }
+        }
+    }
+    changed.notify_all();
+}

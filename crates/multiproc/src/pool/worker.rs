@@ -1,0 +1,378 @@
+//! What a pool worker process runs: its initializer once, then tasks from
+//! its link until the link closes or the worker retires.
+//!
+//! A task is a chunk of items for one function. The worker records in the
+//! pool's shared slot table which task and which item it runs (and, when
+//! the task has a timeout, since when), so the parent can blame exactly
+//! that item if the worker dies, and kill it if the item overruns.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::link::{self, LinkReader};
+use crate::SharedMemory;
+use crate::process::PanicReport;
+use crate::process::child;
+use crate::sys;
+use crate::sys::code::{Reply, WorkerLink};
+use crate::wire::{codec, handles};
+
+/// Words per worker in the slot table.
+pub(crate) const SLOT_WORDS: usize = 4;
+/// Slot word: the running task's id, 0 when none.
+pub(crate) const SLOT_TASK: usize = 0;
+/// Slot word: the index, within its task, of the running item.
+pub(crate) const SLOT_ITEM: usize = 1;
+/// Slot word: when the running item started (`monotonic_ns`), if timed.
+pub(crate) const SLOT_START: usize = 2;
+
+/// Task header flag: record each item's start time (the task has a
+/// timeout).
+pub(crate) const FLAG_TIMED: u8 = 1;
+
+/// Length of the task header that follows the entry preamble:
+/// id (u64), item count (u32), flags (u8).
+pub(crate) const TASK_HEADER: usize = 13;
+
+/// Length of the reply header: id (u64), items done (u32), busy
+/// nanoseconds (u64), retiring (u8).
+pub(crate) const REPLY_HEADER: usize = 21;
+
+/// Why a worker stops taking tasks after the current one.
+pub(crate) const RETIRE_NONE: u8 = 0;
+/// It has run its `max_tasks_per_child` items.
+pub(crate) const RETIRE_TASKS: u8 = 1;
+/// Its resident memory passed the limit.
+pub(crate) const RETIRE_MEMORY: u8 = 2;
+
+/// A worker's start argument.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Setup<I> {
+    pub link: WorkerLink,
+    pub slots: SharedMemory,
+    pub index: usize,
+    pub init: I,
+    pub max_tasks: Option<u64>,
+    pub memory_limit: Option<u64>,
+}
+
+/// One item's outcome as the worker sends it.
+#[derive(Serialize)]
+enum OutcomeRef<'a, R> {
+    Ok(&'a R),
+    Panicked(&'a PanicReport),
+    ResultEncode(&'a str),
+    ArgumentDecode(&'a str),
+}
+
+/// One item's outcome as the parent reads it (same variants, same order).
+#[derive(Deserialize)]
+pub(crate) enum Outcome<R> {
+    Ok(R),
+    Panicked(PanicReport),
+    ResultEncode(String),
+    ArgumentDecode(String),
+}
+
+struct Context {
+    slots: SharedMemory,
+    base: usize,
+    tasks_left: Option<u64>,
+    memory_limit: Option<u64>,
+    retire: u8,
+    state: Option<Box<dyn Any>>,
+}
+
+impl Context {
+    fn slot(&self, word: usize) -> &AtomicU64 {
+        &self.slots.as_atomic_u64()[self.base + word]
+    }
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Calls `f` with the state the pool's initializer built in this worker,
+/// if it is an `S`. Returns `None` outside a pool worker, or when the
+/// initializer built another type. (Python keeps such state in globals
+/// that the initializer sets.)
+///
+/// ```
+/// use multiproc::Pool;
+/// use multiproc::pool::with_state;
+///
+/// fn load(offset: u64) -> Result<u64, String> {
+///     Ok(offset)
+/// }
+///
+/// fn add_offset(x: u64) -> u64 {
+///     with_state(|offset: &mut u64| x + *offset).expect("built by `load`")
+/// }
+///
+/// let pool = Pool::builder().workers(2).initializer(load, 100).build()?;
+/// assert_eq!(pool.map(add_offset, [1, 2, 3])?, [101, 102, 103]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn with_state<S: 'static, T>(f: impl FnOnce(&mut S) -> T) -> Option<T> {
+    // The state is taken out while `f` runs, so `f` may itself call
+    // `with_state` (it then sees none) without a double borrow.
+    let mut state = CONTEXT.with(|c| c.borrow_mut().as_mut()?.state.take())?;
+    let out = state.downcast_mut::<S>().map(f);
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.state = Some(state);
+        }
+    });
+    out
+}
+
+/// The body of a worker process (named, with the user's initializer as
+/// its target, by the pool): runs the initializer, then serves tasks.
+pub(crate) fn worker_body<I, S, E>(
+    init: fn(I) -> Result<S, E>,
+    input: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Reply
+where
+    I: DeserializeOwned,
+    S: 'static,
+    E: Display,
+{
+    let done = (
+        child::kind::OK,
+        codec::encode(&()).unwrap_or_default(),
+        Vec::new(),
+    );
+    let Ok(setup) = handles::decode::<Setup<I>>(input, fds) else {
+        return done;
+    };
+    // Ctrl-C in a terminal reaches the whole process group: the parent
+    // decides what happens to its workers.
+    sys::process::ignore_interrupts(true);
+    let link_fd = setup.link.fd();
+    let state = match child::run_caught(|| init(setup.init)) {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => return init_failed(link_fd, &e.to_string(), done),
+        Err(panic) => return init_failed(link_fd, &format!("panicked: {panic}"), done),
+    };
+    CONTEXT.with(|c| {
+        *c.borrow_mut() = Some(Context {
+            slots: setup.slots,
+            base: setup.index * SLOT_WORDS,
+            tasks_left: setup.max_tasks,
+            memory_limit: setup.memory_limit,
+            retire: RETIRE_NONE,
+            state: Some(Box::new(state)),
+        })
+    });
+    let mut out = Vec::new();
+    link::push_frame(&mut out, link::READY, &[]);
+    if link::write(link_fd, &out).is_err() {
+        return done;
+    }
+    serve(&setup.link);
+    CONTEXT.with(|c| c.borrow_mut().take());
+    done
+}
+
+fn init_failed(link_fd: std::os::fd::BorrowedFd<'_>, message: &str, done: Reply) -> Reply {
+    let mut out = Vec::new();
+    link::push_frame(&mut out, link::INIT_FAILED, &[message.as_bytes()]);
+    let _ = link::write(link_fd, &out);
+    done
+}
+
+/// Runs tasks until the link closes, the parent speaks garbage, or this
+/// worker retires. Replies are sent when no further task is buffered, so a
+/// burst of small tasks is answered with one write.
+fn serve(link: &WorkerLink) {
+    let mut reader = LinkReader::default();
+    let mut out = Vec::new();
+    loop {
+        let frame = match reader.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                if !out.is_empty() {
+                    if link::write(link.fd(), &out).is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                if retiring() {
+                    return;
+                }
+                match reader.fill(link.fd()) {
+                    Ok(true) => continue,
+                    _ => return,
+                }
+            }
+            Err(_) => return,
+        };
+        let (kind, range) = frame;
+        let payload = &reader.buffer()[range];
+        if kind != link::TASK || payload.len() < sys::code::PREAMBLE + TASK_HEADER {
+            return;
+        }
+        let Some(entry) = link.entry(&payload[..sys::code::PREAMBLE]) else {
+            return;
+        };
+        let (_, reply, _) = entry.call(&payload[sys::code::PREAMBLE..], Vec::new());
+        link::push_frame(&mut out, link::RESULT, &[&reply]);
+        if retiring() {
+            let _ = link::write(link.fd(), &out);
+            return;
+        }
+    }
+}
+
+fn retiring() -> bool {
+    CONTEXT.with(|c| c.borrow().as_ref().is_some_and(|c| c.retire != RETIRE_NONE))
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// The body of one task: decodes its items one by one, runs `f` on each
+/// (a panic fails only that item), and encodes the outcomes. Named, with
+/// the user's function as its target, in every task the pool sends.
+pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
+    f: fn(A) -> R,
+    input: &[u8],
+    _fds: Vec<OwnedFd>,
+) -> Reply {
+    let id = read_u64(input);
+    let count = u32::from_le_bytes([input[8], input[9], input[10], input[11]]);
+    let timed = input[12] & FLAG_TIMED != 0;
+    let mut items = &input[TASK_HEADER..];
+    let mut out = Vec::with_capacity(REPLY_HEADER + items.len());
+    out.resize(REPLY_HEADER, 0);
+    out[..8].copy_from_slice(&id.to_le_bytes());
+    let started = sys::process::monotonic_ns();
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(ctx) = c.as_mut() else { return };
+        ctx.slot(SLOT_ITEM).store(0, Ordering::Relaxed);
+        ctx.slot(SLOT_TASK).store(id, Ordering::Release);
+    });
+    let mut done = 0u32;
+    let mut decode_failed: Option<String> = None;
+    let mut last_memory_check = started;
+    while done < count {
+        let ctl = CONTEXT.with(|c| {
+            let c = c.borrow();
+            let ctx = c.as_ref()?;
+            ctx.slot(SLOT_ITEM)
+                .store(u64::from(done), Ordering::Release);
+            if timed {
+                ctx.slot(SLOT_START)
+                    .store(sys::process::monotonic_ns(), Ordering::Release);
+            }
+            Some((ctx.tasks_left, ctx.memory_limit))
+        });
+        let outcome_len = out.len();
+        if let Some(message) = &decode_failed {
+            encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(message));
+        } else {
+            match postcard::take_from_bytes::<A>(items) {
+                Ok((arg, rest)) => {
+                    items = rest;
+                    match child::run_caught(|| f(arg)) {
+                        Ok(value) => {
+                            if let Err(e) = try_encode(&mut out, &OutcomeRef::Ok(&value)) {
+                                out.truncate(outcome_len);
+                                let message = codec::EncodeError {
+                                    type_name: std::any::type_name::<R>(),
+                                    message: e.to_string(),
+                                }
+                                .to_string();
+                                encode_outcome::<R>(&mut out, &OutcomeRef::ResultEncode(&message));
+                            }
+                        }
+                        Err(report) => {
+                            encode_outcome::<R>(&mut out, &OutcomeRef::Panicked(&report))
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = codec::DecodeError {
+                        type_name: std::any::type_name::<A>(),
+                        message: e.to_string(),
+                    }
+                    .to_string();
+                    encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(&message));
+                    decode_failed = Some(message);
+                }
+            }
+        }
+        done += 1;
+        // Retirement: after this item, hand the rest of the chunk back.
+        let Some((tasks_left, memory_limit)) = ctl else {
+            continue;
+        };
+        let mut retire = RETIRE_NONE;
+        if let Some(left) = tasks_left {
+            let left = left.saturating_sub(1);
+            CONTEXT.with(|c| {
+                if let Some(ctx) = c.borrow_mut().as_mut() {
+                    ctx.tasks_left = Some(left);
+                }
+            });
+            if left == 0 {
+                retire = RETIRE_TASKS;
+            }
+        }
+        if let Some(limit) = memory_limit {
+            let now = sys::process::monotonic_ns();
+            // Reading /proc costs microseconds: at most every 5 ms, and
+            // after the last item.
+            if done == count || now.saturating_sub(last_memory_check) > 5_000_000 {
+                last_memory_check = now;
+                if sys::process::resident_bytes().is_some_and(|rss| rss > limit) {
+                    retire = RETIRE_MEMORY;
+                }
+            }
+        }
+        if retire != RETIRE_NONE {
+            CONTEXT.with(|c| {
+                if let Some(ctx) = c.borrow_mut().as_mut() {
+                    ctx.retire = retire;
+                }
+            });
+            break;
+        }
+    }
+    let busy = sys::process::monotonic_ns().saturating_sub(started);
+    let retire = CONTEXT.with(|c| {
+        let c = c.borrow();
+        let Some(ctx) = c.as_ref() else {
+            return RETIRE_NONE;
+        };
+        ctx.slot(SLOT_TASK).store(0, Ordering::Release);
+        ctx.retire
+    });
+    out[8..12].copy_from_slice(&done.to_le_bytes());
+    out[12..20].copy_from_slice(&busy.to_le_bytes());
+    out[20] = retire;
+    (link::RESULT, out, Vec::new())
+}
+
+fn try_encode<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
+    postcard::to_io(value, &mut *out).map(|_| ())
+}
+
+fn encode_outcome<R>(out: &mut Vec<u8>, outcome: &OutcomeRef<'_, R>)
+where
+    R: Serialize,
+{
+    // These variants hold only strings and reports: they always encode.
+    let _ = try_encode(out, outcome);
+}
