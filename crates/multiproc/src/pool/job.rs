@@ -1,7 +1,7 @@
 //! Where a job's results go: a typed store that the scheduler fills and
 //! the caller's handle (a map, an iterator, a task handle) drains.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
@@ -24,9 +24,8 @@ pub(crate) trait Sink: Send + Sync {
     fn abandoned(&self) -> bool;
     /// The job was cancelled: a running item's worker is killed.
     fn cancelled(&self) -> bool;
-    /// Its chunks are known to run quickly (under a millisecond): one may
-    /// wait in a busy worker's socket without delaying it much.
-    fn quick(&self) -> bool;
+    /// How long one of its chunks typically runs, once a few have.
+    fn typical_chunk(&self) -> Option<Duration>;
 }
 
 /// Something told when any of several jobs completes (`as_completed`).
@@ -37,8 +36,10 @@ pub(crate) struct Notifier {
 }
 
 struct State<R> {
-    /// Ordered jobs: the outcome of item `base + i` at `i`.
-    slots: VecDeque<Option<Result<R, TaskError>>>,
+    /// Ordered jobs: the value of item `base + i` at `i`...
+    slots: VecDeque<Option<R>>,
+    /// ... or its error here, by item index.
+    errors: BTreeMap<usize, TaskError>,
     base: usize,
     /// Unordered jobs: outcomes in the order they came.
     arrived: VecDeque<Result<R, TaskError>>,
@@ -74,6 +75,7 @@ impl<R> Job<R> {
             fail_fast,
             state: Mutex::new(State {
                 slots: VecDeque::new(),
+                errors: BTreeMap::new(),
                 base: 0,
                 arrived: VecDeque::new(),
                 submitted: 0,
@@ -190,8 +192,16 @@ impl<R> Job<R> {
             }
         }
         if self.ordered {
-            if let Some(slot) = index.checked_sub(st.base).and_then(|i| st.slots.get_mut(i)) {
-                *slot = Some(outcome);
+            match outcome {
+                Ok(value) => {
+                    if let Some(slot) = index.checked_sub(st.base).and_then(|i| st.slots.get_mut(i))
+                    {
+                        *slot = Some(value);
+                    }
+                }
+                Err(e) => {
+                    st.errors.insert(index, e);
+                }
             }
         } else {
             st.arrived.push_back(outcome);
@@ -239,41 +249,75 @@ impl<R> Job<R> {
     pub(crate) fn take_all(&self) -> Vec<Result<R, TaskError>> {
         let mut st = self.lock();
         let slots = std::mem::take(&mut st.slots);
+        let mut errors = std::mem::take(&mut st.errors);
+        let base = st.base;
         st.base += slots.len();
         slots
             .into_iter()
-            .map(|s| s.unwrap_or(Err(TaskError::Cancelled)))
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(v) => Ok(v),
+                None => Err(errors.remove(&(base + i)).unwrap_or(TaskError::Cancelled)),
+            })
             .collect()
     }
 
-    /// The next outcome in order (ordered) or of arrival (unordered), if
-    /// one is ready; `Ok(None)` when the job is complete and drained.
-    pub(crate) fn try_next(&self) -> Result<Option<Result<R, TaskError>>, ()> {
+    /// Takes every value, in order, or the first error (ordered jobs).
+    pub(crate) fn take_values(&self) -> Result<Vec<R>, TaskError> {
         let mut st = self.lock();
-        let next = if self.ordered {
-            match st.slots.front() {
-                Some(Some(_)) => {
-                    st.base += 1;
-                    st.slots.pop_front().flatten()
+        if let Some(e) = st.first_error.clone() {
+            return Err(e);
+        }
+        let slots = std::mem::take(&mut st.slots);
+        st.base += slots.len();
+        slots
+            .into_iter()
+            .map(|s| s.ok_or_else(|| TaskError::Cancelled))
+            .collect()
+    }
+
+    /// Moves every outcome that is ready, in order (ordered) or of arrival
+    /// (unordered), to `out`. `Ok(false)` when the job is complete and
+    /// drained, `Err(())` when nothing was ready.
+    pub(crate) fn take_ready(&self, out: &mut VecDeque<Result<R, TaskError>>) -> Result<bool, ()> {
+        let mut st = self.lock();
+        let before = out.len();
+        if self.ordered {
+            loop {
+                let base = st.base;
+                match st.slots.front() {
+                    Some(Some(_)) => {
+                        st.base += 1;
+                        out.extend(st.slots.pop_front().flatten().map(Ok));
+                    }
+                    Some(None) if st.errors.contains_key(&base) => {
+                        st.base += 1;
+                        st.slots.pop_front();
+                        out.extend(st.errors.remove(&base).map(Err));
+                    }
+                    _ => break,
                 }
-                _ => None,
             }
         } else {
-            st.arrived.pop_front().inspect(|_| st.base += 1)
-        };
-        match next {
-            Some(outcome) => Ok(Some(outcome)),
-            None if st.sealed && st.base == st.submitted => Ok(None),
-            None => Err(()),
+            let n = st.arrived.len();
+            st.base += n;
+            out.extend(st.arrived.drain(..));
+        }
+        if out.len() > before {
+            Ok(true)
+        } else if st.sealed && st.base == st.submitted {
+            Ok(false)
+        } else {
+            Err(())
         }
     }
 
-    /// Waits until [`try_next`](Self::try_next) could return something.
+    /// Waits until [`take_ready`](Self::take_ready) could take something.
     pub(crate) fn wait_next(&self) {
         let mut st = self.lock();
         loop {
             let ready = if self.ordered {
-                matches!(st.slots.front(), Some(Some(_)))
+                matches!(st.slots.front(), Some(Some(_))) || st.errors.contains_key(&st.base)
             } else {
                 !st.arrived.is_empty()
             };
@@ -309,13 +353,41 @@ fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
 
 impl<R: DeserializeOwned + Send> Sink for Job<R> {
     fn deliver(&self, first: usize, count: usize, mut bytes: &[u8], busy: Duration) {
+        // Decoded before taking the lock, so a reader is not held up.
+        let mut values: Vec<Option<R>> = Vec::with_capacity(count);
+        let mut errors: Vec<(usize, TaskError)> = Vec::new();
+        for i in 0..count {
+            match decode_one::<R>(&mut bytes) {
+                Ok(v) => values.push(Some(v)),
+                Err(e) => {
+                    values.push(None);
+                    errors.push((first + i, e));
+                }
+            }
+        }
         let mut st = self.lock();
         st.measured.0 += count;
         st.measured.1 += busy;
         st.chunks = st.chunks.saturating_add(1);
-        for i in 0..count {
-            let outcome = decode_one::<R>(&mut bytes);
-            self.store(&mut st, first + i, outcome);
+        if self.ordered && errors.is_empty() && first >= st.base {
+            // The common case: every item succeeded; one pass.
+            st.finished += count;
+            let at = first - st.base;
+            for (slot, v) in st.slots.range_mut(at..).zip(values) {
+                *slot = v;
+            }
+        } else {
+            let mut errors = errors.into_iter().peekable();
+            for (i, v) in values.into_iter().enumerate() {
+                let outcome = match v {
+                    Some(v) => Ok(v),
+                    None => match errors.next() {
+                        Some((_, e)) => Err(e),
+                        None => Err(TaskError::Protocol("a lost result".into())),
+                    },
+                };
+                self.store(&mut st, first + i, outcome);
+            }
         }
         if let Some(p) = &self.progress {
             p.inc(count as u64);
@@ -340,8 +412,8 @@ impl<R: DeserializeOwned + Send> Sink for Job<R> {
         self.cancelled.load(Ordering::Acquire)
     }
 
-    fn quick(&self) -> bool {
+    fn typical_chunk(&self) -> Option<Duration> {
         let st = self.lock();
-        st.chunks >= 2 && st.measured.1 < Duration::from_millis(1) * st.chunks
+        (st.chunks >= 2).then(|| st.measured.1 / st.chunks)
     }
 }

@@ -31,6 +31,7 @@ pub(crate) mod link;
 pub(crate) mod scheduler;
 pub(crate) mod worker;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::{self, Display};
 use std::future::Future;
@@ -47,16 +48,17 @@ use self::job::{Job, Notifier, Sink};
 use self::scheduler::{Chunk, Shared, Spawner};
 use crate::process::{Process, StartMethod, get_start_method};
 use crate::sys::code::{EntryId, PREAMBLE, WorkerLink};
-use crate::wire::EncodeError;
 use crate::wire::handles::TrackedFd;
+use crate::wire::{EncodeError, codec};
 
 pub use error::{GetTimeoutError, PoolError, TaskError};
 pub use scheduler::WorkerStats;
 pub use worker::with_state;
 
-/// Chunks one worker may hold at once: one running, one waiting in its
-/// socket so it never waits for the next.
-const DEPTH: usize = 2;
+/// Most chunks one worker may hold at once: one running, the rest
+/// waiting in its socket so it never waits for the next. Only quick chunks
+/// queue up so (see the scheduler).
+const DEPTH: usize = 64;
 
 fn no_initializer(_: ()) -> Result<(), Infallible> {
     Ok(())
@@ -536,11 +538,23 @@ where
     }
 
     fn start_all(self, fail_fast: bool, items: impl IntoIterator<Item = A>) -> Arc<Job<R>> {
-        let items: Vec<A> = items.into_iter().collect();
-        let len = items.len();
-        let mut feeder = self.feeder(true, fail_fast, Some(len), items.into_iter());
+        let items = items.into_iter();
+        // The chunk size needs the length: an iterator that does not know
+        // it exactly is collected first.
+        let (items, len): (Box<dyn Iterator<Item = A>>, usize) = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => (Box::new(items), lo),
+            _ => {
+                let all: Vec<A> = items.collect();
+                let len = all.len();
+                (Box::new(all.into_iter()), len)
+            }
+        };
+        let mut feeder = self.feeder(true, fail_fast, Some(len), items);
+        // Big chunks go one by one, so the workers start while the rest is
+        // encoded; small ones in batches, to save system calls.
+        let batch = (4096 / feeder.chunker.size()).max(1);
         while !feeder.done {
-            feeder.feed_one();
+            feeder.feed(batch, usize::MAX);
         }
         Arc::clone(&feeder.job)
     }
@@ -550,10 +564,7 @@ where
         let job = self.start_all(true, items);
         job.wait_done(None);
         finish_progress(&job);
-        if let Some(e) = job.first_error() {
-            return Err(e);
-        }
-        job.take_all().into_iter().collect()
+        job.take_values()
     }
 
     /// See [`Pool::map_results`].
@@ -575,6 +586,7 @@ where
     pub fn imap<It: IntoIterator<Item = A>>(self, items: It) -> Imap<R, It::IntoIter> {
         Imap {
             feeder: self.feeder(true, false, None, items.into_iter()),
+            ready: VecDeque::new(),
         }
     }
 
@@ -582,6 +594,7 @@ where
     pub fn imap_unordered<It: IntoIterator<Item = A>>(self, items: It) -> Imap<R, It::IntoIter> {
         Imap {
             feeder: self.feeder(false, false, None, items.into_iter()),
+            ready: VecDeque::new(),
         }
     }
 
@@ -589,9 +602,8 @@ where
     pub fn submit(self, arg: A) -> TaskHandle<R> {
         let shared = Arc::clone(&self.pool.shared);
         let mut feeder = self.feeder(true, true, Some(1), std::iter::once(arg));
-        while !feeder.done {
-            feeder.feed_one();
-        }
+        // Two rounds: the second finds the end of the input and seals.
+        feeder.feed(2, 2);
         TaskHandle {
             job: Arc::clone(&feeder.job),
             shared,
@@ -625,56 +637,62 @@ where
     A: Serialize,
     R: DeserializeOwned + Send + 'static,
 {
-    /// Encodes and submits the next chunk; seals the job at the end.
-    fn feed_one(&mut self) {
-        let size = self.chunker.size();
-        let mut bytes = Vec::new();
-        let mut ends = Vec::with_capacity(size.min(1 << 16));
-        let mut failed: Option<(usize, EncodeError)> = None;
-        while ends.len() < size && bytes.len() < chunking::MAX_BYTES {
-            let Some(item) = self.items.next() else {
-                self.done = true;
-                break;
-            };
-            let at = bytes.len();
-            match postcard::to_io(&item, &mut bytes) {
-                Ok(_) => ends.push(bytes.len()),
-                Err(e) => {
-                    bytes.truncate(at);
-                    failed = Some((
-                        self.next + ends.len(),
-                        EncodeError {
-                            type_name: std::any::type_name::<A>(),
-                            message: e.to_string(),
-                        },
-                    ));
+    /// Encodes up to `max_chunks` chunks (and at most `max_items` items)
+    /// and submits them at once; seals the job at the end of the input.
+    fn feed(&mut self, max_chunks: usize, max_items: usize) {
+        let mut batch = Vec::new();
+        let mut budget = max_items;
+        while batch.len() < max_chunks && budget > 0 && !self.done {
+            let size = self.chunker.size().min(budget);
+            let mut bytes = Vec::new();
+            let mut ends = Vec::with_capacity(size.min(1 << 16));
+            let mut failed: Option<EncodeError> = None;
+            while ends.len() < size && bytes.len() < chunking::MAX_BYTES {
+                let Some(item) = self.items.next() else {
+                    self.done = true;
                     break;
+                };
+                match codec::encode_append(&item, &mut bytes) {
+                    Ok(()) => ends.push(bytes.len()),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            let count = ends.len();
+            budget = budget.saturating_sub(count);
+            if count > 0 {
+                self.job.add_items(count);
+                batch.push(Chunk {
+                    id: scheduler::next_id(),
+                    sink: Arc::clone(&self.sink),
+                    preamble: self.preamble,
+                    first: self.next,
+                    items: bytes,
+                    ends,
+                    timeout: self.timeout,
+                });
+                self.next += count;
+            }
+            if let Some(e) = failed {
+                // The item that failed to encode fails alone.
+                self.job.add_items(1);
+                self.sink.fail(self.next, TaskError::ArgumentEncode(e));
+                self.next += 1;
+                budget = budget.saturating_sub(1);
+            }
         }
-        let count = ends.len();
-        if count > 0 {
-            self.job.add_items(count);
-            let chunk = Chunk {
-                id: self.shared.next_id(),
-                sink: Arc::clone(&self.sink),
-                preamble: self.preamble,
-                first: self.next,
-                items: bytes,
-                ends,
-                timeout: self.timeout,
-            };
-            if let Err(e) = self.shared.submit(vec![chunk]) {
-                for i in 0..count {
-                    self.sink.fail(self.next + i, e.clone());
+        if !batch.is_empty() {
+            let failed: Vec<(usize, usize)> =
+                batch.iter().map(|c| (c.first, c.ends.len())).collect();
+            if let Err(e) = self.shared.submit(batch) {
+                for (first, count) in failed {
+                    for i in first..first + count {
+                        self.sink.fail(i, e.clone());
+                    }
                 }
             }
-            self.next += count;
-        }
-        if let Some((index, e)) = failed {
-            self.job.add_items(1);
-            self.sink.fail(index, TaskError::ArgumentEncode(e));
-            self.next += 1;
         }
         if self.done {
             self.job.seal();
@@ -690,7 +708,7 @@ where
     /// Items that may be submitted and not yet taken: enough to keep every
     /// worker busy, bounded so memory stays bounded.
     fn window(&self) -> usize {
-        self.chunker.size() * self.workers * DEPTH * 2
+        self.chunker.size() * self.workers * 32
     }
 }
 
@@ -699,6 +717,8 @@ where
 /// taken. Dropping it drops the items not yet started.
 pub struct Imap<R, It: Iterator> {
     feeder: Feeder<R, It>,
+    /// Outcomes taken from the job in one go, handed out one by one.
+    ready: VecDeque<Result<R, TaskError>>,
 }
 
 impl<R, It: Iterator> fmt::Debug for Imap<R, It> {
@@ -718,15 +738,21 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(outcome) = self.ready.pop_front() {
+            return Some(outcome);
+        }
         let f = &mut self.feeder;
         loop {
-            while !f.done && f.job.untaken() < f.window() {
-                f.adapt();
-                f.feed_one();
+            f.adapt();
+            let untaken = f.job.untaken();
+            if !f.done && untaken < f.window() {
+                let room = f.window() - untaken;
+                f.feed(64, room);
+                continue;
             }
-            match f.job.try_next() {
-                Ok(Some(outcome)) => return Some(outcome),
-                Ok(None) => {
+            match f.job.take_ready(&mut self.ready) {
+                Ok(true) => return self.ready.pop_front(),
+                Ok(false) => {
                     finish_progress(&f.job);
                     return None;
                 }
@@ -912,10 +938,7 @@ impl<R> fmt::Debug for MapHandle<R> {
 
 impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
     fn take(&self) -> Result<Vec<R>, TaskError> {
-        if let Some(e) = self.job.first_error() {
-            return Err(e);
-        }
-        self.job.take_all().into_iter().collect()
+        self.job.take_values()
     }
 
     /// Waits for every result, in order; the first failure is the error.

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,12 +21,23 @@ use super::worker::{
 };
 use crate::connection::Waitable;
 use crate::process::{ExitStatus, Process, StartMethod};
+use crate::wire::frame;
 use crate::wire::handles::TrackedFd;
 use crate::{SharedMemory, sys};
 
 /// Starts worker `index`: its process and the parent's end of its link.
 pub(crate) type Spawner =
     Box<dyn Fn(usize, &SharedMemory) -> Result<(Process<()>, TrackedFd), PoolError> + Send + Sync>;
+
+/// Most unanswered task bytes a busy worker may hold: well under a Unix
+/// socket's buffer, so a write to it never blocks.
+const BUSY_BYTES: usize = 64 << 10;
+
+/// A fresh chunk id (never 0, which means "no task" in a worker's slot).
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A run of items of one job, sent to one worker as one task.
 pub(crate) struct Chunk {
@@ -59,6 +70,11 @@ impl Chunk {
             ends: self.ends[k..].iter().map(|e| e - start).collect(),
             timeout: self.timeout,
         }
+    }
+
+    /// Bytes of its task frame.
+    fn wire_len(&self) -> usize {
+        frame::HEADER + sys::code::PREAMBLE + TASK_HEADER + self.items.len()
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -146,7 +162,6 @@ pub(crate) struct State {
     /// Chunks a worker may hold at once (one running, the rest waiting
     /// in its socket).
     depth: usize,
-    next_id: u64,
     /// No new tasks (close or terminate).
     closed: bool,
     /// Stop now: terminate.
@@ -181,7 +196,6 @@ impl Shared {
                 queue: VecDeque::new(),
                 workers: (0..workers).map(|_| Worker::empty()).collect(),
                 depth,
-                next_id: 1,
                 closed: false,
                 terminating: false,
                 broken: None,
@@ -232,13 +246,6 @@ impl Shared {
             }
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-    }
-
-    /// A fresh chunk id.
-    pub(crate) fn next_id(&self) -> u64 {
-        let mut st = self.lock();
-        st.next_id += 1;
-        st.next_id
     }
 
     /// Queues chunks and hands what it can to idle workers at once.
@@ -394,37 +401,68 @@ fn dispatch(st: &mut State) {
                 fail_chunk(&chunk, 0, &TaskError::Cancelled);
             }
         }
-        if st.queue.is_empty() {
-            return;
-        }
-        let depth = st.depth;
-        let Some(w) = st
-            .workers
-            .iter_mut()
-            .filter(|w| w.ready && !w.retiring && w.killed.is_none() && w.link.is_some())
-            .filter(|w| w.inflight.len() < depth)
-            // A busy worker gets another chunk only if it is small (the
-            // write cannot block) and quick (it will not wait long behind
-            // the running one while another worker sits idle).
-            .filter(|w| {
-                w.inflight.is_empty()
-                    || (st.queue[0].items.len() < 64 << 10 && st.queue[0].sink.quick())
-            })
-            .min_by_key(|w| w.inflight.len())
-        else {
+        let Some(front) = st.queue.front() else {
             return;
         };
-        let chunk = st.queue.pop_front().expect("not empty");
-        out.clear();
-        chunk.encode(&mut out);
-        let link = w.link.as_ref().expect("filtered");
-        if link::write(link.as_fd(), &out).is_err() {
-            // The worker is dying; its exit handler will requeue this.
-            w.inflight.push_back(chunk);
-            w.retiring = true;
-            continue;
+        // A busy worker gets more only of chunks known to be quick, about
+        // a millisecond's worth, so that little waits behind a running
+        // chunk while another worker is idle; and only while what it has
+        // not answered fits in its socket's buffer, so that a write never
+        // blocks (the worker may itself be blocked writing its results).
+        let depth = match front.sink.typical_chunk() {
+            Some(t) if front.wire_len() <= BUSY_BYTES => {
+                let per_ms = Duration::from_millis(1).as_nanos() / t.as_nanos().max(1);
+                (per_ms as usize).clamp(1, st.depth)
+            }
+            _ => 1,
+        };
+        let next_len = front.wire_len();
+        let eligible = |w: &Worker| {
+            w.ready
+                && !w.retiring
+                && w.killed.is_none()
+                && w.link.is_some()
+                && (w.inflight.is_empty()
+                    || (w.inflight.len() < depth
+                        && w.inflight.iter().map(Chunk::wire_len).sum::<usize>() + next_len
+                            <= BUSY_BYTES))
+        };
+        let count = st.workers.iter().filter(|w| eligible(w)).count();
+        if count == 0 {
+            return;
         }
-        w.inflight.push_back(chunk);
+        let share = st.queue.len().div_ceil(count);
+        let w = st
+            .workers
+            .iter_mut()
+            .filter(|w| eligible(w))
+            .min_by_key(|w| w.inflight.len())
+            .expect("counted");
+        out.clear();
+        let mut sent = 0;
+        let mut held: usize = w.inflight.iter().map(Chunk::wire_len).sum();
+        while sent < share && w.inflight.len() < depth {
+            let Some(chunk) = st.queue.pop_front() else {
+                break;
+            };
+            let idle = w.inflight.is_empty();
+            if chunk.sink.abandoned() || (!idle && held + chunk.wire_len() > BUSY_BYTES) {
+                st.queue.push_front(chunk);
+                break;
+            }
+            held += chunk.wire_len();
+            chunk.encode(&mut out);
+            w.inflight.push_back(chunk);
+            sent += 1;
+        }
+        if sent == 0 {
+            return;
+        }
+        let link = w.link.as_ref().expect("eligible");
+        if link::write(link.as_fd(), &out).is_err() {
+            // The worker is dying; its exit handler requeues what it held.
+            w.retiring = true;
+        }
     }
 }
 
@@ -587,8 +625,7 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
         }
     }
     for (chunk, done) in requeue.into_iter().rev() {
-        st.next_id += 1;
-        let rest = chunk.rest(done, st.next_id);
+        let rest = chunk.rest(done, next_id());
         st.queue.push_front(rest);
     }
 }
@@ -681,8 +718,7 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
         }
     } else {
         for mut chunk in requeue.into_iter().rev() {
-            st.next_id += 1;
-            chunk.id = st.next_id;
+            chunk.id = next_id();
             st.queue.push_front(chunk);
         }
     }

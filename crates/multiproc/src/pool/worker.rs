@@ -10,7 +10,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt::Display;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -86,12 +86,6 @@ struct Context {
     memory_limit: Option<u64>,
     retire: u8,
     state: Option<Box<dyn Any>>,
-}
-
-impl Context {
-    fn slot(&self, word: usize) -> &AtomicU64 {
-        &self.slots.as_atomic_u64()[self.base + word]
-    }
 }
 
 thread_local! {
@@ -253,120 +247,110 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let count = u32::from_le_bytes([input[8], input[9], input[10], input[11]]);
     let timed = input[12] & FLAG_TIMED != 0;
     let mut items = &input[TASK_HEADER..];
-    let mut out = Vec::with_capacity(REPLY_HEADER + items.len());
+    let mut out = Vec::with_capacity(REPLY_HEADER + items.len() + 2 * count as usize);
     out.resize(REPLY_HEADER, 0);
     out[..8].copy_from_slice(&id.to_le_bytes());
     let started = sys::process::monotonic_ns();
-    CONTEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        let Some(ctx) = c.as_mut() else { return };
-        ctx.slot(SLOT_ITEM).store(0, Ordering::Relaxed);
-        ctx.slot(SLOT_TASK).store(id, Ordering::Release);
-    });
+    // What the loop needs, taken once per task.
+    let Some((slots, base, mut tasks_left, memory_limit)) = CONTEXT.with(|c| {
+        let c = c.borrow();
+        let ctx = c.as_ref()?;
+        Some((
+            ctx.slots.clone(),
+            ctx.base,
+            ctx.tasks_left,
+            ctx.memory_limit,
+        ))
+    }) else {
+        return (link::RESULT, out, Vec::new());
+    };
+    let slot = &slots.as_atomic_u64()[base..base + SLOT_WORDS];
+    slot[SLOT_ITEM].store(0, Ordering::Relaxed);
+    slot[SLOT_TASK].store(id, Ordering::Release);
     let mut done = 0u32;
     let mut decode_failed: Option<String> = None;
     let mut last_memory_check = started;
-    while done < count {
-        let ctl = CONTEXT.with(|c| {
-            let c = c.borrow();
-            let ctx = c.as_ref()?;
-            ctx.slot(SLOT_ITEM)
-                .store(u64::from(done), Ordering::Release);
+    let mut retire = RETIRE_NONE;
+    child::in_body(|| {
+        while done < count {
+            slot[SLOT_ITEM].store(u64::from(done), Ordering::Release);
             if timed {
-                ctx.slot(SLOT_START)
-                    .store(sys::process::monotonic_ns(), Ordering::Release);
+                slot[SLOT_START].store(sys::process::monotonic_ns(), Ordering::Release);
             }
-            Some((ctx.tasks_left, ctx.memory_limit))
-        });
-        let outcome_len = out.len();
-        if let Some(message) = &decode_failed {
-            encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(message));
-        } else {
-            match postcard::take_from_bytes::<A>(items) {
-                Ok((arg, rest)) => {
-                    items = rest;
-                    match child::run_caught(|| f(arg)) {
-                        Ok(value) => {
-                            if let Err(e) = try_encode(&mut out, &OutcomeRef::Ok(&value)) {
-                                out.truncate(outcome_len);
-                                let message = codec::EncodeError {
-                                    type_name: std::any::type_name::<R>(),
-                                    message: e.to_string(),
+            if let Some(message) = &decode_failed {
+                encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(message));
+            } else {
+                match postcard::take_from_bytes::<A>(items) {
+                    Ok((arg, rest)) => {
+                        items = rest;
+                        match child::catch(|| f(arg)) {
+                            Ok(value) => {
+                                if let Err(e) =
+                                    codec::encode_append(&OutcomeRef::Ok(&value), &mut out)
+                                {
+                                    let message = codec::EncodeError {
+                                        type_name: std::any::type_name::<R>(),
+                                        message: e.message,
+                                    }
+                                    .to_string();
+                                    encode_outcome::<R>(
+                                        &mut out,
+                                        &OutcomeRef::ResultEncode(&message),
+                                    );
                                 }
-                                .to_string();
-                                encode_outcome::<R>(&mut out, &OutcomeRef::ResultEncode(&message));
+                            }
+                            Err(report) => {
+                                encode_outcome::<R>(&mut out, &OutcomeRef::Panicked(&report))
                             }
                         }
-                        Err(report) => {
-                            encode_outcome::<R>(&mut out, &OutcomeRef::Panicked(&report))
+                    }
+                    Err(e) => {
+                        let message = codec::DecodeError {
+                            type_name: std::any::type_name::<A>(),
+                            message: e.to_string(),
                         }
+                        .to_string();
+                        encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(&message));
+                        decode_failed = Some(message);
                     }
                 }
-                Err(e) => {
-                    let message = codec::DecodeError {
-                        type_name: std::any::type_name::<A>(),
-                        message: e.to_string(),
+            }
+            done += 1;
+            // Retirement: after this item, hand the rest of the chunk back.
+            if let Some(left) = &mut tasks_left {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    retire = RETIRE_TASKS;
+                }
+            }
+            if let Some(limit) = memory_limit {
+                let now = sys::process::monotonic_ns();
+                // Reading /proc costs microseconds: at most every 5 ms, and
+                // after the last item.
+                if done == count || now.saturating_sub(last_memory_check) > 5_000_000 {
+                    last_memory_check = now;
+                    if sys::process::resident_bytes().is_some_and(|rss| rss > limit) {
+                        retire = RETIRE_MEMORY;
                     }
-                    .to_string();
-                    encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(&message));
-                    decode_failed = Some(message);
                 }
             }
-        }
-        done += 1;
-        // Retirement: after this item, hand the rest of the chunk back.
-        let Some((tasks_left, memory_limit)) = ctl else {
-            continue;
-        };
-        let mut retire = RETIRE_NONE;
-        if let Some(left) = tasks_left {
-            let left = left.saturating_sub(1);
-            CONTEXT.with(|c| {
-                if let Some(ctx) = c.borrow_mut().as_mut() {
-                    ctx.tasks_left = Some(left);
-                }
-            });
-            if left == 0 {
-                retire = RETIRE_TASKS;
+            if retire != RETIRE_NONE {
+                break;
             }
         }
-        if let Some(limit) = memory_limit {
-            let now = sys::process::monotonic_ns();
-            // Reading /proc costs microseconds: at most every 5 ms, and
-            // after the last item.
-            if done == count || now.saturating_sub(last_memory_check) > 5_000_000 {
-                last_memory_check = now;
-                if sys::process::resident_bytes().is_some_and(|rss| rss > limit) {
-                    retire = RETIRE_MEMORY;
-                }
-            }
-        }
-        if retire != RETIRE_NONE {
-            CONTEXT.with(|c| {
-                if let Some(ctx) = c.borrow_mut().as_mut() {
-                    ctx.retire = retire;
-                }
-            });
-            break;
-        }
-    }
-    let busy = sys::process::monotonic_ns().saturating_sub(started);
-    let retire = CONTEXT.with(|c| {
-        let c = c.borrow();
-        let Some(ctx) = c.as_ref() else {
-            return RETIRE_NONE;
-        };
-        ctx.slot(SLOT_TASK).store(0, Ordering::Release);
-        ctx.retire
     });
+    slot[SLOT_TASK].store(0, Ordering::Release);
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.tasks_left = tasks_left;
+            ctx.retire = retire;
+        }
+    });
+    let busy = sys::process::monotonic_ns().saturating_sub(started);
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());
     out[20] = retire;
     (link::RESULT, out, Vec::new())
-}
-
-fn try_encode<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
-    postcard::to_io(value, &mut *out).map(|_| ())
 }
 
 fn encode_outcome<R>(out: &mut Vec<u8>, outcome: &OutcomeRef<'_, R>)
@@ -374,5 +358,5 @@ where
     R: Serialize,
 {
     // These variants hold only strings and reports: they always encode.
-    let _ = try_encode(out, outcome);
+    let _ = codec::encode_append(outcome, out);
 }

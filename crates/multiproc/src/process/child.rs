@@ -129,10 +129,21 @@ pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> Reply {
 /// Runs `f`, turning a panic into the report the panic hook kept (its
 /// message, location and backtrace).
 pub(crate) fn run_caught<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    in_body(|| catch(f))
+}
+
+/// Runs `f` as user code whose panics are reported to the parent (see
+/// [`catch`]).
+pub(crate) fn in_body<R>(f: impl FnOnce() -> R) -> R {
     IN_BODY.with(|b| b.set(true));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    let out = f();
     IN_BODY.with(|b| b.set(false));
-    outcome.map_err(|payload| {
+    out
+}
+
+/// Runs `f`, inside [`in_body`], turning a panic into its report.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         LAST_PANIC
             .with(|p| p.borrow_mut().take())
             .unwrap_or_else(|| PanicReport {

@@ -52,3 +52,49 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
         Err(e) => Err(err(e.to_string())),
     }
 }
+
+/// Writes postcard output straight onto the end of a borrowed `Vec`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // Varints and tags come a few bytes at a time: pushing them is
+        // cheaper than a call to `memcpy`.
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the encoding of `value` to `out`; on error `out` is left as it
+/// was.
+pub(crate) fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let len = out.len();
+    postcard::serialize_with_flavor(value, Append(out)).map_err(|e| {
+        out.truncate(len);
+        EncodeError {
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        }
+    })
+}
