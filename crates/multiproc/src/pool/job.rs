@@ -17,7 +17,8 @@ use crate::wire::DecodeError;
 pub(crate) trait Sink: Send + Sync {
     /// Decodes the outcomes of `count` items, the first of which has index
     /// `first` in the job.
-    fn deliver(&self, first: usize, count: usize, bytes: &[u8], busy: Duration);
+    /// The first `plain` are bare values; the rest are tagged outcomes.
+    fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration);
     /// Item `index` failed.
     fn fail(&self, index: usize, error: TaskError);
     /// Nobody wants the rest: queued chunks are dropped.
@@ -268,7 +269,7 @@ impl<R> Job<R> {
         if let Some(e) = st.first_error.clone() {
             return Err(e);
         }
-        let slots = std::mem::take(&mut st.slots);
+        let slots = Vec::from(std::mem::take(&mut st.slots));
         st.base += slots.len();
         slots
             .into_iter()
@@ -330,6 +331,22 @@ impl<R> Job<R> {
     }
 }
 
+fn decode_bare<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
+    match postcard::take_from_bytes::<R>(bytes) {
+        Ok((value, rest)) => {
+            *bytes = rest;
+            Ok(value)
+        }
+        Err(e) => {
+            *bytes = &[];
+            Err(TaskError::ResultDecode(DecodeError {
+                type_name: std::any::type_name::<R>(),
+                message: e.to_string(),
+            }))
+        }
+    }
+}
+
 fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
     match postcard::take_from_bytes::<Outcome<R>>(bytes) {
         Ok((outcome, rest)) => {
@@ -352,12 +369,17 @@ fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
 }
 
 impl<R: DeserializeOwned + Send> Sink for Job<R> {
-    fn deliver(&self, first: usize, count: usize, mut bytes: &[u8], busy: Duration) {
+    fn deliver(&self, first: usize, count: usize, plain: usize, mut bytes: &[u8], busy: Duration) {
         // Decoded before taking the lock, so a reader is not held up.
         let mut values: Vec<Option<R>> = Vec::with_capacity(count);
         let mut errors: Vec<(usize, TaskError)> = Vec::new();
         for i in 0..count {
-            match decode_one::<R>(&mut bytes) {
+            let outcome = if i < plain {
+                decode_bare::<R>(&mut bytes)
+            } else {
+                decode_one::<R>(&mut bytes)
+            };
+            match outcome {
                 Ok(v) => values.push(Some(v)),
                 Err(e) => {
                     values.push(None);

@@ -38,6 +38,47 @@ pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[&[u8]]) {
     }
 }
 
+/// Frames waiting to be written together, their payloads not copied.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    frames: Vec<([u8; HEADER], Vec<u8>)>,
+}
+
+impl Outbox {
+    /// Most frames sent in one write.
+    const BATCH: usize = 256;
+
+    /// Adds a frame; writes the batch if it is full.
+    pub(crate) fn push(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        kind: u8,
+        payload: Vec<u8>,
+    ) -> io::Result<()> {
+        self.frames
+            .push((frame::header(kind, payload.len()), payload));
+        if self.frames.len() >= Self::BATCH {
+            self.flush(fd)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every waiting frame.
+    pub(crate) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let slices: Vec<&[u8]> = self
+            .frames
+            .iter()
+            .flat_map(|(h, p)| [&h[..], &p[..]])
+            .collect();
+        let r = sys::socket::send_all(fd, &slices, &[]);
+        self.frames.clear();
+        r
+    }
+}
+
 /// Writes every byte of `bytes`; a peer that has gone is an error.
 pub(crate) fn write(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     sys::socket::send_all(fd, &[bytes], &[])
@@ -68,9 +109,6 @@ impl LinkReader {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
-        } else if self.pos > self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
         }
         let mut want = READ_SIZE;
         let avail = &self.buf[self.pos..];
@@ -80,6 +118,11 @@ impl LinkReader {
             let missing =
                 (HEADER as u64 + u64::from_le_bytes(len)).saturating_sub(avail.len() as u64);
             want = want.max(missing.min(MAX_FRAME) as usize);
+        }
+        // Moves the unread bytes to the front only when the room is needed.
+        if self.buf.capacity() - self.buf.len() < want && self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
         self.buf.reserve(want);
         Ok(sys::socket::recv_into_spare(fd, &mut self.buf, want)? > 0)

@@ -531,6 +531,7 @@ where
             items: items.fuse(),
             next: 0,
             done: false,
+            item_bytes: 8,
             sink: Arc::clone(&job) as Arc<dyn Sink>,
             job,
             workers: self.pool.workers,
@@ -626,6 +627,8 @@ struct Feeder<R, It: Iterator> {
     items: std::iter::Fuse<It>,
     next: usize,
     done: bool,
+    /// Encoded bytes per item, as last seen: sizes the next chunk's buffer.
+    item_bytes: usize,
     job: Arc<Job<R>>,
     sink: Arc<dyn Sink>,
     workers: usize,
@@ -644,7 +647,7 @@ where
         let mut budget = max_items;
         while batch.len() < max_chunks && budget > 0 && !self.done {
             let size = self.chunker.size().min(budget);
-            let mut bytes = Vec::new();
+            let mut bytes = Vec::with_capacity(size.min(1 << 20) * self.item_bytes);
             let mut ends = Vec::with_capacity(size.min(1 << 16));
             let mut failed: Option<EncodeError> = None;
             while ends.len() < size && bytes.len() < chunking::MAX_BYTES {
@@ -661,6 +664,9 @@ where
                 }
             }
             let count = ends.len();
+            if count > 0 {
+                self.item_bytes = bytes.len().div_ceil(count).max(1);
+            }
             budget = budget.saturating_sub(count);
             if count > 0 {
                 self.job.add_items(count);

@@ -597,12 +597,14 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                 let mut busy = [0u8; 8];
                 busy.copy_from_slice(&payload[12..20]);
                 let retire = payload[20];
+                let plain = u32::from_le_bytes([payload[21], payload[22], payload[23], payload[24]])
+                    as usize;
                 let done = done.min(chunk.count());
                 let busy = Duration::from_nanos(u64::from_le_bytes(busy));
                 if !chunk.sink.abandoned() {
                     chunk
                         .sink
-                        .deliver(chunk.first, done, &payload[REPLY_HEADER..], busy);
+                        .deliver(chunk.first, done, plain, &payload[REPLY_HEADER..], busy);
                 }
                 w.tasks_done += done as u64;
                 w.busy += busy;

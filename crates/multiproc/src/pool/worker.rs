@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::link::{self, LinkReader};
+use super::link::{self, LinkReader, Outbox};
 use crate::SharedMemory;
 use crate::process::PanicReport;
 use crate::process::child;
@@ -40,8 +40,10 @@ pub(crate) const FLAG_TIMED: u8 = 1;
 pub(crate) const TASK_HEADER: usize = 13;
 
 /// Length of the reply header: id (u64), items done (u32), busy
-/// nanoseconds (u64), retiring (u8).
-pub(crate) const REPLY_HEADER: usize = 21;
+/// nanoseconds (u64), retiring (u8), and how many of the outcomes, from the
+/// first, are bare values of successful items (u32); the rest are tagged
+/// outcomes.
+pub(crate) const REPLY_HEADER: usize = 25;
 
 /// Why a worker stops taking tasks after the current one.
 pub(crate) const RETIRE_NONE: u8 = 0;
@@ -187,18 +189,12 @@ fn init_failed(link_fd: std::os::fd::BorrowedFd<'_>, message: &str, done: Reply)
 /// burst of small tasks is answered with one write.
 fn serve(link: &WorkerLink) {
     let mut reader = LinkReader::default();
-    let mut out = Vec::new();
+    let mut out = Outbox::default();
     loop {
         let frame = match reader.next() {
             Ok(Some(f)) => f,
             Ok(None) => {
-                if !out.is_empty() {
-                    if link::write(link.fd(), &out).is_err() {
-                        return;
-                    }
-                    out.clear();
-                }
-                if retiring() {
+                if out.flush(link.fd()).is_err() || retiring() {
                     return;
                 }
                 match reader.fill(link.fd()) {
@@ -217,9 +213,11 @@ fn serve(link: &WorkerLink) {
             return;
         };
         let (_, reply, _) = entry.call(&payload[sys::code::PREAMBLE..], Vec::new());
-        link::push_frame(&mut out, link::RESULT, &[&reply]);
+        if out.push(link.fd(), link::RESULT, reply).is_err() {
+            return;
+        }
         if retiring() {
-            let _ = link::write(link.fd(), &out);
+            let _ = out.flush(link.fd());
             return;
         }
     }
@@ -271,6 +269,8 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let mut decode_failed: Option<String> = None;
     let mut last_memory_check = started;
     let mut retire = RETIRE_NONE;
+    // How many leading outcomes are bare values (`None`: all so far).
+    let mut plain: Option<u32> = None;
     child::in_body(|| {
         while done < count {
             slot[SLOT_ITEM].store(u64::from(done), Ordering::Release);
@@ -278,13 +278,20 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
                 slot[SLOT_START].store(sys::process::monotonic_ns(), Ordering::Release);
             }
             if let Some(message) = &decode_failed {
+                plain.get_or_insert(done);
                 encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(message));
             } else {
                 match postcard::take_from_bytes::<A>(items) {
                     Ok((arg, rest)) => {
                         items = rest;
                         match child::catch(|| f(arg)) {
+                            // While every item has succeeded, values go
+                            // bare, without an outcome tag.
+                            Ok(value)
+                                if plain.is_none()
+                                    && codec::encode_append(&value, &mut out).is_ok() => {}
                             Ok(value) => {
+                                plain.get_or_insert(done);
                                 if let Err(e) =
                                     codec::encode_append(&OutcomeRef::Ok(&value), &mut out)
                                 {
@@ -300,6 +307,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
                                 }
                             }
                             Err(report) => {
+                                plain.get_or_insert(done);
                                 encode_outcome::<R>(&mut out, &OutcomeRef::Panicked(&report))
                             }
                         }
@@ -310,6 +318,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
                             message: e.to_string(),
                         }
                         .to_string();
+                        plain.get_or_insert(done);
                         encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(&message));
                         decode_failed = Some(message);
                     }
@@ -350,6 +359,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());
     out[20] = retire;
+    out[21..25].copy_from_slice(&plain.unwrap_or(done).to_le_bytes());
     (link::RESULT, out, Vec::new())
 }
 

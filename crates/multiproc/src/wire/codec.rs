@@ -59,16 +59,17 @@ struct Append<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Varints and tags come a few bytes at a time: pushing them is
-        // cheaper than a call to `memcpy`.
-        if data.len() <= 16 {
-            self.0.reserve(data.len());
+        // Varints come a few bytes at a time: pushing them is cheaper than
+        // a call to `memcpy`.
+        if data.len() <= 8 {
             for &b in data {
                 self.0.push(b);
             }
@@ -78,6 +79,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
         Ok(())
     }
 
+    #[inline]
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
     }
@@ -85,6 +87,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `value` to `out`; on error `out` is left as it
 /// was.
+#[inline]
 pub(crate) fn encode_append<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
