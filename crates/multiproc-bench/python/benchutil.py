@@ -9,9 +9,11 @@ Every script prints one JSON line per measurement on stdout:
 The Rust side (src/python.rs) takes the medians.
 """
 
+import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -43,6 +45,25 @@ def measure(bench, param, unit, fn, *args):
         emit_error(bench, param, unit, exc)
     else:
         emit(bench, param, unit, samples)
+
+
+def plan_parser(doc):
+    """A parser for the options of a script of timed runs, which the Rust
+    side passes (rig::Plan::python_args): --reps, --target-ms and
+    --start-method. Add a script's own options to it."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--target-ms", type=int, default=300)
+    parser.add_argument("--start-method", default="forkserver")
+    return parser
+
+
+def parse_plan(parser):
+    """Parses the command line with a plan_parser: returns the options,
+    the multiprocessing context of --start-method, and --target-ms in
+    seconds."""
+    args = parser.parse_args()
+    return args, multiprocessing.get_context(args.start_method), args.target_ms / 1e3
 
 
 def calibrate(run, target):

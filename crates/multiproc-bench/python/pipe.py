@@ -13,9 +13,6 @@ sends that many messages; timed from the command to the last message. The
 count is calibrated first so that a run lasts about --target-ms.
 """
 
-import argparse
-import contextlib
-import multiprocessing
 import time
 
 import benchutil
@@ -24,7 +21,6 @@ SIZES = (("8B", 8), ("64KiB", 64 << 10), ("1MiB", 1 << 20))
 SMALL = "8B"
 PING = b"ping-pon"
 PING_VALUE = 0x0123_4567_89AB_CDEF
-EXIT_TIMEOUT = 10.0
 
 
 def echo_bytes(conn):
@@ -56,42 +52,14 @@ def sender(conn, size):
             conn.send_bytes(payload)
 
 
-@contextlib.contextmanager
-def child(ctx, target, *args):
-    """Starts target(theirs, *args) in a daemon child, yields our end of
-    the pipe; closes it afterwards, so the child returns, and joins it (or
-    kills it if it does not exit)."""
-    ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=target, args=(theirs, *args), daemon=True)
-    p.start()
-    theirs.close()
-    ok = False
-    try:
-        yield ours
-        ok = True
-    finally:
-        ours.close()
-        p.join(EXIT_TIMEOUT if ok else 0.1)
-        if p.is_alive():
-            p.kill()
-            p.join()
-            if ok:
-                raise RuntimeError("the child did not exit at the end of its input")
-    if p.exitcode != 0:
-        raise RuntimeError(f"the child exited with {p.exitcode}")
-
-
 def roundtrips(ctx, warmup, batches, batch):
     """Per-batch mean round trips (us) of bytes and typed messages, their
     batches interleaved as on the Rust side. Returns one entry per bench:
     a list of samples or the exception that stopped it."""
-    with contextlib.ExitStack() as stack:
-        ops = []
-        for target, msg, typed in ((echo_bytes, PING, False),
-                                   (echo_objects, PING_VALUE, True)):
-            conn = stack.enter_context(child(ctx, target))
-            send, recv = (conn.send, conn.recv) if typed else (conn.send_bytes, conn.recv_bytes)
-            ops.append((send, recv, msg))
+    specs = [(echo_bytes, ()), (echo_objects, ())]
+    with benchutil.children(ctx, specs) as (conn_bytes, conn_typed):
+        ops = [(conn_bytes.send_bytes, conn_bytes.recv_bytes, PING),
+               (conn_typed.send, conn_typed.recv, PING_VALUE)]
         results = []
         for send, recv, msg in ops:
             try:
@@ -121,7 +89,7 @@ def roundtrips(ctx, warmup, batches, batch):
 
 def oneway(ctx, size, reps, target):
     """Returns (messages, seconds) of each timed run."""
-    with child(ctx, sender, size) as conn:
+    with benchutil.children(ctx, [(sender, (size,))]) as (conn,):
         def run(count):
             t0 = time.perf_counter()
             conn.send_bytes(count.to_bytes(8, "little"))
@@ -138,15 +106,11 @@ def oneway(ctx, size, reps, target):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = benchutil.plan_parser(__doc__)
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--target-ms", type=int, default=300)
-    parser.add_argument("--start-method", default="forkserver")
-    args = parser.parse_args()
-    ctx = multiprocessing.get_context(args.start_method)
+    args, ctx, target = benchutil.parse_plan(parser)
 
     benches = ("roundtrip_bytes", "roundtrip_typed")
     try:
@@ -163,7 +127,7 @@ def main():
         if param == SMALL:
             outputs.append(("oneway_bytes_msgs", "msg/s", lambda n, s: n / s))
         try:
-            runs = oneway(ctx, size, args.reps, args.target_ms / 1e3)
+            runs = oneway(ctx, size, args.reps, target)
         except Exception as exc:  # reported, and the script goes on
             for bench, unit, _ in outputs:
                 benchutil.emit_error(bench, param, unit, exc)

@@ -21,8 +21,6 @@ first command to the last message (1p1c) or the last consumer report
 --target-ms.
 """
 
-import argparse
-import multiprocessing
 import multiprocessing.connection
 import time
 
@@ -211,13 +209,7 @@ def guarded(fn, count, *args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--target-ms", type=int, default=300)
-    parser.add_argument("--start-method", default="forkserver")
-    args = parser.parse_args()
-    ctx = multiprocessing.get_context(args.start_method)
-    target = args.target_ms / 1e3
+    args, ctx, target = benchutil.parse_plan(benchutil.plan_parser(__doc__))
 
     queue_runs, simple_runs = guarded(small, 2, ctx, args.reps, target)
     emit("queue_1p1c", SMALL, 8, queue_runs)

@@ -22,8 +22,6 @@ the last child's report (value). The count is calibrated first so that a
 run lasts about --target-ms. Every bench has the param "-".
 """
 
-import argparse
-import multiprocessing
 import time
 
 import benchutil
@@ -181,13 +179,7 @@ BENCHES = (
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--target-ms", type=int, default=300)
-    parser.add_argument("--start-method", default="forkserver")
-    args = parser.parse_args()
-    ctx = multiprocessing.get_context(args.start_method)
-    target = args.target_ms / 1e3
+    args, ctx, target = benchutil.parse_plan(benchutil.plan_parser(__doc__))
 
     for bench, unit, fn in BENCHES:
         try:

@@ -2,17 +2,22 @@
 //! in the same run. See this crate's README.md.
 //!
 //! ```text
-//! cargo run --release -p multiproc-bench -- [GROUP...] [--quick] [--json]
+//! cargo run --release -p multiproc-bench -- [GROUP...|--all] [--quick] [--json] [--report DIR]
 //! ```
 
 use std::io;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod chart;
 mod groups;
+mod markdown;
 mod measure;
 mod python;
 mod report;
+mod report_dir;
 mod rig;
+mod targets;
 
 use groups::Options;
 use report::{Impl, Row};
@@ -48,6 +53,16 @@ const GROUPS: &[Group] = &[
         about: "Lock, locked Value, Event ping-pong and Barrier rates, 1 and 2 processes",
         run: groups::sync::run,
     },
+    Group {
+        name: groups::manager::NAME,
+        about: "Manager dict set/get from 1 and 2 clients, list append, queue, start-up",
+        run: groups::manager::run,
+    },
+    Group {
+        name: groups::pool::NAME,
+        about: "Pool map (1M trivial items, chunk size 1), CPU-bound speed-up vs rayon, start-up",
+        run: groups::pool::run,
+    },
 ];
 
 /// What the command line asked for.
@@ -56,6 +71,8 @@ struct Cli {
     groups: Vec<&'static Group>,
     quick: bool,
     json: bool,
+    /// Where to write the report files (`--report DIR`).
+    report: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Group {
@@ -65,7 +82,8 @@ impl std::fmt::Debug for Group {
 }
 
 /// The one-line synopsis, also shown after a usage error.
-const USAGE_LINE: &str = "usage: multiproc-bench [GROUP...] [--quick] [--json]";
+const USAGE_LINE: &str =
+    "usage: multiproc-bench [GROUP...|--all] [--quick] [--json] [--report DIR]";
 
 /// The `--help` text.
 fn usage() -> String {
@@ -73,9 +91,12 @@ fn usage() -> String {
         "Benchmarks multiproc against CPython's multiprocessing, in the same run.\n\n\
          {USAGE_LINE}\n\n\
          options:\n\
-         \x20 --quick     fewer repetitions (about 30 s per group)\n\
-         \x20 --json      one JSON object per line instead of a table\n\
-         \x20 -h, --help  print this help\n\n\
+         \x20 --all         every group (the default when none is named)\n\
+         \x20 --quick       fewer repetitions (about 30 s per group)\n\
+         \x20 --json        one JSON object per line instead of a table\n\
+         \x20 --report DIR  also write DIR/report.md (tables, ratios, targets),\n\
+         \x20               DIR/report.json (as --json) and DIR/chart.svg\n\
+         \x20 -h, --help    print this help\n\n\
          groups (default: all):\n"
     );
     for g in GROUPS {
@@ -96,12 +117,22 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
         groups: Vec::new(),
         quick: false,
         json: false,
+        report: None,
     };
-    for arg in args {
+    let mut all = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
+            "--all" => all = true,
             "--quick" => cli.quick = true,
             "--json" => cli.json = true,
+            "--report" => match args.next() {
+                Some(dir) if !dir.is_empty() && !dir.starts_with('-') => {
+                    cli.report = Some(PathBuf::from(dir));
+                }
+                _ => return Err("--report needs a directory".to_string()),
+            },
             flag if flag.starts_with('-') => return Err(format!("unknown option `{flag}`")),
             name => {
                 let group = GROUPS.iter().find(|g| g.name == name).ok_or_else(|| {
@@ -117,6 +148,9 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
             }
         }
     }
+    if all && !cli.groups.is_empty() {
+        return Err("--all runs every group: name no group with it".to_string());
+    }
     if cli.groups.is_empty() {
         cli.groups = GROUPS.iter().collect();
     }
@@ -124,7 +158,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
 }
 
 fn main() -> ExitCode {
-    let cli = match parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse(args.iter().cloned()) {
         Ok(Some(cli)) => cli,
         Ok(None) => {
             print!("{}", usage());
@@ -140,6 +175,11 @@ fn main() -> ExitCode {
         verbose: true,
         python: python::Python::from_env(),
     };
+    let header = cli
+        .report
+        .as_ref()
+        .map(|_| report_dir::header(&opts.python, &args, cli.quick));
+    let mut all_rows = Vec::new();
     let mut multiproc_failed = false;
     for group in &cli.groups {
         let rows = (group.run)(&opts);
@@ -160,6 +200,21 @@ fn main() -> ExitCode {
             }
             return ExitCode::FAILURE;
         }
+        if let (Some(dir), Some(header)) = (&cli.report, &header) {
+            // Rewritten after every group: a run cut short leaves a report
+            // of the groups that finished.
+            all_rows.extend(rows);
+            if let Err(e) = report_dir::write(dir, header, &all_rows) {
+                eprintln!("error: writing the report failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(dir) = &cli.report {
+        eprintln!(
+            "report written to {}",
+            dir.join(report_dir::MARKDOWN).display()
+        );
     }
     if multiproc_failed {
         eprintln!("error: some multiproc measurements failed (see their errors)");
@@ -196,6 +251,26 @@ mod tests {
                 .contains("unknown option")
         );
         assert!(parse(args(&["start", "--help"])).unwrap().is_none());
+    }
+
+    #[test]
+    fn all_and_report_are_parsed() {
+        let cli = parse(args(&["--all", "--report", "out/dir"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(cli.groups.len(), GROUPS.len());
+        assert_eq!(cli.report, Some(PathBuf::from("out/dir")));
+        assert!(
+            parse(args(&["--report"]))
+                .unwrap_err()
+                .contains("directory")
+        );
+        assert!(parse(args(&["--report", "--quick"])).is_err());
+        assert!(
+            parse(args(&["start", "--all"]))
+                .unwrap_err()
+                .contains("--all")
+        );
     }
 
     #[test]

@@ -63,6 +63,29 @@ impl Python {
         }
     }
 
+    /// The interpreter's version and name, `Python 3.11.7 (python3)`, or
+    /// why it could not be had.
+    pub fn version(&self) -> String {
+        let shown = self.program.to_string_lossy();
+        match Command::new(&self.program)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                // Python 2 printed its version on stderr.
+                let text = if out.stdout.is_empty() {
+                    &out.stderr
+                } else {
+                    &out.stdout
+                };
+                format!("{} ({shown})", String::from_utf8_lossy(text).trim())
+            }
+            Ok(out) => format!("unknown: `{shown} --version` failed ({})", out.status),
+            Err(e) => format!("unavailable: cannot run `{shown}`: {e}"),
+        }
+    }
+
     /// Runs `script` with `args`, killing it after `timeout`, and collects
     /// its measurements. Never fails: problems end up in
     /// [`PythonOutput::failure`].

@@ -1,7 +1,6 @@
 //! Measurements, their medians, and the two output formats (a table for
 //! people, JSON lines for programs).
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -17,6 +16,25 @@ pub enum Impl {
     /// A floor with no library at all (plain std sockets, say): what the
     /// operating system alone costs for the same workload.
     Raw,
+    /// Rayon's thread pool running the same Rust code (the pool group's
+    /// reference for a CPU-bound speed-up).
+    Rayon,
+}
+
+impl Impl {
+    /// The implementation's name, as in the JSON output (`multiproc`,
+    /// `python`, `raw`, ...).
+    pub fn name(self) -> String {
+        // The serde names are the lowercase variant names.
+        format!("{self:?}").to_lowercase()
+    }
+
+    /// Whether this is one of the two implementations compared by the
+    /// ratio (multiproc, python) rather than a reference such as a raw
+    /// floor.
+    pub fn is_compared(self) -> bool {
+        self == Impl::Multiproc || self == Impl::Python
+    }
 }
 
 /// The raw samples of one benchmark for one parameter, or why there are none.
@@ -192,9 +210,10 @@ pub fn add_raw(group: &str, mut rows: Vec<Row>, raw: Vec<Measurement>) -> Vec<Ro
 }
 
 /// Whether a larger value is better in `unit`: rates (`MB/s`, `msg/s`,
-/// any unit ending in `/s`) are; times and sizes are not.
+/// any unit ending in `/s`) and speed-ups (`x`) are; times and sizes are
+/// not.
 pub fn higher_is_better(unit: &str) -> bool {
-    unit.ends_with("/s")
+    unit.ends_with("/s") || unit == "x"
 }
 
 /// How many times better `ours` is than `theirs`, both in `unit`: their
@@ -218,74 +237,145 @@ pub fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
     out.flush()
 }
 
+/// The rows of one bench and param, one per implementation.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    /// Benchmark name.
+    pub bench: &'a str,
+    /// Parameter.
+    pub param: &'a str,
+    /// Unit, taken from the first row.
+    pub unit: &'a str,
+    /// The rows, in their order (the last one wins for an implementation
+    /// measured twice).
+    pub rows: Vec<&'a Row>,
+}
+
+impl<'a> Entry<'a> {
+    /// The row of implementation `which`, if any.
+    pub fn get(&self, which: Impl) -> Option<&'a Row> {
+        self.rows
+            .iter()
+            .rev()
+            .find(|r| r.implementation == which)
+            .copied()
+    }
+
+    /// The median of implementation `which`, if measured.
+    pub fn median(&self, which: Impl) -> Option<f64> {
+        self.get(which).and_then(|r| r.median)
+    }
+
+    /// How many times better multiproc is than Python ([`times_better`]).
+    pub fn ratio(&self) -> Option<f64> {
+        let (m, p) = (self.median(Impl::Multiproc)?, self.median(Impl::Python)?);
+        times_better(self.unit, m, p)
+    }
+
+    /// How many times *worse* multiproc is than `reference` (a raw floor,
+    /// say): 1 is on par, above 1 is worse.
+    pub fn times_worse_than(&self, reference: Impl) -> Option<f64> {
+        let (m, r) = (self.median(Impl::Multiproc)?, self.median(reference)?);
+        times_better(self.unit, r, m)
+    }
+}
+
+/// Groups `rows` by bench and param, in the order they first appear.
+pub fn entries(rows: &[Row]) -> Vec<Entry<'_>> {
+    let mut out: Vec<Entry<'_>> = Vec::new();
+    for row in rows {
+        match out
+            .iter_mut()
+            .find(|e| e.bench == row.bench && e.param == row.param)
+        {
+            Some(entry) => entry.rows.push(row),
+            None => out.push(Entry {
+                bench: &row.bench,
+                param: &row.param,
+                unit: &row.unit,
+                rows: vec![row],
+            }),
+        }
+    }
+    out
+}
+
+/// The reference implementations in `rows` (all but multiproc and
+/// Python: raw floors and the like), in the order they first appear.
+pub fn references(rows: &[Row]) -> Vec<Impl> {
+    let mut out = Vec::new();
+    for row in rows {
+        if !row.implementation.is_compared() && !out.contains(&row.implementation) {
+            out.push(row.implementation);
+        }
+    }
+    out
+}
+
+/// The median of `row` for a table cell: `n/a` if unavailable, `-` if
+/// there is no row.
+pub fn value_cell(row: Option<&Row>) -> String {
+    match row {
+        None => "-".to_string(),
+        Some(r) => r.median.map_or_else(|| "n/a".to_string(), format_value),
+    }
+}
+
+/// A ratio for a table cell, `2.50x`; `n/a` if there is none.
+pub fn ratio_cell(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"))
+}
+
+/// The `who unavailable: why` notes of `rows`, without repeats.
+pub fn unavailable_notes(rows: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for row in rows {
+        if let Some(e) = row.error.as_deref() {
+            let note = format!("{} unavailable: {e}", row.implementation.name());
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    notes
+}
+
 /// Writes `rows` of `group` as a table with one line per bench and param:
 /// the multiproc median, the Python median, and `ratio`, how many times
 /// better multiproc is than Python ([`times_better`]: python / multiproc
 /// for times and sizes, multiproc / python for rates; above 1 means
-/// multiproc is better). If the group has [`Impl::Raw`] rows, two more
-/// columns follow: the raw median and `vs raw`, how many times worse than
-/// the raw floor multiproc is (multiproc / raw for times, raw / multiproc
-/// for rates; 1.00x means on par with it).
+/// multiproc is better). For each reference implementation in the group
+/// (such as [`Impl::Raw`]) two more columns follow: its median and
+/// `vs <name>`, how many times worse than it multiproc is (multiproc / raw
+/// for times, raw / multiproc for rates; 1.00x means on par with it).
 pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Result<()> {
-    let mut keys: Vec<(&str, &str)> = Vec::new();
-    let mut by_key: HashMap<(&str, &str, Impl), &Row> = HashMap::new();
-    for row in rows {
-        let key = (row.bench.as_str(), row.param.as_str());
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-        by_key.insert((key.0, key.1, row.implementation), row);
+    let references = references(rows);
+    let mut header: Vec<String> = ["bench", "param", "multiproc", "python", "ratio"]
+        .map(String::from)
+        .to_vec();
+    for r in &references {
+        header.push(r.name());
+        header.push(format!("vs {}", r.name()));
     }
-    let with_raw = rows.iter().any(|r| r.implementation == Impl::Raw);
-    let mut header = vec!["bench", "param", "multiproc", "python", "ratio"];
-    if with_raw {
-        header.extend(["raw", "vs raw"]);
-    }
-    header.push("unit");
-    let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
-    let mut notes = Vec::new();
-    for (bench, param) in keys {
-        let get = |i: Impl| by_key.get(&(bench, param, i)).copied();
-        let (mp, py, raw) = (get(Impl::Multiproc), get(Impl::Python), get(Impl::Raw));
-        let unit = mp.or(py).or(raw).map(|r| r.unit.as_str()).unwrap_or("");
-        let cell = |r: Option<&Row>| match r.and_then(|r| r.median) {
-            Some(v) => format_value(v),
-            None => "n/a".to_string(),
-        };
-        let median = |r: Option<&Row>| r.and_then(|r| r.median);
-        let ratio = match (median(mp), median(py)) {
-            (Some(m), Some(p)) => times_better(unit, m, p).map(|x| format!("{x:.2}x")),
-            _ => None,
-        };
+    header.push("unit".to_string());
+    let mut lines: Vec<Vec<String>> = vec![header];
+    for entry in entries(rows) {
         let mut line = vec![
-            bench.to_string(),
-            param.to_string(),
-            cell(mp),
-            cell(py),
-            ratio.unwrap_or_else(|| "n/a".to_string()),
+            entry.bench.to_string(),
+            entry.param.to_string(),
+            value_cell(entry.get(Impl::Multiproc)),
+            value_cell(entry.get(Impl::Python)),
+            ratio_cell(entry.ratio()),
         ];
-        if with_raw {
-            let vs_raw = match (median(mp), median(raw)) {
-                // Worse than raw = how many times better raw is.
-                (Some(m), Some(r)) => times_better(unit, r, m).map(|x| format!("{x:.2}x")),
-                _ => None,
-            };
-            line.push(if raw.is_some() { cell(raw) } else { "-".into() });
-            line.push(match (raw, vs_raw) {
-                (None, _) => "-".into(),
-                (Some(_), v) => v.unwrap_or_else(|| "n/a".to_string()),
+        for &r in &references {
+            line.push(value_cell(entry.get(r)));
+            line.push(match entry.get(r) {
+                None => "-".to_string(),
+                Some(_) => ratio_cell(entry.times_worse_than(r)),
             });
         }
-        line.push(unit.to_string());
+        line.push(entry.unit.to_string());
         lines.push(line);
-        for (who, r) in [("multiproc", mp), ("python", py), ("raw", raw)] {
-            if let Some(e) = r.and_then(|r| r.error.as_deref()) {
-                let note = format!("{who} unavailable: {e}");
-                if !notes.contains(&note) {
-                    notes.push(note);
-                }
-            }
-        }
     }
     let columns = lines[0].len();
     let mut widths = vec![0usize; columns];
@@ -312,28 +402,29 @@ pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Resul
         }
         writeln!(out, "{text}")?;
     }
-    writeln!(
-        out,
-        "(medians; ratio = how many times better multiproc is than python: python / multiproc \
-         for times and sizes,\n multiproc / python for rates (units ending in /s); above 1 means \
-         multiproc is better)"
-    )?;
-    if with_raw {
-        writeln!(
-            out,
-            "(vs raw = how many times worse multiproc is than the raw floor: multiproc / raw for \
-             times,\n raw / multiproc for rates; 1.00x means on par with it)"
-        )?;
+    writeln!(out, "({RATIO_NOTE})")?;
+    if !references.is_empty() {
+        writeln!(out, "({VS_NOTE})")?;
     }
-    for note in notes {
+    for note in unavailable_notes(rows) {
         writeln!(out, "note: {note}")?;
     }
     writeln!(out)?;
     out.flush()
 }
 
+/// What `ratio` means, for the readers of a table.
+pub const RATIO_NOTE: &str = "medians; ratio = how many times better multiproc is than python: \
+     python / multiproc for times and sizes,\n multiproc / python for rates (units ending in /s) \
+     and speed-ups (x); above 1 means multiproc is better";
+
+/// What `vs raw` (and `vs` any reference) means.
+pub const VS_NOTE: &str = "vs raw = how many times worse multiproc is than the raw floor (or \
+     another reference): multiproc / raw for times,\n raw / multiproc for rates; 1.00x means on \
+     par with it";
+
 /// Formats a median with about four significant digits.
-fn format_value(v: f64) -> String {
+pub fn format_value(v: f64) -> String {
     let a = v.abs();
     if a >= 1000.0 {
         format!("{v:.0}")

@@ -1,12 +1,15 @@
-//! Children that the parent drives through command pipes, shared by the
-//! groups whose benches are throughput runs (`queue`, `sync`).
+//! Children that the parent drives through pipes, shared by the groups
+//! whose benches are round trips or throughput runs (`pipe`, `queue`,
+//! `sync`).
 //!
 //! A bench is a [`Rig`]: its children, each blocked in `recv` on its own
-//! command pipe between runs, and the parent's side of one run, which
+//! pipe between runs, and the parent's side of the work: one run, which
 //! performs a given number of operations (commanding the children) and
-//! returns how long they took. [`measure_rigs`] warms the rigs up,
-//! calibrates and times them, and ends the children: dropping the parent's
-//! ends of the command pipes ends their input, so they return.
+//! returns how long they took ([`Run`]), or one round trip (`pipe`).
+//! [`measure_rigs`] warms throughput rigs up, calibrates and times them,
+//! and ends the children: dropping the parent's ends of the pipes ends
+//! their input, so they return. [`measure_each`] does the same around any
+//! measurement of the rigs' operations.
 
 use std::time::{Duration, Instant};
 
@@ -24,17 +27,18 @@ pub type Runs = Result<Vec<(u64, f64)>, String>;
 /// returns how long it took.
 pub type Run = dyn FnMut(u64) -> Result<Duration, String>;
 
-/// The children of one bench and the parent's side of a run. `run` owns
-/// the parent's ends of the command pipes, so dropping it ends the
-/// children's input.
-pub struct Rig {
+/// The children of one bench and the parent's side of the work (by
+/// default, of a throughput [`Run`]). `run` owns the parent's ends of the
+/// pipes (or whatever else ends the children's input when dropped), so
+/// dropping it ends the children's input.
+pub struct Rig<F: ?Sized = Run> {
     /// The bench's children (none if the parent does all the work).
     pub children: Vec<Process<()>>,
-    /// The parent's side of one run.
-    pub run: Box<Run>,
+    /// The parent's side of one run (or round trip).
+    pub run: Box<F>,
 }
 
-impl Rig {
+impl<F: ?Sized> Rig<F> {
     /// Ends the children's input and then the children, after a
     /// measurement that produced `result` (see [`end`]).
     pub fn finish<T>(self, result: Result<T, String>) -> Result<T, String> {
@@ -96,25 +100,90 @@ pub fn measure_rigs<const N: usize>(
     reps: usize,
     rigs: [Result<Rig, String>; N],
 ) -> [Runs; N] {
-    let mut out: [Option<Runs>; N] = std::array::from_fn(|_| None);
-    let mut started = Vec::new();
-    for (i, rig) in rigs.into_iter().enumerate() {
-        match rig.and_then(|mut rig| match measure::calibrate(target, &mut *rig.run) {
+    let warmed = rigs.map(|rig| {
+        rig.and_then(|mut rig| match measure::calibrate(target, &mut *rig.run) {
             Ok(_) => Ok(rig),
             Err(e) => rig.finish(Err(e)),
-        }) {
+        })
+    });
+    measure_each(warmed, |runs| measure::timed_runs(target, reps, runs))
+}
+
+/// Measures the rigs that started with `measure` (which gets their
+/// operations, in order, and returns one result per operation), then ends
+/// every child ([`Rig::finish`]). Returns one result per rig, in order; a
+/// rig that did not start has its start error.
+pub fn measure_each<F: ?Sized, T, const N: usize>(
+    rigs: [Result<Rig<F>, String>; N],
+    measure: impl FnOnce(&mut [&mut F]) -> Vec<Result<T, String>>,
+) -> [Result<T, String>; N] {
+    let mut out: [Option<Result<T, String>>; N] = std::array::from_fn(|_| None);
+    let mut started = Vec::new();
+    for (i, rig) in rigs.into_iter().enumerate() {
+        match rig {
             Ok(rig) => started.push((i, rig)),
             Err(e) => out[i] = Some(Err(e)),
         }
     }
     let results = {
-        let mut runs: Vec<&mut Run> = started.iter_mut().map(|(_, r)| &mut *r.run).collect();
-        measure::timed_runs(target, reps, &mut runs)
+        let mut ops: Vec<&mut F> = started.iter_mut().map(|(_, r)| &mut *r.run).collect();
+        measure(&mut ops)
     };
-    for ((i, rig), result) in started.into_iter().zip(results) {
+    let mut results = results.into_iter();
+    for (i, rig) in started {
+        let result = results
+            .next()
+            .unwrap_or_else(|| Err("no result was measured".to_string()));
         out[i] = Some(rig.finish(result));
     }
     out.map(|r| r.unwrap_or_else(|| Err("not measured".to_string())))
+}
+
+/// Repetitions of a group's throughput runs, and how long its Python
+/// script may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Timed runs (samples) per bench.
+    pub reps: usize,
+    /// How long one run should last.
+    pub target: Duration,
+    /// How long the Python script may run.
+    pub python_timeout: Duration,
+}
+
+impl Plan {
+    /// 9 runs of 0.5 s each, or with `quick` 3 of 0.3 s.
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                reps: 3,
+                target: Duration::from_millis(300),
+                python_timeout: Duration::from_secs(120),
+            }
+        } else {
+            Plan {
+                reps: 9,
+                target: Duration::from_millis(500),
+                python_timeout: Duration::from_secs(600),
+            }
+        }
+    }
+
+    /// The options that give a group's Python script the same plan and
+    /// start method (`--reps`, `--target-ms`, `--start-method`; see
+    /// `benchutil.plan_parser`).
+    pub fn python_args(&self, method: StartMethod) -> Vec<String> {
+        [
+            "--reps",
+            &self.reps.to_string(),
+            "--target-ms",
+            &self.target.as_millis().to_string(),
+            "--start-method",
+            method.as_str(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
 }
 
 /// Starts `f(arg)` in a daemon child with `method`.

@@ -1,12 +1,24 @@
 //! The multiproc tour: `cargo run --release --example tour`.
 //!
-//! It follows the text multiproc grew from. Chapter 1: processes, each with
-//! its own address space, running truly in parallel on every core. Later
-//! chapters (queues, pipes, managers, pools) join as those parts land.
+//! It follows the text multiproc grew from, running for real:
+//!
+//! 1. processes, each with its own address space, in parallel on every core;
+//! 2. a Queue: producers and consumers exchange data asynchronously;
+//! 3. a Pipe: two processes talk both ways;
+//! 4. a Manager: processes share a dict and a list;
+//! 5. a Pool: a map with a progress bar that survives a worker killed on
+//!    purpose;
+//! 6. isolation and hard limits: a crash and a runaway stay contained.
+//!
+//! An optional argument sets the prime limit of chapter 1 (default
+//! 4,000,000).
 
 use std::time::{Duration, Instant};
 
-use multiproc::{JoinError, Process, StartMethod, cpu_count, current_process};
+use multiproc::{
+    DictProxy, JoinError, ListProxy, Manager, Pool, Process, StartMethod, TaskError, cpu_count,
+    current_process,
+};
 
 /// The CPU-bound job: how many primes lie in `[start, end)`, by trial
 /// division, on purpose slow and easy to split.
@@ -75,6 +87,30 @@ fn interviewee(conn: multiproc::Connection<String, String>) {
     }
 }
 
+/// Counts the primes of one range and records the result in the manager's
+/// dict, and a line in its list.
+fn survey(((start, end), counts, log): ((u64, u64), DictProxy<String, u64>, ListProxy<String>)) {
+    let n = count_primes((start, end));
+    counts
+        .insert(format!("{start}..{end}"), n)
+        .expect("the manager is up");
+    log.push(format!(
+        "{} (pid {}) found {n}",
+        current_process().name,
+        std::process::id()
+    ))
+    .expect("the manager is up");
+}
+
+/// Checks one block of numbers; block 13 takes its worker process down.
+fn check_block(block: u64) -> u64 {
+    if block == 13 {
+        // Killed on purpose, the hard way: no unwinding, no cleanup.
+        std::process::abort();
+    }
+    count_primes((block * 10_000, (block + 1) * 10_000))
+}
+
 fn crash(_: ()) -> u64 {
     // A worker that dies the hard way: the parent must get an error, not die.
     std::process::abort()
@@ -131,19 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("2. A Pipe: two processes talk both ways");
-    let (ours, theirs) = multiproc::pipe::<String, String>()?;
-    let child = Process::spawn(interviewee, theirs)?;
-    for question in ["who are you?", "what do you do?"] {
-        ours.send(&question.to_string())?;
-        println!("   parent asks : {question}");
-        println!("   child says  : {}", ours.recv()?);
-    }
-    drop(ours);
-    child.join()?;
-
-    println!();
-    println!("3. A Queue: producers and consumers exchange data asynchronously");
+    println!("2. A Queue: producers and consumers exchange data asynchronously");
     let n: u64 = 1_000_000;
     let q = multiproc::Queue::new()?;
     let t = Instant::now();
@@ -174,7 +198,69 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!();
-    println!("4. Isolation: a worker that crashes does not take us down");
+    println!("3. A Pipe: two processes talk both ways");
+    let (ours, theirs) = multiproc::pipe::<String, String>()?;
+    let child = Process::spawn(interviewee, theirs)?;
+    for question in ["who are you?", "what do you do?"] {
+        ours.send(&question.to_string())?;
+        println!("   parent asks : {question}");
+        println!("   child says  : {}", ours.recv()?);
+    }
+    drop(ours);
+    child.join()?;
+
+    println!();
+    println!("4. A Manager: processes share a dict and a list");
+    let manager = Manager::start()?;
+    let counts = manager.dict::<String, u64>()?;
+    let log = manager.list::<String>()?;
+    let surveyors = split(limit, 3)
+        .into_iter()
+        .map(|range| Process::spawn(survey, (range, counts.clone(), log.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in surveyors {
+        p.join()?;
+    }
+    let mut items = counts.items()?;
+    items.sort_by_key(|(range, _)| range.split("..").next().and_then(|s| s.parse::<u64>().ok()));
+    for (range, n) in &items {
+        println!("   dict[{range:>19}] = {n}");
+    }
+    for line in log.snapshot()? {
+        println!("   list: {line}");
+    }
+    let shared_total: u64 = items.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        shared_total, serial,
+        "the shared dict agrees with the serial count"
+    );
+    println!("   3 processes wrote into one dict: {shared_total} primes, as counted serially");
+    manager.shutdown()?;
+
+    println!();
+    println!("5. A Pool: a map with a progress bar, and a worker killed on purpose");
+    let pool = Pool::new(cores)?;
+    let t = Instant::now();
+    let outcomes = pool.task(check_block).progress().map_results(0..40u64);
+    let took = t.elapsed();
+    let mut found = 0;
+    for (block, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            Ok(n) => found += n,
+            Err(e @ TaskError::WorkerDied { .. }) => println!("   block {block}: {e}"),
+            Err(e) => return Err(format!("block {block}: {e}").into()),
+        }
+    }
+    let restarts: u64 = pool.stats().iter().map(|s| s.restarts).sum();
+    println!(
+        "   the other {} blocks finished ({found} primes among them) in {}; workers replaced: {restarts}",
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        ms(took)
+    );
+    pool.join();
+
+    println!();
+    println!("6. Isolation: a worker that crashes does not take us down");
     match Process::spawn(crash, ())?.join() {
         Err(JoinError::Signaled { signal, .. }) => {
             println!("   the worker died of {signal}; this process carries on")
@@ -183,7 +269,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("5. Hard limits on runaway work");
+    println!("7. Hard limits on runaway work");
     let runaway = Process::spawn(count_primes, (0, u64::MAX))?;
     let runaway = match runaway.join_timeout(Duration::from_millis(200)) {
         Err(multiproc::JoinTimeoutError::Timeout(p)) => p,

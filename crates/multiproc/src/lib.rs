@@ -157,6 +157,65 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Managers
+//!
+//! A [`Manager`] is a server process that holds shared objects: a dict
+//! ([`DictProxy`]), a list ([`ListProxy`]), a namespace, a queue, a lock, an
+//! event, a value, a barrier, or a type of your own ([`SharedObject`]).
+//! Processes use them through typed proxies, which are ordinary arguments
+//! for a child. Local clients reach the server through shared memory, in
+//! about a microsecond and a half; others over a Unix socket or TCP, always
+//! with an auth key.
+//!
+//! ```
+//! use multiproc::{ListProxy, Manager, Process};
+//!
+//! fn record((id, log): (u32, ListProxy<String>)) {
+//!     log.push(format!("worker {id} was here")).unwrap();
+//! }
+//!
+//! let manager = Manager::start()?;
+//! let log = manager.list::<String>()?;
+//! let workers: Vec<_> = (0..3)
+//!     .map(|id| Process::spawn(record, (id, log.clone())))
+//!     .collect::<Result<_, _>>()?;
+//! for w in workers {
+//!     w.join()?;
+//! }
+//! assert_eq!(log.len()?, 3);
+//! manager.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Pools
+//!
+//! A [`Pool`] keeps worker processes ready and spreads work over them:
+//! `map`, a lazy `imap`, `submit` (a handle that is also a `Future`). A
+//! worker that panics, segfaults, is killed or runs past a timeout fails
+//! only its own item; it is replaced and the rest goes on.
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc::{Pool, TaskError};
+//!
+//! fn slow_square(x: u64) -> u64 {
+//!     if x == 3 {
+//!         std::thread::sleep(Duration::from_secs(60));
+//!     }
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! let out = pool
+//!     .task(slow_square)
+//!     .timeout(Duration::from_millis(300))
+//!     .map_results(0..5);
+//! assert_eq!(out[2], Ok(4));
+//! assert_eq!(out[3], Err(TaskError::TimedOut(Duration::from_millis(300))));
+//! assert_eq!(out[4], Ok(16));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What a child never does
 //!
 //! A child never outlives its parent: if the parent dies, even by SIGKILL,
@@ -165,6 +224,7 @@
 #![deny(unsafe_code)]
 
 mod connection;
+mod manager;
 pub mod pool;
 mod process;
 mod queue;
@@ -179,12 +239,18 @@ pub use connection::{
     HANDSHAKE_TIMEOUT, Listener, RecvError, RecvIntoError, RecvTimeoutError, SendError,
     TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
-pub use queue::{
-    DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
-    PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
+pub use manager::{
+    BarrierProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    ManagerBuilder, NamespaceProxy, ObjectProxy, ProxyError, ProxyLockGuard, ProxyPutError,
+    ProxyPutFailure, QueueProxy, Registered, Registry, RemoteError, SemaphoreProxy, SharedObject,
+    ShutdownError, StartManagerError, ValueProxy,
 };
 pub use pool::{
     Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,
+};
+pub use queue::{
+    DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
+    PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
 };
 pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{

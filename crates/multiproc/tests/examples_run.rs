@@ -60,6 +60,10 @@ fn the_tour_runs() {
     assert!(out.contains("1. Processes on every core"), "{out}");
     assert!(out.contains("this process carries on"), "{out}");
     assert!(out.contains("each exactly once"), "{out}");
+    assert!(out.contains("3 processes wrote into one dict"), "{out}");
+    assert!(out.contains("killed by SIGABRT"), "{out}");
+    assert!(out.contains("the other 39 blocks finished"), "{out}");
+    assert!(out.contains("workers replaced: 1"), "{out}");
 }
 
 #[test]
@@ -129,4 +133,27 @@ fn the_sync_example_runs() {
     assert!(out.contains("(total 2000)"), "{out}");
     assert!(out.contains("the holder was killed"), "{out}");
     assert!(out.contains("bumped by 4 processes: 4"), "{out}");
+}
+
+#[test]
+fn the_manager_example_runs() {
+    let out = run("manager", &[], Duration::from_secs(60));
+    assert!(out.contains("3 workers counted 23 words"), "{out}");
+    assert!(out.contains("top words, via a second client"), "{out}");
+    assert!(out.contains("manager shut down"), "{out}");
+}
+
+#[test]
+fn the_pool_example_runs() {
+    let out = run("pool", &[], Duration::from_secs(120));
+    assert!(out.contains("starts at 837799 (524 steps)"), "{out}");
+    assert!(
+        out.contains("item 7 panicked: seven is not allowed"),
+        "{out}"
+    );
+    assert!(out.contains("item 13 failed"), "{out}");
+    assert!(out.contains("the other 14 items succeeded"), "{out}");
+    assert!(out.contains("TimedOut"), "{out}");
+    assert!(out.contains("-> 111 steps"), "{out}");
+    assert!(out.contains("pool joined"), "{out}");
 }

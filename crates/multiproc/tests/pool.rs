@@ -103,7 +103,7 @@ fn a_worker_killed_mid_map_fails_only_its_own_item() {
             let victims = pids(&pool);
             let killer = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(150));
-                unsafe_free_kill(victims[0]);
+                assert!(common::send_signal(victims[0], libc::SIGKILL));
             });
             let results = pool.task(slow_square).chunksize(10).map_results(0..400u64);
             killer.join().unwrap();
@@ -144,23 +144,9 @@ fn a_worker_killed_mid_map_fails_only_its_own_item() {
     });
 }
 
-fn unsafe_free_kill(pid: i32) {
-    // The test kills a worker from outside, as a user or the OOM killer
-    // would: through the `kill` command, so the test needs no unsafe.
-    let ok = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {pid}");
-}
-
 fn segfault_on(x: i32) -> i32 {
     if x == 5 {
-        std::process::Command::new("kill")
-            .args(["-SEGV", &std::process::id().to_string()])
-            .status()
-            .ok();
+        common::send_signal(std::process::id() as i32, libc::SIGSEGV);
         std::thread::sleep(Duration::from_secs(10));
     }
     x
@@ -535,4 +521,40 @@ impl<'de> serde::Deserialize<'de> for Refuses {
 
 fn refuse(_: u8) -> Refuses {
     Refuses
+}
+
+fn square_or_hang(x: u64) -> u64 {
+    if x == 3 {
+        std::thread::sleep(Duration::from_secs(120));
+    }
+    x * x
+}
+
+/// A slow item queued behind quick ones of the same worker: the worker may
+/// hold their answers while it runs it, and the timeout must still find it.
+#[test]
+fn timeouts_hold_with_many_pools_at_once() {
+    deadline(LIMIT, || {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..3 {
+                        let pool = Pool::new(2).unwrap();
+                        let out = pool
+                            .task(square_or_hang)
+                            .timeout(Duration::from_millis(300))
+                            .map_results(0..6);
+                        assert_eq!(out[3], Err(TaskError::TimedOut(Duration::from_millis(300))));
+                        for i in [0, 1, 2, 4, 5] {
+                            assert_eq!(out[i as usize], Ok(i * i));
+                        }
+                        finish(pool);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
 }

@@ -5,7 +5,9 @@
 
 use crate::python::Python;
 
+pub mod manager;
 pub mod pipe;
+pub mod pool;
 pub mod queue;
 pub mod start;
 pub mod sync;

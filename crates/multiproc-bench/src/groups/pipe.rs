@@ -29,13 +29,15 @@
 //! (a message count), then receives that many messages; the time runs from
 //! sending the command to receiving the last message. The count is
 //! calibrated first (those runs are the warm-up) so that a run lasts about
-//! [`Plan::target`].
+//! the plan's target ([`rig::Plan`]).
 //!
 //! The children of one comparison run side by side and their batches (or
 //! runs) are interleaved: the three round trips (bytes, typed, raw) in
 //! turn, batch after batch, and multiproc and raw in turn for each message
 //! size. A child that is not being measured waits in a blocking receive.
 //! So a drift in the machine's load (another build, say) hits them alike.
+//! The children and their ending are [`crate::rig`]'s, as for `queue` and
+//! `sync`.
 //!
 //! The Python side is `python/pipe.py`, run afterwards with the same plan
 //! (its bytes and typed round trips interleaved the same way).
@@ -43,13 +45,14 @@
 use std::io::{BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use multiproc::{Connection, JoinTimeoutError, Process, StartMethod, pipe};
+use multiproc::{Connection, Process, StartMethod};
 
 use super::Options;
 use crate::measure;
 use crate::report::{self, Measurement, Row};
+use crate::rig::{self, Rig, command_pipe, measure_each, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "pipe";
@@ -72,9 +75,6 @@ const PING_VALUE: u64 = 0x0123_4567_89ab_cdef;
 /// Read buffer of the raw one-way receiver.
 const RAW_READ_BUF: usize = 64 << 10;
 
-/// How long a child may take to exit once told to.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Repetition counts of one run.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -84,33 +84,26 @@ struct Plan {
     batches: usize,
     /// Round trips per batch.
     batch: usize,
-    /// Timed one-way runs (samples) per size.
-    reps: usize,
-    /// How long one one-way run should last.
-    target: Duration,
-    /// How long the Python script may run.
-    python_timeout: Duration,
+    /// The one-way runs, and the Python script's time limit.
+    runs: rig::Plan,
 }
 
 impl Plan {
     fn new(quick: bool) -> Plan {
+        let runs = rig::Plan::new(quick);
         if quick {
             Plan {
                 warmup: 2000,
                 batches: 20,
                 batch: 1000,
-                reps: 3,
-                target: Duration::from_millis(300),
-                python_timeout: Duration::from_secs(120),
+                runs,
             }
         } else {
             Plan {
                 warmup: 5000,
                 batches: 100,
                 batch: 1000,
-                reps: 9,
-                target: Duration::from_millis(500),
-                python_timeout: Duration::from_secs(600),
+                runs,
             }
         }
     }
@@ -141,21 +134,15 @@ pub fn run(opts: &Options) -> Vec<Row> {
     }
 
     opts.progress(NAME, "python (pipe.py)");
-    let args = [
-        "--warmup".to_string(),
-        plan.warmup.to_string(),
-        "--batches".to_string(),
-        plan.batches.to_string(),
-        "--batch".to_string(),
-        plan.batch.to_string(),
-        "--reps".to_string(),
-        plan.reps.to_string(),
-        "--target-ms".to_string(),
-        plan.target.as_millis().to_string(),
-        "--start-method".to_string(),
-        METHOD.as_str().to_string(),
-    ];
-    let python = opts.python.run("pipe.py", &args, plan.python_timeout);
+    let mut args = plan.runs.python_args(METHOD);
+    for (option, value) in [
+        ("--warmup", plan.warmup),
+        ("--batches", plan.batches),
+        ("--batch", plan.batch),
+    ] {
+        args.extend([option.to_string(), value.to_string()]);
+    }
+    let python = opts.python.run("pipe.py", &args, plan.runs.python_timeout);
     let rows = report::pair(
         NAME,
         multiproc,
@@ -197,89 +184,6 @@ fn oneway_measurements(
 /// One round trip, done by the parent.
 type RoundTrip = dyn FnMut() -> Result<(), String>;
 
-/// One one-way run of the given number of messages, done by the parent;
-/// returns how long it took.
-type OneWayRun = dyn FnMut(u64) -> Result<Duration, String>;
-
-/// A child and the parent's side of the work it serves. `op` owns the
-/// parent's end of the pipe (or a [`ShutdownOnDrop`]), so dropping it ends
-/// the child's input.
-struct Peer<F: ?Sized> {
-    child: Process<()>,
-    op: Box<F>,
-}
-
-impl<F: ?Sized> Peer<F> {
-    /// Ends the child's input and then the child, after a measurement
-    /// that produced `result`: on success the child must exit by itself
-    /// within [`EXIT_TIMEOUT`]; on failure it is killed. Either way it is
-    /// reaped.
-    fn finish<T>(self, result: Result<T, String>) -> Result<T, String> {
-        let Peer { child, op } = self;
-        drop(op);
-        if result.is_err() {
-            let _ = child.kill();
-            // Killed, the child has no result: the join error is expected.
-            let _ = child.join();
-            return result;
-        }
-        match child.join_timeout(EXIT_TIMEOUT) {
-            Ok(()) => result,
-            Err(JoinTimeoutError::Timeout(child)) => {
-                let _ = child.kill();
-                let _ = child.join();
-                Err(format!(
-                    "the child did not exit within {} s of the end of its input",
-                    EXIT_TIMEOUT.as_secs()
-                ))
-            }
-            Err(JoinTimeoutError::Failed(e)) => Err(format!("the child failed: {e}")),
-        }
-    }
-}
-
-/// Measures the peers that started with `measure` (which gets their
-/// operations, in order, and returns one result per operation), then ends
-/// every child. Returns one result per peer, in order; a peer that did not
-/// start has its start error.
-fn measure_peers<F: ?Sized, T, const N: usize>(
-    peers: [Result<Peer<F>, String>; N],
-    measure: impl FnOnce(&mut [&mut F]) -> Vec<Result<T, String>>,
-) -> [Result<T, String>; N] {
-    let mut out: [Option<Result<T, String>>; N] = std::array::from_fn(|_| None);
-    let mut started = Vec::new();
-    for (i, peer) in peers.into_iter().enumerate() {
-        match peer {
-            Ok(peer) => started.push((i, peer)),
-            Err(e) => out[i] = Some(Err(e)),
-        }
-    }
-    let results = {
-        let mut ops: Vec<&mut F> = started.iter_mut().map(|(_, p)| &mut *p.op).collect();
-        measure(&mut ops)
-    };
-    let mut results = results.into_iter();
-    for (i, peer) in started {
-        let result = results
-            .next()
-            .unwrap_or_else(|| Err("no result was measured".to_string()));
-        out[i] = Some(peer.finish(result));
-    }
-    out.map(|r| r.unwrap_or_else(|| Err("not measured".to_string())))
-}
-
-/// Starts `f(arg)` in a daemon child with [`METHOD`].
-fn start<A>(f: fn(A), arg: A) -> Result<Process<()>, String>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    Process::builder()
-        .start_method(METHOD)
-        .daemon(true)
-        .spawn(f, arg)
-        .map_err(|e| format!("start failed: {e}"))
-}
-
 /// Forks a daemon child that runs `f` (for the raw floors).
 fn fork(f: impl FnOnce() + Send + 'static) -> Result<Process<()>, String> {
     Process::builder()
@@ -303,11 +207,11 @@ impl Drop for ShutdownOnDrop {
 /// `roundtrip_typed` and the raw floor, measured interleaved.
 fn roundtrips(plan: &Plan) -> [Result<Vec<f64>, String>; 3] {
     // The raw child is forked first: a forked child holds copies of every
-    // descriptor the parent has (see `raw_echo_peer`), and it must not
+    // descriptor the parent has (see `raw_echo_rig`), and it must not
     // hold the multiproc pipes, or their children would never see the end.
-    let raw = raw_echo_peer();
-    let peers = [echo_bytes_peer(), echo_typed_peer(), raw];
-    measure_peers(peers, |ops| {
+    let raw = raw_echo_rig();
+    let rigs = [echo_bytes_rig(), echo_typed_rig(), raw];
+    measure_each(rigs, |ops| {
         measure::per_op_us(plan.warmup, plan.batches, plan.batch, ops)
     })
 }
@@ -331,9 +235,9 @@ fn echo_typed(conn: Connection<u64, u64>) {
 }
 
 /// `roundtrip_bytes`: `send_bytes` + `recv_bytes` of 8 bytes.
-fn echo_bytes_peer() -> Result<Peer<RoundTrip>, String> {
-    let (ours, theirs) = pipe::<(), ()>().map_err(|e| format!("pipe failed: {e}"))?;
-    let child = start(echo_bytes, theirs)?;
+fn echo_bytes_rig() -> Result<Rig<RoundTrip>, String> {
+    let (ours, theirs) = command_pipe::<(), ()>()?;
+    let child = start(METHOD, echo_bytes, theirs)?;
     let op: Box<RoundTrip> = Box::new(move || {
         ours.send_bytes(&PING)
             .map_err(|e| format!("send_bytes failed: {e}"))?;
@@ -345,13 +249,16 @@ fn echo_bytes_peer() -> Result<Peer<RoundTrip>, String> {
         }
         Ok(())
     });
-    Ok(Peer { child, op })
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
 }
 
 /// `roundtrip_typed`: typed `send` + `recv` of a u64.
-fn echo_typed_peer() -> Result<Peer<RoundTrip>, String> {
-    let (ours, theirs) = pipe::<u64, u64>().map_err(|e| format!("pipe failed: {e}"))?;
-    let child = start(echo_typed, theirs)?;
+fn echo_typed_rig() -> Result<Rig<RoundTrip>, String> {
+    let (ours, theirs) = command_pipe::<u64, u64>()?;
+    let child = start(METHOD, echo_typed, theirs)?;
     let op: Box<RoundTrip> = Box::new(move || {
         ours.send(&PING_VALUE)
             .map_err(|e| format!("send failed: {e}"))?;
@@ -361,12 +268,15 @@ fn echo_typed_peer() -> Result<Peer<RoundTrip>, String> {
         }
         Ok(())
     });
-    Ok(Peer { child, op })
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
 }
 
 /// The raw floor of `roundtrip_bytes`: 8 bytes each way over a plain
 /// socket pair, one `write` and one `read` per direction.
-fn raw_echo_peer() -> Result<Peer<RoundTrip>, String> {
+fn raw_echo_rig() -> Result<Rig<RoundTrip>, String> {
     let (mut ours, mut theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let closer = ShutdownOnDrop(ours.try_clone().map_err(|e| format!("dup: {e}"))?);
     let child = fork(move || {
@@ -383,7 +293,10 @@ fn raw_echo_peer() -> Result<Peer<RoundTrip>, String> {
         ours.write_all(&PING).map_err(|e| format!("write: {e}"))?;
         ours.read_exact(&mut buf).map_err(|e| format!("read: {e}"))
     });
-    Ok(Peer { child, op })
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
 }
 
 /// Reads a one-way command: how many messages to send; `None` at the end.
@@ -407,19 +320,19 @@ fn sender((conn, size): (Connection, u64)) {
 /// One-way runs of `size`-byte messages, multiproc and raw, interleaved.
 fn oneway(plan: &Plan, size: usize) -> [Result<Vec<(u64, f64)>, String>; 2] {
     // The raw child first, as in `roundtrips`.
-    let raw = raw_sender_peer(size);
-    let peers = [sender_peer(size), raw];
-    measure_peers(peers, |runs| {
-        measure::timed_runs(plan.target, plan.reps, runs)
+    let raw = raw_sender_rig(size);
+    let rigs = [sender_rig(size), raw];
+    measure_each(rigs, |runs| {
+        measure::timed_runs(plan.runs.target, plan.runs.reps, runs)
     })
 }
 
 /// `oneway_bytes`: a child sends with `send_bytes`, the parent receives
 /// with `recv_bytes`.
-fn sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
-    let (ours, theirs) = pipe::<(), ()>().map_err(|e| format!("pipe failed: {e}"))?;
-    let child = start(sender, (theirs, size as u64))?;
-    let op: Box<OneWayRun> = Box::new(move |count| {
+fn sender_rig(size: usize) -> Result<Rig, String> {
+    let (ours, theirs) = command_pipe::<(), ()>()?;
+    let child = start(METHOD, sender, (theirs, size as u64))?;
+    let op: Box<rig::Run> = Box::new(move |count| {
         let t0 = Instant::now();
         ours.send_bytes(&count.to_le_bytes())
             .map_err(|e| format!("send_bytes failed: {e}"))?;
@@ -436,12 +349,15 @@ fn sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
         }
         Ok(took)
     });
-    Ok(Peer { child, op })
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
 }
 
 /// The raw floor of `oneway_bytes`: one `write_all` of prefix and payload
 /// per message, `read_exact` of prefix and payload through a `BufReader`.
-fn raw_sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
+fn raw_sender_rig(size: usize) -> Result<Rig, String> {
     let prefix = u32::try_from(size).map_err(|_| "message too large".to_string())?;
     let (ours, mut theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let mut writer = ours.try_clone().map_err(|e| format!("dup: {e}"))?;
@@ -460,7 +376,7 @@ fn raw_sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
     })?;
     let mut reader = BufReader::with_capacity(RAW_READ_BUF, ours);
     let mut buf = vec![0u8; size];
-    let op: Box<OneWayRun> = Box::new(move |count| {
+    let op: Box<rig::Run> = Box::new(move |count| {
         let _ = &closer;
         let t0 = Instant::now();
         writer
@@ -481,5 +397,8 @@ fn raw_sender_peer(size: usize) -> Result<Peer<OneWayRun>, String> {
         }
         Ok(t0.elapsed())
     });
-    Ok(Peer { child, op })
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
 }

@@ -49,7 +49,7 @@ use serde_bytes::ByteBuf;
 
 use super::Options;
 use crate::report::{self, Measurement, Row};
-use crate::rig::{Rig, Run, Runs, command_pipe, end, measure_rigs, start};
+use crate::rig::{Plan, Rig, Run, Runs, command_pipe, end, measure_rigs, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "queue";
@@ -87,35 +87,6 @@ const SENTINEL: u64 = u64::MAX;
 /// How long the parent waits for a 2p2c consumer's report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Repetition counts of one run.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    /// Timed runs (samples) per bench.
-    reps: usize,
-    /// How long one run should last.
-    target: Duration,
-    /// How long the Python script may run.
-    python_timeout: Duration,
-}
-
-impl Plan {
-    fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                reps: 3,
-                target: Duration::from_millis(300),
-                python_timeout: Duration::from_secs(120),
-            }
-        } else {
-            Plan {
-                reps: 9,
-                target: Duration::from_millis(500),
-                python_timeout: Duration::from_secs(600),
-            }
-        }
-    }
-}
-
 /// Runs the group: multiproc, then Python.
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
@@ -151,14 +122,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
     multiproc.extend(simple);
 
     opts.progress(NAME, "python (queue_bench.py)");
-    let args = [
-        "--reps".to_string(),
-        plan.reps.to_string(),
-        "--target-ms".to_string(),
-        plan.target.as_millis().to_string(),
-        "--start-method".to_string(),
-        METHOD.as_str().to_string(),
-    ];
+    let args = plan.python_args(METHOD);
     let python = opts
         .python
         .run("queue_bench.py", &args, plan.python_timeout);

@@ -36,7 +36,7 @@ use multiproc::{Barrier, Connection, Event, Lock, StartMethod, Value};
 
 use super::Options;
 use crate::report::{self, Measurement, Row};
-use crate::rig::{Rig, Run, Runs, command_pipe, end, measure_rigs, start};
+use crate::rig::{Plan, Rig, Run, Runs, command_pipe, end, measure_rigs, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "sync";
@@ -54,35 +54,6 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the parent waits for a child's report at the end of a run.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Repetition counts of one run.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    /// Timed runs (samples) per bench.
-    reps: usize,
-    /// How long one run should last.
-    target: Duration,
-    /// How long the Python script may run.
-    python_timeout: Duration,
-}
-
-impl Plan {
-    fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                reps: 3,
-                target: Duration::from_millis(300),
-                python_timeout: Duration::from_secs(120),
-            }
-        } else {
-            Plan {
-                reps: 9,
-                target: Duration::from_millis(500),
-                python_timeout: Duration::from_secs(600),
-            }
-        }
-    }
-}
 
 /// Sets up a bench: its children and the parent's side of a run.
 type MakeRig = fn() -> Result<Rig, String>;
@@ -106,14 +77,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
     }
 
     opts.progress(NAME, "python (sync_bench.py)");
-    let args = [
-        "--reps".to_string(),
-        plan.reps.to_string(),
-        "--target-ms".to_string(),
-        plan.target.as_millis().to_string(),
-        "--start-method".to_string(),
-        METHOD.as_str().to_string(),
-    ];
+    let args = plan.python_args(METHOD);
     let python = opts.python.run("sync_bench.py", &args, plan.python_timeout);
     report::pair(
         NAME,

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use super::auth;
-use super::error::{AcceptError, ConnectError};
+use super::error::{AcceptError, AuthError, ConnectError};
 use super::{Connection, Waitable};
 
 /// Where a [`Listener`] listens.
@@ -146,6 +146,16 @@ impl Listener {
     /// Waits for a client and returns the connection to it, authenticated
     /// if the listener has an auth key.
     pub fn accept<S, R>(&self) -> Result<Connection<S, R>, AcceptError> {
+        let conn = self.accept_unauthenticated()?;
+        self.authenticate(&conn)?;
+        Ok(conn)
+    }
+
+    /// The first half of [`accept`](Self::accept): a connection whose
+    /// handshake has not run yet. A server that must not let one slow client
+    /// hold up the others runs [`authenticate`](Self::authenticate) on
+    /// another thread, and serves nothing before it succeeds.
+    pub(crate) fn accept_unauthenticated<S, R>(&self) -> std::io::Result<Connection<S, R>> {
         let fd: OwnedFd = match &self.socket {
             Socket::Unix(l) => l.accept()?.0.into(),
             Socket::Tcp(l) => {
@@ -154,13 +164,18 @@ impl Listener {
                 s.into()
             }
         };
-        let conn = Connection::from_fd(fd, true, true);
+        Ok(Connection::from_fd(fd, true, true))
+    }
+
+    /// The second half of [`accept`](Self::accept): the auth-key handshake,
+    /// if the listener has a key.
+    pub(crate) fn authenticate<S, R>(&self, conn: &Connection<S, R>) -> Result<(), AuthError> {
         if let Some(key) = &self.authkey {
             let deadline = Some(Instant::now() + self.handshake_timeout);
             auth::deliver_challenge(&conn.stream, key, deadline)?;
             auth::answer_challenge(&conn.stream, key, deadline)?;
         }
-        Ok(conn)
+        Ok(())
     }
 }
 

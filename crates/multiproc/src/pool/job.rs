@@ -273,7 +273,7 @@ impl<R> Job<R> {
         st.base += slots.len();
         slots
             .into_iter()
-            .map(|s| s.ok_or_else(|| TaskError::Cancelled))
+            .map(|s| s.ok_or(TaskError::Cancelled))
             .collect()
     }
 

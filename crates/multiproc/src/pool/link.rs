@@ -42,6 +42,8 @@ pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[&[u8]]) {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     frames: Vec<([u8; HEADER], Vec<u8>)>,
+    /// When the oldest waiting frame was added (`monotonic_ns`).
+    since: u64,
 }
 
 impl Outbox {
@@ -55,12 +57,20 @@ impl Outbox {
         kind: u8,
         payload: Vec<u8>,
     ) -> io::Result<()> {
+        if self.frames.is_empty() {
+            self.since = sys::process::monotonic_ns();
+        }
         self.frames
             .push((frame::header(kind, payload.len()), payload));
         if self.frames.len() >= Self::BATCH {
             self.flush(fd)?;
         }
         Ok(())
+    }
+
+    /// Whether a frame has waited more than `ns` nanoseconds.
+    pub(crate) fn waiting_longer_than(&self, ns: u64) -> bool {
+        !self.frames.is_empty() && sys::process::monotonic_ns().saturating_sub(self.since) > ns
     }
 
     /// Writes every waiting frame.

@@ -3,12 +3,14 @@
 //! `ProcessPoolExecutor`), where a worker that dies, panics or hangs fails
 //! only its own task.
 //!
-//! * [`worker`]: what a worker process runs.
-//! * [`scheduler`]: which worker holds which task; deaths, timeouts,
+//! Inside (`docs/pool-scheduler.md` explains the design):
+//!
+//! * `worker`: what a worker process runs.
+//! * `scheduler`: which worker holds which task; deaths, timeouts,
 //!   replacements.
-//! * [`chunking`]: how many items go into one task.
-//! * [`job`]: where results go until a handle takes them.
-//! * [`link`]: the framed socket between the parent and each worker.
+//! * `chunking`: how many items go into one task.
+//! * `job`: where results go until a handle takes them.
+//! * `link`: the framed socket between the parent and each worker.
 //!
 //! ```
 //! use multiproc::Pool;

@@ -16,8 +16,8 @@ use super::error::{PoolError, TaskError};
 use super::job::Sink;
 use super::link::{self, LinkReader};
 use super::worker::{
-    FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START, SLOT_TASK, SLOT_WORDS,
-    TASK_HEADER,
+    FLAG_QUICK, FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START, SLOT_TASK,
+    SLOT_WORDS, TASK_HEADER,
 };
 use crate::connection::Waitable;
 use crate::process::{ExitStatus, Process, StartMethod};
@@ -77,18 +77,27 @@ impl Chunk {
         frame::HEADER + sys::code::PREAMBLE + TASK_HEADER + self.items.len()
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        let mut header = [0u8; TASK_HEADER];
-        header[..8].copy_from_slice(&self.id.to_le_bytes());
-        header[8..12].copy_from_slice(&(self.count() as u32).to_le_bytes());
-        header[12] = if self.timeout.is_some() {
-            FLAG_TIMED
-        } else {
-            0
-        };
-        link::push_frame(out, link::TASK, &[&self.preamble, &header, &self.items]);
+    /// Everything of its task frame but the items.
+    fn head(&self, quick: bool) -> [u8; HEAD] {
+        let mut head = [0u8; HEAD];
+        let (frame_head, rest) = head.split_at_mut(frame::HEADER);
+        frame_head.copy_from_slice(&frame::header(link::TASK, self.wire_len() - frame::HEADER));
+        let (preamble, task) = rest.split_at_mut(sys::code::PREAMBLE);
+        preamble.copy_from_slice(&self.preamble);
+        task[..8].copy_from_slice(&self.id.to_le_bytes());
+        task[8..12].copy_from_slice(&(self.count() as u32).to_le_bytes());
+        if self.timeout.is_some() {
+            task[12] |= FLAG_TIMED;
+        }
+        if quick {
+            task[12] |= FLAG_QUICK;
+        }
+        head
     }
 }
+
+/// Length of a task frame without its items.
+const HEAD: usize = frame::HEADER + sys::code::PREAMBLE + TASK_HEADER;
 
 /// What the pool knows of one worker's activity, over all the processes
 /// that have held its place.
@@ -389,7 +398,6 @@ impl Shared {
 
 /// Sends queued chunks to workers with room, least loaded first.
 fn dispatch(st: &mut State) {
-    let mut out = Vec::new();
     loop {
         // Drop what nobody wants any more.
         while let Some(chunk) = st.queue.pop_front() {
@@ -416,6 +424,12 @@ fn dispatch(st: &mut State) {
             }
             _ => 1,
         };
+        // Answers to quick chunks may wait for the next ones to share a
+        // write; any other is sent before the worker starts its next chunk.
+        let quick = front
+            .sink
+            .typical_chunk()
+            .is_some_and(|t| t < Duration::from_micros(200));
         let next_len = front.wire_len();
         let eligible = |w: &Worker| {
             w.ready
@@ -438,7 +452,7 @@ fn dispatch(st: &mut State) {
             .filter(|w| eligible(w))
             .min_by_key(|w| w.inflight.len())
             .expect("counted");
-        out.clear();
+        let before = w.inflight.len();
         let mut sent = 0;
         let mut held: usize = w.inflight.iter().map(Chunk::wire_len).sum();
         while sent < share && w.inflight.len() < depth {
@@ -451,15 +465,21 @@ fn dispatch(st: &mut State) {
                 break;
             }
             held += chunk.wire_len();
-            chunk.encode(&mut out);
             w.inflight.push_back(chunk);
             sent += 1;
         }
         if sent == 0 {
             return;
         }
+        // The items go straight from each chunk to the socket, uncopied.
+        let heads: Vec<[u8; HEAD]> = w.inflight.range(before..).map(|c| c.head(quick)).collect();
+        let slices: Vec<&[u8]> = heads
+            .iter()
+            .zip(w.inflight.range(before..))
+            .flat_map(|(h, c)| [&h[..], &c.items[..]])
+            .collect();
         let link = w.link.as_ref().expect("eligible");
-        if link::write(link.as_fd(), &out).is_err() {
+        if sys::socket::send_all(link.as_fd(), &slices, &[]).is_err() {
             // The worker is dying; its exit handler requeues what it held.
             w.retiring = true;
         }
@@ -473,37 +493,41 @@ fn check_running(st: &mut State) -> Option<Instant> {
     let mut next: Option<Instant> = None;
     let slots = st.slots.as_atomic_u64();
     for (i, w) in st.workers.iter_mut().enumerate() {
-        let Some(front) = w.inflight.front() else {
-            continue;
-        };
         let base = i * SLOT_WORDS;
-        if slots[base + SLOT_TASK].load(Ordering::Acquire) != front.id {
-            if front.timeout.is_some() {
+        let task = slots[base + SLOT_TASK].load(Ordering::Acquire);
+        // The running chunk: the worker may still hold answers to earlier
+        // ones that it has not sent yet.
+        let Some(running) = w.inflight.iter().find(|c| c.id == task) else {
+            if w.inflight
+                .iter()
+                .any(|c| c.timeout.is_some() || c.sink.cancelled())
+            {
                 // Not started yet: look again soon.
                 let soon = Instant::now() + Duration::from_millis(20);
                 next = Some(next.map_or(soon, |n| n.min(soon)));
             }
             continue;
-        }
+        };
         let start = slots[base + SLOT_START].load(Ordering::Acquire);
         let item = slots[base + SLOT_ITEM].load(Ordering::Acquire) as usize;
         let again = slots[base + SLOT_START].load(Ordering::Acquire);
-        if front.sink.cancelled() {
-            let id = front.id;
+        let still = slots[base + SLOT_TASK].load(Ordering::Acquire) == task;
+        if running.sink.cancelled() {
+            let id = running.id;
             w.kill(id, item, TaskError::Cancelled);
             continue;
         }
-        let Some(timeout) = front.timeout else {
+        let Some(timeout) = running.timeout else {
             continue;
         };
-        if start != again || start == 0 {
+        if start != again || start == 0 || !still {
             let soon = Instant::now() + Duration::from_millis(5);
             next = Some(next.map_or(soon, |n| n.min(soon)));
             continue;
         }
         let ran = Duration::from_nanos(now_ns.saturating_sub(start));
         if ran >= timeout {
-            let id = front.id;
+            let id = running.id;
             w.kill(id, item, TaskError::TimedOut(timeout));
         } else {
             let at = Instant::now() + (timeout - ran);

@@ -35,6 +35,10 @@ pub(crate) const SLOT_START: usize = 2;
 /// timeout).
 pub(crate) const FLAG_TIMED: u8 = 1;
 
+/// Task header flag: the task is one of a job whose tasks run quickly, so
+/// the answers before it may wait to share a write with its own.
+pub(crate) const FLAG_QUICK: u8 = 2;
+
 /// Length of the task header that follows the entry preamble:
 /// id (u64), item count (u32), flags (u8).
 pub(crate) const TASK_HEADER: usize = 13;
@@ -51,6 +55,9 @@ pub(crate) const RETIRE_NONE: u8 = 0;
 pub(crate) const RETIRE_TASKS: u8 = 1;
 /// Its resident memory passed the limit.
 pub(crate) const RETIRE_MEMORY: u8 = 2;
+
+/// How long an answer may wait for others to share its write.
+const FLUSH_AFTER_NS: u64 = 500_000;
 
 /// A worker's start argument.
 #[derive(Serialize, Deserialize)]
@@ -212,6 +219,13 @@ fn serve(link: &WorkerLink) {
         let Some(entry) = link.entry(&payload[..sys::code::PREAMBLE]) else {
             return;
         };
+        // Answers wait to share a write only with those of quick tasks,
+        // and only briefly: a long task must not hold back the results of
+        // the quick ones before it.
+        let quick = payload[sys::code::PREAMBLE + 12] & FLAG_QUICK != 0;
+        if (!quick || out.waiting_longer_than(FLUSH_AFTER_NS)) && out.flush(link.fd()).is_err() {
+            return;
+        }
         let (_, reply, _) = entry.call(&payload[sys::code::PREAMBLE..], Vec::new());
         if out.push(link.fd(), link::RESULT, reply).is_err() {
             return;
@@ -263,7 +277,10 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
         return (link::RESULT, out, Vec::new());
     };
     let slot = &slots.as_atomic_u64()[base..base + SLOT_WORDS];
-    slot[SLOT_ITEM].store(0, Ordering::Relaxed);
+    // A start time is cleared before the item (or task) it belongs to
+    // changes, so the parent never pairs an item with another's start.
+    slot[SLOT_START].store(0, Ordering::Release);
+    slot[SLOT_ITEM].store(0, Ordering::Release);
     slot[SLOT_TASK].store(id, Ordering::Release);
     let mut done = 0u32;
     let mut decode_failed: Option<String> = None;
@@ -273,6 +290,9 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let mut plain: Option<u32> = None;
     child::in_body(|| {
         while done < count {
+            if timed {
+                slot[SLOT_START].store(0, Ordering::Release);
+            }
             slot[SLOT_ITEM].store(u64::from(done), Ordering::Release);
             if timed {
                 slot[SLOT_START].store(sys::process::monotonic_ns(), Ordering::Release);

@@ -1,0 +1,226 @@
+//! What can go wrong with a manager, one family per operation.
+//!
+//! * [`StartManagerError`]: starting or connecting to a manager;
+//! * [`ProxyError`]: any call through a proxy;
+//! * [`RemoteError`]: the server's refusal of one request, inside
+//!   [`ProxyError::Remote`];
+//! * [`ProxyPutError`]: a put on a manager queue, with the value back;
+//! * [`ShutdownError`]: stopping the server.
+
+use std::{fmt, io};
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::{ConnectError, RecvError, SendError};
+use crate::process::{JoinError, StartError};
+use crate::wire::{DecodeError, EncodeError};
+
+/// A manager could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum StartManagerError {
+    /// The server process could not be started.
+    #[error("could not start the manager process: {0}")]
+    Start(#[from] StartError),
+    /// The server started but could not listen on its address (in use,
+    /// no permission, ...).
+    #[error("the manager could not listen: {0}")]
+    Bind(String),
+    /// The server exited before it reported that it listens.
+    #[error("the manager process ended before it was ready: {0}")]
+    Died(String),
+    /// An empty auth key was given: a TCP manager needs a real one.
+    #[error("an auth key must not be empty")]
+    EmptyAuthKey,
+    /// Two user types were registered under one name.
+    #[error("two types are registered as {0:?}")]
+    DuplicateName(String),
+    /// Connecting to the server failed (refused, wrong auth key, ...).
+    #[error("could not connect to the manager: {0}")]
+    Connect(#[from] ConnectError),
+    /// The connection was made, but what answered is not a manager (or it
+    /// closed the connection during the hello).
+    #[error("the peer did not answer as a manager: {0}")]
+    NotAManager(String),
+    /// The operating system refused (a socket pair, a random key).
+    #[error("could not start the manager: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why the server refused a request. The server is unharmed, and the
+/// connection stays usable unless said otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// No object has this id (it was never made, or its last proxy is gone).
+    #[error("the manager has no object {0}")]
+    NoSuchObject(u64),
+    /// The object has no such method: a proxy of another kind asked.
+    #[error("a {object} has no {method} methods")]
+    NoSuchMethod {
+        /// The kind of the object.
+        object: String,
+        /// The kind of method asked for.
+        method: String,
+    },
+    /// The request is not a request of this protocol (garbage, truncated,
+    /// an unknown method number).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request is longer than the server accepts. Over a socket, the
+    /// connection is closed after this reply.
+    #[error("a request of {len} bytes exceeds the manager's limit of {limit} bytes")]
+    TooLarge {
+        /// The request's length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// No user type is registered under this name.
+    #[error("no shared type is registered as {0:?}")]
+    UnknownType(String),
+    /// The name is registered for another type.
+    #[error("{name:?} is registered for {registered}, not {asked}")]
+    TypeMismatch {
+        /// The registered name.
+        name: String,
+        /// The type registered under it.
+        registered: String,
+        /// The type the proxy asked for.
+        asked: String,
+    },
+    /// A user call or its `Init` value did not decode as the registered
+    /// type's (a client built from other sources).
+    #[error("bad argument: {0}")]
+    BadArgument(String),
+    /// A user type's method panicked; the object is kept, as the panic left
+    /// it.
+    #[error("the shared object's method panicked: {0}")]
+    Panicked(String),
+    /// A list index past the end.
+    #[error("index {index} is out of range for a list of {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: u64,
+        /// The list's length.
+        len: u64,
+    },
+    /// The lock is not held by the caller (an `RLock`), or not held at all.
+    #[error("the lock is not held by the caller")]
+    NotOwner,
+    /// The barrier is broken (a party timed out, died or aborted), or was
+    /// reset while the caller waited.
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+    /// A barrier needs at least one party.
+    #[error("a barrier needs at least one party")]
+    NoParties,
+    /// The server failed to encode its answer (a bug).
+    #[error("internal manager error: {0}")]
+    Internal(String),
+    /// A bounded semaphore was released more times than acquired.
+    #[error("the bounded semaphore was released too many times")]
+    OverReleased,
+}
+
+/// A call through a proxy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The server refused the request; the proxy stays usable.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The manager is gone (shut down, killed, or the connection cut). Every
+    /// later call fails too, quickly.
+    #[error("the manager has disconnected")]
+    Disconnected,
+    /// A new connection to the manager could not be made.
+    #[error("could not reach the manager: {0}")]
+    Connect(#[from] ConnectError),
+    /// An argument could not be encoded; nothing was sent.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The answer did not decode as the proxy's type: another client stored
+    /// a value of another type under the same object.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The request is longer than the manager accepts; nothing was sent.
+    #[error("a request of {len} bytes exceeds the manager's limit of {limit} bytes")]
+    TooLarge {
+        /// The request's length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The server answered something this client does not understand.
+    #[error("unexpected answer from the manager: {0}")]
+    Protocol(String),
+    /// The operating system reported an error.
+    #[error("manager connection failed: {0}")]
+    Io(io::Error),
+}
+
+impl From<SendError> for ProxyError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Encode(e) => ProxyError::Encode(e),
+            SendError::Io(e) => ProxyError::Io(e),
+            SendError::Disconnected | SendError::ReadOnly => ProxyError::Disconnected,
+        }
+    }
+}
+
+impl From<RecvError> for ProxyError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Io(e) => ProxyError::Io(e),
+            RecvError::Decode(e) => ProxyError::Decode(e),
+            RecvError::Garbage(g) => ProxyError::Protocol(g),
+            RecvError::TooLarge { len, limit } => {
+                ProxyError::Protocol(format!("an answer of {len} bytes exceeds {limit}"))
+            }
+            RecvError::Disconnected | RecvError::Truncated { .. } | RecvError::WriteOnly => {
+                ProxyError::Disconnected
+            }
+        }
+    }
+}
+
+/// A put on a manager queue failed; here is the value back.
+#[derive(thiserror::Error)]
+#[error("{reason}")]
+pub struct ProxyPutError<T> {
+    /// The value that was not put.
+    pub value: T,
+    /// Why.
+    #[source]
+    pub reason: ProxyPutFailure,
+}
+
+impl<T> fmt::Debug for ProxyPutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyPutError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a put on a manager queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyPutFailure {
+    /// The queue stayed full until the timeout (`try_put`, `put_timeout`).
+    #[error("the queue is full")]
+    Full,
+    /// The call failed.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+/// The manager did not stop cleanly. It is stopped anyway: a server that
+/// does not exit in time is killed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// The server did not exit within the shutdown timeout and was killed.
+    #[error("the manager did not exit in time and was killed")]
+    Killed,
+    /// The server had already failed (it panicked, or was killed).
+    #[error("the manager process failed: {0}")]
+    Failed(#[from] JoinError),
+}

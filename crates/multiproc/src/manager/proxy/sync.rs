@@ -1,0 +1,275 @@
+//! Synchronisation objects hosted by the manager: [`LockProxy`],
+//! [`SemaphoreProxy`], [`EventProxy`] and [`BarrierProxy`] (Python:
+//! `Manager().Lock()`, `RLock()`, `Semaphore()`, `BoundedSemaphore()`,
+//! `Event()`, `Barrier()`).
+//!
+//! They cost a round trip per call; the shared-memory [`Lock`](crate::Lock),
+//! [`Event`](crate::Event) and [`Barrier`](crate::Barrier) are much faster
+//! between processes of one family. These are for processes that reach the
+//! manager by address, or over TCP.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use super::super::error::ProxyError;
+use super::super::protocol::{BarrierOp, EventOp, LockOp, Op, Owner, SemaphoreOp, TimeoutMs};
+use super::{Handle, boolean, count, millis, proxy_type, unit};
+use crate::sys::futex;
+
+/// A lock hosted by the manager; [`Manager::lock`](crate::Manager::lock)
+/// makes a plain one and [`Manager::rlock`](crate::Manager::rlock) a
+/// reentrant one.
+///
+/// If the client that holds it dies (or its connection is cut), the
+/// manager releases it.
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let lock = manager.lock()?;
+/// let guard = lock.acquire()?;
+/// assert!(lock.try_acquire()?.is_none());
+/// guard.release()?;
+/// assert!(lock.try_acquire()?.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LockProxy {
+    handle: Handle,
+    _types: PhantomData<fn() -> ()>,
+}
+
+proxy_type!(LockProxy);
+
+fn me() -> Owner {
+    Owner {
+        pid: futex::pid(),
+        tid: futex::tid(),
+    }
+}
+
+impl LockProxy {
+    fn acquire_within(&self, timeout: TimeoutMs) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
+        let got = boolean(self.handle.call(Op::Lock(LockOp::Acquire(me(), timeout)))?)?;
+        // Not `then_some`: a guard built and dropped would release the lock.
+        Ok(got.then(|| ProxyLockGuard {
+            lock: self,
+            released: false,
+        }))
+    }
+
+    /// Acquires the lock, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<ProxyLockGuard<'_>, ProxyError> {
+        self.acquire_within(None)?
+            .ok_or_else(|| ProxyError::Protocol("an unbounded acquire came back empty".into()))
+    }
+
+    /// Acquires the lock if it is free now.
+    pub fn try_acquire(&self) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
+        self.acquire_within(Some(0))
+    }
+
+    /// Acquires the lock if it comes free within `timeout`.
+    pub fn acquire_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
+        self.acquire_within(Some(millis(timeout)))
+    }
+}
+
+/// Holds a [`LockProxy`]; releases it when dropped (or with
+/// [`release`](Self::release), which reports a failure).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ProxyLockGuard<'a> {
+    lock: &'a LockProxy,
+    released: bool,
+}
+
+impl ProxyLockGuard<'_> {
+    /// Releases the lock now, and says whether the manager agreed.
+    pub fn release(mut self) -> Result<(), ProxyError> {
+        self.released = true;
+        unit(self.lock.handle.call(Op::Lock(LockOp::Release(me())))?)
+    }
+}
+
+impl Drop for ProxyLockGuard<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.lock.handle.call(Op::Lock(LockOp::Release(me())));
+        }
+    }
+}
+
+/// An event hosted by the manager: a flag that processes wait for.
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let ready = manager.event()?;
+/// assert!(!ready.wait_timeout(std::time::Duration::from_millis(1))?);
+/// ready.set()?;
+/// ready.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventProxy {
+    handle: Handle,
+    _types: PhantomData<fn() -> ()>,
+}
+
+proxy_type!(EventProxy);
+
+impl EventProxy {
+    fn call(&self, op: EventOp) -> Result<super::super::protocol::Payload, ProxyError> {
+        self.handle.call(Op::Event(op))
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) -> Result<(), ProxyError> {
+        unit(self.call(EventOp::Set)?)
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) -> Result<(), ProxyError> {
+        unit(self.call(EventOp::Clear)?)
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> Result<bool, ProxyError> {
+        boolean(self.call(EventOp::IsSet)?)
+    }
+
+    /// Waits until the flag is set.
+    pub fn wait(&self) -> Result<(), ProxyError> {
+        boolean(self.call(EventOp::Wait(None))?).map(drop)
+    }
+
+    /// Waits until the flag is set or `timeout` passes; whether it is set.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ProxyError> {
+        boolean(self.call(EventOp::Wait(Some(millis(timeout))))?)
+    }
+}
+
+/// A barrier hosted by the manager: each cycle, `parties` callers of
+/// [`wait`](Self::wait) wait for each other.
+///
+/// A wait that times out, a waiter whose client dies, and
+/// [`abort`](Self::abort) break the barrier: every waiter then gets
+/// [`RemoteError::BrokenBarrier`](crate::RemoteError::BrokenBarrier),
+/// until [`reset`](Self::reset).
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let barrier = manager.barrier(1)?;
+/// assert_eq!(barrier.wait()?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BarrierProxy {
+    handle: Handle,
+    _types: PhantomData<fn() -> ()>,
+}
+
+proxy_type!(BarrierProxy);
+
+impl BarrierProxy {
+    fn call(&self, op: BarrierOp) -> Result<super::super::protocol::Payload, ProxyError> {
+        self.handle.call(Op::Barrier(op))
+    }
+
+    /// Waits for the other parties; returns this caller's arrival index
+    /// (0 for the first).
+    pub fn wait(&self) -> Result<usize, ProxyError> {
+        count(self.call(BarrierOp::Wait(None))?)
+    }
+
+    /// Like [`wait`](Self::wait), but breaks the barrier if the others do
+    /// not come within `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ProxyError> {
+        count(self.call(BarrierOp::Wait(Some(millis(timeout))))?)
+    }
+
+    /// Makes a broken barrier usable again; current waiters are told it
+    /// broke.
+    pub fn reset(&self) -> Result<(), ProxyError> {
+        unit(self.call(BarrierOp::Reset)?)
+    }
+
+    /// Breaks the barrier.
+    pub fn abort(&self) -> Result<(), ProxyError> {
+        unit(self.call(BarrierOp::Abort)?)
+    }
+
+    /// How many parties a cycle needs.
+    pub fn parties(&self) -> Result<usize, ProxyError> {
+        count(self.call(BarrierOp::Parties)?)
+    }
+
+    /// How many parties wait now.
+    pub fn n_waiting(&self) -> Result<usize, ProxyError> {
+        count(self.call(BarrierOp::Waiting)?)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> Result<bool, ProxyError> {
+        boolean(self.call(BarrierOp::Broken)?)
+    }
+}
+
+/// A semaphore hosted by the manager: a count of units that `acquire`
+/// takes (waiting while there are none) and `release` gives back.
+/// [`Manager::semaphore`](crate::Manager::semaphore) makes a plain one,
+/// [`Manager::bounded_semaphore`](crate::Manager::bounded_semaphore) one
+/// that refuses to be released past its starting value.
+///
+/// Units have no owner: those a client held when it died are lost, as in
+/// Python.
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let slots = manager.bounded_semaphore(1)?;
+/// slots.acquire()?;
+/// assert!(!slots.try_acquire()?);
+/// slots.release()?;
+/// assert!(slots.release().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SemaphoreProxy {
+    handle: Handle,
+    _types: PhantomData<fn() -> ()>,
+}
+
+proxy_type!(SemaphoreProxy);
+
+impl SemaphoreProxy {
+    fn acquire_within(&self, timeout: TimeoutMs) -> Result<bool, ProxyError> {
+        boolean(
+            self.handle
+                .call(Op::Semaphore(SemaphoreOp::Acquire(timeout)))?,
+        )
+    }
+
+    /// Takes a unit, waiting for one as long as it takes.
+    pub fn acquire(&self) -> Result<(), ProxyError> {
+        self.acquire_within(None).map(drop)
+    }
+
+    /// Takes a unit if one is free now; whether it did.
+    pub fn try_acquire(&self) -> Result<bool, ProxyError> {
+        self.acquire_within(Some(0))
+    }
+
+    /// Takes a unit if one comes free within `timeout`; whether it did.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ProxyError> {
+        self.acquire_within(Some(millis(timeout)))
+    }
+
+    /// Gives a unit back; a bounded semaphore already at its starting value
+    /// refuses ([`RemoteError::OverReleased`](crate::RemoteError::OverReleased)).
+    pub fn release(&self) -> Result<(), ProxyError> {
+        unit(self.handle.call(Op::Semaphore(SemaphoreOp::Release))?)
+    }
+
+    /// The free units now.
+    pub fn value(&self) -> Result<usize, ProxyError> {
+        count(self.handle.call(Op::Semaphore(SemaphoreOp::Value))?)
+    }
+}

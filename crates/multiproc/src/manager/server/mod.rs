@@ -1,0 +1,197 @@
+//! The manager's server process.
+//!
+//! * this file: the entry point [`serve`], the accept loop and one thread
+//!   per client session;
+//! * [`store`]: the table of objects and the dispatch of requests;
+//! * [`collections`]: dict, list, namespace, value;
+//! * [`sync`]: queue, lock, event, barrier (the blocking objects).
+//!
+//! The server is an ordinary child process started with
+//! [`Builder::spawn`](crate::Builder::spawn) under any start method. Its
+//! owner holds the other end of a control connection: a shutdown message,
+//! or the end of that connection (the owner dropped it, or died), stops the
+//! server. Each accepted connection gets its own thread, which runs the
+//! auth handshake (so a silent client holds up nobody) and then serves the
+//! client's requests one at a time until the client leaves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::RemoteError;
+use super::protocol::{self, Blob, Reply, WireAddress};
+use super::registry::{Registry, Table};
+use super::transport::{Channel, Conn, IDLE_SLICE, RecvFailure, Welcome};
+use crate::connection::{Address, Connection, Listener, wait};
+
+pub(crate) mod collections;
+pub(crate) mod store;
+pub(crate) mod sync;
+
+use store::Store;
+
+/// What the owner tells the server through the control connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// Stop serving and exit.
+    Shutdown,
+}
+
+/// What the server tells its owner once, after it tried to listen.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Status {
+    /// Listening at this address.
+    Ready(WireAddress),
+    /// Could not listen, for this reason.
+    Failed(String),
+}
+
+/// The server's argument.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ServerArgs {
+    /// Where to listen.
+    pub address: WireAddress,
+    /// The key every client must prove it holds.
+    pub authkey: Blob,
+    /// The registered types' names, in registration order.
+    pub names: Vec<String>,
+    /// The longest request accepted.
+    pub limit: u64,
+    /// The server's end of the control connection.
+    pub control: Connection<Status, Control>,
+}
+
+/// Locks a mutex; a panic elsewhere while it was held does not make the
+/// data unusable here (every method leaves it consistent between steps).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a method needs to know about the client calling it.
+pub(crate) struct Ctx<'a> {
+    /// The session (connection) the request came on.
+    pub session: u64,
+    /// Whether the client is still connected.
+    pub alive: &'a dyn Fn() -> bool,
+}
+
+/// The server: listens, serves, and returns when its owner says so (or
+/// goes). Generic over the registered types: `serve::<R>` is the function
+/// the owner starts, so the server knows `R` without being told at run
+/// time.
+pub(crate) fn serve<R: Registry>(args: ServerArgs) {
+    let ServerArgs {
+        address,
+        authkey,
+        mut names,
+        limit,
+        control,
+    } = args;
+    let mut table = Table::new();
+    R::fill(&mut names, &mut table);
+    let listener = match Listener::bind(&Address::from(&address), Some(&authkey.0)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = control.send(&Status::Failed(e.to_string()));
+            return;
+        }
+    };
+    let bound = WireAddress::from(listener.address());
+    if control.send(&Status::Ready(bound.clone())).is_err() {
+        return;
+    }
+    let store = Arc::new(Store::new(table, limit));
+    let listener = Arc::new(listener);
+    let sessions = AtomicU64::new(1);
+    loop {
+        match wait(&[&*listener, &control], None) {
+            Ok(ready) if ready.contains(&1) => break,
+            Ok(_) => match listener.accept_unauthenticated::<Welcome, Welcome>() {
+                Ok(conn) => {
+                    let (store, listener) = (Arc::clone(&store), Arc::clone(&listener));
+                    let id = sessions.fetch_add(1, Ordering::Relaxed);
+                    let local = matches!(bound, WireAddress::Unix(_));
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("manager-session-{id}"))
+                        .spawn(move || session(&store, &listener, conn, id, local));
+                    if spawned.is_err() {
+                        // Out of threads: the connection was dropped; the
+                        // client sees its end and may retry.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                // Out of descriptors, say: let some clients leave first.
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            },
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    // Other threads may still hold the listener: remove the socket file
+    // here, since its `Drop` may never run before the process exits.
+    if let WireAddress::Unix(path) = &bound {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Serves one client: handshake, hello, then requests until it leaves.
+fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) {
+    if listener.authenticate(&conn).is_err() {
+        return;
+    }
+    conn.set_max_message_size(store.limit);
+    let hello = conn.recv_bytes_max(64);
+    let Some(local) = hello.ok().as_deref().and_then(protocol::parse_hello) else {
+        let reply: Reply = Err(RemoteError::Malformed("expected a manager hello".into()));
+        let _ = conn.send_bytes(&protocol::encode_reply(&reply));
+        return;
+    };
+    // A local client gets the shared-memory path; if the queues cannot be
+    // made (out of memory), it is served over the socket instead.
+    let queues = if local && unix {
+        Channel::local_queues().ok()
+    } else {
+        None
+    };
+    let welcome = Welcome {
+        limit: store.limit,
+        queues: queues.as_ref().map(|(q, r)| (q.clone(), r.clone())),
+    };
+    if conn.send(&welcome).is_err() {
+        return;
+    }
+    drop(welcome);
+    let channel = match queues {
+        Some((requests, replies)) => Channel::local(conn, replies, requests),
+        None => Channel::socket(conn),
+    };
+    let alive = || !channel.peer_gone();
+    let ctx = Ctx {
+        session: id,
+        alive: &alive,
+    };
+    loop {
+        let (reply, go_on) = match channel.recv(store.limit, IDLE_SLICE) {
+            Ok(bytes) => {
+                let reply = match protocol::decode_request(&bytes) {
+                    Ok(request) => store.handle(request, &ctx),
+                    Err(e) => Err(e),
+                };
+                (reply, true)
+            }
+            // Over a socket the oversized frame is still in the stream: the
+            // connection cannot go on after the answer.
+            Err(RecvFailure::TooLarge { len, limit }) => (
+                Err(RemoteError::TooLarge { len, limit }),
+                channel.is_local(),
+            ),
+            Err(RecvFailure::Broken(why)) => (Err(RemoteError::Malformed(why)), false),
+            Err(RecvFailure::Gone) => break,
+        };
+        if channel.send(protocol::encode_reply(&reply)).is_err() || !go_on {
+            break;
+        }
+    }
+    store.session_ended(id);
+}
