@@ -379,15 +379,13 @@ fn the_manager_dying_turns_every_proxy_call_into_an_error() {
     });
 }
 
-/// Sends SIGKILL to `pid` with the `kill` command (no `unsafe` libc call
-/// in a test).
+/// Sends SIGKILL to `pid`; 0 when delivered.
 fn kill_pid(pid: i32) -> i32 {
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .code()
-        .unwrap_or(-1)
+    if common::send_signal(pid, libc::SIGKILL) {
+        0
+    } else {
+        -1
+    }
 }
 
 #[test]
