@@ -36,11 +36,28 @@ pub(crate) struct Notifier {
     pub cv: Condvar,
 }
 
+/// Outcomes of consecutive items of an ordered job, as they arrived.
+enum Segment<R> {
+    /// A chunk whose items all succeeded: their values.
+    Values(Vec<R>),
+    /// One item's outcome.
+    One(Result<R, TaskError>),
+}
+
+impl<R> Segment<R> {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Values(v) => v.len(),
+            Segment::One(_) => 1,
+        }
+    }
+}
+
 struct State<R> {
-    /// Ordered jobs: the value of item `base + i` at `i`...
-    slots: VecDeque<Option<R>>,
-    /// ... or its error here, by item index.
-    errors: BTreeMap<usize, TaskError>,
+    /// Ordered jobs: outcomes not taken yet, by the index of their first
+    /// item. Whole chunks are kept as they came, not item by item.
+    segments: BTreeMap<usize, Segment<R>>,
+    /// Items before this one have been taken.
     base: usize,
     /// Unordered jobs: outcomes in the order they came.
     arrived: VecDeque<Result<R, TaskError>>,
@@ -75,8 +92,7 @@ impl<R> Job<R> {
             ordered,
             fail_fast,
             state: Mutex::new(State {
-                slots: VecDeque::new(),
-                errors: BTreeMap::new(),
+                segments: BTreeMap::new(),
                 base: 0,
                 arrived: VecDeque::new(),
                 submitted: 0,
@@ -103,10 +119,6 @@ impl<R> Job<R> {
     pub(crate) fn add_items(&self, n: usize) {
         let mut st = self.lock();
         st.submitted += n;
-        if self.ordered {
-            let len = st.submitted - st.base;
-            st.slots.resize_with(len, || None);
-        }
         if let Some(p) = &self.progress {
             p.inc_length(n as u64);
         }
@@ -193,16 +205,8 @@ impl<R> Job<R> {
             }
         }
         if self.ordered {
-            match outcome {
-                Ok(value) => {
-                    if let Some(slot) = index.checked_sub(st.base).and_then(|i| st.slots.get_mut(i))
-                    {
-                        *slot = Some(value);
-                    }
-                }
-                Err(e) => {
-                    st.errors.insert(index, e);
-                }
+            if index >= st.base {
+                st.segments.insert(index, Segment::One(outcome));
             }
         } else {
             st.arrived.push_back(outcome);
@@ -246,21 +250,26 @@ impl<R> Job<R> {
         }
     }
 
-    /// Takes every outcome, in order (ordered jobs).
+    /// Takes every outcome, in order (ordered jobs); an item with none
+    /// (its job was abandoned) is `Cancelled`.
     pub(crate) fn take_all(&self) -> Vec<Result<R, TaskError>> {
         let mut st = self.lock();
-        let slots = std::mem::take(&mut st.slots);
-        let mut errors = std::mem::take(&mut st.errors);
-        let base = st.base;
-        st.base += slots.len();
-        slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| match s {
-                Some(v) => Ok(v),
-                None => Err(errors.remove(&(base + i)).unwrap_or(TaskError::Cancelled)),
-            })
-            .collect()
+        let segments = std::mem::take(&mut st.segments);
+        let mut out = Vec::with_capacity(st.submitted - st.base);
+        for (first, segment) in segments {
+            while st.base + out.len() < first {
+                out.push(Err(TaskError::Cancelled));
+            }
+            match segment {
+                Segment::Values(v) => out.extend(v.into_iter().map(Ok)),
+                Segment::One(o) => out.push(o),
+            }
+        }
+        while st.base + out.len() < st.submitted {
+            out.push(Err(TaskError::Cancelled));
+        }
+        st.base = st.submitted;
+        out
     }
 
     /// Takes every value, in order, or the first error (ordered jobs).
@@ -269,12 +278,28 @@ impl<R> Job<R> {
         if let Some(e) = st.first_error.clone() {
             return Err(e);
         }
-        let slots = Vec::from(std::mem::take(&mut st.slots));
-        st.base += slots.len();
-        slots
-            .into_iter()
-            .map(|s| s.ok_or(TaskError::Cancelled))
-            .collect()
+        let segments = std::mem::take(&mut st.segments);
+        let mut out: Vec<R> = Vec::new();
+        for (first, segment) in segments {
+            if st.base + out.len() != first {
+                return Err(TaskError::Cancelled);
+            }
+            match segment {
+                // The first chunk's vector becomes the result's.
+                Segment::Values(v) if out.is_empty() => {
+                    out = v;
+                    out.reserve(st.submitted - st.base - out.len());
+                }
+                Segment::Values(v) => out.extend(v),
+                Segment::One(Ok(v)) => out.push(v),
+                Segment::One(Err(e)) => return Err(e),
+            }
+        }
+        if st.base + out.len() != st.submitted {
+            return Err(TaskError::Cancelled);
+        }
+        st.base = st.submitted;
+        Ok(out)
     }
 
     /// Moves every outcome that is ready, in order (ordered) or of arrival
@@ -284,19 +309,16 @@ impl<R> Job<R> {
         let mut st = self.lock();
         let before = out.len();
         if self.ordered {
-            loop {
-                let base = st.base;
-                match st.slots.front() {
-                    Some(Some(_)) => {
-                        st.base += 1;
-                        out.extend(st.slots.pop_front().flatten().map(Ok));
-                    }
-                    Some(None) if st.errors.contains_key(&base) => {
-                        st.base += 1;
-                        st.slots.pop_front();
-                        out.extend(st.errors.remove(&base).map(Err));
-                    }
-                    _ => break,
+            while st
+                .segments
+                .first_key_value()
+                .is_some_and(|(k, _)| *k == st.base)
+            {
+                let (_, segment) = st.segments.pop_first().expect("checked");
+                st.base += segment.len();
+                match segment {
+                    Segment::Values(v) => out.extend(v.into_iter().map(Ok)),
+                    Segment::One(o) => out.push_back(o),
                 }
             }
         } else {
@@ -318,7 +340,9 @@ impl<R> Job<R> {
         let mut st = self.lock();
         loop {
             let ready = if self.ordered {
-                matches!(st.slots.front(), Some(Some(_))) || st.errors.contains_key(&st.base)
+                st.segments
+                    .first_key_value()
+                    .is_some_and(|(k, _)| *k == st.base)
             } else {
                 !st.arrived.is_empty()
             };
@@ -371,45 +395,35 @@ fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
 impl<R: DeserializeOwned + Send> Sink for Job<R> {
     fn deliver(&self, first: usize, count: usize, plain: usize, mut bytes: &[u8], busy: Duration) {
         // Decoded before taking the lock, so a reader is not held up.
-        let mut values: Vec<Option<R>> = Vec::with_capacity(count);
-        let mut errors: Vec<(usize, TaskError)> = Vec::new();
+        let mut values: Vec<R> = Vec::with_capacity(plain.min(count));
+        let mut rest: Vec<Result<R, TaskError>> = Vec::new();
         for i in 0..count {
-            let outcome = if i < plain {
-                decode_bare::<R>(&mut bytes)
-            } else {
-                decode_one::<R>(&mut bytes)
-            };
-            match outcome {
-                Ok(v) => values.push(Some(v)),
-                Err(e) => {
-                    values.push(None);
-                    errors.push((first + i, e));
+            if i < plain && rest.is_empty() {
+                match decode_bare::<R>(&mut bytes) {
+                    Ok(v) => values.push(v),
+                    Err(e) => rest.push(Err(e)),
                 }
+            } else {
+                rest.push(decode_one::<R>(&mut bytes));
             }
         }
         let mut st = self.lock();
         st.measured.0 += count;
         st.measured.1 += busy;
         st.chunks = st.chunks.saturating_add(1);
-        if self.ordered && errors.is_empty() && first >= st.base {
-            // The common case: every item succeeded; one pass.
-            st.finished += count;
-            let at = first - st.base;
-            for (slot, v) in st.slots.range_mut(at..).zip(values) {
-                *slot = v;
+        let done = values.len();
+        if done > 0 {
+            st.finished += done;
+            if self.ordered {
+                if first >= st.base {
+                    st.segments.insert(first, Segment::Values(values));
+                }
+            } else {
+                st.arrived.extend(values.into_iter().map(Ok));
             }
-        } else {
-            let mut errors = errors.into_iter().peekable();
-            for (i, v) in values.into_iter().enumerate() {
-                let outcome = match v {
-                    Some(v) => Ok(v),
-                    None => match errors.next() {
-                        Some((_, e)) => Err(e),
-                        None => Err(TaskError::Protocol("a lost result".into())),
-                    },
-                };
-                self.store(&mut st, first + i, outcome);
-            }
+        }
+        for (i, outcome) in rest.into_iter().enumerate() {
+            self.store(&mut st, first + done + i, outcome);
         }
         if let Some(p) = &self.progress {
             p.inc(count as u64);

@@ -544,12 +544,12 @@ where
         let items = items.into_iter();
         // The chunk size needs the length: an iterator that does not know
         // it exactly is collected first.
-        let (items, len): (Box<dyn Iterator<Item = A>>, usize) = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => (Box::new(items), lo),
+        let (items, len) = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => (Items::Direct(items), lo),
             _ => {
                 let all: Vec<A> = items.collect();
                 let len = all.len();
-                (Box::new(all.into_iter()), len)
+                (Items::Collected(all.into_iter()), len)
             }
         };
         let mut feeder = self.feeder(true, fail_fast, Some(len), items);
@@ -610,6 +610,24 @@ where
         TaskHandle {
             job: Arc::clone(&feeder.job),
             shared,
+        }
+    }
+}
+
+/// A map's items: the caller's iterator when it knows its length, or
+/// what it yielded, collected to count it.
+enum Items<I: Iterator> {
+    Direct(I),
+    Collected(std::vec::IntoIter<I::Item>),
+}
+
+impl<I: Iterator> Iterator for Items<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        match self {
+            Items::Direct(i) => i.next(),
+            Items::Collected(i) => i.next(),
         }
     }
 }
