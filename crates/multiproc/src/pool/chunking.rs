@@ -1,7 +1,7 @@
 //! How many items go into one task.
 //!
 //! * A map over a known number of items makes [`PER_WORKER`] chunks per
-//!   worker. Python makes four; a chunk costs only microseconds here, and
+//!   worker, and at least [`MIN_CHUNKS`] (or one per item). Python makes four; a chunk costs only microseconds here, and
 //!   more of them let the caller's encoding, the workers' running and the
 //!   results' decoding overlap, and balance uneven items better.
 //! * A stream (`imap`) of unknown length starts with single items and grows
@@ -17,6 +17,10 @@ use std::time::Duration;
 
 /// Chunks per worker for a map of known length.
 pub(crate) const PER_WORKER: usize = 16;
+/// Fewest chunks of a map (when it has that many items): with few workers,
+/// a map of a few hundred heavy items would otherwise end with one worker
+/// idle while the other finishes a long chunk.
+const MIN_CHUNKS: usize = 64;
 /// How long a chunk should take to run, for streams.
 pub(crate) const TARGET: Duration = Duration::from_millis(2);
 /// Most encoded bytes in one chunk.
@@ -48,7 +52,10 @@ impl Chunker {
         match (explicit, len) {
             (Some(n), _) => Chunker::Fixed(n.max(1)),
             (None, _) if timed => Chunker::Fixed(1),
-            (None, Some(len)) => Chunker::Fixed(len.div_ceil(workers.max(1) * PER_WORKER).max(1)),
+            (None, Some(len)) => {
+                let chunks = (workers.max(1) * PER_WORKER).max(len.min(MIN_CHUNKS));
+                Chunker::Fixed(len.div_ceil(chunks).max(1))
+            }
             (None, None) => Chunker::Adaptive { size: 1 },
         }
     }
@@ -83,8 +90,14 @@ mod tests {
     fn known_length_makes_chunks_per_worker() {
         assert_eq!(
             Chunker::new(None, Some(1_000_000), 2, false).size(),
-            1_000_000 / (2 * PER_WORKER)
+            1_000_000usize.div_ceil(MIN_CHUNKS)
         );
+        assert_eq!(
+            Chunker::new(None, Some(1_000_000), 32, false).size(),
+            1_000_000usize.div_ceil(32 * PER_WORKER)
+        );
+        assert_eq!(Chunker::new(None, Some(256), 2, false).size(), 4);
+        assert_eq!(Chunker::new(None, Some(40), 2, false).size(), 1);
         assert_eq!(Chunker::new(None, Some(3), 4, false).size(), 1);
         assert_eq!(Chunker::new(Some(7), Some(1000), 2, true).size(), 7);
         assert_eq!(Chunker::new(None, Some(1000), 2, true).size(), 1);

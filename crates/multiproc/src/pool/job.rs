@@ -69,6 +69,8 @@ struct State<R> {
     listener: Option<(Arc<Notifier>, usize)>,
     measured: (usize, Duration),
     chunks: u32,
+    /// Threads waiting for the next outcome (rather than for all of them).
+    next_waiters: usize,
 }
 
 /// A job's results.
@@ -103,6 +105,7 @@ impl<R> Job<R> {
                 listener: None,
                 measured: (0, Duration::ZERO),
                 chunks: 0,
+                next_waiters: 0,
             }),
             cv: Condvar::new(),
             abandoned: AtomicBool::new(false),
@@ -179,7 +182,12 @@ impl<R> Job<R> {
     }
 
     fn wake(&self, st: &mut State<R>) {
-        self.cv.notify_all();
+        // A thread waiting for the whole job sleeps through the chunks
+        // before the last: one wake-up per job, not one per chunk.
+        let done = st.sealed && st.finished == st.submitted;
+        if st.next_waiters > 0 || done || st.first_error.is_some() {
+            self.cv.notify_all();
+        }
         if let Some(w) = st.waker.take() {
             w.wake();
         }
@@ -350,7 +358,9 @@ impl<R> Job<R> {
             if ready || drained {
                 return;
             }
+            st.next_waiters += 1;
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.next_waiters -= 1;
         }
     }
 }
