@@ -558,3 +558,30 @@ fn timeouts_hold_with_many_pools_at_once() {
         }
     });
 }
+
+#[test]
+fn a_pool_and_its_handles_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Pool>();
+    send_sync::<multiproc::TaskHandle<u64>>();
+    send_sync::<multiproc::MapHandle<String>>();
+    deadline(LIMIT, || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = std::sync::Arc::clone(&pool);
+                std::thread::spawn(move || pool.map(square, t * 100..(t + 1) * 100).unwrap())
+            })
+            .collect();
+        for (t, h) in threads.into_iter().enumerate() {
+            let got = h.join().unwrap();
+            let t = t as u64;
+            assert_eq!(
+                got,
+                (t * 100..(t + 1) * 100).map(|x| x * x).collect::<Vec<_>>()
+            );
+        }
+        let pool = std::sync::Arc::into_inner(pool).unwrap();
+        finish(pool);
+    });
+}
