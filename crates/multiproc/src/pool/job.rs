@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
 use super::worker::Outcome;
-use crate::wire::DecodeError;
+use crate::wire::{DecodeError, codec};
 
 /// The scheduler's view of a job, without its result type.
 pub(crate) trait Sink: Send + Sync {
@@ -365,56 +365,37 @@ impl<R> Job<R> {
     }
 }
 
-fn decode_bare<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
-    match postcard::take_from_bytes::<R>(bytes) {
-        Ok((value, rest)) => {
-            *bytes = rest;
-            Ok(value)
-        }
-        Err(e) => {
-            *bytes = &[];
-            Err(TaskError::ResultDecode(DecodeError {
-                type_name: std::any::type_name::<R>(),
-                message: e.to_string(),
-            }))
-        }
-    }
+fn decode_bare<R: DeserializeOwned>(dec: &mut codec::Decoder<'_>) -> Result<R, TaskError> {
+    dec.next::<R>().map_err(TaskError::ResultDecode)
 }
 
-fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, TaskError> {
-    match postcard::take_from_bytes::<Outcome<R>>(bytes) {
-        Ok((outcome, rest)) => {
-            *bytes = rest;
-            match outcome {
-                Outcome::Ok(v) => Ok(v),
-                Outcome::Panicked(p) => Err(TaskError::Panicked(p)),
-                Outcome::ResultEncode(m) => Err(TaskError::ResultEncode(m)),
-                Outcome::ArgumentDecode(m) => Err(TaskError::ArgumentDecode(m)),
-            }
-        }
-        Err(e) => {
-            *bytes = &[];
-            Err(TaskError::ResultDecode(DecodeError {
-                type_name: std::any::type_name::<R>(),
-                message: e.to_string(),
-            }))
-        }
+fn decode_one<R: DeserializeOwned>(dec: &mut codec::Decoder<'_>) -> Result<R, TaskError> {
+    match dec.next::<Outcome<R>>() {
+        Ok(Outcome::Ok(v)) => Ok(v),
+        Ok(Outcome::Panicked(p)) => Err(TaskError::Panicked(p)),
+        Ok(Outcome::ResultEncode(m)) => Err(TaskError::ResultEncode(m)),
+        Ok(Outcome::ArgumentDecode(m)) => Err(TaskError::ArgumentDecode(m)),
+        Err(e) => Err(TaskError::ResultDecode(DecodeError {
+            type_name: std::any::type_name::<R>(),
+            message: e.message,
+        })),
     }
 }
 
 impl<R: DeserializeOwned + Send> Sink for Job<R> {
-    fn deliver(&self, first: usize, count: usize, plain: usize, mut bytes: &[u8], busy: Duration) {
+    fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration) {
+        let mut dec = codec::Decoder::new(bytes);
         // Decoded before taking the lock, so a reader is not held up.
         let mut values: Vec<R> = Vec::with_capacity(plain.min(count));
         let mut rest: Vec<Result<R, TaskError>> = Vec::new();
         for i in 0..count {
             if i < plain && rest.is_empty() {
-                match decode_bare::<R>(&mut bytes) {
+                match decode_bare::<R>(&mut dec) {
                     Ok(v) => values.push(v),
                     Err(e) => rest.push(Err(e)),
                 }
             } else {
-                rest.push(decode_one::<R>(&mut bytes));
+                rest.push(decode_one::<R>(&mut dec));
             }
         }
         let mut st = self.lock();

@@ -670,13 +670,14 @@ where
             let mut bytes = Vec::with_capacity(size.min(1 << 20) * self.item_bytes);
             let mut ends = Vec::with_capacity(size.min(1 << 16));
             let mut failed: Option<EncodeError> = None;
-            while ends.len() < size && bytes.len() < chunking::MAX_BYTES {
+            let mut enc = codec::Encoder::new(&mut bytes);
+            while ends.len() < size && enc.len() < chunking::MAX_BYTES {
                 let Some(item) = self.items.next() else {
                     self.done = true;
                     break;
                 };
-                match codec::encode_append(&item, &mut bytes) {
-                    Ok(()) => ends.push(bytes.len()),
+                match enc.push(&item) {
+                    Ok(()) => ends.push(enc.len()),
                     Err(e) => {
                         failed = Some(e);
                         break;

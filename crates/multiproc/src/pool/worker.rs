@@ -258,7 +258,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let id = read_u64(input);
     let count = u32::from_le_bytes([input[8], input[9], input[10], input[11]]);
     let timed = input[12] & FLAG_TIMED != 0;
-    let mut items = &input[TASK_HEADER..];
+    let items = &input[TASK_HEADER..];
     let mut out = Vec::with_capacity(REPLY_HEADER + items.len() + 2 * count as usize);
     out.resize(REPLY_HEADER, 0);
     out[..8].copy_from_slice(&id.to_le_bytes());
@@ -289,6 +289,8 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     // How many leading outcomes are bare values (`None`: all so far).
     let mut plain: Option<u32> = None;
     child::in_body(|| {
+        let mut items = codec::Decoder::new(items);
+        let mut enc = codec::Encoder::new(&mut out);
         while done < count {
             if timed {
                 slot[SLOT_START].store(0, Ordering::Release);
@@ -299,47 +301,38 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
             }
             if let Some(message) = &decode_failed {
                 plain.get_or_insert(done);
-                encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(message));
+                encode_outcome::<R>(&mut enc, &OutcomeRef::ArgumentDecode(message));
             } else {
-                match postcard::take_from_bytes::<A>(items) {
-                    Ok((arg, rest)) => {
-                        items = rest;
+                match items.next::<A>() {
+                    Ok(arg) => {
                         match child::catch(|| f(arg)) {
                             // While every item has succeeded, values go
                             // bare, without an outcome tag.
-                            Ok(value)
-                                if plain.is_none()
-                                    && codec::encode_append(&value, &mut out).is_ok() => {}
+                            Ok(value) if plain.is_none() && enc.push(&value).is_ok() => {}
                             Ok(value) => {
                                 plain.get_or_insert(done);
-                                if let Err(e) =
-                                    codec::encode_append(&OutcomeRef::Ok(&value), &mut out)
-                                {
+                                if let Err(e) = enc.push(&OutcomeRef::Ok(&value)) {
                                     let message = codec::EncodeError {
                                         type_name: std::any::type_name::<R>(),
                                         message: e.message,
                                     }
                                     .to_string();
                                     encode_outcome::<R>(
-                                        &mut out,
+                                        &mut enc,
                                         &OutcomeRef::ResultEncode(&message),
                                     );
                                 }
                             }
                             Err(report) => {
                                 plain.get_or_insert(done);
-                                encode_outcome::<R>(&mut out, &OutcomeRef::Panicked(&report))
+                                encode_outcome::<R>(&mut enc, &OutcomeRef::Panicked(&report))
                             }
                         }
                     }
                     Err(e) => {
-                        let message = codec::DecodeError {
-                            type_name: std::any::type_name::<A>(),
-                            message: e.to_string(),
-                        }
-                        .to_string();
+                        let message = e.to_string();
                         plain.get_or_insert(done);
-                        encode_outcome::<R>(&mut out, &OutcomeRef::ArgumentDecode(&message));
+                        encode_outcome::<R>(&mut enc, &OutcomeRef::ArgumentDecode(&message));
                         decode_failed = Some(message);
                     }
                 }
@@ -383,10 +376,10 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     (link::RESULT, out, Vec::new())
 }
 
-fn encode_outcome<R>(out: &mut Vec<u8>, outcome: &OutcomeRef<'_, R>)
+fn encode_outcome<R>(enc: &mut codec::Encoder<'_>, outcome: &OutcomeRef<'_, R>)
 where
     R: Serialize,
 {
     // These variants hold only strings and reports: they always encode.
-    let _ = codec::encode_append(outcome, out);
+    let _ = enc.push(outcome);
 }

@@ -85,19 +85,61 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
-/// Appends the encoding of `value` to `out`; on error `out` is left as it
-/// was.
-#[inline]
-pub(crate) fn encode_append<T: Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
-    let len = out.len();
-    postcard::serialize_with_flavor(value, Append(out)).map_err(|e| {
-        out.truncate(len);
-        EncodeError {
+/// Encodes values one after another onto the end of a `Vec`, with one
+/// serializer for all of them (a pool's chunk of items or results).
+pub(crate) struct Encoder<'a> {
+    ser: postcard::Serializer<Append<'a>>,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder appending to `out`.
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
+        Encoder {
+            ser: postcard::Serializer {
+                output: Append(out),
+            },
+        }
+    }
+
+    /// Appends `value`; on error nothing is appended.
+    #[inline]
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        let len = self.ser.output.0.len();
+        value.serialize(&mut self.ser).map_err(|e| {
+            self.ser.output.0.truncate(len);
+            EncodeError {
+                type_name: std::any::type_name::<T>(),
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// Bytes written so far, in all.
+    pub(crate) fn len(&self) -> usize {
+        self.ser.output.0.len()
+    }
+}
+
+/// Decodes values one after another from a byte slice, with one
+/// deserializer for all of them.
+pub(crate) struct Decoder<'de> {
+    de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+}
+
+impl<'de> Decoder<'de> {
+    /// A decoder reading `bytes` from the start.
+    pub(crate) fn new(bytes: &'de [u8]) -> Self {
+        Decoder {
+            de: postcard::Deserializer::from_bytes(bytes),
+        }
+    }
+
+    /// The next value.
+    #[inline]
+    pub(crate) fn next<T: serde::Deserialize<'de>>(&mut self) -> Result<T, DecodeError> {
+        T::deserialize(&mut self.de).map_err(|e| DecodeError {
             type_name: std::any::type_name::<T>(),
             message: e.to_string(),
-        }
-    })
+        })
+    }
 }
