@@ -63,6 +63,68 @@ fn a_peer_killed_mid_conversation_is_disconnected_at_once() {
     });
 }
 
+/// Sends one message larger than the pipe's ring, then waits.
+fn send_big_then_wait(conn: Connection<(), ()>) {
+    let _ = conn.send_bytes(&vec![1u8; 64 << 20]);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_pipe_sender_killed_mid_message_leaves_it_truncated() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (ours, theirs) = pipe::<(), ()>().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(send_big_then_wait, theirs)
+                .unwrap();
+            // The first pieces fill the ring; then the child waits for room.
+            assert!(ours.poll(Some(LIMIT)).unwrap(), "{m}");
+            child.kill().unwrap();
+            match child.join() {
+                Err(JoinError::Signaled {
+                    signal: Signal::KILL,
+                    ..
+                }) => {}
+                other => panic!("{m}: {other:?}"),
+            }
+            match ours.recv_bytes() {
+                Err(RecvError::Truncated { got, expected }) => {
+                    assert!(got > 0 && got < expected, "{m}: {got} of {expected}");
+                    assert_eq!(expected, 64 << 20, "{m}");
+                }
+                other => panic!("{m}: {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn sending_to_a_killed_pipe_peer_that_never_received_fails() {
+    deadline(LIMIT, || {
+        let (ours, theirs) = pipe::<String, String>().unwrap();
+        let child = Process::spawn(wait_forever, theirs).unwrap();
+        assert_eq!(ours.recv().unwrap(), "ready");
+        child.kill().unwrap();
+        assert!(child.join().is_err());
+        // The child never sleeps in a receive, so nothing rings; the sender
+        // notices the closed lifeline within a millisecond of its next send.
+        let start = Instant::now();
+        loop {
+            match ours.send(&"anyone?".to_string()) {
+                Ok(()) => {
+                    assert!(start.elapsed() < Duration::from_secs(5));
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                Err(SendError::Disconnected) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn a_stream_cut_mid_message_is_truncated() {
     deadline(LIMIT, || {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use super::auth;
 use super::error::{AcceptError, AuthError, ConnectError};
 use super::{Connection, Waitable};
+use crate::sys;
+use crate::wire::stream::Stream;
 
 /// Where a [`Listener`] listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -171,9 +173,12 @@ impl Listener {
     /// if the listener has a key.
     pub(crate) fn authenticate<S, R>(&self, conn: &Connection<S, R>) -> Result<(), AuthError> {
         if let Some(key) = &self.authkey {
+            let stream = conn.stream().ok_or_else(|| {
+                AuthError::Protocol("a shared-memory pipe has no handshake".into())
+            })?;
             let deadline = Some(Instant::now() + self.handshake_timeout);
-            auth::deliver_challenge(&conn.stream, key, deadline)?;
-            auth::answer_challenge(&conn.stream, key, deadline)?;
+            auth::deliver_challenge(stream, key, deadline)?;
+            auth::answer_challenge(stream, key, deadline)?;
         }
         Ok(())
     }
@@ -215,12 +220,13 @@ impl Client {
                 s.into()
             }
         };
-        let conn = Connection::from_fd(fd, true, true);
+        sys::socket::set_buffer_sizes(fd.as_fd(), 1 << 20);
+        let stream = Stream::new(fd);
         if let Some(key) = authkey {
             let deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
-            auth::answer_challenge(&conn.stream, key, deadline)?;
-            auth::deliver_challenge(&conn.stream, key, deadline)?;
+            auth::answer_challenge(&stream, key, deadline)?;
+            auth::deliver_challenge(&stream, key, deadline)?;
         }
-        Ok(conn)
+        Ok(Connection::from_stream(stream, true, true))
     }
 }

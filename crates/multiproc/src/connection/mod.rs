@@ -6,11 +6,18 @@
 //! * [`auth`]: the auth-key handshake, as CPython performs it;
 //! * [`error`]: one error family per operation.
 //!
-//! On the wire a connection is a Unix (or TCP) stream socket carrying frames
-//! in CPython's format (`wire::stream`): a Python peer can `send_bytes` and
-//! `recv_bytes` with us. Typed messages are `postcard` payloads, never
-//! pickles, with one leading byte that counts the handles (descriptors of
-//! connections, queues, shared memory) the value carries beside its bytes.
+//! A connection has one of two strategies:
+//! * from [`Listener`] and [`Client`]: a Unix (or TCP) stream socket
+//!   carrying frames in CPython's format (`wire::stream`), so that a Python
+//!   peer can `send_bytes` and `recv_bytes` with us;
+//! * from [`pipe`] and [`pipe_oneway`] ([`local`]): rings in shared memory,
+//!   with a socket pair beside them for wake-ups, handles and the peer's
+//!   end of stream. No Python peer can hold such an end, and a message
+//!   costs no system call while both ends are busy.
+//!
+//! Typed messages are `postcard` payloads, never pickles, with one leading
+//! byte that counts the handles (descriptors of connections, queues, shared
+//! memory) the value carries beside its bytes.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -24,10 +31,11 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod listener;
+pub(crate) mod local;
 
 use crate::sys;
 use crate::wire::handles;
-use crate::wire::stream::Stream;
+use crate::wire::stream::{Message, Stream, StreamError};
 pub use error::{
     AcceptError, AuthError, ConnectError, RecvError, RecvIntoError, RecvTimeoutError, SendError,
     TryRecvError,
@@ -58,7 +66,7 @@ pub use listener::{Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listen
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection<S = (), R = ()> {
-    stream: Arc<Stream>,
+    link: Arc<Link>,
     readable: bool,
     writable: bool,
     _types: PhantomData<fn(S) -> R>,
@@ -67,7 +75,8 @@ pub struct Connection<S = (), R = ()> {
 impl<S, R> fmt::Debug for Connection<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("fd", &self.stream.fd())
+            .field("fd", &self.link.fd())
+            .field("shared_memory", &matches!(*self.link, Link::Local(_)))
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish()
@@ -76,12 +85,14 @@ impl<S, R> fmt::Debug for Connection<S, R> {
 
 /// A pair of connected [`Connection`]s: what one sends, the other receives.
 ///
-/// Python: `Pipe()` (duplex).
+/// Python: `Pipe()` (duplex). Messages travel through shared memory (a
+/// ring each way), with a socket pair beside the rings for wake-ups,
+/// handles and noticing that the peer has gone (`docs/wire-format.md`).
 pub fn pipe<S, R>() -> std::io::Result<(Connection<S, R>, Connection<R, S>)> {
-    let (a, b) = sys::socket::stream_pair()?;
+    let (a, b) = local::pair(true, true)?;
     Ok((
-        Connection::from_fd(a, true, true),
-        Connection::from_fd(b, true, true),
+        Connection::from_link(Link::Local(a), true, true),
+        Connection::from_link(Link::Local(b), true, true),
     ))
 }
 
@@ -89,20 +100,104 @@ pub fn pipe<S, R>() -> std::io::Result<(Connection<S, R>, Connection<R, S>)> {
 ///
 /// Python: `Pipe(duplex=False)`, which also returns `(receiver, sender)`.
 pub fn pipe_oneway<T>() -> std::io::Result<(Connection<(), T>, Connection<T, ()>)> {
-    let (a, b) = sys::socket::stream_pair()?;
+    let (a, b) = local::pair(false, true)?;
     Ok((
-        Connection::from_fd(a, true, false),
-        Connection::from_fd(b, false, true),
+        Connection::from_link(Link::Local(a), true, false),
+        Connection::from_link(Link::Local(b), false, true),
     ))
 }
 
-/// Flags of a connection on the wire: bit 0 readable, bit 1 writable.
+/// How a connection carries its messages: one strategy per variant.
+#[derive(Debug)]
+enum Link {
+    /// Frames on a socket (`wire::stream`).
+    Stream(Stream),
+    /// Rings in shared memory ([`local`]).
+    Local(local::Local),
+}
+
+impl Link {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Link::Stream(s) => s.fd(),
+            Link::Local(l) => l.fd(),
+        }
+    }
+
+    fn send(&self, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), StreamError> {
+        match self {
+            Link::Stream(s) => s.send(parts, fds),
+            Link::Local(l) => l.send(parts, fds),
+        }
+    }
+
+    fn recv(
+        &self,
+        deadline: Option<Instant>,
+        limit: u64,
+        claim_fds: bool,
+    ) -> Result<Message, StreamError> {
+        match self {
+            Link::Stream(s) => s.recv(deadline, limit, claim_fds),
+            Link::Local(l) => l.recv(deadline, limit),
+        }
+    }
+
+    fn poll(&self, deadline: Option<Instant>) -> std::io::Result<bool> {
+        match self {
+            Link::Stream(s) => s.poll(deadline),
+            Link::Local(l) => l.poll(deadline),
+        }
+    }
+
+    fn has_buffered(&self) -> bool {
+        match self {
+            Link::Stream(s) => s.has_buffered(),
+            Link::Local(l) => l.has_buffered(),
+        }
+    }
+
+    fn max_message(&self) -> u64 {
+        match self {
+            Link::Stream(s) => s.max_message(),
+            Link::Local(l) => l.max_message(),
+        }
+    }
+
+    fn set_max_message(&self, bytes: u64) {
+        match self {
+            Link::Stream(s) => s.set_max_message(bytes),
+            Link::Local(l) => l.set_max_message(bytes),
+        }
+    }
+}
+
+/// A connection on the wire. Flags: bit 0 readable, bit 1 writable. A
+/// shared-memory end also carries its rings (both absent for a socket).
 #[derive(Serialize, Deserialize)]
 struct Wire {
     #[serde(with = "fd_serde")]
     fd: OwnedFd,
     flags: u8,
     max_message: u64,
+    local: bool,
+    tx: Option<Handle>,
+    rx: Option<Handle>,
+}
+
+/// A received descriptor.
+struct Handle(OwnedFd);
+
+impl Serialize for Handle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        handles::serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        handles::deserialize_fd(d).map(Handle)
+    }
 }
 
 mod fd_serde {
@@ -122,10 +217,21 @@ mod fd_serde {
 impl<S, R> Serialize for Connection<S, R> {
     fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
         let flags = u8::from(self.readable) | (u8::from(self.writable) << 1);
+        let (local, tx, rx) = match &*self.link {
+            Link::Stream(_) => (false, None, None),
+            Link::Local(l) => (
+                true,
+                l.tx_ring().map(handles::FdRef),
+                l.rx_ring().map(handles::FdRef),
+            ),
+        };
         (
-            handles::FdRef(self.stream.fd()),
+            handles::FdRef(self.link.fd()),
             flags,
-            self.stream.max_message(),
+            self.link.max_message(),
+            local,
+            tx,
+            rx,
         )
             .serialize(serializer)
     }
@@ -133,21 +239,53 @@ impl<S, R> Serialize for Connection<S, R> {
 
 impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
         let w = Wire::deserialize(deserializer)?;
-        let conn = Connection::from_fd(w.fd, w.flags & 1 != 0, w.flags & 2 != 0);
-        conn.stream.set_max_message(w.max_message);
+        let (readable, writable) = (w.flags & 1 != 0, w.flags & 2 != 0);
+        let conn = if w.local {
+            let attach = |h: Option<Handle>| {
+                h.map(|h| crate::shm::ring::Ring::attach(h.0))
+                    .transpose()
+                    .map_err(|e| D::Error::custom(format!("cannot map a pipe's ring: {e}")))
+            };
+            let (tx, rx) = (attach(w.tx)?, attach(w.rx)?);
+            let end = local::Local::new(w.fd, tx, rx);
+            Connection::from_link(Link::Local(end), readable, writable)
+        } else {
+            Connection::from_fd(w.fd, readable, writable)
+        };
+        conn.link.set_max_message(w.max_message);
         Ok(conn)
     }
 }
 
 impl<S, R> Connection<S, R> {
+    /// A connection over a connected stream socket (CPython's framing).
     pub(crate) fn from_fd(fd: OwnedFd, readable: bool, writable: bool) -> Self {
         sys::socket::set_buffer_sizes(fd.as_fd(), 1 << 20);
+        Connection::from_link(Link::Stream(Stream::new(fd)), readable, writable)
+    }
+
+    /// A connection over a stream whose socket is set up already.
+    pub(crate) fn from_stream(stream: Stream, readable: bool, writable: bool) -> Self {
+        Connection::from_link(Link::Stream(stream), readable, writable)
+    }
+
+    fn from_link(link: Link, readable: bool, writable: bool) -> Self {
         Connection {
-            stream: Arc::new(Stream::new(fd)),
+            link: Arc::new(link),
             readable,
             writable,
             _types: PhantomData,
+        }
+    }
+
+    /// The socket strategy's stream (for the handshake of a listener's
+    /// connection); `None` for a shared-memory pipe end.
+    pub(crate) fn stream(&self) -> Option<&Stream> {
+        match &*self.link {
+            Link::Stream(s) => Some(s),
+            Link::Local(_) => None,
         }
     }
 
@@ -157,7 +295,7 @@ impl<S, R> Connection<S, R> {
         if !self.writable {
             return Err(SendError::ReadOnly);
         }
-        Ok(self.stream.send(&[bytes], &[])?)
+        Ok(self.link.send(&[bytes], &[])?)
     }
 
     /// Receives one message as raw bytes (Python's `recv_bytes`).
@@ -166,8 +304,8 @@ impl<S, R> Connection<S, R> {
             return Err(RecvError::WriteOnly);
         }
         Ok(self
-            .stream
-            .recv(None, self.stream.max_message(), false)?
+            .link
+            .recv(None, self.link.max_message(), false)?
             .payload)
     }
 
@@ -179,8 +317,8 @@ impl<S, R> Connection<S, R> {
             return Err(RecvError::WriteOnly);
         }
         Ok(self
-            .stream
-            .recv(None, max.min(self.stream.max_message()), false)?
+            .link
+            .recv(None, max.min(self.link.max_message()), false)?
             .payload)
     }
 
@@ -199,13 +337,13 @@ impl<S, R> Connection<S, R> {
     /// Whether a message (or the end of the stream) is waiting; waits up to
     /// `timeout` for one (`None`: forever). Python's `poll`.
     pub fn poll(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
-        self.stream.poll(timeout.map(|t| Instant::now() + t))
+        self.link.poll(timeout.map(|t| Instant::now() + t))
     }
 
     /// Sets the longest message this end accepts (default 2 GiB). A longer
     /// one fails with [`RecvError::TooLarge`] before anything is allocated.
     pub fn set_max_message_size(&self, bytes: u64) {
-        self.stream.set_max_message(bytes);
+        self.link.set_max_message(bytes);
     }
 
     /// Whether this end can receive.
@@ -229,7 +367,7 @@ impl<S: Serialize, R> Connection<S, R> {
         let sent = handles::with_encoded(value, &[0], |bytes, fds| {
             bytes[0] = fds.len() as u8;
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-            self.stream.send(&[bytes], &borrowed)
+            self.link.send(&[bytes], &borrowed)
         })?;
         Ok(sent?)
     }
@@ -241,7 +379,7 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
         if !self.readable {
             return Err(RecvError::WriteOnly);
         }
-        let msg = self.stream.recv(None, self.stream.max_message(), true)?;
+        let msg = self.link.recv(None, self.link.max_message(), true)?;
         decode_typed(&msg.payload, msg.fds)
     }
 
@@ -250,9 +388,9 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
         if !self.readable {
             return Err(RecvError::WriteOnly.into());
         }
-        let msg = self.stream.recv(
+        let msg = self.link.recv(
             Some(Instant::now() + timeout),
-            self.stream.max_message(),
+            self.link.max_message(),
             true,
         )?;
         Ok(decode_typed(&msg.payload, msg.fds)?)
@@ -270,6 +408,10 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
 
 fn decode_typed<R: DeserializeOwned>(payload: &[u8], fds: Vec<OwnedFd>) -> Result<R, RecvError> {
     match payload.split_first() {
+        Some((&count, _)) if usize::from(count) != fds.len() => Err(RecvError::Garbage(format!(
+            "a message announced {count} handles but {} arrived",
+            fds.len()
+        ))),
         Some((_, bytes)) => Ok(handles::decode(bytes, fds)?),
         None => Err(RecvError::Garbage(
             "an empty message is not a typed value".into(),
@@ -277,14 +419,23 @@ fn decode_typed<R: DeserializeOwned>(payload: &[u8], fds: Vec<OwnedFd>) -> Resul
     }
 }
 
+/// The connection's socket. For an end made by [`pipe`] this is only the
+/// wake-up socket beside the shared-memory rings: it is not readable when a
+/// message waits unless a receiver armed it. Use [`Connection::poll`] or
+/// [`wait`] to wait for a message.
 impl<S, R> AsFd for Connection<S, R> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.fd()
+        self.link.fd()
     }
 }
 
 /// Something [`wait`] can wait on: a [`Connection`], a [`Listener`], a
 /// [`Process`](crate::Process) (ready once it has exited).
+///
+/// [`wait`] asks each object whether it is [ready now](Self::ready_now);
+/// if none is, it [arms](Self::arm) them all, sleeps until one of their
+/// descriptors is readable, and [disarms](Self::disarm) them all. A plain
+/// descriptor needs only [`wait_fd`](Self::wait_fd).
 pub trait Waitable {
     /// The descriptor that becomes readable when this is ready.
     fn wait_fd(&self) -> BorrowedFd<'_>;
@@ -292,14 +443,38 @@ pub trait Waitable {
     fn ready_now(&self) -> bool {
         false
     }
+    /// Called before sleeping on [`wait_fd`](Self::wait_fd): make sure the
+    /// descriptor becomes readable when this becomes ready. Returns whether
+    /// it is ready already. Each call is followed by one to
+    /// [`disarm`](Self::disarm).
+    fn arm(&self) -> bool {
+        self.ready_now()
+    }
+    /// Called after the sleep; `fd_readable` says whether the descriptor
+    /// was readable. Returns whether this is ready.
+    fn disarm(&self, fd_readable: bool) -> bool {
+        fd_readable || self.ready_now()
+    }
 }
 
 impl<S, R> Waitable for Connection<S, R> {
     fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.stream.fd()
+        self.link.fd()
     }
     fn ready_now(&self) -> bool {
-        self.stream.has_buffered()
+        self.link.has_buffered()
+    }
+    fn arm(&self) -> bool {
+        match &*self.link {
+            Link::Stream(s) => s.has_buffered(),
+            Link::Local(l) => l.arm(),
+        }
+    }
+    fn disarm(&self, fd_readable: bool) -> bool {
+        match &*self.link {
+            Link::Stream(s) => fd_readable || s.has_buffered(),
+            Link::Local(l) => l.disarm(),
+        }
     }
 }
 
@@ -331,11 +506,27 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> std::io::Re
     }
     let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.wait_fd()).collect();
     let deadline = timeout.map(|t| Instant::now() + t);
-    let flags = sys::socket::wait_readable(&fds, deadline)?;
-    Ok(flags
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| **r)
-        .map(|(i, _)| i)
-        .collect())
+    loop {
+        // Arm every object (even after one turns out ready: each arm is
+        // paired with a disarm).
+        let early = objects.iter().fold(false, |any, o| o.arm() | any);
+        let readable = if early {
+            Ok(vec![false; fds.len()])
+        } else {
+            sys::socket::wait_readable(&fds, deadline)
+        };
+        let flags = readable.as_deref().unwrap_or(&[]);
+        let ready: Vec<usize> = objects
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| o.disarm(flags.get(*i).copied().unwrap_or(false)))
+            .map(|(i, _)| i)
+            .collect();
+        readable?;
+        // A descriptor can be readable with nothing to receive (a stale
+        // wake-up of a shared-memory pipe): sleep again, until the deadline.
+        if !ready.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(ready);
+        }
+    }
 }

@@ -566,6 +566,84 @@ impl Ring {
     }
 }
 
+/// The non-blocking side of the ring, for callers that wait elsewhere than
+/// on the ring's futexes (the shared-memory pipe waits in `poll` on a
+/// socket, so that `wait` can watch many connections at once).
+///
+/// These calls never sleep and never wake anyone. A caller that waits
+/// elsewhere counts itself in [`data_waiters`](Ring::data_waiters) or
+/// [`space_waiters`](Ring::space_waiters) before it re-checks the ring and
+/// sleeps; the other side, after a `try_push` or `try_pop`, reads the count
+/// and wakes it its own way. Both sides use SeqCst, so either the sleeper
+/// sees the change or the other side sees the sleeper.
+impl Ring {
+    /// Appends one inline record made of `parts` if it fits now; `false`
+    /// if the ring is full. The record must be at most
+    /// [`max_inline`](Ring::max_inline) bytes.
+    pub(crate) fn try_push(&self, parts: &[&[u8]]) -> bool {
+        let h = self.header();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(len <= self.max_inline());
+        let size = record_size(len);
+        let _ = h.producer.lock.lock();
+        let mut tail = h.producer.pos.load(Ordering::Relaxed);
+        let (fits, to_end) = self.fits(tail, size, false);
+        if fits {
+            if size > to_end {
+                self.write_at(tail, u64::from(PAD) << 32 | (to_end - 8), &[]);
+                tail += to_end;
+            }
+            self.write_at(tail, u64::from(INLINE) << 32 | len as u64, parts);
+            let put = h.producer.count.load(Ordering::Relaxed);
+            h.producer.count.store(put + 1, Ordering::Release);
+            h.producer.pos.store(tail + size, Ordering::SeqCst);
+        }
+        h.producer.lock.unlock();
+        fits
+    }
+
+    /// Whether a record of `len` payload bytes fits now (SeqCst reads, for
+    /// a sender about to sleep).
+    pub(crate) fn has_room_for(&self, len: usize) -> bool {
+        let tail = self.header().producer.pos.load(Ordering::SeqCst);
+        self.fits(tail, record_size(len), true).0
+    }
+
+    /// Removes the oldest record, if there is one, and hands it to `read`
+    /// under the consumer lock. `Ok(None)`: the ring is empty.
+    pub(crate) fn try_pop<T>(
+        &self,
+        mut read: impl FnMut(Record<'_>) -> T,
+    ) -> Result<Option<T>, PopError> {
+        let h = self.header();
+        let known =
+            h.consumer.peer.load(Ordering::Relaxed) != h.consumer.pos.load(Ordering::Relaxed);
+        if !known && self.is_empty_now() {
+            return Ok(None);
+        }
+        let _ = h.consumer.lock.lock();
+        let out = self.pop_locked(&mut read);
+        h.consumer.lock.unlock();
+        out
+    }
+
+    /// Whether the ring holds no record (SeqCst reads, for a receiver about
+    /// to sleep).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.is_empty_now()
+    }
+
+    /// Receivers that sleep elsewhere, waiting for a record.
+    pub(crate) fn data_waiters(&self) -> &AtomicU32 {
+        &self.header().waits.data_sleepers
+    }
+
+    /// Senders that sleep elsewhere, waiting for room.
+    pub(crate) fn space_waiters(&self) -> &AtomicU32 {
+        &self.header().waits.space_sleepers
+    }
+}
+
 /// When a sleeper wakes up to check its peers: the deadline, or one
 /// re-check interval from now.
 fn until(deadline: Option<Instant>) -> Instant {

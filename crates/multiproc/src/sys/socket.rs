@@ -145,20 +145,33 @@ pub(crate) fn wait_readable(
     }
 }
 
-/// Whether `fd` is readable right now, without waiting.
-pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut polls = [PollFd::new(&fd, PollFlags::IN)];
+/// The events of `fd` among `flags` (plus hang-up and error) right now,
+/// without waiting.
+fn events_now(fd: BorrowedFd<'_>, flags: PollFlags) -> io::Result<PollFlags> {
+    let mut polls = [PollFd::new(&fd, flags)];
     let zero = Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     loop {
         match rustix::event::poll(&mut polls, Some(&zero)) {
-            Ok(_) => return Ok(!polls[0].revents().is_empty()),
+            Ok(_) => return Ok(polls[0].revents()),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether `fd` is readable right now, without waiting.
+pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(!events_now(fd, PollFlags::IN)?.is_empty())
+}
+
+/// Whether the peer of a stream socket has shut down or closed its end,
+/// without waiting (and without reading what it sent before).
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let r = events_now(fd, PollFlags::RDHUP)?;
+    Ok(r.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR))
 }
 
 /// Duplicates a descriptor (close-on-exec).

@@ -85,6 +85,7 @@ pub(crate) struct Stream {
 }
 
 /// What one receive produced: a payload and the descriptors it claimed.
+#[derive(Debug)]
 pub(crate) struct Message {
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
