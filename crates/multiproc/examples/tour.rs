@@ -79,7 +79,7 @@ fn interviewee(conn: multiproc::Connection<String, String>) {
     while let Ok(question) = conn.recv() {
         let answer = match question.as_str() {
             "who are you?" => format!("{}, pid {}, a separate process", me.name, me.pid),
-            _ => "I answer over a socket pair, in my own address space".to_string(),
+            _ => "I answer through shared memory, from my own address space".to_string(),
         };
         if conn.send(&answer).is_err() {
             break;

@@ -15,8 +15,10 @@
 //! forked child, no framing library. For the round trip, one `write` and
 //! one `read` of the 8 bytes per direction; one way, one `write_all` of a
 //! prebuilt 4-byte big-endian length prefix plus payload per message, read
-//! with `read_exact` through a 64 KiB `BufReader` (multiproc's read buffer
-//! is also 64 KiB).
+//! with `read_exact` through a 64 KiB `BufReader`. multiproc's pipes are
+//! shared-memory rings (the socket beside them carries only wake-ups), so
+//! the raw socket is the floor of the transport they replace, not of
+//! theirs.
 //!
 //! The children of multiproc and Python are started with forkserver, so a
 //! child holds only its own end of the pipe and closing the parent's end
