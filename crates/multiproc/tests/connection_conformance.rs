@@ -1,5 +1,5 @@
-//! One suite, every transport: a socket pair from `pipe`, a Unix socket
-//! listener, TCP, and TCP with an auth key. Then connections handed to
+//! One suite, every transport: the shared-memory rings of `pipe`, a Unix
+//! socket listener, TCP, and both with an auth key. Then connections handed to
 //! children under every start method.
 
 mod common;
@@ -158,6 +158,50 @@ fn both_ends_send_large_messages_at_once() {
         b.send_bytes(&big).unwrap();
         assert_eq!(b.recv_bytes().unwrap().len(), big.len(), "{t}");
         assert_eq!(ta.join().unwrap(), big.len(), "{t}");
+    });
+}
+
+#[test]
+fn threads_share_one_end_each_way() {
+    each_transport(|t, a, b| {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 500;
+        let a = std::sync::Arc::new(a);
+        let senders: Vec<_> = (0..THREADS)
+            .map(|k| {
+                let a = std::sync::Arc::clone(&a);
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        // Every 50th message is large enough to span records.
+                        let msg = if i % 50 == 0 {
+                            Msg::Blob(vec![k as u8; 80 << 10])
+                        } else {
+                            Msg::Ping(k << 32 | i)
+                        };
+                        a.send(&msg).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; THREADS as usize];
+        for _ in 0..THREADS * EACH {
+            let (k, i) = match b.recv().unwrap() {
+                Msg::Ping(v) => (v >> 32, v & 0xffff_ffff),
+                Msg::Blob(bytes) => {
+                    assert_eq!(bytes.len(), 80 << 10, "{t}");
+                    let k = u64::from(bytes[0]);
+                    assert!(bytes.iter().all(|x| u64::from(*x) == k), "{t}");
+                    (k, next[k as usize])
+                }
+                other => panic!("{t}: {other:?}"),
+            };
+            // Each thread's messages arrive whole and in its order.
+            assert_eq!(i, next[k as usize], "{t}: thread {k}");
+            next[k as usize] += 1;
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
     });
 }
 
