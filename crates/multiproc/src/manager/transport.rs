@@ -48,23 +48,25 @@ const SPINS: u32 = 8;
 /// spin (about 200 µs in all).
 const YIELDS: u32 = 400;
 
-/// Waits briefly for `rx` to have a message: spins, then yields. The
+/// Waits briefly for `rx` to have a message: spins, then yields; returns
+/// whether one came. The
 /// queue's own `get` spins much longer before it sleeps (about 50 µs here,
 /// tuned for streams of messages), which costs that much per round trip
 /// when the peer waits for this very processor.
-fn settle(rx: &Queue<Blob>) {
+fn settle(rx: &Queue<Blob>) -> bool {
     for _ in 0..SPINS {
         if !rx.is_empty() {
-            return;
+            return true;
         }
         std::hint::spin_loop();
     }
     for _ in 0..YIELDS {
         if !rx.is_empty() {
-            return;
+            return true;
         }
         std::thread::yield_now();
     }
+    !rx.is_empty()
 }
 
 /// The server's answer to a client's hello.
@@ -157,14 +159,30 @@ impl Channel {
     /// Receives one message of at most `limit` bytes, waiting as long as
     /// the peer is there. On the local path, checks the peer every `slice`.
     pub(crate) fn recv(&self, limit: u64, slice: Duration) -> Result<Vec<u8>, RecvFailure> {
+        self.recv_or_idle(limit, slice, &mut || {})
+    }
+
+    /// [`recv`](Self::recv), calling `idle` once before it sleeps (over a
+    /// socket: before every receive).
+    pub(crate) fn recv_or_idle(
+        &self,
+        limit: u64,
+        slice: Duration,
+        idle: &mut dyn FnMut(),
+    ) -> Result<Vec<u8>, RecvFailure> {
         match &self.strategy {
-            Strategy::Socket => self.conn.recv_bytes_max(limit).map_err(|e| match e {
-                RecvError::TooLarge { len, limit } => RecvFailure::TooLarge { len, limit },
-                RecvError::Disconnected | RecvError::Truncated { .. } => RecvFailure::Gone,
-                other => RecvFailure::Broken(other.to_string()),
-            }),
+            Strategy::Socket => {
+                idle();
+                self.conn.recv_bytes_max(limit).map_err(|e| match e {
+                    RecvError::TooLarge { len, limit } => RecvFailure::TooLarge { len, limit },
+                    RecvError::Disconnected | RecvError::Truncated { .. } => RecvFailure::Gone,
+                    other => RecvFailure::Broken(other.to_string()),
+                })
+            }
             Strategy::Local { rx, .. } => loop {
-                settle(rx);
+                if !settle(rx) {
+                    idle();
+                }
                 match rx.get_timeout(slice) {
                     Ok(Blob(bytes)) if bytes.len() as u64 > limit => {
                         return Err(RecvFailure::TooLarge {
