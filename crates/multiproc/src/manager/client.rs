@@ -154,7 +154,7 @@ impl Link {
         let welcome: Welcome = conn.recv()?;
         self.limit.store(welcome.limit, Ordering::Relaxed);
         Ok(match welcome.queues {
-            Some((requests, replies)) => Channel::local(conn, requests, replies),
+            Some(path) => Channel::local(conn, path, false),
             None => Channel::socket(conn),
         })
     }

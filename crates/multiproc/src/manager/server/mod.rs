@@ -150,20 +150,20 @@ fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) 
     // A local client gets the shared-memory path; if the queues cannot be
     // made (out of memory), it is served over the socket instead.
     let queues = if local && unix {
-        Channel::local_queues().ok()
+        Channel::local_path().ok()
     } else {
         None
     };
     let welcome = Welcome {
         limit: store.limit,
-        queues: queues.as_ref().map(|(q, r)| (q.clone(), r.clone())),
+        queues: queues.clone(),
     };
     if conn.send(&welcome).is_err() {
         return;
     }
     drop(welcome);
     let channel = match queues {
-        Some((requests, replies)) => Channel::local(conn, replies, requests),
+        Some(path) => Channel::local(conn, path, true),
         None => Channel::socket(conn),
     };
     let alive = || !channel.peer_gone();
