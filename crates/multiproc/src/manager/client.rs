@@ -124,7 +124,7 @@ impl Link {
     fn take(&self) -> Result<Channel, ProxyError> {
         {
             let mut pool = lock(&self.pool);
-            let me = std::process::id();
+            let me = crate::sys::futex::pid();
             if pool.pid != me {
                 // Sessions inherited from the parent over a fork are the
                 // parent's: never speak on them, and never drop them (a
@@ -142,7 +142,7 @@ impl Link {
 
     fn give_back(&self, channel: Channel) {
         let mut pool = lock(&self.pool);
-        if pool.pid == std::process::id() {
+        if pool.pid == crate::sys::futex::pid() {
             pool.idle.push(channel);
         }
     }
@@ -154,7 +154,7 @@ impl Link {
         let welcome: Welcome = conn.recv()?;
         self.limit.store(welcome.limit, Ordering::Relaxed);
         Ok(match welcome.queues {
-            Some((requests, replies)) => Channel::local(conn, requests, replies),
+            Some(path) => Channel::local(conn, path, false),
             None => Channel::socket(conn),
         })
     }

@@ -8,12 +8,15 @@
 //!   shared-memory [`Queue`]s (over the Unix socket, as handles) and serves
 //!   it from them. Each side spins briefly before it sleeps, so a round trip
 //!   costs a few microseconds. The socket stays open beside the queues as a
-//!   lifeline: its end of stream means the peer is gone.
+//!   lifeline: its end of stream means the peer is gone. Each side also
+//!   publishes whether it is running, and where, so that the other spins
+//!   only while that can pay off (see [`settle`]).
 //!
 //! Both sides use the same type with the queues swapped: a client sends on
 //! the request queue and receives on the reply queue; the server the other
 //! way round.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::protocol::Blob;
 use crate::connection::{Connection, RecvError};
 use crate::queue::{GetTimeoutError, Queue};
+use crate::shared::SharedMemory;
 
 /// How often a side waiting for an answer, or a server thread in a
 /// blocking method, checks that its peer is still connected.
@@ -34,9 +38,26 @@ pub(crate) const IDLE_SLICE: Duration = Duration::from_millis(500);
 /// out of line.
 const LOCAL_RING_BYTES: usize = 256 << 10;
 
-/// Checks of an empty queue before the first yield: a reply from a peer
-/// that runs on another core and is awake takes about a microsecond.
+/// Checks of an empty queue before the first yield, when the peer is not
+/// running on another processor: it cannot answer before this side yields.
 const SPINS: u32 = 8;
+
+/// Checks of an empty queue before the first yield when the peer is running
+/// on another processor (about 10 µs): it answers within a few
+/// microseconds, while a yield costs about one (a system call) and, with
+/// more busy threads than cores, hands this processor to somebody else. A
+/// client and its session thread then exchange without a context switch.
+/// If the peer stops running meanwhile (preempted), the spin is lost and
+/// the yields follow.
+const SPINS_APART: u32 = 400;
+
+/// In a presence word: the side is running (on the processor in the other
+/// bits), not yielding or asleep.
+const RUNNING: u32 = 1 << 31;
+
+/// Which presence word is whose.
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
 
 /// Yields of the processor, each followed by a check, before sleeping.
 /// When the peer shares this processor (the usual case with more busy
@@ -48,23 +69,51 @@ const SPINS: u32 = 8;
 /// spin (about 200 µs in all).
 const YIELDS: u32 = 400;
 
-/// Waits briefly for `rx` to have a message: spins, then yields. The
-/// queue's own `get` spins much longer before it sleeps (about 50 µs here,
-/// tuned for streams of messages), which costs that much per round trip
-/// when the peer waits for this very processor.
-fn settle(rx: &Queue<Blob>) {
-    for _ in 0..SPINS {
+/// The processor the calling thread runs on (through the vDSO: no system
+/// call), as a presence word says it.
+fn running_here() -> u32 {
+    RUNNING | (rustix::thread::sched_getcpu() as u32 & !RUNNING)
+}
+
+/// Waits briefly for `rx` to have a message: spins (long while the peer
+/// runs on another processor, as its presence word `theirs` says), then
+/// yields; returns whether one came. Keeps this side's word, `mine`, up to
+/// date. The queue's own `get` spins much longer before it sleeps (about
+/// 50 µs here, tuned for streams of messages), which costs that much per
+/// round trip when the peer waits for this very processor.
+fn settle(rx: &Queue<Blob>, mine: &AtomicU32, theirs: &AtomicU32) -> bool {
+    let mut here = running_here();
+    mine.store(here, Ordering::Relaxed);
+    let (mut spins, mut yields) = (0, 0);
+    loop {
         if !rx.is_empty() {
-            return;
+            return true;
         }
-        std::hint::spin_loop();
-    }
-    for _ in 0..YIELDS {
-        if !rx.is_empty() {
-            return;
+        let peer = theirs.load(Ordering::Relaxed);
+        let apart = peer & RUNNING != 0 && peer != here;
+        if spins < SPINS || (apart && spins < SPINS_APART) {
+            spins += 1;
+            std::hint::spin_loop();
+        } else if yields < YIELDS {
+            yields += 1;
+            mine.store(0, Ordering::Relaxed);
+            std::thread::yield_now();
+            here = running_here();
+            mine.store(here, Ordering::Relaxed);
+        } else {
+            return false;
         }
-        std::thread::yield_now();
     }
+}
+
+/// A local session's shared-memory path: the two queues, and a block of
+/// two presence words (the client's, the server's), each `RUNNING` and a
+/// processor number while that side runs, 0 while it yields or sleeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LocalPath {
+    requests: Queue<Blob>,
+    replies: Queue<Blob>,
+    presence: SharedMemory,
 }
 
 /// The server's answer to a client's hello.
@@ -72,8 +121,9 @@ fn settle(rx: &Queue<Blob>) {
 pub(crate) struct Welcome {
     /// The longest request the server accepts.
     pub limit: u64,
-    /// For a local client: the request and reply queues.
-    pub queues: Option<(Queue<Blob>, Queue<Blob>)>,
+    /// For a local client: the request and reply queues, and the presence
+    /// words.
+    pub queues: Option<LocalPath>,
 }
 
 /// The handshake's connection: both sides send and receive [`Welcome`]s
@@ -98,7 +148,13 @@ pub(crate) enum RecvFailure {
 
 enum Strategy {
     Socket,
-    Local { tx: Queue<Blob>, rx: Queue<Blob> },
+    Local {
+        tx: Queue<Blob>,
+        rx: Queue<Blob>,
+        presence: SharedMemory,
+        /// This side's presence word (the other is the peer's).
+        mine: usize,
+    },
 }
 
 /// One side of a client's session with the server.
@@ -116,19 +172,38 @@ impl Channel {
         }
     }
 
-    /// A channel that sends on `tx` and receives on `rx`, with `conn` as
-    /// its lifeline.
-    pub(crate) fn local(conn: Conn, tx: Queue<Blob>, rx: Queue<Blob>) -> Channel {
+    /// A channel over `path`, with `conn` as its lifeline: the server's
+    /// side (receives requests) or the client's.
+    pub(crate) fn local(conn: Conn, path: LocalPath, server: bool) -> Channel {
+        let LocalPath {
+            requests,
+            replies,
+            presence,
+        } = path;
+        let (tx, rx, mine) = if server {
+            (replies, requests, SERVER)
+        } else {
+            (requests, replies, CLIENT)
+        };
         Channel {
             conn,
-            strategy: Strategy::Local { tx, rx },
+            strategy: Strategy::Local {
+                tx,
+                rx,
+                presence,
+                mine,
+            },
         }
     }
 
-    /// A fresh pair of queues for a local client: (requests, replies).
-    pub(crate) fn local_queues() -> std::io::Result<(Queue<Blob>, Queue<Blob>)> {
+    /// A fresh shared-memory path for a local client.
+    pub(crate) fn local_path() -> std::io::Result<LocalPath> {
         let make = || Queue::builder().ring_bytes(LOCAL_RING_BYTES).build();
-        Ok((make()?, make()?))
+        Ok(LocalPath {
+            requests: make()?,
+            replies: make()?,
+            presence: SharedMemory::create(8)?,
+        })
     }
 
     /// Whether this channel uses shared memory.
@@ -157,15 +232,38 @@ impl Channel {
     /// Receives one message of at most `limit` bytes, waiting as long as
     /// the peer is there. On the local path, checks the peer every `slice`.
     pub(crate) fn recv(&self, limit: u64, slice: Duration) -> Result<Vec<u8>, RecvFailure> {
+        self.recv_or_idle(limit, slice, &mut || {})
+    }
+
+    /// [`recv`](Self::recv), calling `idle` once before it sleeps (over a
+    /// socket: before every receive).
+    pub(crate) fn recv_or_idle(
+        &self,
+        limit: u64,
+        slice: Duration,
+        idle: &mut dyn FnMut(),
+    ) -> Result<Vec<u8>, RecvFailure> {
         match &self.strategy {
-            Strategy::Socket => self.conn.recv_bytes_max(limit).map_err(|e| match e {
-                RecvError::TooLarge { len, limit } => RecvFailure::TooLarge { len, limit },
-                RecvError::Disconnected | RecvError::Truncated { .. } => RecvFailure::Gone,
-                other => RecvFailure::Broken(other.to_string()),
-            }),
-            Strategy::Local { rx, .. } => loop {
-                settle(rx);
-                match rx.get_timeout(slice) {
+            Strategy::Socket => {
+                idle();
+                self.conn.recv_bytes_max(limit).map_err(|e| match e {
+                    RecvError::TooLarge { len, limit } => RecvFailure::TooLarge { len, limit },
+                    RecvError::Disconnected | RecvError::Truncated { .. } => RecvFailure::Gone,
+                    other => RecvFailure::Broken(other.to_string()),
+                })
+            }
+            Strategy::Local {
+                rx, presence, mine, ..
+            } => loop {
+                let words = presence.as_atomic_u32();
+                let (me, peer) = (&words[*mine], &words[1 - *mine]);
+                if !settle(rx, me, peer) {
+                    idle();
+                }
+                me.store(0, Ordering::Relaxed);
+                let got = rx.get_timeout(slice);
+                me.store(running_here(), Ordering::Relaxed);
+                match got {
                     Ok(Blob(bytes)) if bytes.len() as u64 > limit => {
                         return Err(RecvFailure::TooLarge {
                             len: bytes.len() as u64,

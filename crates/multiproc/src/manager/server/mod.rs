@@ -30,7 +30,7 @@ pub(crate) mod collections;
 pub(crate) mod store;
 pub(crate) mod sync;
 
-use store::Store;
+use store::{Recent, Store};
 
 /// What the owner tells the server through the control connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,20 +150,20 @@ fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) 
     // A local client gets the shared-memory path; if the queues cannot be
     // made (out of memory), it is served over the socket instead.
     let queues = if local && unix {
-        Channel::local_queues().ok()
+        Channel::local_path().ok()
     } else {
         None
     };
     let welcome = Welcome {
         limit: store.limit,
-        queues: queues.as_ref().map(|(q, r)| (q.clone(), r.clone())),
+        queues: queues.clone(),
     };
     if conn.send(&welcome).is_err() {
         return;
     }
     drop(welcome);
     let channel = match queues {
-        Some((requests, replies)) => Channel::local(conn, replies, requests),
+        Some(path) => Channel::local(conn, path, true),
         None => Channel::socket(conn),
     };
     let alive = || !channel.peer_gone();
@@ -171,11 +171,13 @@ fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) 
         session: id,
         alive: &alive,
     };
+    let mut recent = Recent::default();
     loop {
-        let (reply, go_on) = match channel.recv(store.limit, IDLE_SLICE) {
+        let received = channel.recv_or_idle(store.limit, IDLE_SLICE, &mut || recent.forget());
+        let (reply, go_on) = match received {
             Ok(bytes) => {
                 let reply = match protocol::decode_request(&bytes) {
-                    Ok(request) => store.handle(request, &ctx),
+                    Ok(request) => store.handle(request, &ctx, &mut recent),
                     Err(e) => Err(e),
                 };
                 (reply, true)
@@ -193,5 +195,6 @@ fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) 
             break;
         }
     }
+    recent.forget();
     store.session_ended(id);
 }

@@ -28,6 +28,16 @@ enum Object {
 }
 
 impl Object {
+    /// Whether a session may keep this object in its [`Recent`]: a
+    /// collection, whose methods never block and whose drop does nothing
+    /// but free memory (so dropping it a little late is unobservable).
+    fn is_collection(&self) -> bool {
+        matches!(
+            self,
+            Object::Dict(_) | Object::List(_) | Object::Namespace(_) | Object::Value(_)
+        )
+    }
+
     fn kind_name(&self) -> &'static str {
         match self {
             Object::Dict(_) => "dict",
@@ -65,9 +75,31 @@ impl Object {
     }
 }
 
+/// The collection a session called last, as the session thread keeps it:
+/// a run of calls on one object then skips the table's lock and the
+/// object's reference count, shared by every session thread (with two
+/// busy clients their cache lines moved between cores on every call).
+///
+/// Valid while no object has left the table since it was looked up (the
+/// store's count of removals is unchanged; ids are never reused). A
+/// session forgets it when it calls anything else, when it goes idle, and
+/// when it ends: so a freed collection outlives its last reference only
+/// while a busy session still held it, by one call at most.
+#[derive(Default)]
+pub(crate) struct Recent(Option<(ObjectId, u64, Arc<Object>)>);
+
+impl Recent {
+    /// Drops the object held, if any.
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Every object of the server, with its count of proxies.
 pub(crate) struct Store {
     objects: Mutex<HashMap<ObjectId, (u64, Arc<Object>)>>,
+    /// Objects removed from `objects` so far (see [`Recent`]).
+    removals: AtomicU64,
     /// References taken by [`Single::Lease`], oldest first, with the time
     /// they expire.
     leases: Mutex<VecDeque<(Instant, ObjectId)>>,
@@ -82,6 +114,7 @@ impl Store {
     pub(crate) fn new(types: Table, limit: u64) -> Store {
         Store {
             objects: Mutex::new(HashMap::new()),
+            removals: AtomicU64::new(0),
             leases: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
             types,
@@ -91,17 +124,20 @@ impl Store {
 
     /// Answers one request. A panic in the server's own code (a bug)
     /// becomes an error reply, not a dead server.
-    pub(crate) fn handle(&self, request: Request, ctx: &Ctx<'_>) -> Reply {
+    /// `recent` is the calling session's [`Recent`].
+    pub(crate) fn handle(&self, request: Request, ctx: &Ctx<'_>, recent: &mut Recent) -> Reply {
         catch_unwind(AssertUnwindSafe(|| match request {
-            Request::One(single) => self.single(single, ctx),
+            Request::One(single) => self.single(single, ctx, recent),
             Request::Batch(all) => Ok(Payload::Batch(
-                all.into_iter().map(|s| self.single(s, ctx)).collect(),
+                all.into_iter()
+                    .map(|s| self.single(s, ctx, recent))
+                    .collect(),
             )),
         }))
         .unwrap_or_else(|p| Err(RemoteError::Internal(panic_message(p.as_ref()))))
     }
 
-    fn single(&self, single: Single, ctx: &Ctx<'_>) -> Reply {
+    fn single(&self, single: Single, ctx: &Ctx<'_>, recent: &mut Recent) -> Reply {
         match single {
             Single::Create(kind) => {
                 let object = self.make(kind)?;
@@ -109,10 +145,7 @@ impl Store {
                 lock(&self.objects).insert(id, (1, Arc::new(object)));
                 Ok(Payload::Object(id))
             }
-            Single::Call(id, op) => {
-                let object = self.get(id)?;
-                object.call(op, ctx)
-            }
+            Single::Call(id, op) => self.call(id, op, ctx, recent),
             Single::IncRef(id) => self.add_ref(id),
             Single::Lease(id) => {
                 self.add_ref(id)?;
@@ -125,6 +158,26 @@ impl Store {
             }
             Single::Ping => Ok(Payload::Unit),
         }
+    }
+
+    /// Calls a method of object `id`, through the session's [`Recent`]
+    /// when it holds that object.
+    fn call(&self, id: ObjectId, op: Op, ctx: &Ctx<'_>, recent: &mut Recent) -> Reply {
+        // Read before the lookup: a removal after it changes the count, and
+        // the next call looks the object up again.
+        let removals = self.removals.load(Ordering::Acquire);
+        if let Some((held, seen, object)) = &recent.0 {
+            if *held == id && *seen == removals {
+                return object.call(op, ctx);
+            }
+        }
+        // Not held across a call that may block (or may be slow).
+        recent.forget();
+        let object = self.get(id)?;
+        if object.is_collection() {
+            recent.0 = Some((id, removals, Arc::clone(&object)));
+        }
+        object.call(op, ctx)
     }
 
     fn add_ref(&self, id: ObjectId) -> Reply {
@@ -140,6 +193,9 @@ impl Store {
             let (refs, _) = objects.get_mut(&id).ok_or(RemoteError::NoSuchObject(id))?;
             *refs -= 1;
             if *refs == 0 {
+                // Counted before the reply: every call that starts after
+                // the client hears of the drop looks the id up again.
+                self.removals.fetch_add(1, Ordering::Release);
                 objects.remove(&id)
             } else {
                 None
@@ -219,5 +275,73 @@ impl Store {
                 l.session_ended(session);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::protocol::{DictOp, EventOp};
+    use super::*;
+
+    fn one(store: &Store, single: Single, recent: &mut Recent) -> Reply {
+        let alive = || true;
+        let ctx = Ctx {
+            session: 1,
+            alive: &alive,
+        };
+        store.handle(Request::One(single), &ctx, recent)
+    }
+
+    fn create(store: &Store, kind: Kind) -> ObjectId {
+        match one(store, Single::Create(kind), &mut Recent::default()) {
+            Ok(Payload::Object(id)) => id,
+            other => panic!("create failed: {other:?}"),
+        }
+    }
+
+    fn len(id: ObjectId) -> Single {
+        Single::Call(id, Op::Dict(DictOp::Len))
+    }
+
+    #[test]
+    fn a_collection_held_by_a_session_is_gone_once_its_last_reference_is() {
+        let store = Store::new(Table::default(), u64::MAX);
+        let (mut mine, mut other) = (Recent::default(), Recent::default());
+        let id = create(&store, Kind::Dict);
+        // Both sessions now hold the dict.
+        assert!(matches!(
+            one(&store, len(id), &mut mine),
+            Ok(Payload::Count(0))
+        ));
+        assert!(matches!(
+            one(&store, len(id), &mut other),
+            Ok(Payload::Count(0))
+        ));
+        assert!(mine.0.is_some() && other.0.is_some());
+        // The other session drops the last reference: neither reaches it.
+        assert!(one(&store, Single::DecRef(id), &mut other).is_ok());
+        for recent in [&mut mine, &mut other] {
+            assert!(matches!(
+                one(&store, len(id), recent),
+                Err(RemoteError::NoSuchObject(i)) if i == id
+            ));
+            assert!(recent.0.is_none());
+        }
+    }
+
+    #[test]
+    fn a_session_holds_no_object_while_it_calls_a_blocking_one() {
+        let store = Store::new(Table::default(), u64::MAX);
+        let mut recent = Recent::default();
+        let dict = create(&store, Kind::Dict);
+        let event = create(&store, Kind::Event);
+        assert!(one(&store, len(dict), &mut recent).is_ok());
+        assert!(recent.0.is_some());
+        let is_set = Single::Call(event, Op::Event(EventOp::IsSet));
+        assert!(matches!(
+            one(&store, is_set, &mut recent),
+            Ok(Payload::Bool(false))
+        ));
+        assert!(recent.0.is_none());
     }
 }
