@@ -264,7 +264,7 @@ impl Ring {
             std::ptr::copy_nonoverlapping(header.to_le_bytes().as_ptr(), dst, 8);
             let mut at = 8;
             for p in parts {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len());
+                copy_chunked(p, dst.add(at));
                 at += p.len();
             }
         }
@@ -563,6 +563,29 @@ impl Ring {
                 let pid = s.load(Ordering::SeqCst);
                 pid != 0 && pid != me && futex::is_alive(pid)
             })
+    }
+}
+
+/// Copies `src` to `dst`, large copies in pieces (see
+/// [`crate::wire::codec::COPY_CHUNK`]: a single `memcpy` of a few KiB or
+/// more can be 20 times slower at some relative alignments).
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes and not overlap
+/// `src`.
+unsafe fn copy_chunked(src: &[u8], dst: *mut u8) {
+    use crate::wire::codec::{CHUNKED_ABOVE, COPY_CHUNK};
+    if src.len() <= CHUNKED_ABOVE {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        return;
+    }
+    for (i, piece) in src.chunks(COPY_CHUNK).enumerate() {
+        // SAFETY: piece `i` starts `i * COPY_CHUNK` bytes into `src`, and
+        // the caller's contract covers `dst` for all of `src.len()`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(piece.as_ptr(), dst.add(i * COPY_CHUNK), piece.len())
+        };
     }
 }
 
