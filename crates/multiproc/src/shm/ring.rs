@@ -371,6 +371,82 @@ impl Ring {
         }
     }
 
+    /// Appends one inline record that `write` encodes in place, without
+    /// waiting: `write` gets the free bytes at `tail` that can hold a
+    /// payload (up to the end of the ring and [`Ring::max_inline`]) and
+    /// returns the payload length, or `None` to publish nothing. False if
+    /// nothing was published: no room for a record of `min_len`, the item
+    /// bound reached, `write` declined, or the calling thread already holds
+    /// the producer lock (`write` itself putting into this ring).
+    ///
+    /// `write` runs under the producer lock; if it unwinds, the lock is
+    /// released and nothing is published. A producer killed inside it
+    /// publishes nothing (its message is lost, as with [`Ring::push`]).
+    pub(crate) fn push_in_place(
+        &self,
+        min_len: usize,
+        joinable: bool,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> bool {
+        /// Releases the producer lock, also when `write` unwinds.
+        struct Unlock<'a>(&'a RawLock);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.unlock();
+            }
+        }
+        let h = self.header();
+        if min_len > self.max_inline() || h.producer.lock.held_by_me() {
+            return false;
+        }
+        let _ = h.producer.lock.lock();
+        let guard = Unlock(&h.producer.lock);
+        let max = h.meta.max_items.load(Ordering::Relaxed);
+        if max != 0 && self.len() >= max {
+            return false;
+        }
+        let tail = h.producer.pos.load(Ordering::Relaxed);
+        let to_end = self.capacity - (tail & (self.capacity - 1));
+        let want = record_size(min_len).min(to_end);
+        let mut head = h.producer.peer.load(Ordering::Relaxed);
+        if head > tail || self.capacity - (tail - head) < want {
+            head = h.consumer.pos.load(Ordering::Acquire);
+            h.producer.peer.store(head, Ordering::Relaxed);
+        }
+        // Room for the header and payload: contiguous, not past the end.
+        let room = (self.capacity - (tail - head)).min(to_end);
+        if room < record_size(min_len) {
+            return false;
+        }
+        let cap = ((room - 8) as usize).min(self.max_inline());
+        let off = (tail & (self.capacity - 1)) as usize;
+        // SAFETY: we hold the producer lock and `[tail, tail + room)` is
+        // free (`head` only grows) and does not wrap; no other process
+        // reads or writes those bytes until `tail` passes them, and the
+        // slice does not outlive this call (`write` gets it for its call
+        // only).
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.data().add(off + 8), cap) };
+        let len = match write(buf) {
+            Some(len) if len <= cap => len,
+            _ => return false,
+        };
+        if joinable {
+            h.counts.unfinished.fetch_add(1, Ordering::SeqCst);
+        }
+        self.write_at(tail, u64::from(INLINE) << 32 | len as u64, &[]);
+        let put = h.producer.count.load(Ordering::Relaxed);
+        h.producer.count.store(put + 1, Ordering::Release);
+        h.producer
+            .pos
+            .store(tail + record_size(len), Ordering::SeqCst);
+        drop(guard);
+        if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.data_seq, 1);
+        }
+        true
+    }
+
     /// Removes the oldest record and hands it to `read` (under the consumer
     /// lock, so out-of-line parts can be fetched in order).
     pub(crate) fn pop<T>(
