@@ -291,6 +291,48 @@ fn a_panicking_serialize_leaves_the_queue_usable() {
 }
 
 #[test]
+fn a_serialize_that_blocks_does_not_block_other_producers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    static SERIALIZING: AtomicBool = AtomicBool::new(false);
+    /// Serializes through its mutex, as serde's impl for `Mutex` does.
+    #[derive(Debug)]
+    struct Shared(Arc<Mutex<u32>>);
+    impl serde::Serialize for Shared {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            SERIALIZING.store(true, Ordering::SeqCst);
+            let v = *self.0.lock().unwrap();
+            s.serialize_u32(v)
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Shared {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u32::deserialize(d).map(|v| Shared(Arc::new(Mutex::new(v))))
+        }
+    }
+    deadline(LIMIT, || {
+        let q = Queue::<Shared>::new().unwrap();
+        let m = Arc::new(Mutex::new(7));
+        let held = m.lock().unwrap();
+        let blocked = std::thread::spawn({
+            let (q, m) = (q.clone(), Arc::clone(&m));
+            move || q.put(Shared(m)).unwrap()
+        });
+        while !SERIALIZING.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The other thread waits for the mutex inside `put`; this one,
+        // holding the mutex, still puts (the lock order cannot invert).
+        q.put_timeout(Shared(Arc::new(Mutex::new(1))), Duration::from_secs(10))
+            .unwrap();
+        drop(held);
+        blocked.join().unwrap();
+        assert_eq!(*q.get().unwrap().0.lock().unwrap(), 1);
+        assert_eq!(*q.get().unwrap().0.lock().unwrap(), 7);
+    });
+}
+
+#[test]
 fn sizes_that_grow_and_shrink_keep_their_order() {
     deadline(LIMIT, || {
         // A small ring: records meet its end, wrap, and go out of line.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,9 +76,6 @@ struct Shared {
     key: u64,
     registered: AtomicU32,
     joinable: bool,
-    /// The encoded length of the last value put in place: a put tries to
-    /// encode straight into the ring only if that much room is free.
-    last_len: AtomicUsize,
 }
 
 impl Shared {
@@ -93,7 +90,6 @@ impl Shared {
             key,
             registered: AtomicU32::new(0),
             joinable,
-            last_len: AtomicUsize::new(0),
         };
         shared.register();
         Ok(shared)
@@ -114,26 +110,6 @@ impl Shared {
         local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
     }
 
-    /// Puts `value` encoded straight into the ring, if there is room now
-    /// for a value as long as the last one and it holds no handles; false
-    /// if nothing was put (then [`Shared::put`] does it, waiting if need
-    /// be).
-    fn put_in_place<T: Serialize>(&self, value: &T) -> bool {
-        self.register();
-        let mut len = 0;
-        let mut write = |buf: &mut [u8]| {
-            let used = handles::encode_in_place(value, buf);
-            len = used.unwrap_or(0);
-            used
-        };
-        let min_len = self.last_len.load(Ordering::Relaxed);
-        let done = self.ring.push_in_place(min_len, self.joinable, &mut write);
-        if done && len != min_len {
-            self.last_len.store(len, Ordering::Relaxed);
-        }
-        done
-    }
-
     fn put(
         &self,
         bytes: &[u8],
@@ -141,13 +117,6 @@ impl Shared {
         deadline: Option<Instant>,
     ) -> Result<(), PushError> {
         self.register();
-        // Handles never travel in place: skip that attempt next time.
-        let len = if fds.is_empty() {
-            bytes.len()
-        } else {
-            usize::MAX
-        };
-        self.last_len.store(len, Ordering::Relaxed);
         let connected = || self.connected();
         if fds.is_empty() && bytes.len() <= self.ring.max_inline() {
             return self
@@ -396,22 +365,29 @@ impl<T: Serialize> Queue<T> {
             }
             .into());
         }
-        if self.shared.put_in_place(&value) {
-            return Ok(());
-        }
-        // Encoded into this thread's reused buffer: no allocation per put.
-        let pushed = match handles::with_encoded(&value, &[], |bytes, fds| {
-            self.shared.put(bytes, fds, deadline)
-        }) {
-            Ok(pushed) => pushed,
-            Err(e) => {
-                return Err(PutError {
-                    value,
-                    reason: e.into(),
-                }
-                .into());
-            }
-        };
+        // Encoded into this thread's reused buffer (no allocation per put),
+        // before the producer lock is taken: the value's `Serialize` may
+        // block (serde's impl for `Mutex` locks it) and must not do so
+        // while holding the lock other producers wait for. The bare
+        // encoding serves values without handles; the others, and values
+        // that fail to encode (to report why), take the general one.
+        let pushed =
+            match handles::with_encoded_bare(&value, |bytes| self.shared.put(bytes, &[], deadline))
+            {
+                Some(pushed) => pushed,
+                None => match handles::with_encoded(&value, &[], |bytes, fds| {
+                    self.shared.put(bytes, fds, deadline)
+                }) {
+                    Ok(pushed) => pushed,
+                    Err(e) => {
+                        return Err(PutError {
+                            value,
+                            reason: e.into(),
+                        }
+                        .into());
+                    }
+                },
+            };
         match pushed {
             Ok(()) => Ok(()),
             Err(PushError::Full) => Err(PutTimeoutError::Timeout(value)),

@@ -112,57 +112,6 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
-/// Writes postcard output into a fixed buffer, large blocks with
-/// [`extend_chunked`]'s piecewise copy.
-struct Fill<'a> {
-    buf: &'a mut [u8],
-    used: usize,
-}
-
-impl postcard::ser_flavors::Flavor for Fill<'_> {
-    type Output = usize;
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        let slot = self
-            .buf
-            .get_mut(self.used)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
-        *slot = data;
-        self.used += 1;
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        let end = self.used + data.len();
-        let dst = self
-            .buf
-            .get_mut(self.used..end)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
-        if data.len() <= CHUNKED_ABOVE {
-            dst.copy_from_slice(data);
-        } else {
-            for (d, s) in dst.chunks_mut(COPY_CHUNK).zip(data.chunks(COPY_CHUNK)) {
-                d.copy_from_slice(s);
-            }
-        }
-        self.used = end;
-        Ok(())
-    }
-
-    #[inline]
-    fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.used)
-    }
-}
-
-/// Encodes `value` into the start of `buf`: the number of bytes used, or
-/// `None` if it does not fit or fails to encode.
-pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Option<usize> {
-    postcard::serialize_with_flavor(value, Fill { buf, used: 0 }).ok()
-}
-
 /// Encodes values one after another onto the end of a `Vec`, with one
 /// serializer for all of them (a pool's chunk of items or results).
 pub(crate) struct Encoder<'a> {

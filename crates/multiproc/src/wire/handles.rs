@@ -114,11 +114,23 @@ pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
     Ok(out)
 }
 
-/// Encodes `value` into the start of `buf` if it fits and holds no
-/// handles: the number of bytes used, or `None` (then `buf`'s contents are
-/// unspecified and the caller encodes another way).
-pub(crate) fn encode_in_place<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Option<usize> {
-    bare(|| codec::encode_to_slice(value, buf))
+/// Encodes `value`, which must hold no handles, into this thread's scratch
+/// buffer and hands the bytes to `send`. `None` if it holds a handle or
+/// fails to encode: then the caller takes [`with_encoded`], which collects
+/// the handles or reports the error. Cheaper than [`with_encoded`]: no
+/// handle list is pushed and popped.
+pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
+    value: &T,
+    send: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    scratch.clear();
+    let bytes = bare(|| codec::encode_into(value, scratch)).ok()?;
+    let out = send(&bytes);
+    if bytes.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| *s.borrow_mut() = bytes);
+    }
+    Some(out)
 }
 
 /// Decodes a `T` from `bytes` that carried no handles (a handle in them is
