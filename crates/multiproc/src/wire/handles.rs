@@ -93,6 +93,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Size of [`with_encoded_bare`]'s stack buffer.
+pub(crate) const SMALL: usize = 128;
+
 /// Largest scratch buffer kept between sends.
 const SCRATCH_KEEP: usize = 8 << 20;
 
@@ -119,10 +122,21 @@ pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
 /// fails to encode: then the caller takes [`with_encoded`], which collects
 /// the handles or reports the error. Cheaper than [`with_encoded`]: no
 /// handle list is pushed and popped.
+///
+/// With `small`, it first tries a buffer of [`SMALL`] bytes on the stack
+/// (no thread-local buffer to take and give back); a value that does not
+/// fit is then encoded again into the scratch buffer.
 pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
     value: &T,
+    small: bool,
     send: impl FnOnce(&[u8]) -> R,
 ) -> Option<R> {
+    if small {
+        let mut buf = [0u8; SMALL];
+        if let Some(n) = bare(|| postcard::to_slice(value, &mut buf).ok().map(|b| b.len())) {
+            return Some(send(&buf[..n]));
+        }
+    }
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     scratch.clear();
     let bytes = bare(|| codec::encode_into(value, scratch)).ok()?;
