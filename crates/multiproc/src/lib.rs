@@ -223,6 +223,9 @@
 //! reaps its child. See the README for how this differs from Python.
 #![deny(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 mod connection;
 mod manager;
 pub mod pool;

@@ -260,6 +260,107 @@ fn an_unencodable_value_comes_back_and_the_queue_works() {
 }
 
 #[test]
+fn a_panicking_serialize_leaves_the_queue_usable() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Value(u8);
+    impl serde::Serialize for Value {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            assert!(self.0 != 0, "refusing to encode 0");
+            s.serialize_u8(self.0)
+        }
+    }
+    deadline(LIMIT, || {
+        let q = Queue::<Value>::new().unwrap();
+        q.put(Value(1)).unwrap();
+        let q2 = q.clone();
+        let panicked = std::thread::spawn(move || q2.put(Value(0))).join();
+        assert!(panicked.is_err());
+        // The producer lock was released: puts from any thread go on.
+        q.put(Value(2)).unwrap();
+        std::thread::spawn({
+            let q = q.clone();
+            move || q.put(Value(3)).unwrap()
+        })
+        .join()
+        .unwrap();
+        for want in 1..=3 {
+            assert_eq!(q.get().unwrap(), Value(want));
+        }
+        assert!(q.is_empty());
+    });
+}
+
+#[test]
+fn a_serialize_that_blocks_does_not_block_other_producers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    static SERIALIZING: AtomicBool = AtomicBool::new(false);
+    /// Serializes through its mutex, as serde's impl for `Mutex` does.
+    #[derive(Debug)]
+    struct Shared(Arc<Mutex<u32>>);
+    impl serde::Serialize for Shared {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            SERIALIZING.store(true, Ordering::SeqCst);
+            let v = *self.0.lock().unwrap();
+            s.serialize_u32(v)
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Shared {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u32::deserialize(d).map(|v| Shared(Arc::new(Mutex::new(v))))
+        }
+    }
+    deadline(LIMIT, || {
+        let q = Queue::<Shared>::new().unwrap();
+        let m = Arc::new(Mutex::new(7));
+        let held = m.lock().unwrap();
+        let blocked = std::thread::spawn({
+            let (q, m) = (q.clone(), Arc::clone(&m));
+            move || q.put(Shared(m)).unwrap()
+        });
+        while !SERIALIZING.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The other thread waits for the mutex inside `put`; this one,
+        // holding the mutex, still puts (the lock order cannot invert).
+        q.put_timeout(Shared(Arc::new(Mutex::new(1))), Duration::from_secs(10))
+            .unwrap();
+        drop(held);
+        blocked.join().unwrap();
+        assert_eq!(*q.get().unwrap().0.lock().unwrap(), 1);
+        assert_eq!(*q.get().unwrap().0.lock().unwrap(), 7);
+    });
+}
+
+#[test]
+fn sizes_that_grow_and_shrink_keep_their_order() {
+    deadline(LIMIT, || {
+        // A small ring: records meet its end, wrap, and go out of line.
+        let q = Queue::builder()
+            .ring_bytes(64 << 10)
+            .build::<ByteBuf>()
+            .unwrap();
+        let sizes = [
+            0usize, 1, 9, 3000, 7, 40_000, 5, 31_000, 100_000, 8, 20_000, 2,
+        ];
+        for round in 0..20u8 {
+            for (i, &n) in sizes.iter().enumerate() {
+                q.put(ByteBuf::from(vec![round ^ i as u8; n])).unwrap();
+                if i % 3 == 2 {
+                    // Keep the ring from filling: this thread also gets.
+                    for (j, &m) in sizes[i - 2..=i].iter().enumerate() {
+                        let got = q.get().unwrap();
+                        assert_eq!(got.len(), m);
+                        assert!(got.iter().all(|&b| b == round ^ (i - 2 + j) as u8));
+                    }
+                }
+            }
+        }
+        assert!(q.is_empty());
+    });
+}
+
+#[test]
 fn a_closed_handle_refuses_puts() {
     let q = Queue::<u8>::new().unwrap();
     let other = q.clone();

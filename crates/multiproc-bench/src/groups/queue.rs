@@ -26,10 +26,13 @@
 //! the command pipes ends the children (this machinery, shared with group
 //! `sync`, is in [`crate::rig`]).
 //!
-//! `put` takes its value, so a bytes producer puts a fresh clone of its
-//! payload every time, as user code sending the same bytes again must;
-//! that copy is part of the measurement (Python's `put` pickles the same
-//! `bytes` object, which also copies it).
+//! The bytes producer puts the same payload every time, shared by
+//! reference ([`Payload`], an `Arc`), as Python's producer puts the same
+//! `bytes` object: each `put` encodes (copies) the bytes, in both. Cloning
+//! a `Vec` per put instead would mostly measure the clone: glibc's
+//! `memcpy` of a freshly allocated 64 KiB copy runs at ~2 GB/s on this
+//! machine's AMD cores (the copy lands 16 bytes past its source modulo
+//! 4096, a 4K-aliasing case of `rep movsb`), whatever the queue does.
 //!
 //! Interleaving: the two 8-byte 1p1c benches (Queue and SimpleQueue) run
 //! side by side, one run of each in turn, and so do the two 1 MiB ring
@@ -38,13 +41,20 @@
 //! standard library's `queue` module), runs afterwards with the same plan
 //! and interleaves the same way.
 //!
-//! There is no `raw` floor: a minimal shared-memory ring between two
-//! processes needs `mmap` and raw-pointer access, i.e. `unsafe` code,
-//! which this crate does not contain (see the README).
+//! The `raw` floor of every `queue_1p1c` param (and `queue_1p1c_msgs`
+//! 8B) is the same ring with bytes and nothing else
+//! (`multiproc::__bench::RawRing`: no serde, no out-of-line path): the
+//! producer child pushes the payload's bytes (8B: the `u64`'s 8 bytes),
+//! the parent pops each into one reused buffer (8B: and checks the order).
+//! It is measured interleaved with the multiproc benches of its param.
+//! This crate has no `unsafe`; the ring's own is in `multiproc`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use multiproc::{Connection, Queue, SimpleQueue, StartMethod, Waitable, wait};
+use multiproc::__bench::RawRing;
+use multiproc::{Connection, DEFAULT_RING_BYTES, Queue, SimpleQueue, StartMethod, Waitable, wait};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use super::Options;
@@ -96,24 +106,42 @@ pub fn run(opts: &Options) -> Vec<Row> {
         NAME,
         "queue_1p1c and simplequeue_1p1c 8B: multiproc, interleaved",
     );
-    let [queue_runs, simple_runs] = measure_rigs(plan.target, plan.reps, [u64_rig(), simple_rig()]);
+    let mut raw = Vec::new();
+    let [queue_runs, simple_runs, raw_runs] = measure_rigs(
+        plan.target,
+        plan.reps,
+        [u64_rig(), simple_rig(), raw_rig(8)],
+    );
     multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
+    raw.extend(measurements("queue_1p1c", SMALL, 8, raw_runs));
     // Reported last, after the Queue benches.
     let simple = measurements("simplequeue_1p1c", SMALL, 8, simple_runs);
     for (param, size) in SIZES.into_iter().filter(|&(_, size)| size > 8) {
         if size == BIG {
             opts.progress(
                 NAME,
-                &format!("queue_1p1c {param}: multiproc, 16 MiB and 4 MiB rings, interleaved"),
+                &format!(
+                    "queue_1p1c {param}: multiproc, 16 MiB and 4 MiB rings, and raw, interleaved"
+                ),
             );
-            let rigs = [bytes_rig(size, Some(BIG_RING)), bytes_rig(size, None)];
-            let [big_ring, default_ring] = measure_rigs(plan.target, plan.reps, rigs);
+            let rigs = [
+                bytes_rig(size, Some(BIG_RING)),
+                bytes_rig(size, None),
+                raw_rig(size),
+            ];
+            let [big_ring, default_ring, raw_runs] = measure_rigs(plan.target, plan.reps, rigs);
             multiproc.extend(measurements("queue_1p1c", param, size, default_ring));
             multiproc.extend(measurements(BIG_RING_BENCH, param, size, big_ring));
+            raw.extend(measurements("queue_1p1c", param, size, raw_runs));
         } else {
-            opts.progress(NAME, &format!("queue_1p1c {param}: multiproc"));
-            let [runs] = measure_rigs(plan.target, plan.reps, [bytes_rig(size, None)]);
+            opts.progress(
+                NAME,
+                &format!("queue_1p1c {param}: multiproc and raw, interleaved"),
+            );
+            let rigs = [bytes_rig(size, None), raw_rig(size)];
+            let [runs, raw_runs] = measure_rigs(plan.target, plan.reps, rigs);
             multiproc.extend(measurements("queue_1p1c", param, size, runs));
+            raw.extend(measurements("queue_1p1c", param, size, raw_runs));
         }
     }
     opts.progress(NAME, "queue_2p2c 8B: multiproc");
@@ -126,12 +154,13 @@ pub fn run(opts: &Options) -> Vec<Row> {
     let python = opts
         .python
         .run("queue_bench.py", &args, plan.python_timeout);
-    report::pair(
+    let rows = report::pair(
         NAME,
         multiproc,
         python.measurements,
         python.failure.as_deref(),
-    )
+    );
+    report::add_raw(NAME, rows, raw)
 }
 
 /// The MB/s measurement of `bench` and `param` from per-run `(messages,
@@ -158,6 +187,24 @@ fn measurements(bench: &str, param: &str, size: usize, runs: Runs) -> Vec<Measur
         ));
     }
     out
+}
+
+/// A byte payload shared by reference, like a Python `bytes` object:
+/// putting it again clones the `Arc`, not the bytes. It travels as one
+/// block of bytes (as a `ByteBuf`), and a get yields a fresh buffer.
+#[derive(Clone)]
+struct Payload(Arc<ByteBuf>);
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ByteBuf::deserialize(deserializer).map(|b| Payload(Arc::new(b)))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -187,13 +234,30 @@ fn produce_simple((cmd, q): (Connection<(), u64>, SimpleQueue<u64>)) {
 }
 
 /// 1p1c producer of `size`-byte payloads: for every command `count`, puts
-/// that many. `put` takes the value, so every message is a fresh copy of
-/// the payload (as user code that sends the same bytes again would make).
-fn produce_bytes((cmd, q, size): (Connection<(), u64>, Queue<ByteBuf>, u64)) {
-    let payload = ByteBuf::from(vec![FILL; size as usize]);
+/// the same shared payload that many times (see [`Payload`]).
+fn produce_bytes((cmd, q, size): (Connection<(), u64>, Queue<Payload>, u64)) {
+    let payload = Payload(Arc::new(ByteBuf::from(vec![FILL; size as usize])));
     while let Ok(count) = cmd.recv() {
         for _ in 0..count {
             if q.put(payload.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Raw-floor producer: for every command `count`, pushes `count` records
+/// of `size` bytes (8: the little-endian `u64`s `0..count`).
+fn produce_raw((cmd, ring, size): (Connection<(), u64>, RawRing, u64)) {
+    let payload = vec![FILL; size as usize];
+    while let Ok(count) = cmd.recv() {
+        for i in 0..count {
+            let pushed = if size == 8 {
+                ring.push(&i.to_le_bytes())
+            } else {
+                ring.push(&payload)
+            };
+            if pushed.is_err() {
                 return;
             }
         }
@@ -284,7 +348,7 @@ fn simple_rig() -> Result<Rig, String> {
 }
 
 /// `queue_1p1c` of `size`-byte payloads: a producer child puts
-/// `ByteBuf`s, the parent gets them. `ring` is the ring size (`None`: the
+/// [`Payload`]s, the parent gets them. `ring` is the ring size (`None`: the
 /// default, [`multiproc::DEFAULT_RING_BYTES`]).
 fn bytes_rig(size: usize, ring: Option<usize>) -> Result<Rig, String> {
     let builder = Queue::builder();
@@ -293,7 +357,7 @@ fn bytes_rig(size: usize, ring: Option<usize>) -> Result<Rig, String> {
         None => builder,
     };
     let q = builder
-        .build::<ByteBuf>()
+        .build::<Payload>()
         .map_err(|e| format!("queue failed: {e}"))?;
     let (ours, theirs) = command_pipe::<u64, ()>()?;
     let child = start(METHOD, produce_bytes, (theirs, q.clone(), size as u64))?;
@@ -303,11 +367,46 @@ fn bytes_rig(size: usize, ring: Option<usize>) -> Result<Rig, String> {
             .map_err(|e| format!("command failed: {e}"))?;
         let mut last = size;
         for _ in 0..count {
-            last = q.get().map_err(|e| format!("get failed: {e}"))?.len();
+            last = q.get().map_err(|e| format!("get failed: {e}"))?.0.len();
         }
         let took = t0.elapsed();
         if last != size {
             return Err(format!("got a payload of {last} bytes, not {size}"));
+        }
+        Ok(took)
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// The raw floor of `queue_1p1c` for `size`-byte records: a producer
+/// child pushes them into a [`RawRing`] as large as the default queue
+/// ring, the parent pops each into one reused buffer (8 bytes: as `u64`s,
+/// checking their order).
+fn raw_rig(size: usize) -> Result<Rig, String> {
+    let ring = RawRing::new(DEFAULT_RING_BYTES).map_err(|e| format!("ring failed: {e}"))?;
+    let theirs_ring = ring.try_clone().map_err(|e| format!("ring failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(METHOD, produce_raw, (theirs, theirs_ring, size as u64))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let mut buf = Vec::with_capacity(size);
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        for i in 0..count {
+            ring.pop(&mut buf).map_err(|e| format!("pop failed: {e}"))?;
+            if size == 8 {
+                let v = u64::from_le_bytes(buf.as_slice().try_into().unwrap_or_default());
+                if v != i {
+                    return Err(format!("got {v} where {i} was due"));
+                }
+            }
+        }
+        let took = t0.elapsed();
+        if count > 0 && buf.len() != size {
+            return Err(format!("got a record of {} bytes, not {size}", buf.len()));
         }
         Ok(took)
     });

@@ -76,6 +76,10 @@ struct Shared {
     key: u64,
     registered: AtomicU32,
     joinable: bool,
+    /// Whether the last value put through this handle fitted the small
+    /// stack buffer of [`handles::with_encoded_bare`] (then the next put
+    /// tries it first).
+    small: AtomicBool,
 }
 
 impl Shared {
@@ -90,6 +94,7 @@ impl Shared {
             key,
             registered: AtomicU32::new(0),
             joinable,
+            small: AtomicBool::new(true),
         };
         shared.register();
         Ok(shared)
@@ -134,8 +139,9 @@ impl Shared {
         let connected = || self.connected();
         loop {
             let popped = self.ring.pop(deadline, &connected, |record| match record {
+                // Values with handles never travel inline.
                 Record::Inline(bytes) => {
-                    Some(handles::decode::<T>(bytes, Vec::new()).map_err(GetError::from))
+                    Some(handles::decode_bare::<T>(bytes).map_err(GetError::from))
                 }
                 Record::Large(id) => match self.mailbox.take(id) {
                     Ok(Some((payload, fds))) => {
@@ -364,18 +370,36 @@ impl<T: Serialize> Queue<T> {
             }
             .into());
         }
-        // Encoded into this thread's reused buffer: no allocation per put.
-        let pushed = match handles::with_encoded(&value, &[], |bytes, fds| {
-            self.shared.put(bytes, fds, deadline)
-        }) {
-            Ok(pushed) => pushed,
-            Err(e) => {
-                return Err(PutError {
-                    value,
-                    reason: e.into(),
-                }
-                .into());
+        // Encoded into this thread's reused buffer (no allocation per put),
+        // before the producer lock is taken: the value's `Serialize` may
+        // block (serde's impl for `Mutex` locks it) and must not do so
+        // while holding the lock other producers wait for. The bare
+        // encoding serves values without handles (small ones from a stack
+        // buffer); the others, and values that fail to encode (to report
+        // why), take the general one.
+        let small = self.shared.small.load(Ordering::Relaxed);
+        let put = |bytes: &[u8]| {
+            if (bytes.len() <= handles::SMALL) != small {
+                self.shared
+                    .small
+                    .store(bytes.len() <= handles::SMALL, Ordering::Relaxed);
             }
+            self.shared.put(bytes, &[], deadline)
+        };
+        let pushed = match handles::with_encoded_bare(&value, small, put) {
+            Some(pushed) => pushed,
+            None => match handles::with_encoded(&value, &[], |bytes, fds| {
+                self.shared.put(bytes, fds, deadline)
+            }) {
+                Ok(pushed) => pushed,
+                Err(e) => {
+                    return Err(PutError {
+                        value,
+                        reason: e.into(),
+                    }
+                    .into());
+                }
+            },
         };
         match pushed {
             Ok(()) => Ok(()),

@@ -49,8 +49,6 @@ struct Meta {
 struct Side {
     lock: RawLock,
     _pad: u32,
-    /// `tail` on the producer side, `head` on the consumer side.
-    pos: AtomicU64,
     /// Records ever put (producer side) or got (consumer side). Written
     /// only under the side's lock, so a plain store suffices.
     count: AtomicU64,
@@ -61,6 +59,21 @@ struct Side {
     peer: AtomicU64,
     /// Producer side: the next large-message id.
     large_seq: AtomicU64,
+    /// `tail` on the producer side, `head` on the consumer side. On a cache
+    /// line of its own: the other side polls it while it waits, and must
+    /// not take the lock's line away from its holder each time it does.
+    pos: Line<AtomicU64>,
+}
+
+/// A value alone on its cache line.
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 #[repr(C, align(64))]
@@ -231,7 +244,7 @@ impl Ring {
     /// that may precede it), and whether it fits now.
     fn fits(&self, tail: u64, size: u64, fresh: bool) -> (bool, u64) {
         let h = self.header();
-        let to_end = self.capacity - (tail % self.capacity);
+        let to_end = self.capacity - (tail & (self.capacity - 1));
         let need = if size > to_end { to_end + size } else { size };
         let items_ok = {
             let max = h.meta.max_items.load(Ordering::Relaxed);
@@ -255,7 +268,7 @@ impl Ring {
 
     /// Writes `header` and `parts` at ring position `pos` (no wrap).
     fn write_at(&self, pos: u64, header: u64, parts: &[&[u8]]) {
-        let off = (pos % self.capacity) as usize;
+        let off = (pos & (self.capacity - 1)) as usize;
         // SAFETY: the caller holds the producer lock and checked that
         // `[pos, pos + record_size)` is free and does not wrap; no other
         // process reads or writes those bytes until `tail` passes them.
@@ -264,7 +277,7 @@ impl Ring {
             std::ptr::copy_nonoverlapping(header.to_le_bytes().as_ptr(), dst, 8);
             let mut at = 8;
             for p in parts {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len());
+                copy_chunked(p, dst.add(at));
                 at += p.len();
             }
         }
@@ -436,7 +449,7 @@ impl Ring {
                 h.consumer.pos.store(head, Ordering::SeqCst);
                 return Ok(None);
             }
-            let off = (head % self.capacity) as usize;
+            let off = (head & (self.capacity - 1)) as usize;
             let mut word = [0u8; 8];
             // SAFETY: `head < tail`, so a whole record starts at `off` and
             // is published (Acquire on `tail`); producers do not touch it
@@ -641,6 +654,29 @@ impl Ring {
     /// Senders that sleep elsewhere, waiting for room.
     pub(crate) fn space_waiters(&self) -> &AtomicU32 {
         &self.header().waits.space_sleepers
+    }
+}
+
+/// Copies `src` to `dst`, large copies in pieces (see
+/// [`crate::wire::codec::COPY_CHUNK`]: a single `memcpy` of a few KiB or
+/// more can be 20 times slower at some relative alignments).
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes and not overlap
+/// `src`.
+unsafe fn copy_chunked(src: &[u8], dst: *mut u8) {
+    use crate::wire::codec::{CHUNKED_ABOVE, COPY_CHUNK};
+    if src.len() <= CHUNKED_ABOVE {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        return;
+    }
+    for (i, piece) in src.chunks(COPY_CHUNK).enumerate() {
+        // SAFETY: piece `i` starts `i * COPY_CHUNK` bytes into `src`, and
+        // the caller's contract covers `dst` for all of `src.len()`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(piece.as_ptr(), dst.add(i * COPY_CHUNK), piece.len())
+        };
     }
 }
 

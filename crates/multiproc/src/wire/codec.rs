@@ -29,10 +29,37 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<Vec<u8>, EncodeError> {
-    postcard::to_extend(value, out).map_err(|e| EncodeError {
-        type_name: std::any::type_name::<T>(),
-        message: e.to_string(),
-    })
+    let mut out = out;
+    postcard::serialize_with_flavor(value, Append(&mut out))
+        .map(|()| out)
+        .map_err(|e| EncodeError {
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        })
+}
+
+/// Copies of more than this many bytes go in [`COPY_CHUNK`] pieces.
+pub(crate) const CHUNKED_ABOVE: usize = 4096;
+
+/// Piece size of a large copy. glibc's `memcpy` copies blocks from a few
+/// KiB up to a cache-size threshold with `rep movsb`, which on AMD Zen
+/// cores falls from ~40 GB/s to ~2 GB/s when the destination is a few
+/// bytes (1..63) past the source modulo 4096 (4K aliasing) -- the usual
+/// case for a buffer allocated right after its source. Pieces of 2 KiB
+/// stay below that threshold and copy at full speed at any alignment.
+pub(crate) const COPY_CHUNK: usize = 2048;
+
+/// `out.extend_from_slice(data)`, in [`COPY_CHUNK`] pieces when large.
+#[inline]
+pub(crate) fn extend_chunked(out: &mut Vec<u8>, data: &[u8]) {
+    if data.len() <= CHUNKED_ABOVE {
+        out.extend_from_slice(data);
+        return;
+    }
+    out.reserve(data.len());
+    for piece in data.chunks(COPY_CHUNK) {
+        out.extend_from_slice(piece);
+    }
 }
 
 /// Encodes `value`.
@@ -74,7 +101,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
                 self.0.push(b);
             }
         } else {
-            self.0.extend_from_slice(data);
+            extend_chunked(self.0, data);
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 //! Encoding such a value outside [`encode`] (with another serde format) is
 //! an error, not a silently useless number.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
@@ -23,6 +23,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::codec::{self, DecodeError, EncodeError};
 use crate::sys;
 
+/// What a handle met in a [`bare`] encode or decode fails with.
+const BARE_HANDLE: &str = "a handle in a message that carries none";
+
 /// Most descriptors one message may carry.
 pub(crate) const MAX_HANDLES: usize = sys::socket::MAX_FDS;
 
@@ -33,6 +36,31 @@ enum Context {
 
 thread_local! {
     static CONTEXT: RefCell<Vec<Context>> = const { RefCell::new(Vec::new()) };
+    /// One more than the depth of `CONTEXT` at which a [`bare`] encode or
+    /// decode runs (0: none). Such an operation pushes no context (cheaper
+    /// than a push and a pop) and admits no handle: while `CONTEXT` is
+    /// that deep, a handle met is an error, not an index into an outer
+    /// message's list.
+    static BARE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` as a bare encode or decode (see [`BARE`]).
+fn bare<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the outer level, also when `f` unwinds.
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BARE.with(|b| b.set(self.0));
+        }
+    }
+    let depth = CONTEXT.with(|c| c.borrow().len());
+    let _restore = Restore(BARE.with(|b| b.replace(depth + 1)));
+    f()
+}
+
+/// Whether the innermost encode or decode of this thread is bare.
+fn in_bare(contexts: &[Context]) -> bool {
+    BARE.with(Cell::get) == contexts.len() + 1
 }
 
 /// Encodes `value`, collecting the descriptors it contains.
@@ -65,6 +93,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Size of [`with_encoded_bare`]'s stack buffer.
+pub(crate) const SMALL: usize = 128;
+
 /// Largest scratch buffer kept between sends.
 const SCRATCH_KEEP: usize = 8 << 20;
 
@@ -84,6 +115,42 @@ pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
         SCRATCH.with(|s| *s.borrow_mut() = bytes);
     }
     Ok(out)
+}
+
+/// Encodes `value`, which must hold no handles, into this thread's scratch
+/// buffer and hands the bytes to `send`. `None` if it holds a handle or
+/// fails to encode: then the caller takes [`with_encoded`], which collects
+/// the handles or reports the error. Cheaper than [`with_encoded`]: no
+/// handle list is pushed and popped.
+///
+/// With `small`, it first tries a buffer of [`SMALL`] bytes on the stack
+/// (no thread-local buffer to take and give back); a value that does not
+/// fit is then encoded again into the scratch buffer.
+pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
+    value: &T,
+    small: bool,
+    send: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    if small {
+        let mut buf = [0u8; SMALL];
+        if let Some(n) = bare(|| postcard::to_slice(value, &mut buf).ok().map(|b| b.len())) {
+            return Some(send(&buf[..n]));
+        }
+    }
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    scratch.clear();
+    let bytes = bare(|| codec::encode_into(value, scratch)).ok()?;
+    let out = send(&bytes);
+    if bytes.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| *s.borrow_mut() = bytes);
+    }
+    Some(out)
+}
+
+/// Decodes a `T` from `bytes` that carried no handles (a handle in them is
+/// an error).
+pub(crate) fn decode_bare<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    bare(|| codec::decode(bytes))
 }
 
 /// Decodes a `T` from `bytes`, handing it the descriptors `fds` that came
@@ -106,8 +173,9 @@ pub(crate) fn serialize_fd<S: Serializer>(
     fd: BorrowedFd<'_>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = CONTEXT.with(|c| match c.borrow_mut().last_mut() {
-        Some(Context::Encoding(fds)) => {
+    let index = CONTEXT.with(|c| match c.borrow_mut().as_mut_slice() {
+        all if in_bare(all) => Err(S::Error::custom(BARE_HANDLE)),
+        [.., Context::Encoding(fds)] => {
             let dup = sys::socket::dup(fd).map_err(|e| S::Error::custom(format!("cannot duplicate a handle: {e}")))?;
             fds.push(dup);
             Ok(fds.len() - 1)
@@ -126,8 +194,9 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
-    CONTEXT.with(|c| match c.borrow_mut().last_mut() {
-        Some(Context::Decoding(fds)) => fds
+    CONTEXT.with(|c| match c.borrow_mut().as_mut_slice() {
+        all if in_bare(all) => Err(D::Error::custom(BARE_HANDLE)),
+        [.., Context::Decoding(fds)] => fds
             .get_mut(index)
             .and_then(Option::take)
             .ok_or_else(|| D::Error::custom(format!("handle {index} is missing from the message"))),

@@ -1,0 +1,136 @@
+//! Internals exposed for the benchmark crate only: not part of the API, no
+//! stability promise. See [`RawRing`].
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shm::ring::{PopError, PushError, Record, Ring};
+use crate::sys;
+use crate::wire::handles::{self, FdRef};
+
+/// The shared-memory ring behind [`Queue`](crate::Queue), with byte
+/// records and nothing else: no encoding, no out-of-line path, no handle
+/// bookkeeping beyond the attachment table. It is the floor that the
+/// benchmark measures the queue against.
+///
+/// It can be sent to a child process like a queue. A push larger than
+/// [`RawRing::max_record`] fails.
+#[derive(Debug)]
+pub struct RawRing {
+    ring: Ring,
+    registered: AtomicU32,
+}
+
+impl RawRing {
+    /// A ring of `bytes` bytes of data (rounded up to a power of two, at
+    /// least 4 KiB).
+    pub fn new(bytes: usize) -> io::Result<RawRing> {
+        RawRing::from_ring(Ring::create(bytes, 0)?)
+    }
+
+    /// Another handle on the same ring (to send to a child while keeping
+    /// this one).
+    pub fn try_clone(&self) -> io::Result<RawRing> {
+        RawRing::from_ring(Ring::attach(self.ring.fd().try_clone_to_owned()?)?)
+    }
+
+    fn from_ring(ring: Ring) -> io::Result<RawRing> {
+        handles::track(ring.fd());
+        let raw = RawRing {
+            ring,
+            registered: AtomicU32::new(0),
+        };
+        raw.register();
+        Ok(raw)
+    }
+
+    fn register(&self) -> u32 {
+        let me = sys::futex::pid();
+        if self.registered.load(Ordering::Relaxed) != me {
+            self.ring.attach_pid(me);
+            self.registered.store(me, Ordering::Relaxed);
+        }
+        me
+    }
+
+    /// The largest record a push takes.
+    pub fn max_record(&self) -> usize {
+        self.ring.max_inline()
+    }
+
+    /// Appends `bytes` as one record, waiting while the ring is full. Fails
+    /// if the record is too large, or if the ring is full and no other
+    /// process holding it is alive.
+    pub fn push(&self, bytes: &[u8]) -> io::Result<()> {
+        let me = self.register();
+        if bytes.len() > self.ring.max_inline() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record larger than half the ring",
+            ));
+        }
+        let connected = || self.ring.others_alive(me);
+        match self.ring.push(&[bytes], None, None, &connected, false) {
+            Ok(()) => Ok(()),
+            Err(PushError::Io(e)) => Err(e),
+            Err(PushError::Full | PushError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the ring is full and nobody else holds it",
+            )),
+        }
+    }
+
+    /// Takes the oldest record into `out` (replacing its contents), waiting
+    /// while the ring is empty. Fails if the ring is empty and no other
+    /// process holding it is alive, or if it is corrupted.
+    pub fn pop(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        let me = self.register();
+        let connected = || self.ring.others_alive(me);
+        let popped = self.ring.pop(None, &connected, |record| match record {
+            Record::Inline(bytes) => {
+                out.clear();
+                out.extend_from_slice(bytes);
+                true
+            }
+            Record::Large(_) => false,
+        });
+        match popped {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an out-of-line record in a raw ring",
+            )),
+            Err(PopError::Empty | PopError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the ring is empty and nobody else holds it",
+            )),
+            Err(PopError::Corrupted(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+        }
+    }
+}
+
+impl Drop for RawRing {
+    fn drop(&mut self) {
+        handles::untrack(self.ring.fd());
+        self.ring.detach_pid(sys::futex::pid());
+    }
+}
+
+impl Serialize for RawRing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        FdRef(self.ring.fd()).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let fd: OwnedFd = handles::deserialize_fd(deserializer)?;
+        Ring::attach(fd)
+            .and_then(RawRing::from_ring)
+            .map_err(D::Error::custom)
+    }
+}
