@@ -43,14 +43,14 @@ use std::time::{Duration, Instant};
 
 use crate::shm::ring::{PopError, Record, Ring};
 use crate::sys;
-use crate::wire::handles;
 use crate::wire::stream::{DEFAULT_MAX_MESSAGE, Message, StreamError, UPFRONT};
+use crate::wire::{codec, handles};
 
 /// Bytes of data in each direction's ring.
 const RING_BYTES: usize = 256 << 10;
 const HEADER: usize = 16;
 /// The longest message sent as one record.
-const WHOLE: usize = 64 << 10;
+const WHOLE: usize = 16 << 10;
 /// Payload bytes of each record of a longer message: several are in the
 /// ring at once, so sender and receiver copy at the same time.
 const PIECE: usize = 32 << 10;
@@ -548,7 +548,7 @@ impl Local {
                     if head.len <= limit && head.kind != KIND_MORE {
                         let len = usize::try_from(head.len).unwrap_or(usize::MAX);
                         out.reserve_exact(len.min(UPFRONT).max(payload.len()));
-                        out.extend_from_slice(payload);
+                        codec::extend_chunked(&mut out, payload);
                     }
                     Item { head, payload: out }
                 };
@@ -604,7 +604,7 @@ impl Local {
                     let grow = (len - message.len()).min(message.capacity().max(1 << 20));
                     message.reserve_exact(grow);
                 }
-                message.extend_from_slice(payload);
+                codec::extend_chunked(&mut message, payload);
                 Ok(())
             };
             let got = match st.pending.pop_front() {
