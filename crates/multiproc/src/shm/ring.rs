@@ -618,6 +618,9 @@ impl Ring {
     /// Whether a record of `len` payload bytes fits now (SeqCst reads, for
     /// a sender about to sleep).
     pub(crate) fn has_room_for(&self, len: usize) -> bool {
+        // Orders the caller's count of itself in `space_waiters` before the
+        // read of `head` (which `fits` reads with Acquire).
+        std::sync::atomic::fence(Ordering::SeqCst);
         let tail = self.header().producer.pos.load(Ordering::SeqCst);
         self.fits(tail, record_size(len), true).0
     }
