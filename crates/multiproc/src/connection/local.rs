@@ -737,6 +737,26 @@ impl Patience {
 mod tests {
     use super::*;
 
+    /// Runs a test body on its own thread and fails it after 30 s, so that
+    /// a lost wake-up fails the test instead of hanging CI. (The
+    /// integration tests' `common::deadline` does the same; it cannot be
+    /// shared with a unit test.)
+    fn watchdog(body: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            body();
+            let _ = done.send(());
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        assert!(
+            !matches!(outcome, Err(std::sync::mpsc::RecvTimeoutError::Timeout)),
+            "the test hung"
+        );
+        if let Err(panic) = worker.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     /// A pair, and a way to put any record in the ring from `a` to `b`.
     fn forge(a: &Local, head: Head, payload: &[u8]) {
         let tx = a.tx.as_ref().expect("a sends");
@@ -753,144 +773,164 @@ mod tests {
 
     #[test]
     fn whole_and_pieced_messages_arrive_intact() {
-        let (a, b) = pair(true, true).unwrap();
-        let big: Vec<u8> = (0..3 * PIECE + 17).map(|i| i as u8).collect();
-        let sender = std::thread::spawn(move || {
-            a.send(&[b"abc", b"", b"de"], &[]).unwrap();
-            a.send(&[&big[..5], &big[5..]], &[]).unwrap();
-            a.send(&[], &[]).unwrap();
-            (a, big)
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            let big: Vec<u8> = (0..3 * PIECE + 17).map(|i| i as u8).collect();
+            let sender = std::thread::spawn(move || {
+                a.send(&[b"abc", b"", b"de"], &[]).unwrap();
+                a.send(&[&big[..5], &big[5..]], &[]).unwrap();
+                a.send(&[], &[]).unwrap();
+                (a, big)
+            });
+            assert_eq!(b.recv(None, u64::MAX).unwrap().payload, b"abcde");
+            let got = b.recv(None, u64::MAX).unwrap().payload;
+            assert!(b.recv(None, u64::MAX).unwrap().payload.is_empty());
+            let (_a, big) = sender.join().unwrap();
+            assert_eq!(got, big);
         });
-        assert_eq!(b.recv(None, u64::MAX).unwrap().payload, b"abcde");
-        let got = b.recv(None, u64::MAX).unwrap().payload;
-        assert!(b.recv(None, u64::MAX).unwrap().payload.is_empty());
-        let (_a, big) = sender.join().unwrap();
-        assert_eq!(got, big);
     }
 
     #[test]
     fn a_garbage_record_breaks_the_connection() {
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(9, 0), &[]);
-        a.send(&[b"after"], &[]).unwrap();
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
-        // It lost its place: later receives fail too.
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(9, 0), &[]);
+            a.send(&[b"after"], &[]).unwrap();
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+            // It lost its place: later receives fail too.
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+        });
     }
 
     #[test]
     fn a_length_that_disagrees_with_the_record_is_garbage() {
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(KIND_WHOLE, 100), b"short");
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(KIND_WHOLE, 100), b"short");
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+        });
     }
 
     #[test]
     fn a_message_that_begins_in_its_middle_is_garbage() {
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(KIND_MORE, 10), b"12345");
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(KIND_MORE, 10), b"12345");
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+        });
     }
 
     #[test]
     fn a_piece_of_another_message_is_garbage() {
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(KIND_FIRST, 10), b"12345");
-        forge(&a, head(KIND_MORE, 11), b"67890");
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(KIND_FIRST, 10), b"12345");
+            forge(&a, head(KIND_MORE, 11), b"67890");
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+        });
     }
 
     #[test]
     fn too_large_is_refused_before_allocation() {
-        let (a, b) = pair(true, true).unwrap();
-        a.send(&[&[0u8; 2000]], &[]).unwrap();
-        assert!(matches!(
-            b.recv(None, 1000),
-            Err(StreamError::TooLarge {
-                len: 2000,
-                limit: 1000
-            })
-        ));
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(KIND_FIRST, 1 << 40), b"x");
-        assert!(matches!(
-            b.recv(None, 1 << 30),
-            Err(StreamError::TooLarge { len, .. }) if len == 1 << 40
-        ));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            a.send(&[&[0u8; 2000]], &[]).unwrap();
+            assert!(matches!(
+                b.recv(None, 1000),
+                Err(StreamError::TooLarge {
+                    len: 2000,
+                    limit: 1000
+                })
+            ));
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(KIND_FIRST, 1 << 40), b"x");
+            assert!(matches!(
+                b.recv(None, 1 << 30),
+                Err(StreamError::TooLarge { len, .. }) if len == 1 << 40
+            ));
+        });
     }
 
     #[test]
     fn a_forged_length_then_silence_is_truncated() {
-        let (a, b) = pair(true, true).unwrap();
-        forge(&a, head(KIND_FIRST, 1 << 40), b"first");
-        forge(&a, head(KIND_MORE, 1 << 40), b"second");
-        drop(a);
-        // The buffer grows only as pieces arrive; the end of the stream
-        // ends the message.
-        match b.recv(None, u64::MAX) {
-            Err(StreamError::Truncated { got, expected }) => {
-                assert_eq!((got, expected), (11, 1 << 40));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            forge(&a, head(KIND_FIRST, 1 << 40), b"first");
+            forge(&a, head(KIND_MORE, 1 << 40), b"second");
+            drop(a);
+            // The buffer grows only as pieces arrive; the end of the stream
+            // ends the message.
+            match b.recv(None, u64::MAX) {
+                Err(StreamError::Truncated { got, expected }) => {
+                    assert_eq!((got, expected), (11, 1 << 40));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            b.recv(None, u64::MAX),
-            Err(StreamError::Garbage(_))
-        ));
+            assert!(matches!(
+                b.recv(None, u64::MAX),
+                Err(StreamError::Garbage(_))
+            ));
+        });
     }
 
     #[test]
     fn handles_arrive_with_their_message() {
-        let (a, b) = pair(true, true).unwrap();
-        let (x, _y) = sys::socket::stream_pair().unwrap();
-        a.send(&[b"one"], &[]).unwrap();
-        a.send(&[b"two"], &[x.as_fd(), x.as_fd()]).unwrap();
-        let one = b.recv(None, u64::MAX).unwrap();
-        assert!(one.fds.is_empty());
-        let two = b.recv(None, u64::MAX).unwrap();
-        assert_eq!((two.payload.as_slice(), two.fds.len()), (&b"two"[..], 2));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            let (x, _y) = sys::socket::stream_pair().unwrap();
+            a.send(&[b"one"], &[]).unwrap();
+            a.send(&[b"two"], &[x.as_fd(), x.as_fd()]).unwrap();
+            let one = b.recv(None, u64::MAX).unwrap();
+            assert!(one.fds.is_empty());
+            let two = b.recv(None, u64::MAX).unwrap();
+            assert_eq!((two.payload.as_slice(), two.fds.len()), (&b"two"[..], 2));
+        });
     }
 
     #[test]
     fn a_sender_whose_peer_is_gone_fails() {
-        let (a, b) = pair(true, true).unwrap();
-        drop(b);
-        // Within one liveness interval (or at once, when it rings).
-        let start = Instant::now();
-        while a.send(&[b"x"], &[]).is_ok() {
-            assert!(start.elapsed() < Duration::from_secs(5));
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        assert!(matches!(a.send(&[b"x"], &[]), Err(StreamError::Closed)));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            drop(b);
+            // Within one liveness interval (or at once, when it rings).
+            let start = Instant::now();
+            while a.send(&[b"x"], &[]).is_ok() {
+                assert!(start.elapsed() < Duration::from_secs(5));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            assert!(matches!(a.send(&[b"x"], &[]), Err(StreamError::Closed)));
+        });
     }
 
     #[test]
     fn poll_sees_messages_and_the_end_of_the_stream() {
-        let (a, b) = pair(true, true).unwrap();
-        assert!(
-            !b.poll(Some(Instant::now() + Duration::from_millis(20)))
-                .unwrap()
-        );
-        a.send(&[b"x"], &[]).unwrap();
-        assert!(b.poll(None).unwrap());
-        assert_eq!(b.recv(None, 10).unwrap().payload, b"x");
-        drop(a);
-        assert!(b.poll(None).unwrap());
-        assert!(matches!(b.recv(None, 10), Err(StreamError::Closed)));
+        watchdog(|| {
+            let (a, b) = pair(true, true).unwrap();
+            assert!(
+                !b.poll(Some(Instant::now() + Duration::from_millis(20)))
+                    .unwrap()
+            );
+            a.send(&[b"x"], &[]).unwrap();
+            assert!(b.poll(None).unwrap());
+            assert_eq!(b.recv(None, 10).unwrap().payload, b"x");
+            drop(a);
+            assert!(b.poll(None).unwrap());
+            assert!(matches!(b.recv(None, 10), Err(StreamError::Closed)));
+        });
     }
 }
