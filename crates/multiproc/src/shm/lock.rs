@@ -85,8 +85,21 @@ impl RawLock {
         self.0.load(Ordering::Relaxed) & TID == futex::tid()
     }
 
+    /// Takes the lock like [`lock`](RawLock::lock), checking it only
+    /// `spins` times (with a pause) before it yields instead of the usual
+    /// [`SPINS`]: for locks held for a few instructions by processes that
+    /// may outnumber the processors, where a spinner mostly waits for a
+    /// holder that was preempted.
+    pub(crate) fn lock_with(&self, spins: u32) -> Locked {
+        self.lock_inner(None, spins).unwrap_or(Locked::Clean)
+    }
+
     /// Takes the lock, or gives up at `deadline` (`None` then).
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
+        self.lock_inner(deadline, SPINS)
+    }
+
+    fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
         let me = futex::tid();
         if self
             .0
@@ -95,7 +108,7 @@ impl RawLock {
         {
             return Some(Locked::Clean);
         }
-        for i in 0..SPINS + YIELDS {
+        for i in 0..spins + YIELDS {
             if self.0.load(Ordering::Relaxed) == 0
                 && self
                     .0
@@ -104,7 +117,7 @@ impl RawLock {
             {
                 return Some(Locked::Clean);
             }
-            if i < SPINS {
+            if i < spins {
                 std::hint::spin_loop();
             } else {
                 futex::yield_now();
