@@ -80,6 +80,20 @@ impl RawLock {
         None
     }
 
+    /// Synchronises with the lock's holders without taking it, for a
+    /// waiter about to sleep: call it after raising a waiter count
+    /// (`SeqCst`). Afterwards the caller sees everything written under
+    /// the lock by every holder that has released it (the load reads the
+    /// last unlock, or a later lock in its release sequence), and a holder
+    /// still inside sees the raised count if it reads the count (`SeqCst`)
+    /// after its [`unlock`](RawLock::unlock). So the writer of a position
+    /// under the lock need not make that store `SeqCst`: one of the two
+    /// sides always sees the other. (A holder that dies inside publishes
+    /// nothing, and the sleeper wakes at its next re-check.)
+    pub(crate) fn observe(&self) {
+        self.0.load(Ordering::SeqCst);
+    }
+
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
         self.0.load(Ordering::Relaxed) & TID == futex::tid()
@@ -171,8 +185,12 @@ impl RawLock {
     }
 
     /// Releases the lock; wakes one sleeper if there is any.
+    ///
+    /// The swap is `SeqCst`, for [`observe`](RawLock::observe): a holder
+    /// that reads a waiter count (`SeqCst`) after unlocking sees every
+    /// count raised before an `observe` that found the lock held by it.
     pub(crate) fn unlock(&self) {
-        if self.0.swap(0, Ordering::Release) & WAITERS != 0 {
+        if self.0.swap(0, Ordering::SeqCst) & WAITERS != 0 {
             futex::wake(&self.0, 1);
         }
     }

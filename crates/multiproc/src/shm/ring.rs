@@ -15,8 +15,9 @@
 //!   of the ring instead.
 //! * Waiting: yield (no spin: see [`YIELDS`]), then sleep on a futex
 //!   sequence word; the other side bumps the word and wakes only if a
-//!   sleeper count says someone sleeps (SeqCst on both sides, so no
-//!   wake-up is lost).
+//!   sleeper count says someone sleeps. The sleeper re-checks through the
+//!   other side's lock word ([`RawLock::observe`]), so no wake-up is lost
+//!   while the positions are stored with plain `Release`.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -251,7 +252,16 @@ impl Ring {
 
     fn is_empty_now(&self) -> bool {
         let h = self.header();
-        h.producer.pos.load(Ordering::SeqCst) == h.consumer.pos.load(Ordering::SeqCst)
+        h.producer.pos.load(Ordering::Acquire) == h.consumer.pos.load(Ordering::Acquire)
+    }
+
+    /// Whether the ring is empty, for a consumer about to sleep that has
+    /// counted itself in a waiter count (`SeqCst`): either it sees every
+    /// record published so far, or the producer publishing one sees it
+    /// counted (see [`RawLock::observe`]).
+    fn is_empty_settled(&self) -> bool {
+        self.header().producer.lock.observe();
+        self.is_empty_now()
     }
 
     /// Free bytes needed at `tail` for a record of `size` (with the PAD
@@ -272,6 +282,11 @@ impl Ring {
         let cached = h.producer.peer.load(Ordering::Relaxed);
         if !fresh && cached <= tail && self.capacity - (tail - cached) >= need {
             return (true, to_end);
+        }
+        if fresh {
+            // A producer about to sleep, counted as a waiter: see
+            // `is_empty_settled`, the other way round.
+            h.consumer.lock.observe();
         }
         let head = h.consumer.pos.load(Ordering::Acquire);
         if !fresh {
@@ -346,7 +361,9 @@ impl Ring {
                 }
                 let put = h.producer.count.load(Ordering::Relaxed);
                 h.producer.count.store(put + 1, Ordering::Release);
-                h.producer.pos.store(tail + size, Ordering::SeqCst);
+                // Release, not SeqCst: the unlock below orders it for a
+                // consumer about to sleep (see `is_empty_settled`).
+                h.producer.pos.store(tail + size, Ordering::Release);
                 h.producer.lock.unlock();
                 if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
                     h.waits.data_seq.fetch_add(1, Ordering::SeqCst);
@@ -366,7 +383,7 @@ impl Ring {
             }
             let seq = h.waits.space_seq.load(Ordering::SeqCst);
             h.waits.space_sleepers.fetch_add(1, Ordering::SeqCst);
-            let tail = h.producer.pos.load(Ordering::SeqCst);
+            let tail = h.producer.pos.load(Ordering::Relaxed);
             let woke = if self.fits(tail, size, true).0 {
                 futex::Wake::Woken
             } else {
@@ -425,7 +442,7 @@ impl Ring {
             }
             let seq = h.waits.data_seq.load(Ordering::SeqCst);
             h.waits.data_sleepers.fetch_add(1, Ordering::SeqCst);
-            let woke = if self.is_empty_now() {
+            let woke = if self.is_empty_settled() {
                 futex::wait(&h.waits.data_seq, seq, Some(until(deadline)))
             } else {
                 futex::Wake::Woken
@@ -456,7 +473,7 @@ impl Ring {
                 h.consumer.peer.store(tail, Ordering::Relaxed);
             }
             if head == tail {
-                h.consumer.pos.store(head, Ordering::SeqCst);
+                h.consumer.pos.store(head, Ordering::Release);
                 return Ok(None);
             }
             let off = (head & (self.capacity - 1)) as usize;
@@ -472,7 +489,7 @@ impl Ring {
             if size > to_end || size > tail - head || !matches!(kind, INLINE | PAD | LARGE) {
                 // Nothing we wrote looks like this: drop what is in flight
                 // rather than read garbage forever.
-                h.consumer.pos.store(tail, Ordering::SeqCst);
+                h.consumer.pos.store(tail, Ordering::Release);
                 return Err(PopError::Corrupted(format!(
                     "record of kind {kind} and length {len} at offset {off}"
                 )));
@@ -497,7 +514,8 @@ impl Ring {
             };
             let got = h.consumer.count.load(Ordering::Relaxed);
             h.consumer.count.store(got + 1, Ordering::Release);
-            h.consumer.pos.store(head + size, Ordering::SeqCst);
+            // Release: the unlock orders it for a producer about to sleep.
+            h.consumer.pos.store(head + size, Ordering::Release);
             return Ok(Some(out));
         }
     }
@@ -597,8 +615,9 @@ impl Ring {
 /// elsewhere counts itself in [`data_waiters`](Ring::data_waiters) or
 /// [`space_waiters`](Ring::space_waiters) before it re-checks the ring and
 /// sleeps; the other side, after a `try_push` or `try_pop`, reads the count
-/// and wakes it its own way. Both sides use SeqCst, so either the sleeper
-/// sees the change or the other side sees the sleeper.
+/// (`SeqCst`) and wakes it its own way. The re-checks go through
+/// [`RawLock::observe`], so either the sleeper sees the change or the other
+/// side sees the sleeper.
 impl Ring {
     /// Appends one inline record made of `parts` if it fits now; `false`
     /// if the ring is full. The record must be at most
@@ -619,19 +638,17 @@ impl Ring {
             self.write_at(tail, u64::from(INLINE) << 32 | len as u64, parts);
             let put = h.producer.count.load(Ordering::Relaxed);
             h.producer.count.store(put + 1, Ordering::Release);
-            h.producer.pos.store(tail + size, Ordering::SeqCst);
+            h.producer.pos.store(tail + size, Ordering::Release);
         }
         h.producer.lock.unlock();
         fits
     }
 
-    /// Whether a record of `len` payload bytes fits now (SeqCst reads, for
-    /// a sender about to sleep).
+    /// Whether a record of `len` payload bytes fits now, for a sender about
+    /// to sleep that has counted itself in
+    /// [`space_waiters`](Ring::space_waiters).
     pub(crate) fn has_room_for(&self, len: usize) -> bool {
-        // Orders the caller's count of itself in `space_waiters` before the
-        // read of `head` (which `fits` reads with Acquire).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let tail = self.header().producer.pos.load(Ordering::SeqCst);
+        let tail = self.header().producer.pos.load(Ordering::Acquire);
         self.fits(tail, record_size(len), true).0
     }
 
@@ -653,10 +670,10 @@ impl Ring {
         out
     }
 
-    /// Whether the ring holds no record (SeqCst reads, for a receiver about
-    /// to sleep).
+    /// Whether the ring holds no record, for a receiver about to sleep that
+    /// has counted itself in [`data_waiters`](Ring::data_waiters).
     pub(crate) fn is_empty(&self) -> bool {
-        self.is_empty_now()
+        self.is_empty_settled()
     }
 
     /// Receivers that sleep elsewhere, waiting for a record.
