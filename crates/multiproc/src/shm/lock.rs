@@ -104,7 +104,16 @@ impl RawLock {
     /// [`SPINS`]: for locks held for a few instructions by processes that
     /// may outnumber the processors, where a spinner mostly waits for a
     /// holder that was preempted.
+    #[inline]
     pub(crate) fn lock_with(&self, spins: u32) -> Locked {
+        // The free case inline, without a call.
+        if self
+            .0
+            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Locked::Clean;
+        }
         self.lock_inner(None, spins).unwrap_or(Locked::Clean)
     }
 
@@ -113,6 +122,7 @@ impl RawLock {
         self.lock_inner(deadline, SPINS)
     }
 
+    #[cold]
     fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
         let me = futex::tid();
         if self
