@@ -90,8 +90,13 @@ impl RawLock {
     /// under the lock need not make that store `SeqCst`: one of the two
     /// sides always sees the other. (A holder that dies inside publishes
     /// nothing, and the sleeper wakes at its next re-check.)
+    ///
+    /// It is a read-modify-write that changes nothing (`fetch_or(0)`), not
+    /// a load: it reads the newest value of the word whatever the caller's
+    /// cache holds, and a compiler cannot drop it as unused. It only runs
+    /// on the way to sleep.
     pub(crate) fn observe(&self) {
-        self.0.load(Ordering::SeqCst);
+        self.0.fetch_or(0, Ordering::SeqCst);
     }
 
     /// Whether the calling thread holds the lock.
@@ -118,7 +123,15 @@ impl RawLock {
     }
 
     /// Takes the lock, or gives up at `deadline` (`None` then).
+    #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
+        if self
+            .0
+            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Locked::Clean);
+        }
         self.lock_inner(deadline, SPINS)
     }
 
