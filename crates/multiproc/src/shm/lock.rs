@@ -111,40 +111,33 @@ impl RawLock {
     /// holder that was preempted.
     #[inline]
     pub(crate) fn lock_with(&self, spins: u32) -> Locked {
-        // The free case inline, without a call.
-        if self
-            .0
-            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
+        if self.take_free() {
             return Locked::Clean;
         }
         self.lock_inner(None, spins).unwrap_or(Locked::Clean)
     }
 
+    /// The free case of every lock call, inline: one compare-and-swap.
+    #[inline]
+    fn take_free(&self) -> bool {
+        self.0
+            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Takes the lock, or gives up at `deadline` (`None` then).
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
-        if self
-            .0
-            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
+        if self.take_free() {
             return Some(Locked::Clean);
         }
         self.lock_inner(deadline, SPINS)
     }
 
     #[cold]
+    /// The contended case, after [`take_free`](RawLock::take_free) failed.
     fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
         let me = futex::tid();
-        if self
-            .0
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Some(Locked::Clean);
-        }
         for i in 0..spins + YIELDS {
             if self.0.load(Ordering::Relaxed) == 0
                 && self

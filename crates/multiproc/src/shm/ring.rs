@@ -270,6 +270,12 @@ impl Ring {
         let h = self.header();
         let to_end = self.capacity - (tail & (self.capacity - 1));
         let need = if size > to_end { to_end + size } else { size };
+        if fresh {
+            // A producer about to sleep, counted as a waiter: see
+            // `is_empty_settled`, the other way round. Before both reads
+            // that a consumer changes: the item count and `head`.
+            h.consumer.lock.observe();
+        }
         let items_ok = {
             let max = h.meta.max_items.load(Ordering::Relaxed);
             max == 0 || self.len() < max
@@ -282,11 +288,6 @@ impl Ring {
         let cached = h.producer.peer.load(Ordering::Relaxed);
         if !fresh && cached <= tail && self.capacity - (tail - cached) >= need {
             return (true, to_end);
-        }
-        if fresh {
-            // A producer about to sleep, counted as a waiter: see
-            // `is_empty_settled`, the other way round.
-            h.consumer.lock.observe();
         }
         let head = h.consumer.pos.load(Ordering::Acquire);
         if !fresh {
