@@ -1,40 +1,71 @@
 //! A lock for shared memory that survives the death of its holder.
 //!
-//! The 32-bit futex word holds the holder's thread id (0 when free) and a
-//! `WAITERS` bit. Locking is one compare-and-swap when free. A contended
-//! locker spins briefly, yields, then sleeps on the futex; it sleeps at most
-//! [`RECHECK`] at a time, and each time it wakes with the lock still held it
-//! asks the kernel whether the holder still exists. A holder that died
-//! (killed mid-operation) is replaced by the caller, who learns so from
+//! The 32-bit futex word holds the holder's *process* id (0 when free) and
+//! a `WAITERS` bit; beside it, the holder records its
+//! [`Identity`](crate::sys::liveness::Identity) (start time and PID
+//! namespace), so that a reused id or an id from another namespace is never
+//! taken for the holder. Ownership belongs to the process, not to a thread:
+//! a thread may end while a borrow made under the lock lives on (a leaked
+//! guard, one returned from a scoped thread), so only the end of the whole
+//! process, after which nothing of it can touch the data, makes a lock
+//! recoverable.
+//!
+//! Locking is one compare-and-swap when free. A contended locker waits the
+//! way every structure here waits ([`super::wait`]); each time a sleep ends
+//! with the lock still held, it asks [`liveness`] whether the holder lives.
+//! A holder that died is replaced by the caller, who learns so from
 //! [`Locked::Recovered`] and repairs what the holder may have left half
 //! done. Unlock wakes one sleeper only if the `WAITERS` bit says there is
-//! one: no system call on the uncontended path.
+//! one: no system call on the uncontended path; and it releases only a lock
+//! this process holds (a forked child that inherited a guard releases
+//! nothing).
 //!
 //! The kernel's robust-futex list would report a dead holder without the
 //! periodic re-check; it is tied to glibc's per-thread list, which a library
-//! cannot share safely, so this lock checks instead. The re-check only runs
-//! while a locker is blocked for longer than [`RECHECK`].
+//! cannot share safely, and to threads, not processes.
+//!
+//! What a corrupt peer can do: write any word and identity. The lock then
+//! excludes nothing for that structure (typed errors or lost data there),
+//! and a wait on it still ends by its deadline; nothing here hands out
+//! memory on the strength of the word alone (see `docs/safety.md`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
-use crate::sys::futex;
+pub(crate) use super::wait::RECHECK;
+use super::wait::{Next, Policy, Slept, Waiter};
+use crate::sys::liveness::{self, Identity};
 
 const WAITERS: u32 = 1 << 31;
-const TID: u32 = !WAITERS;
-
-/// How long a blocked locker sleeps before it checks that the holder lives.
-pub(crate) const RECHECK: Duration = Duration::from_millis(50);
+const PID: u32 = !WAITERS;
 
 /// Spins before the first yield.
 const SPINS: u32 = 64;
 /// Yields before the first sleep.
 const YIELDS: u32 = 4;
 
-/// A lock word in shared memory.
-#[repr(transparent)]
+/// A marker for guards of a process-owned lock: `!Send`, like
+/// `std::sync::MutexGuard`, so that a guard stays with the thread that took
+/// the lock (and cannot be captured by a closure that must be `Send`, such
+/// as a forked child's body), yet `Sync`, since sharing `&guard` hands out
+/// nothing but what the guard's own `Sync` bounds allow.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NotSend(std::marker::PhantomData<*const ()>);
+
+// SAFETY: `NotSend` holds no data; it only withholds `Send`. A `&NotSend`
+// gives access to nothing.
+unsafe impl Sync for NotSend {}
+
+/// A lock in shared memory: the futex word and the holder's identity.
+#[repr(C)]
 #[derive(Debug, Default)]
-pub(crate) struct RawLock(AtomicU32);
+pub(crate) struct RawLock {
+    word: AtomicU32,
+    _pad: u32,
+    /// The holder's [`Identity`]; 0 while free, and for a moment after a
+    /// holder takes the lock (it reads as alive then).
+    owner: AtomicU64,
+}
 
 /// How [`RawLock::lock`] got the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,31 +84,16 @@ impl RawLock {
         self.lock_until(None).unwrap_or(Locked::Clean)
     }
 
-    /// Takes the lock if it is free, or held by a thread that died.
+    /// Takes the lock if it is free, or held by a process that died.
     pub(crate) fn try_lock(&self) -> Option<Locked> {
-        let me = futex::tid();
-        let cur = self.0.load(Ordering::Relaxed);
+        if self.take_free() {
+            return Some(Locked::Clean);
+        }
+        let cur = self.word.load(Ordering::Relaxed);
         if cur == 0 {
-            return self
-                .0
-                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                .ok()
-                .map(|_| Locked::Clean);
+            return self.take_free().then_some(Locked::Clean);
         }
-        if !futex::is_alive(cur & TID)
-            && self
-                .0
-                .compare_exchange(
-                    cur,
-                    me | (cur & WAITERS),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            return Some(Locked::Recovered);
-        }
-        None
+        self.take_over(cur).then_some(Locked::Recovered)
     }
 
     /// Synchronises with the lock's holders without taking it, for a
@@ -96,12 +112,13 @@ impl RawLock {
     /// cache holds, and a compiler cannot drop it as unused. It only runs
     /// on the way to sleep.
     pub(crate) fn observe(&self) {
-        self.0.fetch_or(0, Ordering::SeqCst);
+        self.word.fetch_or(0, Ordering::SeqCst);
     }
 
-    /// Whether the calling thread holds the lock.
-    pub(crate) fn held_by_me(&self) -> bool {
-        self.0.load(Ordering::Relaxed) & TID == futex::tid()
+    /// Whether this process holds the lock.
+    pub(crate) fn held_by_this_process(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & PID == liveness::pid()
+            && Identity(self.owner.load(Ordering::Relaxed)) == liveness::me()
     }
 
     /// Takes the lock like [`lock`](RawLock::lock), checking it only
@@ -111,103 +128,214 @@ impl RawLock {
     /// holder that was preempted.
     #[inline]
     pub(crate) fn lock_with(&self, spins: u32) -> Locked {
-        if self.take_free() {
-            return Locked::Clean;
-        }
-        self.lock_inner(None, spins).unwrap_or(Locked::Clean)
+        self.lock_with_until(spins, None).unwrap_or(Locked::Clean)
     }
 
-    /// The free case of every lock call, inline: one compare-and-swap.
+    /// [`lock_with`](RawLock::lock_with), giving up at `deadline`.
+    #[inline]
+    pub(crate) fn lock_with_until(&self, spins: u32, deadline: Option<Instant>) -> Option<Locked> {
+        if self.take_free() {
+            return Some(Locked::Clean);
+        }
+        self.lock_inner(deadline, spins)
+    }
+
+    /// The free case of every lock call, inline: one compare-and-swap,
+    /// then the holder records its identity.
     #[inline]
     fn take_free(&self) -> bool {
-        self.0
-            .compare_exchange(0, futex::tid(), Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        let ok = self
+            .word
+            .compare_exchange(0, liveness::pid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            self.owner.store(liveness::me().0, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Takes the lock, or gives up at `deadline` (`None` then).
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
-        if self.take_free() {
-            return Some(Locked::Clean);
+        self.lock_with_until(SPINS, deadline)
+    }
+
+    /// Takes over the lock from the holder named by word `cur`, if that
+    /// process is certainly gone. True if the caller now holds it.
+    fn take_over(&self, cur: u32) -> bool {
+        let pid = cur & PID;
+        let owner = Identity(self.owner.load(Ordering::SeqCst));
+        if pid == liveness::pid() && (owner == liveness::me() || owner == Identity::UNKNOWN) {
+            // Held in this process (another thread, or a guard that
+            // outlived its thread): never ours to take.
+            return false;
         }
-        self.lock_inner(deadline, SPINS)
+        if liveness::is_alive(pid, owner) {
+            return false;
+        }
+        // The identity must still be the one judged dead (a holder that
+        // took the lock since would have recorded its own).
+        if self.owner.load(Ordering::SeqCst) != owner.0 {
+            return false;
+        }
+        // Forget the dead holder's identity before the word names us, so
+        // that whoever reads the word as ours reads 0 or ours.
+        self.owner.store(0, Ordering::SeqCst);
+        let me = liveness::pid() | (cur & WAITERS);
+        if self
+            .word
+            .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.owner.store(liveness::me().0, Ordering::SeqCst);
+            return true;
+        }
+        false
     }
 
     #[cold]
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
     fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
-        let me = futex::tid();
-        for i in 0..spins + YIELDS {
-            if self.0.load(Ordering::Relaxed) == 0
-                && self
-                    .0
-                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Some(Locked::Clean);
-            }
-            if i < spins {
-                std::hint::spin_loop();
-            } else {
-                futex::yield_now();
-            }
-        }
+        let me = liveness::pid();
+        let mut waiter = Waiter::new(
+            Policy {
+                spins,
+                yields: YIELDS,
+            },
+            deadline,
+        );
+        // Once this locker has slept, others may sleep too: it takes the
+        // lock marked contended, so that its unlock wakes the next one.
+        let mut slept = false;
         loop {
-            let cur = self.0.load(Ordering::Relaxed);
+            let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
-                // Take it marked contended: others may still sleep.
+                let new = if slept { me | WAITERS } else { me };
                 if self
-                    .0
-                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .word
+                    .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
+                    self.owner.store(liveness::me().0, Ordering::Relaxed);
                     return Some(Locked::Clean);
                 }
                 continue;
             }
+            match waiter.pause() {
+                Next::Check => continue,
+                Next::TimedOut => {
+                    return self.take_over(cur).then_some(Locked::Recovered);
+                }
+                Next::Sleep => {}
+            }
             if cur & WAITERS == 0
                 && self
-                    .0
+                    .word
                     .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
             }
-            let recheck = Instant::now() + RECHECK;
-            let until = deadline.map_or(recheck, |d| d.min(recheck));
-            if futex::wait(&self.0, cur | WAITERS, Some(until)) == futex::Wake::TimedOut {
-                if self.0.load(Ordering::Relaxed) == cur | WAITERS && !futex::is_alive(cur & TID) {
-                    // The holder is gone: take over, keeping WAITERS so that
-                    // other sleepers are woken in turn.
-                    if self
-                        .0
-                        .compare_exchange(
-                            cur | WAITERS,
-                            me | WAITERS,
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    {
+            slept = true;
+            match waiter.sleep(&self.word, cur | WAITERS, None, || true) {
+                Slept::Woken => {}
+                Slept::Recheck => {
+                    if self.take_over(cur | WAITERS) {
                         return Some(Locked::Recovered);
                     }
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return None;
+                Slept::TimedOut => {
+                    return self.take_over(cur | WAITERS).then_some(Locked::Recovered);
                 }
             }
         }
     }
 
-    /// Releases the lock; wakes one sleeper if there is any.
+    /// Releases the lock if this process holds it, and wakes one sleeper
+    /// if there is any. False (and nothing done) if this process does not
+    /// hold it: a guard inherited through a fork, or a word a corrupt peer
+    /// overwrote.
     ///
     /// The swap is `SeqCst`, for [`observe`](RawLock::observe): a holder
     /// that reads a waiter count (`SeqCst`) after unlocking sees every
     /// count raised before an `observe` that found the lock held by it.
-    pub(crate) fn unlock(&self) {
-        if self.0.swap(0, Ordering::SeqCst) & WAITERS != 0 {
-            futex::wake(&self.0, 1);
+    pub(crate) fn unlock(&self) -> bool {
+        let me = liveness::pid();
+        let cur = self.word.load(Ordering::Relaxed);
+        if cur & PID != me {
+            return false;
         }
+        let owner = Identity(self.owner.load(Ordering::Relaxed));
+        if owner != liveness::me() && owner != Identity::UNKNOWN {
+            return false;
+        }
+        self.owner.store(0, Ordering::Relaxed);
+        let mut cur = cur;
+        loop {
+            match self
+                .word
+                .compare_exchange(cur, 0, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(prev) => {
+                    if prev & WAITERS != 0 {
+                        crate::sys::futex::wake(&self.word, 1);
+                    }
+                    return true;
+                }
+                // A sleeper set WAITERS meanwhile: still ours, try again.
+                Err(now) if now & PID == me => cur = now,
+                // A corrupt peer rewrote the word: it is not ours to clear.
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_held_by_this_process_is_never_recovered_even_after_its_thread_ended() {
+        let lock = std::sync::Arc::new(RawLock::default());
+        let l2 = lock.clone();
+        std::thread::spawn(move || assert_eq!(l2.try_lock(), Some(Locked::Clean)))
+            .join()
+            .expect("thread");
+        // The locking thread is gone; the process is not.
+        assert_eq!(lock.try_lock(), None);
+        let start = Instant::now();
+        let deadline = start + std::time::Duration::from_millis(150);
+        assert_eq!(lock.lock_until(Some(deadline)), None);
+        assert!(start.elapsed() >= std::time::Duration::from_millis(150));
+        assert!(lock.unlock());
+        assert_eq!(lock.try_lock(), Some(Locked::Clean));
+        assert!(lock.unlock());
+    }
+
+    #[test]
+    fn a_dead_process_lock_is_recovered_and_a_forged_live_one_is_not() {
+        let lock = RawLock::default();
+        // A reaped child: its id names no process now.
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        lock.word.store(pid, Ordering::SeqCst);
+        lock.owner.store(liveness::me().0 ^ 1, Ordering::SeqCst);
+        assert_eq!(lock.try_lock(), Some(Locked::Recovered));
+        assert!(lock.held_by_this_process());
+        assert!(lock.unlock());
+        // Our own id with an unknown identity: taken to be us, not stolen.
+        lock.word.store(liveness::pid(), Ordering::SeqCst);
+        assert_eq!(lock.try_lock(), None);
+    }
+
+    #[test]
+    fn unlock_releases_only_a_lock_this_process_holds() {
+        let lock = RawLock::default();
+        lock.word.store(1, Ordering::SeqCst); // init, alive
+        lock.owner.store(7, Ordering::SeqCst);
+        assert!(!lock.unlock());
+        assert_eq!(lock.word.load(Ordering::SeqCst), 1);
     }
 }

@@ -15,3 +15,4 @@ pub(crate) mod object;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod states;
+pub(crate) mod wait;

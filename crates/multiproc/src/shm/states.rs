@@ -8,63 +8,51 @@
 //! word and wakes only when the sleeper count is non-zero. `SeqCst` on both
 //! sides, so no wake-up is lost.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::lock::{Locked, RECHECK, RawLock};
+use super::lock::{Locked, RawLock};
 use super::object::ShmState;
+use super::wait::{self, Next, Policy, Slept, Waiter};
 use crate::sys::futex;
+use crate::sys::liveness::{self, Identity};
 
-fn until(deadline: Option<Instant>) -> Instant {
-    let recheck = Instant::now() + RECHECK;
-    deadline.map_or(recheck, |d| d.min(recheck))
-}
+/// Most waits between processes on two cores end within microseconds, far
+/// sooner than a futex sleep and wake-up (several microseconds each here):
+/// spin, then yield, then sleep.
+const POLICY: Policy = Policy {
+    spins: 128,
+    yields: 8,
+};
 
-fn passed(deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| Instant::now() >= d)
-}
-
-/// Sleeps on `word` while it holds `seen`, counting itself in `sleepers`.
-fn sleep_on(
+/// Waits until `ready()` (true) or `deadline` (then `ready()` once more),
+/// sleeping on `word` while it holds `idle`; `recheck` runs each time a
+/// sleep ends with no wake-up (to look for dead peers).
+fn wait_for(
     word: &AtomicU32,
-    seen: u32,
+    idle: u32,
     sleepers: &AtomicU32,
     deadline: Option<Instant>,
-) -> futex::Wake {
-    sleepers.fetch_add(1, Ordering::SeqCst);
-    let r = if word.load(Ordering::SeqCst) == seen {
-        futex::wait(word, seen, Some(until(deadline)))
-    } else {
-        futex::Wake::Woken
-    };
-    sleepers.fetch_sub(1, Ordering::SeqCst);
-    r
-}
-
-/// Spins, then yields, checking `ready` each time: most waits between
-/// processes on two cores end within microseconds, far sooner than a futex
-/// sleep and wake-up (several microseconds each here). True if it became
-/// ready.
-fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
-    for i in 0..SPINS + YIELDS {
+    mut ready: impl FnMut() -> bool,
+    mut recheck: impl FnMut(),
+) -> bool {
+    let mut waiter = Waiter::new(POLICY, deadline);
+    loop {
         if ready() {
             return true;
         }
-        if i < SPINS {
-            std::hint::spin_loop();
-        } else {
-            futex::yield_now();
+        match waiter.pause() {
+            Next::Check => continue,
+            Next::TimedOut => return ready(),
+            Next::Sleep => {}
         }
-    }
-    ready()
-}
-
-const SPINS: u32 = 128;
-const YIELDS: u32 = 8;
-
-fn wake_if_sleeping(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
-    if sleepers.load(Ordering::SeqCst) > 0 {
-        futex::wake(word, n);
+        match waiter.sleep(word, idle, Some(sleepers), || {
+            word.load(Ordering::SeqCst) == idle
+        }) {
+            Slept::Woken => {}
+            Slept::Recheck => recheck(),
+            Slept::TimedOut => return ready(),
+        }
     }
 }
 
@@ -74,11 +62,14 @@ fn wake_if_sleeping(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
 #[derive(Debug, Default)]
 pub(crate) struct LockState {
     magic: AtomicU32,
-    lock: RawLock,
     /// Set when a holder died; cleared by `make_consistent`.
     inconsistent: AtomicU32,
     /// Recursion depth of an `RLock`.
     depth: AtomicU32,
+    /// The thread of the holding process that took the lock: an `RLock`
+    /// is re-entered by that thread only.
+    thread: AtomicU32,
+    lock: RawLock,
 }
 
 // SAFETY: all atomics, valid at zero, no pointers.
@@ -100,6 +91,7 @@ pub(crate) enum Acquired {
 
 impl LockState {
     fn outcome(&self, l: Locked) -> Acquired {
+        self.thread.store(futex::tid(), Ordering::Relaxed);
         if l == Locked::Recovered {
             self.inconsistent.store(1, Ordering::SeqCst);
             self.depth.store(0, Ordering::SeqCst);
@@ -121,24 +113,50 @@ impl LockState {
         self.lock.try_lock().map(|l| self.outcome(l))
     }
 
-    /// Takes the lock again if the caller holds it (an `RLock`); returns
-    /// false if it does not.
+    /// Takes the lock again if the calling thread holds it (an `RLock`);
+    /// returns false if it does not (or the depth would overflow).
     pub(crate) fn reenter(&self) -> bool {
-        if self.lock.held_by_me() {
-            self.depth.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
+        if self.lock.held_by_this_process() && self.thread.load(Ordering::Relaxed) == futex::tid() {
+            let depth = self.depth.load(Ordering::Relaxed);
+            if let Some(next) = depth.checked_add(1) {
+                self.depth.store(next, Ordering::Relaxed);
+                return true;
+            }
         }
+        false
     }
 
     /// Releases one level; the lock itself when the depth reaches zero.
+    /// Does nothing if this process does not hold the lock (a guard that
+    /// a forked child inherited): the holder's lock stays held.
     pub(crate) fn release(&self) {
-        if self.depth.load(Ordering::Relaxed) > 0 {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            self.lock.unlock();
+        if !self.lock.held_by_this_process() {
+            return;
         }
+        let depth = self.depth.load(Ordering::Relaxed);
+        if depth > 0 {
+            self.depth.store(depth - 1, Ordering::Relaxed);
+        } else {
+            self.thread.store(0, Ordering::Relaxed);
+            let _ = self.lock.unlock();
+        }
+    }
+
+    /// Whether this process holds the lock.
+    pub(crate) fn held_by_this_process(&self) -> bool {
+        self.lock.held_by_this_process()
+    }
+
+    /// Releases the lock whatever its depth (a `Condition` wait), if this
+    /// process holds it; returns the depth to restore.
+    fn release_all(&self) -> u32 {
+        if !self.lock.held_by_this_process() {
+            return 0;
+        }
+        let depth = self.depth.swap(0, Ordering::Relaxed);
+        self.thread.store(0, Ordering::Relaxed);
+        let _ = self.lock.unlock();
+        depth
     }
 
     /// Marks the protected data consistent again after an owner died.
@@ -195,18 +213,14 @@ impl SemaphoreState {
 
     /// Decrements, waiting while the value is 0, until `deadline`.
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> bool {
-        if deadline.is_none_or(|d| d > Instant::now()) && spin_until(|| self.try_take()) {
-            return true;
-        }
-        loop {
-            if self.try_take() {
-                return true;
-            }
-            if passed(deadline) {
-                return false;
-            }
-            let _ = sleep_on(&self.value, 0, &self.sleepers, deadline);
-        }
+        wait_for(
+            &self.value,
+            0,
+            &self.sleepers,
+            deadline,
+            || self.try_take(),
+            || {},
+        )
     }
 
     /// Increments; false if that would pass the bound.
@@ -214,18 +228,21 @@ impl SemaphoreState {
         let bound = self.bound.load(Ordering::Relaxed);
         let mut v = self.value.load(Ordering::Relaxed);
         loop {
-            if bound != 0 && v + 1 >= bound {
+            let Some(next) = v.checked_add(1) else {
+                return false;
+            };
+            if bound != 0 && next >= bound {
                 return false;
             }
             match self
                 .value
-                .compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange_weak(v, next, Ordering::SeqCst, Ordering::Relaxed)
             {
                 Ok(_) => break,
                 Err(now) => v = now,
             }
         }
-        wake_if_sleeping(&self.value, &self.sleepers, 1);
+        wait::wake(&self.value, &self.sleepers, 1);
         true
     }
 }
@@ -251,7 +268,7 @@ impl EventState {
     /// Sets the flag and wakes every waiter.
     pub(crate) fn set(&self) {
         self.flag.store(1, Ordering::SeqCst);
-        wake_if_sleeping(&self.flag, &self.sleepers, u32::MAX);
+        wait::wake(&self.flag, &self.sleepers, u32::MAX);
     }
 
     /// Clears the flag.
@@ -266,18 +283,14 @@ impl EventState {
 
     /// Waits until the flag is set or `deadline`; returns the flag.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        if deadline.is_none_or(|d| d > Instant::now()) && spin_until(|| self.is_set()) {
-            return true;
-        }
-        loop {
-            if self.is_set() {
-                return true;
-            }
-            if passed(deadline) {
-                return false;
-            }
-            let _ = sleep_on(&self.flag, 0, &self.sleepers, deadline);
-        }
+        wait_for(
+            &self.flag,
+            0,
+            &self.sleepers,
+            deadline,
+            || self.is_set(),
+            || {},
+        )
     }
 }
 
@@ -303,29 +316,34 @@ unsafe impl ShmState for ConditionState {
 
 impl ConditionState {
     /// With the lock held: releases it, waits for a notification (or
-    /// `deadline`), and takes the lock back. True if notified.
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> (bool, Acquired) {
+    /// `deadline`), and takes the lock back (with the depth it had). True
+    /// if notified; `None` for the lock if this process did not hold it
+    /// (nothing was released, and nothing is taken back).
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> (bool, Option<Acquired>) {
+        if !self.lock.held_by_this_process() {
+            return (false, None);
+        }
         let seen = self.seq.load(Ordering::SeqCst);
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        self.lock.lock.unlock();
-        let notified = loop {
-            if self.seq.load(Ordering::SeqCst) != seen {
-                break true;
-            }
-            if passed(deadline) {
-                break false;
-            }
-            let _ = futex::wait(&self.seq, seen, Some(until(deadline)));
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let depth = self.lock.release_all();
+        let notified = wait_for(
+            &self.seq,
+            seen,
+            &self.sleepers,
+            deadline,
+            || self.seq.load(Ordering::SeqCst) != seen,
+            || {},
+        );
         let acquired = self.lock.acquire(None).unwrap_or(Acquired::Clean);
-        (notified, acquired)
+        if acquired == Acquired::Clean {
+            self.lock.depth.store(depth, Ordering::Relaxed);
+        }
+        (notified, Some(acquired))
     }
 
     /// Wakes up to `n` waiters.
     pub(crate) fn notify(&self, n: u32) {
         self.seq.fetch_add(1, Ordering::SeqCst);
-        wake_if_sleeping(&self.seq, &self.sleepers, n);
+        wait::wake(&self.seq, &self.sleepers, n);
     }
 }
 
@@ -342,9 +360,11 @@ pub(crate) struct BarrierState {
     generation: AtomicU32,
     broken: AtomicU32,
     sleepers: AtomicU32,
-    lock: RawLock,
     _pad: u32,
+    lock: RawLock,
+    /// Process ids of waiting parties, and their identities.
     waiting: [AtomicU32; BARRIER_WATCH],
+    waiting_ids: [AtomicU64; BARRIER_WATCH],
 }
 
 // SAFETY: all atomics, valid at zero, no pointers.
@@ -395,7 +415,7 @@ impl BarrierState {
     pub(crate) fn abort(&self) {
         let _ = self.lock.lock();
         self.break_it();
-        self.lock.unlock();
+        let _ = self.lock.unlock();
     }
 
     /// Makes a broken barrier usable again (Python's `reset`); parties
@@ -407,75 +427,87 @@ impl BarrierState {
         }
         self.count.store(0, Ordering::SeqCst);
         self.broken.store(0, Ordering::SeqCst);
-        for w in &self.waiting {
+        self.clear_waiting();
+        let _ = self.lock.unlock();
+    }
+
+    fn clear_waiting(&self) {
+        for (w, id) in self.waiting.iter().zip(&self.waiting_ids) {
             w.store(0, Ordering::SeqCst);
+            id.store(0, Ordering::SeqCst);
         }
-        self.lock.unlock();
+    }
+
+    /// Whether a party recorded as waiting is certainly dead.
+    fn a_party_died(&self) -> bool {
+        self.waiting.iter().zip(&self.waiting_ids).any(|(w, id)| {
+            let pid = w.load(Ordering::SeqCst);
+            pid != 0 && !liveness::is_alive(pid, Identity(id.load(Ordering::SeqCst)))
+        })
     }
 
     /// Waits until every party has arrived; returns this party's arrival
     /// index (`0..parties`, unique per round).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<u32, BarrierFailure> {
-        let me = futex::pid();
-        let _ = self.lock.lock();
+        if self.lock.lock_until(deadline).is_none() {
+            return Err(BarrierFailure::TimedOut);
+        }
         if self.is_broken() {
-            self.lock.unlock();
+            let _ = self.lock.unlock();
             return Err(BarrierFailure::Broken);
         }
         let index = self.count.fetch_add(1, Ordering::SeqCst);
         let generation = self.generation.load(Ordering::SeqCst);
-        if index + 1 == self.parties() {
+        if index.checked_add(1).is_none_or(|n| n >= self.parties()) {
+            // The last party (or a count a corrupt peer pushed past the
+            // number of parties): the barrier trips.
             self.count.store(0, Ordering::SeqCst);
-            for w in &self.waiting {
-                w.store(0, Ordering::SeqCst);
-            }
+            self.clear_waiting();
             self.generation.fetch_add(1, Ordering::SeqCst);
-            self.lock.unlock();
-            wake_if_sleeping(&self.generation, &self.sleepers, u32::MAX);
-            return Ok(index);
+            let _ = self.lock.unlock();
+            wait::wake(&self.generation, &self.sleepers, u32::MAX);
+            return Ok(index.min(self.parties().saturating_sub(1)));
         }
-        if let Some(slot) = self.waiting.iter().find(|w| w.load(Ordering::SeqCst) == 0) {
-            slot.store(me, Ordering::SeqCst);
+        if let Some(slot) = self
+            .waiting
+            .iter()
+            .position(|w| w.load(Ordering::SeqCst) == 0)
+        {
+            self.waiting[slot].store(liveness::pid(), Ordering::SeqCst);
+            self.waiting_ids[slot].store(liveness::me().0, Ordering::SeqCst);
         }
-        self.lock.unlock();
-        spin_until(|| self.generation.load(Ordering::SeqCst) != generation);
-        loop {
-            if self.generation.load(Ordering::SeqCst) != generation {
-                return if self.is_broken() {
-                    Err(BarrierFailure::Broken)
-                } else {
-                    Ok(index)
-                };
-            }
-            if passed(deadline) {
-                let _ = self.lock.lock();
-                let still = self.generation.load(Ordering::SeqCst) == generation;
-                if still {
-                    self.break_it();
-                }
-                self.lock.unlock();
-                return if still {
-                    Err(BarrierFailure::TimedOut)
-                } else {
-                    self.wait_result(index)
-                };
-            }
-            if sleep_on(&self.generation, generation, &self.sleepers, deadline)
-                == futex::Wake::TimedOut
-            {
+        let _ = self.lock.unlock();
+        let tripped = wait_for(
+            &self.generation,
+            generation,
+            &self.sleepers,
+            deadline,
+            || self.generation.load(Ordering::SeqCst) != generation,
+            || {
                 // A waiting party that died will never arrive again.
-                let dead = self.waiting.iter().any(|w| {
-                    let pid = w.load(Ordering::SeqCst);
-                    pid != 0 && !futex::is_alive(pid)
-                });
-                if dead {
+                if self.a_party_died() {
                     let _ = self.lock.lock();
                     if self.generation.load(Ordering::SeqCst) == generation {
                         self.break_it();
                     }
-                    self.lock.unlock();
+                    let _ = self.lock.unlock();
                 }
-            }
+            },
+        );
+        if tripped {
+            return self.wait_result(index);
+        }
+        // Timed out: this wait breaks the barrier, unless it tripped just now.
+        let _ = self.lock.lock();
+        let still = self.generation.load(Ordering::SeqCst) == generation;
+        if still {
+            self.break_it();
+        }
+        let _ = self.lock.unlock();
+        if still {
+            Err(BarrierFailure::TimedOut)
+        } else {
+            self.wait_result(index)
         }
     }
 

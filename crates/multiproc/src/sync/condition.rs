@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::lock::OwnerDied;
 use super::{Shared, shared_handle};
+use crate::shm::lock::NotSend;
 use crate::shm::states::{Acquired, ConditionState};
 
 /// A condition variable shared between processes, with its own lock
@@ -44,6 +45,7 @@ shared_handle!(Condition);
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ConditionGuard<'a> {
     cond: &'a Condition,
+    _not_send: NotSend,
 }
 
 impl<'a> ConditionGuard<'a> {
@@ -52,7 +54,10 @@ impl<'a> ConditionGuard<'a> {
         let cond = self.cond;
         std::mem::forget(self);
         let _ = cond.shared.state().wait(None);
-        ConditionGuard { cond }
+        ConditionGuard {
+            cond,
+            _not_send: NotSend::default(),
+        }
     }
 
     /// Like [`wait`](Self::wait), giving up at `timeout`; the flag says
@@ -61,7 +66,13 @@ impl<'a> ConditionGuard<'a> {
         let cond = self.cond;
         std::mem::forget(self);
         let (notified, _) = cond.shared.state().wait(Some(Instant::now() + timeout));
-        (ConditionGuard { cond }, notified)
+        (
+            ConditionGuard {
+                cond,
+                _not_send: NotSend::default(),
+            },
+            notified,
+        )
     }
 
     /// Waits (re-checking after every notification) while `pred` holds.
@@ -107,7 +118,10 @@ impl Condition {
             .lock
             .acquire(None)
             .unwrap_or(Acquired::Clean);
-        let guard = ConditionGuard { cond: self };
+        let guard = ConditionGuard {
+            cond: self,
+            _not_send: NotSend::default(),
+        };
         match how {
             Acquired::Clean => Ok(guard),
             Acquired::OwnerDied => Err(OwnerDied(guard)),

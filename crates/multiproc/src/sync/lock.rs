@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Shared, shared_handle};
+use crate::shm::lock::NotSend;
 use crate::shm::states::{Acquired, LockState};
 
 /// The lock was taken, but a holder died with it: the data it protects may
@@ -92,10 +93,27 @@ pub struct Lock {
 shared_handle!(Lock);
 
 /// Holds a [`Lock`]; releases it when dropped.
+///
+/// The lock belongs to this process, not to a thread: it is released by
+/// the guard's drop, and recovered by another process only once this whole
+/// process has ended. A guard cannot move to another thread (it is not
+/// `Send`, like `std::sync::MutexGuard`), nor into a forked child's body:
+///
+/// ```compile_fail
+/// let lock = multiproc::Lock::new().unwrap();
+/// let guard = lock.lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
+///
+/// A guard leaked with `std::mem::forget` keeps the lock held until this
+/// process exits; a guard that a forked child inherited releases nothing.
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
+    _not_send: NotSend,
 }
 
 impl LockGuard<'_> {
@@ -124,14 +142,27 @@ impl Lock {
     /// Takes the lock, waiting as long as needed (never for a dead holder).
     pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
         let how = self.shared.state().acquire(None).unwrap_or(Acquired::Clean);
-        wrap(LockGuard { lock: self }, how)
+        wrap(
+            LockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            },
+            how,
+        )
     }
 
     /// Takes the lock if it is free (or its holder died).
     pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
         match self.shared.state().try_acquire() {
             None => Err(TryLockError::WouldBlock),
-            Some(how) => wrap(LockGuard { lock: self }, how).map_err(TryLockError::OwnerDied),
+            Some(how) => wrap(
+                LockGuard {
+                    lock: self,
+                    _not_send: NotSend::default(),
+                },
+                how,
+            )
+            .map_err(TryLockError::OwnerDied),
         }
     }
 
@@ -142,7 +173,14 @@ impl Lock {
     ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
         match self.shared.state().acquire(Some(Instant::now() + timeout)) {
             None => Err(LockTimeoutError::Timeout),
-            Some(how) => wrap(LockGuard { lock: self }, how).map_err(LockTimeoutError::OwnerDied),
+            Some(how) => wrap(
+                LockGuard {
+                    lock: self,
+                    _not_send: NotSend::default(),
+                },
+                how,
+            )
+            .map_err(LockTimeoutError::OwnerDied),
         }
     }
 }
@@ -169,6 +207,7 @@ shared_handle!(RLock);
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RLockGuard<'a> {
     lock: &'a RLock,
+    _not_send: NotSend,
 }
 
 impl RLockGuard<'_> {
@@ -198,21 +237,40 @@ impl RLock {
     pub fn lock(&self) -> Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>> {
         let state = self.shared.state();
         if state.reenter() {
-            return Ok(RLockGuard { lock: self });
+            return Ok(RLockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            });
         }
         let how = state.acquire(None).unwrap_or(Acquired::Clean);
-        wrap(RLockGuard { lock: self }, how)
+        wrap(
+            RLockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            },
+            how,
+        )
     }
 
     /// Takes the lock (again) if that needs no waiting.
     pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
         let state = self.shared.state();
         if state.reenter() {
-            return Ok(RLockGuard { lock: self });
+            return Ok(RLockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            });
         }
         match state.try_acquire() {
             None => Err(TryLockError::WouldBlock),
-            Some(how) => wrap(RLockGuard { lock: self }, how).map_err(TryLockError::OwnerDied),
+            Some(how) => wrap(
+                RLockGuard {
+                    lock: self,
+                    _not_send: NotSend::default(),
+                },
+                how,
+            )
+            .map_err(TryLockError::OwnerDied),
         }
     }
 
@@ -223,11 +281,21 @@ impl RLock {
     ) -> Result<RLockGuard<'_>, LockTimeoutError<RLockGuard<'_>>> {
         let state = self.shared.state();
         if state.reenter() {
-            return Ok(RLockGuard { lock: self });
+            return Ok(RLockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            });
         }
         match state.acquire(Some(Instant::now() + timeout)) {
             None => Err(LockTimeoutError::Timeout),
-            Some(how) => wrap(RLockGuard { lock: self }, how).map_err(LockTimeoutError::OwnerDied),
+            Some(how) => wrap(
+                RLockGuard {
+                    lock: self,
+                    _not_send: NotSend::default(),
+                },
+                how,
+            )
+            .map_err(LockTimeoutError::OwnerDied),
         }
     }
 }

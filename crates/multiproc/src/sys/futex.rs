@@ -61,7 +61,9 @@ extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-fn generation() -> u32 {
+/// The fork generation: bumped in every forked child, so that values
+/// cached per process are computed again there.
+pub(crate) fn generation() -> u32 {
     static ATFORK: Once = Once::new();
     ATFORK.call_once(|| {
         // SAFETY: the handler is a plain `extern "C" fn` that only touches

@@ -9,6 +9,7 @@
 pub(crate) mod boot;
 pub(crate) mod code;
 pub(crate) mod futex;
+pub(crate) mod liveness;
 pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod socket;

@@ -1,0 +1,197 @@
+//! The one way a shared-memory structure waits for another process.
+//!
+//! A waiter first re-checks its condition a few times with a `pause`
+//! between checks (spins), then a number of times giving the processor away
+//! between checks (yields), then sleeps on a futex word. Each sleep lasts
+//! at most [`RECHECK`], so that a waiter whose peer died notices it (the
+//! caller asks [`crate::sys::liveness`] then), and never past the caller's
+//! deadline: every wait here returns by its deadline, whatever the other
+//! processes do or write.
+//!
+//! A sleeper counts itself in a sleeper count before its last re-check, and
+//! the side that changes the condition reads that count after changing it
+//! (both `SeqCst`), so either the sleeper sees the change or the changer
+//! sees the sleeper and wakes it: no wake-up is lost. The lock and the
+//! ring refine the re-check with [`RawLock::observe`](super::lock::RawLock::observe).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys::futex;
+
+/// How long a sleeper sleeps at most before it checks its peers again.
+pub(crate) const RECHECK: Duration = Duration::from_millis(50);
+
+/// How many checks a waiter makes before it sleeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// Checks separated by a `pause` instruction.
+    pub(crate) spins: u32,
+    /// Checks separated by a yield of the processor.
+    pub(crate) yields: u32,
+}
+
+/// What the caller should do after a check of its condition failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Check again (the waiter paused or yielded).
+    Check,
+    /// Spinning and yielding are over: sleep (see [`Waiter::sleep`]).
+    Sleep,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// How a sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slept {
+    /// Woken, or the word had changed: check again.
+    Woken,
+    /// [`RECHECK`] passed with no wake-up: check the peers' liveness, then
+    /// check again.
+    Recheck,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// One wait, from its first failed check to its end.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    policy: Policy,
+    deadline: Option<Instant>,
+    round: u32,
+}
+
+impl Waiter {
+    /// A wait that gives up at `deadline` (never, for `None`).
+    pub(crate) fn new(policy: Policy, deadline: Option<Instant>) -> Waiter {
+        Waiter {
+            policy,
+            deadline,
+            round: 0,
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub(crate) fn passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// After a failed check: pause or yield and return [`Next::Check`]
+    /// while the policy allows, then [`Next::Sleep`]. The deadline is read
+    /// before every yield and sleep (not between spins, which take
+    /// nanoseconds).
+    pub(crate) fn pause(&mut self) -> Next {
+        let round = self.round;
+        self.round = self.round.saturating_add(1);
+        if round < self.policy.spins {
+            std::hint::spin_loop();
+            return Next::Check;
+        }
+        if self.passed() {
+            return Next::TimedOut;
+        }
+        if round < self.policy.spins.saturating_add(self.policy.yields) {
+            futex::yield_now();
+            return Next::Check;
+        }
+        Next::Sleep
+    }
+
+    /// Sleeps while `word` holds `seen`: counts itself in `sleepers` (if
+    /// any), runs `blocked` (the caller's last re-check, which must be made
+    /// after the count is raised) and sleeps only if it still says
+    /// blocked, for at most [`RECHECK`] and never past the deadline.
+    pub(crate) fn sleep(
+        &self,
+        word: &AtomicU32,
+        seen: u32,
+        sleepers: Option<&AtomicU32>,
+        blocked: impl FnOnce() -> bool,
+    ) -> Slept {
+        if let Some(s) = sleepers {
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+        let woke = if blocked() {
+            let recheck = Instant::now() + RECHECK;
+            let until = self.deadline.map_or(recheck, |d| d.min(recheck));
+            futex::wait(word, seen, Some(until))
+        } else {
+            futex::Wake::Woken
+        };
+        if let Some(s) = sleepers {
+            s.fetch_sub(1, Ordering::SeqCst);
+        }
+        match woke {
+            futex::Wake::Woken => Slept::Woken,
+            futex::Wake::TimedOut if self.passed() => Slept::TimedOut,
+            futex::Wake::TimedOut => Slept::Recheck,
+        }
+    }
+}
+
+/// Wakes up to `n` sleepers on `word`, if `sleepers` says there are any.
+pub(crate) fn wake(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
+    if sleepers.load(Ordering::SeqCst) > 0 {
+        futex::wake(word, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_with_nothing_to_wait_for_returns_by_its_deadline() {
+        let word = AtomicU32::new(0);
+        let sleepers = AtomicU32::new(0);
+        let start = Instant::now();
+        let mut w = Waiter::new(
+            Policy {
+                spins: 4,
+                yields: 4,
+            },
+            Some(start + Duration::from_millis(120)),
+        );
+        let mut rechecks = 0;
+        loop {
+            match w.pause() {
+                Next::Check => continue,
+                Next::TimedOut => break,
+                Next::Sleep => {}
+            }
+            match w.sleep(&word, 0, Some(&sleepers), || true) {
+                Slept::Woken => {}
+                Slept::Recheck => rechecks += 1,
+                Slept::TimedOut => break,
+            }
+        }
+        assert!(start.elapsed() >= Duration::from_millis(120));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(rechecks >= 1, "a 120 ms wait re-checks its peers");
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_changed_word_wakes_a_sleeper() {
+        let word = std::sync::Arc::new(AtomicU32::new(0));
+        let sleepers = std::sync::Arc::new(AtomicU32::new(0));
+        let (w2, s2) = (word.clone(), sleepers.clone());
+        let t = std::thread::spawn(move || {
+            let w = Waiter::new(
+                Policy {
+                    spins: 0,
+                    yields: 0,
+                },
+                None,
+            );
+            while w2.load(Ordering::SeqCst) == 0 {
+                let _ = w.sleep(&w2, 0, Some(&s2), || w2.load(Ordering::SeqCst) == 0);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        word.store(1, Ordering::SeqCst);
+        wake(&word, &sleepers, 1);
+        t.join().expect("sleeper");
+    }
+}
