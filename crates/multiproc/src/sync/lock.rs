@@ -107,6 +107,12 @@ shared_handle!(Lock);
 /// });
 /// ```
 ///
+/// ```compile_fail
+/// let lock: &'static multiproc::Lock = Box::leak(Box::new(multiproc::Lock::new().unwrap()));
+/// let guard = lock.lock().unwrap();
+/// let child = multiproc::Process::fork(move || drop(guard));
+/// ```
+///
 /// A guard leaked with `std::mem::forget` keeps the lock held until this
 /// process exits; a guard that a forked child inherited releases nothing.
 #[derive(Debug)]
