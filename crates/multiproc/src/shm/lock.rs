@@ -117,8 +117,17 @@ impl RawLock {
 
     /// Whether this process holds the lock.
     pub(crate) fn held_by_this_process(&self) -> bool {
+        let (pid, me) = liveness::current();
+        self.word.load(Ordering::Relaxed) & PID == pid
+            && Identity(self.owner.load(Ordering::Relaxed)) == me
+    }
+
+    /// Whether the word names this process (cheaper than
+    /// [`held_by_this_process`](RawLock::held_by_this_process), which also
+    /// compares identities; enough to tell a forked child from its parent).
+    #[inline]
+    pub(crate) fn names_this_process(&self) -> bool {
         self.word.load(Ordering::Relaxed) & PID == liveness::pid()
-            && Identity(self.owner.load(Ordering::Relaxed)) == liveness::me()
     }
 
     /// Takes the lock like [`lock`](RawLock::lock), checking it only
@@ -144,12 +153,13 @@ impl RawLock {
     /// then the holder records its identity.
     #[inline]
     fn take_free(&self) -> bool {
+        let (pid, me) = liveness::current();
         let ok = self
             .word
-            .compare_exchange(0, liveness::pid(), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
             .is_ok();
         if ok {
-            self.owner.store(liveness::me().0, Ordering::Relaxed);
+            self.owner.store(me.0, Ordering::Relaxed);
         }
         ok
     }
@@ -164,8 +174,9 @@ impl RawLock {
     /// process is certainly gone. True if the caller now holds it.
     fn take_over(&self, cur: u32) -> bool {
         let pid = cur & PID;
+        let (my_pid, my_id) = liveness::current();
         let owner = Identity(self.owner.load(Ordering::SeqCst));
-        if pid == liveness::pid() && (owner == liveness::me() || owner == Identity::UNKNOWN) {
+        if pid == my_pid && (owner == my_id || owner == Identity::UNKNOWN) {
             // Held in this process (another thread, or a guard that
             // outlived its thread): never ours to take.
             return false;
@@ -181,13 +192,13 @@ impl RawLock {
         // Forget the dead holder's identity before the word names us, so
         // that whoever reads the word as ours reads 0 or ours.
         self.owner.store(0, Ordering::SeqCst);
-        let me = liveness::pid() | (cur & WAITERS);
+        let me = my_pid | (cur & WAITERS);
         if self
             .word
             .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.owner.store(liveness::me().0, Ordering::SeqCst);
+            self.owner.store(my_id.0, Ordering::SeqCst);
             return true;
         }
         false
@@ -196,7 +207,7 @@ impl RawLock {
     #[cold]
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
     fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
-        let me = liveness::pid();
+        let (me, my_id) = liveness::current();
         let mut waiter = Waiter::new(
             Policy {
                 spins,
@@ -216,7 +227,7 @@ impl RawLock {
                     .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    self.owner.store(liveness::me().0, Ordering::Relaxed);
+                    self.owner.store(my_id.0, Ordering::Relaxed);
                     return Some(Locked::Clean);
                 }
                 continue;
@@ -251,42 +262,31 @@ impl RawLock {
         }
     }
 
-    /// Releases the lock if this process holds it, and wakes one sleeper
-    /// if there is any. False (and nothing done) if this process does not
-    /// hold it: a guard inherited through a fork, or a word a corrupt peer
-    /// overwrote.
+    /// Releases the lock if the word names this process, and wakes one
+    /// sleeper if there is any. False (and nothing done) otherwise: a
+    /// guard inherited through a fork (the child's id differs), or a word a
+    /// corrupt peer overwrote.
     ///
     /// The swap is `SeqCst`, for [`observe`](RawLock::observe): a holder
     /// that reads a waiter count (`SeqCst`) after unlocking sees every
     /// count raised before an `observe` that found the lock held by it.
+    #[inline]
     pub(crate) fn unlock(&self) -> bool {
-        let me = liveness::pid();
-        let cur = self.word.load(Ordering::Relaxed);
-        if cur & PID != me {
+        if !self.names_this_process() {
             return false;
         }
-        let owner = Identity(self.owner.load(Ordering::Relaxed));
-        if owner != liveness::me() && owner != Identity::UNKNOWN {
-            return false;
-        }
+        self.release_named();
+        true
+    }
+
+    /// Releases a lock whose word the caller found naming this process.
+    /// (Between that check and the swap only a sleeper's `WAITERS` bit can
+    /// change the word: no one else takes a lock held by a live process.)
+    #[inline]
+    pub(crate) fn release_named(&self) {
         self.owner.store(0, Ordering::Relaxed);
-        let mut cur = cur;
-        loop {
-            match self
-                .word
-                .compare_exchange(cur, 0, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(prev) => {
-                    if prev & WAITERS != 0 {
-                        crate::sys::futex::wake(&self.word, 1);
-                    }
-                    return true;
-                }
-                // A sleeper set WAITERS meanwhile: still ours, try again.
-                Err(now) if now & PID == me => cur = now,
-                // A corrupt peer rewrote the word: it is not ours to clear.
-                Err(_) => return false,
-            }
+        if self.word.swap(0, Ordering::SeqCst) & WAITERS != 0 {
+            crate::sys::futex::wake(&self.word, 1);
         }
     }
 }

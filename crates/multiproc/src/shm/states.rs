@@ -90,8 +90,8 @@ pub(crate) enum Acquired {
 }
 
 impl LockState {
+    #[inline]
     fn outcome(&self, l: Locked) -> Acquired {
-        self.thread.store(futex::tid(), Ordering::Relaxed);
         if l == Locked::Recovered {
             self.inconsistent.store(1, Ordering::SeqCst);
             self.depth.store(0, Ordering::SeqCst);
@@ -104,6 +104,7 @@ impl LockState {
     }
 
     /// Takes the lock, waiting until `deadline`.
+    #[inline]
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> Option<Acquired> {
         self.lock.lock_until(deadline).map(|l| self.outcome(l))
     }
@@ -111,6 +112,12 @@ impl LockState {
     /// Takes the lock if that needs no waiting.
     pub(crate) fn try_acquire(&self) -> Option<Acquired> {
         self.lock.try_lock().map(|l| self.outcome(l))
+    }
+
+    /// For an `RLock` just taken: records the calling thread as the one
+    /// that may re-enter it.
+    pub(crate) fn mark_thread(&self) {
+        self.thread.store(futex::tid(), Ordering::Relaxed);
     }
 
     /// Takes the lock again if the calling thread holds it (an `RLock`);
@@ -127,10 +134,11 @@ impl LockState {
     }
 
     /// Releases one level; the lock itself when the depth reaches zero.
-    /// Does nothing if this process does not hold the lock (a guard that
-    /// a forked child inherited): the holder's lock stays held.
+    /// Does nothing if the lock does not name this process (a guard that a
+    /// forked child inherited): the holder's lock stays held.
+    #[inline]
     pub(crate) fn release(&self) {
-        if !self.lock.held_by_this_process() {
+        if !self.lock.names_this_process() {
             return;
         }
         let depth = self.depth.load(Ordering::Relaxed);
@@ -138,7 +146,7 @@ impl LockState {
             self.depth.store(depth - 1, Ordering::Relaxed);
         } else {
             self.thread.store(0, Ordering::Relaxed);
-            let _ = self.lock.unlock();
+            self.lock.release_named();
         }
     }
 
@@ -155,7 +163,7 @@ impl LockState {
         }
         let depth = self.depth.swap(0, Ordering::Relaxed);
         self.thread.store(0, Ordering::Relaxed);
-        let _ = self.lock.unlock();
+        self.lock.release_named();
         depth
     }
 
@@ -334,8 +342,9 @@ impl ConditionState {
             || {},
         );
         let acquired = self.lock.acquire(None).unwrap_or(Acquired::Clean);
-        if acquired == Acquired::Clean {
+        if acquired == Acquired::Clean && depth > 0 {
             self.lock.depth.store(depth, Ordering::Relaxed);
+            self.lock.mark_thread();
         }
         (notified, Some(acquired))
     }

@@ -249,6 +249,7 @@ impl RLock {
             });
         }
         let how = state.acquire(None).unwrap_or(Acquired::Clean);
+        state.mark_thread();
         wrap(
             RLockGuard {
                 lock: self,
@@ -269,14 +270,17 @@ impl RLock {
         }
         match state.try_acquire() {
             None => Err(TryLockError::WouldBlock),
-            Some(how) => wrap(
-                RLockGuard {
-                    lock: self,
-                    _not_send: NotSend::default(),
-                },
-                how,
-            )
-            .map_err(TryLockError::OwnerDied),
+            Some(how) => {
+                state.mark_thread();
+                wrap(
+                    RLockGuard {
+                        lock: self,
+                        _not_send: NotSend::default(),
+                    },
+                    how,
+                )
+                .map_err(TryLockError::OwnerDied)
+            }
         }
     }
 
@@ -294,14 +298,17 @@ impl RLock {
         }
         match state.acquire(Some(Instant::now() + timeout)) {
             None => Err(LockTimeoutError::Timeout),
-            Some(how) => wrap(
-                RLockGuard {
-                    lock: self,
-                    _not_send: NotSend::default(),
-                },
-                how,
-            )
-            .map_err(LockTimeoutError::OwnerDied),
+            Some(how) => {
+                state.mark_thread();
+                wrap(
+                    RLockGuard {
+                        lock: self,
+                        _not_send: NotSend::default(),
+                    },
+                    how,
+                )
+                .map_err(LockTimeoutError::OwnerDied)
+            }
         }
     }
 }

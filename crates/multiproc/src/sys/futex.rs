@@ -73,15 +73,24 @@ pub(crate) fn generation() -> u32 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
 
-/// The calling thread's id, as stored in lock words. Cached: asking the
-/// kernel on every lock was half the cost of a queue operation.
+/// The fork generation as last bumped, for the fast path of a cache:
+/// without registering the fork handler. A cache stores a generation only
+/// from [`generation`], which registers it first, so a value cached before
+/// a fork never matches in the child.
+#[inline]
+pub(crate) fn generation_unchecked() -> u32 {
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// The calling thread's id. Cached: asking the kernel on every lock was
+/// half the cost of a queue operation.
 pub(crate) fn tid() -> u32 {
-    let g = generation();
     TID.with(|c| {
         let (cached_g, tid) = c.get();
-        if cached_g == g {
+        if cached_g == generation_unchecked() {
             return tid;
         }
+        let g = generation();
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         c.set((g, tid));
         tid
@@ -89,12 +98,18 @@ pub(crate) fn tid() -> u32 {
 }
 
 /// The calling process's id (cached like [`tid`]).
+#[inline]
 pub(crate) fn pid() -> u32 {
-    let g = generation();
     let cached = PID.load(Ordering::Relaxed);
-    if (cached >> 32) as u32 == g {
+    if (cached >> 32) as u32 == generation_unchecked() {
         return cached as u32;
     }
+    pid_slow()
+}
+
+#[cold]
+fn pid_slow() -> u32 {
+    let g = generation();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     PID.store(u64::from(g) << 32 | u64::from(pid), Ordering::Relaxed);
     pid

@@ -44,21 +44,39 @@ impl Identity {
     }
 }
 
-/// The cached identity, and the fork generation it was computed in.
+/// The cached id and identity (`pid`, identity), and the fork generation
+/// they were computed in.
 static ME_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ME_PID: AtomicU64 = AtomicU64::new(0);
 static ME: AtomicU64 = AtomicU64::new(0);
 
-/// The calling process's identity (computed once per process: a forked
-/// child computes its own).
-pub(crate) fn me() -> Identity {
-    let g = u64::from(futex::generation());
-    if ME_GENERATION.load(Ordering::Acquire) == g {
-        return Identity(ME.load(Ordering::Relaxed));
+/// The calling process's id and identity, computed once per process (a
+/// forked child computes its own): what a lock holder records.
+#[inline]
+pub(crate) fn current() -> (u32, Identity) {
+    if ME_GENERATION.load(Ordering::Acquire) == u64::from(futex::generation_unchecked()) {
+        return (
+            ME_PID.load(Ordering::Relaxed) as u32,
+            Identity(ME.load(Ordering::Relaxed)),
+        );
     }
+    current_slow()
+}
+
+#[cold]
+fn current_slow() -> (u32, Identity) {
+    let g = u64::from(futex::generation());
+    let pid = futex::pid();
     let id = compute_me();
+    ME_PID.store(u64::from(pid), Ordering::Relaxed);
     ME.store(id.0, Ordering::Relaxed);
     ME_GENERATION.store(g, Ordering::Release);
-    id
+    (pid, id)
+}
+
+/// The calling process's identity.
+pub(crate) fn me() -> Identity {
+    current().1
 }
 
 fn compute_me() -> Identity {
@@ -68,6 +86,7 @@ fn compute_me() -> Identity {
 }
 
 /// The calling process's id (cached; see [`futex::pid`]).
+#[inline]
 pub(crate) fn pid() -> u32 {
     futex::pid()
 }
@@ -131,14 +150,14 @@ pub(crate) fn is_alive(pid: u32, id: Identity) -> bool {
         // a corrupt peer writes such a number.)
         return false;
     }
-    let mine = me();
+    let (my_pid, mine) = current();
     if id == Identity::UNKNOWN {
         // Written by a holder that has not yet recorded itself (a few
         // instructions after taking a lock) or by a corrupt peer: we cannot
         // tell whose number this is.
         return true;
     }
-    if id == mine && pid == self::pid() {
+    if id == mine && pid == my_pid {
         return true;
     }
     if id.ns() == mine.ns() {
