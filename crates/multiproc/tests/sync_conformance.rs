@@ -288,3 +288,115 @@ fn values_and_arrays_are_shared() {
         assert_eq!((a.len(), a.to_vec()), (3, vec![1, 2, 3]));
     });
 }
+
+/// Waits on `cond` until notified, counting itself in `ready` (under the
+/// condition's lock, so that the parent knows every waiter is inside
+/// `wait` once it holds the lock) and in `woken` afterwards.
+fn wait_to_be_notified((cond, ready, woken): (Condition, Value<u32>, Value<u32>)) {
+    let guard = cond.lock().unwrap();
+    ready.set(ready.get() + 1);
+    let guard = guard.wait();
+    let mut w = woken.get_lock().unwrap();
+    *w += 1;
+    drop(w);
+    drop(guard);
+}
+
+/// Waits until `v` reads `n`, or fails the test after 20 s.
+fn until_value(v: &Value<u32>, n: u32) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while v.get() != n {
+        assert!(Instant::now() < end, "stuck at {} of {n}", v.get());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn notify_one_and_notify_n_wake_exactly_that_many() {
+    // CPython's test_notify and test_notify_n.
+    deadline(LIMIT, || {
+        let cond = Condition::new().unwrap();
+        let (ready, woken) = (Value::new(0u32).unwrap(), Value::new(0u32).unwrap());
+        let kids: Vec<_> = (0..5)
+            .map(|_| {
+                Process::spawn(
+                    wait_to_be_notified,
+                    (cond.clone(), ready.clone(), woken.clone()),
+                )
+                .unwrap()
+            })
+            .collect();
+        until_value(&ready, 5);
+        // Holding the lock: every waiter has released it inside `wait`.
+        drop(cond.lock().unwrap());
+        let settle = || std::thread::sleep(Duration::from_millis(300));
+        settle();
+        assert_eq!(woken.get(), 0, "woken without a notification");
+        cond.notify_one();
+        until_value(&woken, 1);
+        settle();
+        assert_eq!(woken.get(), 1, "notify_one woke more than one");
+        cond.notify(2);
+        until_value(&woken, 3);
+        settle();
+        assert_eq!(woken.get(), 3, "notify(2) woke more than two");
+        cond.notify_all();
+        until_value(&woken, 5);
+        for k in kids {
+            k.join().unwrap();
+        }
+        // Nobody waits: a notification now is not kept for a later waiter.
+        cond.notify_all();
+        let guard = cond.lock().unwrap();
+        let (_guard, notified) = guard.wait_timeout(Duration::from_millis(50));
+        assert!(!notified);
+    });
+}
+
+fn wait_at_barrier(b: Barrier) -> Result<u32, BarrierError> {
+    b.wait()
+}
+
+#[test]
+fn a_reset_fails_the_parties_waiting_at_it() {
+    // CPython's test_reset: parties waiting at a reset get Broken; the
+    // barrier is usable again afterwards.
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let b = Barrier::new(3).unwrap();
+            let kids: Vec<_> = (0..2)
+                .map(|_| {
+                    Process::builder()
+                        .start_method(m)
+                        .spawn(wait_at_barrier, b.clone())
+                        .unwrap()
+                })
+                .collect();
+            let end = Instant::now() + Duration::from_secs(20);
+            while b.n_waiting() < 2 {
+                assert!(Instant::now() < end, "{m}: parties never arrived");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            b.reset();
+            for k in kids {
+                assert!(
+                    matches!(k.join().unwrap(), Err(BarrierError::Broken)),
+                    "{m}: a party waiting at a reset passed"
+                );
+            }
+            assert!(!b.is_broken());
+            let kids: Vec<_> = (0..2)
+                .map(|_| {
+                    Process::builder()
+                        .start_method(m)
+                        .spawn(wait_at_barrier, b.clone())
+                        .unwrap()
+                })
+                .collect();
+            assert!(b.wait_timeout(Duration::from_secs(20)).is_ok());
+            for k in kids {
+                assert!(k.join().unwrap().is_ok(), "{m}: the round after the reset");
+            }
+        }
+    });
+}

@@ -303,12 +303,23 @@ impl EventState {
 }
 
 /// A lock and a notification word: `Condition`.
+///
+/// A notification is a token: `notify(n)` issues at most `n`, and no more
+/// than there are registered waiters without one; a waiter returns
+/// notified only by taking a token, so `notify_one` wakes one waiter, not
+/// all (Python's `test_notify`, `test_notify_n`). A waiter that gives up
+/// at its deadline leaves, and returns a token issued to it meanwhile.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct ConditionState {
     magic: AtomicU32,
+    /// Bumped by every notify that issued a token: what sleepers sleep on.
     seq: AtomicU32,
     sleepers: AtomicU32,
+    /// Waiters registered and not yet gone.
+    waiting: AtomicU32,
+    /// Tokens issued and not yet taken.
+    tokens: AtomicU32,
     _pad: u32,
     /// The condition's own lock.
     pub(crate) lock: LockState,
@@ -322,6 +333,12 @@ unsafe impl ShmState for ConditionState {
     }
 }
 
+/// Decrements `a` if it is above zero; true if it did.
+fn take_one(a: &AtomicU32) -> bool {
+    a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
 impl ConditionState {
     /// With the lock held: releases it, waits for a notification (or
     /// `deadline`), and takes the lock back (with the depth it had). True
@@ -331,16 +348,46 @@ impl ConditionState {
         if !self.lock.held_by_this_process() {
             return (false, None);
         }
-        let seen = self.seq.load(Ordering::SeqCst);
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_add(1));
         let depth = self.lock.release_all();
-        let notified = wait_for(
-            &self.seq,
-            seen,
-            &self.sleepers,
-            deadline,
-            || self.seq.load(Ordering::SeqCst) != seen,
-            || {},
-        );
+        let mut notified = false;
+        let mut waiter = Waiter::new(POLICY, deadline);
+        loop {
+            let seen = self.seq.load(Ordering::SeqCst);
+            if take_one(&self.tokens) {
+                notified = true;
+                break;
+            }
+            match waiter.pause() {
+                Next::Check => continue,
+                Next::TimedOut => break,
+                Next::Sleep => {}
+            }
+            let slept = waiter.sleep(&self.seq, seen, Some(&self.sleepers), || {
+                self.seq.load(Ordering::SeqCst) == seen && self.tokens.load(Ordering::SeqCst) == 0
+            });
+            if slept == Slept::TimedOut {
+                break;
+            }
+        }
+        if !notified {
+            // A token issued since the last look was meant for a waiter
+            // that is still here: take it, rather than leave it to nobody.
+            notified = take_one(&self.tokens);
+        }
+        let _ = take_one(&self.waiting);
+        if !notified {
+            // Tokens never outnumber waiters: one issued to us after we
+            // looked is withdrawn with us.
+            let waiting = self.waiting.load(Ordering::SeqCst);
+            let _ = self
+                .tokens
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                    (t > waiting).then_some(waiting)
+                });
+        }
         let acquired = self.lock.acquire(None).unwrap_or(Acquired::Clean);
         if acquired == Acquired::Clean && depth > 0 {
             self.lock.depth.store(depth, Ordering::Relaxed);
@@ -349,10 +396,21 @@ impl ConditionState {
         (notified, Some(acquired))
     }
 
-    /// Wakes up to `n` waiters.
+    /// Wakes up to `n` waiters: issues as many tokens, at most one per
+    /// waiter that has none yet.
     pub(crate) fn notify(&self, n: u32) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        wait::wake(&self.seq, &self.sleepers, n);
+        let mut issued = 0;
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                let free = self.waiting.load(Ordering::SeqCst).saturating_sub(t);
+                issued = n.min(free);
+                (issued > 0).then(|| t.saturating_add(issued))
+            });
+        if issued > 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            wait::wake(&self.seq, &self.sleepers, issued);
+        }
     }
 }
 
@@ -374,7 +432,15 @@ pub(crate) struct BarrierState {
     /// Process ids of waiting parties, and their identities.
     waiting: [AtomicU32; BARRIER_WATCH],
     waiting_ids: [AtomicU64; BARRIER_WATCH],
+    /// How the last rounds ended: round `g` at `g % ROUNDS`, as
+    /// `g << 1 | broken`. A waiter woken by a change of `generation` reads
+    /// its own round's outcome here, not the current `broken` flag, which
+    /// a `reset` clears before the waiters look.
+    rounds: [AtomicU32; ROUNDS],
 }
+
+/// Rounds whose outcome a barrier remembers.
+const ROUNDS: usize = 32;
 
 // SAFETY: all atomics, valid at zero, no pointers.
 unsafe impl ShmState for BarrierState {
@@ -414,10 +480,29 @@ impl BarrierState {
         self.broken.load(Ordering::SeqCst) != 0
     }
 
+    /// Ends the current round (the caller holds the barrier's lock),
+    /// recording how, and wakes its waiters.
+    fn end_round(&self, broken: bool) {
+        let g = self.generation.load(Ordering::SeqCst);
+        self.rounds[g as usize % ROUNDS].store(g << 1 | u32::from(broken), Ordering::SeqCst);
+        self.generation.store(g.wrapping_add(1), Ordering::SeqCst);
+        futex::wake(&self.generation, u32::MAX);
+    }
+
     fn break_it(&self) {
         self.broken.store(1, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.generation, u32::MAX);
+        self.end_round(true);
+    }
+
+    /// How round `g` ended, for a party that waited in it: `Ok` if every
+    /// party arrived; broken if it was broken (or is too old to tell).
+    fn round_result(&self, g: u32, index: u32) -> Result<u32, BarrierFailure> {
+        let entry = self.rounds[g as usize % ROUNDS].load(Ordering::SeqCst);
+        if entry >> 1 == g & (u32::MAX >> 1) && entry & 1 == 0 {
+            Ok(index)
+        } else {
+            Err(BarrierFailure::Broken)
+        }
     }
 
     /// Breaks the barrier (Python's `abort`).
@@ -472,9 +557,8 @@ impl BarrierState {
             // number of parties): the barrier trips.
             self.count.store(0, Ordering::SeqCst);
             self.clear_waiting();
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.end_round(false);
             let _ = self.lock.unlock();
-            wait::wake(&self.generation, &self.sleepers, u32::MAX);
             return Ok(index.min(self.parties().saturating_sub(1)));
         }
         if let Some(slot) = self
@@ -504,7 +588,7 @@ impl BarrierState {
             },
         );
         if tripped {
-            return self.wait_result(index);
+            return self.round_result(generation, index);
         }
         // Timed out: this wait breaks the barrier, unless it tripped just now.
         let _ = self.lock.lock();
@@ -516,15 +600,7 @@ impl BarrierState {
         if still {
             Err(BarrierFailure::TimedOut)
         } else {
-            self.wait_result(index)
-        }
-    }
-
-    fn wait_result(&self, index: u32) -> Result<u32, BarrierFailure> {
-        if self.is_broken() {
-            Err(BarrierFailure::Broken)
-        } else {
-            Ok(index)
+            self.round_result(generation, index)
         }
     }
 }
