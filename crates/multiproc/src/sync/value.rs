@@ -9,30 +9,30 @@ use bytemuck::Pod;
 
 use super::Shared;
 use super::lock::OwnerDied;
-use crate::shm::object::LockedSlice;
+use crate::shm::object::{LockedSlice, Tag};
 use crate::shm::states::{Acquired, LockState};
 
-fn create(name: &str, bytes: usize, len: u64) -> std::io::Result<Arc<Shared<LockState>>> {
-    Shared::create(name, bytes, len)
+/// The kinds of object in a tag: a handle attaches only to an object made
+/// by the same kind of handle, for the same element type (size and
+/// alignment) and length.
+const VALUE: u32 = u32::from_le_bytes(*b"VALU");
+const RAW_VALUE: u32 = u32::from_le_bytes(*b"RVAL");
+const ARRAY: u32 = u32::from_le_bytes(*b"ARRY");
+const RAW_ARRAY: u32 = u32::from_le_bytes(*b"RARR");
+
+fn create<T: Pod>(name: &str, kind: u32, len: usize) -> std::io::Result<Arc<Shared<LockState>>> {
+    Shared::create_tagged(name, Tag::of::<T>(kind, len))
 }
 
-fn lock<T: Pod>(shared: &Shared<LockState>, len: usize) -> (LockedSlice<'_, T>, Acquired) {
+fn lock<T: Pod>(shared: &Shared<LockState>) -> (LockedSlice<'_, T>, Acquired) {
     shared
         .object()
-        .lock_slice::<T>(len, None, false)
-        .expect("the payload was sized for this type when the handle was made")
-}
-
-fn check<T: Pod>(shared: &Shared<LockState>, len: usize) -> bool {
-    shared
-        .object()
-        .read_raw::<T>(len.saturating_sub(1))
-        .is_some()
-        || len == 0
+        .lock_slice::<T>(None, false)
+        .expect("the tag was checked to describe `T`s when the handle was made")
 }
 
 macro_rules! pod_handle {
-    ($ty:ident) => {
+    ($ty:ident, $kind:expr, $single:expr) => {
         impl<T: Pod> Clone for $ty<T> {
             fn clone(&self) -> Self {
                 $ty {
@@ -44,7 +44,7 @@ macro_rules! pod_handle {
         impl<T: Pod> fmt::Debug for $ty<T> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("len", &self.shared.extra())
+                    .field("len", &self.shared.object().tag().len)
                     .finish()
             }
         }
@@ -53,14 +53,15 @@ macro_rules! pod_handle {
                 self.shared.serialize(s)
             }
         }
+        /// Attaches only to an object made by the same kind of handle for
+        /// the same `T` (size and alignment): anything else is a decoding
+        /// error.
         impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let shared = Shared::<LockState>::deserialize(d)?;
-                if !check::<T>(&shared, shared.extra().max(1) as usize) {
-                    return Err(serde::de::Error::custom(
-                        "shared data smaller than its type",
-                    ));
-                }
+                let shared = Shared::<LockState>::deserialize_tagged(d, |len| {
+                    let len = usize::try_from(len).ok()?;
+                    (!$single || len == 1).then(|| Tag::of::<T>($kind, len))
+                })?;
                 Ok($ty {
                     shared,
                     _t: PhantomData,
@@ -93,9 +94,31 @@ pub struct Value<T: Pod> {
     _t: PhantomData<T>,
 }
 
-pod_handle!(Value);
+pod_handle!(Value, VALUE, true);
 
 /// Holds a [`Value`]'s lock and dereferences to the value.
+///
+/// Like `std::sync::MutexGuard`, a guard stays on the thread that took the
+/// lock: it can be shared with other threads (it is `Sync` for a `Sync`
+/// `T`), but not sent to one.
+///
+/// ```
+/// let v = multiproc::Value::new(7u64)?;
+/// let guard = v.get_lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert_eq!(*guard, 7));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// ```compile_fail,E0277
+/// let v = multiproc::Value::new(7u64)?;
+/// let guard = v.get_lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || assert_eq!(*guard, 7));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     slice: LockedSlice<'a, T>,
@@ -131,7 +154,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
 impl<T: Pod> Value<T> {
     /// A shared value, initially `value`.
     pub fn new(value: T) -> std::io::Result<Value<T>> {
-        let shared = create("multiproc-value", std::mem::size_of::<T>(), 1)?;
+        let shared = create::<T>("multiproc-value", VALUE, 1)?;
         let v = Value {
             shared,
             _t: PhantomData,
@@ -142,7 +165,7 @@ impl<T: Pod> Value<T> {
 
     /// Takes the lock; the guard reads and writes the value.
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
-        let (slice, how) = lock::<T>(&self.shared, 1);
+        let (slice, how) = lock::<T>(&self.shared);
         let guard = ValueGuard {
             slice,
             state: self.shared.state(),
@@ -165,19 +188,21 @@ impl<T: Pod> Value<T> {
 }
 
 /// A `T` in shared memory without a lock (Python's `RawValue`): reads and
-/// writes are single copies; a value wider than a machine word may be read
-/// half-written while another process writes it.
+/// writes copy the value with atomic accesses, so racing processes never
+/// cause undefined behaviour; an aligned value of up to 8 bytes is read and
+/// written whole, a wider one may be read as a mix of two writes (whole
+/// 8-byte words of each) while another process writes it.
 pub struct RawValue<T: Pod> {
     shared: Arc<Shared<LockState>>,
     _t: PhantomData<T>,
 }
 
-pod_handle!(RawValue);
+pod_handle!(RawValue, RAW_VALUE, true);
 
 impl<T: Pod> RawValue<T> {
     /// A shared value, initially `value`.
     pub fn new(value: T) -> std::io::Result<RawValue<T>> {
-        let shared = create("multiproc-rawvalue", std::mem::size_of::<T>(), 1)?;
+        let shared = create::<T>("multiproc-rawvalue", RAW_VALUE, 1)?;
         let v = RawValue {
             shared,
             _t: PhantomData,
@@ -215,7 +240,7 @@ pub struct Array<T: Pod> {
     _t: PhantomData<T>,
 }
 
-pod_handle!(Array);
+pod_handle!(Array, ARRAY, false);
 
 /// Holds an [`Array`]'s lock and dereferences to the elements.
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -255,11 +280,8 @@ impl<T: Pod> fmt::Debug for ArrayGuard<'_, T> {
 impl<T: Pod> Array<T> {
     /// An array of `len` zeroed elements.
     pub fn new(len: usize) -> std::io::Result<Array<T>> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "array too large")
-        })?;
         Ok(Array {
-            shared: create("multiproc-array", bytes, len as u64)?,
+            shared: create::<T>("multiproc-array", ARRAY, len)?,
             _t: PhantomData,
         })
     }
@@ -275,7 +297,7 @@ impl<T: Pod> Array<T> {
 
     /// The number of elements.
     pub fn len(&self) -> usize {
-        self.shared.extra() as usize
+        self.shared.object().tag().len
     }
 
     /// Whether the array has no elements.
@@ -285,7 +307,7 @@ impl<T: Pod> Array<T> {
 
     /// Takes the lock; the guard reads and writes the elements.
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
-        let (slice, how) = lock::<T>(&self.shared, self.len());
+        let (slice, how) = lock::<T>(&self.shared);
         let guard = ArrayGuard {
             slice,
             state: self.shared.state(),
@@ -305,29 +327,27 @@ impl<T: Pod> Array<T> {
 }
 
 /// A fixed-length array of `T` in shared memory without a lock (Python's
-/// `RawArray`): element reads and writes are single copies.
+/// `RawArray`): element reads and writes are atomic copies, as for
+/// [`RawValue`].
 pub struct RawArray<T: Pod> {
     shared: Arc<Shared<LockState>>,
     _t: PhantomData<T>,
 }
 
-pod_handle!(RawArray);
+pod_handle!(RawArray, RAW_ARRAY, false);
 
 impl<T: Pod> RawArray<T> {
     /// An array of `len` zeroed elements.
     pub fn new(len: usize) -> std::io::Result<RawArray<T>> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "array too large")
-        })?;
         Ok(RawArray {
-            shared: create("multiproc-rawarray", bytes, len as u64)?,
+            shared: create::<T>("multiproc-rawarray", RAW_ARRAY, len)?,
             _t: PhantomData,
         })
     }
 
     /// The number of elements.
     pub fn len(&self) -> usize {
-        self.shared.extra() as usize
+        self.shared.object().tag().len
     }
 
     /// Whether the array has no elements.
