@@ -245,6 +245,24 @@ impl<T: ShmState> ShmObject<T> {
         self.element::<U>(index)
             .is_some_and(|offset| self.map.write(offset, bytemuck::bytes_of(&value)))
     }
+
+    /// Copies the whole payload out into `out` (exactly as long) with
+    /// atomic accesses; false if it is not `out.len()` `U`s.
+    fn read_all<U: bytemuck::Pod>(&self, out: &mut [U]) -> bool {
+        if !self.tag.holds::<U>() || out.len() != self.tag.len {
+            return false;
+        }
+        std::mem::size_of::<U>() == 0 || self.map.read(self.payload, bytemuck::cast_slice_mut(out))
+    }
+
+    /// Copies `data` (exactly as long as the payload) in with atomic
+    /// accesses; false if the payload is not `data.len()` `U`s.
+    fn write_all<U: bytemuck::Pod>(&self, data: &[U]) -> bool {
+        if !self.tag.holds::<U>() || data.len() != self.tag.len {
+            return false;
+        }
+        std::mem::size_of::<U>() == 0 || self.map.write(self.payload, bytemuck::cast_slice(data))
+    }
 }
 
 fn describe(tag: &Tag) -> String {
@@ -260,53 +278,76 @@ fn describe(tag: &Tag) -> String {
     )
 }
 
-/// Exclusive access to the payload of a locked object, as `[U]`: what a
-/// `Value` or `Array` guard dereferences to. Unlocks when dropped.
+/// The lock of an object held, giving access to its payload of `U`s:
+/// what a `Value` or `Array` guard is made of. Unlocks when dropped.
+///
+/// The payload is only ever copied, with atomic accesses, never lent out as
+/// a `&[U]`: whatever a process holding the same memory does (ignore the
+/// lock and write, say), this process sees some bytes, never undefined
+/// behaviour. The guards keep their own copy.
 ///
 /// Like `std::sync::MutexGuard`, it is not `Send` (the lock belongs to the
 /// thread that took it) and is `Sync` when `U` is.
 pub(crate) struct LockedSlice<'a, U: bytemuck::Pod> {
-    slice: &'a mut [U],
-    lock: &'a super::states::LockState,
+    obj: &'a ShmObject<super::states::LockState>,
+    _u: PhantomData<U>,
     _not_send: PhantomData<*const ()>,
 }
 
-// SAFETY: a shared `&LockedSlice` gives only `&[U]` (and `Debug`), which
-// may be used from several threads exactly when `U: Sync`; releasing the
-// lock needs the guard itself, which cannot leave its thread (not `Send`).
+// SAFETY: a shared `&LockedSlice` only reads the payload by atomic copies
+// (`len`, `get`, `to_vec`), which any number of threads may do at once;
+// writing and releasing the lock need `&mut` or the guard itself, which
+// cannot leave its thread (not `Send`).
 unsafe impl<U: bytemuck::Pod + Sync> Sync for LockedSlice<'_, U> {}
 
-impl<U: bytemuck::Pod> std::ops::Deref for LockedSlice<'_, U> {
-    type Target = [U];
-    fn deref(&self) -> &[U] {
-        self.slice
+impl<U: bytemuck::Pod> LockedSlice<'_, U> {
+    /// The number of elements.
+    pub(crate) fn len(&self) -> usize {
+        self.obj.tag.len
     }
-}
 
-impl<U: bytemuck::Pod> std::ops::DerefMut for LockedSlice<'_, U> {
-    fn deref_mut(&mut self) -> &mut [U] {
-        self.slice
+    /// A copy of element `index`; `None` past the end.
+    pub(crate) fn get(&self, index: usize) -> Option<U> {
+        self.obj.read_raw(index)
+    }
+
+    /// Writes element `index`; false past the end.
+    pub(crate) fn set(&mut self, index: usize, value: U) -> bool {
+        self.obj.write_raw(index, value)
+    }
+
+    /// A copy of every element.
+    pub(crate) fn to_vec(&self) -> Vec<U> {
+        let mut out = vec![U::zeroed(); self.len()];
+        let copied = self.obj.read_all(&mut out);
+        debug_assert!(copied, "the tag was checked to describe `U`s");
+        out
+    }
+
+    /// Writes every element; false unless `data` has exactly `len()`.
+    pub(crate) fn write_all(&mut self, data: &[U]) -> bool {
+        self.obj.write_all(data)
     }
 }
 
 impl<U: bytemuck::Pod> Drop for LockedSlice<'_, U> {
     fn drop(&mut self) {
-        self.lock.release();
+        self.obj.get().release();
     }
 }
 
 impl<U: bytemuck::Pod> std::fmt::Debug for LockedSlice<'_, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockedSlice")
-            .field("len", &self.slice.len())
+            .field("len", &self.len())
             .finish()
     }
 }
 
 impl ShmObject<super::states::LockState> {
-    /// Takes the object's lock (until `deadline`) and gives exclusive
-    /// access to the payload as `[U]`. `None` on timeout, or if the
-    /// payload is not made of `U`s.
+    /// Takes the object's lock (until `deadline`) for access to the
+    /// payload as `U`s. `None` on timeout, or if the payload is not made
+    /// of `U`s.
     pub(crate) fn lock_slice<U: bytemuck::Pod>(
         &self,
         deadline: Option<std::time::Instant>,
@@ -321,26 +362,10 @@ impl ShmObject<super::states::LockState> {
         } else {
             state.acquire(deadline)?
         };
-        // SAFETY: the payload is `tag.len` `U`s at `payload`, a multiple
-        // of `U`'s alignment in a mapping placed at a multiple of it (see
-        // `layout` and `Mapping::create_aligned`), all inside the mapping
-        // (checked at create and attach against the sealed size, which no
-        // process can change); any bytes are a valid `U` (`Pod`), so
-        // whatever a peer wrote is a value; every handle of this crate
-        // that can reach these bytes is a locked one (the tag checked at
-        // attach refuses a raw handle), and we hold the lock, so no other
-        // handle reads or writes them until the guard releases it; the
-        // slice borrows `self`, which owns the mapping.
-        let slice = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.map.as_ptr().add(self.payload).cast::<U>(),
-                self.tag.len,
-            )
-        };
         Some((
             LockedSlice {
-                slice,
-                lock: state,
+                obj: self,
+                _u: PhantomData,
                 _not_send: PhantomData,
             },
             acquired,
@@ -392,10 +417,12 @@ mod tests {
         let obj = ShmObject::<LockState>::create("multiproc-test", tag).unwrap();
         let again = ShmObject::<LockState>::attach(handle(&obj), tag).unwrap();
         for o in [&obj, &again] {
+            assert_eq!((o.map.as_ptr() as usize + o.payload) % 8192, 0);
             let (mut s, _) = o.lock_slice::<Big>(None, false).unwrap();
-            assert_eq!(s.as_ptr() as usize % 8192, 0);
             assert_eq!(s.len(), 2);
-            s[1].0[1][4095] = s[1].0[1][4095].wrapping_add(1);
+            let mut b = s.get(1).unwrap();
+            b.0[1][4095] = b.0[1][4095].wrapping_add(1);
+            assert!(s.set(1, b));
         }
         assert_eq!(obj.read_raw::<Big>(1).unwrap().0[1][4095], 2);
     }

@@ -123,6 +123,11 @@ pod_handle!(Value, VALUE, true);
 pub struct ValueGuard<'a, T: Pod> {
     slice: LockedSlice<'a, T>,
     state: &'a LockState,
+    /// The value, copied out when the lock was taken and written back
+    /// when the guard is dropped if it was borrowed mutably: the shared
+    /// bytes are never lent out (another process might write them).
+    value: T,
+    dirty: bool,
 }
 
 impl<T: Pod> ValueGuard<'_, T> {
@@ -135,13 +140,22 @@ impl<T: Pod> ValueGuard<'_, T> {
 impl<T: Pod> std::ops::Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.slice[0]
+        &self.value
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.slice[0]
+        self.dirty = true;
+        &mut self.value
+    }
+}
+
+impl<T: Pod> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.dirty {
+            self.slice.set(0, self.value);
+        }
     }
 }
 
@@ -159,16 +173,20 @@ impl<T: Pod> Value<T> {
             shared,
             _t: PhantomData,
         };
-        *v.get_lock().unwrap_or_else(OwnerDied::into_guard) = value;
+        v.set(value);
         Ok(v)
     }
 
-    /// Takes the lock; the guard reads and writes the value.
+    /// Takes the lock; the guard reads and writes (a copy of) the value,
+    /// written back when it is dropped.
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
+        let value = slice.get(0).unwrap_or_else(T::zeroed);
         let guard = ValueGuard {
             slice,
             state: self.shared.state(),
+            value,
+            dirty: false,
         };
         match how {
             Acquired::Clean => Ok(guard),
@@ -178,12 +196,14 @@ impl<T: Pod> Value<T> {
 
     /// Reads the value under the lock (even after a holder died).
     pub fn get(&self) -> T {
-        *self.get_lock().unwrap_or_else(OwnerDied::into_guard)
+        let (slice, _) = lock::<T>(&self.shared);
+        slice.get(0).unwrap_or_else(T::zeroed)
     }
 
     /// Writes the value under the lock.
     pub fn set(&self, value: T) {
-        *self.get_lock().unwrap_or_else(OwnerDied::into_guard) = value;
+        let (mut slice, _) = lock::<T>(&self.shared);
+        slice.set(0, value);
     }
 }
 
@@ -243,10 +263,20 @@ pub struct Array<T: Pod> {
 pod_handle!(Array, ARRAY, false);
 
 /// Holds an [`Array`]'s lock and dereferences to the elements.
+///
+/// The shared elements are never lent out (another process might write
+/// them): [`get`](Self::get) and [`set`](Self::set) copy one element; the
+/// first dereference copies the whole array, which is written back when the
+/// guard is dropped if it was borrowed mutably. For one element of a large
+/// array, `get` and `set` avoid that copy.
+///
+/// Like `std::sync::MutexGuard`, a guard cannot be sent to another thread.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     slice: LockedSlice<'a, T>,
     state: &'a LockState,
+    copy: std::sync::OnceLock<Vec<T>>,
+    dirty: bool,
 }
 
 impl<T: Pod> ArrayGuard<'_, T> {
@@ -254,18 +284,55 @@ impl<T: Pod> ArrayGuard<'_, T> {
     pub fn make_consistent(&self) {
         self.state.make_consistent();
     }
+
+    /// A copy of element `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        match self.copy.get() {
+            Some(copy) => copy.get(index).copied(),
+            None => self.slice.get(index),
+        }
+    }
+
+    /// Writes element `index`; false past the end.
+    pub fn set(&mut self, index: usize, value: T) -> bool {
+        match self.copy.get_mut() {
+            Some(copy) => match copy.get_mut(index) {
+                Some(slot) => {
+                    *slot = value;
+                    self.dirty = true;
+                    true
+                }
+                None => false,
+            },
+            None => self.slice.set(index, value),
+        }
+    }
+
+    fn copy(&self) -> &Vec<T> {
+        self.copy.get_or_init(|| self.slice.to_vec())
+    }
 }
 
 impl<T: Pod> std::ops::Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.slice
+        self.copy()
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.slice
+        self.copy();
+        self.dirty = true;
+        self.copy.get_mut().expect("initialised just above")
+    }
+}
+
+impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        if let (true, Some(copy)) = (self.dirty, self.copy.get()) {
+            self.slice.write_all(copy);
+        }
     }
 }
 
@@ -289,9 +356,9 @@ impl<T: Pod> Array<T> {
     /// An array holding a copy of `values`.
     pub fn from_slice(values: &[T]) -> std::io::Result<Array<T>> {
         let a = Array::new(values.len())?;
-        a.get_lock()
-            .unwrap_or_else(OwnerDied::into_guard)
-            .copy_from_slice(values);
+        let (mut slice, _) = lock::<T>(&a.shared);
+        slice.write_all(values);
+        drop(slice);
         Ok(a)
     }
 
@@ -305,12 +372,15 @@ impl<T: Pod> Array<T> {
         self.len() == 0
     }
 
-    /// Takes the lock; the guard reads and writes the elements.
+    /// Takes the lock; the guard reads and writes the elements (see
+    /// [`ArrayGuard`] for what is copied when).
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
         let guard = ArrayGuard {
             slice,
             state: self.shared.state(),
+            copy: std::sync::OnceLock::new(),
+            dirty: false,
         };
         match how {
             Acquired::Clean => Ok(guard),
@@ -320,9 +390,7 @@ impl<T: Pod> Array<T> {
 
     /// A copy of the elements, read under the lock.
     pub fn to_vec(&self) -> Vec<T> {
-        self.get_lock()
-            .unwrap_or_else(OwnerDied::into_guard)
-            .to_vec()
+        lock::<T>(&self.shared).0.to_vec()
     }
 }
 
