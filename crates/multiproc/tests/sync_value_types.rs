@@ -182,6 +182,23 @@ fn check_over_aligned<T: Pod + PartialEq + std::fmt::Debug>() {
 }
 
 #[test]
+fn zero_sized_and_empty_payloads_work() {
+    let unit = Value::new(()).unwrap();
+    unit.set(());
+    assert_eq!(unit.get(), ());
+    *unit.get_lock().unwrap() = ();
+    let empty = Array::<u64>::from_slice(&[]).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.to_vec(), Vec::<u64>::new());
+    assert_eq!(empty.get_lock().unwrap().get(0), None);
+    let units = RawArray::<()>::new(1 << 40).unwrap();
+    assert_eq!(units.len(), 1 << 40);
+    assert_eq!(units.get((1 << 40) - 1), Some(()));
+    assert_eq!(units.get(1 << 40), None);
+    assert!(Array::<u64>::new(usize::MAX / 4).is_err());
+}
+
+#[test]
 fn over_aligned_types_work() {
     deadline(LIMIT, || {
         check_over_aligned::<Line>();
