@@ -20,7 +20,8 @@ macro_rules! atomic_view {
         pub(crate) fn $name(&self) -> &[$t] {
             let n = self.map.len() / std::mem::size_of::<$t>();
             // SAFETY: the mapping is page-aligned, so aligned for every
-            // atomic width; `n` atomics fit in it; atomics may be accessed
+            // atomic width; `n` atomics fit in it, and keep fitting (its
+            // size is sealed: no process can shrink it); atomics may be accessed
             // concurrently by other processes (they are plain memory of the
             // same size as their integer, valid at any bytes); the slice
             // borrows `self`, which owns the mapping.
