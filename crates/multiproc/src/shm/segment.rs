@@ -1,4 +1,6 @@
-//! A raw shared-memory segment: the memory behind `SharedMemory`.
+//! A raw shared-memory segment: the memory behind `SharedMemory`. Its
+//! size is sealed (see `sys::shm`) and every access is atomic, so no
+//! process holding it can make another crash or race.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -18,7 +20,8 @@ macro_rules! atomic_view {
         pub(crate) fn $name(&self) -> &[$t] {
             let n = self.map.len() / std::mem::size_of::<$t>();
             // SAFETY: the mapping is page-aligned, so aligned for every
-            // atomic width; `n` atomics fit in it; atomics may be accessed
+            // atomic width; `n` atomics fit in it, and keep fitting (its
+            // size is sealed: no process can shrink it); atomics may be accessed
             // concurrently by other processes (they are plain memory of the
             // same size as their integer, valid at any bytes); the slice
             // borrows `self`, which owns the mapping.
@@ -52,41 +55,15 @@ impl Segment {
         self.map.fd()
     }
 
-    /// Copies bytes out from `offset`; false if out of bounds.
+    /// Copies bytes out from `offset`; false if out of bounds. Atomic
+    /// accesses: another process writing meanwhile is no data race.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
-        if offset
-            .checked_add(out.len())
-            .is_none_or(|end| end > self.len())
-        {
-            return false;
-        }
-        // SAFETY: in bounds (checked); `out` is ours; the source is shared
-        // memory that other processes may write concurrently: a raw copy
-        // reads some bytes and no Rust reference to it exists.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
-        true
+        self.map.read(offset, out)
     }
 
     /// Copies bytes in at `offset`; false if out of bounds.
     pub(crate) fn write(&self, offset: usize, data: &[u8]) -> bool {
-        if offset
-            .checked_add(data.len())
-            .is_none_or(|end| end > self.len())
-        {
-            return false;
-        }
-        // SAFETY: in bounds (checked); no Rust reference covers the shared
-        // bytes (views are atomics, which tolerate concurrent writes).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len())
-        };
-        true
+        self.map.write(offset, data)
     }
 
     atomic_view!(atomic_u8, AtomicU8);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shm::object::{ShmObject, ShmState};
+use crate::shm::object::{ShmObject, ShmState, Tag};
 use crate::wire::handles::{self, FdRef};
 
 pub(crate) mod barrier;
@@ -35,14 +35,28 @@ pub(crate) struct Shared<S: ShmState> {
 }
 
 impl<S: ShmState> Shared<S> {
+    /// A new synchronisation primitive: its state and nothing else. The
+    /// handle's wire form carries `extra` (0 for every primitive today).
     pub(crate) fn create(name: &str, payload: usize, extra: u64) -> std::io::Result<Arc<Self>> {
-        let obj = ShmObject::create(name, payload)?;
+        debug_assert_eq!(payload, 0, "a payload needs a tag: use create_tagged");
+        let obj = ShmObject::create(name, Tag::STATE)?;
         handles::track(obj.fd());
         Ok(Arc::new(Shared { obj, extra }))
     }
 
-    fn attach(fd: OwnedFd, extra: u64) -> std::io::Result<Arc<Self>> {
-        let obj = ShmObject::attach(fd)?;
+    /// A new object holding the payload `tag` describes (a `Value`, an
+    /// `Array`...); its length travels with the handle.
+    pub(crate) fn create_tagged(name: &str, tag: Tag) -> std::io::Result<Arc<Self>> {
+        let obj = ShmObject::create(name, tag)?;
+        handles::track(obj.fd());
+        Ok(Arc::new(Shared {
+            obj,
+            extra: tag.len as u64,
+        }))
+    }
+
+    fn attach(fd: OwnedFd, extra: u64, tag: Tag) -> std::io::Result<Arc<Self>> {
+        let obj = ShmObject::attach(fd, tag)?;
         handles::track(obj.fd());
         Ok(Arc::new(Shared { obj, extra }))
     }
@@ -55,16 +69,24 @@ impl<S: ShmState> Shared<S> {
         &self.obj
     }
 
-    pub(crate) fn extra(&self) -> u64 {
-        self.extra
-    }
-
     pub(crate) fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
         (FdRef(self.obj.fd()), self.extra).serialize(s)
     }
 
+    /// Attaches to a primitive sent by [`serialize`](Self::serialize):
+    /// refused if the object holds a payload (it is a `Value`, say).
     pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
+    ) -> Result<Arc<Self>, D::Error> {
+        Self::deserialize_tagged(d, |_| Some(Tag::STATE))
+    }
+
+    /// Attaches to an object sent by [`serialize`](Self::serialize) if it
+    /// holds what `expected` (given the length the handle carries) says;
+    /// `expected` returns `None` for a length the type cannot have.
+    pub(crate) fn deserialize_tagged<'de, D: serde::Deserializer<'de>>(
+        d: D,
+        expected: impl FnOnce(u64) -> Option<Tag>,
     ) -> Result<Arc<Self>, D::Error> {
         #[derive(Deserialize)]
         struct Wire {
@@ -73,7 +95,10 @@ impl<S: ShmState> Shared<S> {
             extra: u64,
         }
         let w = Wire::deserialize(d)?;
-        Shared::attach(w.fd, w.extra).map_err(serde::de::Error::custom)
+        let tag = expected(w.extra).ok_or_else(|| {
+            serde::de::Error::custom(format!("impossible shared object length {}", w.extra))
+        })?;
+        Shared::attach(w.fd, w.extra, tag).map_err(serde::de::Error::custom)
     }
 }
 

@@ -9,30 +9,30 @@ use bytemuck::Pod;
 
 use super::Shared;
 use super::lock::OwnerDied;
-use crate::shm::object::LockedSlice;
+use crate::shm::object::{LockedSlice, Tag};
 use crate::shm::states::{Acquired, LockState};
 
-fn create(name: &str, bytes: usize, len: u64) -> std::io::Result<Arc<Shared<LockState>>> {
-    Shared::create(name, bytes, len)
+/// The kinds of object in a tag: a handle attaches only to an object made
+/// by the same kind of handle, for the same element type (size and
+/// alignment) and length.
+const VALUE: u32 = u32::from_le_bytes(*b"VALU");
+const RAW_VALUE: u32 = u32::from_le_bytes(*b"RVAL");
+const ARRAY: u32 = u32::from_le_bytes(*b"ARRY");
+const RAW_ARRAY: u32 = u32::from_le_bytes(*b"RARR");
+
+fn create<T: Pod>(name: &str, kind: u32, len: usize) -> std::io::Result<Arc<Shared<LockState>>> {
+    Shared::create_tagged(name, Tag::of::<T>(kind, len))
 }
 
-fn lock<T: Pod>(shared: &Shared<LockState>, len: usize) -> (LockedSlice<'_, T>, Acquired) {
+fn lock<T: Pod>(shared: &Shared<LockState>) -> (LockedSlice<'_, T>, Acquired) {
     shared
         .object()
-        .lock_slice::<T>(len, None, false)
-        .expect("the payload was sized for this type when the handle was made")
-}
-
-fn check<T: Pod>(shared: &Shared<LockState>, len: usize) -> bool {
-    shared
-        .object()
-        .read_raw::<T>(len.saturating_sub(1))
-        .is_some()
-        || len == 0
+        .lock_slice::<T>(None, false)
+        .expect("the tag was checked to describe `T`s when the handle was made")
 }
 
 macro_rules! pod_handle {
-    ($ty:ident) => {
+    ($ty:ident, $kind:expr, $single:expr) => {
         impl<T: Pod> Clone for $ty<T> {
             fn clone(&self) -> Self {
                 $ty {
@@ -44,7 +44,7 @@ macro_rules! pod_handle {
         impl<T: Pod> fmt::Debug for $ty<T> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("len", &self.shared.extra())
+                    .field("len", &self.shared.object().tag().len)
                     .finish()
             }
         }
@@ -53,14 +53,15 @@ macro_rules! pod_handle {
                 self.shared.serialize(s)
             }
         }
+        /// Attaches only to an object made by the same kind of handle for
+        /// the same `T` (size and alignment): anything else is a decoding
+        /// error.
         impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let shared = Shared::<LockState>::deserialize(d)?;
-                if !check::<T>(&shared, shared.extra().max(1) as usize) {
-                    return Err(serde::de::Error::custom(
-                        "shared data smaller than its type",
-                    ));
-                }
+                let shared = Shared::<LockState>::deserialize_tagged(d, |len| {
+                    let len = usize::try_from(len).ok()?;
+                    (!$single || len == 1).then(|| Tag::of::<T>($kind, len))
+                })?;
                 Ok($ty {
                     shared,
                     _t: PhantomData,
@@ -93,13 +94,40 @@ pub struct Value<T: Pod> {
     _t: PhantomData<T>,
 }
 
-pod_handle!(Value);
+pod_handle!(Value, VALUE, true);
 
 /// Holds a [`Value`]'s lock and dereferences to the value.
+///
+/// Like `std::sync::MutexGuard`, a guard stays on the thread that took the
+/// lock: it can be shared with other threads (it is `Sync` for a `Sync`
+/// `T`), but not sent to one.
+///
+/// ```
+/// let v = multiproc::Value::new(7u64)?;
+/// let guard = v.get_lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert_eq!(*guard, 7));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// ```compile_fail,E0277
+/// let v = multiproc::Value::new(7u64)?;
+/// let guard = v.get_lock().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || assert_eq!(*guard, 7));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     slice: LockedSlice<'a, T>,
     state: &'a LockState,
+    /// The value, copied out when the lock was taken and written back
+    /// when the guard is dropped if it was borrowed mutably: the shared
+    /// bytes are never lent out (another process might write them).
+    value: T,
+    dirty: bool,
 }
 
 impl<T: Pod> ValueGuard<'_, T> {
@@ -112,13 +140,22 @@ impl<T: Pod> ValueGuard<'_, T> {
 impl<T: Pod> std::ops::Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.slice[0]
+        &self.value
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.slice[0]
+        self.dirty = true;
+        &mut self.value
+    }
+}
+
+impl<T: Pod> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.dirty {
+            self.slice.set(0, self.value);
+        }
     }
 }
 
@@ -131,21 +168,25 @@ impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
 impl<T: Pod> Value<T> {
     /// A shared value, initially `value`.
     pub fn new(value: T) -> std::io::Result<Value<T>> {
-        let shared = create("multiproc-value", std::mem::size_of::<T>(), 1)?;
+        let shared = create::<T>("multiproc-value", VALUE, 1)?;
         let v = Value {
             shared,
             _t: PhantomData,
         };
-        *v.get_lock().unwrap_or_else(OwnerDied::into_guard) = value;
+        v.set(value);
         Ok(v)
     }
 
-    /// Takes the lock; the guard reads and writes the value.
+    /// Takes the lock; the guard reads and writes (a copy of) the value,
+    /// written back when it is dropped.
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
-        let (slice, how) = lock::<T>(&self.shared, 1);
+        let (slice, how) = lock::<T>(&self.shared);
+        let value = slice.get(0).unwrap_or_else(T::zeroed);
         let guard = ValueGuard {
             slice,
             state: self.shared.state(),
+            value,
+            dirty: false,
         };
         match how {
             Acquired::Clean => Ok(guard),
@@ -155,29 +196,33 @@ impl<T: Pod> Value<T> {
 
     /// Reads the value under the lock (even after a holder died).
     pub fn get(&self) -> T {
-        *self.get_lock().unwrap_or_else(OwnerDied::into_guard)
+        let (slice, _) = lock::<T>(&self.shared);
+        slice.get(0).unwrap_or_else(T::zeroed)
     }
 
     /// Writes the value under the lock.
     pub fn set(&self, value: T) {
-        *self.get_lock().unwrap_or_else(OwnerDied::into_guard) = value;
+        let (mut slice, _) = lock::<T>(&self.shared);
+        slice.set(0, value);
     }
 }
 
 /// A `T` in shared memory without a lock (Python's `RawValue`): reads and
-/// writes are single copies; a value wider than a machine word may be read
-/// half-written while another process writes it.
+/// writes copy the value with atomic accesses, so racing processes never
+/// cause undefined behaviour; an aligned value of up to 8 bytes is read and
+/// written whole, a wider one may be read as a mix of two writes (whole
+/// 8-byte words of each) while another process writes it.
 pub struct RawValue<T: Pod> {
     shared: Arc<Shared<LockState>>,
     _t: PhantomData<T>,
 }
 
-pod_handle!(RawValue);
+pod_handle!(RawValue, RAW_VALUE, true);
 
 impl<T: Pod> RawValue<T> {
     /// A shared value, initially `value`.
     pub fn new(value: T) -> std::io::Result<RawValue<T>> {
-        let shared = create("multiproc-rawvalue", std::mem::size_of::<T>(), 1)?;
+        let shared = create::<T>("multiproc-rawvalue", RAW_VALUE, 1)?;
         let v = RawValue {
             shared,
             _t: PhantomData,
@@ -215,13 +260,23 @@ pub struct Array<T: Pod> {
     _t: PhantomData<T>,
 }
 
-pod_handle!(Array);
+pod_handle!(Array, ARRAY, false);
 
 /// Holds an [`Array`]'s lock and dereferences to the elements.
+///
+/// The shared elements are never lent out (another process might write
+/// them): [`get`](Self::get) and [`set`](Self::set) copy one element; the
+/// first dereference copies the whole array, which is written back when the
+/// guard is dropped if it was borrowed mutably. For one element of a large
+/// array, `get` and `set` avoid that copy.
+///
+/// Like `std::sync::MutexGuard`, a guard cannot be sent to another thread.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     slice: LockedSlice<'a, T>,
     state: &'a LockState,
+    copy: std::sync::OnceLock<Vec<T>>,
+    dirty: bool,
 }
 
 impl<T: Pod> ArrayGuard<'_, T> {
@@ -229,18 +284,55 @@ impl<T: Pod> ArrayGuard<'_, T> {
     pub fn make_consistent(&self) {
         self.state.make_consistent();
     }
+
+    /// A copy of element `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        match self.copy.get() {
+            Some(copy) => copy.get(index).copied(),
+            None => self.slice.get(index),
+        }
+    }
+
+    /// Writes element `index`; false past the end.
+    pub fn set(&mut self, index: usize, value: T) -> bool {
+        match self.copy.get_mut() {
+            Some(copy) => match copy.get_mut(index) {
+                Some(slot) => {
+                    *slot = value;
+                    self.dirty = true;
+                    true
+                }
+                None => false,
+            },
+            None => self.slice.set(index, value),
+        }
+    }
+
+    fn copy(&self) -> &Vec<T> {
+        self.copy.get_or_init(|| self.slice.to_vec())
+    }
 }
 
 impl<T: Pod> std::ops::Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.slice
+        self.copy()
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.slice
+        self.copy();
+        self.dirty = true;
+        self.copy.get_mut().expect("initialised just above")
+    }
+}
+
+impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        if let (true, Some(copy)) = (self.dirty, self.copy.get()) {
+            self.slice.write_all(copy);
+        }
     }
 }
 
@@ -255,11 +347,8 @@ impl<T: Pod> fmt::Debug for ArrayGuard<'_, T> {
 impl<T: Pod> Array<T> {
     /// An array of `len` zeroed elements.
     pub fn new(len: usize) -> std::io::Result<Array<T>> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "array too large")
-        })?;
         Ok(Array {
-            shared: create("multiproc-array", bytes, len as u64)?,
+            shared: create::<T>("multiproc-array", ARRAY, len)?,
             _t: PhantomData,
         })
     }
@@ -267,15 +356,15 @@ impl<T: Pod> Array<T> {
     /// An array holding a copy of `values`.
     pub fn from_slice(values: &[T]) -> std::io::Result<Array<T>> {
         let a = Array::new(values.len())?;
-        a.get_lock()
-            .unwrap_or_else(OwnerDied::into_guard)
-            .copy_from_slice(values);
+        let (mut slice, _) = lock::<T>(&a.shared);
+        slice.write_all(values);
+        drop(slice);
         Ok(a)
     }
 
     /// The number of elements.
     pub fn len(&self) -> usize {
-        self.shared.extra() as usize
+        self.shared.object().tag().len
     }
 
     /// Whether the array has no elements.
@@ -283,12 +372,15 @@ impl<T: Pod> Array<T> {
         self.len() == 0
     }
 
-    /// Takes the lock; the guard reads and writes the elements.
+    /// Takes the lock; the guard reads and writes the elements (see
+    /// [`ArrayGuard`] for what is copied when).
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
-        let (slice, how) = lock::<T>(&self.shared, self.len());
+        let (slice, how) = lock::<T>(&self.shared);
         let guard = ArrayGuard {
             slice,
             state: self.shared.state(),
+            copy: std::sync::OnceLock::new(),
+            dirty: false,
         };
         match how {
             Acquired::Clean => Ok(guard),
@@ -298,36 +390,32 @@ impl<T: Pod> Array<T> {
 
     /// A copy of the elements, read under the lock.
     pub fn to_vec(&self) -> Vec<T> {
-        self.get_lock()
-            .unwrap_or_else(OwnerDied::into_guard)
-            .to_vec()
+        lock::<T>(&self.shared).0.to_vec()
     }
 }
 
 /// A fixed-length array of `T` in shared memory without a lock (Python's
-/// `RawArray`): element reads and writes are single copies.
+/// `RawArray`): element reads and writes are atomic copies, as for
+/// [`RawValue`].
 pub struct RawArray<T: Pod> {
     shared: Arc<Shared<LockState>>,
     _t: PhantomData<T>,
 }
 
-pod_handle!(RawArray);
+pod_handle!(RawArray, RAW_ARRAY, false);
 
 impl<T: Pod> RawArray<T> {
     /// An array of `len` zeroed elements.
     pub fn new(len: usize) -> std::io::Result<RawArray<T>> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "array too large")
-        })?;
         Ok(RawArray {
-            shared: create("multiproc-rawarray", bytes, len as u64)?,
+            shared: create::<T>("multiproc-rawarray", RAW_ARRAY, len)?,
             _t: PhantomData,
         })
     }
 
     /// The number of elements.
     pub fn len(&self) -> usize {
-        self.shared.extra() as usize
+        self.shared.object().tag().len
     }
 
     /// Whether the array has no elements.
