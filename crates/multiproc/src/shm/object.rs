@@ -311,9 +311,11 @@ impl<U: bytemuck::Pod> LockedSlice<'_, U> {
         self.obj.read_raw(index)
     }
 
-    /// Writes element `index`; false past the end.
+    /// Writes element `index`; false past the end, or if this process no
+    /// longer holds the lock (a guard a forked child inherited writes
+    /// nothing).
     pub(crate) fn set(&mut self, index: usize, value: U) -> bool {
-        self.obj.write_raw(index, value)
+        self.obj.get().names_this_process() && self.obj.write_raw(index, value)
     }
 
     /// A copy of every element.
@@ -326,7 +328,7 @@ impl<U: bytemuck::Pod> LockedSlice<'_, U> {
 
     /// Writes every element; false unless `data` has exactly `len()`.
     pub(crate) fn write_all(&mut self, data: &[U]) -> bool {
-        self.obj.write_all(data)
+        self.obj.get().names_this_process() && self.obj.write_all(data)
     }
 }
 

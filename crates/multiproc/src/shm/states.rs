@@ -155,6 +155,13 @@ impl LockState {
         self.lock.held_by_this_process()
     }
 
+    /// Whether the lock word names this process (see
+    /// [`RawLock::names_this_process`]).
+    #[inline]
+    pub(crate) fn names_this_process(&self) -> bool {
+        self.lock.names_this_process()
+    }
+
     /// Releases the lock whatever its depth (a `Condition` wait), if this
     /// process holds it; returns the depth to restore.
     fn release_all(&self) -> u32 {
