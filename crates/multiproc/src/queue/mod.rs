@@ -450,12 +450,15 @@ impl<T: Serialize> Queue<T> {
         }
     }
 
-    /// Puts a value, waiting at most `timeout` for room.
+    /// Puts a value, waiting at most `timeout` for room (and for the
+    /// producer lock: this returns by the deadline whatever other
+    /// processes do).
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
         self.put_until(value, Some(Instant::now() + timeout))
     }
 
-    /// Puts a value if there is room now.
+    /// Puts a value if there is room now. Never waits, not even for a
+    /// producer lock another process holds (that reads as full).
     pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
         match self.put_until(value, Some(Instant::now())) {
             Ok(()) => Ok(()),
@@ -477,12 +480,15 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Takes the oldest value, waiting at most `timeout`.
+    /// Takes the oldest value, waiting at most `timeout` (and for the
+    /// consumer lock: this returns by the deadline whatever other processes
+    /// do).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.shared.get(Some(Instant::now() + timeout))
     }
 
-    /// Takes the oldest value if there is one now.
+    /// Takes the oldest value if there is one now. Never waits, not even
+    /// for a consumer lock another process holds (that reads as empty).
     pub fn try_get(&self) -> Result<T, TryGetError> {
         match self.shared.get(Some(Instant::now())) {
             Ok(v) => Ok(v),
