@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -121,6 +121,29 @@ impl Guard {
             .position(|b| b.load(Ordering::Relaxed) != GUARD_BYTE);
         assert_eq!(bad, None, "a guard block next to the ring was written");
     }
+}
+
+/// The address range where this process maps the file behind `fd`, from
+/// `/proc/self/maps`.
+fn mapped_range(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?
+        .ino()
+        .to_string();
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(4) != Some(&ino.as_str()) || !line.contains("/memfd:") {
+            return None;
+        }
+        let (start, end) = fields[0].split_once('-')?;
+        Some((
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        ))
+    })
 }
 
 /// Outcomes of the operations a participant made while the ring was being
@@ -264,11 +287,23 @@ fn corrupt(m: &PeerMapping, fields: &[usize], rng: &mut Rng) {
 #[test]
 fn random_writes_into_the_ring_give_only_typed_errors() {
     deadline(LIMIT, || {
-        let before = Guard::new();
         // A small ring: records wrap (with padding) often, and values over
-        // 2 KiB go out of line.
-        let q: Queue<Vec<u8>> = Queue::builder().ring_bytes(4096).build().unwrap();
-        let after = Guard::new();
+        // 2 KiB go out of line. Guard blocks are mapped right before and
+        // after it (the kernel usually places consecutive mappings next to
+        // each other; retried if another thread's mapping came between).
+        let (before, q, after) = (0..50)
+            .find_map(|_| {
+                let before = Guard::new();
+                let q: Queue<Vec<u8>> = Queue::builder().ring_bytes(4096).build().unwrap();
+                let after = Guard::new();
+                let ring = mapped_range(queue_ring_fd(&q))?;
+                let touching = |g: &Guard| {
+                    mapped_range(g.0.as_fd())
+                        .is_some_and(|(start, end)| start == ring.1 || end == ring.0)
+                };
+                (touching(&before) || touching(&after)).then_some((before, q, after))
+            })
+            .expect("no guard block could be mapped next to the ring");
         let stop = SharedMemory::create(4096).unwrap();
         let child = Process::builder()
             .start_method(StartMethod::Fork)

@@ -759,11 +759,17 @@ impl Ring {
             // read (Acquire); re-read only when we have caught up with it
             // (or the copy is impossible).
             let mut tail = h.consumer.peer.load(Ordering::Relaxed);
-            if head == tail || self.span(head, tail).is_none() {
+            let mut used = if head == tail {
+                None
+            } else {
+                self.span(head, tail)
+            };
+            if used.is_none() {
                 tail = h.producer.pos.load(Ordering::Acquire);
                 h.consumer.peer.store(tail, Ordering::Relaxed);
+                used = self.span(head, tail);
             }
-            let Some(used) = self.span(head, tail) else {
+            let Some(used) = used else {
                 return Err(format!("head {head:#x} and tail {tail:#x} are impossible"));
             };
             if used == 0 {
