@@ -1,13 +1,13 @@
-//! Internals exposed for the benchmark crate only: not part of the API, no
-//! stability promise. See [`RawRing`].
+//! Internals exposed for the benchmark crate and the tests only: not part
+//! of the API, no stability promise. See [`RawRing`], and the functions
+//! that let a test play a hostile or stuck peer of a queue.
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shm::ring::{PopError, PushError, Record, Ring};
+use crate::shm::ring::{Copied, PopError, PushError, Registration, Ring, Taken};
 use crate::sys;
 use crate::wire::handles::{self, FdRef};
 
@@ -21,7 +21,7 @@ use crate::wire::handles::{self, FdRef};
 #[derive(Debug)]
 pub struct RawRing {
     ring: Ring,
-    registered: AtomicU32,
+    registration: Registration,
 }
 
 impl RawRing {
@@ -41,19 +41,14 @@ impl RawRing {
         handles::track(ring.fd());
         let raw = RawRing {
             ring,
-            registered: AtomicU32::new(0),
+            registration: Registration::default(),
         };
         raw.register();
         Ok(raw)
     }
 
     fn register(&self) -> u32 {
-        let me = sys::futex::pid();
-        if self.registered.load(Ordering::Relaxed) != me {
-            self.ring.attach_pid(me);
-            self.registered.store(me, Ordering::Relaxed);
-        }
-        me
+        self.registration.ensure(&self.ring)
     }
 
     /// The largest record a push takes.
@@ -80,6 +75,7 @@ impl RawRing {
                 io::ErrorKind::BrokenPipe,
                 "the ring is full and nobody else holds it",
             )),
+            Err(PushError::Corrupted(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
         }
     }
 
@@ -89,17 +85,15 @@ impl RawRing {
     pub fn pop(&self, out: &mut Vec<u8>) -> io::Result<()> {
         let me = self.register();
         let connected = || self.ring.others_alive(me);
-        let popped = self.ring.pop(None, &connected, |record| match record {
-            Record::Inline(bytes) => {
-                out.clear();
-                out.extend_from_slice(bytes);
-                true
-            }
-            Record::Large(_) => false,
-        });
+        let mut copied = Copied::new();
+        let popped = self.ring.pop(None, &connected, &mut copied, |_| ());
         match popped {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(io::Error::new(
+            Ok(Taken::Inline) => {
+                out.clear();
+                out.extend_from_slice(copied.bytes());
+                Ok(())
+            }
+            Ok(Taken::Large(())) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "an out-of-line record in a raw ring",
             )),
@@ -114,6 +108,7 @@ impl RawRing {
 
 impl Drop for RawRing {
     fn drop(&mut self) {
+        self.registration.release(&self.ring);
         handles::untrack(self.ring.fd());
         self.ring.detach_pid(sys::futex::pid());
     }
@@ -133,4 +128,28 @@ impl<'de> Deserialize<'de> for RawRing {
             .and_then(RawRing::from_ring)
             .map_err(D::Error::custom)
     }
+}
+
+/// Test-only: the memfd behind a queue's ring (what a `Queue`'s
+/// `Serialize` sends to another process), for a test that maps it and
+/// writes garbage into it as a hostile peer would.
+pub fn queue_ring_fd<T>(q: &crate::Queue<T>) -> std::os::fd::BorrowedFd<'_> {
+    q.ring().fd()
+}
+
+/// Test-only: byte offsets in a queue's ring mapping of the header words a
+/// peer can corrupt (positions, counts, ids, wait words, the attachment
+/// table; the two side locks come last), by name.
+pub fn ring_layout() -> Vec<(&'static str, usize)> {
+    Ring::layout()
+}
+
+/// Test-only: where a ring's records begin in its mapping.
+pub const RING_DATA_OFFSET: usize = Ring::DATA_OFFSET;
+
+/// Test-only: takes the consumer (or producer) lock of a queue's ring and
+/// never releases it. The calling process must then stop or die, as a
+/// wedged or stopped peer would.
+pub fn wedge_queue_lock<T>(q: &crate::Queue<T>, consumer: bool) {
+    q.ring().wedge(consumer);
 }

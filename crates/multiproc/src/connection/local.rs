@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::shm::ring::{PopError, Record, Ring};
+use crate::shm::ring::{PopError, PushError, Record, Ring};
 use crate::sys;
 use crate::wire::stream::{DEFAULT_MAX_MESSAGE, Message, StreamError, UPFRONT};
 use crate::wire::{codec, handles};
@@ -366,8 +366,16 @@ impl Local {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut waiting = Patience::new();
         loop {
-            if tx.try_push(parts) {
-                return Ok(());
+            match tx.try_push(parts) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(PushError::Corrupted(why)) => {
+                    return Err(StreamError::Garbage(format!(
+                        "corrupted shared-memory pipe: {why}"
+                    )));
+                }
+                Err(PushError::Io(e)) => return Err(e.into()),
+                Err(PushError::Full | PushError::Disconnected) => {}
             }
             if waiting.keep_checking() {
                 continue;
@@ -760,7 +768,7 @@ mod tests {
     /// A pair, and a way to put any record in the ring from `a` to `b`.
     fn forge(a: &Local, head: Head, payload: &[u8]) {
         let tx = a.tx.as_ref().expect("a sends");
-        assert!(tx.try_push(&[&head.encode(), payload]));
+        assert!(tx.try_push(&[&head.encode(), payload]).unwrap());
     }
 
     fn head(kind: u8, len: u64) -> Head {

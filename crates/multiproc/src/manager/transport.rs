@@ -224,7 +224,12 @@ impl Channel {
                 crate::SendError::Disconnected => RecvFailure::Gone,
                 other => RecvFailure::Broken(other.to_string()),
             }),
-            Strategy::Local { tx, .. } => tx.put(Blob(bytes)).map_err(|_| RecvFailure::Gone),
+            Strategy::Local { tx, .. } => tx.put(Blob(bytes)).map_err(|e| match e.reason {
+                crate::PutFailure::Corrupted(why) => {
+                    RecvFailure::Broken(format!("the shared-memory channel was corrupted: {why}"))
+                }
+                _ => RecvFailure::Gone,
+            }),
         }
     }
 

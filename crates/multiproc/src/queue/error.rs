@@ -21,6 +21,11 @@ pub enum PutFailure {
     /// The operating system refused (creating an out-of-line message).
     #[error("could not put: {0}")]
     Io(#[from] io::Error),
+    /// The queue's shared memory held impossible positions (written by a
+    /// misbehaving process holding the queue); what was in flight has been
+    /// dropped and the value was not put. A later put may succeed.
+    #[error("the queue's shared memory was corrupted: {0}")]
+    Corrupted(String),
 }
 
 /// A value could not be put; here it is back.

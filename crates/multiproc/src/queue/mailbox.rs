@@ -10,6 +10,11 @@
 //! mailbox: ids are increasing in both, so the datagram for `id` is the
 //! first one not older than `id`.
 //!
+//! The consumer only *takes* the datagram under the lock (a non-blocking
+//! receive); reading a memfd payload and decoding happen after the lock is
+//! released ([`Fetched::finish`]). Sends do not block either: a full
+//! mailbox reads as a full queue, so a put with a deadline returns by it.
+//!
 //! Deaths: a producer that died between sending and publishing leaves a
 //! datagram no record names (older than the next id: dropped when passed).
 //! A consumer that died after taking a datagram but before retiring its
@@ -41,7 +46,8 @@ impl Mailbox {
         Ok(Mailbox { tx, rx })
     }
 
-    /// Sends message `id`.
+    /// Sends message `id` without waiting: a full mailbox is
+    /// `ErrorKind::WouldBlock`.
     pub(crate) fn send(
         &self,
         id: u64,
@@ -52,19 +58,20 @@ impl Mailbox {
         head[..8].copy_from_slice(&id.to_le_bytes());
         if payload.len() <= DATAGRAM_MAX {
             head[8] = IN_DATAGRAM;
-            sys::socket::send_some(self.tx.as_fd(), &[&head, payload], handles, false).map(drop)
+            sys::socket::send_some(self.tx.as_fd(), &[&head, payload], handles, true).map(drop)
         } else {
             head[8] = IN_MEMFD;
             let memfd = sys::shm::memfd_with("multiproc-message", &[payload])?;
             let mut fds = vec![memfd.as_fd()];
             fds.extend_from_slice(handles);
-            sys::socket::send_some(self.tx.as_fd(), &[&head], &fds, false).map(drop)
+            sys::socket::send_some(self.tx.as_fd(), &[&head], &fds, true).map(drop)
         }
     }
 
-    /// Takes message `id`: its payload and handles, or `None` if it is gone
-    /// (taken by a consumer that died).
-    pub(crate) fn take(&self, id: u64) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    /// Takes message `id` out of the mailbox, without waiting: `None` if it
+    /// is gone (taken by a consumer that died). Its payload is read by
+    /// [`Fetched::finish`].
+    pub(crate) fn take(&self, id: u64) -> io::Result<Option<Fetched>> {
         loop {
             let mut head = [0u8; HEAD];
             let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? else {
@@ -90,17 +97,58 @@ impl Mailbox {
                 IN_DATAGRAM => {
                     buf.truncate(n);
                     buf.drain(..HEAD);
-                    Ok(Some((buf, fds)))
+                    Ok(Some(Fetched::Inline(buf, fds)))
                 }
                 IN_MEMFD if !fds.is_empty() => {
                     let memfd = fds.remove(0);
-                    Ok(Some((sys::shm::read_memfd(memfd.as_fd())?, fds)))
+                    Ok(Some(Fetched::Memfd(memfd, fds)))
                 }
                 _ => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "a malformed mailbox message",
                 )),
             };
+        }
+    }
+}
+
+impl Mailbox {
+    /// Drops every message waiting, without waiting: after the ring was
+    /// found corrupted and its records dropped, their messages are
+    /// orphans, and enough of them would fill the mailbox for good.
+    pub(crate) fn drain(&self) {
+        let mut head = [0u8; HEAD];
+        for _ in 0..4096 {
+            match sys::socket::peek_datagram(self.rx.as_fd(), &mut head) {
+                Ok(Some(full)) => {
+                    let mut buf = vec![0u8; full.max(HEAD)];
+                    let mut fds = Vec::new();
+                    if sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A message taken out of the mailbox, its payload not yet read.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// The payload came in the datagram.
+    Inline(Vec<u8>, Vec<OwnedFd>),
+    /// The payload is in this memfd.
+    Memfd(OwnedFd, Vec<OwnedFd>),
+}
+
+impl Fetched {
+    /// The payload and the handles (outside the consumer lock: a memfd may
+    /// be large).
+    pub(crate) fn finish(self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        match self {
+            Fetched::Inline(payload, fds) => Ok((payload, fds)),
+            Fetched::Memfd(memfd, fds) => Ok((sys::shm::read_memfd(memfd.as_fd())?, fds)),
         }
     }
 }

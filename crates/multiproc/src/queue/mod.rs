@@ -9,14 +9,17 @@
 //!
 //! A put encodes the value (serde, postcard), copies it into the ring
 //! under the producer lock and wakes a sleeping consumer only if one
-//! sleeps. A get copies or decodes the record under the consumer lock. See
-//! `docs/shm-ring.md` for the protocol and what a killed process can lose.
+//! sleeps. A get copies the record out under the consumer lock (an
+//! out-of-line one: takes its datagram) and decodes it after the lock is
+//! released, so a `Deserialize` that panics or blocks holds up nobody
+//! else. See `docs/shm-ring.md` for the protocol and what a killed process
+//! can lose.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod error;
 pub(crate) mod mailbox;
 
-use crate::shm::ring::{PopError, PushError, Record, Ring};
+use crate::shm::ring::{Copied, PopError, PushError, Registration, Ring, Taken};
 use crate::sys;
 use crate::wire::handles::{self, FdRef};
 pub use error::{
@@ -74,7 +77,7 @@ struct Shared {
     ring: Ring,
     mailbox: Mailbox,
     key: u64,
-    registered: AtomicU32,
+    registration: Registration,
     joinable: bool,
     /// Whether the last value put through this handle fitted the small
     /// stack buffer of [`handles::with_encoded_bare`] (then the next put
@@ -92,7 +95,7 @@ impl Shared {
             ring,
             mailbox,
             key,
-            registered: AtomicU32::new(0),
+            registration: Registration::default(),
             joinable,
             small: AtomicBool::new(true),
         };
@@ -103,11 +106,7 @@ impl Shared {
     /// Makes sure this process is in the ring's table of holders (a forked
     /// child holds the parent's handle but must register itself).
     fn register(&self) {
-        let me = sys::futex::pid();
-        if self.registered.load(Ordering::Relaxed) != me {
-            self.ring.attach_pid(me);
-            self.registered.store(me, Ordering::Relaxed);
-        }
+        self.registration.ensure(&self.ring);
     }
 
     /// Whether anybody besides the caller's handle could still put or get.
@@ -130,34 +129,45 @@ impl Shared {
         }
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let mut send = |id: u64| self.mailbox.send(id, bytes, &borrowed);
-        self.ring
-            .push(&[], Some(&mut send), deadline, &connected, self.joinable)
+        let pushed = self
+            .ring
+            .push(&[], Some(&mut send), deadline, &connected, self.joinable);
+        if let Err(PushError::Corrupted(_)) = &pushed {
+            self.mailbox.drain();
+        }
+        pushed
     }
 
     fn get<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, GetTimeoutError> {
         self.register();
         let connected = || self.connected();
+        // The record is copied out under the consumer lock (small ones to
+        // the stack) and decoded here, after the lock is released: the
+        // value's `Deserialize` is the user's code, which may panic or
+        // block, and must not do so while other consumers wait.
+        let mut copied = Copied::new();
         loop {
-            let popped = self.ring.pop(deadline, &connected, |record| match record {
-                // Values with handles never travel inline.
-                Record::Inline(bytes) => {
-                    Some(handles::decode_bare::<T>(bytes).map_err(GetError::from))
-                }
-                Record::Large(id) => match self.mailbox.take(id) {
-                    Ok(Some((payload, fds))) => {
-                        Some(handles::decode::<T>(&payload, fds).map_err(GetError::from))
-                    }
-                    // Taken by a consumer that died: that message is lost.
-                    Ok(None) => None,
-                    Err(e) => Some(Err(GetError::Io(e))),
-                },
+            let popped = self.ring.pop(deadline, &connected, &mut copied, |id| {
+                self.mailbox.take(id)
             });
             return match popped {
-                Ok(Some(value)) => Ok(value?),
-                Ok(None) => continue,
+                // Values with handles never travel inline.
+                Ok(Taken::Inline) => {
+                    Ok(handles::decode_bare::<T>(copied.bytes()).map_err(GetError::from)?)
+                }
+                Ok(Taken::Large(Ok(Some(fetched)))) => {
+                    let (payload, fds) = fetched.finish().map_err(GetError::Io)?;
+                    Ok(handles::decode::<T>(&payload, fds).map_err(GetError::from)?)
+                }
+                // Taken by a consumer that died: that message is lost.
+                Ok(Taken::Large(Ok(None))) => continue,
+                Ok(Taken::Large(Err(e))) => Err(GetError::Io(e).into()),
                 Err(PopError::Empty) => Err(GetTimeoutError::Timeout),
                 Err(PopError::Disconnected) => Err(GetError::Disconnected.into()),
-                Err(PopError::Corrupted(why)) => Err(GetError::Corrupted(why).into()),
+                Err(PopError::Corrupted(why)) => {
+                    self.mailbox.drain();
+                    Err(GetError::Corrupted(why).into())
+                }
             };
         }
     }
@@ -165,6 +175,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        self.registration.release(&self.ring);
         for fd in [
             self.ring.fd(),
             self.mailbox.tx.as_fd(),
@@ -355,6 +366,11 @@ impl<T> Queue<T> {
         max > 0 && self.shared.ring.len() >= max
     }
 
+    /// The ring behind the queue (for `__bench`).
+    pub(crate) fn ring(&self) -> &Ring {
+        &self.shared.ring
+    }
+
     /// Stops this handle from putting (Python's `close`); `get` still works.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
@@ -414,6 +430,11 @@ impl<T: Serialize> Queue<T> {
                 reason: e.into(),
             }
             .into()),
+            Err(PushError::Corrupted(why)) => Err(PutError {
+                value,
+                reason: PutFailure::Corrupted(why),
+            }
+            .into()),
         }
     }
 
@@ -429,12 +450,15 @@ impl<T: Serialize> Queue<T> {
         }
     }
 
-    /// Puts a value, waiting at most `timeout` for room.
+    /// Puts a value, waiting at most `timeout` for room (and for the
+    /// producer lock: this returns by the deadline whatever other
+    /// processes do).
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
         self.put_until(value, Some(Instant::now() + timeout))
     }
 
-    /// Puts a value if there is room now.
+    /// Puts a value if there is room now. Never waits, not even for a
+    /// producer lock another process holds (that reads as full).
     pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
         match self.put_until(value, Some(Instant::now())) {
             Ok(()) => Ok(()),
@@ -456,12 +480,15 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Takes the oldest value, waiting at most `timeout`.
+    /// Takes the oldest value, waiting at most `timeout` (and for the
+    /// consumer lock: this returns by the deadline whatever other processes
+    /// do).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.shared.get(Some(Instant::now() + timeout))
     }
 
-    /// Takes the oldest value if there is one now.
+    /// Takes the oldest value if there is one now. Never waits, not even
+    /// for a consumer lock another process holds (that reads as empty).
     pub fn try_get(&self) -> Result<T, TryGetError> {
         match self.shared.get(Some(Instant::now())) {
             Ok(v) => Ok(v),

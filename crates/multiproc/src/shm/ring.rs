@@ -13,12 +13,24 @@
 //! * A record is an 8-byte header (`kind << 32 | len`) and its payload,
 //!   padded to 8 bytes. A record never wraps: a `PAD` record fills the end
 //!   of the ring instead.
+//! * Every value read from the mapping is untrusted (any process holding
+//!   the ring can write anything): positions are validated once per
+//!   operation, record headers before their payloads, arithmetic on them
+//!   is checked, and every access stays inside the mapping. Inconsistent
+//!   state is a `Corrupted` error, after which the side that found it
+//!   resets its own position (what was in flight is lost).
+//! * No caller code runs under a side lock except the queue's own
+//!   out-of-line send and fetch; a get copies the record out and decodes
+//!   after unlocking. Locks are released by a guard, also on unwind, and
+//!   calls with a deadline take them with that deadline.
 //! * Waiting: yield (no spin: see [`YIELDS`]), then sleep on a futex
 //!   sequence word; the other side bumps the word and wakes only if a
 //!   sleeper count says someone sleeps. The sleeper re-checks through the
 //!   other side's lock word ([`RawLock::observe`]), so no wake-up is lost
 //!   while the positions are stored with plain `Release`.
 
+use std::cell::Cell;
+use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -28,15 +40,16 @@ use super::lock::{RECHECK, RawLock};
 use crate::sys::futex;
 use crate::sys::shm::Mapping;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"MPRING01");
+const MAGIC: u64 = u64::from_le_bytes(*b"MPRING02");
 /// Bytes before the data area (one page).
 const DATA_OFFSET: usize = 4096;
 /// Record kinds.
 const INLINE: u32 = 1;
 const PAD: u32 = 2;
 const LARGE: u32 = 3;
-/// Processes the attachment table can name.
-const ATTACH_SLOTS: usize = 60;
+/// Processes the attachment table can name: as many as fit in the
+/// header's page.
+const ATTACH_SLOTS: usize = 896;
 /// Yields of the processor, each followed by a check, before a side that
 /// finds the ring empty (or full) sleeps: about 350 µs when nothing else
 /// wants the processor, for a stream with gaps, and the processor goes at
@@ -109,7 +122,8 @@ struct Waits {
 #[repr(C, align(64))]
 struct Attached {
     pids: [AtomicU32; ATTACH_SLOTS],
-    overflow: AtomicU32,
+    /// Holders that found no free slot (see [`Registration`]).
+    unlisted: AtomicU32,
 }
 
 #[repr(C)]
@@ -124,46 +138,185 @@ struct Header {
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
 
-/// A record handed to a consumer.
+/// A record handed to [`Ring::try_pop`]'s reader.
 #[derive(Debug)]
 pub(crate) enum Record<'a> {
-    /// A payload stored in the ring.
+    /// A payload stored in the ring (bounds checked; the bytes are in
+    /// shared memory and only worth what the peer wrote).
     Inline(&'a [u8]),
-    /// A payload stored out of line, under this id.
-    Large(u64),
+    /// A payload stored out of line (the pipe never writes one).
+    Large,
+}
+
+/// What [`Ring::pop`] took: an inline payload (now in the caller's
+/// [`Copied`]) or what the out-of-line reader returned for a large one.
+#[derive(Debug)]
+pub(crate) enum Taken<L> {
+    /// The payload is in the [`Copied`] buffer.
+    Inline,
+    /// The out-of-line reader's result.
+    Large(L),
 }
 
 /// Why a push did not happen.
 #[derive(Debug)]
 pub(crate) enum PushError {
-    /// The ring (or the item bound) is full and the deadline passed.
+    /// The ring (or the item bound) is full, or another process held the
+    /// producer lock, and the deadline passed.
     Full,
     /// Full, and no other holder of the queue is alive to make room.
     Disconnected,
     /// Sending the out-of-line part failed.
     Io(io::Error),
+    /// The ring's shared state is impossible (a process holding it wrote
+    /// garbage); the producer's position was reset, dropping what was in
+    /// flight.
+    Corrupted(String),
 }
 
 /// Why a pop did not happen.
 #[derive(Debug)]
 pub(crate) enum PopError {
-    /// Empty, and the deadline passed.
+    /// Empty (or another process held the consumer lock), and the deadline
+    /// passed.
     Empty,
     /// Empty, and no other holder of the queue is alive to fill it.
     Disconnected,
-    /// A record's header is impossible; the ring's contents were dropped.
+    /// A position or a record's header is impossible; the ring's contents
+    /// were dropped.
     Corrupted(String),
 }
 
 /// A ring in shared memory.
+///
+/// Everything read from the mapping is untrusted: another process holding
+/// the ring can write any bytes at any time. Positions are validated once
+/// per operation ([`Ring::span`]), every record header before its payload
+/// is touched, and every access stays inside the mapping whatever the
+/// mapping holds; an inconsistency is a `Corrupted` error.
 #[derive(Debug)]
 pub(crate) struct Ring {
     map: Mapping,
     capacity: u64,
+    /// The item bound, read once when created or attached.
+    max_items: u64,
 }
 
 fn record_size(len: usize) -> u64 {
     8 + (len as u64).div_ceil(8) * 8
+}
+
+/// Positions above this are impossible (2^62 bytes are never written) and
+/// read as corruption, so that `position + capacity` never overflows.
+const POS_MAX: u64 = 1 << 62;
+
+/// Holds a side's lock and releases it when dropped, also on unwind.
+struct Held<'a>(&'a RawLock);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+/// Takes a side's lock: without a deadline, waiting as long as it takes
+/// (but never for a dead holder); with one, until it (not at all once it
+/// has passed). `None`: the deadline passed first.
+fn hold(lock: &RawLock, deadline: Option<Instant>) -> Option<Held<'_>> {
+    match deadline {
+        None => {
+            let _ = lock.lock_with(LOCK_SPINS);
+        }
+        Some(d) => {
+            if lock.try_lock().is_none() {
+                if Instant::now() >= d {
+                    return None;
+                }
+                let _ = lock.lock_until(Some(d))?;
+            }
+        }
+    }
+    Some(Held(lock))
+}
+
+/// Takes a side's lock if it is free now (or its holder is dead).
+fn try_hold(lock: &RawLock) -> Option<Held<'_>> {
+    let _ = lock.try_lock()?;
+    Some(Held(lock))
+}
+
+/// Where a record goes: at `tail` (validated), after a `PAD` of `to_end`
+/// bytes if it does not fit before the end.
+struct Place {
+    tail: u64,
+    to_end: u64,
+}
+
+/// A validated record at the consumer's `head`.
+struct Slot {
+    /// `head` after the padding skipped.
+    head: u64,
+    off: usize,
+    kind: u32,
+    len: usize,
+    size: u64,
+}
+
+/// Payloads up to this many bytes are copied out to the stack.
+const SMALL_COPY: usize = 128;
+/// Largest copy buffer kept between gets.
+const KEEP_COPY: usize = 8 << 20;
+
+thread_local! {
+    /// A reusable buffer for records larger than [`SMALL_COPY`].
+    static BIG: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A record's payload copied out of the ring, so that it is decoded from
+/// memory no other process writes and after the consumer lock is released.
+/// Small payloads stay on the stack; larger ones use this thread's
+/// reusable buffer (given back on drop).
+pub(crate) struct Copied {
+    small: [u8; SMALL_COPY],
+    len: usize,
+    big: Option<Vec<u8>>,
+}
+
+impl Copied {
+    /// An empty buffer (allocates nothing).
+    pub(crate) fn new() -> Copied {
+        Copied {
+            small: [0; SMALL_COPY],
+            len: 0,
+            big: None,
+        }
+    }
+
+    /// The bytes last copied in.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.big {
+            Some(v) => v,
+            None => &self.small[..self.len],
+        }
+    }
+}
+
+impl Drop for Copied {
+    fn drop(&mut self) {
+        if let Some(v) = self.big.take()
+            && v.capacity() <= KEEP_COPY
+        {
+            BIG.set(v);
+        }
+    }
+}
+
+impl fmt::Debug for Copied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Copied")
+            .field("len", &self.bytes().len())
+            .finish()
+    }
 }
 
 impl Ring {
@@ -175,6 +328,7 @@ impl Ring {
         let ring = Ring {
             map,
             capacity: capacity as u64,
+            max_items,
         };
         let h = ring.header();
         h.meta.capacity.store(capacity as u64, Ordering::Relaxed);
@@ -195,22 +349,37 @@ impl Ring {
         if map.len() < DATA_OFFSET + 4096 {
             return Err(bad("too small"));
         }
-        let ring = Ring { map, capacity: 0 };
+        let ring = Ring {
+            map,
+            capacity: 0,
+            max_items: 0,
+        };
         let h = ring.header();
         if h.meta.magic.load(Ordering::Acquire) != MAGIC {
             return Err(bad("bad magic"));
         }
+        // Read once: the values this process works with from now on are
+        // its own copies, whatever the mapping says later.
         let capacity = h.meta.capacity.load(Ordering::Relaxed);
-        if !capacity.is_power_of_two() || DATA_OFFSET as u64 + capacity != ring.map.len() as u64 {
+        let max_items = h.meta.max_items.load(Ordering::Relaxed);
+        if !capacity.is_power_of_two()
+            || capacity < 4096
+            || (DATA_OFFSET as u64).checked_add(capacity) != Some(ring.map.len() as u64)
+        {
             return Err(bad("inconsistent capacity"));
         }
-        Ok(Ring { capacity, ..ring })
+        Ok(Ring {
+            capacity,
+            max_items,
+            ..ring
+        })
     }
 
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least DATA_OFFSET bytes (checked at
         // create/attach), page-aligned, and Header (all atomics) fits in
-        // DATA_OFFSET; atomics may be shared between processes.
+        // DATA_OFFSET; atomics may be shared between processes, and every
+        // bit pattern is a valid value of each, whatever a peer writes.
         unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
@@ -236,7 +405,8 @@ impl Ring {
         (self.capacity / 2) as usize - 8
     }
 
-    /// Records put and not yet got (approximate while others work).
+    /// Records put and not yet got (approximate while others work, and
+    /// only worth what the peers wrote).
     pub(crate) fn len(&self) -> u64 {
         let h = self.header();
         h.producer
@@ -247,7 +417,7 @@ impl Ring {
 
     /// The bound on records, 0 for none.
     pub(crate) fn max_items(&self) -> u64 {
-        self.header().meta.max_items.load(Ordering::Relaxed)
+        self.max_items
     }
 
     fn is_empty_now(&self) -> bool {
@@ -264,11 +434,28 @@ impl Ring {
         self.is_empty_now()
     }
 
-    /// Free bytes needed at `tail` for a record of `size` (with the PAD
-    /// that may precede it), and whether it fits now.
-    fn fits(&self, tail: u64, size: u64, fresh: bool) -> (bool, u64) {
+    /// Bytes between `head` and `tail` if the pair is possible: both
+    /// multiples of 8, `head <= tail <= POS_MAX`, at most `capacity` apart.
+    fn span(&self, head: u64, tail: u64) -> Option<u64> {
+        if head % 8 != 0 || tail % 8 != 0 || tail > POS_MAX {
+            return None;
+        }
+        tail.checked_sub(head).filter(|&used| used <= self.capacity)
+    }
+
+    /// Where a record of `size` bytes goes now, `Ok(None)` if it does not
+    /// fit, `Err` if the positions are impossible. Under the producer lock,
+    /// or (`fresh`) for a producer about to sleep, which then neither uses
+    /// nor updates the cached `head`.
+    fn place(&self, size: u64, fresh: bool) -> Result<Option<Place>, String> {
         let h = self.header();
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        if tail % 8 != 0 || tail > POS_MAX {
+            return Err(format!("tail {tail:#x} is impossible"));
+        }
+        // `tail` is a multiple of 8, so at least 8 bytes remain to the end.
         let to_end = self.capacity - (tail & (self.capacity - 1));
+        // At most `2 * capacity`: no overflow.
         let need = if size > to_end { to_end + size } else { size };
         if fresh {
             // A producer about to sleep, counted as a waiter: see
@@ -276,46 +463,162 @@ impl Ring {
             // that a consumer changes: the item count and `head`.
             h.consumer.lock.observe();
         }
-        let items_ok = {
-            let max = h.meta.max_items.load(Ordering::Relaxed);
-            max == 0 || self.len() < max
-        };
-        if !items_ok {
-            return (false, to_end);
+        if self.max_items != 0 {
+            let put = h.producer.count.load(Ordering::Relaxed);
+            if put.saturating_sub(h.consumer.count.load(Ordering::Acquire)) >= self.max_items {
+                // Full by the counts; but an empty ring holds no record,
+                // whatever the counts say (a peer's garbage, or a count
+                // left behind by a killed process): then they are repaired.
+                // `head` first: a consumer stores its count before `head`.
+                let head = h.consumer.pos.load(Ordering::Acquire);
+                let got = h.consumer.count.load(Ordering::Acquire);
+                if head != tail || fresh {
+                    return Ok(None);
+                }
+                h.producer.count.store(got, Ordering::Release);
+            }
         }
+        let room = |head: u64| {
+            self.span(head, tail)
+                .map(|used| self.capacity - used >= need)
+        };
         // `head` only grows: if the cached copy leaves room, so does the
-        // real one.
-        let cached = h.producer.peer.load(Ordering::Relaxed);
-        if !fresh && cached <= tail && self.capacity - (tail - cached) >= need {
-            return (true, to_end);
+        // real one (and a garbage copy is just re-read).
+        if !fresh && room(h.producer.peer.load(Ordering::Relaxed)) == Some(true) {
+            return Ok(Some(Place { tail, to_end }));
         }
         let head = h.consumer.pos.load(Ordering::Acquire);
+        let Some(fits) = room(head) else {
+            return Err(format!("head {head:#x} and tail {tail:#x} are impossible"));
+        };
         if !fresh {
             h.producer.peer.store(head, Ordering::Relaxed);
         }
-        (self.capacity - (tail - head) >= need, to_end)
+        Ok(fits.then_some(Place { tail, to_end }))
     }
 
-    /// Writes `header` and `parts` at ring position `pos` (no wrap).
-    fn write_at(&self, pos: u64, header: u64, parts: &[&[u8]]) {
+    /// After `place` found the positions impossible: the producer, which
+    /// owns `tail`, puts it where the consumers can agree with it (at
+    /// `head`, dropping what was in flight), and makes its count agree.
+    fn repair_tail(&self) {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        let tail = if head % 8 == 0 && head <= POS_MAX {
+            head
+        } else {
+            let tail = h.producer.pos.load(Ordering::Relaxed) & !7;
+            if tail <= POS_MAX { tail } else { 0 }
+        };
+        h.producer.peer.store(tail, Ordering::Relaxed);
+        let got = h.consumer.count.load(Ordering::Acquire);
+        h.producer.count.store(got, Ordering::Release);
+        h.producer.pos.store(tail, Ordering::Release);
+    }
+
+    /// Writes `header` and `parts` at ring position `pos`. `false` (and
+    /// nothing written) if the record would not lie inside the data area.
+    fn write_at(&self, pos: u64, header: u64, parts: &[&[u8]]) -> bool {
         let off = (pos & (self.capacity - 1)) as usize;
-        // SAFETY: the caller holds the producer lock and checked that
-        // `[pos, pos + record_size)` is free and does not wrap; no other
-        // process reads or writes those bytes until `tail` passes them.
+        let total = parts.iter().fold(8usize, |n, p| n.saturating_add(p.len()));
+        if off % 8 != 0 || total > self.capacity as usize - off {
+            return false;
+        }
+        // SAFETY: `off + total <= capacity` (checked just above on local
+        // values, whatever the mapping holds), so every byte written is in
+        // the data area of this process's mapping, which lives as long as
+        // `self`. The bytes are plain data: a peer writing them at the same
+        // time can only garble the record, which readers validate.
         unsafe {
             let dst = self.data().add(off);
             std::ptr::copy_nonoverlapping(header.to_le_bytes().as_ptr(), dst, 8);
             let mut at = 8;
             for p in parts {
-                copy_chunked(p, dst.add(at));
+                copy_bytes(p.as_ptr(), dst.add(at), p.len());
                 at += p.len();
             }
         }
+        true
+    }
+
+    /// Under the producer lock: appends one record (`parts` inline, or an
+    /// out-of-line record whose id `large` receives before the record is
+    /// published, so that ids and records stay in one order). `Ok(false)`:
+    /// no room now (or the mailbox is full).
+    fn append_locked<'f>(
+        &self,
+        parts: &[&[u8]],
+        large: Option<&mut (dyn FnMut(u64) -> io::Result<()> + 'f)>,
+        joinable: bool,
+    ) -> Result<bool, PushError> {
+        let h = self.header();
+        let len: usize = if large.is_some() {
+            8
+        } else {
+            parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()))
+        };
+        if len > self.max_inline() {
+            return Err(PushError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record larger than half the ring",
+            )));
+        }
+        let size = record_size(len);
+        let place = match self.place(size, false) {
+            Ok(Some(place)) => place,
+            Ok(None) => return Ok(false),
+            Err(why) => {
+                self.repair_tail();
+                return Err(PushError::Corrupted(why));
+            }
+        };
+        let Place { mut tail, to_end } = place;
+        let corrupted = || PushError::Corrupted("a record outside the ring".into());
+        if size > to_end {
+            if !self.write_at(tail, u64::from(PAD) << 32 | (to_end - 8), &[]) {
+                return Err(corrupted());
+            }
+            tail += to_end;
+        }
+        let id_bytes;
+        let (header, parts) = if let Some(send) = large {
+            let id = h.producer.large_seq.load(Ordering::Relaxed);
+            let Some(next) = id.checked_add(1) else {
+                h.producer.large_seq.store(0, Ordering::Relaxed);
+                return Err(PushError::Corrupted("large-message id exhausted".into()));
+            };
+            match send(id) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(PushError::Io(e)),
+            }
+            h.producer.large_seq.store(next, Ordering::Relaxed);
+            id_bytes = id.to_le_bytes();
+            (u64::from(LARGE) << 32 | 8, &[&id_bytes[..]][..])
+        } else {
+            (u64::from(INLINE) << 32 | len as u64, parts)
+        };
+        if !self.write_at(tail, header, parts) {
+            return Err(corrupted());
+        }
+        // Before the record is published: a consumer's `task_done` for it
+        // must find it counted.
+        if joinable {
+            h.counts.unfinished.fetch_add(1, Ordering::SeqCst);
+        }
+        let put = h.producer.count.load(Ordering::Relaxed);
+        h.producer
+            .count
+            .store(put.wrapping_add(1), Ordering::Release);
+        // Release, not SeqCst: the unlock orders it for a consumer about to
+        // sleep (see `is_empty_settled`). No overflow: `tail <= POS_MAX`.
+        h.producer.pos.store(tail + size, Ordering::Release);
+        Ok(true)
     }
 
     /// Appends one record: `parts` inline, or (with `large`) an out-of-line
     /// record whose id `large` receives under the producer lock, before the
     /// record is published (so that ids and records stay in one order).
+    /// Returns by `deadline` whatever other processes do.
     pub(crate) fn push(
         &self,
         parts: &[&[u8]],
@@ -325,54 +628,26 @@ impl Ring {
         joinable: bool,
     ) -> Result<(), PushError> {
         let h = self.header();
-        let len: usize = if large.is_some() {
-            8
+        let size = if large.is_some() {
+            record_size(8)
         } else {
-            parts.iter().map(|p| p.len()).sum()
+            record_size(parts.iter().fold(0usize, |n, p| n.saturating_add(p.len())))
         };
-        let size = record_size(len);
-        debug_assert!(size <= self.capacity / 2 + 8 || large.is_some());
         let mut large = large;
         let mut yields = 0u32;
         loop {
-            let _ = h.producer.lock.lock_with(LOCK_SPINS);
-            let tail = h.producer.pos.load(Ordering::Relaxed);
-            let (fits, to_end) = self.fits(tail, size, false);
-            if fits {
-                let mut tail = tail;
-                if size > to_end {
-                    self.write_at(tail, u64::from(PAD) << 32 | (to_end - 8), &[]);
-                    tail += to_end;
-                }
-                if joinable {
-                    h.counts.unfinished.fetch_add(1, Ordering::SeqCst);
-                }
-                if let Some(send) = large.as_mut() {
-                    let id = h.producer.large_seq.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = send(id) {
-                        if joinable {
-                            h.counts.unfinished.fetch_sub(1, Ordering::SeqCst);
-                        }
-                        h.producer.lock.unlock();
-                        return Err(PushError::Io(e));
-                    }
-                    self.write_at(tail, u64::from(LARGE) << 32 | 8, &[&id.to_le_bytes()]);
-                } else {
-                    self.write_at(tail, u64::from(INLINE) << 32 | len as u64, parts);
-                }
-                let put = h.producer.count.load(Ordering::Relaxed);
-                h.producer.count.store(put + 1, Ordering::Release);
-                // Release, not SeqCst: the unlock below orders it for a
-                // consumer about to sleep (see `is_empty_settled`).
-                h.producer.pos.store(tail + size, Ordering::Release);
-                h.producer.lock.unlock();
+            let Some(held) = hold(&h.producer.lock, deadline) else {
+                return Err(PushError::Full);
+            };
+            let done = self.append_locked(parts, large.as_deref_mut(), joinable);
+            drop(held);
+            if done? {
                 if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
                     h.waits.data_seq.fetch_add(1, Ordering::SeqCst);
                     futex::wake(&h.waits.data_seq, 1);
                 }
                 return Ok(());
             }
-            h.producer.lock.unlock();
             // Full: yield, then sleep until a consumer makes room.
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(PushError::Full);
@@ -384,8 +659,8 @@ impl Ring {
             }
             let seq = h.waits.space_seq.load(Ordering::SeqCst);
             h.waits.space_sleepers.fetch_add(1, Ordering::SeqCst);
-            let tail = h.producer.pos.load(Ordering::Relaxed);
-            let woke = if self.fits(tail, size, true).0 {
+            // Impossible positions: do not sleep; the next try reports them.
+            let woke = if self.place(size, true).map_or(true, |p| p.is_some()) {
                 futex::Wake::Woken
             } else {
                 futex::wait(&h.waits.space_seq, seq, Some(until(deadline)))
@@ -402,14 +677,19 @@ impl Ring {
         }
     }
 
-    /// Removes the oldest record and hands it to `read` (under the consumer
-    /// lock, so out-of-line parts can be fetched in order).
-    pub(crate) fn pop<T>(
+    /// Removes the oldest record. An inline payload is copied into `out`
+    /// under the consumer lock and decoded by the caller after it is
+    /// released; for an out-of-line record, `large` receives its id under
+    /// the lock (so that out-of-line parts are fetched in order) and should
+    /// only fetch, not decode. Returns by `deadline` whatever other
+    /// processes do.
+    pub(crate) fn pop<L>(
         &self,
         deadline: Option<Instant>,
         connected: &dyn Fn() -> bool,
-        mut read: impl FnMut(Record<'_>) -> T,
-    ) -> Result<T, PopError> {
+        out: &mut Copied,
+        mut large: impl FnMut(u64) -> L,
+    ) -> Result<Taken<L>, PopError> {
         let h = self.header();
         let mut yields = 0u32;
         loop {
@@ -417,10 +697,19 @@ impl Ring {
             let known =
                 h.consumer.peer.load(Ordering::Relaxed) != h.consumer.pos.load(Ordering::Relaxed);
             if known || !self.is_empty_now() {
-                let _ = h.consumer.lock.lock_with(LOCK_SPINS);
-                let out = self.pop_locked(&mut read);
-                h.consumer.lock.unlock();
-                match out {
+                let Some(held) = hold(&h.consumer.lock, deadline) else {
+                    return Err(PopError::Empty);
+                };
+                let got = self.take_locked(|slot| {
+                    if slot.kind == LARGE {
+                        Taken::Large(large(self.read_id(slot)))
+                    } else {
+                        self.copy_out(slot, out);
+                        Taken::Inline
+                    }
+                });
+                drop(held);
+                match got {
                     Ok(Some(v)) => {
                         if h.waits.space_sleepers.load(Ordering::SeqCst) > 0 {
                             h.waits.space_seq.fetch_add(1, Ordering::SeqCst);
@@ -428,7 +717,7 @@ impl Ring {
                         }
                         return Ok(v);
                     }
-                    Ok(None) => continue,
+                    Ok(None) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -460,64 +749,145 @@ impl Ring {
         }
     }
 
-    /// Pops without waiting; `Ok(None)` if only padding (or nothing) was
-    /// there. The caller holds the consumer lock.
-    fn pop_locked<T>(&self, read: &mut impl FnMut(Record<'_>) -> T) -> Result<Option<T>, PopError> {
+    /// Under the consumer lock: the next record after any padding,
+    /// validated; `Ok(None)` if there is none.
+    fn next_locked(&self) -> Result<Option<Slot>, String> {
         let h = self.header();
         let mut head = h.consumer.pos.load(Ordering::Relaxed);
         loop {
             // Records up to the cached `tail` were published when it was
-            // read (Acquire); re-read only when we have caught up with it.
+            // read (Acquire); re-read only when we have caught up with it
+            // (or the copy is impossible).
             let mut tail = h.consumer.peer.load(Ordering::Relaxed);
-            if head == tail || tail < head {
+            let mut used = if head == tail {
+                None
+            } else {
+                self.span(head, tail)
+            };
+            if used.is_none() {
                 tail = h.producer.pos.load(Ordering::Acquire);
                 h.consumer.peer.store(tail, Ordering::Relaxed);
+                used = self.span(head, tail);
             }
-            if head == tail {
+            let Some(used) = used else {
+                return Err(format!("head {head:#x} and tail {tail:#x} are impossible"));
+            };
+            if used == 0 {
                 h.consumer.pos.store(head, Ordering::Release);
                 return Ok(None);
             }
+            // `head` is a multiple of 8: the header's 8 bytes lie before the
+            // end of the data area.
             let off = (head & (self.capacity - 1)) as usize;
             let mut word = [0u8; 8];
-            // SAFETY: `head < tail`, so a whole record starts at `off` and
-            // is published (Acquire on `tail`); producers do not touch it
-            // until `head` passes it, and we hold the consumer lock.
+            // SAFETY: `off + 8 <= capacity` (`off` is a multiple of 8 below
+            // the power-of-two capacity), so the 8 bytes are inside this
+            // process's mapping whatever a peer wrote; they are copied to a
+            // local before anything is decided from them.
             unsafe { std::ptr::copy_nonoverlapping(self.data().add(off), word.as_mut_ptr(), 8) };
             let word = u64::from_le_bytes(word);
             let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
             let size = record_size(len);
             let to_end = self.capacity - off as u64;
-            if size > to_end || size > tail - head || !matches!(kind, INLINE | PAD | LARGE) {
-                // Nothing we wrote looks like this: drop what is in flight
-                // rather than read garbage forever.
-                h.consumer.pos.store(tail, Ordering::Release);
-                return Err(PopError::Corrupted(format!(
+            let valid = size <= to_end
+                && size <= used
+                && match kind {
+                    INLINE => len <= self.max_inline(),
+                    LARGE => len == 8,
+                    PAD => size == to_end,
+                    _ => false,
+                };
+            if !valid {
+                return Err(format!(
                     "record of kind {kind} and length {len} at offset {off}"
-                )));
+                ));
             }
+            // No overflow: `head < tail <= POS_MAX`, `size <= capacity`.
             if kind == PAD {
                 head += size;
                 continue;
             }
-            let out = if kind == LARGE {
-                let mut id = [0u8; 8];
-                // SAFETY: as above; the record holds 8 payload bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(self.data().add(off + 8), id.as_mut_ptr(), 8)
-                };
-                read(Record::Large(u64::from_le_bytes(id)))
-            } else {
-                // SAFETY: as above: the payload bytes are published and stay
-                // unchanged while we hold the consumer lock and `head` has
-                // not passed them; the slice does not outlive this call.
-                let payload = unsafe { std::slice::from_raw_parts(self.data().add(off + 8), len) };
-                read(Record::Inline(payload))
-            };
-            let got = h.consumer.count.load(Ordering::Relaxed);
-            h.consumer.count.store(got + 1, Ordering::Release);
-            // Release: the unlock orders it for a producer about to sleep.
-            h.consumer.pos.store(head + size, Ordering::Release);
-            return Ok(Some(out));
+            return Ok(Some(Slot {
+                head,
+                off,
+                kind,
+                len,
+                size,
+            }));
+        }
+    }
+
+    /// Under the consumer lock: hands the next record to `read` and retires
+    /// it. On corruption, drops what is in flight (rather than read garbage
+    /// forever) and says why.
+    fn take_locked<T>(&self, read: impl FnOnce(&Slot) -> T) -> Result<Option<T>, PopError> {
+        let h = self.header();
+        match self.next_locked() {
+            Ok(None) => Ok(None),
+            Ok(Some(slot)) => {
+                let out = read(&slot);
+                let got = h.consumer.count.load(Ordering::Relaxed);
+                h.consumer
+                    .count
+                    .store(got.wrapping_add(1), Ordering::Release);
+                // Release: the unlock orders it for a producer about to
+                // sleep.
+                h.consumer
+                    .pos
+                    .store(slot.head + slot.size, Ordering::Release);
+                Ok(Some(out))
+            }
+            Err(why) => {
+                let tail = h.producer.pos.load(Ordering::Acquire) & !7;
+                let head = if tail <= POS_MAX { tail } else { 0 };
+                h.consumer.peer.store(head, Ordering::Relaxed);
+                let put = h.producer.count.load(Ordering::Acquire);
+                h.consumer.count.store(put, Ordering::Release);
+                h.consumer.pos.store(head, Ordering::Release);
+                Err(PopError::Corrupted(why))
+            }
+        }
+    }
+
+    /// The id in a validated `LARGE` record.
+    fn read_id(&self, slot: &Slot) -> u64 {
+        let mut id = [0u8; 8];
+        // SAFETY: `next_locked` checked that the record's 16 bytes
+        // (`record_size(8)`) lie before the end of the data area.
+        unsafe { std::ptr::copy_nonoverlapping(self.data().add(slot.off + 8), id.as_mut_ptr(), 8) };
+        u64::from_le_bytes(id)
+    }
+
+    /// Copies a validated inline record's payload into `out`.
+    fn copy_out(&self, slot: &Slot, out: &mut Copied) {
+        let len = slot.len;
+        // The copies below: `next_locked` checked that the record, `8 + len`
+        // bytes from `off`, lies before the end of the data area, so the
+        // source is inside this process's mapping; the destination holds
+        // `len` bytes (the stack array, or a vector reserved for `len`).
+        // The bytes are copied, never interpreted here.
+        // SAFETY: `off + 8 <= capacity`: inside the data area.
+        let src = unsafe { self.data().add(slot.off + 8) };
+        if len <= SMALL_COPY {
+            if let Some(v) = out.big.take()
+                && v.capacity() <= KEEP_COPY
+            {
+                BIG.set(v);
+            }
+            // SAFETY: see above; `len <= SMALL_COPY`.
+            unsafe { copy_bytes(src, out.small.as_mut_ptr(), len) };
+            out.len = len;
+        } else {
+            let mut v = out.big.take().unwrap_or_else(|| BIG.take());
+            v.clear();
+            v.reserve(len);
+            // SAFETY: see above; `v` has room for `len` bytes, and all of
+            // them are initialised by the copy before `set_len`.
+            unsafe {
+                copy_bytes(src, v.as_mut_ptr(), len);
+                v.set_len(len);
+            }
+            out.big = Some(v);
         }
     }
 
@@ -570,14 +940,14 @@ impl Ring {
     }
 
     /// Records that process `pid` holds the queue. False if the table is
-    /// full (then peers of this queue are never declared gone).
-    pub(crate) fn attach_pid(&self, pid: u32) -> bool {
+    /// full (see [`Registration`] for what the caller does then).
+    fn attach_pid(&self, pid: u32) -> bool {
         let a = &self.header().attached;
+        if a.pids.iter().any(|s| s.load(Ordering::Relaxed) == pid) {
+            return true;
+        }
         for slot in &a.pids {
             let cur = slot.load(Ordering::Relaxed);
-            if cur == pid {
-                return true;
-            }
             if (cur == 0 || !futex::is_alive(cur))
                 && slot
                     .compare_exchange(cur, pid, Ordering::SeqCst, Ordering::Relaxed)
@@ -586,7 +956,6 @@ impl Ring {
                 return true;
             }
         }
-        a.overflow.store(1, Ordering::SeqCst);
         false
     }
 
@@ -597,10 +966,11 @@ impl Ring {
         }
     }
 
-    /// Whether a process other than `me` that holds the queue is alive.
+    /// Whether a process other than `me` that holds the queue is alive (or
+    /// a holder that found no slot is still counted).
     pub(crate) fn others_alive(&self, me: u32) -> bool {
         let a = &self.header().attached;
-        a.overflow.load(Ordering::SeqCst) != 0
+        a.unlisted.load(Ordering::SeqCst) != 0
             || a.pids.iter().any(|s| {
                 let pid = s.load(Ordering::SeqCst);
                 pid != 0 && pid != me && futex::is_alive(pid)
@@ -608,12 +978,104 @@ impl Ring {
     }
 }
 
+/// A handle's entry in its ring's table of holders: which process it
+/// registered (a forked child holds its parent's handle and registers
+/// itself on first use), and whether it found no free slot.
+///
+/// A holder that finds the table full counts itself in `unlisted` (and
+/// peers are then never declared gone), tries again to take a slot on each
+/// later operation, and uncounts itself when it gets one or when the handle
+/// is dropped. So once the table has room again, disconnection is reported
+/// again; only a holder that dies while unlisted leaves the count raised.
+#[derive(Debug, Default)]
+pub(crate) struct Registration(AtomicU32);
+
+/// Marks a [`Registration`] whose process is counted in `unlisted`. Pids
+/// are below 2^22 on Linux.
+const UNLISTED: u32 = 1 << 31;
+
+impl Registration {
+    /// Makes sure the calling process is in `ring`'s table (or counted as
+    /// unlisted); returns its pid.
+    pub(crate) fn ensure(&self, ring: &Ring) -> u32 {
+        let me = futex::pid();
+        let cur = self.0.load(Ordering::Relaxed);
+        if cur == me {
+            return me;
+        }
+        let unlisted = &ring.header().attached.unlisted;
+        if ring.attach_pid(me) {
+            if cur == me | UNLISTED {
+                let _ =
+                    unlisted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            }
+            self.0.store(me, Ordering::Relaxed);
+        } else if cur != me | UNLISTED {
+            unlisted.fetch_add(1, Ordering::SeqCst);
+            self.0.store(me | UNLISTED, Ordering::Relaxed);
+        }
+        me
+    }
+
+    /// The handle is going away: uncounts an unlisted process.
+    pub(crate) fn release(&self, ring: &Ring) {
+        if self.0.load(Ordering::Relaxed) == futex::pid() | UNLISTED {
+            let _ = ring.header().attached.unlisted.fetch_update(
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            );
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// For tests that play a hostile or stuck peer (through `__bench`).
+impl Ring {
+    /// Offsets of the header's fields that hold positions, counts and
+    /// other words a peer can corrupt, by name; the side locks last.
+    pub(crate) fn layout() -> Vec<(&'static str, usize)> {
+        use std::mem::offset_of;
+        vec![
+            ("capacity", offset_of!(Header, meta.capacity)),
+            ("max_items", offset_of!(Header, meta.max_items)),
+            ("put_count", offset_of!(Header, producer.count)),
+            ("tail_cache", offset_of!(Header, producer.peer)),
+            ("large_seq", offset_of!(Header, producer.large_seq)),
+            ("tail", offset_of!(Header, producer.pos)),
+            ("got_count", offset_of!(Header, consumer.count)),
+            ("head_cache", offset_of!(Header, consumer.peer)),
+            ("head", offset_of!(Header, consumer.pos)),
+            ("unfinished", offset_of!(Header, counts.unfinished)),
+            ("data_seq", offset_of!(Header, waits.data_seq)),
+            ("space_seq", offset_of!(Header, waits.space_seq)),
+            ("attached", offset_of!(Header, attached.pids)),
+            ("unlisted", offset_of!(Header, attached.unlisted)),
+            ("producer_lock", offset_of!(Header, producer.lock)),
+            ("consumer_lock", offset_of!(Header, consumer.lock)),
+        ]
+    }
+
+    /// Where the records begin.
+    pub(crate) const DATA_OFFSET: usize = DATA_OFFSET;
+
+    /// Takes a side's lock and keeps it: the calling process must stop or
+    /// die, as a wedged peer would.
+    pub(crate) fn wedge(&self, consumer: bool) {
+        let h = self.header();
+        let side = if consumer { &h.consumer } else { &h.producer };
+        let _ = side.lock.lock();
+    }
+}
+
 /// The non-blocking side of the ring, for callers that wait elsewhere than
 /// on the ring's futexes (the shared-memory pipe waits in `poll` on a
 /// socket, so that `wait` can watch many connections at once).
 ///
-/// These calls never sleep and never wake anyone. A caller that waits
-/// elsewhere counts itself in [`data_waiters`](Ring::data_waiters) or
+/// These calls never sleep, never wait for a side lock (one held by
+/// another thread or process reads as full, or empty) and never wake
+/// anyone. A caller that waits elsewhere counts itself in
+/// [`data_waiters`](Ring::data_waiters) or
 /// [`space_waiters`](Ring::space_waiters) before it re-checks the ring and
 /// sleeps; the other side, after a `try_push` or `try_pop`, reads the count
 /// (`SeqCst`) and wakes it its own way. The re-checks go through
@@ -623,41 +1085,31 @@ impl Ring {
     /// Appends one inline record made of `parts` if it fits now; `false`
     /// if the ring is full. The record must be at most
     /// [`max_inline`](Ring::max_inline) bytes.
-    pub(crate) fn try_push(&self, parts: &[&[u8]]) -> bool {
+    pub(crate) fn try_push(&self, parts: &[&[u8]]) -> Result<bool, PushError> {
         let h = self.header();
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        debug_assert!(len <= self.max_inline());
-        let size = record_size(len);
-        let _ = h.producer.lock.lock_with(LOCK_SPINS);
-        let mut tail = h.producer.pos.load(Ordering::Relaxed);
-        let (fits, to_end) = self.fits(tail, size, false);
-        if fits {
-            if size > to_end {
-                self.write_at(tail, u64::from(PAD) << 32 | (to_end - 8), &[]);
-                tail += to_end;
-            }
-            self.write_at(tail, u64::from(INLINE) << 32 | len as u64, parts);
-            let put = h.producer.count.load(Ordering::Relaxed);
-            h.producer.count.store(put + 1, Ordering::Release);
-            h.producer.pos.store(tail + size, Ordering::Release);
-        }
-        h.producer.lock.unlock();
-        fits
+        let Some(held) = try_hold(&h.producer.lock) else {
+            return Ok(false);
+        };
+        let done = self.append_locked(parts, None, false);
+        drop(held);
+        done
     }
 
-    /// Whether a record of `len` payload bytes fits now, for a sender about
-    /// to sleep that has counted itself in
+    /// Whether a record of `len` payload bytes fits now (or the positions
+    /// are impossible, which the next push reports), for a sender about to
+    /// sleep that has counted itself in
     /// [`space_waiters`](Ring::space_waiters).
     pub(crate) fn has_room_for(&self, len: usize) -> bool {
-        let tail = self.header().producer.pos.load(Ordering::Acquire);
-        self.fits(tail, record_size(len), true).0
+        self.place(record_size(len), true)
+            .map_or(true, |p| p.is_some())
     }
 
     /// Removes the oldest record, if there is one, and hands it to `read`
-    /// under the consumer lock. `Ok(None)`: the ring is empty.
+    /// under the consumer lock (`read` must be the caller's own code, never
+    /// a user's). `Ok(None)`: the ring is empty.
     pub(crate) fn try_pop<T>(
         &self,
-        mut read: impl FnMut(Record<'_>) -> T,
+        read: impl FnOnce(Record<'_>) -> T,
     ) -> Result<Option<T>, PopError> {
         let h = self.header();
         let known =
@@ -665,9 +1117,24 @@ impl Ring {
         if !known && self.is_empty_now() {
             return Ok(None);
         }
-        let _ = h.consumer.lock.lock_with(LOCK_SPINS);
-        let out = self.pop_locked(&mut read);
-        h.consumer.lock.unlock();
+        let Some(held) = try_hold(&h.consumer.lock) else {
+            return Ok(None);
+        };
+        let out = self.take_locked(|slot| {
+            if slot.kind == LARGE {
+                read(Record::Large)
+            } else {
+                // SAFETY: `next_locked` checked that the payload's `len`
+                // bytes lie inside the data area of this mapping, which
+                // outlives the slice (it does not escape this call). The
+                // bytes are plain `u8`s: every value is valid, and a peer
+                // changing them can only change what `read` sees.
+                let payload =
+                    unsafe { std::slice::from_raw_parts(self.data().add(slot.off + 8), slot.len) };
+                read(Record::Inline(payload))
+            }
+        });
+        drop(held);
         out
     }
 
@@ -688,70 +1155,67 @@ impl Ring {
     }
 }
 
-/// Copies `src` to `dst`, large copies in pieces (see
+/// Copies `n` bytes from `src` to `dst`, large copies in pieces (see
 /// [`crate::wire::codec::COPY_CHUNK`]: a single `memcpy` of a few KiB or
 /// more can be 20 times slower at some relative alignments).
 ///
 /// # Safety
-/// `dst` must be valid for `src.len()` bytes of writes and not overlap
-/// `src`.
-unsafe fn copy_chunked(src: &[u8], dst: *mut u8) {
+/// `src` must be valid for `n` bytes of reads and `dst` for `n` bytes of
+/// writes, and they must not overlap. (Another process writing `src` at
+/// the same time only changes the bytes copied.)
+unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
     use crate::wire::codec::{CHUNKED_ABOVE, COPY_CHUNK};
-    let n = src.len();
     if n <= 16 {
         // The usual small message (a number, a short string): a few moves
         // instead of a call to `memcpy`, which took a tenth of a put and a
         // get of a `u64`.
         // SAFETY: the caller's contract, passed on.
-        unsafe { copy_short(src, dst) };
+        unsafe { copy_short(src, dst, n) };
         return;
     }
     if n <= CHUNKED_ABOVE {
         // SAFETY: the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
         return;
     }
-    for (i, piece) in src.chunks(COPY_CHUNK).enumerate() {
-        // SAFETY: piece `i` starts `i * COPY_CHUNK` bytes into `src`, and
-        // the caller's contract covers `dst` for all of `src.len()`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(piece.as_ptr(), dst.add(i * COPY_CHUNK), piece.len())
-        };
+    let mut at = 0;
+    while at < n {
+        let piece = COPY_CHUNK.min(n - at);
+        // SAFETY: `at + piece <= n`: inside both ranges of the caller's
+        // contract.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), piece) };
+        at += piece;
     }
 }
 
-/// Copies `src` (at most 16 bytes) to `dst` with two overlapping moves of
-/// 8 or 4 bytes, or byte by byte below 4.
+/// Copies `n <= 16` bytes from `src` to `dst` with two overlapping moves
+/// of 8 or 4 bytes, or byte by byte below 4.
 ///
 /// # Safety
-/// As [`copy_chunked`]: `dst` must be valid for `src.len()` bytes of
-/// writes and not overlap `src`.
-unsafe fn copy_short(src: &[u8], dst: *mut u8) {
-    let n = src.len();
+/// As [`copy_bytes`].
+unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     debug_assert!(n <= 16);
-    let p = src.as_ptr();
     if n >= 8 {
-        // SAFETY: `8 <= n`: bytes `0..8` and `n - 8..n` are inside `src`,
-        // and inside `dst` by the caller's contract; unaligned moves of
-        // plain bytes.
+        // SAFETY: `8 <= n`: bytes `0..8` and `n - 8..n` are inside both
+        // ranges of the caller's contract; unaligned moves of plain bytes.
         unsafe {
-            let first = p.cast::<u64>().read_unaligned();
-            let last = p.add(n - 8).cast::<u64>().read_unaligned();
+            let first = src.cast::<u64>().read_unaligned();
+            let last = src.add(n - 8).cast::<u64>().read_unaligned();
             dst.cast::<u64>().write_unaligned(first);
             dst.add(n - 8).cast::<u64>().write_unaligned(last);
         }
     } else if n >= 4 {
         // SAFETY: as above, with 4-byte moves and `4 <= n`.
         unsafe {
-            let first = p.cast::<u32>().read_unaligned();
-            let last = p.add(n - 4).cast::<u32>().read_unaligned();
+            let first = src.cast::<u32>().read_unaligned();
+            let last = src.add(n - 4).cast::<u32>().read_unaligned();
             dst.cast::<u32>().write_unaligned(first);
             dst.add(n - 4).cast::<u32>().write_unaligned(last);
         }
     } else {
-        for (i, b) in src.iter().enumerate() {
-            // SAFETY: `i < n`, inside `dst` by the caller's contract.
-            unsafe { dst.add(i).write(*b) };
+        for i in 0..n {
+            // SAFETY: `i < n`, inside both ranges.
+            unsafe { dst.add(i).write(src.add(i).read()) };
         }
     }
 }
@@ -765,7 +1229,122 @@ fn until(deadline: Option<Instant>) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_chunked;
+    use super::{DATA_OFFSET, Registration, Ring, copy_bytes};
+    use std::sync::atomic::Ordering;
+
+    /// With every slot taken by a live process, a new holder counts itself
+    /// unlisted (peers are then never declared gone); once a slot frees it
+    /// takes it and uncounts itself, and disconnection is seen again.
+    #[test]
+    fn a_holder_that_found_the_table_full_is_listed_once_a_slot_frees() {
+        let ring = Ring::create(4096, 0).unwrap();
+        let a = &ring.header().attached;
+        // Process 1 (init, in any pid namespace) is alive, and not us.
+        for slot in &a.pids {
+            slot.store(1, Ordering::Relaxed);
+        }
+        let reg = Registration::default();
+        let me = reg.ensure(&ring);
+        assert_eq!(a.unlisted.load(Ordering::Relaxed), 1);
+        assert!(ring.others_alive(me));
+        reg.ensure(&ring);
+        assert_eq!(a.unlisted.load(Ordering::Relaxed), 1, "counted twice");
+        // The other holders go away (detached, or dead: slot reused).
+        for slot in &a.pids {
+            slot.store(0, Ordering::Relaxed);
+        }
+        assert!(ring.others_alive(me), "an unlisted holder still counts");
+        reg.ensure(&ring);
+        assert_eq!(a.unlisted.load(Ordering::Relaxed), 0);
+        assert!(!ring.others_alive(me));
+        assert!(a.pids.iter().any(|s| s.load(Ordering::Relaxed) == me));
+        // An unlisted handle that is dropped uncounts itself.
+        for slot in &a.pids {
+            slot.store(1, Ordering::Relaxed);
+        }
+        let other = Registration::default();
+        other.ensure(&ring);
+        assert_eq!(a.unlisted.load(Ordering::Relaxed), 1);
+        other.release(&ring);
+        assert_eq!(a.unlisted.load(Ordering::Relaxed), 0);
+    }
+
+    /// The pipe's non-waiting calls on a ring whose header and records
+    /// take random writes: only typed results, no panic (a debug build
+    /// panics on any arithmetic overflow), and the ring works again after.
+    #[test]
+    fn try_push_and_try_pop_on_a_garbled_ring_give_typed_results() {
+        let ring = Ring::create(4096, 0).unwrap();
+        let words: Vec<usize> = Ring::layout()
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("_lock"))
+            .map(|(_, off)| off & !7)
+            .collect();
+        let base = ring.map.as_ptr();
+        let word = |off: usize| {
+            // SAFETY: `off` is a multiple of 8 inside the mapping (a header
+            // field, or a record header in the data area), which outlives
+            // the reference; every access is atomic.
+            unsafe { &*base.add(off).cast::<std::sync::atomic::AtomicU64>() }
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut pushed, mut popped, mut corrupted) = (0, 0, 0);
+        let payload = [7u8; 3000];
+        for round in 0..200_000u32 {
+            if round % 3 == 0 {
+                let off = if next() % 2 == 0 {
+                    words[(next() % words.len() as u64) as usize]
+                } else {
+                    DATA_OFFSET + (next() % (4096 / 8)) as usize * 8
+                };
+                let v = match next() % 4 {
+                    0 => next(),
+                    1 => word(off).load(Ordering::Relaxed).wrapping_add(next() % 16),
+                    2 => ((next() % 4) << 32) | (next() % 8192),
+                    _ => word(off).load(Ordering::Relaxed) ^ (1 << (next() % 64)),
+                };
+                word(off).store(v, Ordering::Relaxed);
+            }
+            let len = (next() % (ring.max_inline() as u64 + 1)) as usize;
+            match ring.try_push(&[&payload[..len.min(payload.len())]]) {
+                Ok(true) => pushed += 1,
+                Ok(false) => {}
+                Err(super::PushError::Corrupted(_)) => corrupted += 1,
+                Err(e) => panic!("try_push: {e:?}"),
+            }
+            match ring.try_pop(|r| match r {
+                super::Record::Inline(b) => b.len(),
+                super::Record::Large => 0,
+            }) {
+                Ok(Some(_)) => popped += 1,
+                Ok(None) => {}
+                Err(super::PopError::Corrupted(_)) => corrupted += 1,
+                Err(e) => panic!("try_pop: {e:?}"),
+            }
+        }
+        assert!(pushed > 0 && popped > 0 && corrupted > 0);
+        // The garbage has stopped: the ring converges within a few calls.
+        let mut ok = false;
+        for _ in 0..100 {
+            if ring.try_push(&[b"x"]).unwrap_or(false)
+                && matches!(
+                    ring.try_pop(|r| matches!(r, super::Record::Inline(b"x"))),
+                    Ok(Some(true))
+                )
+            {
+                ok = true;
+                break;
+            }
+            let _ = ring.try_pop(|_| ());
+        }
+        assert!(ok, "the ring did not recover");
+    }
 
     #[test]
     fn copies_of_every_small_size_and_some_large_ones_are_exact() {
@@ -774,7 +1353,7 @@ mod tests {
             let mut dst = vec![0xeeu8; n + 16];
             // SAFETY: `dst` has `n + 16` bytes, from offset 8 it holds `n`;
             // it does not overlap `src`.
-            unsafe { copy_chunked(&src[..n], dst.as_mut_ptr().add(8)) };
+            unsafe { copy_bytes(src.as_ptr(), dst.as_mut_ptr().add(8), n) };
             assert_eq!(&dst[8..8 + n], &src[..n], "size {n}");
             assert!(dst[..8].iter().all(|&b| b == 0xee), "size {n}: before");
             assert!(dst[8 + n..].iter().all(|&b| b == 0xee), "size {n}: after");

@@ -69,11 +69,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     out: Vec<u8>,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), EncodeError> {
     CONTEXT.with(|c| c.borrow_mut().push(Context::Encoding(Vec::new())));
+    let popped = PopContext;
     let result = codec::encode_into(value, out);
-    let fds = match CONTEXT.with(|c| c.borrow_mut().pop()) {
-        Some(Context::Encoding(fds)) => fds,
+    let fds = CONTEXT.with(|c| match c.borrow_mut().last_mut() {
+        Some(Context::Encoding(fds)) => std::mem::take(fds),
         _ => Vec::new(),
-    };
+    });
+    drop(popped);
     let bytes = result?;
     if fds.len() > MAX_HANDLES {
         return Err(EncodeError {
@@ -163,9 +165,22 @@ pub(crate) fn decode<T: DeserializeOwned>(
         c.borrow_mut()
             .push(Context::Decoding(fds.into_iter().map(Some).collect()))
     });
-    let result = codec::decode(bytes);
-    CONTEXT.with(|c| c.borrow_mut().pop());
-    result
+    let _popped = PopContext;
+    codec::decode(bytes)
+}
+
+/// Pops this thread's innermost encode or decode context when dropped, also
+/// when the value's `Serialize` or `Deserialize` panics: a context left
+/// behind would hand its descriptors to the next, unrelated, message.
+struct PopContext;
+
+impl Drop for PopContext {
+    fn drop(&mut self) {
+        // The context's unclaimed descriptors are closed after the borrow
+        // ends (their drop runs no code of ours).
+        let top = CONTEXT.with(|c| c.borrow_mut().pop());
+        drop(top);
+    }
 }
 
 /// Serializes a descriptor as an index into the message's handle list.
