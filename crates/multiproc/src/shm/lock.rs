@@ -32,7 +32,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-pub(crate) use super::wait::RECHECK;
 use super::wait::{Next, Policy, Slept, Waiter};
 use crate::sys::liveness::{self, Identity};
 

@@ -36,20 +36,22 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::lock::{RECHECK, RawLock};
+use super::lock::RawLock;
+use super::wait::{Next, Policy, Slept, Waiter};
 use crate::sys::futex;
+use crate::sys::liveness::{self, Identity};
 use crate::sys::shm::Mapping;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"MPRING02");
+const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
 /// Bytes before the data area (one page).
 const DATA_OFFSET: usize = 4096;
 /// Record kinds.
 const INLINE: u32 = 1;
 const PAD: u32 = 2;
 const LARGE: u32 = 3;
-/// Processes the attachment table can name: as many as fit in the
-/// header's page.
-const ATTACH_SLOTS: usize = 896;
+/// Processes the attachment table can name (a pid and an identity each):
+/// as many as fit in the header's page.
+const ATTACH_SLOTS: usize = 288;
 /// Yields of the processor, each followed by a check, before a side that
 /// finds the ring empty (or full) sleeps: about 350 µs when nothing else
 /// wants the processor, for a stream with gaps, and the processor goes at
@@ -61,6 +63,11 @@ const ATTACH_SLOTS: usize = 896;
 /// the locks spinning less too). A yield is slow enough (about 0.7 µs) that
 /// the other side writes (or reads) several records between two checks.
 const YIELDS: u32 = 500;
+/// How a side waits for a record or for room: see [`YIELDS`].
+const WAIT: Policy = Policy {
+    spins: 0,
+    yields: YIELDS,
+};
 /// Checks of a side's lock before yielding (see [`RawLock::lock_with`]):
 /// the ring's locks are held for tens of nanoseconds, but with more
 /// processes than processors the holder is often preempted.
@@ -122,6 +129,9 @@ struct Waits {
 #[repr(C, align(64))]
 struct Attached {
     pids: [AtomicU32; ATTACH_SLOTS],
+    /// Each holder's [`Identity`] beside its pid: a reused pid, or one
+    /// from another PID namespace, is not taken for the holder.
+    ids: [AtomicU64; ATTACH_SLOTS],
     /// Holders that found no free slot (see [`Registration`]).
     unlisted: AtomicU32,
 }
@@ -634,7 +644,7 @@ impl Ring {
             record_size(parts.iter().fold(0usize, |n, p| n.saturating_add(p.len())))
         };
         let mut large = large;
-        let mut yields = 0u32;
+        let mut waiter = Waiter::new(WAIT, deadline);
         loop {
             let Some(held) = hold(&h.producer.lock, deadline) else {
                 return Err(PushError::Full);
@@ -649,29 +659,26 @@ impl Ring {
                 return Ok(());
             }
             // Full: yield, then sleep until a consumer makes room.
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(PushError::Full);
-            }
-            if yields < YIELDS {
-                futex::yield_now();
-                yields += 1;
-                continue;
+            match waiter.pause() {
+                Next::Check => continue,
+                Next::TimedOut => return Err(PushError::Full),
+                Next::Sleep => {}
             }
             let seq = h.waits.space_seq.load(Ordering::SeqCst);
-            h.waits.space_sleepers.fetch_add(1, Ordering::SeqCst);
             // Impossible positions: do not sleep; the next try reports them.
-            let woke = if self.place(size, true).map_or(true, |p| p.is_some()) {
-                futex::Wake::Woken
-            } else {
-                futex::wait(&h.waits.space_seq, seq, Some(until(deadline)))
-            };
-            h.waits.space_sleepers.fetch_sub(1, Ordering::SeqCst);
-            if woke == futex::Wake::TimedOut {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(PushError::Full);
-                }
-                if !connected() {
-                    return Err(PushError::Disconnected);
+            let slept = waiter.sleep(
+                &h.waits.space_seq,
+                seq,
+                Some(&h.waits.space_sleepers),
+                || self.place(size, true).is_ok_and(|p| p.is_none()),
+            );
+            match slept {
+                Slept::Woken => {}
+                Slept::TimedOut => return Err(PushError::Full),
+                Slept::Recheck => {
+                    if !connected() {
+                        return Err(PushError::Disconnected);
+                    }
                 }
             }
         }
@@ -691,7 +698,7 @@ impl Ring {
         mut large: impl FnMut(u64) -> L,
     ) -> Result<Taken<L>, PopError> {
         let h = self.header();
-        let mut yields = 0u32;
+        let mut waiter = Waiter::new(WAIT, deadline);
         loop {
             // Known non-empty from our own cache line, or else ask.
             let known =
@@ -722,24 +729,17 @@ impl Ring {
                 }
             }
             // Empty: yield, then sleep until a producer publishes.
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(PopError::Empty);
-            }
-            if yields < YIELDS {
-                futex::yield_now();
-                yields += 1;
-                continue;
+            match waiter.pause() {
+                Next::Check => continue,
+                Next::TimedOut => return Err(PopError::Empty),
+                Next::Sleep => {}
             }
             let seq = h.waits.data_seq.load(Ordering::SeqCst);
-            h.waits.data_sleepers.fetch_add(1, Ordering::SeqCst);
-            let woke = if self.is_empty_settled() {
-                futex::wait(&h.waits.data_seq, seq, Some(until(deadline)))
-            } else {
-                futex::Wake::Woken
-            };
-            h.waits.data_sleepers.fetch_sub(1, Ordering::SeqCst);
-            if woke == futex::Wake::TimedOut && self.is_empty_now() {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+            let slept = waiter.sleep(&h.waits.data_seq, seq, Some(&h.waits.data_sleepers), || {
+                self.is_empty_settled()
+            });
+            if slept != Slept::Woken && self.is_empty_now() {
+                if slept == Slept::TimedOut {
                     return Err(PopError::Empty);
                 }
                 if !connected() {
@@ -920,35 +920,50 @@ impl Ring {
     /// Waits until every record put has been marked done, or `deadline`.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
         let h = self.header();
+        let waiter = Waiter::new(
+            Policy {
+                spins: 0,
+                yields: 0,
+            },
+            deadline,
+        );
         loop {
             let seq = h.waits.join_seq.load(Ordering::SeqCst);
-            h.waits.join_sleepers.fetch_add(1, Ordering::SeqCst);
-            let done = h.counts.unfinished.load(Ordering::SeqCst) == 0;
-            let woke = if done {
-                futex::Wake::Woken
-            } else {
-                futex::wait(&h.waits.join_seq, seq, Some(until(deadline)))
-            };
-            h.waits.join_sleepers.fetch_sub(1, Ordering::SeqCst);
+            let slept = waiter.sleep(&h.waits.join_seq, seq, Some(&h.waits.join_sleepers), || {
+                h.counts.unfinished.load(Ordering::SeqCst) != 0
+            });
             if h.counts.unfinished.load(Ordering::SeqCst) == 0 {
                 return true;
             }
-            if woke == futex::Wake::TimedOut && deadline.is_some_and(|d| Instant::now() >= d) {
+            if slept == Slept::TimedOut {
                 return false;
             }
         }
     }
 
-    /// Records that process `pid` holds the queue. False if the table is
-    /// full (see [`Registration`] for what the caller does then).
+    /// Records that the calling process (`pid`) holds the queue. False if
+    /// the table is full (see [`Registration`] for what the caller does
+    /// then).
     fn attach_pid(&self, pid: u32) -> bool {
         let a = &self.header().attached;
-        if a.pids.iter().any(|s| s.load(Ordering::Relaxed) == pid) {
+        let me = liveness::me();
+        let mine = |i: usize| {
+            a.pids[i].load(Ordering::Relaxed) == pid && a.ids[i].load(Ordering::Relaxed) == me.0
+        };
+        if (0..ATTACH_SLOTS).any(mine) {
             return true;
         }
-        for slot in &a.pids {
-            let cur = slot.load(Ordering::Relaxed);
-            if (cur == 0 || !futex::is_alive(cur))
+        for (slot, id) in a.pids.iter().zip(&a.ids) {
+            let cur = slot.load(Ordering::SeqCst);
+            let cur_id = id.load(Ordering::SeqCst);
+            if cur != 0 && liveness::is_alive(cur, Identity(cur_id)) {
+                continue;
+            }
+            // The identity first: a reader that sees the old pid with our
+            // identity judges that (dead) holder gone, as it is.
+            if id
+                .compare_exchange(cur_id, me.0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
                 && slot
                     .compare_exchange(cur, pid, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
@@ -959,21 +974,31 @@ impl Ring {
         false
     }
 
-    /// Records that process `pid` no longer holds the queue.
+    /// Records that the calling process (`pid`) no longer holds the queue.
     pub(crate) fn detach_pid(&self, pid: u32) {
-        for slot in &self.header().attached.pids {
-            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::Relaxed);
+        let a = &self.header().attached;
+        let me = liveness::me();
+        for (slot, id) in a.pids.iter().zip(&a.ids) {
+            if id.load(Ordering::SeqCst) == me.0
+                && slot
+                    .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let _ = id.compare_exchange(me.0, 0, Ordering::SeqCst, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Whether a process other than `me` that holds the queue is alive (or
-    /// a holder that found no slot is still counted).
+    /// Whether a process other than the caller (`me`) that holds the queue
+    /// is alive (or a holder that found no slot is still counted).
     pub(crate) fn others_alive(&self, me: u32) -> bool {
         let a = &self.header().attached;
+        let my_id = liveness::me();
         a.unlisted.load(Ordering::SeqCst) != 0
-            || a.pids.iter().any(|s| {
+            || a.pids.iter().zip(&a.ids).any(|(s, id)| {
                 let pid = s.load(Ordering::SeqCst);
-                pid != 0 && pid != me && futex::is_alive(pid)
+                let id = Identity(id.load(Ordering::SeqCst));
+                pid != 0 && !(pid == me && id == my_id) && liveness::is_alive(pid, id)
             })
     }
 }
@@ -1220,13 +1245,6 @@ unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// When a sleeper wakes up to check its peers: the deadline, or one
-/// re-check interval from now.
-fn until(deadline: Option<Instant>) -> Instant {
-    let recheck = Instant::now() + RECHECK;
-    deadline.map_or(recheck, |d| d.min(recheck))
-}
-
 #[cfg(test)]
 mod tests {
     use super::{DATA_OFFSET, Registration, Ring, copy_bytes};
@@ -1239,10 +1257,15 @@ mod tests {
     fn a_holder_that_found_the_table_full_is_listed_once_a_slot_frees() {
         let ring = Ring::create(4096, 0).unwrap();
         let a = &ring.header().attached;
-        // Process 1 (init, in any pid namespace) is alive, and not us.
-        for slot in &a.pids {
-            slot.store(1, Ordering::Relaxed);
-        }
+        // Process 1 (init, in any pid namespace) with no identity recorded
+        // reads as alive, and is not us.
+        let fill_with_init = || {
+            for (slot, id) in a.pids.iter().zip(&a.ids) {
+                slot.store(1, Ordering::Relaxed);
+                id.store(0, Ordering::Relaxed);
+            }
+        };
+        fill_with_init();
         let reg = Registration::default();
         let me = reg.ensure(&ring);
         assert_eq!(a.unlisted.load(Ordering::Relaxed), 1);
@@ -1259,9 +1282,7 @@ mod tests {
         assert!(!ring.others_alive(me));
         assert!(a.pids.iter().any(|s| s.load(Ordering::Relaxed) == me));
         // An unlisted handle that is dropped uncounts itself.
-        for slot in &a.pids {
-            slot.store(1, Ordering::Relaxed);
-        }
+        fill_with_init();
         let other = Registration::default();
         other.ensure(&ring);
         assert_eq!(a.unlisted.load(Ordering::Relaxed), 1);

@@ -1,6 +1,5 @@
 //! Futexes on shared memory (never `FUTEX_PRIVATE_FLAG`: the waiters are in
-//! other processes), and the liveness check used to recover from a dead
-//! lock holder.
+//! other processes), and the cached process and thread ids.
 
 use std::cell::Cell;
 use std::sync::Once;
@@ -113,19 +112,6 @@ fn pid_slow() -> u32 {
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     PID.store(u64::from(g) << 32 | u64::from(pid), Ordering::Relaxed);
     pid
-}
-
-/// Whether a thread or process with this id exists. A recycled id reads
-/// as alive: recovery then waits for that process too, never steals a live
-/// lock.
-pub(crate) fn is_alive(id: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(id as i32) else {
-        return false;
-    };
-    !matches!(
-        rustix::process::test_kill_process(pid),
-        Err(rustix::io::Errno::SRCH)
-    )
 }
 
 /// Gives the processor to another runnable thread.
