@@ -165,7 +165,7 @@ pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Res
             unsafe { libc::close(fd.as_raw_fd()) };
         }
         ignore_interrupts(false);
-        super::boot::serve_start_channel(channel, server)
+        super::boot::serve_forked_channel(channel, server)
     })
 }
 
