@@ -144,12 +144,19 @@ pub(crate) fn boot() {
 /// thread; otherwise leaves it (a process started from this one with
 /// `Command` then inherits it, and refuses to boot).
 fn forget_role() {
-    if super::process::thread_count() == Some(1) {
+    if single_threaded() {
         // SAFETY: this process has exactly one thread, the caller (counted
         // just now from /proc; only this thread could start another), so
         // no thread reads or writes the environment concurrently.
         unsafe { std::env::remove_var(BOOT_ENV) };
     }
+}
+
+/// Whether this process has exactly one thread (the caller), as /proc
+/// says; `false` when it cannot tell. Only then may the environment be
+/// changed.
+fn single_threaded() -> bool {
+    super::process::thread_count() == Some(1)
 }
 
 /// Prints why this process will not boot and exits with [`REFUSED_EXIT`],
@@ -498,6 +505,17 @@ impl Invitation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_is_left_alone_while_other_threads_run() {
+        // `init()` may run in a program that has threads: the role may then
+        // be read, never removed (`remove_var` would race with them).
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || stop_rx.recv());
+        assert!(!single_threaded());
+        drop(stop_tx);
+        let _ = other.join();
+    }
 
     #[test]
     fn roles_parse_strictly() {

@@ -443,13 +443,12 @@ pub(crate) fn recv_with_credentials(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<(usize, Option<Credentials>)> {
-    // Room for MAX_FDS descriptors and one `ucred`, with their headers;
-    // `u64` elements give the alignment `cmsghdr` needs.
-    let mut control = [0u64; 64];
-    const _: () = assert!(
-        (MAX_FDS * 4 + 2 * 16 + 16) <= 64 * 8,
-        "control buffer too small"
-    );
+    // Room for MAX_FDS descriptors and one `ucred`, each with its 16-byte
+    // header (CMSG_SPACE), and no more; `u64` elements give the alignment
+    // `cmsghdr` needs. Without credentials a few more descriptors would
+    // fit: more than MAX_FDS is refused below all the same.
+    const CONTROL: usize = (16 + MAX_FDS * 4).next_multiple_of(8) + 16 + 16;
+    let mut control = [0u64; CONTROL / 8];
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
         flags |= libc::MSG_DONTWAIT;
@@ -510,12 +509,65 @@ pub(crate) fn recv_with_credentials(
                 c = libc::CMSG_NXTHDR(&raw const msg, c);
             }
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || got.len() > MAX_FDS {
             drop(got);
             return Err(DescriptorsTruncated::error());
         }
         fds.extend(got);
         // pid 0: the kernel had no writer to report.
         return Ok((n as usize, creds.filter(|c: &Credentials| c.pid != 0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends one byte with `n` duplicates of `fd` attached, past the
+    /// [`MAX_FDS`] that [`send_all`] allows, as a hostile peer would.
+    fn send_many(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, n: usize) {
+        let dups: Vec<OwnedFd> = (0..n).map(|_| dup(fd).unwrap()).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = dups.iter().map(AsFd::as_fd).collect();
+        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(200))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        let sent = rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(b"x")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(sent, 1);
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[test]
+    fn descriptors_that_do_not_fit_are_an_error_and_the_rest_are_closed() {
+        let (a, b) = stream_pair().unwrap();
+        send_many(a.as_fd(), a.as_fd(), 100);
+        let mut fds = Vec::new();
+        let err = recv(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap_err();
+        assert!(is_descriptors_truncated(&err), "{err}");
+        assert!(fds.is_empty());
+
+        set_pass_credentials(b.as_fd()).unwrap();
+        send_many(a.as_fd(), a.as_fd(), 100);
+        let err = recv_with_credentials(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap_err();
+        assert!(is_descriptors_truncated(&err), "{err}");
+        assert!(fds.is_empty());
+
+        // Within the limit, both receive every descriptor, and the writer.
+        let before = open_fds();
+        send_many(a.as_fd(), a.as_fd(), MAX_FDS);
+        let (n, who) = recv_with_credentials(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap();
+        assert_eq!((n, fds.len()), (1, MAX_FDS));
+        assert_eq!(who.map(|c| c.pid), Some(super::super::process::pid()));
+        fds.clear();
+        // Other tests open descriptors in parallel: only a leak of 64 counts.
+        assert!(open_fds() < before + MAX_FDS / 2);
     }
 }
