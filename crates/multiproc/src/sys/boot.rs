@@ -860,6 +860,66 @@ sys.stdout.write(out.decode())
     }
 
     #[test]
+    fn a_setuid_copy_refuses_even_a_genuine_request() {
+        // A privileged binary must never boot from its environment: make a
+        // copy of this test binary setuid to `nobody` and let its real
+        // parent (this process, which made the socket and writes the
+        // request after the ready byte) ask it to run the canary.
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("skipped: making a setuid copy needs root");
+            return;
+        }
+        let path = marker("setuid");
+        let _ = std::fs::remove_file(&path);
+        let copy = marker("setuid-binary");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        std::os::unix::fs::chown(&copy, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        let nosuid = rustix::fs::statvfs(&copy)
+            .map(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID))
+            .unwrap_or(true);
+        if nosuid {
+            let _ = std::fs::remove_file(&copy);
+            eprintln!("skipped: the temporary directory is mounted nosuid");
+            return;
+        }
+        let (ours, theirs) = socket::stream_pair().unwrap();
+        let secret = [8u8; SECRET];
+        let me = super::super::process::pid();
+        let raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(&copy);
+        cmd.args(["--exact", "no-such-test"])
+            .env(BOOT_ENV, role_for(Role::Child, me, &secret))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: runs in the forked child before exec; dup2 is
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, BOOT_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = cmd.spawn().unwrap();
+        drop(theirs);
+        // Answer a ready byte if one ever comes, as the real parent would.
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        if socket::wait_readable(&[ours.as_fd()], deadline).unwrap()[0] {
+            let mut b = [0u8; 1];
+            if socket::recv(ours.as_fd(), &mut b, &mut Vec::new(), false).unwrap_or(0) == 1 {
+                let _ = socket::send_all(ours.as_fd(), &[&secret, &request(&path)], &[]);
+            }
+        }
+        let result = finish(child);
+        let _ = std::fs::remove_file(&copy);
+        assert_refused(result, "secure-execution", &path);
+    }
+
+    #[test]
     fn malformed_or_misdirected_roles_are_refused() {
         let path = marker("roles");
         let secret = [6u8; SECRET];
