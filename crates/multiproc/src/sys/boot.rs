@@ -821,7 +821,8 @@ sys.stdout.write(out.decode())
 "#
         .replace("SECRET", &to_hex(&secret))
         .replace("REQUEST", &request_hex);
-        let Ok(out) = Command::new("python3")
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let Ok(out) = Command::new(python)
             .arg("-c")
             .arg(&script)
             .arg(std::env::current_exe().unwrap())
