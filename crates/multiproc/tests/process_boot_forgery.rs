@@ -155,3 +155,30 @@ fn a_well_formed_forged_role_is_refused() {
         }
     });
 }
+
+fn count_open(ends: Vec<multiproc::Connection<u8, u8>>) -> usize {
+    ends.iter().filter(|c| c.send(&1).is_ok()).count()
+}
+
+/// The boot channel asks the kernel for writer credentials while the child
+/// authenticates its parent; the argument that follows may still carry as
+/// many handles as any message (64), under every start method.
+#[test]
+fn an_argument_with_the_most_handles_still_arrives() {
+    deadline(LIMIT, || {
+        for m in multiproc::StartMethod::ALL {
+            // A pipe end is three descriptors: 21 ends are 63.
+            let (ours, theirs): (Vec<_>, Vec<_>) = (0..21)
+                .map(|_| multiproc::pipe::<u8, u8>().unwrap())
+                .unzip();
+            let p = multiproc::Process::builder()
+                .start_method(m)
+                .spawn(count_open, theirs)
+                .unwrap();
+            assert_eq!(p.join().unwrap(), 21, "{m}");
+            for o in &ours {
+                assert_eq!(o.recv().unwrap(), 1, "{m}");
+            }
+        }
+    });
+}

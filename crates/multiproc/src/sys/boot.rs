@@ -381,12 +381,18 @@ impl Channel {
 
     /// Reads the preamble that names the function a spawn child runs
     /// (parent-written, like everything this type reads), and the channel
-    /// for the rest of the start protocol. Refuses to boot (and exits) if
-    /// the bytes are not the parent's.
+    /// for the rest of the start protocol, with writer credentials turned
+    /// off again. Refuses to boot (and exits) if the bytes are not the
+    /// parent's.
     pub(crate) fn into_entry(self) -> (Option<Entry>, OwnedFd) {
         let mut bytes = [0u8; PREAMBLE];
         if let Err(why) = read_from(self.fd(), self.parent, &mut bytes, None) {
             refuse(&why);
+        }
+        // The rest of the protocol is read with the ordinary receive, which
+        // has no room for credentials beside 64 descriptors.
+        if let Err(e) = socket::stop_pass_credentials(self.fd()) {
+            refuse(&format!("cannot reset the boot channel: {e}"));
         }
         // SAFETY: every byte of the preamble was written, the kernel
         // attests, by this process's parent, which runs this same

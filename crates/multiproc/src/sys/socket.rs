@@ -423,8 +423,18 @@ pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<Credentials> {
 /// to this socket from now on (`SO_PASSCRED`), and to report them to
 /// [`recv_with_credentials`]. Set on a socket's receiving end, it also
 /// covers bytes written before the receiver starts reading.
+///
+/// While it is on, read the socket only with [`recv_with_credentials`]:
+/// every read then brings a credentials message, which the other receive
+/// functions have no room for. [`stop_pass_credentials`] turns it off.
 pub(crate) fn set_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::net::sockopt::set_socket_passcred(fd, true)?)
+}
+
+/// Turns [`set_pass_credentials`] off: later reads bring no credentials
+/// (also of bytes already queued).
+pub(crate) fn stop_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_passcred(fd, false)?)
 }
 
 /// Bytes waiting to be read on a socket (`FIONREAD`).
