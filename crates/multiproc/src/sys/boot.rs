@@ -911,7 +911,18 @@ sys.stdout.write(out.decode())
                 Ok(())
             })
         };
-        let child = cmd.spawn().unwrap();
+        // Another test's fork may briefly hold the copy open for writing
+        // (inherited from `fs::copy` until its exec): ETXTBSY, try again.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         drop(theirs);
         // Answer a ready byte if one ever comes, as the real parent would.
         let deadline = Some(Instant::now() + Duration::from_secs(10));
