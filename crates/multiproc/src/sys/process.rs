@@ -193,10 +193,11 @@ pub(crate) fn release_inherited_handles(fds: &[RawFd]) {
         }
         // SAFETY: dup3 atomically replaces what number `fd` refers to and
         // keeps the number open, so whichever object owns `fd` still owns an
-        // open descriptor (now `/dev/null`); no object of this process is
-        // invalidated or aliased. A number that is not open (its owner
-        // closed it) simply becomes `/dev/null` too, which its owner's later
-        // close releases.
+        // open descriptor (now `/dev/null`), and no other object can be
+        // given that number meanwhile: nothing is invalidated or aliased.
+        // (The registry was locked across the fork and handles leave it
+        // before they close, so every number here was open; were one not,
+        // it would only be taken by an unowned `/dev/null`.)
         unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) };
     }
 }
