@@ -853,6 +853,84 @@ sys.stdout.write(out.decode())
     }
 
     #[test]
+    fn a_booted_forkserver_ignores_requests_its_parent_did_not_write() {
+        // The real parent boots a forkserver; then another process holding
+        // a copy of the parent's end asks it to fork a child on a channel
+        // of the attacker's: ignored. A request the parent writes works.
+        let path = marker("forkserver-after-boot");
+        let _ = std::fs::remove_file(&path);
+        let (ours, theirs) = socket::stream_pair().unwrap();
+        let secret = [11u8; SECRET];
+        let me = super::super::process::pid();
+        let server = start_forged(
+            &role_for(Role::ForkServer, me, &secret),
+            Some(theirs.as_fd()),
+        );
+        drop(theirs);
+        await_ready(ours.as_fd());
+        socket::send_all(ours.as_fd(), &[&secret], &[]).unwrap();
+
+        let (_forged_channel, forged_theirs) = socket::stream_pair().unwrap();
+        let (forged_status, forged_server_end) = socket::stream_pair().unwrap();
+        // SAFETY: the forked helper only sends one message and calls
+        // _exit; glibc's malloc, which the send may use, is fork-safe.
+        let helper = unsafe { libc::fork() };
+        if helper == 0 {
+            let _ = socket::send_all(
+                ours.as_fd(),
+                &[b"F"],
+                &[forged_theirs.as_fd(), forged_server_end.as_fd()],
+            );
+            // SAFETY: ends the helper without running anything else.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(helper > 0);
+        let mut status = 0;
+        // SAFETY: waits for the helper forked above; `status` is writable.
+        unsafe { libc::waitpid(helper, &raw mut status, 0) };
+        drop((forged_theirs, forged_server_end));
+        // The server drops the forged request's descriptors unused: its
+        // status socket ends without a pid.
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        assert!(socket::wait_readable(&[forged_status.as_fd()], deadline).unwrap()[0]);
+        let mut pid = [0u8; 4];
+        let n = socket::recv(forged_status.as_fd(), &mut pid, &mut Vec::new(), false).unwrap();
+        assert_eq!(n, 0, "the forkserver forked for a forged request");
+
+        // The parent's own request runs.
+        let (channel, channel_theirs) = socket::stream_pair().unwrap();
+        let (status, server_end) = socket::stream_pair().unwrap();
+        socket::send_all(
+            ours.as_fd(),
+            &[b"F"],
+            &[channel_theirs.as_fd(), server_end.as_fd()],
+        )
+        .unwrap();
+        drop((channel_theirs, server_end));
+        socket::send_all(channel.as_fd(), &[&request(&path)], &[]).unwrap();
+        let mut got = 0;
+        let mut pidfds = Vec::new();
+        while got < 4 {
+            let n = socket::recv(status.as_fd(), &mut pid[got..], &mut pidfds, false).unwrap();
+            assert!(n > 0, "no pid for the parent's request");
+            got += n;
+        }
+        // Its exit status (8 bytes) follows once the worker is done.
+        let mut exit = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            let n = socket::recv(status.as_fd(), &mut exit[got..], &mut pidfds, false).unwrap();
+            assert!(n > 0, "no exit status for the parent's request");
+            got += n;
+        }
+        assert!(path.exists(), "the parent's request did not run");
+        let _ = std::fs::remove_file(&path);
+        drop(ours);
+        let (code, out, err) = finish(server);
+        assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    }
+
+    #[test]
     fn a_wrong_secret_is_refused() {
         let path = marker("secret");
         let (ours, theirs) = socket::stream_pair().unwrap();
