@@ -956,7 +956,15 @@ sys.stdout.write(out.decode())
         }
         let path = marker("setuid");
         let _ = std::fs::remove_file(&path);
+        /// Removes the setuid copy however the test ends.
+        struct Removed(PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
         let copy = marker("setuid-binary");
+        let _removed = Removed(copy.clone());
         std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
         std::os::unix::fs::chown(&copy, Some(65534), Some(65534)).unwrap();
         std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
@@ -965,7 +973,6 @@ sys.stdout.write(out.decode())
             .map(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID))
             .unwrap_or(true);
         if nosuid {
-            let _ = std::fs::remove_file(&copy);
             eprintln!("skipped: the temporary directory is mounted nosuid");
             return;
         }
@@ -1010,9 +1017,7 @@ sys.stdout.write(out.decode())
                 let _ = socket::send_all(ours.as_fd(), &[&secret, &request(&path)], &[]);
             }
         }
-        let result = finish(child);
-        let _ = std::fs::remove_file(&copy);
-        assert_refused(result, "secure-execution", &path);
+        assert_refused(finish(child), "secure-execution", &path);
     }
 
     #[test]
