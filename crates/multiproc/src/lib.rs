@@ -279,6 +279,13 @@ pub use process::{
 /// fails with [`StartError::BootHookMissing`]; then call `init()` as the
 /// first line of `main`. In a re-executed child it runs the requested
 /// function and exits, so nothing after it in `main` runs there.
+///
+/// It is sound to call from any thread at any time: it reads the
+/// environment, and removes multiproc's boot variable only while the
+/// process provably has a single thread. A process started with a forged
+/// boot variable is refused before any user code runs (see
+/// `docs/start-methods.md`): it prints `multiproc: refusing to boot: ...`
+/// and exits with code 87.
 pub fn init() {
     sys::boot::boot();
 }

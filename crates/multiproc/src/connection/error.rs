@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::sys;
 use crate::wire::stream::StreamError;
 use crate::wire::{DecodeError, EncodeError};
 
@@ -58,6 +59,13 @@ pub enum RecvError {
     /// This end was made send-only (see [`pipe_oneway`](crate::pipe_oneway)).
     #[error("this end of the connection is send-only")]
     WriteOnly,
+    /// A message carried more handles (descriptors) than one message may
+    /// (64). The kernel discarded the ones that did not fit, and the ones
+    /// that did were closed: none is silently lost. No multiproc peer sends
+    /// such a message; the bytes read with it are lost too, so the
+    /// connection has lost its place and should be dropped.
+    #[error("a message carried more handles than fit in one message; they were discarded")]
+    TooManyHandles,
     /// The operating system reported an error.
     #[error("could not receive: {0}")]
     Io(io::Error),
@@ -149,6 +157,9 @@ impl From<StreamError> for RecvError {
             StreamError::TooLarge { len, limit } => RecvError::TooLarge { len, limit },
             StreamError::Garbage(g) => RecvError::Garbage(g),
             StreamError::Timeout => RecvError::Io(io::ErrorKind::TimedOut.into()),
+            StreamError::Io(e) if sys::socket::is_descriptors_truncated(&e) => {
+                RecvError::TooManyHandles
+            }
             StreamError::Io(e) => RecvError::Io(e),
         }
     }

@@ -174,12 +174,15 @@ impl Link {
 
 /// A connection on the wire. Flags: bit 0 readable, bit 1 writable. A
 /// shared-memory end also carries its rings (both absent for a socket).
+///
+/// The sender's message-size limit does not travel: a limit protects the
+/// receiver, so a received end starts with the default, whatever the
+/// sender (who may be hostile) set on its copy.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     #[serde(with = "fd_serde")]
     fd: OwnedFd,
     flags: u8,
-    max_message: u64,
     local: bool,
     tx: Option<Handle>,
     rx: Option<Handle>,
@@ -225,15 +228,7 @@ impl<S, R> Serialize for Connection<S, R> {
                 l.rx_ring().map(handles::FdRef),
             ),
         };
-        (
-            handles::FdRef(self.link.fd()),
-            flags,
-            self.link.max_message(),
-            local,
-            tx,
-            rx,
-        )
-            .serialize(serializer)
+        (handles::FdRef(self.link.fd()), flags, local, tx, rx).serialize(serializer)
     }
 }
 
@@ -242,6 +237,7 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
         use serde::de::Error as _;
         let w = Wire::deserialize(deserializer)?;
         let (readable, writable) = (w.flags & 1 != 0, w.flags & 2 != 0);
+        // A new link starts with the default message-size limit.
         let conn = if w.local {
             let attach = |h: Option<Handle>| {
                 h.map(|h| crate::shm::ring::Ring::attach(h.0))
@@ -254,7 +250,6 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
         } else {
             Connection::from_fd(w.fd, readable, writable)
         };
-        conn.link.set_max_message(w.max_message);
         Ok(conn)
     }
 }
@@ -342,6 +337,9 @@ impl<S, R> Connection<S, R> {
 
     /// Sets the longest message this end accepts (default 2 GiB). A longer
     /// one fails with [`RecvError::TooLarge`] before anything is allocated.
+    ///
+    /// The limit belongs to this end in this process: an end sent to
+    /// another process arrives there with the default limit.
     pub fn set_max_message_size(&self, bytes: u64) {
         self.link.set_max_message(bytes);
     }

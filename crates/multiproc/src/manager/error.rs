@@ -173,6 +173,9 @@ impl From<RecvError> for ProxyError {
             RecvError::Io(e) => ProxyError::Io(e),
             RecvError::Decode(e) => ProxyError::Decode(e),
             RecvError::Garbage(g) => ProxyError::Protocol(g),
+            RecvError::TooManyHandles => {
+                ProxyError::Protocol(RecvError::TooManyHandles.to_string())
+            }
             RecvError::TooLarge { len, limit } => {
                 ProxyError::Protocol(format!("an answer of {len} bytes exceeds {limit}"))
             }

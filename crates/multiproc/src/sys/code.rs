@@ -14,6 +14,14 @@
 //! [`Entry::receive`], whose callers (the boot hook and the forkserver's
 //! fork path, both in this OS layer) vouch for the channel.
 //!
+//! Nothing here can tell a genuine offset from a forged one: the targets
+//! are arbitrary `fn` items picked by the parent at run time, so no table of
+//! valid entries exists in a freshly executed child (Rust has no statics
+//! per generic instantiation through which each `shim::<A, R>` could
+//! register itself). The vouching is therefore done by authentication: the
+//! boot hook acts on a preamble only once the kernel attests that its
+//! parent, running this same executable, wrote it (`sys::boot`).
+//!
 //! A later cross-machine backend would replace the offsets with registered,
 //! stable names; the rest of the start protocol does not depend on them.
 

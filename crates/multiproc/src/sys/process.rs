@@ -165,21 +165,40 @@ pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Res
             unsafe { libc::close(fd.as_raw_fd()) };
         }
         ignore_interrupts(false);
-        super::boot::serve_start_channel(channel, server)
+        super::boot::serve_forked_channel(channel, server)
     })
 }
 
-/// Closes, in a forked child, descriptors that belonged to the parent's
-/// handles. Only the fork path calls it, in a child that runs a function
-/// and will never reach (or drop) the parent's objects that own these
-/// numbers; errors (a number already closed) are ignored.
-pub(crate) fn close_inherited_handles(fds: &[RawFd]) {
+/// Releases, in a forked child, what the parent's handles' descriptors
+/// refer to (a socket, a memfd), without freeing their numbers: each is
+/// replaced by `/dev/null` (`dup3` onto the same number). The objects that
+/// own these numbers may still be reachable in the child (a handle kept in
+/// a `static`), and will close them when dropped: were the numbers freed,
+/// the child's next descriptors (the handles of its argument) would land on
+/// them, and two owners would share, then double-close, one descriptor.
+///
+/// Such a stale handle then reads end of file and writes into nothing. If
+/// `/dev/null` cannot be opened, the descriptors are left as they are.
+pub(crate) fn release_inherited_handles(fds: &[RawFd]) {
+    let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
     for &fd in fds {
-        // SAFETY: see above: the owners of these descriptors are copies of
-        // the parent's objects, unreachable in this child, which ends in
-        // `_exit` without dropping them; closing the numbers here cannot
-        // close a descriptor some live object of this child uses.
-        unsafe { libc::close(fd) };
+        if fd == null.as_raw_fd() {
+            continue;
+        }
+        // SAFETY: dup3 atomically replaces what number `fd` refers to and
+        // keeps the number open, so whichever object owns `fd` still owns an
+        // open descriptor (now `/dev/null`), and no other object can be
+        // given that number meanwhile: nothing is invalidated or aliased.
+        // (The registry was locked across the fork and handles leave it
+        // before they close, so every number here was open; were one not,
+        // it would only be taken by an unowned `/dev/null`.)
+        unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) };
     }
 }
 

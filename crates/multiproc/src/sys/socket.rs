@@ -3,14 +3,14 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 /// Most descriptors one message may carry.
@@ -82,8 +82,36 @@ pub(crate) fn send_all(
     Ok(())
 }
 
+/// A message carried more descriptors than fit in the receive buffer
+/// ([`MAX_FDS`]): the kernel discarded the rest (`MSG_CTRUNC`).
+///
+/// [`recv`] then closes the descriptors that did arrive and fails with an
+/// [`io::Error`] of kind `InvalidData` that wraps this type (see
+/// [`is_descriptors_truncated`]). The bytes of that read are consumed: the
+/// stream has lost its place, and its owner should stop using it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a message carried more descriptors than fit ({MAX_FDS} at most); the kernel discarded the rest"
+)]
+pub(crate) struct DescriptorsTruncated;
+
+impl DescriptorsTruncated {
+    fn error() -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, DescriptorsTruncated)
+    }
+}
+
+/// Whether `e` is the [`DescriptorsTruncated`] failure of [`recv`].
+pub(crate) fn is_descriptors_truncated(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<DescriptorsTruncated>())
+}
+
 /// Receives up to `buf.len()` bytes and any descriptors that came with them.
 /// Returns 0 bytes at end of stream. Does not block if `nonblocking`.
+///
+/// A message with more descriptors than [`MAX_FDS`] is an error
+/// ([`DescriptorsTruncated`]), never a silent loss.
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -100,11 +128,19 @@ pub(crate) fn recv(
         let mut iov = [IoSliceMut::new(buf)];
         match rustix::net::recvmsg(fd, &mut iov, &mut control, flags) {
             Ok(msg) => {
+                let mut got = Vec::new();
                 for m in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(received) = m {
-                        fds.extend(received);
+                        got.extend(received);
                     }
                 }
+                if msg.flags.contains(ReturnFlags::CTRUNC) {
+                    // The kernel discarded the descriptors that did not
+                    // fit; the ones that did are closed here, with `got`.
+                    drop(got);
+                    return Err(DescriptorsTruncated::error());
+                }
+                fds.extend(got);
                 return Ok(msg.bytes);
             }
             Err(Errno::INTR) => continue,
@@ -327,5 +363,221 @@ pub(crate) fn send_plain(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> i
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Who wrote bytes on (or created) a Unix socket, as the kernel attests
+/// it: the writer cannot choose these values (only a process with
+/// `CAP_SYS_ADMIN`, `CAP_SETUID` or `CAP_SETGID` could claim another's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    /// Process id (the thread group id), in this process's pid namespace.
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// The credentials of the process that created the peer of a connected
+/// Unix socket, recorded when it called `socketpair` or `connect`
+/// (`SO_PEERCRED`). Fails with `ENOTSOCK` (or similar) for anything that
+/// is not a Unix socket.
+pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<Credentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable `ucred` and `len` says its exact size;
+    // the kernel writes at most `len` bytes. (Read by hand rather than
+    // through rustix, whose `UCred` cannot hold the pid 0 the kernel
+    // reports for a peer in another pid namespace.)
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short SO_PEERCRED answer",
+        ));
+    }
+    Ok(Credentials {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Asks the kernel to attach the writer's credentials to every byte sent
+/// to this socket from now on (`SO_PASSCRED`), and to report them to
+/// [`recv_with_credentials`]. Set on a socket's receiving end, it also
+/// covers bytes written before the receiver starts reading.
+///
+/// While it is on, read the socket only with [`recv_with_credentials`]:
+/// every read then brings a credentials message, which the other receive
+/// functions have no room for. [`stop_pass_credentials`] turns it off.
+pub(crate) fn set_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_passcred(fd, true)?)
+}
+
+/// Turns [`set_pass_credentials`] off: later reads bring no credentials
+/// (also of bytes already queued).
+pub(crate) fn stop_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_passcred(fd, false)?)
+}
+
+/// Bytes waiting to be read on a socket (`FIONREAD`).
+pub(crate) fn pending_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::io::ioctl_fionread(fd)?)
+}
+
+/// Like [`recv`], and also returns the credentials of the process that
+/// wrote the bytes received (`None` if the kernel attached none: the
+/// bytes were written while neither end had `SO_PASSCRED`, or by a process
+/// outside this pid namespace). One call never returns bytes of two
+/// writers: the kernel does not merge writes whose credentials differ.
+pub(crate) fn recv_with_credentials(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<(usize, Option<Credentials>)> {
+    // Room for MAX_FDS descriptors and one `ucred`, each with its 16-byte
+    // header (CMSG_SPACE), and no more; `u64` elements give the alignment
+    // `cmsghdr` needs. Without credentials a few more descriptors would
+    // fit: more than MAX_FDS is refused below all the same.
+    const CONTROL: usize = (16 + MAX_FDS * 4).next_multiple_of(8) + 16 + 16;
+    let mut control = [0u64; CONTROL / 8];
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero `msghdr` is a valid value (null pointers,
+        // zero lengths); its fields are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` points to one iovec covering `buf` (writable for
+        // `buf.len()` bytes) and to `control` (writable for its size); both
+        // outlive the call, and the kernel writes within those bounds.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut got = Vec::new();
+        let mut creds = None;
+        // SAFETY: the kernel filled `control` and set `msg_controllen` to
+        // the bytes it used, which lie within `control`; CMSG_FIRSTHDR and
+        // CMSG_NXTHDR walk only headers inside that length, and each
+        // header's `cmsg_len` (written by the kernel, not by the peer)
+        // bounds its data. The descriptors of SCM_RIGHTS were installed in
+        // this process for us, so each is owned by nobody else.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                let header = data as usize - c as usize;
+                let len = ((*c).cmsg_len as usize).saturating_sub(header);
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    for i in 0..len / std::mem::size_of::<i32>() {
+                        let raw = std::ptr::read_unaligned(data.cast::<i32>().add(i));
+                        got.push(std::os::fd::FromRawFd::from_raw_fd(raw));
+                    }
+                } else if (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SCM_CREDENTIALS
+                    && len >= std::mem::size_of::<libc::ucred>()
+                {
+                    let u = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    creds = Some(Credentials {
+                        pid: u.pid,
+                        uid: u.uid,
+                        gid: u.gid,
+                    });
+                }
+                c = libc::CMSG_NXTHDR(&raw const msg, c);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || got.len() > MAX_FDS {
+            drop(got);
+            return Err(DescriptorsTruncated::error());
+        }
+        fds.extend(got);
+        // pid 0: the kernel had no writer to report.
+        return Ok((n as usize, creds.filter(|c: &Credentials| c.pid != 0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends one byte with `n` duplicates of `fd` attached, past the
+    /// [`MAX_FDS`] that [`send_all`] allows, as a hostile peer would.
+    fn send_many(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, n: usize) {
+        let dups: Vec<OwnedFd> = (0..n).map(|_| dup(fd).unwrap()).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = dups.iter().map(AsFd::as_fd).collect();
+        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(200))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        let sent = rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(b"x")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(sent, 1);
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[test]
+    fn descriptors_that_do_not_fit_are_an_error_and_the_rest_are_closed() {
+        let (a, b) = stream_pair().unwrap();
+        send_many(a.as_fd(), a.as_fd(), 100);
+        let mut fds = Vec::new();
+        let err = recv(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap_err();
+        assert!(is_descriptors_truncated(&err), "{err}");
+        assert!(fds.is_empty());
+
+        set_pass_credentials(b.as_fd()).unwrap();
+        send_many(a.as_fd(), a.as_fd(), 100);
+        let err = recv_with_credentials(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap_err();
+        assert!(is_descriptors_truncated(&err), "{err}");
+        assert!(fds.is_empty());
+
+        // Within the limit, both receive every descriptor, and the writer.
+        let before = open_fds();
+        send_many(a.as_fd(), a.as_fd(), MAX_FDS);
+        let (n, who) = recv_with_credentials(b.as_fd(), &mut [0u8; 4], &mut fds, false).unwrap();
+        assert_eq!((n, fds.len()), (1, MAX_FDS));
+        assert_eq!(who.map(|c| c.pid), Some(super::super::process::pid()));
+        fds.clear();
+        // Other tests open descriptors in parallel: only a leak of 64 counts.
+        assert!(open_fds() < before + MAX_FDS / 2);
     }
 }

@@ -231,10 +231,11 @@ impl Serialize for FdRef<'_> {
 }
 
 /// Descriptors owned by live handles (connections, queues, ...) of this
-/// process. A child forked to run a function closes them before it receives
-/// its argument, so that it holds only the handles it was given: otherwise
-/// it would keep, say, the parent's end of a pipe open, and never see the
-/// end of the stream when the parent drops it.
+/// process. A child forked to run a function releases them before it
+/// receives its argument (each number then refers to `/dev/null`), so that
+/// it holds only the handles it was given: otherwise it would keep, say,
+/// the parent's end of a pipe open, and never see the end of the stream
+/// when the parent drops it.
 static LIVE: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
 fn live() -> MutexGuard<'static, BTreeSet<RawFd>> {
@@ -260,12 +261,16 @@ pub(crate) fn lock_for_fork() -> ForkGuard {
 }
 
 impl ForkGuard {
-    /// In a child forked to run a function: closes every descriptor the
-    /// parent's handles owned. Their owners are copies of the parent's
-    /// objects that this child never reaches or drops.
-    pub(crate) fn close_inherited(mut self) {
-        let fds: Vec<RawFd> = std::mem::take(&mut *self.0).into_iter().collect();
-        sys::process::close_inherited_handles(&fds);
+    /// In a child forked to run a function: releases what every descriptor
+    /// of the parent's handles refers to (the parent's end of a pipe, say),
+    /// keeping the numbers taken (see
+    /// [`sys::process::release_inherited_handles`]): an owner may still be
+    /// reachable in the child, from a `static`, and will close its number.
+    /// The registry keeps the numbers, so such a handle untracks itself as
+    /// usual when dropped.
+    pub(crate) fn release_inherited(self) {
+        let fds: Vec<RawFd> = self.0.iter().copied().collect();
+        sys::process::release_inherited_handles(&fds);
     }
 }
 

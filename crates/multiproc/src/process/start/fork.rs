@@ -24,9 +24,11 @@ use crate::wire::handles;
 pub(crate) type Body = Box<dyn FnOnce(BorrowedFd<'_>) -> Reply + Send>;
 
 /// Forks a child that records `lineage`, runs `body` and sends back the
-/// result frame it makes. With `close_handles`, the child first closes the
-/// descriptors of the parent's connections and other handles: a function
-/// receives its handles through its argument, like under spawn.
+/// result frame it makes. With `close_handles`, the child first releases
+/// the descriptors of the parent's connections and other handles (their
+/// numbers stay taken, pointing at `/dev/null`, for owners a `static` may
+/// still reach): a function receives its handles through its argument,
+/// like under spawn.
 pub(crate) fn start(
     lineage: info::Lineage,
     body: Body,
@@ -44,7 +46,7 @@ pub(crate) fn start(
         sys::process::fork_child(move || {
             guards.become_child(lineage);
             if close_handles {
-                handles.close_inherited();
+                handles.release_inherited();
             } else {
                 drop(handles);
             }

@@ -7,7 +7,10 @@
 //! the size or the threads of the parent.
 //!
 //! Protocol, over a private socket pair (no path in the file system):
-//! 1. the server sends one byte, `R`, once it serves;
+//! 1. the server sends one byte, `R`, once it has checked that this process
+//!    made the socket and runs its executable; the client answers with the
+//!    role's one-time secret (`sys::boot`); from then on the server accepts
+//!    only bytes the kernel attests this process wrote;
 //! 2. the client sends one byte, `F`, carrying two descriptors: the child's
 //!    end of its start channel, and the server's end of a status socket;
 //! 3. the server forks; the child serves the start channel (see `child`);
@@ -21,14 +24,14 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Reaper, Started};
+use super::{BOOT_TIMEOUT, Reaper, Started};
 use crate::process::error::StartError;
 use crate::process::launcher;
 use crate::process::status::ExitStatus;
 use crate::sys;
-use crate::sys::boot::{BOOT_ENV, BOOT_FD};
+use crate::sys::boot::{BOOT_ENV, BOOT_FD, Channel, Invitation, Role};
 
 #[derive(Debug)]
 struct Server {
@@ -39,35 +42,30 @@ struct Server {
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
-/// How long a new server may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
 fn launch() -> Result<Server, StartError> {
     let (control, theirs) = sys::socket::stream_pair()?;
+    let invitation = Invitation::new(Role::ForkServer, theirs.as_fd())?;
+    let role = invitation.role().to_owned();
     let me = sys::process::pid();
     let pid = launcher::run(move || {
         sys::process::spawn_self(
             theirs.as_fd(),
             BOOT_FD,
             "multiproc-forkserver",
-            (BOOT_ENV, &format!("forkserver:{me}")),
+            (BOOT_ENV, &role),
         )
     })?;
     let pidfd = sys::process::pidfd_open(pid)?;
-    let deadline = Some(Instant::now() + READY_TIMEOUT);
-    let ready = sys::socket::wait_readable(&[control.as_fd()], deadline)?;
-    let mut byte = [0u8; 1];
-    let mut fds = Vec::new();
-    if !ready[0]
-        || sys::socket::recv(control.as_fd(), &mut byte, &mut fds, true)? != 1
-        || byte != *b"R"
-    {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let admitted = invitation.admit(control.as_fd(), pidfd.as_fd(), deadline);
+    if !matches!(admitted, Ok(true)) {
         let _ = sys::process::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::socket::wait_readable(&[pidfd.as_fd()], deadline);
+        let _ = sys::socket::wait_readable(&[pidfd.as_fd()], Some(deadline));
         let _ = sys::process::reap_nohang(pidfd.as_fd());
-        return Err(StartError::ForkServer(
-            "the forkserver did not start".into(),
-        ));
+        return Err(StartError::ForkServer(match admitted {
+            Err(e) => format!("the forkserver did not start: {e}"),
+            Ok(_) => "the forkserver did not start".into(),
+        }));
     }
     Ok(Server {
         owner: me,
@@ -143,18 +141,18 @@ struct Worker {
     status: OwnedFd,
 }
 
-/// The server's loop. Runs in the forkserver process, before `main`.
-pub(crate) fn serve(control: OwnedFd, parent: i32) -> ! {
+/// The server's loop. Runs in the forkserver process, before `main`, on
+/// the control channel the boot code authenticated: every request on it is
+/// checked to come from the parent.
+pub(crate) fn serve(control: Channel) -> ! {
+    let parent = control.parent();
     if !sys::process::die_with_parent(parent) {
         sys::process::exit_now(1);
     }
     sys::process::ignore_interrupts(true);
-    if sys::socket::send_all(control.as_fd(), &[b"R"], &[]).is_err() {
-        sys::process::exit_now(1);
-    }
     let mut workers: Vec<Worker> = Vec::new();
     loop {
-        let mut watch: Vec<BorrowedFd<'_>> = vec![control.as_fd()];
+        let mut watch: Vec<BorrowedFd<'_>> = vec![control.fd()];
         watch.extend(workers.iter().map(|w| w.pidfd.as_fd()));
         let ready = match sys::socket::wait_readable(&watch, None) {
             Ok(r) => r,
@@ -174,10 +172,19 @@ pub(crate) fn serve(control: OwnedFd, parent: i32) -> ! {
         if ready[0] {
             let mut byte = [0u8; 1];
             let mut fds = Vec::new();
-            match sys::socket::recv(control.as_fd(), &mut byte, &mut fds, true) {
+            match control.recv(&mut byte, &mut fds, true) {
                 Ok(0) => sys::process::exit_now(0),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // A byte written by another process than the parent (one
+                // holding a copy of its end), or more descriptors than fit:
+                // ignored, its descriptors closed.
+                Err(e)
+                    if e.kind() == io::ErrorKind::PermissionDenied
+                        || sys::socket::is_descriptors_truncated(&e) =>
+                {
+                    continue;
+                }
                 Err(_) => sys::process::exit_now(1),
             }
             if byte != *b"F" || fds.len() != 2 {
@@ -185,7 +192,7 @@ pub(crate) fn serve(control: OwnedFd, parent: i32) -> ! {
             }
             let status = fds.pop().expect("two descriptors");
             let channel = fds.pop().expect("two descriptors");
-            if let Some(w) = fork_one(&control, &workers, channel, status) {
+            if let Some(w) = fork_one(control.fd(), &workers, channel, status) {
                 workers.push(w);
             }
         }
@@ -193,12 +200,12 @@ pub(crate) fn serve(control: OwnedFd, parent: i32) -> ! {
 }
 
 fn fork_one(
-    control: &OwnedFd,
+    control: BorrowedFd<'_>,
     workers: &[Worker],
     channel: OwnedFd,
     status: OwnedFd,
 ) -> Option<Worker> {
-    let mut close: Vec<BorrowedFd<'_>> = vec![control.as_fd(), status.as_fd()];
+    let mut close: Vec<BorrowedFd<'_>> = vec![control, status.as_fd()];
     for w in workers {
         close.push(w.pidfd.as_fd());
         close.push(w.status.as_fd());

@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::status::ExitStatus;
 use crate::sys;
@@ -18,6 +18,10 @@ use crate::sys;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod spawn;
+
+/// How long a re-executed child (or the forkserver) may take to boot and
+/// say it is ready.
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A child that has been started.
 #[derive(Debug)]
