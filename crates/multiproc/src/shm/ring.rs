@@ -40,7 +40,7 @@ use super::lock::RawLock;
 use super::wait::{Next, Policy, Slept, Waiter};
 use crate::sys::futex;
 use crate::sys::liveness::{self, Identity};
-use crate::sys::shm::Mapping;
+use crate::sys::shm::{self, Mapping};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
 /// Bytes before the data area (one page).
@@ -536,14 +536,16 @@ impl Ring {
         // SAFETY: `off + total <= capacity` (checked just above on local
         // values, whatever the mapping holds), so every byte written is in
         // the data area of this process's mapping, which lives as long as
-        // `self`. The bytes are plain data: a peer writing them at the same
-        // time can only garble the record, which readers validate.
+        // `self`, and no Rust reference covers it. The copies are atomic
+        // (`sys::shm::copy_in`): a peer, or another thread of ours misled by
+        // one, writing the same bytes at the same time only garbles the
+        // record, which readers validate; it is never a data race.
         unsafe {
             let dst = self.data().add(off);
-            std::ptr::copy_nonoverlapping(header.to_le_bytes().as_ptr(), dst, 8);
+            shm::copy_in(dst, &header.to_le_bytes());
             let mut at = 8;
             for p in parts {
-                copy_bytes(p.as_ptr(), dst.add(at), p.len());
+                shm::copy_in(dst.add(at), p);
                 at += p.len();
             }
         }
@@ -782,9 +784,9 @@ impl Ring {
             let mut word = [0u8; 8];
             // SAFETY: `off + 8 <= capacity` (`off` is a multiple of 8 below
             // the power-of-two capacity), so the 8 bytes are inside this
-            // process's mapping whatever a peer wrote; they are copied to a
-            // local before anything is decided from them.
-            unsafe { std::ptr::copy_nonoverlapping(self.data().add(off), word.as_mut_ptr(), 8) };
+            // process's mapping whatever a peer wrote; they are copied
+            // atomically to a local before anything is decided from them.
+            unsafe { shm::copy_out(self.data().add(off), &mut word) };
             let word = u64::from_le_bytes(word);
             let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
             let size = record_size(len);
@@ -854,7 +856,7 @@ impl Ring {
         let mut id = [0u8; 8];
         // SAFETY: `next_locked` checked that the record's 16 bytes
         // (`record_size(8)`) lie before the end of the data area.
-        unsafe { std::ptr::copy_nonoverlapping(self.data().add(slot.off + 8), id.as_mut_ptr(), 8) };
+        unsafe { shm::copy_out(self.data().add(slot.off + 8), &mut id) };
         u64::from_le_bytes(id)
     }
 
@@ -864,8 +866,9 @@ impl Ring {
         // The copies below: `next_locked` checked that the record, `8 + len`
         // bytes from `off`, lies before the end of the data area, so the
         // source is inside this process's mapping; the destination holds
-        // `len` bytes (the stack array, or a vector reserved for `len`).
-        // The bytes are copied, never interpreted here.
+        // `len` bytes (the stack array, or a vector resized to `len`). The
+        // copies are atomic (`sys::shm::copy_out`), and the bytes are
+        // copied, never interpreted here.
         // SAFETY: `off + 8 <= capacity`: inside the data area.
         let src = unsafe { self.data().add(slot.off + 8) };
         if len <= SMALL_COPY {
@@ -875,18 +878,14 @@ impl Ring {
                 BIG.set(v);
             }
             // SAFETY: see above; `len <= SMALL_COPY`.
-            unsafe { copy_bytes(src, out.small.as_mut_ptr(), len) };
+            unsafe { shm::copy_out(src, &mut out.small[..len]) };
             out.len = len;
         } else {
             let mut v = out.big.take().unwrap_or_else(|| BIG.take());
             v.clear();
-            v.reserve(len);
-            // SAFETY: see above; `v` has room for `len` bytes, and all of
-            // them are initialised by the copy before `set_len`.
-            unsafe {
-                copy_bytes(src, v.as_mut_ptr(), len);
-                v.set_len(len);
-            }
+            v.resize(len, 0);
+            // SAFETY: see above; `v` holds `len` bytes.
+            unsafe { shm::copy_out(src, &mut v) };
             out.big = Some(v);
         }
     }
@@ -1145,22 +1144,25 @@ impl Ring {
         let Some(held) = try_hold(&h.consumer.lock) else {
             return Ok(None);
         };
-        let out = self.take_locked(|slot| {
+        // The payload is copied out under the lock and handed to `read`
+        // after it is released: `read` never sees shared memory.
+        let mut copied = Copied::new();
+        let taken = self.take_locked(|slot| {
             if slot.kind == LARGE {
-                read(Record::Large)
+                false
             } else {
-                // SAFETY: `next_locked` checked that the payload's `len`
-                // bytes lie inside the data area of this mapping, which
-                // outlives the slice (it does not escape this call). The
-                // bytes are plain `u8`s: every value is valid, and a peer
-                // changing them can only change what `read` sees.
-                let payload =
-                    unsafe { std::slice::from_raw_parts(self.data().add(slot.off + 8), slot.len) };
-                read(Record::Inline(payload))
+                self.copy_out(slot, &mut copied);
+                true
             }
         });
         drop(held);
-        out
+        Ok(taken?.map(|inline| {
+            if inline {
+                read(Record::Inline(copied.bytes()))
+            } else {
+                read(Record::Large)
+            }
+        }))
     }
 
     /// Whether the ring holds no record, for a receiver about to sleep that
@@ -1180,74 +1182,9 @@ impl Ring {
     }
 }
 
-/// Copies `n` bytes from `src` to `dst`, large copies in pieces (see
-/// [`crate::wire::codec::COPY_CHUNK`]: a single `memcpy` of a few KiB or
-/// more can be 20 times slower at some relative alignments).
-///
-/// # Safety
-/// `src` must be valid for `n` bytes of reads and `dst` for `n` bytes of
-/// writes, and they must not overlap. (Another process writing `src` at
-/// the same time only changes the bytes copied.)
-unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
-    use crate::wire::codec::{CHUNKED_ABOVE, COPY_CHUNK};
-    if n <= 16 {
-        // The usual small message (a number, a short string): a few moves
-        // instead of a call to `memcpy`, which took a tenth of a put and a
-        // get of a `u64`.
-        // SAFETY: the caller's contract, passed on.
-        unsafe { copy_short(src, dst, n) };
-        return;
-    }
-    if n <= CHUNKED_ABOVE {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
-        return;
-    }
-    let mut at = 0;
-    while at < n {
-        let piece = COPY_CHUNK.min(n - at);
-        // SAFETY: `at + piece <= n`: inside both ranges of the caller's
-        // contract.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), piece) };
-        at += piece;
-    }
-}
-
-/// Copies `n <= 16` bytes from `src` to `dst` with two overlapping moves
-/// of 8 or 4 bytes, or byte by byte below 4.
-///
-/// # Safety
-/// As [`copy_bytes`].
-unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
-    debug_assert!(n <= 16);
-    if n >= 8 {
-        // SAFETY: `8 <= n`: bytes `0..8` and `n - 8..n` are inside both
-        // ranges of the caller's contract; unaligned moves of plain bytes.
-        unsafe {
-            let first = src.cast::<u64>().read_unaligned();
-            let last = src.add(n - 8).cast::<u64>().read_unaligned();
-            dst.cast::<u64>().write_unaligned(first);
-            dst.add(n - 8).cast::<u64>().write_unaligned(last);
-        }
-    } else if n >= 4 {
-        // SAFETY: as above, with 4-byte moves and `4 <= n`.
-        unsafe {
-            let first = src.cast::<u32>().read_unaligned();
-            let last = src.add(n - 4).cast::<u32>().read_unaligned();
-            dst.cast::<u32>().write_unaligned(first);
-            dst.add(n - 4).cast::<u32>().write_unaligned(last);
-        }
-    } else {
-        for i in 0..n {
-            // SAFETY: `i < n`, inside both ranges.
-            unsafe { dst.add(i).write(src.add(i).read()) };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{DATA_OFFSET, Registration, Ring, copy_bytes};
+    use super::{DATA_OFFSET, Registration, Ring};
     use std::sync::atomic::Ordering;
 
     /// With every slot taken by a live process, a new holder counts itself
@@ -1365,19 +1302,5 @@ mod tests {
             let _ = ring.try_pop(|_| ());
         }
         assert!(ok, "the ring did not recover");
-    }
-
-    #[test]
-    fn copies_of_every_small_size_and_some_large_ones_are_exact() {
-        let src: Vec<u8> = (0..=255u8).cycle().take(20_000).collect();
-        for n in (0..=40).chain([4095, 4096, 4097, 10_007, 20_000]) {
-            let mut dst = vec![0xeeu8; n + 16];
-            // SAFETY: `dst` has `n + 16` bytes, from offset 8 it holds `n`;
-            // it does not overlap `src`.
-            unsafe { copy_bytes(src.as_ptr(), dst.as_mut_ptr().add(8), n) };
-            assert_eq!(&dst[8..8 + n], &src[..n], "size {n}");
-            assert!(dst[..8].iter().all(|&b| b == 0xee), "size {n}: before");
-            assert!(dst[8 + n..].iter().all(|&b| b == 0xee), "size {n}: after");
-        }
     }
 }
