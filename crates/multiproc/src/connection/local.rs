@@ -42,6 +42,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::shm::ring::{PopError, PushError, Record, Ring};
+use crate::shm::wait::{Next, Policy, Waiter};
 use crate::sys;
 use crate::wire::stream::{DEFAULT_MAX_MESSAGE, Message, StreamError, UPFRONT};
 use crate::wire::{codec, handles};
@@ -57,13 +58,16 @@ const PIECE: usize = 32 << 10;
 const KIND_WHOLE: u8 = 1;
 const KIND_FIRST: u8 = 2;
 const KIND_MORE: u8 = 3;
-/// How long a side busy-checks its ring before it yields: a peer awake on
-/// another core answers a small message within this.
-const SPIN: Duration = Duration::from_micros(4);
-/// How long it then yields the processor between checks, before it sleeps.
-/// A peer that shares this processor (more busy processes than cores) gets
-/// to run at the first yield; spinning instead would burn its time.
-const YIELD: Duration = Duration::from_micros(60);
+/// How a side waits for its ring before it sleeps in `poll`: it
+/// busy-checks for 4 µs (a peer awake on another core answers a small
+/// message within this), then yields the processor between checks for
+/// 60 µs (a peer that shares this processor, with more busy processes than
+/// cores, gets to run at the first yield; spinning instead would burn its
+/// time).
+const WAIT: Policy = Policy::Timed {
+    spin: Duration::from_micros(4),
+    yields: Duration::from_micros(60),
+};
 /// How often a sender asks the kernel whether the peer is still there.
 const LIVENESS_NS: u64 = 1_000_000;
 
@@ -364,7 +368,7 @@ impl Local {
     /// be blocked sending to us.
     fn push(&self, tx: &Ring, parts: &[&[u8]]) -> Result<(), StreamError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut waiting = Patience::new();
+        let mut waiting = Waiter::new(WAIT, None);
         loop {
             match tx.try_push(parts) {
                 Ok(true) => return Ok(()),
@@ -377,7 +381,7 @@ impl Local {
                 Err(PushError::Io(e)) => return Err(e.into()),
                 Err(PushError::Full | PushError::Disconnected) => {}
             }
-            if waiting.keep_checking() {
+            if waiting.pause() == Next::Check {
                 continue;
             }
             self.absorb()?;
@@ -493,7 +497,7 @@ impl Local {
         deadline: Option<Instant>,
         mut take: impl FnMut(Head, &[u8]) -> T,
     ) -> Result<Option<T>, StreamError> {
-        let mut waiting = Patience::new();
+        let mut waiting = Waiter::new(WAIT, deadline);
         loop {
             if let Some(out) = self.pop(rx, st, &mut take)? {
                 return Ok(Some(out));
@@ -501,11 +505,11 @@ impl Local {
             if st.eof {
                 return Err(StreamError::Closed);
             }
-            let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            if !expired && waiting.keep_checking() {
+            let next = waiting.pause();
+            if next == Next::Check {
                 continue;
             }
-            if expired {
+            if next == Next::TimedOut || waiting.passed() {
                 // Last look: the peer may have gone, or sent just now.
                 self.drain_socket(st)?;
                 if let Some(out) = self.pop(rx, st, &mut take)? {
@@ -699,45 +703,6 @@ impl Local {
             st.eof = true;
         }
         self.has_buffered()
-    }
-}
-
-/// The spin-then-yield phase of a wait, by the clock.
-struct Patience {
-    start: Option<Instant>,
-    checks: u32,
-    yielding: bool,
-}
-
-impl Patience {
-    fn new() -> Patience {
-        Patience {
-            start: None,
-            checks: 0,
-            yielding: false,
-        }
-    }
-
-    /// Whether to check once more before sleeping (after a pause).
-    fn keep_checking(&mut self) -> bool {
-        self.checks += 1;
-        // While spinning, read the clock only every few checks.
-        if !self.yielding && self.checks % 32 != 1 {
-            std::hint::spin_loop();
-            return true;
-        }
-        let start = *self.start.get_or_insert_with(Instant::now);
-        let spent = start.elapsed();
-        if spent < SPIN {
-            std::hint::spin_loop();
-            true
-        } else if spent < SPIN + YIELD {
-            self.yielding = true;
-            std::thread::yield_now();
-            true
-        } else {
-            false
-        }
     }
 }
 

@@ -207,13 +207,7 @@ impl RawLock {
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
     fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
         let (me, my_id) = liveness::current();
-        let mut waiter = Waiter::new(
-            Policy {
-                spins,
-                yields: YIELDS,
-            },
-            deadline,
-        );
+        let mut waiter = Waiter::new(Policy::counted(spins, YIELDS), deadline);
         // Once this locker has slept, others may sleep too: it takes the
         // lock marked contended, so that its unlock wakes the next one.
         let mut slept = false;

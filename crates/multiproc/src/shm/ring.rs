@@ -64,10 +64,7 @@ const ATTACH_SLOTS: usize = 288;
 /// the other side writes (or reads) several records between two checks.
 const YIELDS: u32 = 500;
 /// How a side waits for a record or for room: see [`YIELDS`].
-const WAIT: Policy = Policy {
-    spins: 0,
-    yields: YIELDS,
-};
+const WAIT: Policy = Policy::counted(0, YIELDS);
 /// Checks of a side's lock before yielding (see [`RawLock::lock_with`]):
 /// the ring's locks are held for tens of nanoseconds, but with more
 /// processes than processors the holder is often preempted.
@@ -919,13 +916,7 @@ impl Ring {
     /// Waits until every record put has been marked done, or `deadline`.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
         let h = self.header();
-        let waiter = Waiter::new(
-            Policy {
-                spins: 0,
-                yields: 0,
-            },
-            deadline,
-        );
+        let waiter = Waiter::new(Policy::counted(0, 0), deadline);
         loop {
             let seq = h.waits.join_seq.load(Ordering::SeqCst);
             let slept = waiter.sleep(&h.waits.join_seq, seq, Some(&h.waits.join_sleepers), || {

@@ -20,10 +20,7 @@ use crate::sys::liveness::{self, Identity};
 /// Most waits between processes on two cores end within microseconds, far
 /// sooner than a futex sleep and wake-up (several microseconds each here):
 /// spin, then yield, then sleep.
-const POLICY: Policy = Policy {
-    spins: 128,
-    yields: 8,
-};
+const POLICY: Policy = Policy::counted(128, 8);
 
 /// Waits until `ready()` (true) or `deadline` (then `ready()` once more),
 /// sleeping on `word` while it holds `idle`; `recheck` runs each time a

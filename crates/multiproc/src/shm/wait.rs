@@ -1,5 +1,12 @@
 //! The one way a shared-memory structure waits for another process.
 //!
+//! Every lock, semaphore, event, condition, barrier, queue ring and pipe
+//! waits through a [`Waiter`]; only what the sleep is made of differs. The
+//! structures here sleep on a futex word ([`Waiter::sleep`]); the
+//! shared-memory pipe sleeps in `poll` on its wake-up socket instead, so
+//! that `wait()` can watch many connections at once, with the same
+//! counting protocol.
+//!
 //! A waiter first re-checks its condition a few times with a `pause`
 //! between checks (spins), then a number of times giving the processor away
 //! between checks (yields), then sleeps on a futex word. Each sleep lasts
@@ -22,14 +29,39 @@ use crate::sys::futex;
 /// How long a sleeper sleeps at most before it checks its peers again.
 pub(crate) const RECHECK: Duration = Duration::from_millis(50);
 
-/// How many checks a waiter makes before it sleeps.
+/// How many checks a waiter makes before it sleeps: counted, or by the
+/// clock.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy {
-    /// Checks separated by a `pause` instruction.
-    pub(crate) spins: u32,
-    /// Checks separated by a yield of the processor.
-    pub(crate) yields: u32,
+pub(crate) enum Policy {
+    /// `spins` checks separated by a `pause` instruction, then `yields`
+    /// checks separated by a yield of the processor.
+    Counted {
+        /// Checks separated by a `pause`.
+        spins: u32,
+        /// Checks separated by a yield.
+        yields: u32,
+    },
+    /// Checks separated by a `pause` for `spin`, then separated by yields
+    /// until `spin + yields` has passed since the first failed check (the
+    /// clock is read every [`CLOCK_EVERY`] spins): for a peer that answers
+    /// within microseconds when it runs (the pipe's round trip).
+    Timed {
+        /// How long to spin.
+        spin: Duration,
+        /// How long to yield after that.
+        yields: Duration,
+    },
 }
+
+impl Policy {
+    /// A counted policy (see [`Policy::Counted`]).
+    pub(crate) const fn counted(spins: u32, yields: u32) -> Policy {
+        Policy::Counted { spins, yields }
+    }
+}
+
+/// Spins between two readings of the clock, for [`Policy::Timed`].
+const CLOCK_EVERY: u32 = 32;
 
 /// What the caller should do after a check of its condition failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +92,10 @@ pub(crate) struct Waiter {
     policy: Policy,
     deadline: Option<Instant>,
     round: u32,
+    /// For [`Policy::Timed`]: when the first failed check was made, and
+    /// whether the spinning is over.
+    started: Option<Instant>,
+    yielding: bool,
 }
 
 impl Waiter {
@@ -69,6 +105,8 @@ impl Waiter {
             policy,
             deadline,
             round: 0,
+            started: None,
+            yielding: false,
         }
     }
 
@@ -84,18 +122,43 @@ impl Waiter {
     pub(crate) fn pause(&mut self) -> Next {
         let round = self.round;
         self.round = self.round.saturating_add(1);
-        if round < self.policy.spins {
-            std::hint::spin_loop();
-            return Next::Check;
+        match self.policy {
+            Policy::Counted { spins, yields } => {
+                if round < spins {
+                    std::hint::spin_loop();
+                    return Next::Check;
+                }
+                if self.passed() {
+                    return Next::TimedOut;
+                }
+                if round < spins.saturating_add(yields) {
+                    futex::yield_now();
+                    return Next::Check;
+                }
+                Next::Sleep
+            }
+            Policy::Timed { spin, yields } => {
+                if !self.yielding && round % CLOCK_EVERY != 0 {
+                    std::hint::spin_loop();
+                    return Next::Check;
+                }
+                let started = *self.started.get_or_insert_with(Instant::now);
+                let spent = started.elapsed();
+                if spent < spin {
+                    std::hint::spin_loop();
+                    return Next::Check;
+                }
+                if self.passed() {
+                    return Next::TimedOut;
+                }
+                if spent < spin.saturating_add(yields) {
+                    self.yielding = true;
+                    futex::yield_now();
+                    return Next::Check;
+                }
+                Next::Sleep
+            }
         }
-        if self.passed() {
-            return Next::TimedOut;
-        }
-        if round < self.policy.spins.saturating_add(self.policy.yields) {
-            futex::yield_now();
-            return Next::Check;
-        }
-        Next::Sleep
     }
 
     /// Sleeps while `word` holds `seen`: counts itself in `sleepers` (if
@@ -147,10 +210,7 @@ mod tests {
         let sleepers = AtomicU32::new(0);
         let start = Instant::now();
         let mut w = Waiter::new(
-            Policy {
-                spins: 4,
-                yields: 4,
-            },
+            Policy::counted(4, 4),
             Some(start + Duration::from_millis(120)),
         );
         let mut rechecks = 0;
@@ -173,18 +233,39 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_policy_spins_then_yields_then_sleeps_and_keeps_the_deadline() {
+        let start = Instant::now();
+        let mut w = Waiter::new(
+            Policy::Timed {
+                spin: Duration::from_micros(50),
+                yields: Duration::from_micros(500),
+            },
+            None,
+        );
+        let mut checks = 0u32;
+        while w.pause() == Next::Check {
+            checks += 1;
+        }
+        assert!(start.elapsed() >= Duration::from_micros(550));
+        assert!(checks > CLOCK_EVERY);
+        let mut w = Waiter::new(
+            Policy::Timed {
+                spin: Duration::ZERO,
+                yields: Duration::from_secs(60),
+            },
+            Some(Instant::now() + Duration::from_millis(20)),
+        );
+        while w.pause() == Next::Check {}
+        assert!(w.passed());
+    }
+
+    #[test]
     fn a_changed_word_wakes_a_sleeper() {
         let word = std::sync::Arc::new(AtomicU32::new(0));
         let sleepers = std::sync::Arc::new(AtomicU32::new(0));
         let (w2, s2) = (word.clone(), sleepers.clone());
         let t = std::thread::spawn(move || {
-            let w = Waiter::new(
-                Policy {
-                    spins: 0,
-                    yields: 0,
-                },
-                None,
-            );
+            let w = Waiter::new(Policy::counted(0, 0), None);
             while w2.load(Ordering::SeqCst) == 0 {
                 let _ = w.sleep(&w2, 0, Some(&s2), || w2.load(Ordering::SeqCst) == 0);
             }
