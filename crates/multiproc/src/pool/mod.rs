@@ -49,7 +49,7 @@ use self::chunking::Chunker;
 use self::job::{Job, Notifier, Sink};
 use self::scheduler::{Chunk, Shared, Spawner};
 use crate::process::{Process, StartMethod, get_start_method};
-use crate::sys::code::{EntryId, PREAMBLE, WorkerLink};
+use crate::sys::code::{CallLink, EntryId, PREAMBLE};
 use crate::wire::handles::TrackedFd;
 use crate::wire::{EncodeError, codec};
 
@@ -182,7 +182,7 @@ where
         let (init, arg) = (self.initializer, self.init_arg);
         let (max_tasks, memory_limit) = (self.max_tasks_per_child, self.memory_limit);
         let spawner: Spawner = Box::new(move |index, slots| {
-            let (ours, link) = WorkerLink::pair()?;
+            let (ours, link) = CallLink::pair()?;
             // Recorded before the fork, so a forked worker closes it.
             let ours = TrackedFd::new(ours);
             let setup = worker::Setup {

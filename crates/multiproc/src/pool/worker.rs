@@ -19,7 +19,7 @@ use crate::SharedMemory;
 use crate::process::PanicReport;
 use crate::process::child;
 use crate::sys;
-use crate::sys::code::{Reply, WorkerLink};
+use crate::sys::code::{CallLink, Reply};
 use crate::wire::{codec, handles};
 
 /// Words per worker in the slot table.
@@ -62,7 +62,7 @@ const FLUSH_AFTER_NS: u64 = 500_000;
 /// A worker's start argument.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Setup<I> {
-    pub link: WorkerLink,
+    pub link: CallLink,
     pub slots: SharedMemory,
     pub index: usize,
     pub init: I,
@@ -194,7 +194,7 @@ fn init_failed(link_fd: std::os::fd::BorrowedFd<'_>, message: &str, done: Reply)
 /// Runs tasks until the link closes, the parent speaks garbage, or this
 /// worker retires. Replies are sent when no further task is buffered, so a
 /// burst of small tasks is answered with one write.
-fn serve(link: &WorkerLink) {
+fn serve(link: &CallLink) {
     let mut reader = LinkReader::default();
     let mut out = Outbox::default();
     loop {

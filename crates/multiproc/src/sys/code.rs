@@ -152,22 +152,23 @@ impl Entry {
     }
 }
 
-/// The worker's end of a private link on which the process that started it
-/// names functions for it to run (the pool's task link).
+/// A child's end of a private link on which the process that started it
+/// names functions for it to run, again and again (what a long-lived child
+/// such as a pool worker reads its calls from).
 ///
-/// Made only by [`WorkerLink::pair`], whose other end stays in the process
-/// that called it, and sent only as part of a worker's start argument,
-/// which travels over the start channel to a child of the same executable.
-/// So every preamble read from a `WorkerLink` was written by a process of
-/// the same executable image, as [`Entry::receive`] requires.
+/// Made only by [`CallLink::pair`], whose other end stays in the process
+/// that called it, and sent only as part of a child's start argument,
+/// which travels over the (authenticated) start channel to a child of the
+/// same executable. So every preamble read from a `CallLink` was written by
+/// a process of the same executable image, as [`Entry::receive`] requires.
 #[derive(Debug)]
-pub(crate) struct WorkerLink(OwnedFd);
+pub(crate) struct CallLink(OwnedFd);
 
-impl WorkerLink {
-    /// A connected pair: the parent's plain end and the worker's link.
-    pub(crate) fn pair() -> std::io::Result<(OwnedFd, WorkerLink)> {
+impl CallLink {
+    /// A connected pair: the parent's plain end and the child's link.
+    pub(crate) fn pair() -> std::io::Result<(OwnedFd, CallLink)> {
         let (ours, theirs) = super::socket::stream_pair()?;
-        Ok((ours, WorkerLink(theirs)))
+        Ok((ours, CallLink(theirs)))
     }
 
     /// The socket, to read and write frames on.
@@ -190,14 +191,14 @@ impl WorkerLink {
     }
 }
 
-impl serde::Serialize for WorkerLink {
+impl serde::Serialize for CallLink {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         crate::wire::handles::serialize_fd(self.fd(), s)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for WorkerLink {
+impl<'de> serde::Deserialize<'de> for CallLink {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::wire::handles::deserialize_fd(d).map(WorkerLink)
+        crate::wire::handles::deserialize_fd(d).map(CallLink)
     }
 }
