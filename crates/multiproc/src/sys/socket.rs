@@ -28,41 +28,33 @@ pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends every byte of `bufs`, in order, with `fds` attached to the first
 /// byte. A peer that has gone away is an `EPIPE` error, never a SIGPIPE.
+/// (Blocking [`send_some`] calls: one path passes descriptors.)
 pub(crate) fn send_all(
     fd: BorrowedFd<'_>,
     bufs: &[&[u8]],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut first = true;
-    let mut idx = 0;
-    let mut off = 0;
+    if bufs.iter().all(|b| b.is_empty()) {
+        if fds.is_empty() {
+            return Ok(());
+        }
+        // Nothing to send but descriptors: carry them on one zero byte.
+        return send_some(fd, &[&[0]], fds, false).map(drop);
+    }
+    let mut fds = fds;
+    let (mut idx, mut off) = (0, 0);
+    let mut iov: Vec<&[u8]> = Vec::with_capacity(bufs.len());
     while idx < bufs.len() {
         if off == bufs[idx].len() {
             idx += 1;
             off = 0;
             continue;
         }
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len() - idx);
-        iov.push(IoSlice::new(&bufs[idx][off..]));
-        iov.extend(bufs[idx + 1..].iter().map(|b| IoSlice::new(b)));
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if first
-            && !fds.is_empty()
-            && (fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)))
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many descriptors",
-            ));
-        }
-        let sent = match rustix::net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        first = false;
-        let mut left = sent;
+        iov.clear();
+        iov.push(&bufs[idx][off..]);
+        iov.extend_from_slice(&bufs[idx + 1..]);
+        let mut left = send_some(fd, &iov, fds, false)?;
+        fds = &[];
         while left > 0 && idx < bufs.len() {
             let avail = bufs[idx].len() - off;
             if left >= avail {
@@ -74,10 +66,6 @@ pub(crate) fn send_all(
                 left = 0;
             }
         }
-    }
-    if first && !fds.is_empty() {
-        // Nothing to send but descriptors: carry them on one zero byte.
-        return send_all(fd, &[&[0]], fds);
     }
     Ok(())
 }
