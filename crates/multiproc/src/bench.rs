@@ -122,11 +122,10 @@ impl Serialize for RawRing {
 
 impl<'de> Deserialize<'de> for RawRing {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let fd: OwnedFd = handles::deserialize_fd(deserializer)?;
         Ring::attach(fd)
             .and_then(RawRing::from_ring)
-            .map_err(D::Error::custom)
+            .map_err(crate::wire::codec::custom)
     }
 }
 

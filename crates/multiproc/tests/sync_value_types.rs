@@ -43,7 +43,14 @@ where
     q.put(Mislabel(Some(sent), PhantomData)).unwrap();
     match q.get() {
         Ok(_) => true,
-        Err(GetError::Decode(_)) => false,
+        Err(GetError::Decode(e)) => {
+            // The reason reaches the user, through postcard.
+            assert!(
+                e.to_string().contains("shared object"),
+                "an unexplained refusal: {e}"
+            );
+            false
+        }
         Err(e) => panic!("not a decoding error: {e}"),
     }
 }

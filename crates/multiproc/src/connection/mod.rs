@@ -234,7 +234,6 @@ impl<S, R> Serialize for Connection<S, R> {
 
 impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
         let w = Wire::deserialize(deserializer)?;
         let (readable, writable) = (w.flags & 1 != 0, w.flags & 2 != 0);
         // A new link starts with the default message-size limit.
@@ -242,7 +241,9 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
             let attach = |h: Option<Handle>| {
                 h.map(|h| crate::shm::ring::Ring::attach(h.0))
                     .transpose()
-                    .map_err(|e| D::Error::custom(format!("cannot map a pipe's ring: {e}")))
+                    .map_err(|e| {
+                        crate::wire::codec::custom(format!("cannot map a pipe's ring: {e}"))
+                    })
             };
             let (tx, rx) = (attach(w.tx)?, attach(w.rx)?);
             let end = local::Local::new(w.fd, tx, rx);

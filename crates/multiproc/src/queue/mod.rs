@@ -269,11 +269,10 @@ struct WireQueue {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let w = WireQueue::deserialize(deserializer)?;
-        let ring = Ring::attach(w.ring).map_err(D::Error::custom)?;
+        let ring = Ring::attach(w.ring).map_err(crate::wire::codec::custom)?;
         let shared = Shared::new(ring, Mailbox { tx: w.tx, rx: w.rx }, w.joinable)
-            .map_err(D::Error::custom)?;
+            .map_err(crate::wire::codec::custom)?;
         Ok(Queue::from_shared(shared))
     }
 }

@@ -190,8 +190,8 @@ impl Serialize for SharedMemory {
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let fd = handles::deserialize_fd(d)?;
-        let segment = Segment::attach(fd).map_err(serde::de::Error::custom)?;
-        SharedMemory::from_segment(segment, false).map_err(serde::de::Error::custom)
+        let segment = Segment::attach(fd).map_err(crate::wire::codec::custom)?;
+        SharedMemory::from_segment(segment, false).map_err(crate::wire::codec::custom)
     }
 }
 

@@ -96,9 +96,9 @@ impl<S: ShmState> Shared<S> {
         }
         let w = Wire::deserialize(d)?;
         let tag = expected(w.extra).ok_or_else(|| {
-            serde::de::Error::custom(format!("impossible shared object length {}", w.extra))
+            crate::wire::codec::custom(format!("impossible shared object length {}", w.extra))
         })?;
-        Shared::attach(w.fd, w.extra, tag).map_err(serde::de::Error::custom)
+        Shared::attach(w.fd, w.extra, tag).map_err(crate::wire::codec::custom)
     }
 }
 

@@ -76,7 +76,32 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(err(format!("{} trailing bytes", rest.len()))),
-        Err(e) => Err(err(e.to_string())),
+        Err(e) => Err(err(explained(e))),
+    }
+}
+
+thread_local! {
+    /// The message of the last [`custom`] error made on this thread:
+    /// postcard keeps only the fact that a `Deserialize` failed, not why.
+    static CUSTOM: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A `Deserialize` error of multiproc's own handle types (a handle that
+/// cannot be attached, of the wrong type...), whose message reaches the
+/// [`DecodeError`] even through postcard.
+pub(crate) fn custom<E: serde::de::Error>(message: impl std::fmt::Display) -> E {
+    let message = message.to_string();
+    CUSTOM.with(|c| *c.borrow_mut() = Some(message.clone()));
+    E::custom(message)
+}
+
+/// The text of a postcard error, with the message of a [`custom`] error
+/// when that is what failed.
+fn explained(e: postcard::Error) -> String {
+    let kept = CUSTOM.with(|c| c.borrow_mut().take());
+    match (e, kept) {
+        (postcard::Error::SerdeDeCustom, Some(message)) => message,
+        (e, _) => e.to_string(),
     }
 }
 
@@ -166,7 +191,7 @@ impl<'de> Decoder<'de> {
     pub(crate) fn next<T: serde::Deserialize<'de>>(&mut self) -> Result<T, DecodeError> {
         T::deserialize(&mut self.de).map_err(|e| DecodeError {
             type_name: std::any::type_name::<T>(),
-            message: e.to_string(),
+            message: explained(e),
         })
     }
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::DeserializeOwned;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -210,12 +210,12 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
 ) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
     CONTEXT.with(|c| match c.borrow_mut().as_mut_slice() {
-        all if in_bare(all) => Err(D::Error::custom(BARE_HANDLE)),
+        all if in_bare(all) => Err(codec::custom(BARE_HANDLE)),
         [.., Context::Decoding(fds)] => fds
             .get_mut(index)
             .and_then(Option::take)
-            .ok_or_else(|| D::Error::custom(format!("handle {index} is missing from the message"))),
-        _ => Err(D::Error::custom(
+            .ok_or_else(|| codec::custom(format!("handle {index} is missing from the message"))),
+        _ => Err(codec::custom(
             "a handle can only be decoded by multiproc, from a message that carried it",
         )),
     })

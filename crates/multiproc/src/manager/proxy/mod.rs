@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{Link, unexpected};
@@ -116,8 +116,9 @@ impl<'de> Deserialize<'de> for Handle {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (address, authkey, id) = <(WireAddress, Blob, ObjectId)>::deserialize(d)?;
         let link = Link::shared(&address, &authkey.0);
-        link.call(Single::IncRef(id))
-            .map_err(|e| D::Error::custom(format!("cannot attach to manager object {id}: {e}")))?;
+        link.call(Single::IncRef(id)).map_err(|e| {
+            crate::wire::codec::custom(format!("cannot attach to manager object {id}: {e}"))
+        })?;
         Ok(Handle {
             link,
             id,
