@@ -380,3 +380,32 @@ fn encoding_a_connection_outside_multiproc_fails() {
         "{err}"
     );
 }
+
+fn return_at_once(_: ()) {}
+
+#[test]
+fn wait_reports_every_ready_object_not_just_the_first() {
+    // CPython's test_wait_integer: a connection with a message and a
+    // process that has exited are both ready, whatever their order.
+    deadline(LIMIT, || {
+        let (a, b) = pipe::<u8, u8>().unwrap();
+        let (idle, _idle_peer) = pipe::<u8, u8>().unwrap();
+        b.send(&1).unwrap();
+        let p = Process::spawn(return_at_once, ()).unwrap();
+        assert_eq!(wait(&[&p], Some(Duration::from_secs(20))).unwrap(), vec![0]);
+        assert_eq!(
+            wait(&[&a, &idle, &p], Some(Duration::from_secs(5))).unwrap(),
+            vec![0, 2]
+        );
+        assert_eq!(
+            wait(&[&p, &idle, &a], Some(Duration::from_secs(5))).unwrap(),
+            vec![0, 2]
+        );
+        assert_eq!(a.recv().unwrap(), 1);
+        assert_eq!(
+            wait(&[&a, &idle, &p], Some(Duration::from_secs(5))).unwrap(),
+            vec![2]
+        );
+        p.join().unwrap();
+    });
+}

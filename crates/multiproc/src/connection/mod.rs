@@ -494,26 +494,21 @@ impl<S, R> Waitable for Connection<S, R> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> std::io::Result<Vec<usize>> {
-    let ready: Vec<usize> = objects
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.ready_now())
-        .map(|(i, _)| i)
-        .collect();
-    if !ready.is_empty() {
-        return Ok(ready);
-    }
     let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.wait_fd()).collect();
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         // Arm every object (even after one turns out ready: each arm is
         // paired with a disarm).
         let early = objects.iter().fold(false, |any, o| o.arm() | any);
-        let readable = if early {
-            Ok(vec![false; fds.len()])
+        // One is ready already: still look at every other one without
+        // sleeping, so that all the ready ones are reported (Python's
+        // `wait` returns them all), not just the first found.
+        let until = if early {
+            Some(Instant::now())
         } else {
-            sys::socket::wait_readable(&fds, deadline)
+            deadline
         };
+        let readable = sys::socket::wait_readable(&fds, until);
         let flags = readable.as_deref().unwrap_or(&[]);
         let ready: Vec<usize> = objects
             .iter()

@@ -282,6 +282,7 @@ struct Inner {
 /// assert_eq!(p.join()?, 49);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[must_use = "dropping a Process waits for the child to finish (a daemon's is killed): keep the handle, and join it later, to run children at the same time"]
 pub struct Process<R> {
     inner: Box<Mutex<Inner>>,
     tracked: Arc<Tracked>,
@@ -312,6 +313,10 @@ impl Process<()> {
 impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// Starts a child that runs `f(arg)`, with the default start method.
     /// Python: `Process(target=f, args=(arg,)).start()`.
+    ///
+    /// Keep the handle: dropping it waits for the child (see [`Process`]),
+    /// so `for x in xs { Process::spawn(f, x)?; }` would run the children
+    /// one after another. Collect the handles and join them instead.
     pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
