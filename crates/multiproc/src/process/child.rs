@@ -219,9 +219,17 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     let Some(args) = next(kind::ARGS) else {
         sys::process::exit_now(2)
     };
-    let Ok(lineage) = codec::decode::<Lineage>(&meta.payload) else {
+    let Ok((lineage, surroundings)) =
+        codec::decode::<(Lineage, Option<info::Surroundings>)>(&meta.payload)
+    else {
         sys::process::exit_now(2)
     };
+    if let Some(s) = surroundings
+        && let Err(e) = sys::process::adopt_surroundings(&s.cwd, &s.env)
+    {
+        eprintln!("multiproc: the child could not take its parent's directory: {e}");
+        sys::process::exit_now(2)
+    }
     info::become_child(lineage);
     let out = entry.call(&args.payload, args.fds);
     reply(channel.as_fd(), out);

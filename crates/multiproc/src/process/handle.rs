@@ -195,7 +195,13 @@ impl Builder {
                 start::fork::start(lineage, body, true)?
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
-                let meta = codec::encode(&lineage)?;
+                // A spawn child inherits the directory and environment
+                // through exec; a forkserver child has the server's, so it
+                // is sent this process's.
+                let surroundings = (method == StartMethod::ForkServer)
+                    .then(info::Surroundings::here)
+                    .flatten();
+                let meta = codec::encode(&(&lineage, &surroundings))?;
                 let started = if method == StartMethod::Spawn {
                     start::spawn::start()?
                 } else {

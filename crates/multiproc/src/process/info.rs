@@ -59,6 +59,31 @@ struct Current {
 
 static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
 
+/// What a forkserver child takes from its parent at each start: the
+/// current directory and the environment, as a fork or spawn child has
+/// them from birth (the server's are those of the moment it started).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Surroundings {
+    /// The parent's current directory, as bytes.
+    pub cwd: Vec<u8>,
+    /// The parent's environment, as bytes.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Surroundings {
+    /// The calling process's.
+    pub(crate) fn here() -> Option<Surroundings> {
+        use std::os::unix::ffi::OsStrExt;
+        let cwd = std::env::current_dir().ok()?;
+        Some(Surroundings {
+            cwd: cwd.as_os_str().as_bytes().to_vec(),
+            env: std::env::vars_os()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        })
+    }
+}
+
 /// What a parent tells a child about itself.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Lineage {

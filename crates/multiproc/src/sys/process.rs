@@ -91,6 +91,34 @@ pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
     parent_pid() == Some(expected_parent)
 }
 
+/// In a child just forked from the (single-threaded) forkserver, before
+/// any user code: moves to the parent's directory `cwd` and replaces the
+/// environment with the parent's `env`.
+pub(crate) fn adopt_surroundings(cwd: &[u8], env: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    std::env::set_current_dir(OsStr::from_bytes(cwd))?;
+    let valid = |k: &[u8], v: &[u8]| {
+        !k.is_empty() && !k.contains(&b'=') && !k.contains(&0) && !v.contains(&0)
+    };
+    let keep: std::collections::HashSet<&[u8]> = env.iter().map(|(k, _)| k.as_slice()).collect();
+    let stale: Vec<_> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| !keep.contains(k.as_bytes()))
+        .collect();
+    for k in stale {
+        // SAFETY: this process has one thread (a child of the
+        // single-threaded forkserver, which runs no user code before this
+        // call), so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+    for (k, v) in env.iter().filter(|(k, v)| valid(k, v)) {
+        // SAFETY: as above; the key and value hold no `=` or NUL (checked).
+        unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
+    }
+    Ok(())
+}
+
 /// Flushes Rust's standard output and error streams. Takes their locks, so
 /// a child forked from a multi-threaded parent must not call it.
 pub(crate) fn flush_std_streams() {
