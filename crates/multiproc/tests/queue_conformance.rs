@@ -367,7 +367,7 @@ fn a_closed_handle_refuses_puts() {
     q.close();
     assert!(matches!(q.put(1).unwrap_err().reason, PutFailure::Closed));
     other.put(2).unwrap();
-    assert_eq!(q.get().unwrap(), 2);
+    assert_eq!(other.get().unwrap(), 2);
 }
 
 fn work_and_mark(q: JoinableQueue<u64>) {
@@ -427,4 +427,20 @@ fn simple_queues_cross_processes() {
             assert!(q.is_empty());
         }
     });
+}
+
+#[test]
+fn a_closed_handle_neither_puts_nor_gets_and_other_handles_go_on() {
+    // CPython: get on a closed queue raises ValueError.
+    let q = Queue::<u32>::new().unwrap();
+    let other = q.clone();
+    q.put(1).unwrap();
+    q.close();
+    assert!(matches!(q.get(), Err(multiproc::GetError::Closed)));
+    assert!(matches!(
+        q.try_get(),
+        Err(multiproc::TryGetError::Failed(multiproc::GetError::Closed))
+    ));
+    assert!(q.put(2).is_err());
+    assert_eq!(other.get().unwrap(), 1);
 }

@@ -94,6 +94,10 @@ pub enum GetError {
     /// alive to fill it (Python blocks forever here).
     #[error("the queue is empty and nobody else holds it")]
     Disconnected,
+    /// This handle was closed ([`Queue::close`](crate::Queue::close)), as
+    /// Python's `get` on a closed queue raises `ValueError`.
+    #[error("this handle of the queue is closed")]
+    Closed,
     /// A message arrived but does not decode as the queue's type; it has
     /// been removed and the queue is still usable.
     #[error("could not decode a message: {0}")]

@@ -370,7 +370,10 @@ impl<T> Queue<T> {
         &self.shared.ring
     }
 
-    /// Stops this handle from putting (Python's `close`); `get` still works.
+    /// Closes this handle (Python's `close`): later puts fail with
+    /// [`PutFailure::Closed`] and gets with [`GetError::Closed`], as in
+    /// Python. Other handles, here and in other processes, are unaffected;
+    /// values already put stay in the queue for them.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
     }
@@ -472,6 +475,9 @@ impl<T: DeserializeOwned> Queue<T> {
     /// [`GetError::Disconnected`] instead of waiting forever once no other
     /// handle, in this process or another live one, could put.
     pub fn get(&self) -> Result<T, GetError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed);
+        }
         match self.shared.get(None) {
             Ok(v) => Ok(v),
             Err(GetTimeoutError::Failed(e)) => Err(e),
@@ -483,12 +489,18 @@ impl<T: DeserializeOwned> Queue<T> {
     /// consumer lock: this returns by the deadline whatever other processes
     /// do).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed.into());
+        }
         self.shared.get(Some(Instant::now() + timeout))
     }
 
     /// Takes the oldest value if there is one now. Never waits, not even
     /// for a consumer lock another process holds (that reads as empty).
     pub fn try_get(&self) -> Result<T, TryGetError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed.into());
+        }
         match self.shared.get(Some(Instant::now())) {
             Ok(v) => Ok(v),
             Err(GetTimeoutError::Timeout) => Err(TryGetError::Empty),
@@ -544,7 +556,7 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         self.0.is_empty()
     }
 
-    /// Stops this handle from putting.
+    /// Closes this handle (see [`Queue::close`]).
     pub fn close(&self) {
         self.0.close()
     }
