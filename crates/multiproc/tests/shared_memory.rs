@@ -105,3 +105,10 @@ fn out_of_bounds_and_bad_names_are_errors() {
         assert!(SharedMemory::attach(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_block_of_no_bytes_is_refused_as_in_python() {
+    let e = multiproc::SharedMemory::create(0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(multiproc::SharedMemory::create(1).is_ok());
+}

@@ -86,8 +86,16 @@ impl SharedMemory {
     }
 
     /// A new zeroed block of `size` bytes (rounded up to whole pages by the
-    /// kernel; [`size`](Self::size) reports the mapped size).
+    /// kernel; [`size`](Self::size) reports the mapped size). A size of 0
+    /// is an `InvalidInput` error, as in Python.
     pub fn create(size: usize) -> io::Result<SharedMemory> {
+        if size == 0 {
+            // As Python's `SharedMemory(create=True, size=0)`.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared memory block must be at least one byte",
+            ));
+        }
         SharedMemory::from_segment(Segment::create(size)?, true)
     }
 
