@@ -409,3 +409,12 @@ fn wait_reports_every_ready_object_not_just_the_first() {
         p.join().unwrap();
     });
 }
+
+#[test]
+fn poll_on_the_write_only_end_of_a_one_way_pipe_is_an_error() {
+    // CPython raises OSError("connection is write-only").
+    let (rx, tx) = multiproc::pipe_oneway::<u8>().unwrap();
+    let e = tx.poll(Some(Duration::ZERO)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    assert!(!rx.poll(Some(Duration::ZERO)).unwrap());
+}

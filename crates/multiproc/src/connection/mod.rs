@@ -331,8 +331,16 @@ impl<S, R> Connection<S, R> {
     }
 
     /// Whether a message (or the end of the stream) is waiting; waits up to
-    /// `timeout` for one (`None`: forever). Python's `poll`.
+    /// `timeout` for one (`None`: forever). Python's `poll`. On the
+    /// write-only end of a one-way pipe it is an `Unsupported` error, as
+    /// Python raises `OSError("connection is write-only")`.
     pub fn poll(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        if !self.readable {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "connection is write-only",
+            ));
+        }
         self.link.poll(timeout.map(|t| Instant::now() + t))
     }
 
