@@ -107,18 +107,14 @@ const GUARD_BYTE: u8 = 0x5a;
 impl Guard {
     fn new() -> Guard {
         let shm = SharedMemory::create(64 << 10).unwrap();
-        for b in shm.as_atomic_u8() {
-            b.store(GUARD_BYTE, Ordering::Relaxed);
-        }
+        shm.write(0, &vec![GUARD_BYTE; shm.size()]).unwrap();
         Guard(shm)
     }
 
     fn assert_intact(&self) {
-        let bad = self
-            .0
-            .as_atomic_u8()
-            .iter()
-            .position(|b| b.load(Ordering::Relaxed) != GUARD_BYTE);
+        let mut bytes = vec![0u8; self.0.size()];
+        self.0.read(0, &mut bytes).unwrap();
+        let bad = bytes.iter().position(|&b| b != GUARD_BYTE);
         assert_eq!(bad, None, "a guard block next to the ring was written");
     }
 }
@@ -231,8 +227,8 @@ fn churn_once(q: &Queue<Vec<u8>>, rng: &mut Rng, t: &mut Tally) {
 fn churn_child((q, stop, seed): (Queue<Vec<u8>>, SharedMemory, u64)) -> Tally {
     let mut rng = Rng(seed);
     let mut t = Tally::default();
-    stop.as_atomic_u8()[1].store(1, Ordering::Relaxed);
-    while stop.as_atomic_u8()[0].load(Ordering::Relaxed) == 0 {
+    stop.as_atomic_u64()[1].store(1, Ordering::Relaxed);
+    while stop.as_atomic_u64()[0].load(Ordering::Relaxed) == 0 {
         churn_once(&q, &mut rng, &mut t);
     }
     t
@@ -316,7 +312,7 @@ fn random_writes_into_the_ring_give_only_typed_errors() {
         // The child attaches before the header is garbage (attaching then
         // would be refused, a typed error too, but it should take part).
         let end = Instant::now() + Duration::from_secs(20);
-        while stop.as_atomic_u8()[1].load(Ordering::Relaxed) == 0 {
+        while stop.as_atomic_u64()[1].load(Ordering::Relaxed) == 0 {
             assert!(Instant::now() < end, "the child did not start");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -349,7 +345,7 @@ fn random_writes_into_the_ring_give_only_typed_errors() {
             }
         }
         running.store(false, Ordering::Relaxed);
-        stop.as_atomic_u8()[0].store(1, Ordering::Relaxed);
+        stop.as_atomic_u64()[0].store(1, Ordering::Relaxed);
         let mut total = Tally::default();
         for w in workers {
             total.add(&w.join().expect("a participant thread panicked"));

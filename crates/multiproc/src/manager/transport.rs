@@ -16,7 +16,7 @@
 //! the request queue and receives on the reply queue; the server the other
 //! way round.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ const SPINS_APART: u32 = 400;
 
 /// In a presence word: the side is running (on the processor in the other
 /// bits), not yielding or asleep.
-const RUNNING: u32 = 1 << 31;
+const RUNNING: u64 = 1 << 31;
 
 /// Which presence word is whose.
 const CLIENT: usize = 0;
@@ -71,8 +71,8 @@ const YIELDS: u32 = 400;
 
 /// The processor the calling thread runs on (through the vDSO: no system
 /// call), as a presence word says it.
-fn running_here() -> u32 {
-    RUNNING | (rustix::thread::sched_getcpu() as u32 & !RUNNING)
+fn running_here() -> u64 {
+    RUNNING | (rustix::thread::sched_getcpu() as u64 & !RUNNING)
 }
 
 /// Waits briefly for `rx` to have a message: spins (long while the peer
@@ -80,7 +80,7 @@ fn running_here() -> u32 {
 /// yields; returns whether one came. Keeps this side's word, `mine`, up to
 /// date. The queue's own `get` yields for longer before it sleeps (about
 /// 350 µs, tuned for streams of messages), and never spins first.
-fn settle(rx: &Queue<Blob>, mine: &AtomicU32, theirs: &AtomicU32) -> bool {
+fn settle(rx: &Queue<Blob>, mine: &AtomicU64, theirs: &AtomicU64) -> bool {
     let mut here = running_here();
     mine.store(here, Ordering::Relaxed);
     let (mut spins, mut yields) = (0, 0);
@@ -201,7 +201,7 @@ impl Channel {
         Ok(LocalPath {
             requests: make()?,
             replies: make()?,
-            presence: SharedMemory::create(8)?,
+            presence: SharedMemory::create(16)?,
         })
     }
 
@@ -259,7 +259,7 @@ impl Channel {
             Strategy::Local {
                 rx, presence, mine, ..
             } => loop {
-                let words = presence.as_atomic_u32();
+                let words = presence.as_atomic_u64();
                 let (me, peer) = (&words[*mine], &words[1 - *mine]);
                 if !settle(rx, me, peer) {
                     idle();

@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,19 +171,15 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// The block as bytes that any process may read and write at once.
-    pub fn as_atomic_u8(&self) -> &[AtomicU8] {
-        self.inner.segment.atomic_u8()
-    }
-
-    /// The block as 32-bit words that any process may read and write at
-    /// once.
-    pub fn as_atomic_u32(&self) -> &[AtomicU32] {
-        self.inner.segment.atomic_u32()
-    }
-
     /// The block as 64-bit words that any process may read and write at
     /// once.
+    ///
+    /// This is the only atomic view: [`read`](Self::read) and
+    /// [`write`](Self::write) also access the block by whole aligned 64-bit
+    /// words (a compare-and-swap for a word written in part), because Rust
+    /// forbids an atomic write racing with an atomic access of another size
+    /// to the same bytes. Byte or 32-bit views beside it would let two
+    /// threads of safe code do exactly that.
     pub fn as_atomic_u64(&self) -> &[AtomicU64] {
         self.inner.segment.atomic_u64()
     }

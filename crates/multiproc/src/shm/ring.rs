@@ -522,30 +522,28 @@ impl Ring {
         h.producer.pos.store(tail, Ordering::Release);
     }
 
-    /// Writes `header` and `parts` at ring position `pos`. `false` (and
-    /// nothing written) if the record would not lie inside the data area.
+    /// Writes `header` and `parts` at ring position `pos`, as whole words
+    /// (the record's padding zeroed). `false` (and nothing written) if the
+    /// record would not lie inside the data area.
     fn write_at(&self, pos: u64, header: u64, parts: &[&[u8]]) -> bool {
         let off = (pos & (self.capacity - 1)) as usize;
         let total = parts.iter().fold(8usize, |n, p| n.saturating_add(p.len()));
-        if off % 8 != 0 || total > self.capacity as usize - off {
+        let padded = total.div_ceil(8).saturating_mul(8);
+        if off % 8 != 0 || padded > self.capacity as usize - off {
             return false;
         }
-        // SAFETY: `off + total <= capacity` (checked just above on local
-        // values, whatever the mapping holds), so every byte written is in
-        // the data area of this process's mapping, which lives as long as
-        // `self`, and no Rust reference covers it. The copies are atomic
-        // (`sys::shm::copy_in`): a peer, or another thread of ours misled by
-        // one, writing the same bytes at the same time only garbles the
-        // record, which readers validate; it is never a data race.
-        unsafe {
-            let dst = self.data().add(off);
-            shm::copy_in(dst, &header.to_le_bytes());
-            let mut at = 8;
-            for p in parts {
-                shm::copy_in(dst.add(at), p);
-                at += p.len();
-            }
-        }
+        let header = header.to_le_bytes();
+        let words = std::iter::once(&header[..]).chain(parts.iter().copied());
+        // SAFETY: `off` is 8-aligned and `off + padded <= capacity`
+        // (checked just above on local values, whatever the mapping holds),
+        // so every word written is in the data area of this process's
+        // mapping, which lives as long as `self`, and no Rust reference
+        // covers it. The stores are 64-bit atomics, the one size every
+        // access to the data area uses (`sys::shm`): a peer, or another
+        // thread of ours misled by one, writing the same words at the same
+        // time only garbles the record, which readers validate; it is never
+        // a data race.
+        unsafe { shm::copy_words_in(self.data().add(off), words) };
         true
     }
 

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use crate::sys::shm::Mapping;
 
@@ -66,7 +66,5 @@ impl Segment {
         self.map.write(offset, data)
     }
 
-    atomic_view!(atomic_u8, AtomicU8);
-    atomic_view!(atomic_u32, AtomicU32);
     atomic_view!(atomic_u64, AtomicU64);
 }

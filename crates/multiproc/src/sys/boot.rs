@@ -596,7 +596,9 @@ mod tests {
     /// The bytes a parent sends after the secret to run `canary(path)`.
     fn request(path: &Path) -> Vec<u8> {
         let entry = EntryId::new::<String, bool>(canary, child::body::<String, bool>);
-        let meta = codec::encode(&crate::process::info::next_child(None)).unwrap();
+        let lineage = crate::process::info::next_child(None);
+        let surroundings: Option<crate::process::info::Surroundings> = None;
+        let meta = codec::encode(&(&lineage, &surroundings)).unwrap();
         let args = crate::wire::handles::encode(&path.to_string_lossy().into_owned(), Vec::new())
             .unwrap()
             .0;

@@ -22,7 +22,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags, memfd_create};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -229,69 +229,126 @@ impl Mapping {
 
 const WORD: usize = std::mem::size_of::<AtomicU64>();
 
-/// How many leading bytes to copy one by one before `addr` is aligned for
-/// `AtomicU64`, at most `len`.
-fn head_len(addr: usize, len: usize) -> usize {
-    (addr.wrapping_neg() % std::mem::align_of::<AtomicU64>()).min(len)
+// Every access this crate makes to the bytes of a mapping (outside the
+// typed atomics of a structure's header) is an aligned 64-bit atomic
+// access to the word that contains them: loads for reads, stores for whole
+// words, compare-and-swap loops for the bytes of a word written in part.
+// Rust (like C++) forbids an atomic write racing with an atomic access of
+// another size to the same bytes, so one size for everything is what makes
+// two threads of ours copying overlapping ranges at different offsets (a
+// user's `SharedMemory::write` at offset 1 and another's at offset 0, or a
+// ring record garbled by a peer) a race of same-sized atomics: some bytes
+// from each, never undefined behaviour.
+
+/// The 8-aligned word containing `addr`'s byte, and `addr`'s offset in it.
+fn word_of(addr: *const u8) -> (*const u8, usize) {
+    let skew = addr as usize % WORD;
+    (addr.wrapping_sub(skew), skew)
 }
 
-/// Copies `out.len()` bytes from shared memory at `src` with relaxed atomic
-/// loads: bytes up to an aligned address, then 64-bit words, then bytes.
+/// Copies `out.len()` bytes from shared memory at `src` with relaxed
+/// 64-bit atomic loads of every aligned word that holds one of them.
 ///
 /// # Safety
-/// `src..src + out.len()` must be mapped, readable memory for the whole
-/// call, which no Rust reference of a non-atomic type covers (other
-/// processes may write it at any time: all accesses here are atomic).
+/// Every aligned 8-byte word holding a byte of `src..src + out.len()` must
+/// be mapped and readable for the whole call (true of any range inside a
+/// mapping, which is page-aligned and page-granular), and accessed only
+/// atomically by this process (no Rust reference of a non-atomic type
+/// covers it; other processes may write it at any time).
 pub(crate) unsafe fn copy_out(src: *const u8, out: &mut [u8]) {
-    let len = out.len();
-    let head = head_len(src as usize, len);
-    let mut i = 0;
-    while i < head {
-        // SAFETY: in bounds (the caller's range); a byte is always aligned;
-        // the memory is only ever accessed atomically (caller's contract).
-        out[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
-        i += 1;
+    if out.is_empty() {
+        return;
     }
-    while i + WORD <= len {
-        // SAFETY: in bounds; `src + i` is aligned for `AtomicU64` (the head
-        // was copied bytewise up to that point, then whole words).
-        let w = unsafe { AtomicU64::from_ptr(src.add(i).cast_mut().cast::<u64>()) }
-            .load(Ordering::Relaxed);
-        out[i..i + WORD].copy_from_slice(&w.to_ne_bytes());
-        i += WORD;
-    }
-    while i < len {
-        // SAFETY: as for the head.
-        out[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
-        i += 1;
+    let (mut word, mut skew) = word_of(src);
+    let mut done = 0;
+    while done < out.len() {
+        // SAFETY: `word` is 8-aligned and holds a byte of the range (the
+        // caller's contract); an `AtomicU64` is valid at any bits.
+        let w = unsafe { AtomicU64::from_ptr(word.cast_mut().cast::<u64>()) }
+            .load(Ordering::Relaxed)
+            .to_ne_bytes();
+        let take = (WORD - skew).min(out.len() - done);
+        out[done..done + take].copy_from_slice(&w[skew..skew + take]);
+        done += take;
+        skew = 0;
+        word = word.wrapping_add(WORD);
     }
 }
 
-/// Copies `data` into shared memory at `dst` with relaxed atomic stores, in
-/// the same pieces as [`copy_out`].
+/// Copies `data` into shared memory at `dst` with relaxed 64-bit atomic
+/// accesses: a store for each word written whole, a compare-and-swap loop
+/// for a word written in part (its other bytes keep what they hold).
 ///
 /// # Safety
-/// `dst..dst + data.len()` must be mapped, writable memory for the whole
-/// call, which no Rust reference of a non-atomic type covers.
+/// As [`copy_out`], for writing.
 pub(crate) unsafe fn copy_in(dst: *mut u8, data: &[u8]) {
-    let len = data.len();
-    let head = head_len(dst as usize, len);
-    let mut i = 0;
-    while i < head {
-        // SAFETY: in bounds (the caller's range); accessed atomically only.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(data[i], Ordering::Relaxed);
-        i += 1;
+    let (word, mut skew) = word_of(dst);
+    let mut word = word.cast_mut();
+    let mut done = 0;
+    while done < data.len() {
+        let take = (WORD - skew).min(data.len() - done);
+        // SAFETY: as in `copy_out`.
+        let atom = unsafe { AtomicU64::from_ptr(word.cast::<u64>()) };
+        if take == WORD {
+            let w: [u8; WORD] = data[done..done + WORD].try_into().expect("a word");
+            atom.store(u64::from_ne_bytes(w), Ordering::Relaxed);
+        } else {
+            let _ = atom.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                let mut w = cur.to_ne_bytes();
+                w[skew..skew + take].copy_from_slice(&data[done..done + take]);
+                Some(u64::from_ne_bytes(w))
+            });
+        }
+        done += take;
+        skew = 0;
+        word = word.wrapping_add(WORD);
     }
-    while i + WORD <= len {
-        let w = u64::from_ne_bytes(data[i..i + WORD].try_into().expect("a word"));
-        // SAFETY: in bounds and aligned for `AtomicU64` (see `copy_out`).
-        unsafe { AtomicU64::from_ptr(dst.add(i).cast::<u64>()) }.store(w, Ordering::Relaxed);
-        i += WORD;
+}
+
+/// Writes `parts`, one after another, as whole words from the 8-aligned
+/// `dst`, the last word completed with zero bytes: for structures whose
+/// records are padded to whole words (a ring record). Relaxed 64-bit
+/// atomic stores only.
+///
+/// # Safety
+/// `dst` must be 8-aligned, and the words from it up to the total length
+/// of `parts` rounded up to 8 must be mapped and writable for the whole
+/// call, and accessed only atomically by this process.
+pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<Item = &'a [u8]>) {
+    debug_assert!(dst as usize % WORD == 0);
+    let mut word = dst;
+    let mut pending = [0u8; WORD];
+    let mut filled = 0;
+    let flush = |w: &[u8; WORD], word: &mut *mut u8| {
+        // SAFETY: `*word` is 8-aligned and inside the range the caller
+        // vouches for (the words of the total length rounded up).
+        unsafe { AtomicU64::from_ptr(word.cast::<u64>()) }
+            .store(u64::from_ne_bytes(*w), Ordering::Relaxed);
+        *word = word.wrapping_add(WORD);
+    };
+    for part in parts {
+        let mut rest = part;
+        if filled > 0 {
+            let take = (WORD - filled).min(rest.len());
+            pending[filled..filled + take].copy_from_slice(&rest[..take]);
+            filled += take;
+            rest = &rest[take..];
+            if filled < WORD {
+                continue;
+            }
+            flush(&pending, &mut word);
+        }
+        let mut words = rest.chunks_exact(WORD);
+        for w in &mut words {
+            flush(w.try_into().expect("a word"), &mut word);
+        }
+        let tail = words.remainder();
+        pending[..tail.len()].copy_from_slice(tail);
+        filled = tail.len();
     }
-    while i < len {
-        // SAFETY: as for the head.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(data[i], Ordering::Relaxed);
-        i += 1;
+    if filled > 0 {
+        pending[filled..].fill(0);
+        flush(&pending, &mut word);
     }
 }
 
@@ -447,5 +504,24 @@ mod tests {
         // receiver reads what is left.
         rustix::fs::ftruncate(&fd, 5).unwrap();
         assert_eq!(read_memfd(fd.as_fd()).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn word_writes_pad_the_last_word_with_zeros_and_touch_nothing_else() {
+        let map = Mapping::create("multiproc-test", 4096).unwrap();
+        for split in 0..=13 {
+            let data: Vec<u8> = (1..=13u8).collect();
+            assert!(map.write(0, &[0xee; 64]));
+            let (a, b) = data.split_at(split);
+            // SAFETY: offset 8 of a 4096-byte mapping is 8-aligned, and
+            // the 16 bytes written (13 rounded up) are inside it.
+            unsafe { copy_words_in(map.as_ptr().add(8), [&[][..], a, b]) };
+            let mut out = [0u8; 40];
+            assert!(map.read(0, &mut out));
+            assert_eq!(&out[..8], &[0xee; 8], "split {split}: before");
+            assert_eq!(&out[8..21], &data[..], "split {split}");
+            assert_eq!(&out[21..24], &[0; 3], "split {split}: padding");
+            assert_eq!(&out[24..40], &[0xee; 16], "split {split}: after");
+        }
     }
 }
