@@ -254,8 +254,9 @@ pub use pool::{
     Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,
 };
 pub use queue::{
-    DEFAULT_RING_BYTES, GetError, GetTimeoutError, JoinableQueue, PutError, PutFailure,
-    PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError, TryPutError,
+    AckError, DEFAULT_RING_BYTES, Delivery, GetError, GetTimeoutError, JoinableQueue, PutError,
+    PutFailure, PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError,
+    TryPutError,
 };
 pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{

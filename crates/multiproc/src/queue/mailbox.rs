@@ -71,7 +71,45 @@ impl Mailbox {
     /// Takes message `id` out of the mailbox, without waiting: `None` if it
     /// is gone (taken by a consumer that died). Its payload is read by
     /// [`Fetched::finish`].
+    /// The message `id` without taking it (its descriptors duplicated),
+    /// after dropping older ones left by producers that died; `None` if it
+    /// is not there (taken by a consumer that died).
+    pub(crate) fn peek(&self, id: u64) -> io::Result<Option<Fetched>> {
+        self.find(id, Find::Peek)
+    }
+
+    /// Drops the message `id` (a copy of it is stored elsewhere).
+    pub(crate) fn discard(&self, id: u64) {
+        let _ = self.find(id, Find::Drop);
+    }
+
+    /// Takes the message `id`, after dropping older ones left by producers
+    /// that died before publishing; `None` if it is not there.
     pub(crate) fn take(&self, id: u64) -> io::Result<Option<Fetched>> {
+        self.find(id, Find::Take)
+    }
+
+    /// Sends a copy of `fetched` under `id` (its descriptors duplicated by
+    /// the kernel). `WouldBlock` if the mailbox is full.
+    pub(crate) fn send_copy(&self, id: u64, fetched: &Fetched) -> io::Result<()> {
+        match fetched {
+            Fetched::Inline(payload, fds) => {
+                let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                self.send(id, payload, &fds)
+            }
+            Fetched::Memfd(memfd, fds) => {
+                let mut head = [0u8; HEAD];
+                head[..8].copy_from_slice(&id.to_le_bytes());
+                head[8] = IN_MEMFD;
+                let mut all = vec![memfd.as_fd()];
+                all.extend(fds.iter().map(AsFd::as_fd));
+                sys::socket::send_some(self.tx.as_fd(), &[&head], &all, true).map(drop)
+            }
+        }
+    }
+
+    /// Finds the message `id`, after dropping older ones.
+    fn find(&self, id: u64, how: Find) -> io::Result<Option<Fetched>> {
         loop {
             let mut head = [0u8; HEAD];
             let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? else {
@@ -83,32 +121,39 @@ impl Mailbox {
             }
             let mut buf = vec![0u8; full.max(HEAD)];
             let mut fds = Vec::new();
-            let n = sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true)?;
-            if found < id {
-                continue; // left by a producer that died before publishing
-            }
-            if n < HEAD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a short mailbox message",
-                ));
-            }
-            return match buf[8] {
-                IN_DATAGRAM => {
-                    buf.truncate(n);
-                    buf.drain(..HEAD);
-                    Ok(Some(Fetched::Inline(buf, fds)))
-                }
-                IN_MEMFD if !fds.is_empty() => {
-                    let memfd = fds.remove(0);
-                    Ok(Some(Fetched::Memfd(memfd, fds)))
-                }
-                _ => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a malformed mailbox message",
-                )),
+            let n = if found == id && how == Find::Peek {
+                sys::socket::peek(self.rx.as_fd(), &mut buf, &mut fds)?
+            } else {
+                sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true)?
             };
+            if found < id {
+                continue;
+            }
+            if how == Find::Drop {
+                return Ok(None);
+            }
+            return parse(buf, n, fds).map(Some);
         }
+    }
+
+    /// Takes the first message (of any id), if there is one.
+    pub(crate) fn take_first(&self) -> io::Result<Option<(u64, Fetched)>> {
+        let mut head = [0u8; HEAD];
+        let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? else {
+            return Ok(None);
+        };
+        let found = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let mut buf = vec![0u8; full.max(HEAD)];
+        let mut fds = Vec::new();
+        let n = sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true)?;
+        parse(buf, n, fds).map(|f| Some((found, f)))
+    }
+
+    /// The id of the first message, if there is one.
+    pub(crate) fn first_id(&self) -> io::Result<Option<u64>> {
+        let mut head = [0u8; HEAD];
+        Ok(sys::socket::peek_datagram(self.rx.as_fd(), &mut head)?
+            .map(|_| u64::from_le_bytes(head[..8].try_into().expect("8 bytes"))))
     }
 }
 
@@ -150,5 +195,38 @@ impl Fetched {
             Fetched::Inline(payload, fds) => Ok((payload, fds)),
             Fetched::Memfd(memfd, fds) => Ok((sys::shm::read_memfd(memfd.as_fd())?, fds)),
         }
+    }
+}
+
+/// What [`Mailbox::find`] does with the message it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Find {
+    Peek,
+    Take,
+    Drop,
+}
+
+/// A received mailbox message: `n` bytes of `buf` and the descriptors.
+fn parse(mut buf: Vec<u8>, n: usize, mut fds: Vec<OwnedFd>) -> io::Result<Fetched> {
+    if n < HEAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a short mailbox message",
+        ));
+    }
+    match buf[8] {
+        IN_DATAGRAM => {
+            buf.truncate(n);
+            buf.drain(..HEAD);
+            Ok(Fetched::Inline(buf, fds))
+        }
+        IN_MEMFD if !fds.is_empty() => {
+            let memfd = fds.remove(0);
+            Ok(Fetched::Memfd(memfd, fds))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a malformed mailbox message",
+        )),
     }
 }

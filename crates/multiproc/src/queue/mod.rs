@@ -26,12 +26,17 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod mailbox;
 
-use crate::shm::ring::{Copied, PopError, PushError, Registration, Ring, Taken};
+use crate::shm::ring::{
+    Copied, PopError, PushError, Registration, Ring, Source, Taken, delivery as shm_delivery,
+};
 use crate::sys;
 use crate::wire::handles::{self, FdRef};
+use delivery::Journal;
+pub use delivery::{AckError, Delivery};
 pub use error::{
     GetError, GetTimeoutError, PutError, PutFailure, PutTimeoutError, TaskDoneError, TryGetError,
     TryPutError,
@@ -73,9 +78,11 @@ fn local_count(key: u64) -> usize {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     ring: Ring,
     mailbox: Mailbox,
+    /// Deliveries taken with an acknowledged get and not yet acknowledged.
+    journal: Journal,
     key: u64,
     registration: Registration,
     joinable: bool,
@@ -86,14 +93,23 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(ring: Ring, mailbox: Mailbox, joinable: bool) -> std::io::Result<Shared> {
+    fn new(
+        ring: Ring,
+        mailbox: Mailbox,
+        journal: Journal,
+        joinable: bool,
+    ) -> std::io::Result<Shared> {
         let key = rustix::fs::fstat(ring.fd())?.st_ino;
-        for fd in [ring.fd(), mailbox.tx.as_fd(), mailbox.rx.as_fd()] {
+        for fd in [ring.fd(), mailbox.tx.as_fd(), mailbox.rx.as_fd()]
+            .into_iter()
+            .chain(journal.fds())
+        {
             handles::track(fd);
         }
         let shared = Shared {
             ring,
             mailbox,
+            journal,
             key,
             registration: Registration::default(),
             joinable,
@@ -110,7 +126,12 @@ impl Shared {
     }
 
     /// Whether anybody besides the caller's handle could still put or get.
+    /// A consumer asks while the queue looks empty: it first puts back the
+    /// deliveries that dead consumers held, if there are any.
     fn connected(&self) -> bool {
+        if self.journal.scan_due() && self.recover_deliveries() > 0 {
+            return true;
+        }
         local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
     }
 
@@ -120,18 +141,34 @@ impl Shared {
         fds: &[OwnedFd],
         deadline: Option<Instant>,
     ) -> Result<(), PushError> {
+        self.put_counted(bytes, fds, deadline, self.joinable)
+    }
+
+    /// Puts a delivery back into the queue: a `JoinableQueue` counted it
+    /// when it was first put, and counts it done when it is acknowledged.
+    fn put_again(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Instant) -> Result<(), PushError> {
+        self.put_counted(bytes, fds, Some(deadline), false)
+    }
+
+    fn put_counted(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        deadline: Option<Instant>,
+        counted: bool,
+    ) -> Result<(), PushError> {
         self.register();
         let connected = || self.connected();
         if fds.is_empty() && bytes.len() <= self.ring.max_inline() {
             return self
                 .ring
-                .push(&[bytes], None, deadline, &connected, self.joinable);
+                .push(&[bytes], None, deadline, &connected, counted);
         }
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let mut send = |id: u64| self.mailbox.send(id, bytes, &borrowed);
         let pushed = self
             .ring
-            .push(&[], Some(&mut send), deadline, &connected, self.joinable);
+            .push(&[], Some(&mut send), deadline, &connected, counted);
         if let Err(PushError::Corrupted(_)) = &pushed {
             self.mailbox.drain();
         }
@@ -173,6 +210,91 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// An acknowledged get (see [`delivery`]): the value and its journal
+    /// position.
+    fn get_delivery<T: DeserializeOwned>(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<(T, u64), GetTimeoutError> {
+        self.register();
+        let connected = || self.connected();
+        let mut copied = Copied::new();
+        let mut waiter =
+            crate::shm::wait::Waiter::new(crate::shm::wait::Policy::counted(0, 200), deadline);
+        loop {
+            let popped = self.ring.pop_delivery(
+                deadline,
+                &connected,
+                &mut copied,
+                &self.journal.ring,
+                |pos, source| self.journal.store(&self.mailbox, pos, source),
+                |source| {
+                    if let Source::Large(id) = source {
+                        self.mailbox.discard(id);
+                    }
+                },
+            );
+            let (taken, pos) = match popped {
+                Ok(Some(Ok(got))) => got,
+                // The journal is full: wait for acknowledgements (and look
+                // for dead consumers' deliveries).
+                Ok(None) => {
+                    self.journal.ring.journal_reclaim();
+                    if self.journal.scan_due() {
+                        self.recover_deliveries();
+                    }
+                    match waiter.pause() {
+                        crate::shm::wait::Next::TimedOut => {
+                            return Err(GetTimeoutError::Timeout);
+                        }
+                        crate::shm::wait::Next::Check => continue,
+                        crate::shm::wait::Next::Sleep => {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            continue;
+                        }
+                    }
+                }
+                // Taken by a consumer that died before journaling it.
+                Ok(Some(Err(PushError::Io(e)))) if e.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Ok(Some(Err(PushError::Io(e)))) => return Err(GetError::Io(e).into()),
+                Ok(Some(Err(PushError::Corrupted(why)))) => {
+                    return Err(GetError::Corrupted(format!("the journal: {why}")).into());
+                }
+                Ok(Some(Err(PushError::Full | PushError::Disconnected))) => continue,
+                Err(PopError::Empty) => return Err(GetTimeoutError::Timeout),
+                Err(PopError::Disconnected) => return Err(GetError::Disconnected.into()),
+                Err(PopError::Corrupted(why)) => {
+                    self.mailbox.drain();
+                    return Err(GetError::Corrupted(why).into());
+                }
+            };
+            let decoded = match taken {
+                Taken::Inline => handles::decode_bare::<T>(copied.bytes()).map_err(GetError::from),
+                Taken::Large(fetched) => {
+                    fetched
+                        .finish()
+                        .map_err(GetError::Io)
+                        .and_then(|(payload, fds)| {
+                            handles::decode::<T>(&payload, fds).map_err(GetError::from)
+                        })
+                }
+            };
+            return match decoded {
+                Ok(value) => Ok((value, pos)),
+                Err(e) => {
+                    // Undecodable: it goes, as a plain get drops it.
+                    let _ = self.journal.ring.journal_done(pos, shm_delivery::TAKEN);
+                    self.journal.ring.journal_reclaim();
+                    Err(e.into())
+                }
+            };
+        }
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         self.registration.release(&self.ring);
@@ -180,7 +302,10 @@ impl Drop for Shared {
             self.ring.fd(),
             self.mailbox.tx.as_fd(),
             self.mailbox.rx.as_fd(),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.journal.fds())
+        {
             handles::untrack(fd);
         }
     }
@@ -250,6 +375,7 @@ impl<T> Serialize for Queue<T> {
             FdRef(self.shared.ring.fd()),
             FdRef(self.shared.mailbox.tx.as_fd()),
             FdRef(self.shared.mailbox.rx.as_fd()),
+            self.shared.journal.fds().map(FdRef),
             self.shared.joinable,
         )
             .serialize(serializer)
@@ -264,14 +390,24 @@ struct WireQueue {
     tx: OwnedFd,
     #[serde(deserialize_with = "handles::deserialize_fd")]
     rx: OwnedFd,
+    journal: WireJournal,
     joinable: bool,
 }
+
+#[derive(Deserialize)]
+struct WireJournal(
+    #[serde(deserialize_with = "handles::deserialize_fd")] OwnedFd,
+    #[serde(deserialize_with = "handles::deserialize_fd")] OwnedFd,
+    #[serde(deserialize_with = "handles::deserialize_fd")] OwnedFd,
+);
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let w = WireQueue::deserialize(deserializer)?;
         let ring = Ring::attach(w.ring).map_err(crate::wire::codec::custom)?;
-        let shared = Shared::new(ring, Mailbox { tx: w.tx, rx: w.rx }, w.joinable)
+        let WireJournal(j_ring, j_tx, j_rx) = w.journal;
+        let journal = Journal::attach(j_ring, j_tx, j_rx).map_err(crate::wire::codec::custom)?;
+        let shared = Shared::new(ring, Mailbox { tx: w.tx, rx: w.rx }, journal, w.joinable)
             .map_err(crate::wire::codec::custom)?;
         Ok(Queue::from_shared(shared))
     }
@@ -332,6 +468,7 @@ impl<T> Queue<T> {
         Ok(Queue::from_shared(Shared::new(
             ring,
             Mailbox::new()?,
+            Journal::create()?,
             joinable,
         )?))
     }
@@ -495,6 +632,55 @@ impl<T: DeserializeOwned> Queue<T> {
         self.shared.get(Some(Instant::now() + timeout))
     }
 
+    /// Takes the oldest value as an acknowledged delivery, waiting while
+    /// the queue is empty: nothing is lost if this process dies before it
+    /// [`ack`](Delivery::ack)s it, since another consumer then gets the
+    /// value again. A plain [`get`](Self::get) is *at most once* (a
+    /// consumer killed inside it, or just after, takes the value with it);
+    /// an acknowledged get is *at least once*: a value is delivered twice
+    /// only when a consumer died holding it unacknowledged. A delivery
+    /// dropped without an acknowledgement goes back to the queue.
+    ///
+    /// ```
+    /// use multiproc::Queue;
+    ///
+    /// let q = Queue::new()?;
+    /// q.put(7u32)?;
+    /// let d = q.get_delivery()?;
+    /// assert_eq!(*d, 7);
+    /// // ... work on it; if this process died here, 7 would be delivered again ...
+    /// d.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_delivery(&self) -> Result<Delivery<T>, GetError> {
+        match self.get_delivery_until(None) {
+            Ok(d) => Ok(d),
+            Err(GetTimeoutError::Failed(e)) => Err(e),
+            Err(GetTimeoutError::Timeout) => Err(GetError::Disconnected),
+        }
+    }
+
+    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`.
+    pub fn get_delivery_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetTimeoutError> {
+        self.get_delivery_until(Some(Instant::now() + timeout))
+    }
+
+    fn get_delivery_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Delivery<T>, GetTimeoutError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed.into());
+        }
+        let (value, pos) = self.shared.get_delivery(deadline)?;
+        Ok(Delivery::new(
+            value,
+            Arc::clone(&self.shared),
+            pos,
+            self.shared.joinable,
+        ))
+    }
+
     /// Takes the oldest value if there is one now. Never waits, not even
     /// for a consumer lock another process holds (that reads as empty).
     pub fn try_get(&self) -> Result<T, TryGetError> {
@@ -635,5 +821,20 @@ impl<T> JoinableQueue<T> {
     /// Like [`join`](Self::join), giving up at `timeout`; true if all done.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         self.0.shared.ring.join(Some(Instant::now() + timeout))
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// An acknowledged get (see [`Queue::get_delivery`]): the delivery's
+    /// [`ack`](Delivery::ack) is also its `task_done`. A value whose
+    /// consumer died holding it stays unfinished until its redelivery is
+    /// acknowledged, so `join` waits for it.
+    pub fn get_delivery(&self) -> Result<Delivery<T>, GetError> {
+        self.0.get_delivery()
+    }
+
+    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`.
+    pub fn get_delivery_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetTimeoutError> {
+        self.0.get_delivery_timeout(timeout)
     }
 }

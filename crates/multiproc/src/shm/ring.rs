@@ -165,6 +165,20 @@ pub(crate) enum Taken<L> {
     Large(L),
 }
 
+/// What [`Ring::pop_delivery`] took: the message and its journal
+/// position, or why the journal could not record it (the record is gone
+/// all the same).
+pub(crate) type Journaled<L> = Result<(Taken<L>, u64), PushError>;
+
+/// A message that an acknowledged delivery stores outside the journal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// Its bytes (too many for the journal).
+    Bytes(&'a [u8]),
+    /// The queue's out-of-line message of this id.
+    Large(u64),
+}
+
 /// Why a push did not happen.
 #[derive(Debug)]
 pub(crate) enum PushError {
@@ -694,6 +708,27 @@ impl Ring {
         out: &mut Copied,
         mut large: impl FnMut(u64) -> L,
     ) -> Result<Taken<L>, PopError> {
+        let taken = self.pop_if(deadline, connected, |ring, slot| {
+            Some(if slot.kind == LARGE {
+                Taken::Large(large(ring.read_id(slot)))
+            } else {
+                ring.copy_out(slot, out);
+                Taken::Inline
+            })
+        })?;
+        // The reader above never declines.
+        taken.ok_or(PopError::Empty)
+    }
+
+    /// [`pop`](Ring::pop) with a reader that may decline the record
+    /// (`Ok(None)`: it stays in place, for the next consumer), under the
+    /// consumer lock.
+    fn pop_if<T>(
+        &self,
+        deadline: Option<Instant>,
+        connected: &dyn Fn() -> bool,
+        mut take: impl FnMut(&Ring, &Slot) -> Option<T>,
+    ) -> Result<Option<T>, PopError> {
         let h = self.header();
         let mut waiter = Waiter::new(WAIT, deadline);
         loop {
@@ -704,23 +739,17 @@ impl Ring {
                 let Some(held) = hold(&h.consumer.lock, deadline) else {
                     return Err(PopError::Empty);
                 };
-                let got = self.take_locked(|slot| {
-                    if slot.kind == LARGE {
-                        Taken::Large(large(self.read_id(slot)))
-                    } else {
-                        self.copy_out(slot, out);
-                        Taken::Inline
-                    }
-                });
+                let got = self.take_locked_if(|slot| take(self, slot));
                 drop(held);
                 match got {
-                    Ok(Some(v)) => {
+                    Ok(Some(Some(v))) => {
                         if h.waits.space_sleepers.load(Ordering::SeqCst) > 0 {
                             h.waits.space_seq.fetch_add(1, Ordering::SeqCst);
                             futex::wake(&h.waits.space_seq, 1);
                         }
-                        return Ok(v);
+                        return Ok(Some(v));
                     }
+                    Ok(Some(None)) => return Ok(None),
                     Ok(None) => {}
                     Err(e) => return Err(e),
                 }
@@ -744,6 +773,67 @@ impl Ring {
                 }
             }
         }
+    }
+
+    /// Takes the oldest record as an acknowledged delivery: under the
+    /// consumer lock, copies it into a new `journal` record (see
+    /// [`Ring::journal_append`]) before it leaves this ring, so that a
+    /// consumer that dies holding it loses nothing. A message the journal
+    /// does not hold itself (out of line here, or too large for it) goes
+    /// to `elsewhere` with the journal position to store it under;
+    /// `commit` then runs once the journal record is published, before the
+    /// record leaves this ring (to retire the out-of-line original).
+    /// `Ok(None)`: the journal is full (nothing was taken).
+    pub(crate) fn pop_delivery<L>(
+        &self,
+        deadline: Option<Instant>,
+        connected: &dyn Fn() -> bool,
+        out: &mut Copied,
+        journal: &Ring,
+        mut elsewhere: impl FnMut(u64, Source<'_>) -> io::Result<Option<L>>,
+        mut commit: impl FnMut(Source<'_>),
+    ) -> Result<Option<Journaled<L>>, PopError> {
+        self.pop_if(deadline, connected, |ring, slot| {
+            let room = journal.max_inline().saturating_sub(JOURNAL_HEAD);
+            let source = if slot.kind == LARGE {
+                Some(Source::Large(ring.read_id(slot)))
+            } else {
+                ring.copy_out(slot, out);
+                (out.bytes().len() > room).then(|| Source::Bytes(out.bytes()))
+            };
+            let Some(source) = source else {
+                return match journal.journal_append(Some(out.bytes()), None) {
+                    Ok(Some(pos)) => Some(Ok((Taken::Inline, pos))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                };
+            };
+            let mut fetched = None;
+            let mut store = |pos| match elsewhere(pos, source) {
+                Ok(Some(l)) => {
+                    fetched = Some(l);
+                    Ok(())
+                }
+                Ok(None) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the message was taken by a consumer that died",
+                )),
+                Err(e) => Err(e),
+            };
+            match journal.journal_append(None, Some(&mut store)) {
+                Ok(Some(pos)) => {
+                    commit(source);
+                    fetched.map(|l| Ok((Taken::Large(l), pos)))
+                }
+                Ok(None) => None,
+                // The out-of-line message is gone (its consumer died after
+                // taking it): the record goes, as a plain get does.
+                Err(PushError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    Some(Err(PushError::Io(e)))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        })
     }
 
     /// Under the consumer lock: the next record after any padding,
@@ -818,11 +908,25 @@ impl Ring {
     /// it. On corruption, drops what is in flight (rather than read garbage
     /// forever) and says why.
     fn take_locked<T>(&self, read: impl FnOnce(&Slot) -> T) -> Result<Option<T>, PopError> {
+        self.take_locked_if(|slot| Some(read(slot)))
+            .map(Option::flatten)
+    }
+
+    /// [`take_locked`](Ring::take_locked) with a reader that may decline
+    /// the record (`None`: it stays where it is, for the next consumer):
+    /// `Ok(Some(None))`.
+    #[allow(clippy::option_option)]
+    fn take_locked_if<T>(
+        &self,
+        read: impl FnOnce(&Slot) -> Option<T>,
+    ) -> Result<Option<Option<T>>, PopError> {
         let h = self.header();
         match self.next_locked() {
             Ok(None) => Ok(None),
             Ok(Some(slot)) => {
-                let out = read(&slot);
+                let Some(out) = read(&slot) else {
+                    return Ok(Some(None));
+                };
                 let got = h.consumer.count.load(Ordering::Relaxed);
                 h.consumer
                     .count
@@ -832,7 +936,7 @@ impl Ring {
                 h.consumer
                     .pos
                     .store(slot.head + slot.size, Ordering::Release);
-                Ok(Some(out))
+                Ok(Some(Some(out)))
             }
             Err(why) => {
                 let tail = h.producer.pos.load(Ordering::Acquire) & !7;
@@ -1041,6 +1145,402 @@ impl Registration {
             self.0.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// A journal record's state (the low byte of its first payload word).
+pub(crate) mod delivery {
+    /// Handed to a consumer, not yet acknowledged.
+    pub(crate) const TAKEN: u8 = 1;
+    /// Acknowledged (or given back): the record can go.
+    pub(crate) const DONE: u8 = 2;
+    /// Being put back into the queue by a recoverer.
+    pub(crate) const RECOVERING: u8 = 3;
+    /// What the record holds: the message's bytes.
+    pub(crate) const BYTES: u8 = 1;
+    /// What the record holds: nothing; the message waits in the journal's
+    /// mailbox under the record's position.
+    pub(crate) const ELSEWHERE: u8 = 2;
+}
+
+/// Bytes of a journal record's payload before the message: state (and
+/// what the record holds), the owner's pid and identity, the recoverer's
+/// pid and identity, one word each.
+const JOURNAL_HEAD: usize = 40;
+
+/// One delivery recorded in a journal, as a scan found it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The record's position: the delivery's name.
+    pub(crate) pos: u64,
+    /// [`delivery::BYTES`] or [`delivery::ELSEWHERE`].
+    pub(crate) what: u8,
+    /// The message, for [`delivery::BYTES`].
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// The journal of a queue's acknowledged deliveries: a ring of its own
+/// whose records say who holds which message. A consumer that takes a
+/// message with an acknowledged get copies it into a journal record
+/// (state `TAKEN`, its pid and identity) before the message leaves the
+/// queue's ring; acknowledging marks the record `DONE`, and the journal's
+/// head moves past `DONE` records. A record `TAKEN` by a process that is
+/// certainly gone is put back into the queue by whoever finds it
+/// ([`journal_take_dead`](Ring::journal_take_dead)). See
+/// `docs/shm-ring.md`.
+impl Ring {
+    /// Appends a journal record for a delivery taken by the calling
+    /// process: the message's `bytes`, or (`None`) a record whose message
+    /// `elsewhere` stores under the record's position, before the record
+    /// is published. `Ok(None)`: no room now (or `elsewhere` would block).
+    pub(crate) fn journal_append(
+        &self,
+        bytes: Option<&[u8]>,
+        elsewhere: Option<&mut dyn FnMut(u64) -> io::Result<()>>,
+    ) -> Result<Option<u64>, PushError> {
+        let h = self.header();
+        let Some(held) = try_hold(&h.producer.lock) else {
+            return Ok(None);
+        };
+        let len = JOURNAL_HEAD.saturating_add(bytes.map_or(0, <[u8]>::len));
+        if len > self.max_inline() {
+            return Err(PushError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record larger than half the journal",
+            )));
+        }
+        let size = record_size(len);
+        let Place { mut tail, to_end } = match self.place(size, false) {
+            Ok(Some(place)) => place,
+            Ok(None) => return Ok(None),
+            Err(why) => {
+                self.repair_tail();
+                return Err(PushError::Corrupted(why));
+            }
+        };
+        let corrupted = || PushError::Corrupted("a record outside the journal".into());
+        if size > to_end {
+            if !self.write_at(tail, u64::from(PAD) << 32 | (to_end - 8), &[]) {
+                return Err(corrupted());
+            }
+            tail += to_end;
+        }
+        let what = if bytes.is_some() {
+            delivery::BYTES
+        } else {
+            delivery::ELSEWHERE
+        };
+        if let Some(store) = elsewhere {
+            match store(tail) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(PushError::Io(e)),
+            }
+        }
+        let (pid, me) = liveness::current();
+        let state = u64::from(delivery::TAKEN) | u64::from(what) << 8;
+        let mut head = [0u8; JOURNAL_HEAD];
+        for (i, w) in [state, u64::from(pid), me.0, 0, 0].into_iter().enumerate() {
+            head[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let parts = [&head[..], bytes.unwrap_or(&[])];
+        if !self.write_at(tail, u64::from(INLINE) << 32 | len as u64, &parts) {
+            return Err(corrupted());
+        }
+        let put = h.producer.count.load(Ordering::Relaxed);
+        h.producer
+            .count
+            .store(put.wrapping_add(1), Ordering::Release);
+        h.producer.pos.store(tail + size, Ordering::Release);
+        drop(held);
+        Ok(Some(tail))
+    }
+
+    /// The first `n` payload words of the journal record at `pos`, if
+    /// `pos` names a record the journal holds now: validated against the
+    /// positions and the record's header (whatever they hold, the words
+    /// are inside the data area).
+    fn journal_words(&self, pos: u64) -> Option<[&AtomicU64; JOURNAL_HEAD / 8]> {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        self.span(head, tail)?;
+        if pos % 8 != 0 || pos < head || pos >= tail {
+            return None;
+        }
+        let off = (pos & (self.capacity - 1)) as usize;
+        if off + 8 + JOURNAL_HEAD > self.capacity as usize {
+            return None;
+        }
+        let mut word = [0u8; 8];
+        // SAFETY: `off + 8 + JOURNAL_HEAD <= capacity` (checked): inside
+        // the data area of this mapping; atomic 64-bit loads of aligned
+        // words, the one size every access to the data area uses.
+        unsafe { shm::copy_out(self.data().add(off), &mut word) };
+        let word = u64::from_le_bytes(word);
+        let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
+        if kind != INLINE || len < JOURNAL_HEAD {
+            return None;
+        }
+        Some(std::array::from_fn(|i| {
+            // SAFETY: `off + 8 + 8 * i + 8 <= off + 8 + JOURNAL_HEAD <=
+            // capacity`, and `off` is 8-aligned: an aligned word of the
+            // data area of this mapping, which outlives the reference.
+            // Every access to the data area is a 64-bit atomic, and an
+            // `AtomicU64` is valid at any bits a peer writes.
+            unsafe { AtomicU64::from_ptr(self.data().add(off + 8 + 8 * i).cast::<u64>()) }
+        }))
+    }
+
+    /// Marks the delivery at `pos` `DONE` if it is in state `from` and was
+    /// taken (or, for `RECOVERING`, is being recovered) by this process.
+    /// False otherwise (already done, given back, or not ours).
+    pub(crate) fn journal_done(&self, pos: u64, from: u8) -> bool {
+        let Some([state, owner_pid, owner_id, rec_pid, rec_id]) = self.journal_words(pos) else {
+            return false;
+        };
+        let (pid, me) = liveness::current();
+        let (who_pid, who_id) = if from == delivery::RECOVERING {
+            (rec_pid, rec_id)
+        } else {
+            (owner_pid, owner_id)
+        };
+        if who_pid.load(Ordering::Acquire) != u64::from(pid)
+            || who_id.load(Ordering::Acquire) != me.0
+        {
+            return false;
+        }
+        let cur = state.load(Ordering::Acquire);
+        cur as u8 == from
+            && state
+                .compare_exchange(
+                    cur,
+                    cur & !0xff | u64::from(delivery::DONE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Takes the delivery at `pos`, which this process holds (`TAKEN`),
+    /// back to give it to the queue again: marks it `RECOVERING` by this
+    /// process and returns it. `None` if it is not ours to give back.
+    pub(crate) fn journal_give_back(&self, pos: u64) -> Option<Entry> {
+        let held = try_hold_until(&self.header().consumer.lock)?;
+        let [state, owner_pid, owner_id, ..] = self.journal_words(pos)?;
+        let (pid, me) = liveness::current();
+        if owner_pid.load(Ordering::Acquire) != u64::from(pid)
+            || owner_id.load(Ordering::Acquire) != me.0
+        {
+            return None;
+        }
+        let entry = self.claim(pos, state.load(Ordering::Acquire));
+        drop(held);
+        entry
+    }
+
+    /// Under the journal's consumer lock: marks the record at `pos`, whose
+    /// state word read `cur` (`TAKEN` or `RECOVERING`), as being recovered
+    /// by this process, and copies its message out.
+    fn claim(&self, pos: u64, cur: u64) -> Option<Entry> {
+        let [state, _, _, rec_pid, rec_id] = self.journal_words(pos)?;
+        if !matches!(cur as u8, delivery::TAKEN | delivery::RECOVERING) {
+            return None;
+        }
+        let (pid, me) = liveness::current();
+        rec_pid.store(u64::from(pid), Ordering::Release);
+        rec_id.store(me.0, Ordering::Release);
+        state
+            .compare_exchange(
+                cur,
+                cur & !0xff | u64::from(delivery::RECOVERING),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        let what = (cur >> 8) as u8;
+        let mut bytes = Vec::new();
+        if what == delivery::BYTES {
+            let off = (pos & (self.capacity - 1)) as usize;
+            let mut word = [0u8; 8];
+            // SAFETY: `journal_words` checked that the record's header and
+            // first words lie inside the data area; atomic 64-bit loads.
+            unsafe { shm::copy_out(self.data().add(off), &mut word) };
+            let len = (u64::from_le_bytes(word) & 0xffff_ffff) as usize;
+            let n = len.saturating_sub(JOURNAL_HEAD);
+            if off + 8 + JOURNAL_HEAD + n > self.capacity as usize {
+                return None;
+            }
+            bytes.resize(n, 0);
+            // SAFETY: `off + 8 + JOURNAL_HEAD + n <= capacity` (checked).
+            unsafe { shm::copy_out(self.data().add(off + 8 + JOURNAL_HEAD), &mut bytes) };
+        }
+        Some(Entry { pos, what, bytes })
+    }
+
+    /// Finds the deliveries whose holder (or recoverer) is certainly gone,
+    /// claims them for this process to give back to the queue, and
+    /// returns them. Skips the scan if another process is scanning.
+    pub(crate) fn journal_take_dead(&self) -> Vec<Entry> {
+        let mut found = Vec::new();
+        let h = self.header();
+        let Some(held) = try_hold(&h.consumer.lock) else {
+            return found;
+        };
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        if self.span(head, tail).is_none() {
+            return found;
+        }
+        let mut pos = head;
+        let mut checked: Vec<(u64, u64, bool)> = Vec::new();
+        let mut dead = |pid: u64, id: u64| {
+            if let Some(&(_, _, alive)) = checked.iter().find(|(p, i, _)| *p == pid && *i == id) {
+                return !alive;
+            }
+            let alive = u32::try_from(pid).is_ok_and(|p| liveness::is_alive(p, Identity(id)));
+            checked.push((pid, id, alive));
+            !alive
+        };
+        while pos < tail {
+            let off = (pos & (self.capacity - 1)) as usize;
+            let mut word = [0u8; 8];
+            // SAFETY: `pos` is a multiple of 8 (it starts at a validated
+            // `head` and moves by record sizes), so `off + 8 <= capacity`.
+            unsafe { shm::copy_out(self.data().add(off), &mut word) };
+            let word = u64::from_le_bytes(word);
+            let size = record_size((word & 0xffff_ffff) as usize);
+            if size > self.capacity - off as u64 || size == 0 {
+                break;
+            }
+            if (word >> 32) as u32 == INLINE
+                && let Some([state, owner_pid, owner_id, rec_pid, rec_id]) = self.journal_words(pos)
+            {
+                let cur = state.load(Ordering::Acquire);
+                let gone = match cur as u8 {
+                    delivery::TAKEN => dead(
+                        owner_pid.load(Ordering::Acquire),
+                        owner_id.load(Ordering::Acquire),
+                    ),
+                    delivery::RECOVERING => dead(
+                        rec_pid.load(Ordering::Acquire),
+                        rec_id.load(Ordering::Acquire),
+                    ),
+                    _ => false,
+                };
+                if gone && let Some(entry) = self.claim(pos, cur) {
+                    found.push(entry);
+                }
+            }
+            pos += size;
+        }
+        drop(held);
+        found
+    }
+
+    /// Puts back a claim of this process on the record at `pos` that it
+    /// could not finish (the queue had no room): `RECOVERING` becomes
+    /// `TAKEN` again, by its (dead) holder, for the next scan.
+    pub(crate) fn journal_unclaim(&self, pos: u64) {
+        let Some([state, _, _, rec_pid, rec_id]) = self.journal_words(pos) else {
+            return;
+        };
+        let (pid, me) = liveness::current();
+        if rec_pid.load(Ordering::Acquire) != u64::from(pid)
+            || rec_id.load(Ordering::Acquire) != me.0
+        {
+            return;
+        }
+        let cur = state.load(Ordering::Acquire);
+        if cur as u8 == delivery::RECOVERING {
+            let _ = state.compare_exchange(
+                cur,
+                cur & !0xff | u64::from(delivery::TAKEN),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Runs `f` holding the journal's consumer lock (waiting briefly for
+    /// it): the lock that also orders the uses of the journal's mailbox.
+    /// `None` if the lock stayed held.
+    pub(crate) fn journal_exclusive<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let held = try_hold_until(&self.header().consumer.lock)?;
+        let out = f();
+        drop(held);
+        Some(out)
+    }
+
+    /// Whether the journal holds a record not yet `DONE` at `pos` (for its
+    /// mailbox: whether a message stored under `pos` is still needed).
+    pub(crate) fn journal_holds(&self, pos: u64) -> bool {
+        self.journal_words(pos)
+            .is_some_and(|[state, ..]| state.load(Ordering::Acquire) as u8 != delivery::DONE)
+    }
+
+    /// Whether the journal holds any record (a cheap look, for deciding
+    /// whether to scan it).
+    pub(crate) fn journal_is_empty(&self) -> bool {
+        self.is_empty_now()
+    }
+
+    /// Moves the journal's head past the `DONE` records (and padding) at
+    /// its front, if no other process is doing it; wakes a consumer waiting
+    /// for room in the journal.
+    pub(crate) fn journal_reclaim(&self) {
+        let h = self.header();
+        let Some(held) = try_hold(&h.consumer.lock) else {
+            return;
+        };
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        let mut head = h.consumer.pos.load(Ordering::Acquire);
+        if self.span(head, tail).is_none() {
+            return;
+        }
+        let mut moved = 0u64;
+        while head < tail {
+            let off = (head & (self.capacity - 1)) as usize;
+            let mut word = [0u8; 8];
+            // SAFETY: `head` is a multiple of 8, so `off + 8 <= capacity`.
+            unsafe { shm::copy_out(self.data().add(off), &mut word) };
+            let word = u64::from_le_bytes(word);
+            let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
+            let size = record_size(len);
+            if size > self.capacity - off as u64 || size > tail - head {
+                break;
+            }
+            let done = kind == PAD
+                || self.journal_words(head).is_some_and(|[state, ..]| {
+                    state.load(Ordering::Acquire) as u8 == delivery::DONE
+                });
+            if !done {
+                break;
+            }
+            head += size;
+            moved += u64::from(kind != PAD);
+        }
+        if moved > 0 {
+            let got = h.consumer.count.load(Ordering::Relaxed);
+            h.consumer
+                .count
+                .store(got.wrapping_add(moved), Ordering::Release);
+            h.consumer.pos.store(head, Ordering::Release);
+        }
+        drop(held);
+        if moved > 0 && h.waits.space_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.space_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.space_seq, u32::MAX);
+        }
+    }
+}
+
+/// Takes a journal's consumer lock, waiting briefly for a scanner to
+/// finish (a delivery given back is not worth a long wait).
+fn try_hold_until(lock: &RawLock) -> Option<Held<'_>> {
+    hold(
+        lock,
+        Some(Instant::now() + std::time::Duration::from_millis(100)),
+    )
 }
 
 /// For tests that play a hostile or stuck peer (through `__bench`).

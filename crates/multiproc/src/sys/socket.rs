@@ -106,10 +106,34 @@ pub(crate) fn recv(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<usize> {
+    recv_with(fd, buf, fds, nonblocking, false)
+}
+
+/// [`recv`] without removing the message (`MSG_PEEK`): the bytes are
+/// copied and the descriptors duplicated into this process, and the next
+/// receive gets the same message again. Never blocks.
+pub(crate) fn peek(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    recv_with(fd, buf, fds, true, true)
+}
+
+fn recv_with(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+    peek: bool,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if nonblocking {
         flags |= RecvFlags::DONTWAIT;
+    }
+    if peek {
+        flags |= RecvFlags::PEEK;
     }
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);

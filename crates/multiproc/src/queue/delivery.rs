@@ -1,0 +1,287 @@
+//! Acknowledged gets: [`Queue::get_delivery`](super::Queue::get_delivery)
+//! hands out a [`Delivery`]; a delivery that its consumer neither
+//! acknowledges nor gives back before dying is given to another consumer.
+//!
+//! Each queue has a journal beside its ring (`shm::ring`, "the journal
+//! side"): a consumer copies the message it takes into a journal record
+//! (state `TAKEN`, its pid and identity) before the message leaves the
+//! ring, all under the ring's consumer lock. A message the journal does not
+//! hold itself (out of line, or larger than the journal allows) is stored
+//! in the journal's own mailbox under the record's position, copied from
+//! the queue's mailbox before the original is dropped. Acknowledging marks
+//! the record `DONE`. Whoever finds a record `TAKEN` by a process that is
+//! certainly gone (a consumer whose queue looks empty, at most every
+//! [`SCAN_EVERY`]) claims it (`RECOVERING`), puts the message back into
+//! the queue, and marks it `DONE`.
+//!
+//! So nothing is lost, and a message is delivered twice only when a
+//! consumer died holding it unacknowledged (or died between copying it and
+//! retiring the original, or while putting it back).
+
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use super::mailbox::{Fetched, Mailbox};
+use crate::shm::ring::{Entry, Ring, Source, delivery};
+use crate::sys;
+
+/// Bytes of a queue's journal: deliveries taken and not yet acknowledged
+/// (a consumer that finds it full waits for acknowledgements).
+pub(crate) const JOURNAL_BYTES: usize = 256 << 10;
+
+/// How often at most a consumer that finds the queue empty looks for
+/// deliveries of dead consumers.
+pub(crate) const SCAN_EVERY: Duration = Duration::from_millis(20);
+
+/// A queue's journal of deliveries, and the mailbox for the messages it
+/// does not hold itself.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    pub(crate) ring: Ring,
+    pub(crate) mailbox: Mailbox,
+    /// When this process last looked for dead consumers' deliveries
+    /// (`monotonic_ns`).
+    last_scan: AtomicU64,
+}
+
+impl Journal {
+    /// A new, empty journal.
+    pub(crate) fn create() -> io::Result<Journal> {
+        Ok(Journal::from_parts(
+            Ring::create(JOURNAL_BYTES, 0)?,
+            Mailbox::new()?,
+        ))
+    }
+
+    /// The journal of a queue received from another process.
+    pub(crate) fn attach(ring: OwnedFd, tx: OwnedFd, rx: OwnedFd) -> io::Result<Journal> {
+        Ok(Journal::from_parts(Ring::attach(ring)?, Mailbox { tx, rx }))
+    }
+
+    fn from_parts(ring: Ring, mailbox: Mailbox) -> Journal {
+        Journal {
+            ring,
+            mailbox,
+            last_scan: AtomicU64::new(0),
+        }
+    }
+
+    /// Its descriptors, to send with the queue.
+    pub(crate) fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.ring.fd(),
+            self.mailbox.tx.as_fd(),
+            self.mailbox.rx.as_fd(),
+        ]
+    }
+
+    /// Stores a copy of the message `source` under journal position `pos`
+    /// (under the queue's consumer lock, before the journal record is
+    /// published); returns the message for the consumer, `None` if it is
+    /// gone (an out-of-line message whose consumer died).
+    pub(crate) fn store(
+        &self,
+        queue_mailbox: &Mailbox,
+        pos: u64,
+        source: Source<'_>,
+    ) -> io::Result<Option<Fetched>> {
+        let fetched = match source {
+            Source::Bytes(bytes) => Fetched::Inline(bytes.to_vec(), Vec::new()),
+            Source::Large(id) => match queue_mailbox.peek(id)? {
+                Some(f) => f,
+                None => return Ok(None),
+            },
+        };
+        self.mailbox.send_copy(pos, &fetched)?;
+        Ok(Some(fetched))
+    }
+
+    /// The message stored under `pos`, leaving it stored (the messages
+    /// before it go round to the back, or go if no record needs them).
+    fn fetch(&self, pos: u64) -> io::Result<Option<Fetched>> {
+        let mut seen = 0usize;
+        while let Some((id, fetched)) = self.mailbox.take_first()? {
+            if self.ring.journal_holds(id) {
+                self.mailbox.send_copy(id, &fetched)?;
+            }
+            if id == pos {
+                return Ok(Some(fetched));
+            }
+            seen += 1;
+            if seen > 1 << 16 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops the stored messages at the front that no record needs.
+    fn purge(&self) {
+        while let Ok(Some(id)) = self.mailbox.first_id() {
+            if self.ring.journal_holds(id) {
+                return;
+            }
+            let _ = self.mailbox.take_first();
+        }
+    }
+
+    /// Whether it is time to look for dead consumers' deliveries.
+    pub(crate) fn scan_due(&self) -> bool {
+        if self.ring.journal_is_empty() {
+            return false;
+        }
+        let now = sys::process::monotonic_ns();
+        let last = self.last_scan.load(Ordering::Relaxed);
+        let every = SCAN_EVERY.as_nanos() as u64;
+        now.saturating_sub(last) >= every
+            && self
+                .last_scan
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Shared {
+    /// Puts back into the queue the deliveries that dead consumers held.
+    /// Returns how many went back.
+    pub(crate) fn recover_deliveries(&self) -> usize {
+        let entries = self.journal.ring.journal_take_dead();
+        entries.into_iter().filter(|e| self.give_back(e)).count()
+    }
+
+    /// Puts the claimed delivery `entry` back into the queue and marks it
+    /// done; if the queue has no room now, leaves it to be claimed again.
+    fn give_back(&self, entry: &Entry) -> bool {
+        let j = &self.journal;
+        let message = if entry.what == delivery::BYTES {
+            Some((entry.bytes.clone(), Vec::new()))
+        } else {
+            j.ring
+                .journal_exclusive(|| j.fetch(entry.pos))
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|f| f.finish().ok())
+        };
+        let Some((bytes, fds)) = message else {
+            // Its message is gone: nothing to give back.
+            let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_millis(10);
+        let put = self.put_again(&bytes, &fds, deadline);
+        if put.is_err() {
+            j.ring.journal_unclaim(entry.pos);
+            return false;
+        }
+        let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
+        j.ring.journal_reclaim();
+        if entry.what != delivery::BYTES {
+            let _ = j.ring.journal_exclusive(|| j.purge());
+        }
+        true
+    }
+}
+
+/// Why acknowledging a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// The queue's journal no longer records this delivery as held by
+    /// this process: another process wrote into the queue's shared memory
+    /// (the message may be delivered again).
+    #[error("the delivery is no longer recorded as held by this process")]
+    NotHeld,
+}
+
+/// A value taken from a queue with an acknowledged get
+/// ([`Queue::get_delivery`](super::Queue::get_delivery)): it stays
+/// recorded as held by this process until [`ack`](Delivery::ack)ed. If
+/// this process dies first, the value is delivered again to another
+/// consumer; if the delivery is dropped (or [`requeue`](Delivery::requeue)d)
+/// without an acknowledgement, it goes back to the queue at once.
+pub struct Delivery<T> {
+    value: Option<T>,
+    shared: Arc<Shared>,
+    pos: u64,
+    joinable: bool,
+}
+
+impl<T> Delivery<T> {
+    pub(crate) fn new(value: T, shared: Arc<Shared>, pos: u64, joinable: bool) -> Self {
+        Delivery {
+            value: Some(value),
+            shared,
+            pos,
+            joinable,
+        }
+    }
+
+    /// Acknowledges the delivery: it is done, and will not be delivered
+    /// again. Returns the value. On a `JoinableQueue` this is also the
+    /// value's `task_done`.
+    pub fn ack(mut self) -> Result<T, AckError> {
+        let value = self.value.take();
+        let j = &self.shared.journal;
+        let done = j.ring.journal_done(self.pos, delivery::TAKEN);
+        j.ring.journal_reclaim();
+        if !done {
+            return Err(AckError::NotHeld);
+        }
+        let _ = j.ring.journal_exclusive(|| j.purge());
+        if self.joinable {
+            let _ = self.shared.ring.task_done();
+        }
+        value.ok_or(AckError::NotHeld)
+    }
+
+    /// Gives the delivery back to the queue now, to be delivered again
+    /// (to any consumer, this one included), at the back of the queue.
+    pub fn requeue(mut self) -> Result<(), AckError> {
+        self.give_back()
+    }
+
+    fn give_back(&mut self) -> Result<(), AckError> {
+        self.value = None;
+        let Some(entry) = self.shared.journal.ring.journal_give_back(self.pos) else {
+            return Err(AckError::NotHeld);
+        };
+        if self.shared.give_back(&entry) {
+            Ok(())
+        } else {
+            // No room in the queue now: leave the claim to the next scan.
+            Ok(())
+        }
+    }
+}
+
+impl<T> Deref for Delivery<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("a delivery holds its value until it is consumed")
+    }
+}
+
+impl<T> Drop for Delivery<T> {
+    fn drop(&mut self) {
+        if self.value.is_some() {
+            let _ = self.give_back();
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Delivery<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("value", &self.value)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}

@@ -1,0 +1,196 @@
+//! Acknowledged gets: a delivery whose consumer dies before acknowledging
+//! it is delivered again, under every start method, for inline and
+//! out-of-line messages; acknowledged ones never come back; a delivery
+//! dropped unacknowledged goes back to the queue.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{LIMIT, deadline, send_signal};
+use multiproc::{Event, JoinableQueue, Process, Queue, StartMethod, pipe};
+use serde::{Deserialize, Serialize};
+
+#[test]
+fn an_acknowledged_delivery_is_gone_and_a_dropped_one_comes_back() {
+    deadline(LIMIT, || {
+        let q = Queue::<u32>::new().unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let d = q.get_delivery().unwrap();
+        assert_eq!(*d, 1);
+        assert_eq!(d.ack().unwrap(), 1);
+        let d = q.get_delivery().unwrap();
+        assert_eq!(*d, 2);
+        q.put(3).unwrap();
+        drop(d);
+        // Given back, at the back of the queue.
+        assert_eq!(q.get().unwrap(), 3);
+        let d = q.get_delivery().unwrap();
+        assert_eq!(*d, 2);
+        d.requeue().unwrap();
+        assert_eq!(q.get().unwrap(), 2);
+        assert!(q.try_get().is_err());
+    });
+}
+
+/// What a consumer holds: a payload of `len` bytes, so that a large one
+/// travels out of line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    n: u32,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+/// Takes one delivery, says so, and never acknowledges it.
+fn take_and_hang((q, taken): (Queue<Job>, Event)) {
+    let d = q.get_delivery().unwrap();
+    taken.set();
+    std::thread::sleep(Duration::from_secs(600));
+    drop(d);
+}
+
+#[test]
+fn a_delivery_held_by_a_killed_consumer_is_delivered_again() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            // 64 bytes stay in the ring; 20 KiB go out of line (the ring
+            // holds at most 2 KiB - 8 inline).
+            for len in [64usize, 20 << 10] {
+                let q: Queue<Job> = Queue::builder().ring_bytes(4096).build().unwrap();
+                let job = Job {
+                    n: 7,
+                    payload: vec![0xab; len],
+                };
+                q.put(job.clone()).unwrap();
+                let taken = Event::new().unwrap();
+                let child = Process::builder()
+                    .start_method(m)
+                    .spawn(take_and_hang, (q.clone(), taken.clone()))
+                    .unwrap();
+                assert!(taken.wait_timeout(Duration::from_secs(20)), "{m} {len}");
+                assert!(q.try_get().is_err(), "{m} {len}: the message is held");
+                assert!(send_signal(child.pid(), libc::SIGKILL));
+                let _ = child.join();
+                let t = Instant::now();
+                let again = q
+                    .get_delivery_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("{m} {len}: not delivered again: {e}"));
+                assert!(t.elapsed() < Duration::from_secs(5), "{m} {len}");
+                assert_eq!(*again, job, "{m} {len}");
+                again.ack().unwrap();
+                assert!(q.get_delivery_timeout(Duration::from_millis(100)).is_err());
+            }
+        }
+    });
+}
+
+/// A message carrying a handle (a pipe end) is journaled with its handle.
+#[test]
+fn a_delivery_with_a_handle_comes_back_with_it() {
+    deadline(LIMIT, || {
+        let q = Queue::<multiproc::Connection<u8, u8>>::new().unwrap();
+        let (a, b) = pipe::<u8, u8>().unwrap();
+        q.put(a).unwrap();
+        let d = q.get_delivery().unwrap();
+        drop(d);
+        let a = q.get_delivery().unwrap();
+        a.send(&5).unwrap();
+        assert_eq!(b.recv().unwrap(), 5);
+        let a = a.ack().unwrap();
+        drop(a);
+    });
+}
+
+fn ack_all(q: JoinableQueue<u32>) {
+    while let Ok(d) = q.get_delivery_timeout(Duration::from_secs(2)) {
+        d.ack().unwrap();
+    }
+}
+
+#[test]
+fn on_a_joinable_queue_the_acknowledgement_is_task_done() {
+    deadline(LIMIT, || {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        for i in 0..100 {
+            q.put(i).unwrap();
+        }
+        let child = Process::spawn(ack_all, q.clone()).unwrap();
+        assert!(q.join_timeout(Duration::from_secs(20)));
+        child.join().unwrap();
+        assert!(q.task_done().is_err(), "one task_done too many");
+    });
+}
+
+/// Consumes with acknowledged gets, reporting each value before
+/// acknowledging it (so a kill in between can only duplicate).
+fn consume((q, out): (Queue<u32>, Queue<u32>)) {
+    while let Ok(d) = q.get_delivery_timeout(Duration::from_secs(3)) {
+        out.put(*d).unwrap();
+        d.ack().unwrap();
+    }
+}
+
+#[test]
+fn nothing_is_lost_when_consumers_are_killed_at_random() {
+    deadline(Duration::from_secs(120), || {
+        const N: u32 = 100_000;
+        let q = Queue::<u32>::new().unwrap();
+        let out = Queue::<u32>::new().unwrap();
+        let spawn = || Process::spawn(consume, (q.clone(), out.clone())).unwrap();
+        let mut consumers = vec![spawn(), spawn()];
+        let mut seen = vec![0u32; N as usize];
+        let mut kills = 0;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut next = 0;
+        let mut got = 0usize;
+        let start = Instant::now();
+        while got < N as usize || next < N {
+            // Produce in bursts, kill now and then, collect what came out.
+            for _ in 0..2_000 {
+                if next < N && q.try_put(next).is_ok() {
+                    next += 1;
+                }
+            }
+            if kills < 40 && rand(3) == 0 {
+                let i = rand(consumers.len() as u64) as usize;
+                let victim = consumers.swap_remove(i);
+                send_signal(victim.pid(), libc::SIGKILL);
+                let _ = victim.join();
+                kills += 1;
+                consumers.push(spawn());
+            }
+            std::thread::sleep(Duration::from_millis(rand(20) + 2));
+            while let Ok(v) = out.try_get() {
+                if seen[v as usize] == 0 {
+                    got += 1;
+                }
+                seen[v as usize] += 1;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(100),
+                "stuck at {got} of {N} after {kills} kills"
+            );
+        }
+        let duplicates: u32 = seen.iter().map(|&c| c.saturating_sub(1)).sum();
+        eprintln!("{kills} kills, {duplicates} duplicates");
+        assert!(seen.iter().all(|&c| c >= 1), "a message was lost");
+        // A killed consumer held at most one unacknowledged delivery (it
+        // acknowledges each before taking the next).
+        assert!(
+            duplicates <= kills,
+            "{duplicates} duplicates for {kills} kills"
+        );
+        for c in consumers {
+            send_signal(c.pid(), libc::SIGKILL);
+            let _ = c.join();
+        }
+    });
+}
