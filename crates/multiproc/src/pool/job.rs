@@ -399,8 +399,9 @@ impl<R: DeserializeOwned + Send> Sink for Job<R> {
             }
         }
         let mut st = self.lock();
-        st.measured.0 += count;
-        st.measured.1 += busy;
+        st.measured.0 = st.measured.0.saturating_add(count);
+        // `busy` is what the worker reported: saturating, never a panic.
+        st.measured.1 = st.measured.1.saturating_add(busy);
         st.chunks = st.chunks.saturating_add(1);
         let done = values.len();
         if done > 0 {
