@@ -3,8 +3,10 @@
 //! opening its own memfd through `/proc/self/fd` (`SharedMemory::attach`).
 //! These tests do exactly that, as a hostile or corrupted task would, and
 //! check that the parent neither trusts what it reads there beyond that
-//! worker's own items, nor loops forever on it. Every test has a deadline
-//! and checks that no worker is left behind.
+//! worker's own items, nor loops forever on it. Also: a result type whose
+//! `Deserialize` panics on what a worker sent (the parent decodes results
+//! in the pool's scheduler thread). Every test has a deadline and checks
+//! that no worker is left behind.
 
 mod common;
 
@@ -170,4 +172,63 @@ fn finish(pool: Pool) {
     for pid in pids.into_iter().filter(|&p| p != 0) {
         assert_gone(pid);
     }
+}
+
+/// A result whose `Deserialize` panics on 13, in the parent.
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Unlucky(u8);
+
+impl<'de> serde::Deserialize<'de> for Unlucky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = <u8 as serde::Deserialize>::deserialize(d)?;
+        assert_ne!(v, 13, "unlucky");
+        Ok(Unlucky(v))
+    }
+}
+
+fn unlucky(x: u8) -> Unlucky {
+    Unlucky(x)
+}
+
+#[test]
+fn a_result_whose_deserialize_panics_fails_its_item_and_the_pool_goes_on() {
+    // Before the fix, the panic killed the scheduler thread: that task and
+    // every later one waited forever.
+    deadline(LIMIT, || {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let m = pool.start_method();
+        let out = outcomes(
+            vec![pool.task(unlucky).submit(12), pool.task(unlucky).submit(13)],
+            Duration::from_secs(10),
+            m,
+        );
+        assert_eq!(out[0].as_ref().ok(), Some(&Unlucky(12)));
+        match &out[1] {
+            Err(TaskError::ResultDecode(e)) => {
+                assert!(e.message.contains("unlucky"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // In one chunk: the panicking item and those after it fail, the
+        // ones before it do not.
+        let chunk = pool
+            .task(unlucky)
+            .chunksize(4)
+            .map_async([1, 13, 2, 3])
+            .get_timeout(Duration::from_secs(10));
+        assert!(
+            matches!(
+                chunk,
+                Err(GetTimeoutError::Failed(TaskError::ResultDecode(_)))
+            ),
+            "{chunk:?}"
+        );
+        let again = outcomes(
+            vec![pool.task(unlucky).submit(7)],
+            Duration::from_secs(10),
+            m,
+        );
+        assert_eq!(again[0].as_ref().ok(), Some(&Unlucky(7)));
+        finish(pool);
+    });
 }
