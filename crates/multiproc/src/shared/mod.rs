@@ -85,8 +85,9 @@ impl SharedMemory {
         })
     }
 
-    /// A new zeroed block of `size` bytes (rounded up to whole pages by the
-    /// kernel; [`size`](Self::size) reports the mapped size).
+    /// A new zeroed block of `size` bytes (at least 1): [`size`](Self::size)
+    /// reports exactly that, and no process holding the block can change it
+    /// (the memfd is sealed against shrinking and growing).
     pub fn create(size: usize) -> io::Result<SharedMemory> {
         SharedMemory::from_segment(Segment::create(size)?, true)
     }
