@@ -154,7 +154,7 @@ impl Link {
         let welcome: Welcome = conn.recv()?;
         self.limit.store(welcome.limit, Ordering::Relaxed);
         Ok(match welcome.queues {
-            Some(path) => Channel::local(conn, path, false),
+            Some(path) => Channel::local(conn, path, false).map_err(ProxyError::Protocol)?,
             None => Channel::socket(conn),
         })
     }

@@ -58,6 +58,8 @@ const RUNNING: u64 = 1 << 31;
 /// Which presence word is whose.
 const CLIENT: usize = 0;
 const SERVER: usize = 1;
+/// Words in a presence block, at least.
+const PRESENCE_WORDS: usize = 2;
 
 /// Yields of the processor, each followed by a check, before sleeping.
 /// When the peer shares this processor (the usual case with more busy
@@ -172,19 +174,29 @@ impl Channel {
     }
 
     /// A channel over `path`, with `conn` as its lifeline: the server's
-    /// side (receives requests) or the client's.
-    pub(crate) fn local(conn: Conn, path: LocalPath, server: bool) -> Channel {
+    /// side (receives requests) or the client's. A client's path comes from
+    /// the server, which may send any block: one too small for the two
+    /// presence words is refused here, once, so that no later access can
+    /// fall outside it.
+    pub(crate) fn local(conn: Conn, path: LocalPath, server: bool) -> Result<Channel, String> {
         let LocalPath {
             requests,
             replies,
             presence,
         } = path;
+        if presence.as_atomic_u64().len() < PRESENCE_WORDS {
+            return Err(format!(
+                "the server's presence block holds {} bytes, not the {} of two words",
+                presence.size(),
+                PRESENCE_WORDS * 8
+            ));
+        }
         let (tx, rx, mine) = if server {
             (replies, requests, SERVER)
         } else {
             (requests, replies, CLIENT)
         };
-        Channel {
+        Ok(Channel {
             conn,
             strategy: Strategy::Local {
                 tx,
@@ -192,7 +204,7 @@ impl Channel {
                 presence,
                 mine,
             },
-        }
+        })
     }
 
     /// A fresh shared-memory path for a local client.
@@ -201,7 +213,7 @@ impl Channel {
         Ok(LocalPath {
             requests: make()?,
             replies: make()?,
-            presence: SharedMemory::create(16)?,
+            presence: SharedMemory::create(PRESENCE_WORDS * 8)?,
         })
     }
 
@@ -259,8 +271,12 @@ impl Channel {
             Strategy::Local {
                 rx, presence, mine, ..
             } => loop {
+                // Both words exist: checked in `local`, and the block's
+                // size is sealed. `get` all the same, never an index panic.
                 let words = presence.as_atomic_u64();
-                let (me, peer) = (&words[*mine], &words[1 - *mine]);
+                let (Some(me), Some(peer)) = (words.get(*mine), words.get(1 - *mine)) else {
+                    return Err(RecvFailure::Broken("presence block too small".into()));
+                };
                 if !settle(rx, me, peer) {
                     idle();
                 }
@@ -286,5 +302,27 @@ impl Channel {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_block_too_small_is_refused() {
+        // What a hostile server can send a local client: queues, and a
+        // sealed block of too few bytes where two presence words should be.
+        for size in [1, 4, 8, 15] {
+            let (conn, _peer) = crate::connection::pipe::<Welcome, Welcome>().unwrap();
+            let mut path = Channel::local_path().unwrap();
+            path.presence = SharedMemory::create(size).unwrap();
+            assert_eq!(path.presence.size(), size);
+            let e = Channel::local(conn, path, false).err().expect("refused");
+            assert!(e.contains("presence block"), "{e}");
+        }
+        let (conn, _peer) = crate::connection::pipe::<Welcome, Welcome>().unwrap();
+        let channel = Channel::local(conn, Channel::local_path().unwrap(), false).unwrap();
+        assert!(channel.is_local());
     }
 }

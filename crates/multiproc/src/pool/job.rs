@@ -388,19 +388,43 @@ impl<R: DeserializeOwned + Send> Sink for Job<R> {
         // Decoded before taking the lock, so a reader is not held up.
         let mut values: Vec<R> = Vec::with_capacity(plain.min(count));
         let mut rest: Vec<Result<R, TaskError>> = Vec::new();
+        // `R`'s `Deserialize` is the user's code, run on bytes a worker
+        // sent, in the scheduler thread: a panic there must fail the item,
+        // not kill the thread that serves every job of the pool.
+        let mut broken: Option<TaskError> = None;
         for i in 0..count {
-            if i < plain && rest.is_empty() {
-                match decode_bare::<R>(&mut dec) {
-                    Ok(v) => values.push(v),
-                    Err(e) => rest.push(Err(e)),
+            if let Some(e) = &broken {
+                rest.push(Err(e.clone()));
+                continue;
+            }
+            let bare = i < plain && rest.is_empty();
+            let decoded = crate::process::child::catch(|| {
+                if bare {
+                    Ok(decode_bare::<R>(&mut dec))
+                } else {
+                    Err(decode_one::<R>(&mut dec))
                 }
-            } else {
-                rest.push(decode_one::<R>(&mut dec));
+            });
+            match decoded {
+                Ok(Ok(Ok(v))) => values.push(v),
+                Ok(Ok(Err(e))) => rest.push(Err(e)),
+                Ok(Err(outcome)) => rest.push(outcome),
+                Err(report) => {
+                    // The decoder's place in the bytes is lost: the rest of
+                    // the chunk fails the same way.
+                    let e = TaskError::ResultDecode(DecodeError {
+                        type_name: std::any::type_name::<R>(),
+                        message: format!("its Deserialize panicked: {}", report.message),
+                    });
+                    rest.push(Err(e.clone()));
+                    broken = Some(e);
+                }
             }
         }
         let mut st = self.lock();
-        st.measured.0 += count;
-        st.measured.1 += busy;
+        st.measured.0 = st.measured.0.saturating_add(count);
+        // `busy` is what the worker reported: saturating, never a panic.
+        st.measured.1 = st.measured.1.saturating_add(busy);
         st.chunks = st.chunks.saturating_add(1);
         let done = values.len();
         if done > 0 {

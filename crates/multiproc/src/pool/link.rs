@@ -115,6 +115,11 @@ impl LinkReader {
 
     /// Reads what the socket has (blocking until something arrives).
     /// `Ok(false)` at the end of the stream.
+    ///
+    /// The buffer grows only as bytes arrive (at most doubling what is
+    /// buffered per call), never to the length a header announces: a
+    /// worker runs user code, and a forged length must not make the parent
+    /// reserve memory the worker never sent.
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         if self.pos == self.buf.len() {
             self.buf.clear();
@@ -125,9 +130,11 @@ impl LinkReader {
         if avail.len() >= HEADER {
             let mut len = [0u8; 8];
             len.copy_from_slice(&avail[8..16]);
-            let missing =
-                (HEADER as u64 + u64::from_le_bytes(len)).saturating_sub(avail.len() as u64);
-            want = want.max(missing.min(MAX_FRAME) as usize);
+            let missing = (HEADER as u64)
+                .saturating_add(u64::from_le_bytes(len))
+                .saturating_sub(avail.len() as u64);
+            let step = u64::try_from(avail.len()).unwrap_or(u64::MAX);
+            want = want.max(missing.min(MAX_FRAME).min(step) as usize);
         }
         // Moves the unread bytes to the front only when the room is needed.
         if self.buf.capacity() - self.buf.len() < want && self.pos > 0 {
@@ -204,6 +211,36 @@ mod tests {
         assert_eq!(got[2].1.len(), 600_000);
         assert_eq!(r.pending(), 0);
         assert!(!r.fill(b.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn a_forged_length_reserves_only_what_arrived() {
+        // A worker (user code) announces the largest frame allowed and
+        // sends only its header: the parent must not reserve 16 GiB.
+        let (a, b) = sys::socket::stream_pair().unwrap();
+        write(a.as_fd(), &frame::header(RESULT, MAX_FRAME as usize)).unwrap();
+        let mut r = LinkReader::default();
+        assert!(r.fill(b.as_fd()).unwrap());
+        assert!(matches!(r.next(), Ok(None)));
+        // Then a little of the payload, several times.
+        for _ in 0..4 {
+            write(a.as_fd(), &[7u8; 1000]).unwrap();
+            assert!(r.fill(b.as_fd()).unwrap());
+            assert!(matches!(r.next(), Ok(None)));
+            assert!(
+                r.buf.capacity() <= 4 * READ_SIZE,
+                "reserved {} bytes for {} received",
+                r.buf.capacity(),
+                r.pending()
+            );
+        }
+        // A length past the limit is an error, not an allocation.
+        let (a, b) = sys::socket::stream_pair().unwrap();
+        write(a.as_fd(), &frame::header(RESULT, usize::MAX)).unwrap();
+        let mut r = LinkReader::default();
+        assert!(r.fill(b.as_fd()).unwrap());
+        assert!(matches!(r.next(), Err(FrameError::TooLarge { .. })));
+        assert!(r.buf.capacity() <= 4 * READ_SIZE);
     }
 
     #[test]

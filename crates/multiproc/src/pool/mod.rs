@@ -188,7 +188,6 @@ where
             let setup = worker::Setup {
                 link,
                 slots: slots.clone(),
-                index,
                 init: &arg,
                 max_tasks,
                 memory_limit,

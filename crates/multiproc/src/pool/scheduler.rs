@@ -25,7 +25,8 @@ use crate::wire::frame;
 use crate::wire::handles::TrackedFd;
 use crate::{SharedMemory, sys};
 
-/// Starts worker `index`: its process and the parent's end of its link.
+/// Starts worker `index` with its own slot block: its process and the
+/// parent's end of its link.
 pub(crate) type Spawner =
     Box<dyn Fn(usize, &SharedMemory) -> Result<(Process<()>, TrackedFd), PoolError> + Send + Sync>;
 
@@ -119,6 +120,11 @@ pub struct WorkerStats {
 
 struct Worker {
     process: Option<Process<()>>,
+    /// Where the current process publishes what it runs: a block of its
+    /// own, made fresh for each process, so that a worker (which runs user
+    /// code and may write anything there) can mislead the scheduler only
+    /// about itself, never about another worker.
+    slot: Option<SharedMemory>,
     pidfd: Option<Arc<TrackedFd>>,
     link: Option<Arc<TrackedFd>>,
     reader: LinkReader,
@@ -138,6 +144,7 @@ impl Worker {
     fn empty() -> Worker {
         Worker {
             process: None,
+            slot: None,
             pidfd: None,
             link: None,
             reader: LinkReader::default(),
@@ -179,7 +186,6 @@ pub(crate) struct State {
     broken: Option<String>,
     /// Why the pool failed to start (first worker failure).
     start_error: Option<PoolError>,
-    slots: SharedMemory,
     spawner: Spawner,
 }
 
@@ -198,7 +204,6 @@ impl Shared {
         method: StartMethod,
         spawner: Spawner,
     ) -> Result<Arc<Shared>, PoolError> {
-        let slots = SharedMemory::create(workers * SLOT_WORDS * 8)?;
         let (wake_tx, wake_rx) = sys::socket::stream_pair()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -209,7 +214,6 @@ impl Shared {
                 terminating: false,
                 broken: None,
                 start_error: None,
-                slots,
                 spawner,
             }),
             changed: Condvar::new(),
@@ -491,10 +495,18 @@ fn dispatch(st: &mut State) {
 fn check_running(st: &mut State) -> Option<Instant> {
     let now_ns = sys::process::monotonic_ns();
     let mut next: Option<Instant> = None;
-    let slots = st.slots.as_atomic_u64();
-    for (i, w) in st.workers.iter_mut().enumerate() {
-        let base = i * SLOT_WORDS;
-        let task = slots[base + SLOT_TASK].load(Ordering::Acquire);
+    for w in &mut st.workers {
+        // Every word read here is the worker's to write: the task is only
+        // compared with our own ids, the item is checked against the
+        // chunk's count where it is used (`worker_exited`), and the start
+        // time only shortens or lengthens this worker's own timeout.
+        let Some(block) = w.slot.clone() else {
+            continue;
+        };
+        let Some(slot) = slot_words(&block) else {
+            continue;
+        };
+        let task = slot[SLOT_TASK].load(Ordering::Acquire);
         // The running chunk: the worker may still hold answers to earlier
         // ones that it has not sent yet.
         let Some(running) = w.inflight.iter().find(|c| c.id == task) else {
@@ -508,10 +520,10 @@ fn check_running(st: &mut State) -> Option<Instant> {
             }
             continue;
         };
-        let start = slots[base + SLOT_START].load(Ordering::Acquire);
-        let item = slots[base + SLOT_ITEM].load(Ordering::Acquire) as usize;
-        let again = slots[base + SLOT_START].load(Ordering::Acquire);
-        let still = slots[base + SLOT_TASK].load(Ordering::Acquire) == task;
+        let start = slot[SLOT_START].load(Ordering::Acquire);
+        let item = usize::try_from(slot[SLOT_ITEM].load(Ordering::Acquire)).unwrap_or(usize::MAX);
+        let again = slot[SLOT_START].load(Ordering::Acquire);
+        let still = slot[SLOT_TASK].load(Ordering::Acquire) == task;
         if running.sink.cancelled() {
             let id = running.id;
             w.kill(id, item, TaskError::Cancelled);
@@ -529,18 +541,30 @@ fn check_running(st: &mut State) -> Option<Instant> {
         if ran >= timeout {
             let id = running.id;
             w.kill(id, item, TaskError::TimedOut(timeout));
-        } else {
-            let at = Instant::now() + (timeout - ran);
+        } else if let Some(at) = Instant::now().checked_add(timeout - ran) {
+            // (A timeout too long to express as an instant never fires.)
             next = Some(next.map_or(at, |n| n.min(at)));
         }
     }
     next
 }
 
+/// A worker's slot words; `None` if its block is too short (it never is:
+/// the parent makes every block, and its size is sealed).
+fn slot_words(block: &SharedMemory) -> Option<&[AtomicU64]> {
+    block.as_atomic_u64().get(..SLOT_WORDS)
+}
+
 fn start_worker(st: &mut State, index: usize) -> Result<(), PoolError> {
-    let (process, link) = (st.spawner)(index, &st.slots)?;
+    // A fresh block for each process: whatever a dead predecessor (or a
+    // process it passed the block to) writes into its old one, nobody
+    // reads it any more.
+    let mut slot = SharedMemory::create(SLOT_WORDS * 8)?;
+    slot.unlink();
+    let (process, link) = (st.spawner)(index, &slot)?;
     let pidfd = sys::socket::dup(process.wait_fd())?;
     let w = &mut st.workers[index];
+    w.slot = Some(slot);
     w.pidfd = Some(Arc::new(TrackedFd::new(pidfd)));
     w.link = Some(Arc::new(link));
     w.process = Some(process);
@@ -631,7 +655,8 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                         .deliver(chunk.first, done, plain, &payload[REPLY_HEADER..], busy);
                 }
                 w.tasks_done += done as u64;
-                w.busy += busy;
+                // Both are the worker's words: saturating, never a panic.
+                w.busy = w.busy.saturating_add(busy);
                 if done < chunk.count() {
                     requeue.push((chunk, done));
                 }
@@ -677,14 +702,24 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
             _ => break,
         }
     }
-    let slots = st.slots.as_atomic_u64();
-    let base = index * SLOT_WORDS;
-    let running = slots[base + SLOT_TASK].swap(0, Ordering::AcqRel);
-    let item = slots[base + SLOT_ITEM].load(Ordering::Acquire) as usize;
+    // What the dead process last published: untrusted words (see
+    // `check_running`); an item out of range is dealt with below.
+    let (running, item) =
+        st.workers[index]
+            .slot
+            .as_ref()
+            .and_then(slot_words)
+            .map_or((0, usize::MAX), |slot| {
+                (
+                    slot[SLOT_TASK].load(Ordering::Acquire),
+                    usize::try_from(slot[SLOT_ITEM].load(Ordering::Acquire)).unwrap_or(usize::MAX),
+                )
+            });
     let w = &mut st.workers[index];
     let Some(process) = w.process.take() else {
         return;
     };
+    w.slot = None;
     let pid = process.pid();
     let status = process.exit_status();
     drop(process);
@@ -719,7 +754,13 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
             _ => None,
         };
         match blamed {
-            Some((it, error)) if it < chunk.count() => {
+            Some((it, error)) if chunk.count() > 0 => {
+                // The item index is the worker's word. Out of range, it is
+                // garbage (a worker that wrote into its slot): the chunk
+                // was running, so its first item takes the blame and the
+                // rest run again. Requeuing the whole chunk instead would
+                // let such a worker have it run, and die, forever.
+                let it = if it < chunk.count() { it } else { 0 };
                 chunk.sink.fail(chunk.first + it, error);
                 // The items before it finished, but their results died
                 // with the worker: they run again, as do those after it.

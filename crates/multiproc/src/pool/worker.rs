@@ -63,8 +63,8 @@ const FLUSH_AFTER_NS: u64 = 500_000;
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Setup<I> {
     pub link: CallLink,
+    /// This worker's own slot block (`SLOT_WORDS` words).
     pub slots: SharedMemory,
-    pub index: usize,
     pub init: I,
     pub max_tasks: Option<u64>,
     pub memory_limit: Option<u64>,
@@ -90,7 +90,6 @@ pub(crate) enum Outcome<R> {
 
 struct Context {
     slots: SharedMemory,
-    base: usize,
     tasks_left: Option<u64>,
     memory_limit: Option<u64>,
     retire: u8,
@@ -167,7 +166,6 @@ where
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Context {
             slots: setup.slots,
-            base: setup.index * SLOT_WORDS,
             tasks_left: setup.max_tasks,
             memory_limit: setup.memory_limit,
             retire: RETIRE_NONE,
@@ -241,12 +239,6 @@ fn retiring() -> bool {
     CONTEXT.with(|c| c.borrow().as_ref().is_some_and(|c| c.retire != RETIRE_NONE))
 }
 
-fn read_u64(b: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(w)
-}
-
 /// The body of one task: decodes its items one by one, runs `f` on each
 /// (a panic fails only that item), and encodes the outcomes. Named, with
 /// the user's function as its target, in every task the pool sends.
@@ -255,28 +247,33 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     input: &[u8],
     _fds: Vec<OwnedFd>,
 ) -> Reply {
-    let id = read_u64(input);
-    let count = u32::from_le_bytes([input[8], input[9], input[10], input[11]]);
-    let timed = input[12] & FLAG_TIMED != 0;
-    let items = &input[TASK_HEADER..];
-    let mut out = Vec::with_capacity(REPLY_HEADER + items.len() + 2 * count as usize);
+    // `serve` passes at least a header; an empty reply (which the parent
+    // takes for a protocol error) if not.
+    let Some((header, items)) = input.split_first_chunk::<TASK_HEADER>() else {
+        return (link::RESULT, Vec::new(), Vec::new());
+    };
+    let [i0, i1, i2, i3, i4, i5, i6, i7, c0, c1, c2, c3, flags] = *header;
+    let id = u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
+    let count = u32::from_le_bytes([c0, c1, c2, c3]);
+    let timed = flags & FLAG_TIMED != 0;
+    // The count is the parent's word, but a capacity need not trust it:
+    // items of zero bytes (`()`) are possible, so it is capped, not checked.
+    let expected = (count as usize).min(items.len().max(1 << 16));
+    let mut out = Vec::with_capacity(REPLY_HEADER + items.len() + 2 * expected);
     out.resize(REPLY_HEADER, 0);
     out[..8].copy_from_slice(&id.to_le_bytes());
     let started = sys::process::monotonic_ns();
     // What the loop needs, taken once per task.
-    let Some((slots, base, mut tasks_left, memory_limit)) = CONTEXT.with(|c| {
+    let Some((slots, mut tasks_left, memory_limit)) = CONTEXT.with(|c| {
         let c = c.borrow();
         let ctx = c.as_ref()?;
-        Some((
-            ctx.slots.clone(),
-            ctx.base,
-            ctx.tasks_left,
-            ctx.memory_limit,
-        ))
+        Some((ctx.slots.clone(), ctx.tasks_left, ctx.memory_limit))
     }) else {
         return (link::RESULT, out, Vec::new());
     };
-    let slot = &slots.as_atomic_u64()[base..base + SLOT_WORDS];
+    let Some(slot) = slots.as_atomic_u64().get(..SLOT_WORDS) else {
+        return (link::RESULT, out, Vec::new());
+    };
     // A start time is cleared before the item (or task) it belongs to
     // changes, so the parent never pairs an item with another's start.
     slot[SLOT_START].store(0, Ordering::Release);

@@ -85,9 +85,9 @@ impl SharedMemory {
         })
     }
 
-    /// A new zeroed block of `size` bytes (rounded up to whole pages by the
-    /// kernel; [`size`](Self::size) reports the mapped size). A size of 0
-    /// is an `InvalidInput` error, as in Python.
+    /// A new zeroed block of `size` bytes (at least 1: a size of 0 is an `InvalidInput` error, as in Python): [`size`](Self::size)
+    /// reports exactly that, and no process holding the block can change it
+    /// (the memfd is sealed against shrinking and growing).
     pub fn create(size: usize) -> io::Result<SharedMemory> {
         if size == 0 {
             // As Python's `SharedMemory(create=True, size=0)`.

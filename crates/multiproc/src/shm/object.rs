@@ -28,8 +28,9 @@ use crate::sys::shm::Mapping;
 /// Types that may live in shared memory between processes.
 ///
 /// # Safety
-/// The type must be valid when all its bytes are zero (a fresh memfd is
-/// zero-filled), must not contain pointers or anything else meaningful only
+/// The type must be valid at every bit pattern, not only at zero (a fresh
+/// memfd is zero-filled, and a peer holding the memfd may write any bytes
+/// at any time), must not contain pointers or anything else meaningful only
 /// in one process, and must tolerate being accessed concurrently by other
 /// processes: in practice, `#[repr(C)]` structs of atomics.
 pub(crate) unsafe trait ShmState: Sync {

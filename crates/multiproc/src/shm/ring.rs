@@ -1618,8 +1618,8 @@ impl Ring {
     }
 
     /// Removes the oldest record, if there is one, and hands it to `read`
-    /// under the consumer lock (`read` must be the caller's own code, never
-    /// a user's). `Ok(None)`: the ring is empty.
+    /// once the consumer lock is released (a private copy of an inline
+    /// payload, never shared memory). `Ok(None)`: the ring is empty.
     pub(crate) fn try_pop<T>(
         &self,
         read: impl FnOnce(Record<'_>) -> T,

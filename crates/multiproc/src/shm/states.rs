@@ -69,7 +69,9 @@ pub(crate) struct LockState {
     lock: RawLock,
 }
 
-// SAFETY: all atomics, valid at zero, no pointers.
+// SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
+// bit pattern (so whatever a peer writes into it, not only at zero), no
+// pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for LockState {
     const MAGIC: u32 = 0x4d50_4c4b;
     fn magic(&self) -> &AtomicU32 {
@@ -188,7 +190,9 @@ pub(crate) struct SemaphoreState {
     bound: AtomicU32,
 }
 
-// SAFETY: all atomics, valid at zero, no pointers.
+// SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
+// bit pattern (so whatever a peer writes into it, not only at zero), no
+// pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for SemaphoreState {
     const MAGIC: u32 = 0x4d50_534d;
     fn magic(&self) -> &AtomicU32 {
@@ -268,7 +272,9 @@ pub(crate) struct EventState {
     sleepers: AtomicU32,
 }
 
-// SAFETY: all atomics, valid at zero, no pointers.
+// SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
+// bit pattern (so whatever a peer writes into it, not only at zero), no
+// pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for EventState {
     const MAGIC: u32 = 0x4d50_4556;
     fn magic(&self) -> &AtomicU32 {
@@ -329,7 +335,9 @@ pub(crate) struct ConditionState {
     pub(crate) lock: LockState,
 }
 
-// SAFETY: all atomics, valid at zero, no pointers.
+// SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
+// bit pattern (so whatever a peer writes into it, not only at zero), no
+// pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for ConditionState {
     const MAGIC: u32 = 0x4d50_4356;
     fn magic(&self) -> &AtomicU32 {
@@ -446,7 +454,9 @@ pub(crate) struct BarrierState {
 /// Rounds whose outcome a barrier remembers.
 const ROUNDS: usize = 32;
 
-// SAFETY: all atomics, valid at zero, no pointers.
+// SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
+// bit pattern (so whatever a peer writes into it, not only at zero), no
+// pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for BarrierState {
     const MAGIC: u32 = 0x4d50_4252;
     fn magic(&self) -> &AtomicU32 {

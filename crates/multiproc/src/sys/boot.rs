@@ -417,9 +417,16 @@ impl Channel {
 /// made it, and the client runs this same executable.
 pub(crate) fn serve_forked_channel(channel: OwnedFd, parent: i32) -> ! {
     let read = |buf: &mut [u8; PREAMBLE]| read_exact(channel.as_fd(), buf);
-    // SAFETY: per this function's contract the channel came, over a channel
-    // whose every byte is attested to be the parent's, from the parent,
-    // which runs this same executable and keeps the other end to itself.
+    // SAFETY: `channel` arrived on the forkserver's control socket, whose
+    // every message `Channel::recv` accepts only when the kernel attests
+    // (SCM_CREDENTIALS) that the parent wrote it; a message from any other
+    // holder is refused and its descriptors closed. The parent made the
+    // socket, runs this same executable (checked at boot) and keeps the
+    // other end as a close-on-exec, tracked handle. The one caller,
+    // `sys::process::fork_worker` from the forkserver loop, passes nothing
+    // else. (This function is not `unsafe fn` only because that loop lives
+    // outside `sys`, where `unsafe` is not allowed; a type that only
+    // `Channel::recv` can make would carry the proof instead.)
     let entry = unsafe { Entry::receive(read) };
     crate::process::child::serve(entry, channel, parent)
 }

@@ -179,9 +179,17 @@ impl CallLink {
     /// The function named by `preamble`, read from this link.
     pub(crate) fn entry(&self, preamble: &[u8]) -> Option<Entry> {
         let bytes: &[u8; PREAMBLE] = preamble.try_into().ok()?;
-        // SAFETY: the bytes came from this link, whose peer is, by the
-        // type's invariant, a process running this same executable image
-        // that alone can write to it.
+        // SAFETY: the bytes came from this link. By the type's invariant
+        // its other end was made by `CallLink::pair` in the process that
+        // started us (running this same executable image, as the
+        // authenticated start channel that carried the link proved). That
+        // end is close-on-exec, so no spawned process inherits it, and is
+        // tracked right after it is made, so a child forked since gets
+        // `/dev/null` in its place. (A child forked by another thread in
+        // the instant between the two would hold a copy; it runs this same
+        // image, and could reach the copy only by guessing its number with
+        // unsafe code.) So no peer can write to this link through anything
+        // we share with it: no memory, no socket of ours leads to it.
         unsafe {
             Entry::receive(|buf| {
                 *buf = *bytes;
@@ -197,6 +205,10 @@ impl serde::Serialize for CallLink {
     }
 }
 
+// Decoding a `CallLink` from any descriptor is what makes the invariant
+// above rest on its callers: it is decoded only as part of a child's start
+// argument (`pool::worker::Setup`), which arrives over the authenticated
+// start channel. Never decode one from a message a peer sent.
 impl<'de> serde::Deserialize<'de> for CallLink {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         crate::wire::handles::deserialize_fd(d).map(CallLink)

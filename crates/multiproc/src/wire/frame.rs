@@ -187,6 +187,22 @@ impl Reader {
         }
     }
 
+    /// A frame carries at most `MAX_FDS` descriptors (a writer attaches
+    /// them once, to its first bytes). More, a few with each piece, is a
+    /// peer trying to fill our descriptor table: they are closed, and the
+    /// stream is garbage.
+    fn check_fds(&mut self) -> Result<(), FrameError> {
+        if self.fds.len() <= socket::MAX_FDS {
+            return Ok(());
+        }
+        let n = self.fds.len();
+        self.fds.clear();
+        Err(FrameError::Garbage(format!(
+            "{n} descriptors with one frame, more than the {} a frame carries",
+            socket::MAX_FDS
+        )))
+    }
+
     fn eof(&self) -> FrameError {
         match self.expected {
             None if self.head_got == 0 => FrameError::Closed,
@@ -221,6 +237,7 @@ impl Reader {
                     if n == 0 {
                         return Err(self.eof());
                     }
+                    self.check_fds()?;
                     self.head_got += n;
                     if self.head_got < HEADER {
                         continue;
@@ -252,7 +269,10 @@ impl Reader {
                             self.payload.truncate(have);
                             return Err(self.eof());
                         }
-                        Ok(n) => self.payload.truncate(have + n),
+                        Ok(n) => {
+                            self.payload.truncate(have + n);
+                            self.check_fds()?;
+                        }
                         Err(e) => {
                             self.payload.truncate(have);
                             if e.kind() == io::ErrorKind::WouldBlock {
@@ -263,6 +283,47 @@ impl Reader {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    #[test]
+    fn descriptors_beyond_one_frame_s_share_are_garbage() {
+        // A hostile child sends a frame in pieces, each with descriptors:
+        // 40 + 40 with one frame fill the table, 64 at a time.
+        let (a, b) = socket::stream_pair().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let dups: Vec<OwnedFd> = (0..40)
+            .map(|_| socket::dup(null.as_fd()).unwrap())
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = dups.iter().map(AsFd::as_fd).collect();
+        socket::send_some(a.as_fd(), &[&header(7, 10)], &fds, false).unwrap();
+        socket::send_some(a.as_fd(), &[&[1u8; 5]], &fds, false).unwrap();
+        socket::send_some(a.as_fd(), &[&[2u8; 5]], &[], false).unwrap();
+        let mut r = Reader::new(1 << 20);
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        match r.read(b.as_fd(), &[], deadline) {
+            Err(FrameError::Garbage(why)) => assert!(why.contains("80 descriptors"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.fds.is_empty());
+
+        // One frame with its 40 descriptors is fine.
+        let (a, b) = socket::stream_pair().unwrap();
+        socket::send_some(a.as_fd(), &[&header(7, 3), b"abc"], &fds, false).unwrap();
+        let mut r = Reader::new(1 << 20);
+        match r.read(b.as_fd(), &[], deadline) {
+            Ok(Step::Frame(f)) => {
+                assert_eq!(f.payload, b"abc");
+                assert_eq!(f.fds.len(), 40);
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -163,7 +163,11 @@ fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) 
     }
     drop(welcome);
     let channel = match queues {
-        Some(path) => Channel::local(conn, path, true),
+        // Our own path: its presence block is the right size.
+        Some(path) => match Channel::local(conn, path, true) {
+            Ok(channel) => channel,
+            Err(_) => return,
+        },
         None => Channel::socket(conn),
     };
     let alive = || !channel.peer_gone();
