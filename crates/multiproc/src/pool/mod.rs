@@ -62,6 +62,9 @@ pub use worker::with_state;
 /// queue up so (see the scheduler).
 const DEPTH: usize = 64;
 
+/// Default of [`PoolBuilder::max_failed_starts`].
+pub const DEFAULT_MAX_FAILED_STARTS: u32 = 10;
+
 fn no_initializer(_: ()) -> Result<(), Infallible> {
     Ok(())
 }
@@ -77,6 +80,7 @@ pub struct PoolBuilder<I = (), S = (), E = Infallible> {
     max_tasks_per_child: Option<u64>,
     memory_limit: Option<u64>,
     task_timeout: Option<Duration>,
+    max_failed_starts: u32,
     initializer: fn(I) -> Result<S, E>,
     init_arg: I,
 }
@@ -89,6 +93,7 @@ impl<I, S, E> fmt::Debug for PoolBuilder<I, S, E> {
             .field("max_tasks_per_child", &self.max_tasks_per_child)
             .field("memory_limit", &self.memory_limit)
             .field("task_timeout", &self.task_timeout)
+            .field("max_failed_starts", &self.max_failed_starts)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +106,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             memory_limit: None,
             task_timeout: None,
+            max_failed_starts: DEFAULT_MAX_FAILED_STARTS,
             initializer: no_initializer,
             init_arg: (),
         }
@@ -146,13 +152,38 @@ where
         self
     }
 
+    /// How many processes in a row may die before they are ready in one
+    /// worker's place and still be replaced (default
+    /// [`DEFAULT_MAX_FAILED_STARTS`]); one more breaks the pool.
+    ///
+    /// A worker that dies before it is ready, without its initializer
+    /// returning an error or panicking, was killed while starting (by a
+    /// user, the OOM killer) or crashed in the initializer (`abort`, a
+    /// segfault, `exit`): the pool cannot tell which, so it starts it
+    /// again. Only when the same place fails this many times in a row
+    /// (no process in it becoming ready in between) is it a restart storm:
+    /// [`build`](Self::build) returns [`PoolError::WorkerLost`], or, later,
+    /// the pool is broken ([`TaskError::Broken`] says how many times, in
+    /// how long, and how the last one ended). Kills at random instants
+    /// of a working pool do not add up to that: each process that
+    /// becomes ready starts the count again. `0` breaks the pool at the
+    /// first worker that dies before it is ready.
+    pub fn max_failed_starts(mut self, n: u32) -> Self {
+        self.max_failed_starts = n;
+        self
+    }
+
     /// Runs `f(arg)` once in every worker before its first task. What it
     /// returns is the worker's state, reached from tasks through
     /// [`with_state`]. If it fails (returns an error or panics), the pool
     /// does not start: [`build`](Self::build) returns
-    /// [`PoolError::Initializer`] with the message. `arg` may hold handles
-    /// (a [`Queue`](crate::Queue), a [`Lock`](crate::Lock)...): every
-    /// worker, and every replacement, gets its own.
+    /// [`PoolError::Initializer`] with the message; in a replacement
+    /// later, the pool is broken ([`TaskError::Broken`]): it would fail
+    /// again. A worker that dies in it otherwise (killed, `abort`) is
+    /// started again (see [`max_failed_starts`](Self::max_failed_starts)).
+    /// `arg` may hold handles (a [`Queue`](crate::Queue), a
+    /// [`Lock`](crate::Lock)...): every worker, and every replacement, gets
+    /// its own.
     pub fn initializer<I2, S2, E2>(
         self,
         f: fn(I2) -> Result<S2, E2>,
@@ -164,6 +195,7 @@ where
             max_tasks_per_child: self.max_tasks_per_child,
             memory_limit: self.memory_limit,
             task_timeout: self.task_timeout,
+            max_failed_starts: self.max_failed_starts,
             initializer: f,
             init_arg: arg,
         }
@@ -200,7 +232,7 @@ where
                 .spawn_with_body(init, worker::worker_body::<I, S, E>, &setup)?;
             Ok((process, ours))
         });
-        let shared = Shared::new(workers, DEPTH, method, spawner)?;
+        let shared = Shared::new(workers, DEPTH, self.max_failed_starts, method, spawner)?;
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("multiproc-pool".into())
