@@ -412,6 +412,13 @@ impl Pool {
     /// Starts `f(arg)` in a worker (the executor's `submit`). The handle
     /// waits for the result, or is awaited: it is a [`Future`] that needs
     /// no particular async runtime.
+    ///
+    /// Dropping the handle before the task finished *detaches* it: the
+    /// task still runs and its result is dropped, as with
+    /// [`std::thread::JoinHandle`] and tokio's `JoinHandle`. That includes
+    /// a future dropped by `select!` or a timeout. To stop the task
+    /// instead, call [`TaskHandle::cancel`], or make a handle that cancels
+    /// when dropped with [`TaskHandle::cancel_on_drop`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -830,6 +837,32 @@ impl<R, It: Iterator> Drop for Imap<R, It> {
 /// The result of one task started with [`Pool::submit`] or
 /// [`Pool::apply_async`]. Wait for it with [`get`](Self::get), or `.await`
 /// it.
+///
+/// **Dropping it detaches the task**: a task not finished goes on running
+/// on its worker, and its result is dropped, as with
+/// [`std::thread::JoinHandle`] and tokio's `JoinHandle`. A future dropped
+/// by `select!` or a timeout is dropped so too. To stop the task, call
+/// [`cancel`](Self::cancel); for a handle that cancels when it is
+/// dropped, use [`cancel_on_drop`](Self::cancel_on_drop).
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(1)?;
+/// // Detached: it runs to the end, its result unread.
+/// drop(pool.submit(nap, 10));
+/// // Cancelled when dropped: its worker is killed and replaced.
+/// let guarded = pool.submit(nap, 60_000).cancel_on_drop();
+/// drop(guarded);
+/// assert_eq!(pool.apply(nap, 1)?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct TaskHandle<R> {
     job: Arc<Job<R>>,
     shared: Arc<Shared>,
@@ -901,6 +934,14 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
         self.shared.drop_cancelled();
         self.shared.wake();
     }
+
+    /// This handle, but dropping it before the task finished cancels the
+    /// task (see [`cancel`](Self::cancel)) instead of detaching it: for a
+    /// future that `select!` or a timeout may drop, when the work is
+    /// worthless without someone waiting for it.
+    pub fn cancel_on_drop(self) -> CancelOnDrop<R> {
+        CancelOnDrop { handle: Some(self) }
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
@@ -912,6 +953,102 @@ impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
             Poll::Ready(self.take())
         } else {
             Poll::Pending
+        }
+    }
+}
+
+/// A [`TaskHandle`] that cancels its task when dropped before the task
+/// finished: a queued task never runs; a running one's worker is killed
+/// and replaced, as [`TaskHandle::cancel`] does. Made by
+/// [`TaskHandle::cancel_on_drop`]. It is a [`Future`] too, and derefs to
+/// the handle for [`ready`](TaskHandle::ready), [`wait`](TaskHandle::wait)
+/// and the rest.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Pool, TaskError};
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(1)?;
+/// let slow = pool.submit(nap, 60_000).cancel_on_drop();
+/// assert!(!slow.wait_timeout(Duration::from_millis(50)));
+/// drop(slow); // the worker running it is killed and replaced
+/// assert_eq!(pool.submit(nap, 1).cancel_on_drop().get(), Ok(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping a CancelOnDrop cancels its task at once"]
+pub struct CancelOnDrop<R: DeserializeOwned + Send + 'static> {
+    /// `None` once `get` or `detach` took it.
+    handle: Option<TaskHandle<R>>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> fmt::Debug for CancelOnDrop<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelOnDrop")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> CancelOnDrop<R> {
+    fn take(&mut self) -> TaskHandle<R> {
+        self.handle.take().expect("taken only by consuming methods")
+    }
+
+    /// Waits for the result (see [`TaskHandle::get`]).
+    pub fn get(mut self) -> Result<R, TaskError> {
+        self.take().get()
+    }
+
+    /// Waits at most `timeout`; on timeout the guard comes back, still
+    /// armed, in [`GetTimeoutError::Timeout`].
+    pub fn get_timeout(mut self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
+        match self.take().get_timeout(timeout) {
+            Ok(v) => Ok(v),
+            Err(GetTimeoutError::Failed(e)) => Err(GetTimeoutError::Failed(e)),
+            Err(GetTimeoutError::Timeout(h)) => Err(GetTimeoutError::Timeout(h.cancel_on_drop())),
+        }
+    }
+
+    /// The plain handle back: dropping it then detaches the task.
+    pub fn detach(mut self) -> TaskHandle<R> {
+        self.take()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> std::ops::Deref for CancelOnDrop<R> {
+    type Target = TaskHandle<R>;
+
+    fn deref(&self) -> &TaskHandle<R> {
+        self.handle
+            .as_ref()
+            .expect("taken only by consuming methods")
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Future for CancelOnDrop<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Unpin: it holds only `Arc`s.
+        let this = self.get_mut();
+        let handle = this
+            .handle
+            .as_mut()
+            .expect("taken only by consuming methods");
+        Pin::new(handle).poll(cx)
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Drop for CancelOnDrop<R> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // A no-op if it finished.
+            h.cancel();
         }
     }
 }
