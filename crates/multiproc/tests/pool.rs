@@ -441,6 +441,83 @@ fn handles_futures_cancel_and_as_completed() {
     });
 }
 
+/// Tells the test which process runs it, then sleeps.
+fn announce_then_sleep(ms: u64) -> u64 {
+    with_state(|q: &mut Queue<i32>| q.put(std::process::id() as i32).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_dropped_handle_detaches_and_a_cancel_on_drop_handle_cancels() {
+    deadline(LIMIT, || {
+        let running = Queue::new().unwrap();
+        let pool = Pool::builder()
+            .workers(1)
+            .initializer(report_pids, running.clone())
+            .build()
+            .unwrap();
+        let worker = pids(&pool)[0];
+
+        // A plain handle dropped while its task runs: the task goes on to
+        // its end, on the same process, before the next one.
+        let detached = pool.submit(announce_then_sleep, 300);
+        assert_eq!(running.get().unwrap(), worker);
+        drop(detached);
+        assert_eq!(pool.apply(pid_then_sleep, 0), Ok(worker));
+        let stats = pool.stats();
+        assert_eq!(
+            (stats[0].restarts, stats[0].tasks_done),
+            (0, 2),
+            "{stats:?}"
+        );
+
+        // A cancel-on-drop handle dropped while its task runs: the worker
+        // is killed and replaced, as `cancel` does.
+        let guarded = pool.submit(announce_then_sleep, 60_000).cancel_on_drop();
+        assert_eq!(running.get().unwrap(), worker);
+        assert!(!guarded.ready());
+        drop(guarded);
+        assert_gone(worker);
+        let second = pool.apply(pid_then_sleep, 0).unwrap();
+        assert_ne!(second, worker);
+        assert_eq!(pool.stats()[0].restarts, 1);
+
+        // The same for a future polled once and then dropped, as `select!`
+        // or a timeout drops the branch that lost.
+        let mut lost = pool.submit(announce_then_sleep, 60_000).cancel_on_drop();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::pin::Pin::new(&mut lost).poll(&mut cx).is_pending());
+        assert_eq!(running.get().unwrap(), second);
+        drop(lost);
+        assert_gone(second);
+        assert_eq!(pool.stats()[0].restarts, 2);
+
+        // Dropped while queued behind another task: it never runs, and
+        // nothing is killed.
+        let third = pids(&pool)[0];
+        let blocker = pool.submit(announce_then_sleep, 300);
+        assert_eq!(running.get().unwrap(), third);
+        drop(pool.submit(announce_then_sleep, 1).cancel_on_drop());
+        assert_eq!(blocker.get(), Ok(300));
+        assert_eq!(pool.apply(square, 3), Ok(9));
+        assert!(running.try_get().is_err(), "the cancelled task ran");
+        assert_eq!(pool.stats()[0].restarts, 2);
+
+        // Waited for, or detached again, it is an ordinary handle.
+        assert_eq!(pool.submit(square, 4).cancel_on_drop().get(), Ok(16));
+        let back = pool
+            .submit(announce_then_sleep, 100)
+            .cancel_on_drop()
+            .detach();
+        assert_eq!(running.get().unwrap(), third);
+        drop(back);
+        assert_eq!(pool.apply(pid_then_sleep, 0), Ok(third));
+        assert_eq!(pool.stats()[0].restarts, 2);
+        finish(pool);
+    });
+}
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};

@@ -20,12 +20,20 @@ pub enum PoolError {
         /// The error's or the panic's message.
         message: String,
     },
-    /// A worker ended before it was ready.
-    #[error("pool worker {worker} ended before it was ready: {status}")]
+    /// The processes started in one worker's place died before they were
+    /// ready (killed while starting, or crashed in the initializer:
+    /// `abort`, a segfault, `exit`) more times in a row than
+    /// [`PoolBuilder::max_failed_starts`](super::PoolBuilder::max_failed_starts)
+    /// allows.
+    #[error(
+        "pool worker {worker} ended before it was ready {attempts} times in a row; the last time: {status}"
+    )]
     WorkerLost {
         /// The worker's index.
         worker: usize,
-        /// How it ended.
+        /// How many processes in a row died before they were ready.
+        attempts: u32,
+        /// How the last one ended.
         status: ExitStatus,
     },
     /// The operating system refused something (a socket, shared memory).
@@ -80,8 +88,12 @@ pub enum TaskError {
     /// The pool is closed: it takes no new tasks.
     #[error("the pool is closed")]
     Closed,
-    /// A worker's initializer failed while replacing a worker: the pool
-    /// runs no more tasks.
+    /// A replacement worker's initializer failed (returned an error or
+    /// panicked), or the processes started in one worker's place kept
+    /// dying before they were ready (see
+    /// [`PoolBuilder::max_failed_starts`](super::PoolBuilder::max_failed_starts)):
+    /// the pool runs no more tasks. A worker killed while it runs a task,
+    /// or while it starts, is not enough.
     #[error("the pool is broken: {0}")]
     Broken(String),
 }

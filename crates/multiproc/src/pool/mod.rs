@@ -62,6 +62,9 @@ pub use worker::with_state;
 /// queue up so (see the scheduler).
 const DEPTH: usize = 64;
 
+/// Default of [`PoolBuilder::max_failed_starts`].
+pub const DEFAULT_MAX_FAILED_STARTS: u32 = 10;
+
 fn no_initializer(_: ()) -> Result<(), Infallible> {
     Ok(())
 }
@@ -77,6 +80,7 @@ pub struct PoolBuilder<I = (), S = (), E = Infallible> {
     max_tasks_per_child: Option<u64>,
     memory_limit: Option<u64>,
     task_timeout: Option<Duration>,
+    max_failed_starts: u32,
     initializer: fn(I) -> Result<S, E>,
     init_arg: I,
 }
@@ -89,6 +93,7 @@ impl<I, S, E> fmt::Debug for PoolBuilder<I, S, E> {
             .field("max_tasks_per_child", &self.max_tasks_per_child)
             .field("memory_limit", &self.memory_limit)
             .field("task_timeout", &self.task_timeout)
+            .field("max_failed_starts", &self.max_failed_starts)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +106,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             memory_limit: None,
             task_timeout: None,
+            max_failed_starts: DEFAULT_MAX_FAILED_STARTS,
             initializer: no_initializer,
             init_arg: (),
         }
@@ -146,13 +152,38 @@ where
         self
     }
 
+    /// How many processes in a row may die before they are ready in one
+    /// worker's place and still be replaced (default
+    /// [`DEFAULT_MAX_FAILED_STARTS`]); one more breaks the pool.
+    ///
+    /// A worker that dies before it is ready, without its initializer
+    /// returning an error or panicking, was killed while starting (by a
+    /// user, the OOM killer) or crashed in the initializer (`abort`, a
+    /// segfault, `exit`): the pool cannot tell which, so it starts it
+    /// again. Only when the same place fails this many times in a row
+    /// (no process in it becoming ready in between) is it a restart storm:
+    /// [`build`](Self::build) returns [`PoolError::WorkerLost`], or, later,
+    /// the pool is broken ([`TaskError::Broken`] says how many times, in
+    /// how long, and how the last one ended). Kills at random instants
+    /// of a working pool do not add up to that: each process that
+    /// becomes ready starts the count again. `0` breaks the pool at the
+    /// first worker that dies before it is ready.
+    pub fn max_failed_starts(mut self, n: u32) -> Self {
+        self.max_failed_starts = n;
+        self
+    }
+
     /// Runs `f(arg)` once in every worker before its first task. What it
     /// returns is the worker's state, reached from tasks through
     /// [`with_state`]. If it fails (returns an error or panics), the pool
     /// does not start: [`build`](Self::build) returns
-    /// [`PoolError::Initializer`] with the message. `arg` may hold handles
-    /// (a [`Queue`](crate::Queue), a [`Lock`](crate::Lock)...): every
-    /// worker, and every replacement, gets its own.
+    /// [`PoolError::Initializer`] with the message; in a replacement
+    /// later, the pool is broken ([`TaskError::Broken`]): it would fail
+    /// again. A worker that dies in it otherwise (killed, `abort`) is
+    /// started again (see [`max_failed_starts`](Self::max_failed_starts)).
+    /// `arg` may hold handles (a [`Queue`](crate::Queue), a
+    /// [`Lock`](crate::Lock)...): every worker, and every replacement, gets
+    /// its own.
     pub fn initializer<I2, S2, E2>(
         self,
         f: fn(I2) -> Result<S2, E2>,
@@ -164,6 +195,7 @@ where
             max_tasks_per_child: self.max_tasks_per_child,
             memory_limit: self.memory_limit,
             task_timeout: self.task_timeout,
+            max_failed_starts: self.max_failed_starts,
             initializer: f,
             init_arg: arg,
         }
@@ -199,7 +231,7 @@ where
                 .spawn_with_body(init, worker::worker_body::<I, S, E>, &setup)?;
             Ok((process, ours))
         });
-        let shared = Shared::new(workers, DEPTH, method, spawner)?;
+        let shared = Shared::new(workers, DEPTH, self.max_failed_starts, method, spawner)?;
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("multiproc-pool".into())
@@ -379,6 +411,13 @@ impl Pool {
     /// Starts `f(arg)` in a worker (the executor's `submit`). The handle
     /// waits for the result, or is awaited: it is a [`Future`] that needs
     /// no particular async runtime.
+    ///
+    /// Dropping the handle before the task finished *detaches* it: the
+    /// task still runs and its result is dropped, as with
+    /// [`std::thread::JoinHandle`] and tokio's `JoinHandle`. That includes
+    /// a future dropped by `select!` or a timeout. To stop the task
+    /// instead, call [`TaskHandle::cancel`], or make a handle that cancels
+    /// when dropped with [`TaskHandle::cancel_on_drop`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -797,6 +836,32 @@ impl<R, It: Iterator> Drop for Imap<R, It> {
 /// The result of one task started with [`Pool::submit`] or
 /// [`Pool::apply_async`]. Wait for it with [`get`](Self::get), or `.await`
 /// it.
+///
+/// **Dropping it detaches the task**: a task not finished goes on running
+/// on its worker, and its result is dropped, as with
+/// [`std::thread::JoinHandle`] and tokio's `JoinHandle`. A future dropped
+/// by `select!` or a timeout is dropped so too. To stop the task, call
+/// [`cancel`](Self::cancel); for a handle that cancels when it is
+/// dropped, use [`cancel_on_drop`](Self::cancel_on_drop).
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(1)?;
+/// // Detached: it runs to the end, its result unread.
+/// drop(pool.submit(nap, 10));
+/// // Cancelled when dropped: its worker is killed and replaced.
+/// let guarded = pool.submit(nap, 60_000).cancel_on_drop();
+/// drop(guarded);
+/// assert_eq!(pool.apply(nap, 1)?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct TaskHandle<R> {
     job: Arc<Job<R>>,
     shared: Arc<Shared>,
@@ -868,6 +933,14 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
         self.shared.drop_cancelled();
         self.shared.wake();
     }
+
+    /// This handle, but dropping it before the task finished cancels the
+    /// task (see [`cancel`](Self::cancel)) instead of detaching it: for a
+    /// future that `select!` or a timeout may drop, when the work is
+    /// worthless without someone waiting for it.
+    pub fn cancel_on_drop(self) -> CancelOnDrop<R> {
+        CancelOnDrop { handle: Some(self) }
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
@@ -879,6 +952,102 @@ impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
             Poll::Ready(self.take())
         } else {
             Poll::Pending
+        }
+    }
+}
+
+/// A [`TaskHandle`] that cancels its task when dropped before the task
+/// finished: a queued task never runs; a running one's worker is killed
+/// and replaced, as [`TaskHandle::cancel`] does. Made by
+/// [`TaskHandle::cancel_on_drop`]. It is a [`Future`] too, and derefs to
+/// the handle for [`ready`](TaskHandle::ready), [`wait`](TaskHandle::wait)
+/// and the rest.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Pool, TaskError};
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let pool = Pool::new(1)?;
+/// let slow = pool.submit(nap, 60_000).cancel_on_drop();
+/// assert!(!slow.wait_timeout(Duration::from_millis(50)));
+/// drop(slow); // the worker running it is killed and replaced
+/// assert_eq!(pool.submit(nap, 1).cancel_on_drop().get(), Ok(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping a CancelOnDrop cancels its task at once"]
+pub struct CancelOnDrop<R: DeserializeOwned + Send + 'static> {
+    /// `None` once `get` or `detach` took it.
+    handle: Option<TaskHandle<R>>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> fmt::Debug for CancelOnDrop<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelOnDrop")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> CancelOnDrop<R> {
+    fn take(&mut self) -> TaskHandle<R> {
+        self.handle.take().expect("taken only by consuming methods")
+    }
+
+    /// Waits for the result (see [`TaskHandle::get`]).
+    pub fn get(mut self) -> Result<R, TaskError> {
+        self.take().get()
+    }
+
+    /// Waits at most `timeout`; on timeout the guard comes back, still
+    /// armed, in [`GetTimeoutError::Timeout`].
+    pub fn get_timeout(mut self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
+        match self.take().get_timeout(timeout) {
+            Ok(v) => Ok(v),
+            Err(GetTimeoutError::Failed(e)) => Err(GetTimeoutError::Failed(e)),
+            Err(GetTimeoutError::Timeout(h)) => Err(GetTimeoutError::Timeout(h.cancel_on_drop())),
+        }
+    }
+
+    /// The plain handle back: dropping it then detaches the task.
+    pub fn detach(mut self) -> TaskHandle<R> {
+        self.take()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> std::ops::Deref for CancelOnDrop<R> {
+    type Target = TaskHandle<R>;
+
+    fn deref(&self) -> &TaskHandle<R> {
+        self.handle
+            .as_ref()
+            .expect("taken only by consuming methods")
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Future for CancelOnDrop<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Unpin: it holds only `Arc`s.
+        let this = self.get_mut();
+        let handle = this
+            .handle
+            .as_mut()
+            .expect("taken only by consuming methods");
+        Pin::new(handle).poll(cx)
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Drop for CancelOnDrop<R> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // A no-op if it finished.
+            h.cancel();
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct WorkerStats {
     pub idle: Duration,
     /// Processes that have replaced a dead, timed-out or retired one.
     pub restarts: u64,
+    /// Whether the current process has run its initializer and takes
+    /// tasks (false while it starts or is being replaced).
+    pub ready: bool,
 }
 
 struct Worker {
@@ -138,6 +141,11 @@ struct Worker {
     alive_before: Duration,
     born: Instant,
     restarts: u64,
+    /// Processes in this place that died before they were ready, since
+    /// one last was (see [`State::max_failed_starts`]).
+    failed_starts: u32,
+    /// When the first of those died.
+    failing_since: Option<Instant>,
 }
 
 impl Worker {
@@ -157,6 +165,8 @@ impl Worker {
             alive_before: Duration::ZERO,
             born: Instant::now(),
             restarts: 0,
+            failed_starts: 0,
+            failing_since: None,
         }
     }
 
@@ -186,6 +196,10 @@ pub(crate) struct State {
     broken: Option<String>,
     /// Why the pool failed to start (first worker failure).
     start_error: Option<PoolError>,
+    /// How many processes in a row may die before they are ready in one
+    /// worker's place (killed while starting, or crashed in the
+    /// initializer) and still be replaced; one more breaks the pool.
+    max_failed_starts: u32,
     spawner: Spawner,
 }
 
@@ -201,6 +215,7 @@ impl Shared {
     pub(crate) fn new(
         workers: usize,
         depth: usize,
+        max_failed_starts: u32,
         method: StartMethod,
         spawner: Spawner,
     ) -> Result<Arc<Shared>, PoolError> {
@@ -214,6 +229,7 @@ impl Shared {
                 terminating: false,
                 broken: None,
                 start_error: None,
+                max_failed_starts,
                 spawner,
             }),
             changed: Condvar::new(),
@@ -342,6 +358,7 @@ impl Shared {
                     busy: w.busy,
                     idle: alive.saturating_sub(w.busy),
                     restarts: w.restarts,
+                    ready: w.ready,
                 }
             })
             .collect()
@@ -609,6 +626,8 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
         match kind {
             link::READY => {
                 w.ready = true;
+                w.failed_starts = 0;
+                w.failing_since = None;
                 changed.notify_all();
             }
             link::INIT_FAILED => {
@@ -789,13 +808,30 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
             st.queue.push_front(chunk);
         }
     }
-    if !was_ready && st.start_error.is_none() && st.broken.is_none() && !st.terminating {
-        // It died before its initializer finished.
-        st.start_error = Some(PoolError::WorkerLost {
-            worker: index,
-            status,
-        });
-        st.broken = Some(format!("worker {index} died while starting: {status}"));
+    if !was_ready && st.broken.is_none() && !st.terminating {
+        // It died before it was ready without saying its initializer
+        // failed: killed from outside while starting (a user, the OOM
+        // killer), or crashed (abort, segfault, exit) in the initializer.
+        // It is started again, unless its place keeps failing so: a
+        // restart storm is an error, not a loop.
+        let w = &mut st.workers[index];
+        w.failed_starts = w.failed_starts.saturating_add(1);
+        let since = *w.failing_since.get_or_insert_with(Instant::now);
+        let attempts = w.failed_starts;
+        if attempts > st.max_failed_starts {
+            if st.start_error.is_none() {
+                st.start_error = Some(PoolError::WorkerLost {
+                    worker: index,
+                    attempts,
+                    status,
+                });
+            }
+            st.broken = Some(format!(
+                "worker {index} died {attempts} times in a row before it was ready, \
+                 in {:.3} s (the last time: {status}); see PoolBuilder::max_failed_starts",
+                since.elapsed().as_secs_f64()
+            ));
+        }
     }
     let replace = !st.terminating && st.broken.is_none() && !(st.closed && st.queue.is_empty());
     if replace {
