@@ -458,4 +458,178 @@ mod tests {
         assert!(digest_and_payload(&modern("sha1")).is_err());
         assert!(digest_and_payload(b"no prefix and not a legacy length").is_err());
     }
+
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::time::Duration;
+
+    /// Drives the accepting side on `fd` until it finishes (or 10 s pass).
+    fn drive(fd: &OwnedFd, key: &[u8]) -> Result<(), AuthError> {
+        let mut hs = ServerHandshake::new().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let write = match hs.advance(fd.as_fd(), key) {
+                Step::Read => false,
+                Step::Write => true,
+                Step::Done => return Ok(()),
+                Step::Failed(e) => return Err(e),
+            };
+            assert!(Instant::now() < end, "the handshake did not finish");
+            socket::wait_events(&[(fd.as_fd(), write)], Some(end)).unwrap();
+        }
+    }
+
+    fn raw_frame(sock: &OwnedFd, bytes: &[u8]) {
+        socket::send_all(sock.as_fd(), &[bytes], &[]).unwrap();
+    }
+
+    #[test]
+    fn the_nonblocking_handshake_meets_the_blocking_client_and_reads_no_further() {
+        for (server_key, client_key) in [(b"k".as_slice(), b"k".as_slice()), (b"k", b"x")] {
+            let (a, b) = socket::stream_pair().unwrap();
+            let client_key = client_key.to_vec();
+            let client = std::thread::spawn(move || {
+                let stream = Stream::new(b);
+                let deadline = Some(Instant::now() + Duration::from_secs(10));
+                answer_challenge(&stream, &client_key, deadline)?;
+                deliver_challenge(&stream, &client_key, deadline)?;
+                stream.send(&[b"first message"], &[]).unwrap();
+                Ok::<_, AuthError>(stream)
+            });
+            let outcome = drive(&a, server_key);
+            let client = client.join().unwrap();
+            if server_key == b"k" && client.is_ok() {
+                outcome.unwrap();
+                // The client's first message is still in the socket.
+                let stream = Stream::new(a);
+                let m = stream.recv(None, 100, false).unwrap();
+                assert_eq!(m.payload, b"first message");
+            } else {
+                assert!(
+                    matches!(outcome, Err(AuthError::PeerRejected)),
+                    "{outcome:?}"
+                );
+                assert!(matches!(client, Err(AuthError::KeyRejected)), "{client:?}");
+            }
+        }
+    }
+
+    /// The client's end of a pair, after it sent `bytes` and shut down
+    /// its sending side (it still takes what we send).
+    fn sent_then_shut(bytes: &[u8]) -> (OwnedFd, std::os::unix::net::UnixStream) {
+        let (a, b) = socket::stream_pair().unwrap();
+        raw_frame(&b, bytes);
+        let b = std::os::unix::net::UnixStream::from(b);
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        (a, b)
+    }
+
+    /// What the accepting side makes of a client that sends `bytes` as its
+    /// answer to the challenge, then nothing more.
+    fn answer_with(bytes: &[u8]) -> AuthError {
+        let (a, _b) = sent_then_shut(bytes);
+        drive(&a, b"key").unwrap_err()
+    }
+
+    #[test]
+    fn every_bad_handshake_is_a_typed_error() {
+        let e = answer_with(&1000i32.to_be_bytes());
+        assert!(
+            matches!(&e, AuthError::Protocol(m) if m.contains("1000")),
+            "{e:?}"
+        );
+        let e = answer_with(&(-1i32).to_be_bytes());
+        assert!(
+            matches!(&e, AuthError::Protocol(m) if m.contains("2 GiB")),
+            "{e:?}"
+        );
+        let e = answer_with(&(-5i32).to_be_bytes());
+        assert!(matches!(e, AuthError::Recv(RecvError::Garbage(_))), "{e:?}");
+        let e = answer_with(&[0, 0]);
+        assert!(
+            matches!(
+                e,
+                AuthError::Recv(RecvError::Truncated {
+                    got: 2,
+                    expected: 4
+                })
+            ),
+            "{e:?}"
+        );
+        let e = answer_with(&[0, 0, 0, 9, b'a']);
+        assert!(
+            matches!(
+                e,
+                AuthError::Recv(RecvError::Truncated {
+                    got: 5,
+                    expected: 13
+                })
+            ),
+            "{e:?}"
+        );
+        let e = answer_with(&[]);
+        assert!(
+            matches!(e, AuthError::Recv(RecvError::Disconnected)),
+            "{e:?}"
+        );
+        let e = answer_with(&frame(&[7; 16]));
+        assert!(matches!(e, AuthError::PeerRejected), "{e:?}");
+    }
+
+    /// Runs the accepting side against a client that answers our challenge
+    /// right, then sends `challenge` and, to our answer, `verdict`.
+    fn after_a_right_answer(challenge: &[u8], verdict: &[u8]) -> Result<(), AuthError> {
+        let (a, b) = socket::stream_pair().unwrap();
+        let (challenge, verdict) = (challenge.to_vec(), verdict.to_vec());
+        let client = std::thread::spawn(move || {
+            let stream = Stream::new(b);
+            let ours = recv(&stream, None).unwrap();
+            let message = ours.strip_prefix(CHALLENGE).unwrap();
+            let mut answer = b"{sha256}".to_vec();
+            answer.extend(Digest::Sha256.mac(b"key", message));
+            send(&stream, &[&answer]).unwrap();
+            assert_eq!(recv(&stream, None).unwrap(), WELCOME);
+            send(&stream, &[&challenge]).unwrap();
+            if let Ok(_answer) = recv(&stream, None) {
+                send(&stream, &[&verdict]).unwrap();
+            }
+        });
+        let outcome = drive(&a, b"key");
+        drop(a);
+        client.join().unwrap();
+        outcome
+    }
+
+    #[test]
+    fn a_bad_client_challenge_or_verdict_is_a_typed_error() {
+        let legacy = [CHALLENGE, &[1; 20]].concat();
+        after_a_right_answer(&legacy, WELCOME).unwrap();
+        let e = after_a_right_answer(b"no challenge here", WELCOME).unwrap_err();
+        assert!(matches!(&e, AuthError::Protocol(m) if m.contains("expected a challenge")));
+        let e = after_a_right_answer(&[CHALLENGE, &[1; 5]].concat(), WELCOME).unwrap_err();
+        assert!(matches!(&e, AuthError::Protocol(m) if m.contains("too short")));
+        let e = after_a_right_answer(&legacy, FAILURE).unwrap_err();
+        assert!(matches!(e, AuthError::KeyRejected), "{e:?}");
+    }
+
+    #[test]
+    fn descriptors_sent_during_the_handshake_are_closed() {
+        let (a, b) = socket::stream_pair().unwrap();
+        let (probe, far) = socket::stream_pair().unwrap();
+        // A header byte carrying `far`; then the client stops sending.
+        socket::send_all(b.as_fd(), &[&[0]], &[far.as_fd()]).unwrap();
+        drop(far);
+        let b = std::os::unix::net::UnixStream::from(b);
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(matches!(
+            drive(&a, b"key"),
+            Err(AuthError::Recv(RecvError::Truncated { .. }))
+        ));
+        // The copy that arrived was closed: `probe` sees the end.
+        let end = Instant::now() + Duration::from_secs(10);
+        assert!(socket::wait_readable(&[probe.as_fd()], Some(end)).unwrap()[0]);
+        assert_eq!(
+            socket::recv(probe.as_fd(), &mut [0; 1], &mut Vec::new(), true).unwrap(),
+            0
+        );
+    }
 }
