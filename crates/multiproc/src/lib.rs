@@ -241,8 +241,8 @@ mod wire;
 
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
-    HANDSHAKE_TIMEOUT, Listener, RecvError, RecvIntoError, RecvTimeoutError, SendError,
-    TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, RecvError, RecvIntoError,
+    RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{
     BarrierProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy, ListProxy, LockProxy, Manager,

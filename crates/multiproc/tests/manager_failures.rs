@@ -184,7 +184,7 @@ fn a_wrong_key_or_unauthenticated_tcp_client_is_refused_before_any_request() {
             .start()
             .unwrap();
         // A client that connects and says nothing holds up nobody: the
-        // handshake runs on that connection's own thread.
+        // server runs many handshakes at once.
         let Address::Tcp(addr) = manager.address() else {
             panic!("not tcp");
         };

@@ -2,16 +2,18 @@
 //! each other (Python's `multiprocessing.connection.Listener` and
 //! `Client`), over a Unix socket path or TCP, with an optional auth key.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::auth;
-use super::error::{AcceptError, AuthError, ConnectError};
+use super::auth::{self, ServerHandshake, Step};
+use super::error::{AcceptError, ConnectError};
 use super::{Connection, Waitable};
 use crate::sys;
 use crate::wire::stream::Stream;
@@ -77,15 +79,81 @@ enum Socket {
     Tcp(TcpListener),
 }
 
-/// How long `accept` and `connect` wait for the peer's side of the
-/// handshake before giving up on it.
+impl Socket {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Unix(l) => l.as_fd(),
+            Socket::Tcp(l) => l.as_fd(),
+        }
+    }
+
+    /// Takes one connection from the backlog without waiting (the listening
+    /// socket is nonblocking); the connection itself is blocking.
+    fn accept(&self) -> std::io::Result<OwnedFd> {
+        Ok(match self {
+            Socket::Unix(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nonblocking(false)?;
+                s.into()
+            }
+            Socket::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nonblocking(false)?;
+                s.set_nodelay(true)?;
+                s.into()
+            }
+        })
+    }
+}
+
+/// How long a client has to finish its side of the handshake, counted
+/// while the listener is accepting (and for [`Client::connect`], how long
+/// it waits for the listener's side).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many connections a [`Listener`] handshakes with at once, by
+/// default: past this many, the one that connected first is closed.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// A connection whose handshake is under way.
+struct Pending {
+    fd: OwnedFd,
+    handshake: ServerHandshake,
+    /// When it is closed if the handshake has not finished.
+    deadline: Instant,
+    /// Whether the handshake waits to write (else to read).
+    write: bool,
+}
+
+/// What `accept` keeps between calls: handshakes under way (oldest
+/// first), and outcomes not yet returned (oldest first).
+#[derive(Default)]
+struct Accepting {
+    pending: VecDeque<Pending>,
+    done: VecDeque<Result<OwnedFd, AcceptError>>,
+    /// When the last `accept` returned: the deadlines of pending
+    /// handshakes do not run while nobody accepts.
+    idle_since: Option<Instant>,
+}
 
 /// Accepts connections on an [`Address`].
 ///
 /// With an auth key, each connection must pass CPython's mutual HMAC
 /// challenge before `accept` returns it; a client with the wrong key is
 /// refused before any of its messages is read, and the listener goes on.
+///
+/// `accept` runs the handshakes of many clients at once, on the calling
+/// thread: a client that connects and sends nothing, or sends a byte at a
+/// time, delays nobody. Each has [`HANDSHAKE_TIMEOUT`] (see
+/// [`set_handshake_timeout`](Self::set_handshake_timeout)) to finish,
+/// counted while an `accept` runs, and is closed after it; at most
+/// [`MAX_PENDING_HANDSHAKES`] (see
+/// [`set_max_pending_handshakes`](Self::set_max_pending_handshakes)) are
+/// under way at once, and a new connection past that closes the oldest.
+/// An honest client finishes its handshake within a few round trips, so
+/// only a flood of more new connections than that within those round
+/// trips can push it out (it then sees its connection closed, and may try
+/// again).
 ///
 /// ```
 /// use multiproc::{Client, Connection, Listener};
@@ -102,12 +170,28 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// t.join().unwrap()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct Listener {
     socket: Socket,
     address: Address,
     authkey: Option<Vec<u8>>,
     handshake_timeout: Duration,
+    max_pending: usize,
+    accepting: Mutex<Accepting>,
+}
+
+impl fmt::Debug for Listener {
+    /// The auth key is not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Listener");
+        d.field("address", &self.address)
+            .field("authenticated", &self.authkey.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_pending_handshakes", &self.max_pending);
+        if let Ok(a) = self.accepting.try_lock() {
+            d.field("pending_handshakes", &a.pending.len());
+        }
+        d.finish_non_exhaustive()
+    }
 }
 
 impl Listener {
@@ -126,11 +210,19 @@ impl Listener {
                 (Socket::Tcp(l), Address::Tcp(bound))
             }
         };
+        // `accept` waits in `poll`, never in `accept(2)`: a client that
+        // connected and left in between must not block it.
+        match &socket {
+            Socket::Unix(l) => l.set_nonblocking(true)?,
+            Socket::Tcp(l) => l.set_nonblocking(true)?,
+        }
         Ok(Listener {
             socket,
             address,
             authkey: authkey.map(<[u8]>::to_vec),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_pending: MAX_PENDING_HANDSHAKES,
+            accepting: Mutex::new(Accepting::default()),
         })
     }
 
@@ -139,57 +231,191 @@ impl Listener {
         &self.address
     }
 
-    /// Sets how long [`accept`](Self::accept) waits for a client's side of
-    /// the handshake (default [`HANDSHAKE_TIMEOUT`]).
+    /// Sets how long a client has to finish its side of the handshake
+    /// (default [`HANDSHAKE_TIMEOUT`]), for connections accepted from now
+    /// on. The time counts only while an [`accept`](Self::accept) runs.
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.handshake_timeout = timeout;
     }
 
+    /// Sets how many handshakes may be under way at once (default
+    /// [`MAX_PENDING_HANDSHAKES`]; at least 1). Past it, a new connection
+    /// closes the one that connected first.
+    pub fn set_max_pending_handshakes(&mut self, max: usize) {
+        self.max_pending = max.max(1);
+    }
+
     /// Waits for a client and returns the connection to it, authenticated
     /// if the listener has an auth key.
+    ///
+    /// A client that fails the handshake (a wrong key, bytes that are not
+    /// the handshake, leaving half-way) is an error, as CPython raises;
+    /// the listener goes on, and so do the other clients' handshakes. A
+    /// client that does not finish in time is closed without an error:
+    /// `accept` goes on waiting for one that does.
     pub fn accept<S, R>(&self) -> Result<Connection<S, R>, AcceptError> {
-        let conn = self.accept_unauthenticated()?;
-        self.authenticate(&conn)?;
-        Ok(conn)
-    }
-
-    /// The first half of [`accept`](Self::accept): a connection whose
-    /// handshake has not run yet. A server that must not let one slow client
-    /// hold up the others runs [`authenticate`](Self::authenticate) on
-    /// another thread, and serves nothing before it succeeds.
-    pub(crate) fn accept_unauthenticated<S, R>(&self) -> std::io::Result<Connection<S, R>> {
-        let fd: OwnedFd = match &self.socket {
-            Socket::Unix(l) => l.accept()?.0.into(),
-            Socket::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nodelay(true)?;
-                s.into()
+        loop {
+            if let Some(fd) = self.next(None)? {
+                return Ok(Connection::from_fd(fd, true, true));
             }
-        };
-        Ok(Connection::from_fd(fd, true, true))
+        }
     }
 
-    /// The second half of [`accept`](Self::accept): the auth-key handshake,
-    /// if the listener has a key.
-    pub(crate) fn authenticate<S, R>(&self, conn: &Connection<S, R>) -> Result<(), AuthError> {
-        if let Some(key) = &self.authkey {
-            let stream = conn.stream().ok_or_else(|| {
-                AuthError::Protocol("a shared-memory pipe has no handshake".into())
-            })?;
-            let deadline = Some(Instant::now() + self.handshake_timeout);
-            auth::deliver_challenge(stream, key, deadline)?;
-            auth::answer_challenge(stream, key, deadline)?;
+    /// Like [`accept`](Self::accept), but returns `Ok(None)` as soon as
+    /// `stop` is ready (a server's shutdown signal).
+    pub(crate) fn accept_or_stop<S, R>(
+        &self,
+        stop: &dyn Waitable,
+    ) -> Result<Option<Connection<S, R>>, AcceptError> {
+        Ok(self
+            .next(Some(stop))?
+            .map(|fd| Connection::from_fd(fd, true, true)))
+    }
+
+    /// The next outcome: a connection, a client's failed handshake, or
+    /// `None` once `stop` is ready.
+    fn next(&self, stop: Option<&dyn Waitable>) -> Result<Option<OwnedFd>, AcceptError> {
+        let mut st = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = st.idle_since.take() {
+            let paused = since.elapsed();
+            for p in &mut st.pending {
+                p.deadline += paused;
+            }
         }
-        Ok(())
+        let outcome = self.drive(&mut st, stop);
+        st.idle_since = Some(Instant::now());
+        outcome
+    }
+
+    /// Runs the handshakes under way and takes new connections until one
+    /// has an outcome.
+    fn drive(
+        &self,
+        st: &mut Accepting,
+        stop: Option<&dyn Waitable>,
+    ) -> Result<Option<OwnedFd>, AcceptError> {
+        loop {
+            if let Some(outcome) = st.done.pop_front() {
+                return outcome.map(Some);
+            }
+            let now = Instant::now();
+            // Dropping a pending connection closes it.
+            st.pending.retain(|p| p.deadline > now);
+            if let Some(s) = stop {
+                if s.arm() {
+                    s.disarm(false);
+                    return Ok(None);
+                }
+            }
+            let skip = 1 + usize::from(stop.is_some());
+            let mut fds: Vec<(BorrowedFd<'_>, bool)> = Vec::with_capacity(skip + st.pending.len());
+            fds.push((self.socket.fd(), false));
+            if let Some(s) = stop {
+                fds.push((s.wait_fd(), false));
+            }
+            fds.extend(st.pending.iter().map(|p| (p.fd.as_fd(), p.write)));
+            let until = st.pending.iter().map(|p| p.deadline).min();
+            let events = sys::socket::wait_events(&fds, until);
+            drop(fds);
+            if let Some(s) = stop {
+                let readable = events.as_ref().is_ok_and(|e| e[1].0);
+                if s.disarm(readable) {
+                    return Ok(None);
+                }
+            }
+            let events = events?;
+            let key = self.authkey.as_deref().unwrap_or_default();
+            let pending = std::mem::take(&mut st.pending);
+            for (mut p, &(r, w)) in pending.into_iter().zip(&events[skip..]) {
+                if !(r || w) {
+                    st.pending.push_back(p);
+                    continue;
+                }
+                match p.handshake.advance(p.fd.as_fd(), key) {
+                    Step::Read => {
+                        p.write = false;
+                        st.pending.push_back(p);
+                    }
+                    Step::Write => {
+                        p.write = true;
+                        st.pending.push_back(p);
+                    }
+                    Step::Done => st.done.push_back(Ok(p.fd)),
+                    Step::Failed(e) => st.done.push_back(Err(e.into())),
+                }
+            }
+            if events[0].0 {
+                self.take_new(st);
+            }
+        }
+    }
+
+    /// Takes the connections waiting in the backlog (at most the cap on
+    /// pending handshakes, so that each gets a turn before newer ones can
+    /// push it out) and starts their handshakes.
+    fn take_new(&self, st: &mut Accepting) {
+        for _ in 0..self.max_pending {
+            let fd = match self.socket.accept() {
+                Ok(fd) => fd,
+                Err(e) => match e.kind() {
+                    std::io::ErrorKind::WouldBlock => return,
+                    // The client left before we took its connection.
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted => {
+                        continue;
+                    }
+                    // Out of descriptors, say: the caller hears of it.
+                    _ => {
+                        st.done.push_back(Err(e.into()));
+                        return;
+                    }
+                },
+            };
+            let Some(key) = &self.authkey else {
+                st.done.push_back(Ok(fd));
+                return;
+            };
+            let mut handshake = match ServerHandshake::new() {
+                Ok(h) => h,
+                Err(e) => {
+                    st.done.push_back(Err(e.into()));
+                    return;
+                }
+            };
+            let write = match handshake.advance(fd.as_fd(), key) {
+                Step::Read => false,
+                Step::Write => true,
+                // A quick client can answer while this first step runs.
+                Step::Done => {
+                    st.done.push_back(Ok(fd));
+                    continue;
+                }
+                Step::Failed(e) => {
+                    st.done.push_back(Err(e.into()));
+                    continue;
+                }
+            };
+            if st.pending.len() >= self.max_pending {
+                st.pending.pop_front();
+            }
+            st.pending.push_back(Pending {
+                fd,
+                handshake,
+                deadline: Instant::now() + self.handshake_timeout,
+                write,
+            });
+        }
     }
 }
 
+/// A listener is ready when a client has connected, or an outcome is
+/// waiting; [`Listener::accept`] may then still wait for a client to finish
+/// its handshake (the one that connected may be silent).
 impl Waitable for Listener {
     fn wait_fd(&self) -> BorrowedFd<'_> {
-        match &self.socket {
-            Socket::Unix(l) => l.as_fd(),
-            Socket::Tcp(l) => l.as_fd(),
-        }
+        self.socket.fd()
+    }
+    fn ready_now(&self) -> bool {
+        self.accepting.try_lock().is_ok_and(|a| !a.done.is_empty())
     }
 }
 

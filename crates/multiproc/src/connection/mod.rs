@@ -40,7 +40,9 @@ pub use error::{
     AcceptError, AuthError, ConnectError, RecvError, RecvIntoError, RecvTimeoutError, SendError,
     TryRecvError,
 };
-pub use listener::{Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listener};
+pub use listener::{
+    Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES,
+};
 
 /// One end of a two-way channel: sends `S`, receives `R`.
 ///
@@ -273,15 +275,6 @@ impl<S, R> Connection<S, R> {
             readable,
             writable,
             _types: PhantomData,
-        }
-    }
-
-    /// The socket strategy's stream (for the handshake of a listener's
-    /// connection); `None` for a shared-memory pipe end.
-    pub(crate) fn stream(&self) -> Option<&Stream> {
-        match &*self.link {
-            Link::Stream(s) => Some(s),
-            Link::Local(_) => None,
         }
     }
 

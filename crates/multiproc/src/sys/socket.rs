@@ -193,6 +193,61 @@ pub(crate) fn wait_readable(
     }
 }
 
+/// Waits until one of `fds` is ready for what is asked of it (the flag:
+/// `true` to write, `false` to read), or until `deadline`. Returns, for
+/// each, whether it is `(readable, writable)`; a hang-up or an error
+/// counts as both, so that its owner tries and learns what happened. All
+/// false means the deadline passed.
+pub(crate) fn wait_events(
+    fds: &[(BorrowedFd<'_>, bool)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<(bool, bool)>> {
+    loop {
+        let mut polls: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|(f, write)| {
+                PollFd::new(
+                    f,
+                    if *write {
+                        PollFlags::OUT
+                    } else {
+                        PollFlags::IN
+                    },
+                )
+            })
+            .collect();
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+            Ok(_) => {
+                let ready: Vec<(bool, bool)> = polls
+                    .iter()
+                    .map(|p| {
+                        let ev = p.revents();
+                        let bad = ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
+                        (
+                            bad || ev.contains(PollFlags::IN),
+                            bad || ev.contains(PollFlags::OUT),
+                        )
+                    })
+                    .collect();
+                if ready.iter().any(|&(r, w)| r || w)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    return Ok(ready);
+                }
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The events of `fd` among `flags` (plus hang-up and error) right now,
 /// without waiting.
 fn events_now(fd: BorrowedFd<'_>, flags: PollFlags) -> io::Result<PollFlags> {

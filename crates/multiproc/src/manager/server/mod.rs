@@ -10,8 +10,10 @@
 //! [`Builder::spawn`](crate::Builder::spawn) under any start method. Its
 //! owner holds the other end of a control connection: a shutdown message,
 //! or the end of that connection (the owner dropped it, or died), stops the
-//! server. Each accepted connection gets its own thread, which runs the
-//! auth handshake (so a silent client holds up nobody) and then serves the
+//! server. The accept loop runs the auth handshakes of all connecting
+//! clients at once on the server's main thread (`Listener::accept`: a
+//! silent or slow client holds up nobody, and costs no thread); each
+//! authenticated connection then gets its own thread, which serves the
 //! client's requests one at a time until the client leaves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use super::error::RemoteError;
 use super::protocol::{self, Blob, Reply, WireAddress};
 use super::registry::{Registry, Table};
 use super::transport::{Channel, Conn, IDLE_SLICE, RecvFailure, Welcome};
-use crate::connection::{Address, Connection, Listener, wait};
+use crate::connection::{AcceptError, Address, Connection, HANDSHAKE_TIMEOUT, Listener};
 
 pub(crate) mod collections;
 pub(crate) mod store;
@@ -103,44 +105,43 @@ pub(crate) fn serve<R: Registry>(args: ServerArgs) {
         return;
     }
     let store = Arc::new(Store::new(table, limit));
-    let listener = Arc::new(listener);
     let sessions = AtomicU64::new(1);
+    let local = matches!(bound, WireAddress::Unix(_));
     loop {
-        match wait(&[&*listener, &control], None) {
-            Ok(ready) if ready.contains(&1) => break,
-            Ok(_) => match listener.accept_unauthenticated::<Welcome, Welcome>() {
-                Ok(conn) => {
-                    let (store, listener) = (Arc::clone(&store), Arc::clone(&listener));
-                    let id = sessions.fetch_add(1, Ordering::Relaxed);
-                    let local = matches!(bound, WireAddress::Unix(_));
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("manager-session-{id}"))
-                        .spawn(move || session(&store, &listener, conn, id, local));
-                    if spawned.is_err() {
-                        // Out of threads: the connection was dropped; the
-                        // client sees its end and may retry.
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+        // The handshakes run here, many at once (`Listener::accept`): a
+        // connection gets its own thread only once it is authenticated, so
+        // silent or slow clients cost no thread and delay nobody.
+        match listener.accept_or_stop::<Welcome, Welcome>(&control) {
+            Ok(Some(conn)) => {
+                let store = Arc::clone(&store);
+                let id = sessions.fetch_add(1, Ordering::Relaxed);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("manager-session-{id}"))
+                    .spawn(move || session(&store, conn, id, local));
+                if spawned.is_err() {
+                    // Out of threads: the connection was dropped; the
+                    // client sees its end and may retry.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                // Out of descriptors, say: let some clients leave first.
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            },
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            // The owner said stop, or went.
+            Ok(None) => break,
+            // A client failed the handshake: it was disconnected.
+            Err(AcceptError::Auth(_)) => {}
+            // Out of descriptors, say: let some clients leave first.
+            Err(AcceptError::Io(_)) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
-    // Other threads may still hold the listener: remove the socket file
-    // here, since its `Drop` may never run before the process exits.
-    if let WireAddress::Unix(path) = &bound {
-        let _ = std::fs::remove_file(path);
-    }
+    // Dropping the listener (here) removes a Unix socket's file.
 }
 
-/// Serves one client: handshake, hello, then requests until it leaves.
-fn session(store: &Store, listener: &Listener, conn: Conn, id: u64, unix: bool) {
-    if listener.authenticate(&conn).is_err() {
+/// Serves one authenticated client: hello, then requests until it leaves.
+fn session(store: &Store, conn: Conn, id: u64, unix: bool) {
+    conn.set_max_message_size(store.limit);
+    // The client sends its hello right after the handshake.
+    if !conn.poll(Some(HANDSHAKE_TIMEOUT)).unwrap_or(false) {
         return;
     }
-    conn.set_max_message_size(store.limit);
     let hello = conn.recv_bytes_max(64);
     let Some(local) = hello.ok().as_deref().and_then(protocol::parse_hello) else {
         let reply: Reply = Err(RemoteError::Malformed("expected a manager hello".into()));
