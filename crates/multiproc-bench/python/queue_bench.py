@@ -213,6 +213,12 @@ def main():
 
     queue_runs, simple_runs = guarded(small, 2, ctx, args.reps, target)
     emit("queue_1p1c", SMALL, 8, queue_runs)
+    # Python has no acknowledged get: the baseline of multiproc's
+    # queue_1p1c_ack is Python's plain Queue, the same runs.
+    if isinstance(queue_runs, Exception):
+        benchutil.emit_error("queue_1p1c_ack", SMALL, "msg/s", queue_runs)
+    else:
+        benchutil.emit("queue_1p1c_ack", SMALL, "msg/s", [n / s for n, s in queue_runs])
     emit("simplequeue_1p1c", SMALL, 8, simple_runs)
     for param, size in SIZES[1:]:
         result = guarded(sized, 1, ctx, size, args.reps, target)

@@ -317,7 +317,9 @@ pub(crate) mod tests {
             .unwrap();
         assert!(rt.contains("| 18.00 | 1.11x |"), "{rt}");
         assert!(
-            rt.ends_with("| ≥ 2.5x python; ≤ 1.5x raw | **missed**; met |"),
+            rt.ends_with(
+                "| ≥ 2.5x python; ≤ 1.5x raw; ≥ 30x python | **missed**; met; **missed** |"
+            ),
             "{rt}"
         );
         let ow = text

@@ -15,6 +15,10 @@
 //!   commands and checks that every message arrived once (count and sum).
 //! * `simplequeue_1p1c` (`8B`, MB/s; `simplequeue_1p1c_msgs` in msg/s):
 //!   `queue_1p1c` 8B with a `SimpleQueue<u64>`.
+//! * `queue_1p1c_ack` (`8B`, msg/s): `queue_1p1c` 8B with every value taken
+//!   by an acknowledged get (`get_delivery`, then `ack`), interleaved with
+//!   the plain runs. Python has no acknowledged get: its row is its plain
+//!   `Queue` 1 -> 1 rate from the same run.
 //!
 //! Every child is started with forkserver and waits for commands on its
 //! own pipe, blocked in `recv`. A run: the parent sends the producer a
@@ -107,13 +111,14 @@ pub fn run(opts: &Options) -> Vec<Row> {
         "queue_1p1c and simplequeue_1p1c 8B: multiproc, interleaved",
     );
     let mut raw = Vec::new();
-    let [queue_runs, simple_runs, raw_runs] = measure_rigs(
+    let [queue_runs, simple_runs, raw_runs, ack_runs] = measure_rigs(
         plan.target,
         plan.reps,
-        [u64_rig(), simple_rig(), raw_rig(8)],
+        [u64_rig(), simple_rig(), raw_rig(8), ack_rig()],
     );
     multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
     raw.extend(measurements("queue_1p1c", SMALL, 8, raw_runs));
+    multiproc.push(ack_measurement(ack_runs));
     // Reported last, after the Queue benches.
     let simple = measurements("simplequeue_1p1c", SMALL, 8, simple_runs);
     for (param, size) in SIZES.into_iter().filter(|&(_, size)| size > 8) {
@@ -187,6 +192,20 @@ fn measurements(bench: &str, param: &str, size: usize, runs: Runs) -> Vec<Measur
         ));
     }
     out
+}
+
+/// `queue_1p1c_ack` (msg/s, 8B): the parent takes every `u64` with an
+/// acknowledged get and acknowledges it. Python has no acknowledged get:
+/// its row is Python's plain `Queue` 1 -> 1 in the same run.
+fn ack_measurement(runs: Runs) -> Measurement {
+    Measurement::new(
+        "queue_1p1c_ack",
+        SMALL,
+        "msg/s",
+        runs.as_ref()
+            .map(|runs| runs.iter().map(|&(n, secs)| n as f64 / secs).collect())
+            .map_err(Clone::clone),
+    )
 }
 
 /// A byte payload shared by reference, like a Python `bytes` object:
@@ -312,6 +331,33 @@ fn u64_rig() -> Result<Rig, String> {
             .map_err(|e| format!("command failed: {e}"))?;
         for i in 0..count {
             let v = q.get().map_err(|e| format!("get failed: {e}"))?;
+            if v != i {
+                return Err(format!("got {v} where {i} was due"));
+            }
+        }
+        Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// `queue_1p1c_ack` 8B: as [`u64_rig`], each value taken with
+/// `get_delivery` and acknowledged.
+fn ack_rig() -> Result<Rig, String> {
+    let q = Queue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(METHOD, produce_u64, (theirs, q.clone()))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        for i in 0..count {
+            let d = q
+                .get_delivery()
+                .map_err(|e| format!("get_delivery failed: {e}"))?;
+            let v = d.ack().map_err(|e| format!("ack failed: {e}"))?;
             if v != i {
                 return Err(format!("got {v} where {i} was due"));
             }
