@@ -210,15 +210,25 @@ pub struct Delivery<T> {
     shared: Arc<Shared>,
     pos: u64,
     joinable: bool,
+    /// Whether the journal stores the message in its mailbox (then an
+    /// acknowledgement also clears what the mailbox no longer needs).
+    elsewhere: bool,
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(value: T, shared: Arc<Shared>, pos: u64, joinable: bool) -> Self {
+    pub(crate) fn new(
+        value: T,
+        shared: Arc<Shared>,
+        pos: u64,
+        joinable: bool,
+        elsewhere: bool,
+    ) -> Self {
         Delivery {
             value: Some(value),
             shared,
             pos,
             joinable,
+            elsewhere,
         }
     }
 
@@ -233,7 +243,9 @@ impl<T> Delivery<T> {
         if !done {
             return Err(AckError::NotHeld);
         }
-        let _ = j.ring.journal_exclusive(|| j.purge());
+        if self.elsewhere {
+            let _ = j.ring.journal_exclusive(|| j.purge());
+        }
         if self.joinable {
             let _ = self.shared.ring.task_done();
         }

@@ -184,21 +184,27 @@ impl Shared {
         // block, and must not do so while other consumers wait.
         let mut copied = Copied::new();
         loop {
+            // An out-of-line message is fetched into this variable, not
+            // returned through the ring's layers: the common, inline case
+            // then moves a small value, not this large one.
+            let mut large = None;
             let popped = self.ring.pop(deadline, &connected, &mut copied, |id| {
-                self.mailbox.take(id)
+                large = Some(self.mailbox.take(id));
             });
             return match popped {
                 // Values with handles never travel inline.
                 Ok(Taken::Inline) => {
                     Ok(handles::decode_bare::<T>(copied.bytes()).map_err(GetError::from)?)
                 }
-                Ok(Taken::Large(Ok(Some(fetched)))) => {
-                    let (payload, fds) = fetched.finish().map_err(GetError::Io)?;
-                    Ok(handles::decode::<T>(&payload, fds).map_err(GetError::from)?)
-                }
-                // Taken by a consumer that died: that message is lost.
-                Ok(Taken::Large(Ok(None))) => continue,
-                Ok(Taken::Large(Err(e))) => Err(GetError::Io(e).into()),
+                Ok(Taken::Large(())) => match large {
+                    Some(Ok(Some(fetched))) => {
+                        let (payload, fds) = fetched.finish().map_err(GetError::Io)?;
+                        Ok(handles::decode::<T>(&payload, fds).map_err(GetError::from)?)
+                    }
+                    // Taken by a consumer that died: that message is lost.
+                    Some(Ok(None)) | None => continue,
+                    Some(Err(e)) => Err(GetError::Io(e).into()),
+                },
                 Err(PopError::Empty) => Err(GetTimeoutError::Timeout),
                 Err(PopError::Disconnected) => Err(GetError::Disconnected.into()),
                 Err(PopError::Corrupted(why)) => {
@@ -216,7 +222,7 @@ impl Shared {
     fn get_delivery<T: DeserializeOwned>(
         self: &Arc<Self>,
         deadline: Option<Instant>,
-    ) -> Result<(T, u64), GetTimeoutError> {
+    ) -> Result<(T, u64, bool), GetTimeoutError> {
         self.register();
         let connected = || self.connected();
         let mut copied = Copied::new();
@@ -271,6 +277,7 @@ impl Shared {
                     return Err(GetError::Corrupted(why).into());
                 }
             };
+            let elsewhere = !matches!(taken, Taken::Inline);
             let decoded = match taken {
                 Taken::Inline => handles::decode_bare::<T>(copied.bytes()).map_err(GetError::from),
                 Taken::Large(fetched) => {
@@ -283,7 +290,7 @@ impl Shared {
                 }
             };
             return match decoded {
-                Ok(value) => Ok((value, pos)),
+                Ok(value) => Ok((value, pos, elsewhere)),
                 Err(e) => {
                     // Undecodable: it goes, as a plain get drops it.
                     let _ = self.journal.ring.journal_done(pos, shm_delivery::TAKEN);
@@ -672,12 +679,13 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed.into());
         }
-        let (value, pos) = self.shared.get_delivery(deadline)?;
+        let (value, pos, elsewhere) = self.shared.get_delivery(deadline)?;
         Ok(Delivery::new(
             value,
             Arc::clone(&self.shared),
             pos,
             self.shared.joinable,
+            elsewhere,
         ))
     }
 

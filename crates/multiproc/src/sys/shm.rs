@@ -241,6 +241,7 @@ const WORD: usize = std::mem::size_of::<AtomicU64>();
 // from each, never undefined behaviour.
 
 /// The 8-aligned word containing `addr`'s byte, and `addr`'s offset in it.
+#[inline]
 fn word_of(addr: *const u8) -> (*const u8, usize) {
     let skew = addr as usize % WORD;
     (addr.wrapping_sub(skew), skew)
@@ -255,23 +256,37 @@ fn word_of(addr: *const u8) -> (*const u8, usize) {
 /// mapping, which is page-aligned and page-granular), and accessed only
 /// atomically by this process (no Rust reference of a non-atomic type
 /// covers it; other processes may write it at any time).
+#[inline]
 pub(crate) unsafe fn copy_out(src: *const u8, out: &mut [u8]) {
     if out.is_empty() {
         return;
     }
-    let (mut word, mut skew) = word_of(src);
-    let mut done = 0;
-    while done < out.len() {
+    let (mut word, skew) = word_of(src);
+    let load = |word: *const u8| {
         // SAFETY: `word` is 8-aligned and holds a byte of the range (the
         // caller's contract); an `AtomicU64` is valid at any bits.
-        let w = unsafe { AtomicU64::from_ptr(word.cast_mut().cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(word.cast_mut().cast::<u64>()) }
             .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let take = (WORD - skew).min(out.len() - done);
-        out[done..done + take].copy_from_slice(&w[skew..skew + take]);
-        done += take;
-        skew = 0;
+            .to_ne_bytes()
+    };
+    let mut rest: &mut [u8] = out;
+    if skew != 0 {
+        let take = (WORD - skew).min(rest.len());
+        let (head, tail) = rest.split_at_mut(take);
+        head.copy_from_slice(&load(word)[skew..skew + take]);
+        rest = tail;
         word = word.wrapping_add(WORD);
+    }
+    let mut words = rest.chunks_exact_mut(WORD);
+    for chunk in &mut words {
+        let w: &mut [u8; WORD] = chunk.try_into().expect("a word");
+        *w = load(word);
+        word = word.wrapping_add(WORD);
+    }
+    let tail = words.into_remainder();
+    if !tail.is_empty() {
+        let n = tail.len();
+        tail.copy_from_slice(&load(word)[..n]);
     }
 }
 
@@ -281,27 +296,40 @@ pub(crate) unsafe fn copy_out(src: *const u8, out: &mut [u8]) {
 ///
 /// # Safety
 /// As [`copy_out`], for writing.
+#[inline]
 pub(crate) unsafe fn copy_in(dst: *mut u8, data: &[u8]) {
-    let (word, mut skew) = word_of(dst);
+    if data.is_empty() {
+        return;
+    }
+    let (word, skew) = word_of(dst);
     let mut word = word.cast_mut();
-    let mut done = 0;
-    while done < data.len() {
-        let take = (WORD - skew).min(data.len() - done);
+    let atom = |word: *mut u8| {
         // SAFETY: as in `copy_out`.
-        let atom = unsafe { AtomicU64::from_ptr(word.cast::<u64>()) };
-        if take == WORD {
-            let w: [u8; WORD] = data[done..done + WORD].try_into().expect("a word");
-            atom.store(u64::from_ne_bytes(w), Ordering::Relaxed);
-        } else {
-            let _ = atom.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                let mut w = cur.to_ne_bytes();
-                w[skew..skew + take].copy_from_slice(&data[done..done + take]);
-                Some(u64::from_ne_bytes(w))
-            });
-        }
-        done += take;
-        skew = 0;
+        unsafe { AtomicU64::from_ptr(word.cast::<u64>()) }
+    };
+    let merge = |word: *mut u8, at: usize, bytes: &[u8]| {
+        let _ = atom(word).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            let mut w = cur.to_ne_bytes();
+            w[at..at + bytes.len()].copy_from_slice(bytes);
+            Some(u64::from_ne_bytes(w))
+        });
+    };
+    let mut rest = data;
+    if skew != 0 {
+        let take = (WORD - skew).min(rest.len());
+        merge(word, skew, &rest[..take]);
+        rest = &rest[take..];
         word = word.wrapping_add(WORD);
+    }
+    let mut words = rest.chunks_exact(WORD);
+    for chunk in &mut words {
+        let w: [u8; WORD] = chunk.try_into().expect("a word");
+        atom(word).store(u64::from_ne_bytes(w), Ordering::Relaxed);
+        word = word.wrapping_add(WORD);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        merge(word, 0, tail);
     }
 }
 
@@ -314,18 +342,19 @@ pub(crate) unsafe fn copy_in(dst: *mut u8, data: &[u8]) {
 /// `dst` must be 8-aligned, and the words from it up to the total length
 /// of `parts` rounded up to 8 must be mapped and writable for the whole
 /// call, and accessed only atomically by this process.
+#[inline]
 pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<Item = &'a [u8]>) {
     debug_assert!(dst as usize % WORD == 0);
     let mut word = dst;
-    let mut pending = [0u8; WORD];
-    let mut filled = 0;
-    let flush = |w: &[u8; WORD], word: &mut *mut u8| {
+    let store = |word: &mut *mut u8, w: [u8; WORD]| {
         // SAFETY: `*word` is 8-aligned and inside the range the caller
         // vouches for (the words of the total length rounded up).
         unsafe { AtomicU64::from_ptr(word.cast::<u64>()) }
-            .store(u64::from_ne_bytes(*w), Ordering::Relaxed);
+            .store(u64::from_ne_bytes(w), Ordering::Relaxed);
         *word = word.wrapping_add(WORD);
     };
+    let mut pending = [0u8; WORD];
+    let mut filled = 0;
     for part in parts {
         let mut rest = part;
         if filled > 0 {
@@ -336,19 +365,23 @@ pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<It
             if filled < WORD {
                 continue;
             }
-            flush(&pending, &mut word);
+            store(&mut word, pending);
         }
         let mut words = rest.chunks_exact(WORD);
         for w in &mut words {
-            flush(w.try_into().expect("a word"), &mut word);
+            store(&mut word, w.try_into().expect("a word"));
         }
+        // At most 7 bytes: moved one by one into a zeroed word (a copy of
+        // a variable length would be a call to `memcpy`).
         let tail = words.remainder();
-        pending[..tail.len()].copy_from_slice(tail);
+        pending = [0; WORD];
+        for (p, b) in pending.iter_mut().zip(tail) {
+            *p = *b;
+        }
         filled = tail.len();
     }
     if filled > 0 {
-        pending[filled..].fill(0);
-        flush(&pending, &mut word);
+        store(&mut word, pending);
     }
 }
 
