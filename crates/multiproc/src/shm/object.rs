@@ -75,6 +75,7 @@ impl Tag {
     }
 
     /// Whether elements of `U` are what this tag describes.
+    #[inline]
     fn holds<U>(&self) -> bool {
         self.elem_size == std::mem::size_of::<U>() && self.elem_align == std::mem::align_of::<U>()
     }
@@ -223,6 +224,7 @@ impl<T: ShmState> ShmObject<T> {
 
     /// The offset of payload element `index`, if the payload is made of
     /// `U`s and has one there.
+    #[inline]
     fn element<U>(&self, index: usize) -> Option<usize> {
         (self.tag.holds::<U>() && index < self.tag.len)
             .then(|| self.payload + index * std::mem::size_of::<U>())
@@ -232,6 +234,7 @@ impl<T: ShmState> ShmObject<T> {
     /// `RawValue` or `RawArray`), with atomic accesses: a value wider
     /// than 8 bytes may be a mix of two writes, as in Python; an aligned
     /// 8-byte value never is. `None` past the end.
+    #[inline]
     pub(crate) fn read_raw<U: bytemuck::Pod>(&self, index: usize) -> Option<U> {
         let offset = self.element::<U>(index)?;
         let mut value = U::zeroed();
@@ -242,6 +245,7 @@ impl<T: ShmState> ShmObject<T> {
 
     /// Writes element `index` of the payload without the lock, with
     /// atomic accesses; false past the end.
+    #[inline]
     pub(crate) fn write_raw<U: bytemuck::Pod>(&self, index: usize, value: U) -> bool {
         self.element::<U>(index)
             .is_some_and(|offset| self.map.write(offset, bytemuck::bytes_of(&value)))
@@ -308,6 +312,7 @@ impl<U: bytemuck::Pod> LockedSlice<'_, U> {
     }
 
     /// A copy of element `index`; `None` past the end.
+    #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<U> {
         self.obj.read_raw(index)
     }
@@ -315,6 +320,7 @@ impl<U: bytemuck::Pod> LockedSlice<'_, U> {
     /// Writes element `index`; false past the end, or if this process no
     /// longer holds the lock (a guard a forked child inherited writes
     /// nothing).
+    #[inline]
     pub(crate) fn set(&mut self, index: usize, value: U) -> bool {
         self.obj.get().names_this_process() && self.obj.write_raw(index, value)
     }
@@ -334,6 +340,7 @@ impl<U: bytemuck::Pod> LockedSlice<'_, U> {
 }
 
 impl<U: bytemuck::Pod> Drop for LockedSlice<'_, U> {
+    #[inline]
     fn drop(&mut self) {
         self.obj.get().release();
     }
@@ -351,6 +358,7 @@ impl ShmObject<super::states::LockState> {
     /// Takes the object's lock (until `deadline`) for access to the
     /// payload as `U`s. `None` on timeout, or if the payload is not made
     /// of `U`s.
+    #[inline]
     pub(crate) fn lock_slice<U: bytemuck::Pod>(
         &self,
         deadline: Option<std::time::Instant>,

@@ -144,7 +144,10 @@ impl LockState {
         if depth > 0 {
             self.depth.store(depth - 1, Ordering::Relaxed);
         } else {
-            self.thread.store(0, Ordering::Relaxed);
+            // Only an `RLock` records its thread: no store for the others.
+            if self.thread.load(Ordering::Relaxed) != 0 {
+                self.thread.store(0, Ordering::Relaxed);
+            }
             self.lock.release_named();
         }
     }
@@ -500,7 +503,7 @@ impl BarrierState {
         let g = self.generation.load(Ordering::SeqCst);
         self.rounds[g as usize % ROUNDS].store(g << 1 | u32::from(broken), Ordering::SeqCst);
         self.generation.store(g.wrapping_add(1), Ordering::SeqCst);
-        futex::wake(&self.generation, u32::MAX);
+        wait::wake(&self.generation, &self.sleepers, u32::MAX);
     }
 
     fn break_it(&self) {

@@ -59,6 +59,7 @@ pub enum LockTimeoutError<G> {
     OwnerDied(OwnerDied<G>),
 }
 
+#[inline]
 fn wrap<G>(guard: G, how: Acquired) -> Result<G, OwnerDied<G>> {
     match how {
         Acquired::Clean => Ok(guard),
@@ -130,6 +131,7 @@ impl LockGuard<'_> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.shared.state().release();
     }
@@ -146,6 +148,7 @@ impl Lock {
     }
 
     /// Takes the lock, waiting as long as needed (never for a dead holder).
+    #[inline]
     pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
         let how = self.shared.state().acquire(None).unwrap_or(Acquired::Clean);
         wrap(
@@ -224,6 +227,7 @@ impl RLockGuard<'_> {
 }
 
 impl Drop for RLockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.shared.state().release();
     }
@@ -240,6 +244,7 @@ impl RLock {
     }
 
     /// Takes the lock (again, if this thread holds it).
+    #[inline]
     pub fn lock(&self) -> Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>> {
         let state = self.shared.state();
         if state.reenter() {

@@ -24,6 +24,7 @@ fn create<T: Pod>(name: &str, kind: u32, len: usize) -> std::io::Result<Arc<Shar
     Shared::create_tagged(name, Tag::of::<T>(kind, len))
 }
 
+#[inline]
 fn lock<T: Pod>(shared: &Shared<LockState>) -> (LockedSlice<'_, T>, Acquired) {
     shared
         .object()
@@ -139,12 +140,14 @@ impl<T: Pod> ValueGuard<'_, T> {
 
 impl<T: Pod> std::ops::Deref for ValueGuard<'_, T> {
     type Target = T;
+    #[inline]
     fn deref(&self) -> &T {
         &self.value
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ValueGuard<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut T {
         self.dirty = true;
         &mut self.value
@@ -152,6 +155,7 @@ impl<T: Pod> std::ops::DerefMut for ValueGuard<'_, T> {
 }
 
 impl<T: Pod> Drop for ValueGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if self.dirty {
             self.slice.set(0, self.value);
@@ -179,6 +183,7 @@ impl<T: Pod> Value<T> {
 
     /// Takes the lock; the guard reads and writes (a copy of) the value,
     /// written back when it is dropped.
+    #[inline]
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
         let value = slice.get(0).unwrap_or_else(T::zeroed);
@@ -195,12 +200,14 @@ impl<T: Pod> Value<T> {
     }
 
     /// Reads the value under the lock (even after a holder died).
+    #[inline]
     pub fn get(&self) -> T {
         let (slice, _) = lock::<T>(&self.shared);
         slice.get(0).unwrap_or_else(T::zeroed)
     }
 
     /// Writes the value under the lock.
+    #[inline]
     pub fn set(&self, value: T) {
         let (mut slice, _) = lock::<T>(&self.shared);
         slice.set(0, value);
@@ -232,6 +239,7 @@ impl<T: Pod> RawValue<T> {
     }
 
     /// Reads the value.
+    #[inline]
     pub fn get(&self) -> T {
         self.shared
             .object()
@@ -240,6 +248,7 @@ impl<T: Pod> RawValue<T> {
     }
 
     /// Writes the value.
+    #[inline]
     pub fn set(&self, value: T) {
         self.shared.object().write_raw::<T>(0, value);
     }
@@ -315,12 +324,14 @@ impl<T: Pod> ArrayGuard<'_, T> {
 
 impl<T: Pod> std::ops::Deref for ArrayGuard<'_, T> {
     type Target = [T];
+    #[inline]
     fn deref(&self) -> &[T] {
         self.copy()
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for ArrayGuard<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         self.copy();
         self.dirty = true;
@@ -329,6 +340,7 @@ impl<T: Pod> std::ops::DerefMut for ArrayGuard<'_, T> {
 }
 
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if let (true, Some(copy)) = (self.dirty, self.copy.get()) {
             self.slice.write_all(copy);
@@ -374,6 +386,7 @@ impl<T: Pod> Array<T> {
 
     /// Takes the lock; the guard reads and writes the elements (see
     /// [`ArrayGuard`] for what is copied when).
+    #[inline]
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
         let guard = ArrayGuard {

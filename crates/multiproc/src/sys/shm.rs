@@ -197,6 +197,7 @@ impl Mapping {
         self.fd.as_fd()
     }
 
+    #[inline]
     fn in_bounds(&self, offset: usize, len: usize) -> bool {
         offset.checked_add(len).is_some_and(|end| end <= self.len)
     }
@@ -204,6 +205,7 @@ impl Mapping {
     /// Copies `out.len()` bytes from `offset` into `out` with atomic
     /// accesses; false (and nothing copied) if out of bounds. Racing
     /// writers leave a mix of old and new bytes, never undefined behaviour.
+    #[inline]
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
         if !self.in_bounds(offset, out.len()) {
             return false;
@@ -217,6 +219,7 @@ impl Mapping {
 
     /// Copies `data` to `offset` with atomic accesses; false (and nothing
     /// copied) if out of bounds.
+    #[inline]
     pub(crate) fn write(&self, offset: usize, data: &[u8]) -> bool {
         if !self.in_bounds(offset, data.len()) {
             return false;
