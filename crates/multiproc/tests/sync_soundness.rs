@@ -128,3 +128,19 @@ fn a_lock_left_by_an_exited_process_is_recovered_by_a_deadline_shorter_than_the_
         assert!(lock.try_lock().is_ok());
     });
 }
+
+#[test]
+fn a_timeout_too_long_for_the_clock_means_no_deadline_not_a_panic() {
+    deadline(LIMIT, || {
+        let lock = Lock::new().unwrap();
+        assert!(lock.lock_timeout(Duration::MAX).is_ok());
+        let ev = multiproc::Event::new().unwrap();
+        ev.set();
+        assert!(ev.wait_timeout(Duration::MAX));
+        let q = multiproc::Queue::<u8>::new().unwrap();
+        q.put(1).unwrap();
+        assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
+        q.put(2).unwrap();
+        assert_eq!(*q.get_delivery_timeout(Duration::MAX).unwrap(), 2);
+    });
+}

@@ -334,7 +334,7 @@ impl<S, R> Connection<S, R> {
                 "connection is write-only",
             ));
         }
-        self.link.poll(timeout.map(|t| Instant::now() + t))
+        self.link.poll(timeout.and_then(crate::shm::wait::after))
     }
 
     /// Sets the longest message this end accepts (default 2 GiB). A longer
@@ -389,7 +389,7 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
             return Err(RecvError::WriteOnly.into());
         }
         let msg = self.link.recv(
-            Some(Instant::now() + timeout),
+            crate::shm::wait::after(timeout),
             self.link.max_message(),
             true,
         )?;
@@ -496,7 +496,7 @@ impl<S, R> Waitable for Connection<S, R> {
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> std::io::Result<Vec<usize>> {
     let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.wait_fd()).collect();
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(crate::shm::wait::after);
     loop {
         // Arm every object (even after one turns out ready: each arm is
         // paired with a disarm).

@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -893,7 +893,7 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     /// Waits at most `timeout`; on timeout the handle comes back in
     /// [`GetTimeoutError::Timeout`] and the task goes on.
     pub fn get_timeout(self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
-        if self.job.wait_done(Some(Instant::now() + timeout)) {
+        if self.job.wait_done(crate::shm::wait::after(timeout)) {
             self.take().map_err(GetTimeoutError::Failed)
         } else {
             Err(GetTimeoutError::Timeout(self))
@@ -903,7 +903,7 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     /// Waits until the result is ready, at most `timeout`; returns whether
     /// it is.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_done(Some(Instant::now() + timeout))
+        self.job.wait_done(crate::shm::wait::after(timeout))
     }
 
     /// Waits until the result is ready.
@@ -1144,7 +1144,7 @@ impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
 
     /// Waits at most `timeout`; on timeout the handle comes back.
     pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, GetTimeoutError<Self>> {
-        if self.job.wait_done(Some(Instant::now() + timeout)) {
+        if self.job.wait_done(crate::shm::wait::after(timeout)) {
             self.take().map_err(GetTimeoutError::Failed)
         } else {
             Err(GetTimeoutError::Timeout(self))

@@ -515,7 +515,7 @@ impl<R> Process<R> {
     where
         R: DeserializeOwned,
     {
-        match self.drive(Some(Instant::now() + timeout)) {
+        match self.drive(crate::shm::wait::after(timeout)) {
             Ok(true) => Ok(self.take_result()?),
             Ok(false) => Err(JoinTimeoutError::Timeout(self)),
             Err(e) => Err(JoinTimeoutError::Failed(e)),

@@ -600,7 +600,7 @@ impl<T: Serialize> Queue<T> {
     /// producer lock: this returns by the deadline whatever other
     /// processes do).
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, crate::shm::wait::after(timeout))
     }
 
     /// Puts a value if there is room now. Never waits, not even for a
@@ -636,7 +636,7 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed.into());
         }
-        self.shared.get(Some(Instant::now() + timeout))
+        self.shared.get(crate::shm::wait::after(timeout))
     }
 
     /// Takes the oldest value as an acknowledged delivery, waiting while
@@ -669,7 +669,7 @@ impl<T: DeserializeOwned> Queue<T> {
 
     /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`.
     pub fn get_delivery_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetTimeoutError> {
-        self.get_delivery_until(Some(Instant::now() + timeout))
+        self.get_delivery_until(crate::shm::wait::after(timeout))
     }
 
     fn get_delivery_until(
@@ -828,7 +828,7 @@ impl<T> JoinableQueue<T> {
 
     /// Like [`join`](Self::join), giving up at `timeout`; true if all done.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.0.shared.ring.join(Some(Instant::now() + timeout))
+        self.0.shared.ring.join(crate::shm::wait::after(timeout))
     }
 }
 

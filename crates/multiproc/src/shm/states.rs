@@ -594,9 +594,11 @@ impl BarrierState {
             deadline,
             || self.generation.load(Ordering::SeqCst) != generation,
             || {
-                // A waiting party that died will never arrive again.
-                if self.a_party_died() {
-                    let _ = self.lock.lock();
+                // A waiting party that died will never arrive again. (Only
+                // if the barrier's lock is free now: a holder that is
+                // stopped must not hold this waiter past its deadline; the
+                // next re-check tries again.)
+                if self.a_party_died() && self.lock.try_lock().is_some() {
                     if self.generation.load(Ordering::SeqCst) == generation {
                         self.break_it();
                     }
@@ -607,8 +609,15 @@ impl BarrierState {
         if tripped {
             return self.round_result(generation, index);
         }
-        // Timed out: this wait breaks the barrier, unless it tripped just now.
-        let _ = self.lock.lock();
+        // Timed out: this wait breaks the barrier, unless it tripped just
+        // now. The lock is waited for briefly only: if a stopped process
+        // holds it, the barrier is marked broken without it (its other
+        // waiters see that at their own deadlines) and this wait returns.
+        let grace = Instant::now() + std::time::Duration::from_millis(20);
+        if self.lock.lock_until(Some(grace)).is_none() {
+            self.broken.store(1, Ordering::SeqCst);
+            return Err(BarrierFailure::TimedOut);
+        }
         let still = self.generation.load(Ordering::SeqCst) == generation;
         if still {
             self.break_it();

@@ -193,6 +193,13 @@ impl Waiter {
     }
 }
 
+/// The deadline `timeout` from now; `None` (no deadline) for a timeout so
+/// long that the clock cannot express its end (`Duration::MAX`), instead
+/// of a panic.
+pub(crate) fn after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Wakes up to `n` sleepers on `word`, if `sleepers` says there are any.
 pub(crate) fn wake(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
     if sleepers.load(Ordering::SeqCst) > 0 {

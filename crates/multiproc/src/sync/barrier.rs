@@ -1,7 +1,7 @@
 //! `Barrier`: a rendezvous of a fixed number of processes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Shared, shared_handle};
 use crate::shm::states::{BarrierFailure, BarrierState};
@@ -78,7 +78,7 @@ impl Barrier {
 
     /// Waits at most `timeout`; a timeout breaks the barrier.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
-        map(self.shared.state().wait(Some(Instant::now() + timeout)))
+        map(self.shared.state().wait(crate::shm::wait::after(timeout)))
     }
 
     /// Breaks the barrier: every waiter, now and later, gets `Broken`.

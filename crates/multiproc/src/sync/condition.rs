@@ -1,7 +1,7 @@
 //! `Condition`: wait until notified, with a lock around the shared state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::lock::OwnerDied;
 use super::{Shared, shared_handle};
@@ -65,7 +65,7 @@ impl<'a> ConditionGuard<'a> {
     pub fn wait_timeout(self, timeout: Duration) -> (ConditionGuard<'a>, bool) {
         let cond = self.cond;
         std::mem::forget(self);
-        let (notified, _) = cond.shared.state().wait(Some(Instant::now() + timeout));
+        let (notified, _) = cond.shared.state().wait(crate::shm::wait::after(timeout));
         (
             ConditionGuard {
                 cond,

@@ -1,7 +1,7 @@
 //! `Event`: a flag processes can wait for.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Shared, shared_handle};
 use crate::shm::states::EventState;
@@ -62,6 +62,6 @@ impl Event {
 
     /// Waits at most `timeout`; returns whether the flag is set.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.shared.state().wait(Some(Instant::now() + timeout))
+        self.shared.state().wait(crate::shm::wait::after(timeout))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Shared, shared_handle};
 use crate::shm::lock::NotSend;
@@ -180,7 +180,11 @@ impl Lock {
         &self,
         timeout: Duration,
     ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
-        match self.shared.state().acquire(Some(Instant::now() + timeout)) {
+        match self
+            .shared
+            .state()
+            .acquire(crate::shm::wait::after(timeout))
+        {
             None => Err(LockTimeoutError::Timeout),
             Some(how) => wrap(
                 LockGuard {
@@ -301,7 +305,7 @@ impl RLock {
                 _not_send: NotSend::default(),
             });
         }
-        match state.acquire(Some(Instant::now() + timeout)) {
+        match state.acquire(crate::shm::wait::after(timeout)) {
             None => Err(LockTimeoutError::Timeout),
             Some(how) => {
                 state.mark_thread();

@@ -60,7 +60,9 @@ impl Semaphore {
 
     /// Takes a unit, waiting at most `timeout`; false if none came.
     pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.shared.state().acquire(Some(Instant::now() + timeout))
+        self.shared
+            .state()
+            .acquire(crate::shm::wait::after(timeout))
     }
 
     /// Returns a unit and wakes one waiter.
