@@ -857,6 +857,22 @@ impl Ring {
         })
     }
 
+    /// The header (kind, payload length) of the record at ring position
+    /// `pos`, and the record's offset in the data area. `pos` is rounded
+    /// down to a multiple of 8 (callers pass validated positions).
+    #[inline]
+    fn header_at(&self, pos: u64) -> (u32, usize, usize) {
+        let off = (pos & (self.capacity - 1)) as usize & !7;
+        let mut word = [0u8; 8];
+        // SAFETY: `off` is a multiple of 8 below the power-of-two
+        // capacity, so `off + 8 <= capacity`: the 8 bytes are inside this
+        // process's mapping whatever a peer wrote, and are copied
+        // atomically to a local before anything is decided from them.
+        unsafe { shm::copy_out(self.data().add(off), &mut word) };
+        let word = u64::from_le_bytes(word);
+        ((word >> 32) as u32, (word & 0xffff_ffff) as usize, off)
+    }
+
     /// Under the consumer lock: the next record after any padding,
     /// validated; `Ok(None)` if there is none.
     #[inline]
@@ -885,17 +901,8 @@ impl Ring {
                 h.consumer.pos.store(head, Ordering::Release);
                 return Ok(None);
             }
-            // `head` is a multiple of 8: the header's 8 bytes lie before the
-            // end of the data area.
-            let off = (head & (self.capacity - 1)) as usize;
-            let mut word = [0u8; 8];
-            // SAFETY: `off + 8 <= capacity` (`off` is a multiple of 8 below
-            // the power-of-two capacity), so the 8 bytes are inside this
-            // process's mapping whatever a peer wrote; they are copied
-            // atomically to a local before anything is decided from them.
-            unsafe { shm::copy_out(self.data().add(off), &mut word) };
-            let word = u64::from_le_bytes(word);
-            let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
+            // `head` is a multiple of 8 (validated by `span`).
+            let (kind, len, off) = self.header_at(head);
             let size = record_size(len);
             let to_end = self.capacity - off as u64;
             let valid = size <= to_end
@@ -1300,18 +1307,8 @@ impl Ring {
         if pos % 8 != 0 || pos < head || pos >= tail {
             return None;
         }
-        let off = (pos & (self.capacity - 1)) as usize;
-        if off + 8 + JOURNAL_HEAD > self.capacity as usize {
-            return None;
-        }
-        let mut word = [0u8; 8];
-        // SAFETY: `off + 8 + JOURNAL_HEAD <= capacity` (checked): inside
-        // the data area of this mapping; atomic 64-bit loads of aligned
-        // words, the one size every access to the data area uses.
-        unsafe { shm::copy_out(self.data().add(off), &mut word) };
-        let word = u64::from_le_bytes(word);
-        let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
-        if kind != INLINE || len < JOURNAL_HEAD {
+        let (kind, len, off) = self.header_at(pos);
+        if off + 8 + JOURNAL_HEAD > self.capacity as usize || kind != INLINE || len < JOURNAL_HEAD {
             return None;
         }
         Some(std::array::from_fn(|i| {
@@ -1393,12 +1390,7 @@ impl Ring {
         let what = (cur >> 8) as u8;
         let mut bytes = Vec::new();
         if what == delivery::BYTES {
-            let off = (pos & (self.capacity - 1)) as usize;
-            let mut word = [0u8; 8];
-            // SAFETY: `journal_words` checked that the record's header and
-            // first words lie inside the data area; atomic 64-bit loads.
-            unsafe { shm::copy_out(self.data().add(off), &mut word) };
-            let len = (u64::from_le_bytes(word) & 0xffff_ffff) as usize;
+            let (_, len, off) = self.header_at(pos);
             let n = len.saturating_sub(JOURNAL_HEAD);
             if off + 8 + JOURNAL_HEAD + n > self.capacity as usize {
                 return None;
@@ -1435,17 +1427,14 @@ impl Ring {
             !alive
         };
         while pos < tail {
-            let off = (pos & (self.capacity - 1)) as usize;
-            let mut word = [0u8; 8];
-            // SAFETY: `pos` is a multiple of 8 (it starts at a validated
-            // `head` and moves by record sizes), so `off + 8 <= capacity`.
-            unsafe { shm::copy_out(self.data().add(off), &mut word) };
-            let word = u64::from_le_bytes(word);
-            let size = record_size((word & 0xffff_ffff) as usize);
+            // `pos` is a multiple of 8: it starts at a validated `head` and
+            // moves by record sizes.
+            let (kind, len, off) = self.header_at(pos);
+            let size = record_size(len);
             if size > self.capacity - off as u64 || size == 0 {
                 break;
             }
-            if (word >> 32) as u32 == INLINE
+            if kind == INLINE
                 && let Some([state, owner_pid, owner_id, rec_pid, rec_id]) = self.journal_words(pos)
             {
                 let cur = state.load(Ordering::Acquire);
@@ -1532,12 +1521,7 @@ impl Ring {
         }
         let mut moved = 0u64;
         while head < tail {
-            let off = (head & (self.capacity - 1)) as usize;
-            let mut word = [0u8; 8];
-            // SAFETY: `head` is a multiple of 8, so `off + 8 <= capacity`.
-            unsafe { shm::copy_out(self.data().add(off), &mut word) };
-            let word = u64::from_le_bytes(word);
-            let (kind, len) = ((word >> 32) as u32, (word & 0xffff_ffff) as usize);
+            let (kind, len, off) = self.header_at(head);
             let size = record_size(len);
             if size > self.capacity - off as u64 || size > tail - head {
                 break;
