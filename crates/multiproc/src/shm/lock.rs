@@ -180,7 +180,23 @@ impl RawLock {
             // outlived its thread): never ours to take.
             return false;
         }
-        if liveness::is_alive(pid, owner) {
+        if owner == Identity::UNKNOWN {
+            // A holder killed between taking the word and recording its
+            // identity (two instructions apart), or one doing so right
+            // now. Dead only if its id names no process here, and the word
+            // and the identity are still the same a moment later: a live
+            // holder records itself within nanoseconds.
+            if !liveness::pid_gone(pid) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if self.word.load(Ordering::SeqCst) != cur
+                || self.owner.load(Ordering::SeqCst) != 0
+                || !liveness::pid_gone(pid)
+            {
+                return false;
+            }
+        } else if liveness::is_alive(pid, owner) {
             return false;
         }
         // The identity must still be the one judged dead (a holder that
@@ -317,6 +333,15 @@ mod tests {
         lock.owner.store(liveness::me().0 ^ 1, Ordering::SeqCst);
         assert_eq!(lock.try_lock(), Some(Locked::Recovered));
         assert!(lock.held_by_this_process());
+        assert!(lock.unlock());
+        // A holder killed before it recorded its identity: its id names no
+        // process any more, so the lock is recovered all the same.
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        lock.word.store(pid, Ordering::SeqCst);
+        lock.owner.store(0, Ordering::SeqCst);
+        assert_eq!(lock.try_lock(), Some(Locked::Recovered));
         assert!(lock.unlock());
         // Our own id with an unknown identity: taken to be us, not stolen.
         lock.word.store(liveness::pid(), Ordering::SeqCst);

@@ -170,6 +170,21 @@ pub(crate) fn is_alive(pid: u32, id: Identity) -> bool {
     alive_in_other_namespace(pid, id)
 }
 
+/// Whether no process has id `pid` in our PID namespace, or only a
+/// zombie (its memory gone). For a holder that died before it recorded its
+/// identity: the caller must also see the same state again after a pause,
+/// since an id from another namespace says nothing about ours.
+pub(crate) fn pid_gone(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return true;
+    }
+    match stat_of(&pid.to_string()) {
+        Ok(s) => s.zombie,
+        Err(Lookup::Gone) => true,
+        Err(Lookup::Unknown) => false,
+    }
+}
+
 /// A process in another PID namespace: look for it among the processes we
 /// can see (a descendant namespace is visible to us, under other ids).
 fn alive_in_other_namespace(pid: u32, id: Identity) -> bool {

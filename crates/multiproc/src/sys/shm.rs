@@ -349,42 +349,46 @@ pub(crate) unsafe fn copy_in(dst: *mut u8, data: &[u8]) {
 pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<Item = &'a [u8]>) {
     debug_assert!(dst as usize % WORD == 0);
     let mut word = dst;
-    let store = |word: &mut *mut u8, w: [u8; WORD]| {
+    // Words are assembled in a register, little-endian (byte `i` in bits
+    // `8 * i`), never in a buffer in memory: a word read back from bytes
+    // just stored one by one stalls the store (no store forwarding).
+    let store = |word: &mut *mut u8, value: u64| {
         // SAFETY: `*word` is 8-aligned and inside the range the caller
         // vouches for (the words of the total length rounded up).
         unsafe { AtomicU64::from_ptr(word.cast::<u64>()) }
-            .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            .store(u64::from_ne_bytes(value.to_le_bytes()), Ordering::Relaxed);
         *word = word.wrapping_add(WORD);
     };
-    let mut pending = [0u8; WORD];
+    let mut acc = 0u64;
     let mut filled = 0;
     for part in parts {
         let mut rest = part;
         if filled > 0 {
-            let take = (WORD - filled).min(rest.len());
-            pending[filled..filled + take].copy_from_slice(&rest[..take]);
-            filled += take;
-            rest = &rest[take..];
+            while filled < WORD {
+                let Some((&b, more)) = rest.split_first() else {
+                    break;
+                };
+                acc |= u64::from(b) << (8 * filled);
+                filled += 1;
+                rest = more;
+            }
             if filled < WORD {
                 continue;
             }
-            store(&mut word, pending);
+            store(&mut word, acc);
+            acc = 0;
         }
         let mut words = rest.chunks_exact(WORD);
         for w in &mut words {
-            store(&mut word, w.try_into().expect("a word"));
+            store(&mut word, u64::from_le_bytes(w.try_into().expect("a word")));
         }
-        // At most 7 bytes: moved one by one into a zeroed word (a copy of
-        // a variable length would be a call to `memcpy`).
-        let tail = words.remainder();
-        pending = [0; WORD];
-        for (p, b) in pending.iter_mut().zip(tail) {
-            *p = *b;
+        for (i, &b) in words.remainder().iter().enumerate() {
+            acc |= u64::from(b) << (8 * i);
         }
-        filled = tail.len();
+        filled = words.remainder().len();
     }
     if filled > 0 {
-        store(&mut word, pending);
+        store(&mut word, acc);
     }
 }
 
