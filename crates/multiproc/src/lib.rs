@@ -255,8 +255,8 @@ pub use pool::{
 };
 pub use queue::{
     AckError, DEFAULT_RING_BYTES, Delivery, GetError, GetTimeoutError, JoinableQueue, PutError,
-    PutFailure, PutTimeoutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryGetError,
-    TryPutError,
+    PutFailure, PutTimeoutError, Queue, QueueBuilder, REQUEUE_WAIT, SimpleQueue, TaskDoneError,
+    TryGetError, TryPutError,
 };
 pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{

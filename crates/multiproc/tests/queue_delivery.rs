@@ -210,3 +210,19 @@ fn nothing_is_lost_when_consumers_are_killed_at_random() {
         }
     });
 }
+
+#[test]
+fn a_requeue_into_a_queue_that_stays_full_says_so() {
+    deadline(LIMIT, || {
+        let q = Queue::<u32>::bounded(1).unwrap();
+        // Another handle that could make room: the requeue waits for it.
+        let _other = q.clone();
+        q.put(1).unwrap();
+        let d = q.get_delivery().unwrap();
+        q.put(2).unwrap();
+        let t = Instant::now();
+        assert_eq!(d.requeue(), Err(multiproc::AckError::Full));
+        assert!(t.elapsed() >= multiproc::REQUEUE_WAIT);
+        assert_eq!(q.get().unwrap(), 2);
+    });
+}

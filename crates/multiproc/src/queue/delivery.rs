@@ -152,12 +152,18 @@ impl Shared {
     /// Returns how many went back.
     pub(crate) fn recover_deliveries(&self) -> usize {
         let entries = self.journal.ring.journal_take_dead();
-        entries.into_iter().filter(|e| self.give_back(e)).count()
+        let deadline = Instant::now() + Duration::from_millis(10);
+        entries
+            .into_iter()
+            .filter(|e| self.give_back(e, deadline))
+            .count()
     }
 
-    /// Puts the claimed delivery `entry` back into the queue and marks it
-    /// done; if the queue has no room now, leaves it to be claimed again.
-    fn give_back(&self, entry: &Entry) -> bool {
+    /// Puts the claimed delivery `entry` back into the queue (waiting for
+    /// room until `deadline`) and marks it done; if the queue has no room
+    /// by then, makes it `TAKEN` by its holder again (a dead holder's is
+    /// claimed again by the next scan).
+    fn give_back(&self, entry: &Entry, deadline: Instant) -> bool {
         let j = &self.journal;
         let message = if entry.what == delivery::BYTES {
             Some((entry.bytes.clone(), Vec::new()))
@@ -173,7 +179,6 @@ impl Shared {
             let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
             return false;
         };
-        let deadline = Instant::now() + Duration::from_millis(10);
         let put = self.put_again(&bytes, &fds, deadline);
         if put.is_err() {
             j.ring.journal_unclaim(entry.pos);
@@ -197,7 +202,16 @@ pub enum AckError {
     /// (the message may be delivered again).
     #[error("the delivery is no longer recorded as held by this process")]
     NotHeld,
+    /// The queue had no room for the delivery given back within
+    /// [`REQUEUE_WAIT`]: it stays recorded as held by this process, and is
+    /// delivered again only once this process has exited.
+    #[error("the queue had no room to take the delivery back")]
+    Full,
 }
+
+/// How long [`Delivery::requeue`] (and dropping an unacknowledged delivery)
+/// waits for room in a full queue.
+pub const REQUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// A value taken from a queue with an acknowledged get
 /// ([`Queue::get_delivery`](super::Queue::get_delivery)): it stays
@@ -253,7 +267,9 @@ impl<T> Delivery<T> {
     }
 
     /// Gives the delivery back to the queue now, to be delivered again
-    /// (to any consumer, this one included), at the back of the queue.
+    /// (to any consumer, this one included), at the back of the queue. If
+    /// the queue stays full for [`REQUEUE_WAIT`], fails with
+    /// [`AckError::Full`] (see there).
     pub fn requeue(mut self) -> Result<(), AckError> {
         self.give_back()
     }
@@ -263,11 +279,10 @@ impl<T> Delivery<T> {
         let Some(entry) = self.shared.journal.ring.journal_give_back(self.pos) else {
             return Err(AckError::NotHeld);
         };
-        if self.shared.give_back(&entry) {
+        if self.shared.give_back(&entry, Instant::now() + REQUEUE_WAIT) {
             Ok(())
         } else {
-            // No room in the queue now: leave the claim to the next scan.
-            Ok(())
+            Err(AckError::Full)
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::shm::ring::{
 use crate::sys;
 use crate::wire::handles::{self, FdRef};
 use delivery::Journal;
-pub use delivery::{AckError, Delivery};
+pub use delivery::{AckError, Delivery, REQUEUE_WAIT};
 pub use error::{
     GetError, GetTimeoutError, PutError, PutFailure, PutTimeoutError, TaskDoneError, TryGetError,
     TryPutError,
