@@ -332,6 +332,7 @@ fn the_handshake_timeout_runs_only_while_accepting() {
         listener.set_handshake_timeout(Duration::from_millis(300));
         let addr = listener.address().clone();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait_go) = std::sync::mpsc::channel();
         let clients = std::thread::spawn(move || {
             // A client (by hand, the 3.12 handshake) whose handshake begins
             // in the first accept and finishes in the second.
@@ -341,6 +342,10 @@ fn the_handshake_timeout_runs_only_while_accepting() {
             assert!(message.starts_with(b"{sha256}"));
             let first: Connection<(), ()> = Client::connect(&addr, Some(KEY)).unwrap();
             first.send_bytes(b"first").unwrap();
+            // Answer only once the first accept has returned: answered
+            // earlier, the slow handshake could finish inside the first
+            // accept on a busy machine and be the one it returns.
+            wait_go.recv().unwrap();
             let mut answer = b"{sha256}".to_vec();
             answer.extend(hmac_sha256(KEY, message));
             write_frame(slow.as_mut(), &answer);
@@ -358,6 +363,7 @@ fn the_handshake_timeout_runs_only_while_accepting() {
         });
         let first: Connection<(), ()> = listener.accept().unwrap();
         assert_eq!(first.recv_bytes().unwrap(), b"first");
+        go.send(()).unwrap();
         rx.recv().unwrap();
         // Busy elsewhere for twice the handshake timeout: the slow client's
         // handshake waits, and goes on when accept runs again.
