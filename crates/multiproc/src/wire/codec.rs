@@ -106,6 +106,95 @@ fn explained(e: postcard::Error) -> String {
 }
 
 /// Writes postcard output straight onto the end of a borrowed `Vec`.
+/// Bytes of the buffer on the stack that [`encode_stack`] encodes into.
+pub(crate) const STACK_BYTES: usize = 32;
+
+/// A small value's encoding, in a buffer on the stack: no allocation, no
+/// thread-local buffer to take and give back.
+pub(crate) struct Stack {
+    bytes: [u8; STACK_BYTES],
+    len: usize,
+}
+
+impl Stack {
+    /// An empty buffer.
+    #[inline]
+    pub(crate) fn new() -> Stack {
+        Stack {
+            bytes: [0; STACK_BYTES],
+            len: 0,
+        }
+    }
+
+    /// The bytes encoded.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Encodes `value` into `out`; false if it needs more than [`STACK_BYTES`]
+/// bytes or fails to encode (`out` is then to be ignored).
+#[inline]
+pub(crate) fn encode_stack<T: Serialize + ?Sized>(value: &T, out: &mut Stack) -> bool {
+    out.len = 0;
+    postcard::serialize_with_flavor(value, &mut *out).is_ok()
+}
+
+/// `to.copy_from_slice(from)`, with fixed-size moves up to 16 bytes:
+/// varints come a few bytes at a time, and a call to `memcpy` (which a
+/// byte loop also becomes) costs more than the copy.
+#[inline]
+fn copy_short(to: &mut [u8], from: &[u8]) {
+    let n = from.len();
+    if n > 16 || n != to.len() {
+        to.copy_from_slice(from);
+    } else if n >= 8 {
+        // Two 8-byte moves, overlapping when n < 16.
+        to[..8].copy_from_slice(&from[..8]);
+        to[n - 8..].copy_from_slice(&from[n - 8..]);
+    } else if n >= 4 {
+        to[..4].copy_from_slice(&from[..4]);
+        to[n - 4..].copy_from_slice(&from[n - 4..]);
+    } else if n > 0 {
+        to[0] = from[0];
+        to[n / 2] = from[n / 2];
+        to[n - 1] = from[n - 1];
+    }
+}
+
+impl postcard::ser_flavors::Flavor for &mut Stack {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        let slot = self
+            .bytes
+            .get_mut(self.len)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        *slot = data;
+        self.len += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.len + data.len();
+        let room = self
+            .bytes
+            .get_mut(self.len..end)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        copy_short(room, data);
+        self.len = end;
+        Ok(())
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
@@ -193,5 +282,37 @@ impl<'de> Decoder<'de> {
             type_name: std::any::type_name::<T>(),
             message: explained(e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_encoding_is_postcards_and_refuses_what_does_not_fit() {
+        let mut stack = Stack::new();
+        // Byte strings of every length around the buffer's size, and
+        // varints of every width (whose pieces take each path of
+        // `copy_short`).
+        for n in 0..=STACK_BYTES + 2 {
+            let value = serde_bytes::ByteBuf::from(vec![0xA5u8; n]);
+            let want = postcard::to_allocvec(&value).unwrap();
+            let fits = encode_stack(&value, &mut stack);
+            assert_eq!(fits, want.len() <= STACK_BYTES, "{n} bytes");
+            if fits {
+                assert_eq!(stack.bytes(), &want[..]);
+            }
+        }
+        for shift in 0..64 {
+            let value = (1u64 << shift, u128::MAX >> shift, -1i64 << shift);
+            assert!(encode_stack(&value, &mut stack));
+            assert_eq!(stack.bytes(), &postcard::to_allocvec(&value).unwrap()[..]);
+        }
+        assert!(encode_stack(&"x".repeat(15), &mut stack));
+        assert_eq!(
+            stack.bytes(),
+            &postcard::to_allocvec(&"x".repeat(15)).unwrap()[..]
+        );
     }
 }

@@ -42,6 +42,20 @@ thread_local! {
     /// that deep, a handle met is an error, not an index into an outer
     /// message's list.
     static BARE: Cell<usize> = const { Cell::new(0) };
+    /// The depth of `CONTEXT`, kept beside it so that a [`bare`] operation
+    /// (the common case) reads two plain cells and borrows nothing.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Pushes an encode or decode context; [`PopContext`] pops it.
+fn push_context(context: Context) -> PopContext {
+    let depth = CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.push(context);
+        c.len()
+    });
+    DEPTH.set(depth);
+    PopContext
 }
 
 /// Runs `f` as a bare encode or decode (see [`BARE`]).
@@ -50,11 +64,10 @@ fn bare<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(usize);
     impl Drop for Restore {
         fn drop(&mut self) {
-            BARE.with(|b| b.set(self.0));
+            BARE.set(self.0);
         }
     }
-    let depth = CONTEXT.with(|c| c.borrow().len());
-    let _restore = Restore(BARE.with(|b| b.replace(depth + 1)));
+    let _restore = Restore(BARE.replace(DEPTH.get() + 1));
     f()
 }
 
@@ -68,8 +81,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), EncodeError> {
-    CONTEXT.with(|c| c.borrow_mut().push(Context::Encoding(Vec::new())));
-    let popped = PopContext;
+    let popped = push_context(Context::Encoding(Vec::new()));
     let result = codec::encode_into(value, out);
     let fds = CONTEXT.with(|c| match c.borrow_mut().last_mut() {
         Some(Context::Encoding(fds)) => std::mem::take(fds),
@@ -95,8 +107,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Size of [`with_encoded_bare`]'s stack buffer.
-pub(crate) const SMALL: usize = 128;
+/// Encodings this long or shorter are made on the stack.
+pub(crate) const SMALL: usize = codec::STACK_BYTES;
 
 /// Largest scratch buffer kept between sends.
 const SCRATCH_KEEP: usize = 8 << 20;
@@ -134,9 +146,9 @@ pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
     send: impl FnOnce(&[u8]) -> R,
 ) -> Option<R> {
     if small {
-        let mut buf = [0u8; SMALL];
-        if let Some(n) = bare(|| postcard::to_slice(value, &mut buf).ok().map(|b| b.len())) {
-            return Some(send(&buf[..n]));
+        let mut stack = codec::Stack::new();
+        if bare(|| codec::encode_stack(value, &mut stack)) {
+            return Some(send(stack.bytes()));
         }
     }
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -161,11 +173,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, DecodeError> {
-    CONTEXT.with(|c| {
-        c.borrow_mut()
-            .push(Context::Decoding(fds.into_iter().map(Some).collect()))
-    });
-    let _popped = PopContext;
+    let _popped = push_context(Context::Decoding(fds.into_iter().map(Some).collect()));
     codec::decode(bytes)
 }
 
@@ -178,7 +186,12 @@ impl Drop for PopContext {
     fn drop(&mut self) {
         // The context's unclaimed descriptors are closed after the borrow
         // ends (their drop runs no code of ours).
-        let top = CONTEXT.with(|c| c.borrow_mut().pop());
+        let (top, depth) = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let top = c.pop();
+            (top, c.len())
+        });
+        DEPTH.set(depth);
         drop(top);
     }
 }
