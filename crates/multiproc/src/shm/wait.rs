@@ -38,6 +38,9 @@ pub(crate) enum Policy {
     Counted {
         /// Checks separated by a `pause`.
         spins: u32,
+        /// Most `pause`s between two checks: the n-th spin pauses
+        /// `min(2^n, backoff)` times.
+        backoff: u32,
         /// Checks separated by a yield.
         yields: u32,
     },
@@ -56,7 +59,21 @@ pub(crate) enum Policy {
 impl Policy {
     /// A counted policy (see [`Policy::Counted`]).
     pub(crate) const fn counted(spins: u32, yields: u32) -> Policy {
-        Policy::Counted { spins, yields }
+        Policy::Counted {
+            spins,
+            backoff: 1,
+            yields,
+        }
+    }
+
+    /// A counted policy whose spins back off exponentially up to
+    /// `backoff` pauses between two checks.
+    pub(crate) const fn backoff(spins: u32, backoff: u32, yields: u32) -> Policy {
+        Policy::Counted {
+            spins,
+            backoff,
+            yields,
+        }
     }
 }
 
@@ -123,9 +140,16 @@ impl Waiter {
         let round = self.round;
         self.round = self.round.saturating_add(1);
         match self.policy {
-            Policy::Counted { spins, yields } => {
+            Policy::Counted {
+                spins,
+                backoff,
+                yields,
+            } => {
                 if round < spins {
-                    std::hint::spin_loop();
+                    let pauses = 1u32.checked_shl(round).unwrap_or(u32::MAX).min(backoff);
+                    for _ in 0..pauses.max(1) {
+                        std::hint::spin_loop();
+                    }
                     return Next::Check;
                 }
                 if self.passed() {
@@ -210,6 +234,19 @@ pub(crate) fn wake(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backing_off_policy_checks_as_often_as_a_plain_one_then_sleeps() {
+        for policy in [Policy::counted(16, 3), Policy::backoff(16, 32, 3)] {
+            let mut w = Waiter::new(policy, None);
+            let checks = std::iter::from_fn(|| match w.pause() {
+                Next::Check => Some(()),
+                _ => None,
+            })
+            .count();
+            assert_eq!(checks, 16 + 3, "{policy:?}");
+        }
+    }
 
     #[test]
     fn a_wait_with_nothing_to_wait_for_returns_by_its_deadline() {
