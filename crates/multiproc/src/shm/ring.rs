@@ -133,6 +133,16 @@ struct Attached {
     unlisted: AtomicU32,
 }
 
+/// Whether each side's process is running, and on which processor (see
+/// [`Presence`](super::wait::Presence)); written by a pipe end when it starts waiting, yields or
+/// sleeps, never on the fast path. After the attachment table, in bytes
+/// that an older build left zero (read as "not running").
+#[repr(C, align(64))]
+struct Presences {
+    producer: AtomicU64,
+    consumer: AtomicU64,
+}
+
 #[repr(C)]
 struct Header {
     meta: Meta,
@@ -141,6 +151,7 @@ struct Header {
     counts: Counts,
     waits: Waits,
     attached: Attached,
+    presence: Presences,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
@@ -1685,6 +1696,16 @@ impl Ring {
     /// Senders that sleep elsewhere, waiting for room.
     pub(crate) fn space_waiters(&self) -> &AtomicU32 {
         &self.header().waits.space_sleepers
+    }
+
+    /// The presence word of the producer side's process (see [`Presence`](super::wait::Presence)).
+    pub(crate) fn producer_presence(&self) -> &AtomicU64 {
+        &self.header().presence.producer
+    }
+
+    /// The presence word of the consumer side's process (see [`Presence`](super::wait::Presence)).
+    pub(crate) fn consumer_presence(&self) -> &AtomicU64 {
+        &self.header().presence.consumer
     }
 }
 

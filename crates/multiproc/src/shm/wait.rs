@@ -9,7 +9,11 @@
 //!
 //! A waiter first re-checks its condition a few times with a `pause`
 //! between checks (spins), then a number of times giving the processor away
-//! between checks (yields), then sleeps on a futex word. Each sleep lasts
+//! between checks (yields), then sleeps on a futex word. A waiter given a
+//! [`Presence`] (two words where it and its peer say whether they run, and
+//! where) spins only while the peer runs on another processor: a peer on
+//! the same processor, or one not running, cannot answer before this side
+//! gives the processor up. Each sleep lasts
 //! at most [`RECHECK`], so that a waiter whose peer died notices it (the
 //! caller asks [`crate::sys::liveness`] then), and never past the caller's
 //! deadline: every wait here returns by its deadline, whatever the other
@@ -21,7 +25,7 @@
 //! sees the sleeper and wakes it: no wake-up is lost. The lock and the
 //! ring refine the re-check with [`RawLock::observe`](super::lock::RawLock::observe).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys::futex;
@@ -44,10 +48,11 @@ pub(crate) enum Policy {
         /// Checks separated by a yield.
         yields: u32,
     },
-    /// Checks separated by a `pause` for `spin`, then separated by yields
-    /// until `spin + yields` has passed since the first failed check (the
-    /// clock is read every [`CLOCK_EVERY`] spins): for a peer that answers
-    /// within microseconds when it runs (the pipe's round trip).
+    /// Checks separated by a `pause` for `spin` (the clock is read every
+    /// [`CLOCK_EVERY`] spins), then separated by yields for `yields`: for a
+    /// peer that answers within microseconds when it runs (the pipe's round
+    /// trip). With a [`Presence`], the spinning lasts only while the peer
+    /// runs on another processor.
     Timed {
         /// How long to spin.
         spin: Duration,
@@ -103,28 +108,115 @@ pub(crate) enum Slept {
     TimedOut,
 }
 
+/// In a presence word: the process is running (on the processor in the
+/// low bits), not yielding or asleep.
+const RUNNING: u64 = 1 << 31;
+/// A presence word: the process yields or sleeps. (Zero: nothing known, as
+/// for a peer that has never waited; it is taken for running elsewhere.)
+const AWAY: u64 = 1 << 32;
+
+/// Two words in shared memory where two peers say whether they run, and on
+/// which processor: `mine`, written by this side, and `theirs`. A waiter
+/// with a presence spins only while the peer runs on another processor,
+/// the one case where spinning pays: a peer that shares this processor
+/// cannot answer before this side gives it up, and one that is not running
+/// answers no sooner for being watched. It publishes its own word when it
+/// starts waiting, marks it away while it yields or sleeps, and publishes
+/// it again when the wait ends. A peer that never waited has said nothing
+/// (zero) and is taken for running elsewhere. The words are a hint: whatever a peer writes
+/// there only makes this side spin (within the policy's bound) or yield.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Presence<'a> {
+    /// This side's word.
+    pub(crate) mine: &'a AtomicU64,
+    /// The peer's word.
+    pub(crate) theirs: &'a AtomicU64,
+}
+
+impl Presence<'_> {
+    /// Publishes that this process runs, and where; returns the word.
+    fn arrive(&self) -> u64 {
+        let here = RUNNING | (u64::from(rustix::thread::sched_getcpu() as u32) & (RUNNING - 1));
+        self.mine.store(here, Ordering::Relaxed);
+        here
+    }
+
+    /// Publishes that this process is yielding or asleep.
+    fn leave(&self) {
+        self.mine.store(AWAY, Ordering::Relaxed);
+    }
+
+    /// Whether the peer may run on another processor than `here`: it said
+    /// so, or it has said nothing yet.
+    fn apart(&self, here: u64) -> bool {
+        match self.theirs.load(Ordering::Relaxed) {
+            0 => true,
+            peer => peer & RUNNING != 0 && peer != here,
+        }
+    }
+}
+
 /// One wait, from its first failed check to its end.
 #[derive(Debug)]
-pub(crate) struct Waiter {
+pub(crate) struct Waiter<'a> {
     policy: Policy,
     deadline: Option<Instant>,
     round: u32,
-    /// For [`Policy::Timed`]: when the first failed check was made, and
-    /// whether the spinning is over.
+    /// Where this side and its peer say whether they run (for
+    /// [`Policy::Timed`]), and this side's word as last published.
+    presence: Option<Presence<'a>>,
+    here: u64,
+    /// For [`Policy::Timed`]: when the spinning began (at the first failed
+    /// check), then when the yields began; and whether the spinning is over.
     started: Option<Instant>,
     yielding: bool,
 }
 
-impl Waiter {
+impl<'a> Waiter<'a> {
     /// A wait that gives up at `deadline` (never, for `None`).
-    pub(crate) fn new(policy: Policy, deadline: Option<Instant>) -> Waiter {
+    pub(crate) fn new(policy: Policy, deadline: Option<Instant>) -> Waiter<'a> {
         Waiter {
             policy,
             deadline,
             round: 0,
+            presence: None,
+            here: 0,
             started: None,
             yielding: false,
         }
+    }
+
+    /// A wait that spins only while the peer runs on another processor,
+    /// as `presence` says (see [`Presence`]); for [`Policy::Timed`].
+    pub(crate) fn with_presence(
+        policy: Policy,
+        deadline: Option<Instant>,
+        presence: Option<Presence<'a>>,
+    ) -> Waiter<'a> {
+        Waiter {
+            presence,
+            ..Waiter::new(policy, deadline)
+        }
+    }
+
+    /// Clears this side's presence word (it is about to yield or sleep).
+    fn leave(&mut self) {
+        if let Some(p) = &self.presence {
+            p.leave();
+        }
+    }
+
+    /// Publishes this side's presence word again.
+    fn arrive(&mut self) {
+        if let Some(p) = &self.presence {
+            self.here = p.arrive();
+        }
+    }
+
+    /// Whether spinning can pay: there is no presence, or the peer runs on
+    /// another processor.
+    fn apart(&self) -> bool {
+        self.presence.as_ref().is_none_or(|p| p.apart(self.here))
     }
 
     /// Whether the deadline has passed.
@@ -162,24 +254,34 @@ impl Waiter {
                 Next::Sleep
             }
             Policy::Timed { spin, yields } => {
-                if !self.yielding && round % CLOCK_EVERY != 0 {
-                    std::hint::spin_loop();
-                    return Next::Check;
+                if round == 0 {
+                    self.arrive();
                 }
-                let started = *self.started.get_or_insert_with(Instant::now);
-                let spent = started.elapsed();
-                if spent < spin {
-                    std::hint::spin_loop();
-                    return Next::Check;
+                if !self.yielding {
+                    let apart = self.apart();
+                    if apart && round % CLOCK_EVERY != 0 {
+                        std::hint::spin_loop();
+                        return Next::Check;
+                    }
+                    let started = *self.started.get_or_insert_with(Instant::now);
+                    if apart && started.elapsed() < spin {
+                        std::hint::spin_loop();
+                        return Next::Check;
+                    }
+                    // Spinning is over, or cannot pay: the yields begin.
+                    self.yielding = true;
+                    self.started = Some(Instant::now());
                 }
                 if self.passed() {
                     return Next::TimedOut;
                 }
-                if spent < spin.saturating_add(yields) {
-                    self.yielding = true;
+                if self.started.is_some_and(|s| s.elapsed() < yields) {
+                    self.leave();
                     futex::yield_now();
+                    self.arrive();
                     return Next::Check;
                 }
+                self.leave();
                 Next::Sleep
             }
         }
@@ -217,6 +319,16 @@ impl Waiter {
     }
 }
 
+impl Drop for Waiter<'_> {
+    /// The wait is over and this side runs on: says so in its presence
+    /// word, and where (it may have moved while it yielded or slept).
+    fn drop(&mut self) {
+        if self.round > 0 {
+            self.arrive();
+        }
+    }
+}
+
 /// The deadline `timeout` from now; `None` (no deadline) for a timeout so
 /// long that the clock cannot express its end (`Duration::MAX`), instead
 /// of a panic.
@@ -234,6 +346,56 @@ pub(crate) fn wake(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pauses until the waiter says anything but "check again".
+    fn pause_until_not_check(w: &mut Waiter<'_>) -> Next {
+        loop {
+            match w.pause() {
+                Next::Check => continue,
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_waiter_spins_only_while_its_peer_runs_on_another_processor() {
+        let policy = Policy::Timed {
+            spin: Duration::from_millis(200),
+            yields: Duration::ZERO,
+        };
+        let (mine, theirs) = (AtomicU64::new(0), AtomicU64::new(0));
+        let presence = Some(Presence {
+            mine: &mine,
+            theirs: &theirs,
+        });
+        // The peer shares this processor: no spinning at all, and this
+        // side says it is away before it sleeps.
+        let mut w = Waiter::with_presence(policy, None, presence);
+        assert_eq!(w.pause(), Next::Check);
+        let here = mine.load(Ordering::Relaxed);
+        assert_ne!(here & RUNNING, 0, "the first pause publishes where it runs");
+        theirs.store(here, Ordering::Relaxed);
+        let start = Instant::now();
+        assert_eq!(pause_until_not_check(&mut w), Next::Sleep);
+        assert!(start.elapsed() < Duration::from_millis(150));
+        assert_eq!(mine.load(Ordering::Relaxed), AWAY);
+        drop(w);
+        assert_ne!(mine.load(Ordering::Relaxed) & RUNNING, 0, "back when done");
+        // The peer runs elsewhere, or has said nothing: the full spin.
+        for peer in [RUNNING | ((here + 1) & (RUNNING - 1)), 0] {
+            theirs.store(peer, Ordering::Relaxed);
+            let mut w = Waiter::with_presence(policy, None, presence);
+            let start = Instant::now();
+            assert_eq!(pause_until_not_check(&mut w), Next::Sleep);
+            assert!(start.elapsed() >= Duration::from_millis(200), "{peer:#x}");
+        }
+        // The peer yields or sleeps: no spinning.
+        theirs.store(AWAY, Ordering::Relaxed);
+        let mut w = Waiter::with_presence(policy, None, presence);
+        let start = Instant::now();
+        assert_eq!(pause_until_not_check(&mut w), Next::Sleep);
+        assert!(start.elapsed() < Duration::from_millis(150));
+    }
 
     #[test]
     fn a_backing_off_policy_checks_as_often_as_a_plain_one_then_sleeps() {
