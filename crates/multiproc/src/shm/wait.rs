@@ -135,14 +135,14 @@ pub(crate) struct Presence<'a> {
 
 impl Presence<'_> {
     /// Publishes that this process runs, and where; returns the word.
-    fn arrive(&self) -> u64 {
+    pub(crate) fn arrive(&self) -> u64 {
         let here = RUNNING | (u64::from(rustix::thread::sched_getcpu() as u32) & (RUNNING - 1));
         self.mine.store(here, Ordering::Relaxed);
         here
     }
 
     /// Publishes that this process is yielding or asleep.
-    fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.mine.store(AWAY, Ordering::Relaxed);
     }
 
