@@ -72,6 +72,38 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Two compiler errors you may meet first
+//!
+//! [`Process::spawn`], [`Pool::map`] and the other calls that run a
+//! function in another process take a `fn` and one owned argument:
+//!
+//! - **"mismatched types: expected fn pointer, found closure"**, noted
+//!   "closures can only be coerced to `fn` types if they do not capture any
+//!   variables": the closure uses a variable of yours. The child is another
+//!   process and cannot see it. Pass the value in the argument (a tuple for
+//!   several: `Process::spawn(scale, (x, factor))`), or, under the fork
+//!   start method only, use [`Process::fork`], whose closure may capture.
+//! - **"implementation of `Deserialize` is not general enough"**: the
+//!   function takes a borrowed argument (`&str`, `&[u8]`, a struct with a
+//!   lifetime). The child decodes its argument from bytes that are gone
+//!   when it returns: take an owned type instead (`String`, `Vec<u8>`).
+//!
+//! ```compile_fail
+//! fn shout(s: &str) -> usize {
+//!     s.len()
+//! }
+//! // error: implementation of `Deserialize` is not general enough
+//! let _ = multiproc::Process::spawn(shout, "hi");
+//! ```
+//!
+//! ```
+//! fn shout(s: String) -> usize {
+//!     s.len()
+//! }
+//! assert_eq!(multiproc::Process::spawn(shout, "hi".to_string())?.join()?, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Pipes
 //!
 //! [`pipe`] gives two connected [`Connection`]s; each sends and receives,

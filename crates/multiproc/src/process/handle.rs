@@ -323,6 +323,11 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// Keep the handle: dropping it waits for the child (see [`Process`]),
     /// so `for x in xs { Process::spawn(f, x)?; }` would run the children
     /// one after another. Collect the handles and join them instead.
+    ///
+    /// `f` is a `fn` (or a closure that captures nothing) and `arg` an
+    /// owned value: the crate docs explain the two compiler errors met when
+    /// they are not ([Two compiler errors you may meet
+    /// first](crate#two-compiler-errors-you-may-meet-first)).
     pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
