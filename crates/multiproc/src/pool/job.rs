@@ -191,25 +191,26 @@ impl<R> Job<R> {
         if let Some(w) = st.waker.take() {
             w.wake();
         }
-        if st.sealed && st.finished == st.submitted {
-            if let Some((n, key)) = &st.listener {
-                n.done
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(*key);
-                n.cv.notify_all();
-            }
+        if st.sealed
+            && st.finished == st.submitted
+            && let Some((n, key)) = &st.listener
+        {
+            n.done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(*key);
+            n.cv.notify_all();
         }
     }
 
     fn store(&self, st: &mut State<R>, index: usize, outcome: Result<R, TaskError>) {
         st.finished += 1;
-        if let Err(e) = &outcome {
-            if st.first_error.is_none() {
-                st.first_error = Some(e.clone());
-                if self.fail_fast {
-                    self.abandon();
-                }
+        if let Err(e) = &outcome
+            && st.first_error.is_none()
+        {
+            st.first_error = Some(e.clone());
+            if self.fail_fast {
+                self.abandon();
             }
         }
         if self.ordered {

@@ -568,14 +568,14 @@ impl<R> Drop for Process<R> {
             // Drain the result so a child blocked on a large write can exit.
             let _ = reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline);
         }
-        if exit.is_none() {
-            if let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline) {
-                let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
-                let _ = started.reaper.wait(
-                    started.pidfd.as_fd(),
-                    Some(Instant::now() + REAP_AFTER_KILL),
-                );
-            }
+        if exit.is_none()
+            && let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline)
+        {
+            let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
+            let _ = started.reaper.wait(
+                started.pidfd.as_fd(),
+                Some(Instant::now() + REAP_AFTER_KILL),
+            );
         }
     }
 }

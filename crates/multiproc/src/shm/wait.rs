@@ -259,7 +259,7 @@ impl<'a> Waiter<'a> {
                 }
                 if !self.yielding {
                     let apart = self.apart();
-                    if apart && round % CLOCK_EVERY != 0 {
+                    if apart && !round.is_multiple_of(CLOCK_EVERY) {
                         std::hint::spin_loop();
                         return Next::Check;
                     }
