@@ -264,6 +264,20 @@ mod connection;
 mod manager;
 pub mod pool;
 mod process;
+
+/// Python's pickles as plain data: the codec behind
+/// [`PickleConnection`], usable on its own (say, for pickles read from a
+/// file). See [`PickleConnection`] for what is refused and why.
+pub mod pickle {
+    pub use crate::wire::pickle::{
+        PickleError, check, expansion_limit, from_pickle, to_pickle, value_from_pickle,
+        value_to_pickle,
+    };
+    /// A pickle's value of any shape, as `serde-pickle` decodes it (this
+    /// is that crate's type): for a program that echoes or inspects what
+    /// arrives without a Rust type for it.
+    pub use serde_pickle::Value;
+}
 mod queue;
 mod shared;
 mod shm;
@@ -273,8 +287,8 @@ mod wire;
 
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
-    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RecvError,
+    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{
     BarrierProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
