@@ -121,6 +121,84 @@ fn the_echo_server_echoes_until_killed() {
 }
 
 #[test]
+fn the_pickle_echo_server_echoes_python_objects_and_hangs_up_on_code() {
+    use std::io::{BufRead, BufReader};
+
+    let path = common::temp_path("pickle.sock");
+    let mut server = Command::new(example("pickle_echo"))
+        .args(["--address", path.to_str().unwrap(), "--authkey", "k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let marker = common::temp_path("pickle.pwned");
+    // Python, standard library only: one client sends objects and checks
+    // them; a second sends a pickle that would run `touch`, and must find
+    // its connection closed, while the first goes on.
+    let script = format!(
+        r#"
+import os, pickle
+from multiprocessing.connection import Client
+a = Client({path:?}, authkey=b"k")
+objs = [{{"id": 7, "data": [1.5, 2.5], "tags": ("a", "b")}}, None, 2**100, b"\x00\xff", {{1, 2}}, "é"]
+for o in objs:
+    a.send(o)
+    assert a.recv() == o, o
+b = Client({path:?}, authkey=b"k")
+b.send_bytes(b"cos\nsystem\n(S'touch {marker}'\ntR.")
+try:
+    b.recv()
+    raise SystemExit("the server answered a pickle that calls code")
+except EOFError:
+    pass
+a.send([1, 2, 3])
+assert a.recv() == [1, 2, 3]
+assert not os.path.exists({marker:?})
+print("ok")
+"#,
+        path = path.to_str().unwrap(),
+        marker = marker.to_str().unwrap(),
+    );
+    let result = std::panic::catch_unwind(move || {
+        common::deadline(common::LIMIT, move || {
+            let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+                .args(["-c", &script])
+                .output()
+                .expect("python3 must be installed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(text.trim(), "ok");
+        })
+    });
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(
+            "client 2: could not take the pickle: pickle opcode GLOBAL at byte 0 is refused"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+}
+
+#[test]
 fn the_queue_example_runs() {
     let out = run("queue", &[], Duration::from_secs(60));
     assert!(out.contains("each exactly once"), "{out}");
