@@ -15,8 +15,9 @@
 //!    builds is measured before anything is built: memo references
 //!    (`GET`) are copies once decoded, so a few bytes could otherwise ask
 //!    for gigabytes (a tuple of two references to the tuple before it,
-//!    thirty times over). A pickle whose value would exceed
-//!    [`expansion_limit`] is [`PickleError::TooLarge`].
+//!    thirty times over). A pickle whose shared references would make its
+//!    value more than eight times larger than it is without them
+//!    ([`expansion_limit`]) is [`PickleError::TooLarge`].
 //! 2. Only then does the maintained `serde-pickle` crate decode it, into
 //!    any `T: Deserialize`.
 //!
@@ -72,13 +73,15 @@ pub enum PickleError {
 /// Estimated bytes of one decoded value besides its payload.
 const NODE: u64 = 48;
 
-/// How much memory a pickle of `len` bytes may describe: eight times its
-/// size, and 1 MiB more. A pickle of plain data describes about as many
-/// values as it has opcodes; only memo references (`GET`, shared objects)
-/// multiply that, and CPython emits them only for an object that appears
-/// more than once in what was sent.
-pub fn expansion_limit(len: usize) -> u64 {
-    (len as u64).saturating_mul(8).saturating_add(1 << 20)
+/// How large a value with shared references may be, given its size with
+/// each shared value counted once (`unshared`): eight times that, and
+/// 1 MiB more. Without shared references a pickle describes at most about
+/// one value per byte, so what it costs to decode grows with its length
+/// (bounded by the connection's message size limit); memo references
+/// (`GET`) alone could multiply that without bound, and CPython emits them
+/// only for an object that appears more than once in what was sent.
+pub fn expansion_limit(unshared: u64) -> u64 {
+    unshared.saturating_mul(8).saturating_add(1 << 20)
 }
 
 /// Encodes `value` as a protocol 3 pickle.
@@ -269,9 +272,12 @@ struct Node {
 
 /// Walks `bytes` as the unpickler would, without building anything:
 /// refuses what could run, checks every declared length, and measures the
-/// value. `Ok` means `serde-pickle` may decode it.
-pub fn check(bytes: &[u8]) -> Result<(), PickleError> {
-    let limit = expansion_limit(bytes.len());
+/// value. `Ok` means `serde-pickle` may decode it, and holds the estimate
+/// of what the decoded value takes (48 bytes a value, plus the bytes of
+/// strings, bytes and long integers; a shared value counted once per
+/// reference), at most [`expansion_limit`] of the same count without
+/// sharing.
+pub fn check(bytes: &[u8]) -> Result<u64, PickleError> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut stack: Vec<Slot> = Vec::new();
     let mut memo: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
@@ -449,12 +455,14 @@ pub fn check(bytes: &[u8]) -> Result<(), PickleError> {
                 if at != bytes.len() {
                     return Err(malformed(at, "bytes after STOP"));
                 }
+                let unshared = nodes.iter().fold(0u64, |sum, n| sum.saturating_add(n.cost));
+                let limit = expansion_limit(unshared);
                 let expanded = measure(&nodes, root, limit)
                     .map_err(|()| malformed(start, "a value that contains itself"))?;
                 if expanded > limit {
                     return Err(PickleError::TooLarge { expanded, limit });
                 }
-                return Ok(());
+                return Ok(expanded);
             }
         }
         // A pickle cannot describe more values than it has bytes, but
@@ -565,7 +573,7 @@ mod tests {
             serde_bytes::ByteBuf::from(vec![0u8, 255, 7]),
         );
         let bytes = to_pickle(&value).unwrap();
-        assert_eq!(check(&bytes), Ok(()));
+        assert!(check(&bytes).is_ok());
         assert_eq!(from_pickle::<_>(&bytes), Ok(value));
         let v = value_from_pickle(&bytes).unwrap();
         assert_eq!(value_from_pickle(&value_to_pickle(&v).unwrap()).unwrap(), v);
@@ -584,7 +592,6 @@ mod tests {
         match check(&bytes) {
             Err(PickleError::TooLarge { expanded, limit }) => {
                 assert!(expanded > limit);
-                assert_eq!(limit, expansion_limit(bytes.len()));
             }
             other => panic!("{other:?}"),
         }
