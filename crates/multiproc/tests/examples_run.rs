@@ -54,6 +54,23 @@ fn run(name: &str, args: &[&str], limit: Duration) -> String {
     }
 }
 
+/// Starts `command` (a server) with its output piped, and waits for the
+/// `listening on ...` line it prints once it accepts connections.
+fn listening(command: &mut Command) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut server = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    server
+}
+
 #[test]
 fn the_tour_runs() {
     let out = run("tour", &["200000"], Duration::from_secs(120));
@@ -82,19 +99,13 @@ fn the_pipe_example_runs() {
 
 #[test]
 fn the_echo_server_echoes_until_killed() {
-    use std::io::{BufRead, BufReader};
-
     let path = common::temp_path("echo.sock");
-    let mut server = Command::new(example("echo_server"))
-        .args(["--address", path.to_str().unwrap(), "--authkey", "k"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
+    let mut server = listening(Command::new(example("echo_server")).args([
+        "--address",
+        path.to_str().unwrap(),
+        "--authkey",
+        "k",
+    ]));
     // The server is not our child process: kill it even if the test fails.
     let result = std::panic::catch_unwind(move || {
         common::deadline(common::LIMIT, move || {
@@ -122,20 +133,13 @@ fn the_echo_server_echoes_until_killed() {
 
 #[test]
 fn the_pickle_echo_server_echoes_python_objects_and_hangs_up_on_code() {
-    use std::io::{BufRead, BufReader};
-
     let path = common::temp_path("pickle.sock");
-    let mut server = Command::new(example("pickle_echo"))
-        .args(["--address", path.to_str().unwrap(), "--authkey", "k"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
+    let mut server = listening(Command::new(example("pickle_echo")).args([
+        "--address",
+        path.to_str().unwrap(),
+        "--authkey",
+        "k",
+    ]));
     let marker = common::temp_path("pickle.pwned");
     // Python, standard library only: one client sends objects and checks
     // them; a second sends a pickle that would run `touch`, and must find
@@ -195,6 +199,70 @@ print("ok")
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
         Some(9)
+    );
+}
+
+/// `examples/python/pickle_jobs.py` with `args`.
+fn pickle_jobs(args: &[&str]) -> Command {
+    let mut py = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    py.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/pickle_jobs.py"
+    ))
+    .args(args);
+    py
+}
+
+#[test]
+fn python_and_rust_exchange_jobs_as_dicts_both_ways() {
+    // A Python client, a Rust server running the jobs on a pool.
+    let path = common::temp_path("jobs.sock");
+    let mut server = listening(Command::new(example("pickle_pool")).args([
+        "serve",
+        path.to_str().unwrap(),
+        "secret",
+    ]));
+    let where_ = path.to_str().unwrap().to_string();
+    let client = std::panic::catch_unwind(move || {
+        common::deadline(common::LIMIT, move || {
+            pickle_jobs(&["client", &where_, "secret"])
+                .output()
+                .expect("python3 must be installed")
+        })
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let out = client.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "job 1: sum = 6.5 (rust worker ",
+        "job 2: max = 4.0 (rust worker ",
+        "job 3: mean = 3.0 (rust worker ",
+        "job 4: median failed: cannot median these numbers",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from {text}");
+    }
+
+    // A Rust client, a Python server.
+    let path = common::temp_path("py.sock");
+    let mut py = listening(&mut pickle_jobs(&[
+        "server",
+        path.to_str().unwrap(),
+        "secret",
+    ]));
+    let out = run(
+        "pickle_pool",
+        &["call", path.to_str().unwrap(), "secret"],
+        Duration::from_secs(60),
+    );
+    assert!(py.wait().unwrap().success());
+    let _ = std::fs::remove_file(&path);
+    assert!(out.contains("job 1: sum = 8 (python pid "), "{out}");
+    assert!(
+        out.contains("job 3: median failed: cannot median these numbers"),
+        "{out}"
     );
 }
 
