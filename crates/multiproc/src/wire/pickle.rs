@@ -255,19 +255,82 @@ fn opcode(op: u8) -> Option<(&'static str, Arg, Effect)> {
     })
 }
 
-/// A stack entry of the measuring walk: a mark, or a value (an index into
-/// the arena of values built so far).
+/// A stack entry of the measuring walk: a scalar (only its cost matters),
+/// or a container (an index into the arena of containers built so far).
 #[derive(Clone, Copy, PartialEq)]
 enum Slot {
-    Mark,
-    Value(usize),
+    Scalar(u64),
+    Container(usize),
 }
 
-/// A value of the measuring walk: its own cost, and the values it holds
-/// (shared ones are counted once per reference, as they will be copied).
+/// A container of the measuring walk: its own cost with its scalars', and
+/// the containers it holds (a shared one counted once per reference, as it
+/// will be copied).
 struct Node {
     cost: u64,
     children: Vec<usize>,
+}
+
+/// The measuring walk's state.
+#[derive(Default)]
+struct Walk {
+    nodes: Vec<Node>,
+    stack: Vec<Slot>,
+    /// Where each mark is in `stack` (marks are not stack entries here).
+    marks: Vec<usize>,
+    memo: std::collections::HashMap<u64, Slot>,
+    /// Every value's cost counted once: scalars and containers made.
+    unshared: u64,
+}
+
+impl Walk {
+    fn scalar(&mut self, cost: u64) {
+        self.unshared = self.unshared.saturating_add(cost);
+        self.stack.push(Slot::Scalar(cost));
+    }
+
+    /// A new container holding `items`.
+    fn container(&mut self, items: &[Slot]) {
+        self.unshared = self.unshared.saturating_add(NODE);
+        let id = self.nodes.len();
+        self.nodes.push(Node {
+            cost: NODE,
+            children: Vec::new(),
+        });
+        self.add(id, items);
+        self.stack.push(Slot::Container(id));
+    }
+
+    /// Adds `items` to container `id`.
+    fn add(&mut self, id: usize, items: &[Slot]) {
+        for item in items {
+            match *item {
+                Slot::Scalar(c) => self.nodes[id].cost = self.nodes[id].cost.saturating_add(c),
+                Slot::Container(c) => self.nodes[id].children.push(c),
+            }
+        }
+    }
+
+    /// The items above the innermost mark, which is removed.
+    fn pop_mark(&mut self) -> Option<Vec<Slot>> {
+        let mark = self.marks.pop()?;
+        Some(self.stack.split_off(mark.min(self.stack.len())))
+    }
+
+    fn pop(&mut self) -> Option<Slot> {
+        // A value below the innermost mark is not this opcode's to take.
+        if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
+            return None;
+        }
+        self.stack.pop()
+    }
+
+    fn top(&self) -> Option<Slot> {
+        if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
+            return None;
+        }
+        self.stack.last().copied()
+    }
 }
 
 /// Walks `bytes` as the unpickler would, without building anything:
@@ -278,9 +341,7 @@ struct Node {
 /// reference), at most [`expansion_limit`] of the same count without
 /// sharing.
 pub fn check(bytes: &[u8]) -> Result<u64, PickleError> {
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut stack: Vec<Slot> = Vec::new();
-    let mut memo: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut w = Walk::default();
     let mut at = 0usize;
     let malformed = |offset: usize, reason: &str| PickleError::Malformed {
         offset,
@@ -339,108 +400,78 @@ pub fn check(bytes: &[u8]) -> Result<u64, PickleError> {
             }
         };
         at += used;
-        let pop_to_mark = |stack: &mut Vec<Slot>| -> Result<Vec<usize>, PickleError> {
-            let Some(mark) = stack.iter().rposition(|s| *s == Slot::Mark) else {
-                return Err(malformed(start, &format!("{name}: no mark on the stack")));
-            };
-            let items = stack
-                .drain(mark..)
-                .skip(1)
-                .filter_map(|s| match s {
-                    Slot::Value(v) => Some(v),
-                    Slot::Mark => None,
-                })
-                .collect();
-            Ok(items)
-        };
-        let pop_value = |stack: &mut Vec<Slot>| match stack.pop() {
-            Some(Slot::Value(v)) => Ok(v),
-            _ => Err(malformed(start, &format!("{name}: no value on the stack"))),
-        };
-        let top_value = |stack: &[Slot]| match stack.last() {
-            Some(&Slot::Value(v)) => Ok(v),
-            _ => Err(malformed(start, &format!("{name}: no value on the stack"))),
-        };
+        let no_value = || malformed(start, &format!("{name}: no value on the stack"));
+        let no_mark = || malformed(start, &format!("{name}: no mark on the stack"));
+        let not_container = || malformed(start, &format!("{name}: not into a container"));
         match effect {
-            Effect::Forbidden => unreachable!("refused above"),
-            Effect::Scalar => {
-                nodes.push(Node {
-                    cost: NODE + payload.len() as u64,
-                    children: Vec::new(),
+            Effect::Forbidden => {
+                return Err(PickleError::Forbidden {
+                    opcode: name,
+                    offset: start,
                 });
-                stack.push(Slot::Value(nodes.len() - 1));
             }
-            Effect::Empty => {
-                nodes.push(Node {
-                    cost: NODE,
-                    children: Vec::new(),
-                });
-                stack.push(Slot::Value(nodes.len() - 1));
-            }
-            Effect::Mark => stack.push(Slot::Mark),
+            Effect::Scalar => w.scalar(NODE + payload.len() as u64),
+            Effect::Empty => w.container(&[]),
+            Effect::Mark => w.marks.push(w.stack.len()),
             Effect::Pop => {
-                if stack.last().is_some() {
-                    stack.pop();
-                } else {
-                    return Err(malformed(start, "POP: empty stack"));
+                if w.pop().is_none() {
+                    // Python's `POP` on an empty stack (above the mark)
+                    // pops the mark.
+                    w.pop_mark().ok_or_else(no_value)?;
                 }
             }
             Effect::PopMark => {
-                pop_to_mark(&mut stack)?;
+                w.pop_mark().ok_or_else(no_mark)?;
             }
             Effect::Dup => {
-                let top = top_value(&stack)?;
-                stack.push(Slot::Value(top));
+                let top = w.top().ok_or_else(no_value)?;
+                w.stack.push(top);
             }
             Effect::Collect => {
-                let items = pop_to_mark(&mut stack)?;
-                nodes.push(Node {
-                    cost: NODE,
-                    children: items,
-                });
-                stack.push(Slot::Value(nodes.len() - 1));
+                let items = w.pop_mark().ok_or_else(no_mark)?;
+                w.container(&items);
             }
             Effect::Tuple(n) => {
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(pop_value(&mut stack)?);
+                let mut items = [Slot::Scalar(0); 3];
+                for item in items[..n].iter_mut().rev() {
+                    *item = w.pop().ok_or_else(no_value)?;
                 }
-                nodes.push(Node {
-                    cost: NODE,
-                    children: items,
-                });
-                stack.push(Slot::Value(nodes.len() - 1));
+                w.container(&items[..n]);
             }
             Effect::Add(n) => {
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(pop_value(&mut stack)?);
+                let mut items = [Slot::Scalar(0); 2];
+                for item in items[..n].iter_mut().rev() {
+                    *item = w.pop().ok_or_else(no_value)?;
                 }
-                let into = top_value(&stack)?;
-                nodes[into].children.extend(items);
+                let Some(Slot::Container(into)) = w.top() else {
+                    return Err(not_container());
+                };
+                w.add(into, &items[..n]);
             }
             Effect::AddMarked => {
-                let items = pop_to_mark(&mut stack)?;
-                let into = top_value(&stack)?;
-                nodes[into].children.extend(items);
+                let items = w.pop_mark().ok_or_else(no_mark)?;
+                let Some(Slot::Container(into)) = w.top() else {
+                    return Err(not_container());
+                };
+                w.add(into, &items);
             }
             Effect::Put => {
-                let top = top_value(&stack)?;
+                let top = w.top().ok_or_else(no_value)?;
                 let key = if op == 0x94 {
-                    memo.len() as u64
+                    w.memo.len() as u64
                 } else {
                     memo_key(payload)
                         .ok_or_else(|| malformed(start, &format!("{name}: bad memo key")))?
                 };
-                memo.insert(key, top);
+                w.memo.insert(key, top);
             }
             Effect::Get => {
                 let key = memo_key(payload)
                     .ok_or_else(|| malformed(start, &format!("{name}: bad memo key")))?;
-                let Some(&v) = memo.get(&key) else {
+                let Some(&v) = w.memo.get(&key) else {
                     return Err(malformed(start, &format!("{name}: memo {key} is empty")));
                 };
-                stack.push(Slot::Value(v));
+                w.stack.push(v);
             }
             Effect::Nothing => {
                 if op == 0x80 && payload.first().is_some_and(|&v| v > 5) {
@@ -448,26 +479,25 @@ pub fn check(bytes: &[u8]) -> Result<u64, PickleError> {
                 }
             }
             Effect::Stop => {
-                let root = pop_value(&mut stack)?;
-                if !stack.is_empty() {
+                let root = w.pop().ok_or_else(no_value)?;
+                if !w.stack.is_empty() || !w.marks.is_empty() {
                     return Err(malformed(start, "STOP: values left on the stack"));
                 }
                 if at != bytes.len() {
                     return Err(malformed(at, "bytes after STOP"));
                 }
-                let unshared = nodes.iter().fold(0u64, |sum, n| sum.saturating_add(n.cost));
-                let limit = expansion_limit(unshared);
-                let expanded = measure(&nodes, root, limit)
-                    .map_err(|()| malformed(start, "a value that contains itself"))?;
+                let limit = expansion_limit(w.unshared);
+                let expanded = match root {
+                    Slot::Scalar(cost) => cost,
+                    Slot::Container(id) => measure(&w.nodes, id, limit)
+                        .map_err(|()| malformed(start, "a value that contains itself"))?,
+                };
                 if expanded > limit {
                     return Err(PickleError::TooLarge { expanded, limit });
                 }
                 return Ok(expanded);
             }
         }
-        // A pickle cannot describe more values than it has bytes, but
-        // stack and arena stay bounded by the input anyway.
-        debug_assert!(nodes.len() <= bytes.len());
     }
 }
 
