@@ -1,0 +1,129 @@
+//! The README's connection promises that no other test pinned down: a send
+//! to a vanished peer is an error and never a SIGPIPE (even in a process
+//! that has SIGPIPE's default action, which Rust's runtime hides by
+//! ignoring it), and the default message size limit is 2 GiB on every
+//! kind of connection.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{LIMIT, deadline, temp_path};
+use multiproc::{
+    Address, Client, Connection, JoinError, Listener, Process, RecvError, SendError, StartMethod,
+    pipe, pipe_oneway,
+};
+
+/// Sends on `conn` until the send fails (the peer is gone), for at most 5 s.
+fn send_until_refused(conn: &Connection<Vec<u8>, ()>) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        match conn.send(&vec![7u8; 1000]) {
+            Ok(()) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Ok(()) => return Err("sends still succeed 5 s after the peer left".into()),
+            Err(SendError::Disconnected) => return Ok(()),
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+}
+
+/// In a process whose SIGPIPE has its default action (killing it), sends to
+/// a pipe, a one-way pipe, a Unix socket and a TCP connection whose peer
+/// has closed. Returns which kinds said `Disconnected`.
+fn sends_to_closed_peers(_: ()) -> Result<Vec<String>, String> {
+    // SAFETY: installing SIG_DFL runs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let mut done = Vec::new();
+
+    let (ours, theirs) = pipe::<Vec<u8>, ()>().map_err(|e| e.to_string())?;
+    drop(theirs);
+    send_until_refused(&ours).map_err(|e| format!("pipe: {e}"))?;
+    done.push("pipe".to_string());
+
+    let (reader, writer) = pipe_oneway::<Vec<u8>>().map_err(|e| e.to_string())?;
+    drop(reader);
+    let start = Instant::now();
+    loop {
+        match writer.send(&vec![7u8; 1000]) {
+            Ok(()) if start.elapsed() < Duration::from_secs(5) => {}
+            Ok(()) => return Err("one-way: sends still succeed".into()),
+            Err(SendError::Disconnected) => break,
+            Err(e) => return Err(format!("one-way: {e:?}")),
+        }
+    }
+    done.push("one-way pipe".to_string());
+
+    for (kind, address) in [
+        ("unix socket", Address::Unix(temp_path("sigpipe"))),
+        ("tcp", "127.0.0.1:0".parse().unwrap()),
+    ] {
+        let listener = Listener::bind(&address, None).map_err(|e| e.to_string())?;
+        let addr = listener.address().clone();
+        let server = std::thread::spawn(move || listener.accept::<(), Vec<u8>>().map(drop));
+        let client =
+            Client::connect::<Vec<u8>, ()>(&addr, None).map_err(|e| format!("{kind}: {e}"))?;
+        server.join().unwrap().map_err(|e| format!("{kind}: {e}"))?;
+        send_until_refused(&client).map_err(|e| format!("{kind}: {e}"))?;
+        done.push(kind.to_string());
+    }
+    Ok(done)
+}
+
+#[test]
+fn a_send_to_a_vanished_peer_is_an_error_never_a_sigpipe() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(sends_to_closed_peers, ())
+                .unwrap();
+            match child.join() {
+                Ok(Ok(kinds)) => {
+                    assert_eq!(kinds, ["pipe", "one-way pipe", "unix socket", "tcp"], "{m}")
+                }
+                Ok(Err(e)) => panic!("{m}: {e}"),
+                Err(JoinError::Signaled { signal, .. }) => {
+                    panic!("{m}: the child died of {signal}")
+                }
+                Err(e) => panic!("{m}: {e:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn the_default_message_limit_is_two_gibibytes() {
+    deadline(LIMIT, || {
+        const TWO_GIB: u64 = 2 << 30;
+        // A socket connection: a raw peer announces one byte more than the
+        // limit, through the extended header, and sends none of it.
+        let path = temp_path("limit");
+        let listener = Listener::bind(&Address::Unix(path.clone()), None).unwrap();
+        let mut raw = UnixStream::connect(&path).unwrap();
+        let conn = listener.accept::<(), ()>().unwrap();
+        raw.write_all(&(-1i32).to_be_bytes()).unwrap();
+        raw.write_all(&(TWO_GIB + 1).to_be_bytes()).unwrap();
+        match conn.recv_bytes() {
+            Err(RecvError::TooLarge { len, limit }) => {
+                assert_eq!((len, limit), (TWO_GIB + 1, TWO_GIB))
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A pipe checks the same limit, set lower here so as not to send
+        // 2 GiB: a message over it is refused, one at it arrives.
+        let (a, b) = pipe::<(), ()>().unwrap();
+        b.set_max_message_size(1000);
+        a.send_bytes(&[1; 1000]).unwrap();
+        assert_eq!(b.recv_bytes().unwrap().len(), 1000);
+        a.send_bytes(&[1; 1001]).unwrap();
+        match b.recv_bytes() {
+            Err(RecvError::TooLarge { len, limit }) => assert_eq!((len, limit), (1001, 1000)),
+            other => panic!("{other:?}"),
+        }
+    });
+}
