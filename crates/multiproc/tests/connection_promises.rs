@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{
-    Address, Client, Connection, JoinError, Listener, Process, RecvError, SendError, StartMethod,
-    pipe, pipe_oneway,
+    Address, Client, Connection, Event, JoinError, Listener, Process, RecvError, RecvTimeoutError,
+    SendError, StartMethod, pipe, pipe_oneway,
 };
 
 /// Sends on `conn` until the send fails (the peer is gone), for at most 5 s.
@@ -124,6 +124,38 @@ fn the_default_message_limit_is_two_gibibytes() {
         match b.recv_bytes() {
             Err(RecvError::TooLarge { len, limit }) => assert_eq!((len, limit), (1001, 1000)),
             other => panic!("{other:?}"),
+        }
+    });
+}
+
+/// Holds nothing but the event it waits on.
+fn wait_for(go: Event) -> bool {
+    go.wait_timeout(LIMIT)
+}
+
+#[test]
+fn a_child_never_keeps_the_parents_end_of_a_pipe_open() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (ours, theirs) = pipe::<u8, u8>().unwrap();
+            let go = Event::new().unwrap();
+            // Started while this process holds both ends: under fork, the
+            // child's copy of `theirs` is not kept (Python's would be).
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(wait_for, go.clone())
+                .unwrap();
+            drop(theirs);
+            assert!(
+                matches!(
+                    ours.recv_timeout(Duration::from_secs(20)),
+                    Err(RecvTimeoutError::Recv(RecvError::Disconnected))
+                ),
+                "{m}"
+            );
+            assert!(common::exists(child.pid()), "{m}: the child already ended");
+            go.set();
+            assert!(child.join().unwrap(), "{m}");
         }
     });
 }
