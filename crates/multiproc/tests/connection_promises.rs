@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{
-    Address, Client, Connection, Event, JoinError, Listener, Process, RecvError, RecvTimeoutError,
-    SendError, StartMethod, pipe, pipe_oneway,
+    Address, Client, Connection, Event, HANDSHAKE_TIMEOUT, JoinError, Listener,
+    MAX_PENDING_HANDSHAKES, Process, RecvError, RecvTimeoutError, SendError, StartMethod, pipe,
+    pipe_oneway,
 };
 
 /// Sends on `conn` until the send fails (the peer is gone), for at most 5 s.
@@ -156,6 +157,67 @@ fn a_child_never_keeps_the_parents_end_of_a_pipe_open() {
             assert!(common::exists(child.pid()), "{m}: the child already ended");
             go.set();
             assert!(child.join().unwrap(), "{m}");
+        }
+    });
+}
+
+/// Whether the listener closed `sock` (end of stream) within `wait`.
+fn closed_within(sock: &mut UnixStream, wait: Duration) -> bool {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match std::io::Read::read(sock, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn by_default_64_handshakes_wait_at_once_each_for_20_s() {
+    deadline(LIMIT, || {
+        assert_eq!(MAX_PENDING_HANDSHAKES, 64);
+        assert_eq!(HANDSHAKE_TIMEOUT, Duration::from_secs(20));
+        // A listener left at its defaults: 70 silent connections, then an
+        // honest client. Taken in order with 64 at most pending, the 6
+        // oldest are closed to make room, accept returns the honest client
+        // without an error, and the newest silent ones are still waiting.
+        let key: &[u8] = b"promises";
+        let listener = Listener::bind(&Address::Unix(temp_path("cap64")), Some(key)).unwrap();
+        let addr = listener.address().clone();
+        let Address::Unix(path) = addr.clone() else {
+            unreachable!()
+        };
+        let clients = std::thread::spawn(move || {
+            let socks: Vec<UnixStream> = (0..70)
+                .map(|_| UnixStream::connect(&path).unwrap())
+                .collect();
+            let good: Connection<(), ()> = Client::connect(&addr, Some(key)).unwrap();
+            good.send_bytes(b"in").unwrap();
+            (socks, good)
+        });
+        let conn: Connection<(), ()> = listener.accept().unwrap();
+        assert_eq!(conn.recv_bytes().unwrap(), b"in");
+        let (mut socks, _good) = clients.join().unwrap();
+        let closed: Vec<bool> = socks
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_millis(20)))
+            .collect();
+        assert_eq!(closed[..6], [true; 6], "{closed:?}");
+        assert_eq!(closed[7..], [false; 63], "{closed:?}");
+        drop(listener);
+        for s in &mut socks[7..] {
+            assert!(closed_within(s, Duration::from_secs(10)));
         }
     });
 }
