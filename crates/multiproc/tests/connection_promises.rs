@@ -221,3 +221,30 @@ fn by_default_64_handshakes_wait_at_once_each_for_20_s() {
         }
     });
 }
+
+/// Receives a connection through a one-way pipe and answers through it.
+fn answer_through(rx: Connection<(), Connection<u8, u8>>) -> bool {
+    match rx.recv() {
+        Ok(conn) => conn.send(&conn.recv().unwrap_or(0).wrapping_add(1)).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn one_way_pipes_carry_handles() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (rx, tx) = pipe_oneway::<Connection<u8, u8>>().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(answer_through, rx)
+                .unwrap();
+            let (ours, theirs) = pipe::<u8, u8>().unwrap();
+            tx.send(&theirs).unwrap();
+            drop(theirs);
+            ours.send(&41).unwrap();
+            assert_eq!(ours.recv().unwrap(), 42, "{m}");
+            assert!(child.join().unwrap(), "{m}");
+        }
+    });
+}
