@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{
-    Address, Client, Connection, Event, HANDSHAKE_TIMEOUT, JoinError, Listener,
-    MAX_PENDING_HANDSHAKES, Process, RecvError, RecvTimeoutError, SendError, StartMethod, pipe,
-    pipe_oneway,
+    AcceptError, Address, AuthError, Client, Connection, Event, HANDSHAKE_TIMEOUT, JoinError,
+    Listener, MAX_PENDING_HANDSHAKES, Process, RecvError, RecvTimeoutError, SendError, StartMethod,
+    pipe, pipe_oneway,
 };
 
 /// Sends on `conn` until the send fails (the peer is gone), for at most 5 s.
@@ -246,5 +246,62 @@ fn one_way_pipes_carry_handles() {
             assert_eq!(ours.recv().unwrap(), 42, "{m}");
             assert!(child.join().unwrap(), "{m}");
         }
+    });
+}
+
+/// Reads one frame of CPython's framing (a 4-byte big-endian length).
+fn read_frame(s: &mut UnixStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    std::io::Read::read_exact(s, &mut len).unwrap();
+    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+    std::io::Read::read_exact(s, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn a_malformed_handshake_or_a_client_leaving_half_way_is_an_accept_error() {
+    deadline(LIMIT, || {
+        let path = temp_path("halfway");
+        let listener = Listener::bind(&Address::Unix(path.clone()), Some(b"key")).unwrap();
+
+        // Leaves after reading the challenge.
+        let mut raw = UnixStream::connect(&path).unwrap();
+        let leaver = std::thread::spawn(move || {
+            let challenge = read_frame(&mut raw);
+            assert!(challenge.starts_with(b"#CHALLENGE#"), "{challenge:?}");
+        });
+        match listener.accept::<(), ()>() {
+            Err(AcceptError::Auth(e)) => assert!(
+                matches!(e, AuthError::Recv(RecvError::Disconnected)),
+                "{e:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        leaver.join().unwrap();
+
+        // Answers the challenge with a frame that is no digest.
+        let mut raw = UnixStream::connect(&path).unwrap();
+        let garbler = std::thread::spawn(move || {
+            let _ = read_frame(&mut raw);
+            raw.write_all(&5i32.to_be_bytes()).unwrap();
+            raw.write_all(b"hello").unwrap();
+            raw
+        });
+        match listener.accept::<(), ()>() {
+            Err(AcceptError::Auth(AuthError::Protocol(_) | AuthError::PeerRejected)) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(garbler.join().unwrap());
+
+        // The listener goes on serving.
+        let addr = listener.address().clone();
+        let client = std::thread::spawn(move || {
+            let c: Connection<u8, u8> = Client::connect(&addr, Some(b"key")).unwrap();
+            c.send(&7).unwrap();
+            c
+        });
+        let conn: Connection<u8, u8> = listener.accept().unwrap();
+        assert_eq!(conn.recv().unwrap(), 7);
+        drop(client.join().unwrap());
     });
 }
