@@ -260,6 +260,11 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+
+/// The README, whose Rust code runs as a doc test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 mod connection;
 mod manager;
 pub mod pool;
