@@ -315,7 +315,7 @@ pub use sync::{
     Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,
     ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
 };
-pub use wire::{DecodeError, EncodeError, FrameError};
+pub use wire::{DecodeError, EncodeError, FrameError, SelfDescribing};
 
 pub use process::{
     Builder, ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess,

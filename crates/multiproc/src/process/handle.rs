@@ -17,7 +17,11 @@ use super::start::{self, Started};
 use super::status::{ExitStatus, Signal};
 use crate::sys;
 use crate::sys::code::{Body, EntryId};
-use crate::wire::{FrameError, codec, frame, handles};
+use crate::wire::{EncodeError, FrameError, codec, frame, handles};
+
+/// The largest encoded argument that `spawn` decodes once in the parent,
+/// to report a value postcard cannot decode before any child starts.
+const TRY_DECODE_MAX: usize = 1 << 20;
 
 /// How a child process is created. See `docs/start-methods.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -162,6 +166,21 @@ impl Builder {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
+        // A value postcard encodes but cannot decode (an untagged enum, a
+        // `serde_json::Value`) fails here, in the parent, rather than in the
+        // child. Only values without handles, up to 1 MiB, are tried.
+        let tried = handles::with_encoded_bare(&arg, false, |bytes| {
+            if bytes.len() > TRY_DECODE_MAX {
+                return Ok(());
+            }
+            handles::decode_bare::<A>(bytes).map(drop)
+        });
+        if let Some(Err(e)) = tried {
+            return Err(StartError::Encode(EncodeError {
+                type_name: e.type_name,
+                message: format!("it would not decode in the child: {}", e.message),
+            }));
+        }
         self.spawn_with_body(f, child::body::<A, R>, &arg)
     }
 

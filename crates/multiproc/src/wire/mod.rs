@@ -16,10 +16,12 @@
 //!   beside the bytes as `SCM_RIGHTS` ancillary data, never inside them.
 
 pub(crate) mod codec;
+pub(crate) mod described;
 pub(crate) mod frame;
 pub(crate) mod handles;
 pub(crate) mod pickle;
 pub(crate) mod stream;
 
 pub use codec::{DecodeError, EncodeError};
+pub use described::SelfDescribing;
 pub use frame::FrameError;
