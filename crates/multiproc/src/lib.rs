@@ -309,7 +309,7 @@ pub use queue::{
     PutFailure, PutTimeoutError, Queue, QueueBuilder, REQUEUE_WAIT, SimpleQueue, TaskDoneError,
     TryGetError, TryPutError,
 };
-pub use shared::{OutOfBounds, SharedMemory};
+pub use shared::{MAX_NAME_LEN, NameError, OutOfBounds, SharedMemory};
 pub use sync::{
     Array, ArrayGuard, Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event,
     Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,
