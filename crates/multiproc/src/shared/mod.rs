@@ -23,8 +23,10 @@
 //! freed with the last one: a name outlives neither its creator nor an
 //! `unlink`, but a block outlives both.
 
+mod list;
 mod name;
 
+pub use list::{Item, ListError, ShareableList};
 pub use name::{MAX_NAME_LEN, NameError};
 
 use std::io;
@@ -174,7 +176,7 @@ impl SharedMemory {
             return Err(NameError::ZeroSize);
         }
         let segment = Segment::create(size)?;
-        let server = name::Server::start(name, name::Kind::Block, &[segment.fd()])?;
+        let server = name::Server::start(name, name::Kind::Block, 0, &[segment.fd()])?;
         let mut shm = SharedMemory::from_segment(segment, false)?;
         shm.name = Some(Arc::new((name.to_string(), Holder::Served(server))));
         Ok(shm)
@@ -187,10 +189,10 @@ impl SharedMemory {
     /// process holds the name. The handle has no [`name`](Self::name) of
     /// its own (only the creator's handles do).
     ///
-    /// A `ShareableList`'s name attaches its block.
+    /// A [`ShareableList`]'s name attaches its block (as
+    /// [`ShareableList::shm`]).
     pub fn attach_named(name: &str) -> Result<SharedMemory, NameError> {
-        let (_, mut fds) = name::fetch(name)?;
-        let fd = fds.swap_remove(0);
+        let (_, _, fd) = name::fetch(name)?;
         Ok(SharedMemory::from_segment(Segment::attach(fd)?, false)?)
     }
 

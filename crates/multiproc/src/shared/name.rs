@@ -28,8 +28,11 @@ const RESERVED: &str = "multiproc-";
 /// How long an attacher waits for the creator's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// What the creator answers a peer of another user.
+/// What the creator answers a peer of another user (in every byte).
 const REFUSED: u8 = b'!';
+
+/// The answer's length: what the name holds, and a number.
+const ANSWER: usize = 9;
 
 /// Why a named block could not be created or attached.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +100,7 @@ impl From<NameError> for io::Error {
 pub(crate) enum Kind {
     /// A `SharedMemory`: one memfd.
     Block,
-    /// A `ShareableList`: its block's memfd, then its lock's.
+    /// A `ShareableList`: its memfd (the number is its length in words).
     List,
 }
 
@@ -106,6 +109,14 @@ impl Kind {
         match self {
             Kind::Block => b'S',
             Kind::List => b'L',
+        }
+    }
+
+    /// Its type's name, for errors.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Kind::Block => "SharedMemory",
+            Kind::List => "ShareableList",
         }
     }
 
@@ -163,10 +174,12 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Takes `name` and serves `fds` (duplicated) on it.
+    /// Takes `name` and serves `fds` (duplicated) on it, with `extra` (a
+    /// number the attacher needs: a list's length in words).
     pub(crate) fn start(
         name: &str,
         kind: Kind,
+        extra: u64,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<Server, NameError> {
         let addr = address(name)?;
@@ -185,7 +198,7 @@ impl Server {
         let (stop, wake) = (TrackedFd::new(stop), TrackedFd::new(wake));
         let thread = std::thread::Builder::new()
             .name("multiproc-shm-name".into())
-            .spawn(move || serve(listener, wake, kind, fds))?;
+            .spawn(move || serve(listener, wake, kind, extra, fds))?;
         Ok(Server {
             stop: Some(stop),
             thread: Some(thread),
@@ -211,7 +224,10 @@ impl Drop for Server {
     }
 }
 
-fn serve(listener: TrackedFd, wake: TrackedFd, kind: Kind, fds: Vec<TrackedFd>) {
+fn serve(listener: TrackedFd, wake: TrackedFd, kind: Kind, extra: u64, fds: Vec<TrackedFd>) {
+    let mut answer = [0u8; ANSWER];
+    answer[0] = kind.byte();
+    answer[1..].copy_from_slice(&extra.to_le_bytes());
     let uid = rustix::process::geteuid().as_raw();
     let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     loop {
@@ -232,17 +248,16 @@ fn serve(listener: TrackedFd, wake: TrackedFd, kind: Kind, fds: Vec<TrackedFd>) 
             // An answer never blocks: it is one byte (and descriptors) on a
             // fresh connection. A failure concerns that peer alone.
             let _ = match sys::socket::peer_credentials(conn.as_fd()) {
-                Ok(c) if c.uid == uid => {
-                    sys::socket::send_all(conn.as_fd(), &[&[kind.byte()]], &fds)
-                }
-                _ => sys::socket::send_all(conn.as_fd(), &[&[REFUSED]], &[]),
+                Ok(c) if c.uid == uid => sys::socket::send_all(conn.as_fd(), &[&answer], &fds),
+                _ => sys::socket::send_all(conn.as_fd(), &[&[REFUSED; ANSWER]], &[]),
             };
         }
     }
 }
 
-/// Asks the holder of `name` for its object: its kind and descriptors.
-pub(crate) fn fetch(name: &str) -> Result<(Kind, Vec<OwnedFd>), NameError> {
+/// Asks the holder of `name` for its object: its kind, number and
+/// descriptor.
+pub(crate) fn fetch(name: &str) -> Result<(Kind, u64, OwnedFd), NameError> {
     let addr = address(name)?;
     let conn = match sys::socket::connect_abstract(&addr) {
         Ok(c) => c,
@@ -256,34 +271,39 @@ pub(crate) fn fetch(name: &str) -> Result<(Kind, Vec<OwnedFd>), NameError> {
         return Err(NameError::Foreign(name.to_string()));
     }
     let deadline = Instant::now() + ANSWER_WITHIN;
-    if !sys::socket::wait_readable(&[conn.as_fd()], Some(deadline))?[0] {
-        return Err(NameError::NoAnswer(name.to_string()));
-    }
-    let mut byte = [0u8; 1];
+    let mut answer = [0u8; ANSWER];
+    let mut got = 0;
     let mut fds = Vec::new();
-    let n = sys::socket::recv(conn.as_fd(), &mut byte, &mut fds, true)?;
-    if n == 0 {
+    while got < ANSWER {
+        if !sys::socket::wait_readable(&[conn.as_fd()], Some(deadline))?[0] {
+            return Err(NameError::NoAnswer(name.to_string()));
+        }
+        let n = sys::socket::recv(conn.as_fd(), &mut answer[got..], &mut fds, true)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if got == 0 {
         // The holder closed without answering: it was giving the name up.
         return Err(NameError::NotFound(name.to_string()));
     }
-    if byte[0] == REFUSED {
+    if answer[0] == REFUSED {
         return Err(NameError::Foreign(name.to_string()));
     }
-    let kind = Kind::from_byte(byte[0]).ok_or_else(|| {
+    let nonsense = |what: &str| {
         NameError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the holder of the name answered nonsense",
+            format!("the holder of the name {name:?} answered {what}"),
         ))
-    })?;
-    let wanted = match kind {
-        Kind::Block => 1,
-        Kind::List => 2,
     };
-    if fds.len() != wanted {
-        return Err(NameError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the holder of the name sent the wrong number of descriptors",
-        )));
+    let kind = Kind::from_byte(answer[0]).ok_or_else(|| nonsense("an unknown kind"))?;
+    if got < ANSWER {
+        return Err(nonsense("too little"));
     }
-    Ok((kind, fds))
+    let extra = u64::from_le_bytes(answer[1..].try_into().expect("8 bytes"));
+    if fds.len() != 1 {
+        return Err(nonsense("the wrong number of descriptors"));
+    }
+    Ok((kind, extra, fds.remove(0)))
 }
