@@ -347,3 +347,45 @@ fn a_peer_writing_garbage_gets_typed_errors_only() {
         }
     });
 }
+
+#[test]
+fn a_writer_killed_mid_write_leaves_a_whole_item_or_a_corrupt_slot() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let list =
+                ShareableList::new(&[Item::Bytes(vec![b'b'; 24]), Item::Bool(false)]).unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(flip, list.clone())
+                .unwrap();
+            let a = Item::Str("aaaaaaaaaaaaaaaaaaaaaaa".into());
+            while list.get(0).unwrap() != a {
+                assert!(child.exit_status().is_none(), "{m}");
+            }
+            child.kill().unwrap();
+            let pid = child.pid();
+            assert!(matches!(
+                child.join(),
+                Err(JoinError::Signaled {
+                    signal: multiproc::Signal::KILL,
+                    ..
+                })
+            ));
+            assert_gone(pid);
+            // The lock is recovered from the dead writer; the slot is one
+            // whole item, or (killed mid-write) reads as corrupt.
+            match list.get(0) {
+                Ok(got) => assert!(
+                    got == a || got == Item::Bytes(vec![b'b'; 24]),
+                    "{m}: {got:?}"
+                ),
+                Err(ListError::Corrupt { reason, .. }) => {
+                    assert_eq!(reason, "no item (zeroed)", "{m}")
+                }
+                Err(e) => panic!("{m}: {e:?}"),
+            }
+            list.set(0, Item::Int(5)).unwrap();
+            assert_eq!(list.get(0).unwrap(), Item::Int(5), "{m}");
+        }
+    });
+}

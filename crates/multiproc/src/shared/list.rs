@@ -128,7 +128,11 @@ struct Slot {
 /// read and write of a slot is whole (under the list's lock, which a dying
 /// holder does not keep), unlike Python's. Another process holding the
 /// memory can write garbage into it: reads check what they find, and give
-/// [`ListError::Corrupt`] for anything that is not an item.
+/// [`ListError::Corrupt`] for anything that is not an item. A writer
+/// killed in the middle of a write leaves that slot `Corrupt` until it is
+/// set again. As for [`Value`](crate::Value), a live process that keeps
+/// the lock (or a peer that writes a live process's id into it) makes
+/// reads and writes wait.
 ///
 /// Send it to a child like any handle, or give it a name
 /// ([`new_named`](Self::new_named)) that any process of the same user can
@@ -360,12 +364,16 @@ impl ShareableList {
         }
         words[0] = tag | ((payload.len() as u64) << 32);
         let (mut g, _) = lock(&self.shared);
-        for (k, w) in words.iter().enumerate() {
-            // Within the object: the layout was checked against its size.
-            // (False only for a guard a forked child inherited, which
-            // cannot happen: the guard lives in this call.)
+        // The header goes to 0 (no item) first and gets its value last: a
+        // writer killed in between leaves a slot that reads as
+        // `Corrupt`, never as a mix of two items. Each `set` is within the
+        // object (the layout was checked against its size); false only
+        // for a guard a forked child inherited, and this one lives here.
+        let _ = g.set(slot.at, 0);
+        for (k, w) in words.iter().enumerate().skip(1) {
             let _ = g.set(slot.at + k, *w);
         }
+        let _ = g.set(slot.at, words[0]);
         Ok(())
     }
 
