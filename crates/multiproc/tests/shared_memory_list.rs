@@ -389,3 +389,21 @@ fn a_writer_killed_mid_write_leaves_a_whole_item_or_a_corrupt_slot() {
         }
     });
 }
+
+#[test]
+fn handles_and_errors_are_send_and_sync() {
+    fn both<T: Send + Sync>() {}
+    both::<ShareableList>();
+    both::<SharedMemory>();
+    both::<ListError>();
+    both::<NameError>();
+    // A name error converts to the io::Error kind a caller expects.
+    let e: std::io::Error = NameError::Exists("x".into()).into();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    let e: std::io::Error = NameError::Invalid {
+        name: String::new(),
+        reason: "it is empty",
+    }
+    .into();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}

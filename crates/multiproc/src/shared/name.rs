@@ -83,15 +83,18 @@ pub enum NameError {
 impl From<NameError> for io::Error {
     fn from(e: NameError) -> io::Error {
         let kind = match &e {
-            NameError::Exists(_) => io::ErrorKind::AlreadyExists,
-            NameError::NotFound(_) => io::ErrorKind::NotFound,
-            NameError::Invalid { .. } | NameError::ZeroSize => io::ErrorKind::InvalidInput,
-            NameError::Foreign(_) => io::ErrorKind::PermissionDenied,
-            NameError::WrongKind { .. } => io::ErrorKind::InvalidData,
-            NameError::NoAnswer(_) => io::ErrorKind::TimedOut,
-            NameError::Io(e) => return io::Error::new(e.kind(), e.to_string()),
+            NameError::Io(_) => None,
+            NameError::Exists(_) => Some(io::ErrorKind::AlreadyExists),
+            NameError::NotFound(_) => Some(io::ErrorKind::NotFound),
+            NameError::Invalid { .. } | NameError::ZeroSize => Some(io::ErrorKind::InvalidInput),
+            NameError::Foreign(_) => Some(io::ErrorKind::PermissionDenied),
+            NameError::WrongKind { .. } => Some(io::ErrorKind::InvalidData),
+            NameError::NoAnswer(_) => Some(io::ErrorKind::TimedOut),
         };
-        io::Error::new(kind, e)
+        match (kind, e) {
+            (_, NameError::Io(e)) => e,
+            (kind, e) => io::Error::new(kind.unwrap_or(io::ErrorKind::Other), e),
+        }
     }
 }
 
