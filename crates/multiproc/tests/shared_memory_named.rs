@@ -106,6 +106,12 @@ fn duplicate_missing_and_invalid_names_are_typed_errors() {
             Err(NameError::ZeroSize)
         ));
         assert!(!socket_listed(&unique("zero")));
+        let huge = unique("huge");
+        assert!(matches!(
+            SharedMemory::create_named(&huge, usize::MAX),
+            Err(NameError::Io(_))
+        ));
+        assert!(!socket_listed(&huge));
         // Letting the name go frees it for a new block at once.
         let mut shm = shm;
         shm.unlink();
@@ -122,6 +128,11 @@ fn duplicate_missing_and_invalid_names_are_typed_errors() {
 /// Attaches by name only and writes what it was told to.
 fn attach_by_name(name: String) -> Vec<u8> {
     let shm = SharedMemory::attach_named(&name).unwrap();
+    // The name is taken for every process, not only its creator.
+    assert!(matches!(
+        SharedMemory::create_named(&name, 1),
+        Err(NameError::Exists(_))
+    ));
     let mut buf = vec![0u8; 12];
     shm.read(0, &mut buf).unwrap();
     shm.write(16, b"child wrote").unwrap();
