@@ -625,12 +625,17 @@ impl Ring {
                 h.producer.large_seq.store(0, Ordering::Relaxed);
                 return Err(PushError::Corrupted("large-message id exhausted".into()));
             };
+            // The id is used up before the datagram is sent: a producer
+            // killed after sending leaves an orphan older than every later
+            // id (dropped when passed). Stored after, a replacement would
+            // send its own message under the orphan's id, and the record
+            // naming it would deliver the orphan in its place.
+            h.producer.large_seq.store(next, Ordering::Relaxed);
             match send(id) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(PushError::Io(e)),
             }
-            h.producer.large_seq.store(next, Ordering::Relaxed);
             id_bytes = id.to_le_bytes();
             (u64::from(LARGE) << 32 | 8, &[&id_bytes[..]][..])
         } else {
