@@ -12,7 +12,10 @@
 //! the record `DONE`. Whoever finds a record `TAKEN` by a process that is
 //! certainly gone (a consumer whose queue looks empty, at most every
 //! [`SCAN_EVERY`]) claims it (`RECOVERING`), puts the message back into
-//! the queue, and marks it `DONE`.
+//! the queue, and marks it `DONE`. A consumer whose journal is full (a
+//! dead consumer's record at its front keeps every later one) takes such
+//! a delivery over instead: it becomes that consumer's own (`TAKEN` by
+//! it), which needs no room in the queue.
 //!
 //! So nothing is lost, and a message is delivered twice only when a
 //! consumer died holding it unacknowledged (or died between copying it and
@@ -159,13 +162,11 @@ impl Shared {
             .count()
     }
 
-    /// Puts the claimed delivery `entry` back into the queue (waiting for
-    /// room until `deadline`) and marks it done; if the queue has no room
-    /// by then, makes it `TAKEN` by its holder again (a dead holder's is
-    /// claimed again by the next scan).
-    fn give_back(&self, entry: &Entry, deadline: Instant) -> bool {
+    /// The message of the claimed delivery `entry` (one stored in the
+    /// journal's mailbox stays stored), `None` if it is gone.
+    fn load(&self, entry: &Entry) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
         let j = &self.journal;
-        let message = if entry.what == delivery::BYTES {
+        if entry.what == delivery::BYTES {
             Some((entry.bytes.clone(), Vec::new()))
         } else {
             j.ring
@@ -173,8 +174,51 @@ impl Shared {
                 .and_then(Result::ok)
                 .flatten()
                 .and_then(|f| f.finish().ok())
-        };
-        let Some((bytes, fds)) = message else {
+        }
+    }
+
+    /// For a consumer whose journal is full: takes over one delivery that
+    /// a dead consumer held (it becomes this process's delivery, in place
+    /// in the journal) and gives the others back to the queue (those the
+    /// queue has no room for wait for the next scan). Putting a delivery
+    /// back needs room in the queue, taking it over does not: a journal
+    /// whose front a dead consumer holds would otherwise stay full for as
+    /// long as the queue does, and a full queue whose consumers all wait
+    /// for the journal stays full.
+    ///
+    /// Returns the message (encoded, with its handles), its journal
+    /// position, and whether the journal's mailbox stores it.
+    pub(crate) fn adopt_dead_delivery(&self) -> Option<(Vec<u8>, Vec<OwnedFd>, u64, bool)> {
+        let entries = self.journal.ring.journal_take_dead();
+        let deadline = Instant::now() + Duration::from_millis(10);
+        let mut adopted = None;
+        for entry in entries {
+            if adopted.is_some() {
+                self.give_back(&entry, deadline);
+                continue;
+            }
+            let Some((bytes, fds)) = self.load(&entry) else {
+                // Its message is gone: nothing to deliver.
+                let _ = self
+                    .journal
+                    .ring
+                    .journal_done(entry.pos, delivery::RECOVERING);
+                continue;
+            };
+            if self.journal.ring.journal_adopt(entry.pos) {
+                adopted = Some((bytes, fds, entry.pos, entry.what != delivery::BYTES));
+            }
+        }
+        adopted
+    }
+
+    /// Puts the claimed delivery `entry` back into the queue (waiting for
+    /// room until `deadline`) and marks it done; if the queue has no room
+    /// by then, makes it `TAKEN` by its holder again (a dead holder's is
+    /// claimed again by the next scan).
+    fn give_back(&self, entry: &Entry, deadline: Instant) -> bool {
+        let j = &self.journal;
+        let Some((bytes, fds)) = self.load(entry) else {
             // Its message is gone: nothing to give back.
             let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
             return false;

@@ -243,12 +243,22 @@ impl Shared {
             );
             let (taken, pos) = match popped {
                 Ok(Some(Ok(got))) => got,
-                // The journal is full: wait for acknowledgements (and look
-                // for dead consumers' deliveries).
+                // The journal is full: wait for acknowledgements, or take
+                // over a delivery a dead consumer held.
                 Ok(None) => {
                     self.journal.ring.journal_reclaim();
-                    if self.journal.scan_due() {
-                        self.recover_deliveries();
+                    if self.journal.scan_due()
+                        && let Some((bytes, fds, pos, elsewhere)) = self.adopt_dead_delivery()
+                    {
+                        return match handles::decode::<T>(&bytes, fds) {
+                            Ok(value) => Ok((value, pos, elsewhere)),
+                            Err(e) => {
+                                // Undecodable: it goes, as a plain get drops it.
+                                let _ = self.journal.ring.journal_done(pos, shm_delivery::TAKEN);
+                                self.journal.ring.journal_reclaim();
+                                Err(GetError::from(e).into())
+                            }
+                        };
                     }
                     match waiter.pause() {
                         crate::shm::wait::Next::TimedOut => {

@@ -1464,6 +1464,38 @@ impl Ring {
         found
     }
 
+    /// Makes the delivery at `pos`, which this process claimed to recover
+    /// (`RECOVERING`), its own: `TAKEN` by this process, to be acknowledged
+    /// or given back like any delivery it took. False if it is not this
+    /// process's claim.
+    pub(crate) fn journal_adopt(&self, pos: u64) -> bool {
+        let Some([state, owner_pid, owner_id, rec_pid, rec_id]) = self.journal_words(pos) else {
+            return false;
+        };
+        let (pid, me) = liveness::current();
+        if rec_pid.load(Ordering::Acquire) != u64::from(pid)
+            || rec_id.load(Ordering::Acquire) != me.0
+        {
+            return false;
+        }
+        let cur = state.load(Ordering::Acquire);
+        if cur as u8 != delivery::RECOVERING {
+            return false;
+        }
+        // Killed between these stores and the swap: still `RECOVERING` by
+        // a dead process, which the next scan recovers.
+        owner_pid.store(u64::from(pid), Ordering::Release);
+        owner_id.store(me.0, Ordering::Release);
+        state
+            .compare_exchange(
+                cur,
+                cur & !0xff | u64::from(delivery::TAKEN),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Puts back a claim of this process on the record at `pos` that it
     /// could not finish (the queue had no room): `RECOVERING` becomes
     /// `TAKEN` again, by its (dead) holder, for the next scan.
