@@ -126,13 +126,20 @@ impl Shared {
     }
 
     /// Whether anybody besides the caller's handle could still put or get.
-    /// A consumer asks while the queue looks empty: it first puts back the
-    /// deliveries that dead consumers held, if there are any.
+    fn peers_alive(&self) -> bool {
+        local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
+    }
+
+    /// [`peers_alive`](Self::peers_alive), for a consumer, which asks while
+    /// the queue looks empty: it first puts back the deliveries that dead
+    /// consumers held, if there are any. (A producer asks while the queue
+    /// is full, where they would find no room: it never scans, so that a
+    /// producer killed at any point never makes a message come twice.)
     fn connected(&self) -> bool {
         if self.journal.scan_due() && self.recover_deliveries() > 0 {
             return true;
         }
-        local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
+        self.peers_alive()
     }
 
     fn put(
@@ -158,7 +165,7 @@ impl Shared {
         counted: bool,
     ) -> Result<(), PushError> {
         self.register();
-        let connected = || self.connected();
+        let connected = || self.peers_alive();
         if fds.is_empty() && bytes.len() <= self.ring.max_inline() {
             return self
                 .ring
