@@ -1530,9 +1530,19 @@ impl Ring {
         Some(out)
     }
 
-    /// Whether the journal holds a record not yet `DONE` at `pos` (for its
-    /// mailbox: whether a message stored under `pos` is still needed).
+    /// Whether the journal holds a record not yet `DONE` at `pos`, or may
+    /// be about to publish one there (for its mailbox: whether a message
+    /// stored under `pos` is still needed).
     pub(crate) fn journal_holds(&self, pos: u64) -> bool {
+        // A consumer stores the message of a record it appends before it
+        // publishes the record (under the journal's producer lock, which a
+        // purge or a fetch does not take): a message under a position at
+        // or past the tail (by less than the whole journal) belongs to
+        // that record.
+        let tail = self.header().producer.pos.load(Ordering::Acquire);
+        if pos >= tail && pos - tail < self.capacity {
+            return true;
+        }
         self.journal_words(pos)
             .is_some_and(|[state, ..]| state.load(Ordering::Acquire) as u8 != delivery::DONE)
     }
