@@ -163,17 +163,23 @@ impl Shared {
     }
 
     /// The message of the claimed delivery `entry` (one stored in the
-    /// journal's mailbox stays stored), `None` if it is gone.
-    fn load(&self, entry: &Entry) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    /// journal's mailbox stays stored).
+    fn load(&self, entry: &Entry) -> Loaded {
         let j = &self.journal;
         if entry.what == delivery::BYTES {
-            Some((entry.bytes.clone(), Vec::new()))
-        } else {
-            j.ring
-                .journal_exclusive(|| j.fetch(entry.pos))
-                .and_then(Result::ok)
-                .flatten()
-                .and_then(|f| f.finish().ok())
+            return Loaded::Message(entry.bytes.clone(), Vec::new());
+        }
+        match j.ring.journal_exclusive(|| j.fetch(entry.pos)) {
+            Some(Ok(Some(fetched))) => match fetched.finish() {
+                Ok((bytes, fds)) => Loaded::Message(bytes, fds),
+                // The stored copy stays: another try may read it.
+                Err(_) => Loaded::Later,
+            },
+            Some(Ok(None)) => Loaded::Gone,
+            // The journal's lock stayed held (its holder may be a process
+            // that died with it, recovered by a later try), or the mailbox
+            // failed: not a reason to drop the delivery.
+            None | Some(Err(_)) => Loaded::Later,
         }
     }
 
@@ -197,13 +203,20 @@ impl Shared {
                 self.give_back(&entry, deadline);
                 continue;
             }
-            let Some((bytes, fds)) = self.load(&entry) else {
+            let (bytes, fds) = match self.load(&entry) {
+                Loaded::Message(bytes, fds) => (bytes, fds),
                 // Its message is gone: nothing to deliver.
-                let _ = self
-                    .journal
-                    .ring
-                    .journal_done(entry.pos, delivery::RECOVERING);
-                continue;
+                Loaded::Gone => {
+                    let _ = self
+                        .journal
+                        .ring
+                        .journal_done(entry.pos, delivery::RECOVERING);
+                    continue;
+                }
+                Loaded::Later => {
+                    self.journal.ring.journal_unclaim(entry.pos);
+                    continue;
+                }
             };
             if self.journal.ring.journal_adopt(entry.pos) {
                 adopted = Some((bytes, fds, entry.pos, entry.what != delivery::BYTES));
@@ -218,10 +231,17 @@ impl Shared {
     /// claimed again by the next scan).
     fn give_back(&self, entry: &Entry, deadline: Instant) -> bool {
         let j = &self.journal;
-        let Some((bytes, fds)) = self.load(entry) else {
+        let (bytes, fds) = match self.load(entry) {
+            Loaded::Message(bytes, fds) => (bytes, fds),
             // Its message is gone: nothing to give back.
-            let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
-            return false;
+            Loaded::Gone => {
+                let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
+                return false;
+            }
+            Loaded::Later => {
+                j.ring.journal_unclaim(entry.pos);
+                return false;
+            }
         };
         let put = self.put_again(&bytes, &fds, deadline);
         if put.is_err() {
@@ -237,6 +257,17 @@ impl Shared {
     }
 }
 
+/// What [`Shared::load`] found of a claimed delivery's message.
+enum Loaded {
+    /// The message, encoded, and its handles.
+    Message(Vec<u8>, Vec<OwnedFd>),
+    /// Gone (taken with a consumer that died before storing it).
+    Gone,
+    /// Not readable now (the journal's lock stayed held, or its mailbox
+    /// failed): the delivery is left for another try.
+    Later,
+}
+
 /// Why acknowledging a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -247,8 +278,10 @@ pub enum AckError {
     #[error("the delivery is no longer recorded as held by this process")]
     NotHeld,
     /// The queue had no room for the delivery given back within
-    /// [`REQUEUE_WAIT`]: it stays recorded as held by this process, and is
-    /// delivered again only once this process has exited.
+    /// [`REQUEUE_WAIT`] (or, rarely, another process held the journal
+    /// where an out-of-line message is kept for 100 ms): it stays recorded
+    /// as held by this process, and is delivered again only once this
+    /// process has exited.
     #[error("the queue had no room to take the delivery back")]
     Full,
 }
