@@ -16,9 +16,15 @@
 //! *completed* after it returned (a replacement resumes after the last
 //! started number, so no number is put twice); a consumer counts each
 //! message it receives before acknowledging it, so a kill between the two
-//! shows as a duplicate. The seed of the kill schedule is printed;
-//! `MULTIPROC_SOAK_SEED` replays it, `MULTIPROC_SOAK_MESSAGES` sets how
-//! many messages move (per variant).
+//! shows as a duplicate; now and then it works on a message for 1 ms
+//! before acknowledging it, and a kill then must bring that message back.
+//! The producers are faster, so the queue fills now and then, and the
+//! journal fills behind the deliveries of killed consumers while the queue
+//! stays busy (a consumer that finds it full takes one over). The seed of the kill schedule is printed;
+//! `MULTIPROC_SOAK_SEED` replays it (the instants of the kills, not where
+//! they land), `MULTIPROC_SOAK_MESSAGES` sets how many messages move (per
+//! variant; 2,060,000 in all by default), `MULTIPROC_SOAK_VERBOSE` prints
+//! progress.
 
 mod common;
 
@@ -41,9 +47,10 @@ struct Job {
 }
 
 fn payload(id: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (id.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8)
-        .collect()
+    let mut p = vec![(id % 251) as u8; len];
+    let n = len.min(8);
+    p[..n].copy_from_slice(&id.to_le_bytes()[..n]);
+    p
 }
 
 // Words of the bookkeeping block.
@@ -61,6 +68,13 @@ const STOP: usize = 8;
 const BAD: usize = 9;
 /// 1 + the first such id.
 const FIRST_BAD: usize = 10;
+/// `HOLDING + c`: 1 + the id consumer slot `c` is working on: received
+/// and counted, its acknowledgement not yet begun.
+const HOLDING: usize = 11;
+/// A consumer works on one message in `Variant::work_every` (its id a
+/// multiple) for `WORK` before acknowledging it, so that some kills find a
+/// delivery certainly unacknowledged.
+const WORK: Duration = Duration::from_millis(1);
 /// `COUNTS + id`: how many times message `id` was received.
 const COUNTS: usize = 16;
 
@@ -104,7 +118,9 @@ fn produce<Q: Handle>((q, block, p, from, quota, len): ProducerArg<Q>) {
 /// Receives with acknowledged gets until told to stop and the queue stays
 /// empty; counts each message before acknowledging it. Returns why it
 /// failed, if it did.
-fn consume<Q: Handle>((q, block, c, total): (Q, SharedMemory, usize, u64)) -> Result<(), String> {
+fn consume<Q: Handle>(
+    (q, block, c, total, work_every): (Q, SharedMemory, usize, u64, u64),
+) -> Result<(), String> {
     let w = block.as_atomic_u64();
     loop {
         match q.queue().get_delivery_timeout(Duration::from_millis(300)) {
@@ -122,6 +138,11 @@ fn consume<Q: Handle>((q, block, c, total): (Q, SharedMemory, usize, u64)) -> Re
                 } else {
                     w[COUNTS + id as usize].fetch_add(1, Ordering::SeqCst);
                 }
+                if id % work_every == 0 {
+                    w[HOLDING + c].store(id + 1, Ordering::SeqCst);
+                    std::thread::sleep(WORK);
+                    w[HOLDING + c].store(0, Ordering::SeqCst);
+                }
                 d.ack().map_err(|e| format!("ack {id}: {e}"))?;
                 w[ACKED + c].store(id + 1, Ordering::SeqCst);
             }
@@ -133,6 +154,20 @@ fn consume<Q: Handle>((q, block, c, total): (Q, SharedMemory, usize, u64)) -> Re
             Err(e) => return Err(format!("get_delivery: {e}")),
         }
     }
+}
+
+/// The names in /dev/shm that multiproc could have made.
+fn shm_entries() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("multiproc") || n.contains("mp-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// A small seeded generator (xorshift64*), so a failing schedule can be
@@ -160,6 +195,8 @@ struct Variant {
     messages: u64,
     /// Payload bytes per message.
     payload: usize,
+    /// One message in this many is worked on before its acknowledgement.
+    work_every: u64,
 }
 
 /// What a soak saw, for the caller's extra checks.
@@ -169,6 +206,8 @@ struct Outcome {
     consumer_kills: u64,
     duplicates: u64,
     maybe_lost: usize,
+    /// Consumers killed holding a delivery certainly unacknowledged.
+    killed_working: usize,
 }
 
 /// Runs the soak on `q` and checks every promise; returns what it saw.
@@ -185,6 +224,7 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
         "{}: {messages} messages of {} bytes, seed {seed} (MULTIPROC_SOAK_SEED={seed} replays it)",
         v.name, v.payload
     );
+    let shm_before = shm_entries();
     let mut rng = Rng(seed | 1);
     let quota = messages / 2;
     let block = SharedMemory::create((COUNTS + messages as usize) * 8).unwrap();
@@ -197,8 +237,13 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
         )
         .unwrap()
     };
-    let start_consumer =
-        |c: usize| Process::spawn(consume::<Q>, (q.clone(), block.clone(), c, messages)).unwrap();
+    let start_consumer = |c: usize| {
+        Process::spawn(
+            consume::<Q>,
+            (q.clone(), block.clone(), c, messages, v.work_every),
+        )
+        .unwrap()
+    };
     let mut producers: Vec<Option<Process<()>>> =
         (0..2).map(|p| Some(start_producer(p, 0))).collect();
     let mut consumers: Vec<Option<Process<Result<(), String>>>> =
@@ -215,6 +260,8 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
     let mut maybe: Vec<u64> = Vec::new();
     // What a killed consumer had received and not yet acknowledged.
     let mut held_at_kill: Vec<u64> = Vec::new();
+    // What a killed consumer was certainly holding unacknowledged.
+    let mut killed_working: Vec<u64> = Vec::new();
     let received = |w: &[AtomicU64]| -> u64 {
         w[COUNTS..]
             .iter()
@@ -289,6 +336,10 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
             if taken != w[ACKED + c].load(Ordering::SeqCst) {
                 held_at_kill.push(taken - 1);
             }
+            let holding = w[HOLDING + c].swap(0, Ordering::SeqCst);
+            if holding > 0 {
+                killed_working.push(holding - 1);
+            }
             let h = start_consumer(c);
             pids.push(h.pid());
             consumers[c] = Some(h);
@@ -359,6 +410,7 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
     for pid in pids {
         assert_gone(pid);
     }
+    assert_eq!(shm_entries(), shm_before, "entries left in /dev/shm");
 
     // The checks.
     assert_eq!(
@@ -377,6 +429,8 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
     assert!(lost.is_empty(), "completed puts lost: {lost:?}");
     out.maybe_lost = maybe.iter().filter(|&&id| counts[id as usize] == 0).count();
     out.duplicates = counts.iter().map(|&n| n.saturating_sub(1)).sum();
+    held_at_kill.sort_unstable();
+    held_at_kill.dedup();
     let held_duplicates = held_at_kill
         .iter()
         .filter(|&&id| counts[id as usize] > 1)
@@ -385,7 +439,8 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
     eprintln!(
         "{}: {received} distinct messages received in {:.1} s ({:.1} s producing); \
          {} producer kills ({} mid-put, {} of those messages lost), \
-         {} consumer kills ({} holding a delivery), {} duplicates ({} of held ones)",
+         {} consumer kills ({} holding a delivery, {} certainly unacknowledged), \
+         {} duplicates ({} of held ones)",
         v.name,
         started.elapsed().as_secs_f64(),
         (produced - started).as_secs_f64(),
@@ -394,6 +449,7 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
         out.maybe_lost,
         out.consumer_kills,
         held_at_kill.len(),
+        killed_working.len(),
         out.duplicates,
         held_duplicates,
     );
@@ -412,25 +468,106 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
             .take(20)
             .collect::<Vec<_>>()
     );
-    // Not vacuous: both kinds of kills happened, and killed consumers'
-    // deliveries came back.
+    // A delivery its consumer certainly had not acknowledged came again.
+    for id in &killed_working {
+        assert!(
+            counts[*id as usize] >= 2,
+            "{id}, held unacknowledged by a killed consumer, came {} times",
+            counts[*id as usize]
+        );
+    }
+    out.killed_working = killed_working.len();
+    // Not vacuous: both kinds of kills happened.
     assert!(out.producer_kills > 0 && out.consumer_kills > 0, "{out:?}");
     out
 }
 
+/// Random kills found a consumer at work, whose delivery then came again.
+/// In a debug build 40-60% of consumer kills do, and a default run has 60
+/// or more; a shorter run (fewer messages, or a release build) need not.
+fn assert_some_kill_found_work(out: &Outcome) {
+    if out.consumer_kills >= 30 {
+        assert!(
+            out.killed_working > 0,
+            "no kill found a consumer at work: {out:?}"
+        );
+    }
+}
+
+/// The soaks run one at a time: each wants both processors.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
-#[ignore = "wedges: a dead consumer's delivery at the journal's front cannot go back into a full queue (see the report)"]
-fn acknowledged_gets_survive_random_kills_of_producers_and_consumers() {
+fn acknowledged_gets_on_an_unbounded_queue_survive_random_kills() {
+    let _one = one_at_a_time();
     deadline(Duration::from_secs(300), || {
-        let q = Queue::<Job>::new().unwrap();
+        let out = soak(
+            Queue::<Job>::new().unwrap(),
+            Variant {
+                name: "unbounded",
+                messages: 1_000_000,
+                payload: 0,
+                work_every: 256,
+            },
+        );
+        assert_some_kill_found_work(&out);
+    });
+}
+
+#[test]
+fn acknowledged_gets_on_a_bounded_queue_survive_random_kills() {
+    let _one = one_at_a_time();
+    deadline(Duration::from_secs(300), || {
+        let out = soak(
+            Queue::<Job>::bounded(1000).unwrap(),
+            Variant {
+                name: "bounded",
+                messages: 800_000,
+                payload: 0,
+                work_every: 256,
+            },
+        );
+        assert_some_kill_found_work(&out);
+    });
+}
+
+#[test]
+fn acknowledged_gets_on_a_joinable_queue_survive_random_kills() {
+    let _one = one_at_a_time();
+    deadline(Duration::from_secs(300), || {
+        soak(
+            JoinableQueue::<Job>::new().unwrap(),
+            Variant {
+                name: "joinable",
+                messages: 200_000,
+                payload: 0,
+                work_every: 256,
+            },
+        );
+    });
+}
+
+#[test]
+fn acknowledged_gets_of_out_of_line_messages_survive_random_kills() {
+    let _one = one_at_a_time();
+    deadline(Duration::from_secs(300), || {
+        // A 4 KiB ring holds at most 2 KiB - 8 inline: 3000 bytes go
+        // through the mailbox, and are stored in the journal's mailbox
+        // while held.
+        let q = Queue::builder().ring_bytes(4096).build::<Job>().unwrap();
         let out = soak(
             q,
             Variant {
-                name: "unbounded",
-                messages: 2_000_000,
-                payload: 0,
+                name: "out of line",
+                messages: 60_000,
+                payload: 3000,
+                work_every: 16,
             },
         );
-        assert!(out.duplicates > 0, "no delivery came back: {out:?}");
+        assert_some_kill_found_work(&out);
     });
 }
