@@ -105,17 +105,23 @@ impl Journal {
         Ok(Some(fetched))
     }
 
-    /// The message stored under `pos`, leaving it stored (the messages
-    /// before it go round to the back, or go if no record needs them).
+    /// The message stored under `pos`, leaving it stored: it stays where
+    /// it is, and the messages before it go round to the back, or go if no
+    /// record needs them. Under the journal's consumer lock. A message
+    /// needed is copied to the back before it leaves the front: a process
+    /// killed in between leaves two copies (dropped together once no
+    /// record needs them), never none; so does a copy that fails (the
+    /// mailbox is full: then this fails, to be tried again).
     fn fetch(&self, pos: u64) -> io::Result<Option<Fetched>> {
         let mut seen = 0usize;
-        while let Some((id, fetched)) = self.mailbox.take_first()? {
-            if self.ring.journal_holds(id) {
-                self.mailbox.send_copy(id, &fetched)?;
-            }
+        while let Some((id, fetched)) = self.mailbox.peek_first()? {
             if id == pos {
                 return Ok(Some(fetched));
             }
+            if self.ring.journal_holds(id) {
+                self.mailbox.send_copy(id, &fetched)?;
+            }
+            self.mailbox.drop_first()?;
             seen += 1;
             if seen > 1 << 16 {
                 break;

@@ -1535,13 +1535,22 @@ impl Ring {
     /// stored under `pos` is still needed).
     pub(crate) fn journal_holds(&self, pos: u64) -> bool {
         // A consumer stores the message of a record it appends before it
-        // publishes the record (under the journal's producer lock, which a
-        // purge or a fetch does not take): a message under a position at
-        // or past the tail (by less than the whole journal) belongs to
-        // that record.
-        let tail = self.header().producer.pos.load(Ordering::Acquire);
+        // publishes the record, under the journal's producer lock: a
+        // message under a position at or past the tail belongs to that
+        // record while the lock is held. Once the lock is free (or its
+        // holder dead) and the tail still short of it, its appender died
+        // before publishing: an orphan (its message is still in the queue).
+        let h = self.header();
+        let tail = h.producer.pos.load(Ordering::Acquire);
         if pos >= tail && pos - tail < self.capacity {
-            return true;
+            let Some(held) = try_hold(&h.producer.lock) else {
+                return true;
+            };
+            let tail = h.producer.pos.load(Ordering::Acquire);
+            drop(held);
+            if pos >= tail {
+                return false;
+            }
         }
         self.journal_words(pos)
             .is_some_and(|[state, ..]| state.load(Ordering::Acquire) as u8 != delivery::DONE)
