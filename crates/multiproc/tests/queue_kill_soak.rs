@@ -156,13 +156,14 @@ fn consume<Q: Handle>(
     }
 }
 
-/// The names in /dev/shm that multiproc could have made.
+/// The names in /dev/shm that multiproc could have made (none: its shared
+/// memory is memfds; other programs' entries come and go meanwhile).
 fn shm_entries() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains("multiproc") || n.contains("mp-"))
+                .filter(|n| n.contains("multiproc"))
                 .collect()
         })
         .unwrap_or_default();
