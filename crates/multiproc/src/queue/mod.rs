@@ -662,8 +662,10 @@ impl<T: DeserializeOwned> Queue<T> {
     /// value again. A plain [`get`](Self::get) is *at most once* (a
     /// consumer killed inside it, or just after, takes the value with it);
     /// an acknowledged get is *at least once*: a value is delivered twice
-    /// only when a consumer died holding it unacknowledged. A delivery
-    /// dropped without an acknowledgement goes back to the queue.
+    /// only when a consumer died holding it unacknowledged (or died inside
+    /// `get_delivery`, or while putting a dead consumer's delivery back:
+    /// see the README). A delivery dropped without an acknowledgement goes
+    /// back to the queue.
     ///
     /// ```
     /// use multiproc::Queue;
