@@ -23,7 +23,9 @@ pub(crate) enum RawExit {
 
 /// The current process id.
 pub(crate) fn pid() -> i32 {
-    rp::getpid().as_raw_nonzero().get()
+    // Cached per process (`futex::pid`, refreshed in a fork child): one
+    // way to ask, and no system call on every start.
+    super::futex::pid() as i32
 }
 
 /// The parent's process id, if it has one.
