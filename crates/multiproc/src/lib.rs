@@ -260,9 +260,9 @@ pub use queue::{
 };
 pub use shared::{OutOfBounds, SharedMemory};
 pub use sync::{
-    Array, ArrayGuard, Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event,
-    Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,
-    ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
+    Array, ArrayGuard, Barrier, BarrierBuilder, BarrierError, BoundedSemaphore, Condition,
+    ConditionGuard, Event, Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard,
+    RawArray, RawValue, ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
 };
 pub use wire::{DecodeError, EncodeError, FrameError};
 
