@@ -436,6 +436,34 @@ impl Pool {
         self.task(f).map_async(items)
     }
 
+    /// Python's `starmap_async`: [`map_async`](Self::map_async) over
+    /// tuples, as [`starmap`](Self::starmap) is [`map`](Self::map) over
+    /// tuples (a Rust function takes its arguments as one tuple).
+    ///
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// fn add((a, b): (u64, u64)) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let handle = pool.starmap_async(add, [(1, 2), (3, 4)]);
+    /// assert_eq!(handle.get()?, [3, 7]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn starmap_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> MapHandle<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).starmap_async(items)
+    }
+
     /// Takes no more tasks; what is queued still runs (Python's `close`).
     pub fn close(&self) {
         self.shared.close();
@@ -621,6 +649,11 @@ where
         MapHandle {
             job: self.start_all(true, items),
         }
+    }
+
+    /// See [`Pool::starmap_async`].
+    pub fn starmap_async(self, items: impl IntoIterator<Item = A>) -> MapHandle<R> {
+        self.map_async(items)
     }
 
     /// See [`Pool::imap`].
