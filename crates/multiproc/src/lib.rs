@@ -241,7 +241,7 @@ mod wire;
 
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
-    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, RecvError, RecvIntoError,
+    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, RangeError, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{

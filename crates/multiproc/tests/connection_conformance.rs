@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{
-    Address, Client, Connection, Listener, Process, RecvIntoError, RecvTimeoutError, StartMethod,
-    TryRecvError, pipe, wait,
+    Address, Client, Connection, Listener, Process, RangeError, RecvIntoError, RecvTimeoutError,
+    SendError, StartMethod, TryRecvError, pipe, wait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +120,96 @@ fn recv_bytes_into_and_buffer_too_short() {
         match b.recv_bytes_into(&mut buf) {
             Err(RecvIntoError::BufferTooShort(whole)) => assert_eq!(whole, b"0123456789", "{t}"),
             other => panic!("{t}: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn byte_offsets_as_in_python() {
+    // CPython's send_bytes(buf, offset, size) and recv_bytes_into(buf,
+    // offset), with their ValueErrors as RangeErrors that send or take
+    // nothing.
+    each_transport(|t, a, b| {
+        let buf = b"0123456789";
+        a.send_bytes_range(buf, 2, Some(3)).unwrap();
+        a.send_bytes_range(buf, 7, None).unwrap();
+        a.send_bytes_range(buf, 10, None).unwrap();
+        a.send_bytes_range(buf, 4, Some(0)).unwrap();
+        a.send_bytes_range(buf, 0, Some(10)).unwrap();
+        for (offset, size, what) in [
+            (11, None, "buffer length < offset"),
+            (11, Some(0), "buffer length < offset"),
+            (5, Some(6), "buffer length < offset + size"),
+            (1, Some(usize::MAX), "buffer length < offset + size"),
+        ] {
+            match a.send_bytes_range(buf, offset, size) {
+                Err(SendError::Range(e)) => assert_eq!(
+                    e,
+                    RangeError {
+                        what,
+                        len: 10,
+                        offset,
+                        size
+                    },
+                    "{t}"
+                ),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert_eq!(b.recv_bytes().unwrap(), b"234", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"789", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"", "{t}");
+
+        // The offset is checked before anything is received: the next
+        // message is still there afterwards.
+        let mut into = *b"abcdefghijkl";
+        assert!(
+            matches!(
+                b.recv_bytes_into_at(&mut into, 13),
+                Err(RecvIntoError::Range(RangeError {
+                    offset: 13,
+                    len: 12,
+                    ..
+                }))
+            ),
+            "{t}"
+        );
+        assert_eq!(b.recv_bytes_into_at(&mut into, 2).unwrap(), 10, "{t}");
+        assert_eq!(&into, b"ab0123456789", "{t}");
+        // Room for 2 after offset 10: a longer message comes back whole.
+        a.send_bytes(b"xyz").unwrap();
+        match b.recv_bytes_into_at(&mut into, 10) {
+            Err(RecvIntoError::BufferTooShort(whole)) => assert_eq!(whole, b"xyz", "{t}"),
+            other => panic!("{t}: {other:?}"),
+        }
+        // An offset at the very end takes an empty message.
+        a.send_bytes(b"").unwrap();
+        assert_eq!(b.recv_bytes_into_at(&mut into, 12).unwrap(), 0, "{t}");
+        assert_eq!(&into, b"ab0123456789", "{t}");
+        // Nothing left over from the refused calls.
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap(), "{t}");
+    });
+}
+
+fn recv_at_offset(conn: Connection<(), ()>) -> Vec<u8> {
+    let mut buf = vec![b'.'; 8];
+    let n = conn.recv_bytes_into_at(&mut buf, 3).unwrap();
+    buf.truncate(3 + n);
+    buf
+}
+
+#[test]
+fn byte_offsets_between_processes_under_every_start_method() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (ours, theirs) = pipe::<(), ()>().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(recv_at_offset, theirs)
+                .unwrap();
+            ours.send_bytes_range(b"--hello--", 2, Some(5)).unwrap();
+            assert_eq!(child.join().unwrap(), b"...hello", "{m}");
         }
     });
 }
