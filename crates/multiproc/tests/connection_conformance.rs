@@ -30,6 +30,13 @@ fn over_listener(address: Address, key: Option<&'static [u8]>) -> Pair {
     (server, client.join().unwrap())
 }
 
+/// A fresh abstract socket name, unique to this test process.
+fn abstract_address() -> Address {
+    use std::os::unix::ffi::OsStrExt;
+    let path = temp_path("abstract");
+    Address::Abstract(path.file_name().unwrap().as_bytes().to_vec())
+}
+
 fn transports() -> Vec<(&'static str, Pair)> {
     vec![
         ("pipe", pipe().unwrap()),
@@ -45,6 +52,11 @@ fn transports() -> Vec<(&'static str, Pair)> {
         (
             "unix+auth",
             over_listener(Address::Unix(temp_path("sock")), Some(b"k3y")),
+        ),
+        ("abstract", over_listener(abstract_address(), None)),
+        (
+            "abstract+auth",
+            over_listener(abstract_address(), Some(b"k3y")),
         ),
     ]
 }
@@ -120,6 +132,65 @@ fn recv_bytes_into_and_buffer_too_short() {
         match b.recv_bytes_into(&mut buf) {
             Err(RecvIntoError::BufferTooShort(whole)) => assert_eq!(whole, b"0123456789", "{t}"),
             other => panic!("{t}: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn abstract_names_parse_as_in_python_and_leave_nothing_behind() {
+    deadline(LIMIT, || {
+        let a: Address = "\0some name".parse().unwrap();
+        assert_eq!(a, Address::Abstract(b"some name".to_vec()));
+        assert_eq!("@some name".parse::<Address>().unwrap(), a);
+        assert_eq!(a.to_string(), "@some name");
+        assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
+        assert_eq!(
+            "./@file".parse::<Address>().unwrap(),
+            Address::Unix("./@file".into())
+        );
+
+        let address = abstract_address();
+        let listener = Listener::bind(&address, None).unwrap();
+        assert_eq!(listener.address(), &address);
+        // The name is taken while the listener lives...
+        let err = Listener::bind(&address, None).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(listener);
+        // ...and free once it is gone: nothing to remove, nobody answers.
+        assert!(Client::connect::<(), ()>(&address, None).is_err());
+        drop(Listener::bind(&address, None).unwrap());
+        // A name longer than the kernel's 107 bytes is an error, not a
+        // truncated name.
+        let long = Address::Abstract(vec![b'x'; 200]);
+        assert!(Listener::bind(&long, None).is_err());
+        assert!(Client::connect::<(), ()>(&long, None).is_err());
+    });
+}
+
+fn connect_abstract(name: Vec<u8>) -> u64 {
+    let address = Address::Abstract(name);
+    let c: Connection<u64, u64> = Client::connect(&address, Some(b"child key")).unwrap();
+    c.send(&41).unwrap();
+    c.recv().unwrap()
+}
+
+#[test]
+fn children_connect_to_an_abstract_name_under_every_start_method() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let address = abstract_address();
+            let listener = Listener::bind(&address, Some(b"child key")).unwrap();
+            let Address::Abstract(name) = address else {
+                unreachable!()
+            };
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(connect_abstract, name)
+                .unwrap();
+            let conn: Connection<u64, u64> = listener.accept().unwrap();
+            let n = conn.recv().unwrap();
+            conn.send(&(n + 1)).unwrap();
+            assert_eq!(child.join().unwrap(), 42, "{m}");
         }
     });
 }
