@@ -1029,7 +1029,7 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     /// prints it as usual): the other callbacks still run, the handle
     /// still gets its result, and the pool goes on. A callback runs while
     /// no other callback of the pool can: one that blocks holds up every
-    /// other, and one that waits for another handle with callbacks of the
+    /// other (and the pool's drop, which waits for them), and one that waits for another handle with callbacks of the
     /// same pool waits forever (as in Python, whose result-handler thread
     /// runs them). If the pool ends first, the pool's end runs them with
     /// the error the handle would get ([`TaskError::Terminated`]).

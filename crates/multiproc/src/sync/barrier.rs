@@ -108,7 +108,9 @@ type Action = Arc<dyn Fn() + Send + Sync + 'static>;
 /// [`n_waiting`](Barrier::n_waiting); a party whose timeout passes while
 /// the action runs waits for the action to end, as in Python (all parties
 /// have arrived, so no timeout breaks that round); a party that dies in the
-/// action breaks the barrier like a waiting party that dies.
+/// action breaks the barrier like a waiting party that dies. An action
+/// must not [`wait`](Barrier::wait) at its own barrier: the round it would
+/// join is the one it holds up (Python's deadlocks there too).
 #[derive(Clone)]
 pub struct Barrier {
     shared: Arc<Shared<BarrierState>>,
