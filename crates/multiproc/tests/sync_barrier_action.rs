@@ -219,3 +219,32 @@ fn an_abort_in_the_action_fails_the_round() {
         assert_eq!(waiter.join().unwrap(), Err(BarrierError::Broken));
     });
 }
+
+fn exit_in_the_action(b: Barrier) -> Result<u32, BarrierError> {
+    b.with_action(|| std::process::exit(7)).wait()
+}
+
+#[test]
+fn a_party_that_dies_in_the_action_breaks_the_barrier() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let b = Barrier::builder(2).action(|| ()).build().unwrap();
+            let waiter = {
+                let b = b.clone();
+                std::thread::spawn(move || b.wait())
+            };
+            until_waiting(&b, 1);
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(exit_in_the_action, b.clone())
+                .unwrap();
+            assert!(
+                matches!(child.join(), Err(multiproc::JoinError::Exited { code: 7 })),
+                "{m}"
+            );
+            // The waiter notices the dead party instead of hanging.
+            assert_eq!(waiter.join().unwrap(), Err(BarrierError::Broken), "{m}");
+            assert!(b.is_broken(), "{m}");
+        }
+    });
+}
