@@ -59,6 +59,11 @@ const GROUPS: &[Group] = &[
         run: groups::manager::run,
     },
     Group {
+        name: groups::pickle::NAME,
+        about: "PickleConnection against CPython: a dict round trip from a Python client, decoding",
+        run: groups::pickle::run,
+    },
+    Group {
         name: groups::pool::NAME,
         about: "Pool map (1M trivial items, chunk size 1), CPU-bound speed-up vs rayon, start-up",
         run: groups::pool::run,

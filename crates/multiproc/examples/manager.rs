@@ -39,10 +39,10 @@ impl SharedObject for Leader {
     }
 
     fn call(&mut self, call: LeaderCall) -> (String, u32) {
-        if let LeaderCall::Offer(word, count) = call {
-            if count > self.count {
-                (self.word, self.count) = (word, count);
-            }
+        if let LeaderCall::Offer(word, count) = call
+            && count > self.count
+        {
+            (self.word, self.count) = (word, count);
         }
         (self.word.clone(), self.count)
     }

@@ -72,6 +72,38 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Two compiler errors you may meet first
+//!
+//! [`Process::spawn`], [`Pool::map`] and the other calls that run a
+//! function in another process take a `fn` and one owned argument:
+//!
+//! - **"mismatched types: expected fn pointer, found closure"**, noted
+//!   "closures can only be coerced to `fn` types if they do not capture any
+//!   variables": the closure uses a variable of yours. The child is another
+//!   process and cannot see it. Pass the value in the argument (a tuple for
+//!   several: `Process::spawn(scale, (x, factor))`), or, under the fork
+//!   start method only, use [`Process::fork`], whose closure may capture.
+//! - **"implementation of `Deserialize` is not general enough"**: the
+//!   function takes a borrowed argument (`&str`, `&[u8]`, a struct with a
+//!   lifetime). The child decodes its argument from bytes that are gone
+//!   when it returns: take an owned type instead (`String`, `Vec<u8>`).
+//!
+//! ```compile_fail
+//! fn shout(s: &str) -> usize {
+//!     s.len()
+//! }
+//! // error: implementation of `Deserialize` is not general enough
+//! let _ = multiproc::Process::spawn(shout, "hi");
+//! ```
+//!
+//! ```
+//! fn shout(s: String) -> usize {
+//!     s.len()
+//! }
+//! assert_eq!(multiproc::Process::spawn(shout, "hi".to_string())?.join()?, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Pipes
 //!
 //! [`pipe`] gives two connected [`Connection`]s; each sends and receives,
@@ -228,10 +260,29 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+
+/// The README, whose Rust code runs as a doc test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 mod connection;
 mod manager;
 pub mod pool;
 mod process;
+
+/// Python's pickles as plain data: the codec behind
+/// [`PickleConnection`], usable on its own (say, for pickles read from a
+/// file). See [`PickleConnection`] for what is refused and why.
+pub mod pickle {
+    pub use crate::wire::pickle::{
+        PickleError, check, expansion_limit, from_pickle, to_pickle, value_from_pickle,
+        value_to_pickle,
+    };
+    /// A pickle's value of any shape, as `serde-pickle` decodes it (this
+    /// is that crate's type): for a program that echoes or inspects what
+    /// arrives without a Rust type for it.
+    pub use serde_pickle::Value;
+}
 mod queue;
 mod shared;
 mod shm;
@@ -241,8 +292,8 @@ mod wire;
 
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
-    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, RangeError, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RangeError, RecvError,
+    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{
     BarrierProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
@@ -264,7 +315,7 @@ pub use sync::{
     ConditionGuard, Event, Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard,
     RawArray, RawValue, ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
 };
-pub use wire::{DecodeError, EncodeError, FrameError};
+pub use wire::{DecodeError, EncodeError, FrameError, SelfDescribing};
 
 pub use process::{
     Builder, ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess,

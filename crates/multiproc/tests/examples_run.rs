@@ -54,6 +54,23 @@ fn run(name: &str, args: &[&str], limit: Duration) -> String {
     }
 }
 
+/// Starts `command` (a server) with its output piped, and waits for the
+/// `listening on ...` line it prints once it accepts connections.
+fn listening(command: &mut Command) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut server = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    server
+}
+
 #[test]
 fn the_tour_runs() {
     let out = run("tour", &["200000"], Duration::from_secs(120));
@@ -82,19 +99,13 @@ fn the_pipe_example_runs() {
 
 #[test]
 fn the_echo_server_echoes_until_killed() {
-    use std::io::{BufRead, BufReader};
-
     let path = common::temp_path("echo.sock");
-    let mut server = Command::new(example("echo_server"))
-        .args(["--address", path.to_str().unwrap(), "--authkey", "k"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
+    let mut server = listening(Command::new(example("echo_server")).args([
+        "--address",
+        path.to_str().unwrap(),
+        "--authkey",
+        "k",
+    ]));
     // The server is not our child process: kill it even if the test fails.
     let result = std::panic::catch_unwind(move || {
         common::deadline(common::LIMIT, move || {
@@ -117,6 +128,141 @@ fn the_echo_server_echoes_until_killed() {
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
+    );
+}
+
+#[test]
+fn the_pickle_echo_server_echoes_python_objects_and_hangs_up_on_code() {
+    let path = common::temp_path("pickle.sock");
+    let mut server = listening(Command::new(example("pickle_echo")).args([
+        "--address",
+        path.to_str().unwrap(),
+        "--authkey",
+        "k",
+    ]));
+    let marker = common::temp_path("pickle.pwned");
+    // Python, standard library only: one client sends objects and checks
+    // them; a second sends a pickle that would run `touch`, and must find
+    // its connection closed, while the first goes on.
+    let script = format!(
+        r#"
+import os, pickle
+from multiprocessing.connection import Client
+a = Client({path:?}, authkey=b"k")
+objs = [{{"id": 7, "data": [1.5, 2.5], "tags": ("a", "b")}}, None, 2**100, b"\x00\xff", {{1, 2}}, "é"]
+for o in objs:
+    a.send(o)
+    assert a.recv() == o, o
+b = Client({path:?}, authkey=b"k")
+b.send_bytes(b"cos\nsystem\n(S'touch {marker}'\ntR.")
+try:
+    b.recv()
+    raise SystemExit("the server answered a pickle that calls code")
+except EOFError:
+    pass
+a.send([1, 2, 3])
+assert a.recv() == [1, 2, 3]
+assert not os.path.exists({marker:?})
+print("ok")
+"#,
+        path = path.to_str().unwrap(),
+        marker = marker.to_str().unwrap(),
+    );
+    let result = std::panic::catch_unwind(move || {
+        common::deadline(common::LIMIT, move || {
+            let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+                .args(["-c", &script])
+                .output()
+                .expect("python3 must be installed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(text.trim(), "ok");
+        })
+    });
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(
+            "client 2: could not take the pickle: pickle opcode GLOBAL at byte 0 is refused"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+}
+
+/// `examples/python/pickle_jobs.py` with `args`.
+fn pickle_jobs(args: &[&str]) -> Command {
+    let mut py = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    py.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/pickle_jobs.py"
+    ))
+    .args(args);
+    py
+}
+
+#[test]
+fn python_and_rust_exchange_jobs_as_dicts_both_ways() {
+    // A Python client, a Rust server running the jobs on a pool.
+    let path = common::temp_path("jobs.sock");
+    let mut server = listening(Command::new(example("pickle_pool")).args([
+        "serve",
+        path.to_str().unwrap(),
+        "secret",
+    ]));
+    let where_ = path.to_str().unwrap().to_string();
+    let client = std::panic::catch_unwind(move || {
+        common::deadline(common::LIMIT, move || {
+            pickle_jobs(&["client", &where_, "secret"])
+                .output()
+                .expect("python3 must be installed")
+        })
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let out = client.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "job 1: sum = 6.5 (rust worker ",
+        "job 2: max = 4.0 (rust worker ",
+        "job 3: mean = 3.0 (rust worker ",
+        "job 4: median failed: cannot median these numbers",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from {text}");
+    }
+
+    // A Rust client, a Python server.
+    let path = common::temp_path("py.sock");
+    let mut py = listening(&mut pickle_jobs(&[
+        "server",
+        path.to_str().unwrap(),
+        "secret",
+    ]));
+    let out = run(
+        "pickle_pool",
+        &["call", path.to_str().unwrap(), "secret"],
+        Duration::from_secs(60),
+    );
+    assert!(py.wait().unwrap().success());
+    let _ = std::fs::remove_file(&path);
+    assert!(out.contains("job 1: sum = 8 (python pid "), "{out}");
+    assert!(
+        out.contains("job 3: median failed: cannot median these numbers"),
+        "{out}"
     );
 }
 

@@ -77,7 +77,7 @@ impl PeerMapping {
     }
 
     fn word(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len);
+        assert!(off.is_multiple_of(8) && off + 8 <= self.len);
         // SAFETY: in bounds and aligned (checked); the mapping lives as
         // long as `self`, and every process accesses it atomically.
         unsafe { &*self.ptr.add(off).cast::<AtomicU64>() }

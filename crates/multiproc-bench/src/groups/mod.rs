@@ -6,6 +6,7 @@
 use crate::python::Python;
 
 pub mod manager;
+pub mod pickle;
 pub mod pipe;
 pub mod pool;
 pub mod queue;

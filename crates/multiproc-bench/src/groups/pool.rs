@@ -170,12 +170,12 @@ fn is_prime(p: u64) -> bool {
     if p < 2 {
         return false;
     }
-    if p % 2 == 0 {
+    if p.is_multiple_of(2) {
         return p == 2;
     }
     let mut d = 3;
     while d * d <= p {
-        if p % d == 0 {
+        if p.is_multiple_of(d) {
             return false;
         }
         d += 2;

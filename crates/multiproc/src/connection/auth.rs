@@ -103,12 +103,11 @@ fn digest_and_payload(message: &[u8]) -> Result<(Option<Digest>, &[u8]), AuthErr
     if message.len() == MD5_ONLY_MESSAGE_LENGTH || message.len() == MD5_DIGEST_LEN {
         return Ok((None, message));
     }
-    if message.first() == Some(&b'{') {
-        if let Some(close) = message.iter().take(12).position(|&b| b == b'}') {
-            if let Some(d) = Digest::from_name(&message[1..close]) {
-                return Ok((Some(d), &message[close + 1..]));
-            }
-        }
+    if message.first() == Some(&b'{')
+        && let Some(close) = message.iter().take(12).position(|&b| b == b'}')
+        && let Some(d) = Digest::from_name(&message[1..close])
+    {
+        return Ok((Some(d), &message[close + 1..]));
     }
     Err(AuthError::Protocol(
         "unsupported message length, missing digest prefix, or unsupported digest".into(),

@@ -3,6 +3,7 @@
 use std::io;
 
 use crate::sys;
+use crate::wire::pickle::PickleError;
 use crate::wire::stream::StreamError;
 use crate::wire::{DecodeError, EncodeError};
 
@@ -77,6 +78,12 @@ pub enum RecvError {
     /// The connection is still usable.
     #[error("could not decode the message: {0}")]
     Decode(#[from] DecodeError),
+    /// A pickle (on a [`PickleConnection`](crate::PickleConnection)) that
+    /// was refused (it names or calls code, or describes too large a
+    /// value) or does not decode as the expected type. Nothing in it ran;
+    /// the connection is still usable.
+    #[error("could not take the pickle: {0}")]
+    Pickle(#[from] PickleError),
     /// This end was made send-only (see [`pipe_oneway`](crate::pipe_oneway)).
     #[error("this end of the connection is send-only")]
     WriteOnly,

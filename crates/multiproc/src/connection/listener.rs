@@ -346,11 +346,11 @@ impl Listener {
             let now = Instant::now();
             // Dropping a pending connection closes it.
             st.pending.retain(|p| p.deadline > now);
-            if let Some(s) = stop {
-                if s.arm() {
-                    s.disarm(false);
-                    return Ok(None);
-                }
+            if let Some(s) = stop
+                && s.arm()
+            {
+                s.disarm(false);
+                return Ok(None);
             }
             let skip = 1 + usize::from(stop.is_some());
             let mut fds: Vec<(BorrowedFd<'_>, bool)> = Vec::with_capacity(skip + st.pending.len());

@@ -32,6 +32,7 @@ pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod listener;
 pub(crate) mod local;
+pub(crate) mod pickle;
 
 use crate::sys;
 use crate::wire::handles;
@@ -43,6 +44,7 @@ pub use error::{
 pub use listener::{
     Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES,
 };
+pub use pickle::PickleConnection;
 
 /// One end of a two-way channel: sends `S`, receives `R`.
 ///

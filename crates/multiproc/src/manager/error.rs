@@ -175,6 +175,7 @@ impl From<RecvError> for ProxyError {
             RecvError::Io(e) => ProxyError::Io(e),
             RecvError::Decode(e) => ProxyError::Decode(e),
             RecvError::Garbage(g) => ProxyError::Protocol(g),
+            RecvError::Pickle(p) => ProxyError::Protocol(p.to_string()),
             RecvError::TooManyHandles => {
                 ProxyError::Protocol(RecvError::TooManyHandles.to_string())
             }

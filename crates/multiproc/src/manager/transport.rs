@@ -16,7 +16,6 @@
 //! the request queue and receives on the reply queue; the server the other
 //! way round.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +24,7 @@ use super::protocol::Blob;
 use crate::connection::{Connection, RecvError};
 use crate::queue::{GetTimeoutError, Queue};
 use crate::shared::SharedMemory;
+use crate::shm::wait::{Next, Policy, Presence, Waiter};
 
 /// How often a side waiting for an answer, or a server thread in a
 /// blocking method, checks that its peer is still connected.
@@ -38,78 +38,46 @@ pub(crate) const IDLE_SLICE: Duration = Duration::from_millis(500);
 /// out of line.
 const LOCAL_RING_BYTES: usize = 256 << 10;
 
-/// Checks of an empty queue before the first yield, when the peer is not
-/// running on another processor: it cannot answer before this side yields.
-const SPINS: u32 = 8;
-
-/// Checks of an empty queue before the first yield when the peer is running
-/// on another processor (about 10 µs): it answers within a few
-/// microseconds, while a yield costs about one (a system call) and, with
-/// more busy threads than cores, hands this processor to somebody else. A
-/// client and its session thread then exchange without a context switch.
-/// If the peer stops running meanwhile (preempted), the spin is lost and
-/// the yields follow.
-const SPINS_APART: u32 = 400;
-
-/// In a presence word: the side is running (on the processor in the other
-/// bits), not yielding or asleep.
-const RUNNING: u64 = 1 << 31;
-
 /// Which presence word is whose.
 const CLIENT: usize = 0;
 const SERVER: usize = 1;
 /// Words in a presence block, at least.
 const PRESENCE_WORDS: usize = 2;
 
-/// Yields of the processor, each followed by a check, before sleeping.
-/// When the peer shares this processor (the usual case with more busy
-/// threads than cores), the first yield lets it run and answer: a round
-/// trip then costs two context switches, about 6 µs here. Spinning first
-/// burns the time the peer needs: 200 checks (about 10 µs) made it about
-/// 15 µs, measured with the other core busy. When nothing else wants this
-/// processor, a yield returns at once and the loop is a slightly slower
-/// spin (about 200 µs in all).
-const YIELDS: u32 = 400;
+/// How a side waits for its queue before the blocking `get`: it spins
+/// while the peer runs on another processor (it answers within a few
+/// microseconds there, while a yield costs about one, a system call, and
+/// with more busy threads than cores hands this processor to somebody
+/// else), then yields for about 200 µs. When the peer shares this
+/// processor (the usual case with more busy threads than cores), the first
+/// yield lets it run and answer: a round trip then costs two context
+/// switches, about 6 µs here, where spinning first made it about 15 µs.
+/// When nothing else wants this processor, a yield returns at once and the
+/// loop is a slightly slower spin. The queue's own `get` yields for longer
+/// before it sleeps (about 350 µs, tuned for streams of messages), and
+/// never spins first.
+const SETTLE: Policy = Policy::Timed {
+    spin: Duration::from_micros(10),
+    yields: Duration::from_micros(200),
+};
 
-/// The processor the calling thread runs on (through the vDSO: no system
-/// call), as a presence word says it.
-fn running_here() -> u64 {
-    RUNNING | (rustix::thread::sched_getcpu() as u64 & !RUNNING)
-}
-
-/// Waits briefly for `rx` to have a message: spins (long while the peer
-/// runs on another processor, as its presence word `theirs` says), then
-/// yields; returns whether one came. Keeps this side's word, `mine`, up to
-/// date. The queue's own `get` yields for longer before it sleeps (about
-/// 350 µs, tuned for streams of messages), and never spins first.
-fn settle(rx: &Queue<Blob>, mine: &AtomicU64, theirs: &AtomicU64) -> bool {
-    let mut here = running_here();
-    mine.store(here, Ordering::Relaxed);
-    let (mut spins, mut yields) = (0, 0);
+/// Waits briefly for `rx` to have a message, as [`SETTLE`] says, keeping
+/// this side's presence word up to date; returns whether one came.
+fn settle(rx: &Queue<Blob>, presence: Presence<'_>) -> bool {
+    let mut waiter = Waiter::with_presence(SETTLE, None, Some(presence));
     loop {
         if !rx.is_empty() {
             return true;
         }
-        let peer = theirs.load(Ordering::Relaxed);
-        let apart = peer & RUNNING != 0 && peer != here;
-        if spins < SPINS || (apart && spins < SPINS_APART) {
-            spins += 1;
-            std::hint::spin_loop();
-        } else if yields < YIELDS {
-            yields += 1;
-            mine.store(0, Ordering::Relaxed);
-            std::thread::yield_now();
-            here = running_here();
-            mine.store(here, Ordering::Relaxed);
-        } else {
+        if waiter.pause() != Next::Check {
             return false;
         }
     }
 }
 
 /// A local session's shared-memory path: the two queues, and a block of
-/// two presence words (the client's, the server's), each `RUNNING` and a
-/// processor number while that side runs, 0 while it yields or sleeps.
+/// two presence words (the client's, the server's; see
+/// [`Presence`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LocalPath {
     requests: Queue<Blob>,
@@ -277,12 +245,16 @@ impl Channel {
                 let (Some(me), Some(peer)) = (words.get(*mine), words.get(1 - *mine)) else {
                     return Err(RecvFailure::Broken("presence block too small".into()));
                 };
-                if !settle(rx, me, peer) {
+                let presence = Presence {
+                    mine: me,
+                    theirs: peer,
+                };
+                if !settle(rx, presence) {
                     idle();
                 }
-                me.store(0, Ordering::Relaxed);
+                presence.leave();
                 let got = rx.get_timeout(slice);
-                me.store(running_here(), Ordering::Relaxed);
+                presence.arrive();
                 match got {
                     Ok(Blob(bytes)) if bytes.len() as u64 > limit => {
                         return Err(RecvFailure::TooLarge {

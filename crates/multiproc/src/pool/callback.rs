@@ -149,10 +149,10 @@ impl Runner {
             self.notifier.cv.notify_all();
         }
         let thread = lock(&self.state).thread.take();
-        if let Some((t, id)) = thread {
-            if id != std::thread::current().id() {
-                let _ = t.join();
-            }
+        if let Some((t, id)) = thread
+            && id != std::thread::current().id()
+        {
+            let _ = t.join();
         }
         // Registered after the thread's last look, or with no thread.
         loop {

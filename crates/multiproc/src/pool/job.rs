@@ -214,12 +214,12 @@ impl<R> Job<R> {
 
     fn store(&self, st: &mut State<R>, index: usize, outcome: Result<R, TaskError>) {
         st.finished += 1;
-        if let Err(e) = &outcome {
-            if st.first_error.is_none() {
-                st.first_error = Some(e.clone());
-                if self.fail_fast {
-                    self.abandon();
-                }
+        if let Err(e) = &outcome
+            && st.first_error.is_none()
+        {
+            st.first_error = Some(e.clone());
+            if self.fail_fast {
+                self.abandon();
             }
         }
         if self.ordered {

@@ -333,6 +333,10 @@ impl Pool {
     /// `f` over every item, results in order (Python's `map`). Stops at
     /// the first failure and returns it; the items not yet started are
     /// dropped. [`map_results`](Self::map_results) runs every item.
+    ///
+    /// `f` is a `fn` (or a closure that captures nothing) and the items
+    /// owned values: see [the two compiler errors met when they are
+    /// not](crate#two-compiler-errors-you-may-meet-first).
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,

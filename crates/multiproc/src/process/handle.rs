@@ -17,7 +17,11 @@ use super::start::{self, Started};
 use super::status::{ExitStatus, Signal};
 use crate::sys;
 use crate::sys::code::{Body, EntryId};
-use crate::wire::{FrameError, codec, frame, handles};
+use crate::wire::{EncodeError, FrameError, codec, frame, handles};
+
+/// The largest encoded argument that `spawn` decodes once in the parent,
+/// to report a value postcard cannot decode before any child starts.
+const TRY_DECODE_MAX: usize = 1 << 20;
 
 /// How a child process is created. See `docs/start-methods.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -162,6 +166,21 @@ impl Builder {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
+        // A value postcard encodes but cannot decode (an untagged enum, a
+        // `serde_json::Value`) fails here, in the parent, rather than in the
+        // child. Only values without handles, up to 1 MiB, are tried.
+        let tried = handles::with_encoded_bare(&arg, false, |bytes| {
+            if bytes.len() > TRY_DECODE_MAX {
+                return Ok(());
+            }
+            handles::decode_bare::<A>(bytes).map(drop)
+        });
+        if let Some(Err(e)) = tried {
+            return Err(StartError::Encode(EncodeError {
+                type_name: e.type_name,
+                message: format!("it would not decode in the child: {}", e.message),
+            }));
+        }
         self.spawn_with_body(f, child::body::<A, R>, &arg)
     }
 
@@ -323,6 +342,11 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// Keep the handle: dropping it waits for the child (see [`Process`]),
     /// so `for x in xs { Process::spawn(f, x)?; }` would run the children
     /// one after another. Collect the handles and join them instead.
+    ///
+    /// `f` is a `fn` (or a closure that captures nothing) and `arg` an
+    /// owned value: the crate docs explain the two compiler errors met when
+    /// they are not ([Two compiler errors you may meet
+    /// first](crate#two-compiler-errors-you-may-meet-first)).
     pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -563,14 +587,14 @@ impl<R> Drop for Process<R> {
             // Drain the result so a child blocked on a large write can exit.
             let _ = reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline);
         }
-        if exit.is_none() {
-            if let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline) {
-                let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
-                let _ = started.reaper.wait(
-                    started.pidfd.as_fd(),
-                    Some(Instant::now() + REAP_AFTER_KILL),
-                );
-            }
+        if exit.is_none()
+            && let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline)
+        {
+            let _ = sys::process::pidfd_signal(started.pidfd.as_fd(), libc::SIGKILL);
+            let _ = started.reaper.wait(
+                started.pidfd.as_fd(),
+                Some(Instant::now() + REAP_AFTER_KILL),
+            );
         }
     }
 }

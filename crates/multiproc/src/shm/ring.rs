@@ -484,7 +484,7 @@ impl Ring {
     /// multiples of 8, `head <= tail <= POS_MAX`, at most `capacity` apart.
     #[inline]
     fn span(&self, head: u64, tail: u64) -> Option<u64> {
-        if head % 8 != 0 || tail % 8 != 0 || tail > POS_MAX {
+        if !head.is_multiple_of(8) || !tail.is_multiple_of(8) || tail > POS_MAX {
             return None;
         }
         tail.checked_sub(head).filter(|&used| used <= self.capacity)
@@ -498,7 +498,7 @@ impl Ring {
     fn place(&self, size: u64, fresh: bool) -> Result<Option<Place>, String> {
         let h = self.header();
         let tail = h.producer.pos.load(Ordering::Acquire);
-        if tail % 8 != 0 || tail > POS_MAX {
+        if !tail.is_multiple_of(8) || tail > POS_MAX {
             return Err(format!("tail {tail:#x} is impossible"));
         }
         // `tail` is a multiple of 8, so at least 8 bytes remain to the end.
@@ -551,7 +551,7 @@ impl Ring {
     fn repair_tail(&self) {
         let h = self.header();
         let head = h.consumer.pos.load(Ordering::Acquire);
-        let tail = if head % 8 == 0 && head <= POS_MAX {
+        let tail = if head.is_multiple_of(8) && head <= POS_MAX {
             head
         } else {
             let tail = h.producer.pos.load(Ordering::Relaxed) & !7;
@@ -571,7 +571,7 @@ impl Ring {
         let off = (pos & (self.capacity - 1)) as usize;
         let total = parts.iter().fold(8usize, |n, p| n.saturating_add(p.len()));
         let padded = total.div_ceil(8).saturating_mul(8);
-        if off % 8 != 0 || padded > self.capacity as usize - off {
+        if !off.is_multiple_of(8) || padded > self.capacity as usize - off {
             return false;
         }
         let header = header.to_le_bytes();
@@ -1315,7 +1315,7 @@ impl Ring {
         let head = h.consumer.pos.load(Ordering::Acquire);
         let tail = h.producer.pos.load(Ordering::Acquire);
         self.span(head, tail)?;
-        if pos % 8 != 0 || pos < head || pos >= tail {
+        if !pos.is_multiple_of(8) || pos < head || pos >= tail {
             return None;
         }
         let (kind, len, off) = self.header_at(pos);

@@ -135,14 +135,14 @@ pub(crate) struct Presence<'a> {
 
 impl Presence<'_> {
     /// Publishes that this process runs, and where; returns the word.
-    fn arrive(&self) -> u64 {
+    pub(crate) fn arrive(&self) -> u64 {
         let here = RUNNING | (u64::from(rustix::thread::sched_getcpu() as u32) & (RUNNING - 1));
         self.mine.store(here, Ordering::Relaxed);
         here
     }
 
     /// Publishes that this process is yielding or asleep.
-    fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.mine.store(AWAY, Ordering::Relaxed);
     }
 
@@ -259,7 +259,7 @@ impl<'a> Waiter<'a> {
                 }
                 if !self.yielding {
                     let apart = self.apart();
-                    if apart && round % CLOCK_EVERY != 0 {
+                    if apart && !round.is_multiple_of(CLOCK_EVERY) {
                         std::hint::spin_loop();
                         return Next::Check;
                     }

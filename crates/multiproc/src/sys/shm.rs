@@ -347,7 +347,7 @@ pub(crate) unsafe fn copy_in(dst: *mut u8, data: &[u8]) {
 /// call, and accessed only atomically by this process.
 #[inline]
 pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<Item = &'a [u8]>) {
-    debug_assert!(dst as usize % WORD == 0);
+    debug_assert!((dst as usize).is_multiple_of(WORD));
     let mut word = dst;
     // Words are assembled in a register, little-endian (byte `i` in bits
     // `8 * i`), never in a buffer in memory: a word read back from bytes

@@ -34,7 +34,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         .map(|()| out)
         .map_err(|e| EncodeError {
             type_name: std::any::type_name::<T>(),
-            message: e.to_string(),
+            message: with_hint(e),
         })
 }
 
@@ -101,11 +101,24 @@ fn explained(e: postcard::Error) -> String {
     let kept = CUSTOM.with(|c| c.borrow_mut().take());
     match (e, kept) {
         (postcard::Error::SerdeDeCustom, Some(message)) => message,
-        (e, _) => e.to_string(),
+        (e, _) => with_hint(e),
     }
 }
 
-/// Writes postcard output straight onto the end of a borrowed `Vec`.
+/// What postcard says, and, for the errors a value's shape causes, what
+/// to do about it.
+fn with_hint(e: postcard::Error) -> String {
+    match e {
+        postcard::Error::WontImplement | postcard::Error::SerializeSeqLengthUnknown => format!(
+            "{e}: multiproc's format (postcard) is compact but not self-describing, so it \
+             cannot carry `#[serde(untagged)]` or internally or adjacently tagged enums, \
+             `#[serde(flatten)]`, or `serde_json::Value`; wrap such a value in \
+             `multiproc::SelfDescribing` to send it self-described (CBOR)"
+        ),
+        e => e.to_string(),
+    }
+}
+
 /// Bytes of the buffer on the stack that [`encode_stack`] encodes into.
 pub(crate) const STACK_BYTES: usize = 32;
 
@@ -195,6 +208,7 @@ impl postcard::ser_flavors::Flavor for &mut Stack {
     }
 }
 
+/// Writes postcard output straight onto the end of a borrowed `Vec`.
 struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {

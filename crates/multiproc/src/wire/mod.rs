@@ -10,13 +10,18 @@
 //! * [`stream`]: messages on a connection, framed as CPython's
 //!   `multiprocessing.connection` frames them, so a Python peer can talk to
 //!   us.
+//! * [`pickle`]: Python's pickles as data, for a CPython peer's
+//!   `send(obj)`/`recv()`: checked opcode by opcode and never run.
 //! * [`handles`]: descriptors (of sockets, shared memory, processes) travel
 //!   beside the bytes as `SCM_RIGHTS` ancillary data, never inside them.
 
 pub(crate) mod codec;
+pub(crate) mod described;
 pub(crate) mod frame;
 pub(crate) mod handles;
+pub(crate) mod pickle;
 pub(crate) mod stream;
 
 pub use codec::{DecodeError, EncodeError};
+pub use described::SelfDescribing;
 pub use frame::FrameError;

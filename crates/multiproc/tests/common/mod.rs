@@ -75,10 +75,10 @@ pub fn temp_path(tag: &str) -> PathBuf {
 pub fn read_pid_file(path: &std::path::Path, within: Duration) -> i32 {
     let end = Instant::now() + within;
     loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(pid) = s.trim().parse() {
-                return pid;
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && let Ok(pid) = s.trim().parse()
+        {
+            return pid;
         }
         assert!(
             Instant::now() < end,

@@ -166,10 +166,11 @@ impl Store {
         // Read before the lookup: a removal after it changes the count, and
         // the next call looks the object up again.
         let removals = self.removals.load(Ordering::Acquire);
-        if let Some((held, seen, object)) = &recent.0 {
-            if *held == id && *seen == removals {
-                return object.call(op, ctx);
-            }
+        if let Some((held, seen, object)) = &recent.0
+            && *held == id
+            && *seen == removals
+        {
+            return object.call(op, ctx);
         }
         // Not held across a call that may block (or may be slow).
         recent.forget();
