@@ -170,8 +170,12 @@
 //! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
 //! [`Condition`] and [`Barrier`] work across processes, on futexes in
 //! shared memory; [`Value`] and [`Array`] hold plain data with a lock, and
-//! [`SharedMemory`] is a raw block. A lock whose holder died is recovered,
-//! and the next holder is told ([`OwnerDied`]).
+//! [`SharedMemory`] is a raw block, [`ShareableList`] a fixed-length list
+//! of numbers and short strings. A block or a list can be given a name
+//! ([`SharedMemory::create_named`]) that any process of the same user
+//! attaches by, and that disappears with its creator, leaving nothing in
+//! `/dev/shm`. A lock whose holder died is recovered, and the next holder
+//! is told ([`OwnerDied`]).
 //!
 //! ```
 //! use multiproc::{Process, Value};
@@ -309,7 +313,9 @@ pub use queue::{
     PutFailure, PutTimeoutError, Queue, QueueBuilder, REQUEUE_WAIT, SimpleQueue, TaskDoneError,
     TryGetError, TryPutError,
 };
-pub use shared::{OutOfBounds, SharedMemory};
+pub use shared::{
+    Item, ListError, MAX_NAME_LEN, NameError, OutOfBounds, ShareableList, SharedMemory,
+};
 pub use sync::{
     Array, ArrayGuard, Barrier, BarrierBuilder, BarrierError, BoundedSemaphore, Condition,
     ConditionGuard, Event, Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard,

@@ -226,3 +226,54 @@ fn a_requeue_into_a_queue_that_stays_full_says_so() {
         assert_eq!(q.get().unwrap(), 2);
     });
 }
+
+/// Takes one delivery, says so, and never acknowledges it.
+fn take_one_and_hang((q, taken): (Queue<u32>, Event)) {
+    let d = q.get_delivery().unwrap();
+    taken.set();
+    std::thread::sleep(Duration::from_secs(600));
+    drop(d);
+}
+
+/// A dead consumer's delivery at the front of the journal keeps every
+/// later record in it, acknowledged or not, until it is recovered; the
+/// journal fills. If the queue is full too, the delivery cannot go back
+/// into it: the consumer that finds the journal full takes it over.
+#[test]
+fn a_full_journal_and_a_full_queue_do_not_wedge_consumers() {
+    deadline(LIMIT, || {
+        let q = Queue::<u32>::bounded(10).unwrap();
+        q.put(u32::MAX).unwrap();
+        let taken = Event::new().unwrap();
+        let child = Process::spawn(take_one_and_hang, (q.clone(), taken.clone())).unwrap();
+        assert!(taken.wait_timeout(Duration::from_secs(20)));
+        assert!(send_signal(child.pid(), libc::SIGKILL));
+        let _ = child.join();
+        let mut next = 0u32;
+        while !q.is_full() {
+            q.put(next).unwrap();
+            next += 1;
+        }
+        // The journal holds some thousands of records: many more than that
+        // pass through it, the queue kept full all along.
+        let mut again = 0;
+        let mut expect = 0u32;
+        for _ in 0..20_000 {
+            let d = q
+                .get_delivery_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("after {expect} messages: {e}"));
+            if *d == u32::MAX {
+                // Taken over: it left no room in the queue.
+                again += 1;
+                d.ack().unwrap();
+                continue;
+            }
+            assert_eq!(*d, expect);
+            expect += 1;
+            d.ack().unwrap();
+            q.put(next).unwrap();
+            next += 1;
+        }
+        assert_eq!(again, 1, "the dead consumer's delivery came {again} times");
+    });
+}

@@ -68,6 +68,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether no frame waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
     /// Whether a frame has waited more than `ns` nanoseconds.
     pub(crate) fn waiting_longer_than(&self, ns: u64) -> bool {
         !self.frames.is_empty() && sys::process::monotonic_ns().saturating_sub(self.since) > ns

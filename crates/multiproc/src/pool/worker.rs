@@ -10,7 +10,9 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt::Display;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -189,21 +191,94 @@ fn init_failed(link_fd: std::os::fd::BorrowedFd<'_>, message: &str, done: Reply)
     done
 }
 
+/// Answers waiting to share a write, and the thread that sends them when
+/// the task after them runs long.
+#[derive(Default)]
+struct Posted {
+    out: Mutex<Outbox>,
+    /// Signalled when the worker starts running tasks again after it
+    /// waited for them, and when serving ends.
+    wake: Condvar,
+    /// The worker is running tasks (not waiting for the parent's).
+    busy: AtomicBool,
+    done: AtomicBool,
+}
+
+impl Posted {
+    fn out(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The courier: while the worker runs tasks, looks every
+/// [`FLUSH_AFTER_NS`] for answers that have waited that long and sends
+/// them, so that a quick item's result never waits for the end of a long
+/// item that follows it. Asleep while the worker waits for tasks (it sent
+/// everything before it began to wait).
+fn courier(posted: &Posted, fd: std::os::fd::BorrowedFd<'_>) {
+    let mut out = posted.out();
+    while !posted.done.load(Ordering::Relaxed) {
+        if !posted.busy.load(Ordering::Relaxed) {
+            out = posted.wake.wait(out).unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        out = posted
+            .wake
+            .wait_timeout(out, Duration::from_nanos(FLUSH_AFTER_NS))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if out.waiting_longer_than(FLUSH_AFTER_NS) && out.flush(fd).is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs tasks until the link closes, the parent speaks garbage, or this
 /// worker retires. Replies are sent when no further task is buffered, so a
-/// burst of small tasks is answered with one write.
+/// burst of small tasks is answered with one write; answers held back for
+/// a task thought quick go out after about [`FLUSH_AFTER_NS`] at the
+/// latest, sent by a courier thread if that task is still running.
 fn serve(link: &CallLink) {
+    let posted = Posted::default();
+    std::thread::scope(|scope| {
+        let mut courier_started = false;
+        serve_with(link, &posted, || {
+            if !courier_started {
+                let posted = &posted;
+                let fd = link.fd();
+                let started = std::thread::Builder::new()
+                    .name("multiproc-pool-courier".into())
+                    .spawn_scoped(scope, move || courier(posted, fd));
+                // Without a courier, answers are only held back briefly.
+                courier_started = started.is_ok();
+            }
+        });
+        posted.done.store(true, Ordering::Relaxed);
+        posted.wake.notify_one();
+    });
+}
+
+/// [`serve`]'s loop; `holding` runs when answers are first held back.
+fn serve_with(link: &CallLink, posted: &Posted, mut holding: impl FnMut()) {
     let mut reader = LinkReader::default();
-    let mut out = Outbox::default();
     loop {
         let frame = match reader.next() {
             Ok(Some(f)) => f,
             Ok(None) => {
-                if out.flush(link.fd()).is_err() || retiring() {
-                    return;
+                {
+                    let mut out = posted.out();
+                    if out.flush(link.fd()).is_err() || retiring() {
+                        return;
+                    }
+                    posted.busy.store(false, Ordering::Relaxed);
                 }
                 match reader.fill(link.fd()) {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        let _out = posted.out();
+                        posted.busy.store(true, Ordering::Relaxed);
+                        posted.wake.notify_one();
+                        continue;
+                    }
                     _ => return,
                 }
             }
@@ -219,17 +294,24 @@ fn serve(link: &CallLink) {
         };
         // Answers wait to share a write only with those of quick tasks,
         // and only briefly: a long task must not hold back the results of
-        // the quick ones before it.
+        // the quick ones before it (the courier sends them if it does).
         let quick = payload[sys::code::PREAMBLE + 12] & FLAG_QUICK != 0;
-        if (!quick || out.waiting_longer_than(FLUSH_AFTER_NS)) && out.flush(link.fd()).is_err() {
-            return;
+        {
+            let mut out = posted.out();
+            if (!quick || out.waiting_longer_than(FLUSH_AFTER_NS)) && out.flush(link.fd()).is_err()
+            {
+                return;
+            }
+            if !out.is_empty() {
+                holding();
+            }
         }
         let (_, reply, _) = entry.call(&payload[sys::code::PREAMBLE..], Vec::new());
-        if out.push(link.fd(), link::RESULT, reply).is_err() {
+        if posted.out().push(link.fd(), link::RESULT, reply).is_err() {
             return;
         }
         if retiring() {
-            let _ = out.flush(link.fd());
+            let _ = posted.out().flush(link.fd());
             return;
         }
     }

@@ -166,19 +166,21 @@ impl Builder {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        // A value postcard encodes but cannot decode (an untagged enum, a
-        // `serde_json::Value`) fails here, in the parent, rather than in the
-        // child. Only values without handles, up to 1 MiB, are tried.
+        // A value of a shape postcard encodes but cannot decode (an untagged
+        // enum, a `serde_json::Value`) fails here, in the parent, rather than
+        // in the child. Only values without handles, up to 1 MiB, are tried;
+        // any other decode failure is the child's `ArgumentDecode`, as
+        // before.
         let tried = handles::with_encoded_bare(&arg, false, |bytes| {
             if bytes.len() > TRY_DECODE_MAX {
-                return Ok(());
+                return None;
             }
-            handles::decode_bare::<A>(bytes).map(drop)
+            handles::shape_error::<A>(bytes)
         });
-        if let Some(Err(e)) = tried {
+        if let Some(Some(message)) = tried {
             return Err(StartError::Encode(EncodeError {
-                type_name: e.type_name,
-                message: format!("it would not decode in the child: {}", e.message),
+                type_name: std::any::type_name::<A>(),
+                message: format!("it would not decode in the child: {message}"),
             }));
         }
         self.spawn_with_body(f, child::body::<A, R>, &arg)

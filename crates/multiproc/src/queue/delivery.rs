@@ -12,7 +12,10 @@
 //! the record `DONE`. Whoever finds a record `TAKEN` by a process that is
 //! certainly gone (a consumer whose queue looks empty, at most every
 //! [`SCAN_EVERY`]) claims it (`RECOVERING`), puts the message back into
-//! the queue, and marks it `DONE`.
+//! the queue, and marks it `DONE`. A consumer whose journal is full (a
+//! dead consumer's record at its front keeps every later one) takes such
+//! a delivery over instead: it becomes that consumer's own (`TAKEN` by
+//! it), which needs no room in the queue.
 //!
 //! So nothing is lost, and a message is delivered twice only when a
 //! consumer died holding it unacknowledged (or died between copying it and
@@ -102,17 +105,23 @@ impl Journal {
         Ok(Some(fetched))
     }
 
-    /// The message stored under `pos`, leaving it stored (the messages
-    /// before it go round to the back, or go if no record needs them).
+    /// The message stored under `pos`, leaving it stored: it stays where
+    /// it is, and the messages before it go round to the back, or go if no
+    /// record needs them. Under the journal's consumer lock. A message
+    /// needed is copied to the back before it leaves the front: a process
+    /// killed in between leaves two copies (dropped together once no
+    /// record needs them), never none; so does a copy that fails (the
+    /// mailbox is full: then this fails, to be tried again).
     fn fetch(&self, pos: u64) -> io::Result<Option<Fetched>> {
         let mut seen = 0usize;
-        while let Some((id, fetched)) = self.mailbox.take_first()? {
-            if self.ring.journal_holds(id) {
-                self.mailbox.send_copy(id, &fetched)?;
-            }
+        while let Some((id, fetched)) = self.mailbox.peek_first()? {
             if id == pos {
                 return Ok(Some(fetched));
             }
+            if self.ring.journal_holds(id) {
+                self.mailbox.send_copy(id, &fetched)?;
+            }
+            self.mailbox.drop_first()?;
             seen += 1;
             if seen > 1 << 16 {
                 break;
@@ -159,25 +168,86 @@ impl Shared {
             .count()
     }
 
+    /// The message of the claimed delivery `entry` (one stored in the
+    /// journal's mailbox stays stored).
+    fn load(&self, entry: &Entry) -> Loaded {
+        let j = &self.journal;
+        if entry.what == delivery::BYTES {
+            return Loaded::Message(entry.bytes.clone(), Vec::new());
+        }
+        match j.ring.journal_exclusive(|| j.fetch(entry.pos)) {
+            Some(Ok(Some(fetched))) => match fetched.finish() {
+                Ok((bytes, fds)) => Loaded::Message(bytes, fds),
+                // The stored copy stays: another try may read it.
+                Err(_) => Loaded::Later,
+            },
+            Some(Ok(None)) => Loaded::Gone,
+            // The journal's lock stayed held (its holder may be a process
+            // that died with it, recovered by a later try), or the mailbox
+            // failed: not a reason to drop the delivery.
+            None | Some(Err(_)) => Loaded::Later,
+        }
+    }
+
+    /// For a consumer whose journal is full: takes over one delivery that
+    /// a dead consumer held (it becomes this process's delivery, in place
+    /// in the journal) and gives the others back to the queue (those the
+    /// queue has no room for wait for the next scan). Putting a delivery
+    /// back needs room in the queue, taking it over does not: a journal
+    /// whose front a dead consumer holds would otherwise stay full for as
+    /// long as the queue does, and a full queue whose consumers all wait
+    /// for the journal stays full.
+    ///
+    /// Returns the message (encoded, with its handles), its journal
+    /// position, and whether the journal's mailbox stores it.
+    pub(crate) fn adopt_dead_delivery(&self) -> Option<(Vec<u8>, Vec<OwnedFd>, u64, bool)> {
+        let entries = self.journal.ring.journal_take_dead();
+        let deadline = Instant::now() + Duration::from_millis(10);
+        let mut adopted = None;
+        for entry in entries {
+            if adopted.is_some() {
+                self.give_back(&entry, deadline);
+                continue;
+            }
+            let (bytes, fds) = match self.load(&entry) {
+                Loaded::Message(bytes, fds) => (bytes, fds),
+                // Its message is gone: nothing to deliver.
+                Loaded::Gone => {
+                    let _ = self
+                        .journal
+                        .ring
+                        .journal_done(entry.pos, delivery::RECOVERING);
+                    continue;
+                }
+                Loaded::Later => {
+                    self.journal.ring.journal_unclaim(entry.pos);
+                    continue;
+                }
+            };
+            if self.journal.ring.journal_adopt(entry.pos) {
+                adopted = Some((bytes, fds, entry.pos, entry.what != delivery::BYTES));
+            }
+        }
+        adopted
+    }
+
     /// Puts the claimed delivery `entry` back into the queue (waiting for
     /// room until `deadline`) and marks it done; if the queue has no room
     /// by then, makes it `TAKEN` by its holder again (a dead holder's is
     /// claimed again by the next scan).
     fn give_back(&self, entry: &Entry, deadline: Instant) -> bool {
         let j = &self.journal;
-        let message = if entry.what == delivery::BYTES {
-            Some((entry.bytes.clone(), Vec::new()))
-        } else {
-            j.ring
-                .journal_exclusive(|| j.fetch(entry.pos))
-                .and_then(Result::ok)
-                .flatten()
-                .and_then(|f| f.finish().ok())
-        };
-        let Some((bytes, fds)) = message else {
+        let (bytes, fds) = match self.load(entry) {
+            Loaded::Message(bytes, fds) => (bytes, fds),
             // Its message is gone: nothing to give back.
-            let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
-            return false;
+            Loaded::Gone => {
+                let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
+                return false;
+            }
+            Loaded::Later => {
+                j.ring.journal_unclaim(entry.pos);
+                return false;
+            }
         };
         let put = self.put_again(&bytes, &fds, deadline);
         if put.is_err() {
@@ -193,6 +263,17 @@ impl Shared {
     }
 }
 
+/// What [`Shared::load`] found of a claimed delivery's message.
+enum Loaded {
+    /// The message, encoded, and its handles.
+    Message(Vec<u8>, Vec<OwnedFd>),
+    /// Gone (taken with a consumer that died before storing it).
+    Gone,
+    /// Not readable now (the journal's lock stayed held, or its mailbox
+    /// failed): the delivery is left for another try.
+    Later,
+}
+
 /// Why acknowledging a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -203,8 +284,10 @@ pub enum AckError {
     #[error("the delivery is no longer recorded as held by this process")]
     NotHeld,
     /// The queue had no room for the delivery given back within
-    /// [`REQUEUE_WAIT`]: it stays recorded as held by this process, and is
-    /// delivered again only once this process has exited.
+    /// [`REQUEUE_WAIT`] (or, rarely, another process held the journal
+    /// where an out-of-line message is kept for 100 ms): it stays recorded
+    /// as held by this process, and is delivered again only once this
+    /// process has exited.
     #[error("the queue had no room to take the delivery back")]
     Full,
 }

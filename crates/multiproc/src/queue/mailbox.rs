@@ -149,6 +149,31 @@ impl Mailbox {
         parse(buf, n, fds).map(|f| Some((found, f)))
     }
 
+    /// A copy of the first message (of any id; its descriptors
+    /// duplicated), leaving it in place, if there is one.
+    pub(crate) fn peek_first(&self) -> io::Result<Option<(u64, Fetched)>> {
+        let mut head = [0u8; HEAD];
+        let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? else {
+            return Ok(None);
+        };
+        let found = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let mut buf = vec![0u8; full.max(HEAD)];
+        let mut fds = Vec::new();
+        let n = sys::socket::peek(self.rx.as_fd(), &mut buf, &mut fds)?;
+        parse(buf, n, fds).map(|f| Some((found, f)))
+    }
+
+    /// Drops the first message, if there is one.
+    pub(crate) fn drop_first(&self) -> io::Result<()> {
+        let mut head = [0u8; HEAD];
+        if let Some(full) = sys::socket::peek_datagram(self.rx.as_fd(), &mut head)? {
+            let mut buf = vec![0u8; full.max(HEAD)];
+            let mut fds = Vec::new();
+            sys::socket::recv(self.rx.as_fd(), &mut buf, &mut fds, true)?;
+        }
+        Ok(())
+    }
+
     /// The id of the first message, if there is one.
     pub(crate) fn first_id(&self) -> io::Result<Option<u64>> {
         let mut head = [0u8; HEAD];

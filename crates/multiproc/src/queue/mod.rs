@@ -126,13 +126,20 @@ impl Shared {
     }
 
     /// Whether anybody besides the caller's handle could still put or get.
-    /// A consumer asks while the queue looks empty: it first puts back the
-    /// deliveries that dead consumers held, if there are any.
+    fn peers_alive(&self) -> bool {
+        local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
+    }
+
+    /// [`peers_alive`](Self::peers_alive), for a consumer, which asks while
+    /// the queue looks empty: it first puts back the deliveries that dead
+    /// consumers held, if there are any. (A producer asks while the queue
+    /// is full, where they would find no room: it never scans, so that a
+    /// producer killed at any point never makes a message come twice.)
     fn connected(&self) -> bool {
         if self.journal.scan_due() && self.recover_deliveries() > 0 {
             return true;
         }
-        local_count(self.key) > 1 || self.ring.others_alive(sys::futex::pid())
+        self.peers_alive()
     }
 
     fn put(
@@ -158,7 +165,7 @@ impl Shared {
         counted: bool,
     ) -> Result<(), PushError> {
         self.register();
-        let connected = || self.connected();
+        let connected = || self.peers_alive();
         if fds.is_empty() && bytes.len() <= self.ring.max_inline() {
             return self
                 .ring
@@ -243,12 +250,22 @@ impl Shared {
             );
             let (taken, pos) = match popped {
                 Ok(Some(Ok(got))) => got,
-                // The journal is full: wait for acknowledgements (and look
-                // for dead consumers' deliveries).
+                // The journal is full: wait for acknowledgements, or take
+                // over a delivery a dead consumer held.
                 Ok(None) => {
                     self.journal.ring.journal_reclaim();
-                    if self.journal.scan_due() {
-                        self.recover_deliveries();
+                    if self.journal.scan_due()
+                        && let Some((bytes, fds, pos, elsewhere)) = self.adopt_dead_delivery()
+                    {
+                        return match handles::decode::<T>(&bytes, fds) {
+                            Ok(value) => Ok((value, pos, elsewhere)),
+                            Err(e) => {
+                                // Undecodable: it goes, as a plain get drops it.
+                                let _ = self.journal.ring.journal_done(pos, shm_delivery::TAKEN);
+                                self.journal.ring.journal_reclaim();
+                                Err(GetError::from(e).into())
+                            }
+                        };
                     }
                     match waiter.pause() {
                         crate::shm::wait::Next::TimedOut => {
@@ -645,8 +662,10 @@ impl<T: DeserializeOwned> Queue<T> {
     /// value again. A plain [`get`](Self::get) is *at most once* (a
     /// consumer killed inside it, or just after, takes the value with it);
     /// an acknowledged get is *at least once*: a value is delivered twice
-    /// only when a consumer died holding it unacknowledged. A delivery
-    /// dropped without an acknowledgement goes back to the queue.
+    /// only when a consumer died holding it unacknowledged (or died inside
+    /// `get_delivery`, or while putting a dead consumer's delivery back:
+    /// see the README). A delivery dropped without an acknowledgement goes
+    /// back to the queue.
     ///
     /// ```
     /// use multiproc::Queue;

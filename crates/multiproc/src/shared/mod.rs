@@ -6,6 +6,28 @@
 //! as long as the creator holds the name (until [`SharedMemory::unlink`] or
 //! drop); passing the block itself to a child, as an argument or in a
 //! message, works whatever the creator does.
+//!
+//! A block can also be created under a name of the user's choosing
+//! ([`SharedMemory::create_named`], Python's `SharedMemory(name=...,
+//! create=True, size=...)`) and attached by that name from any process of
+//! the same user in the same network namespace, whether or not it got
+//! anything from the creator ([`SharedMemory::attach_named`]): a second
+//! block of the same name is [`NameError::Exists`], a name nobody holds
+//! [`NameError::NotFound`]. Such a name is not a file in `/dev/shm` but an
+//! abstract Unix socket address (`\0multiproc-shm-<uid>-<name>`) on which a
+//! thread of the creator hands out the memfd (`SCM_RIGHTS`) to processes of
+//! the same user: the kernel removes the address when the creator lets the
+//! name go ([`SharedMemory::unlink`], or dropping the creating handle and
+//! its clones) or dies, even by `SIGKILL`, so nothing is ever left behind.
+//! The memory itself stays with every process that has attached, and is
+//! freed with the last one: a name outlives neither its creator nor an
+//! `unlink`, but a block outlives both.
+
+mod list;
+mod name;
+
+pub use list::{Item, ListError, ShareableList};
+pub use name::{MAX_NAME_LEN, NameError};
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -52,7 +74,16 @@ impl Drop for Inner {
 #[derive(Debug, Clone)]
 pub struct SharedMemory {
     inner: Arc<Inner>,
-    name: Option<Arc<(String, OwnedFd)>>,
+    name: Option<Arc<(String, Holder)>>,
+}
+
+/// What keeps a name resolving.
+#[derive(Debug)]
+enum Holder {
+    /// A generated name: this descriptor, read through `/proc`.
+    Fd(#[allow(dead_code)] OwnedFd),
+    /// A chosen name: its server.
+    Served(#[allow(dead_code)] name::Server),
 }
 
 /// A read or write outside the block.
@@ -74,7 +105,7 @@ impl SharedMemory {
             let fd = sys::socket::dup(segment.fd())?;
             Some(Arc::new((
                 format!("multiproc-{}-{}", sys::process::pid(), fd.as_raw_fd()),
-                fd,
+                Holder::Fd(fd),
             )))
         } else {
             None
@@ -99,9 +130,81 @@ impl SharedMemory {
         SharedMemory::from_segment(Segment::create(size)?, true)
     }
 
+    /// A new zeroed block of `size` bytes under the name `name` (Python's
+    /// `SharedMemory(name, create=True, size=size)`), which any process of
+    /// this user can [`attach_named`](Self::attach_named) while this
+    /// handle or a clone of it holds the name.
+    ///
+    /// The name is no file in `/dev/shm` but an abstract Unix socket
+    /// address (`\0multiproc-shm-<uid>-<name>`) on which a thread of this
+    /// process hands the block's memfd to processes of the same user: the
+    /// kernel removes it when the name is let go ([`unlink`](Self::unlink),
+    /// or dropping the creating handle and its clones) or this process
+    /// dies, even by `SIGKILL`, so nothing is ever left behind. Processes
+    /// that attached keep the memory; the name goes with its creator.
+    ///
+    /// A name is 1 to [`MAX_NAME_LEN`] bytes, without `/` or NUL, and does
+    /// not begin with `multiproc-` (the generated names); a name already
+    /// held is [`NameError::Exists`]; a size of 0 is
+    /// [`NameError::ZeroSize`]. Each named block keeps one thread of this
+    /// process, asleep until someone attaches, until the name goes.
+    ///
+    /// ```
+    /// use multiproc::{NameError, SharedMemory};
+    ///
+    /// let shm = SharedMemory::create_named("doc-example-block", 4096)?;
+    /// shm.write(0, b"hello")?;
+    /// // Any process of this user can attach by the name alone.
+    /// let other = SharedMemory::attach_named("doc-example-block")?;
+    /// let mut buf = [0u8; 5];
+    /// other.read(0, &mut buf)?;
+    /// assert_eq!(&buf, b"hello");
+    /// assert!(matches!(
+    ///     SharedMemory::create_named("doc-example-block", 1),
+    ///     Err(NameError::Exists(_))
+    /// ));
+    /// drop(shm); // The name goes with the creating handle...
+    /// assert!(matches!(
+    ///     SharedMemory::attach_named("doc-example-block"),
+    ///     Err(NameError::NotFound(_))
+    /// ));
+    /// other.read(0, &mut buf)?; // ...the memory stays with its holders.
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_named(name: &str, size: usize) -> Result<SharedMemory, NameError> {
+        if size == 0 {
+            return Err(NameError::ZeroSize);
+        }
+        let segment = Segment::create(size)?;
+        let server = name::Server::start(name, name::Kind::Block, 0, &[segment.fd()])?;
+        let mut shm = SharedMemory::from_segment(segment, false)?;
+        shm.name = Some(Arc::new((name.to_string(), Holder::Served(server))));
+        Ok(shm)
+    }
+
+    /// Attaches to a block by a name chosen at
+    /// [`create_named`](Self::create_named) (Python's
+    /// `SharedMemory(name)`), from any process of the same user: one that
+    /// got nothing from the creator too. [`NameError::NotFound`] if no
+    /// process holds the name. The handle has no [`name`](Self::name) of
+    /// its own (only the creator's handles do).
+    ///
+    /// A [`ShareableList`]'s name attaches its block (as
+    /// [`ShareableList::shm`]).
+    pub fn attach_named(name: &str) -> Result<SharedMemory, NameError> {
+        let (_, _, fd) = name::fetch(name)?;
+        Ok(SharedMemory::from_segment(Segment::attach(fd)?, false)?)
+    }
+
     /// Attaches to a block by the name its creator reported, while the
-    /// creator still holds it.
+    /// creator still holds it: a generated name, or one chosen at
+    /// [`create_named`](Self::create_named) (then as
+    /// [`attach_named`](Self::attach_named), its [`NameError`] inside the
+    /// `io::Error`).
     pub fn attach(name: &str) -> io::Result<SharedMemory> {
+        if name::is_chosen(name) {
+            return Ok(SharedMemory::attach_named(name)?);
+        }
         let bad = || {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -128,13 +231,16 @@ impl SharedMemory {
     }
 
     /// The name another process can [`attach`](Self::attach) with: only
-    /// the creating handle (and its clones) has one, until unlinked.
+    /// the creating handle (and its clones) has one, until unlinked. For a
+    /// block made by [`create_named`](Self::create_named), the name chosen.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref().map(|(n, _)| n.as_str())
     }
 
-    /// Stops the name from resolving (Python's `unlink`). The memory stays
-    /// for every process that has it, and is freed with the last one.
+    /// Lets this handle's hold on the name go (Python's `unlink`): the name
+    /// stops resolving when no clone of the creating handle holds it any
+    /// more. The memory stays for every process that has it, and is freed
+    /// with the last one.
     pub fn unlink(&mut self) {
         self.name = None;
     }

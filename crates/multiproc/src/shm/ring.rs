@@ -636,12 +636,17 @@ impl Ring {
                 h.producer.large_seq.store(0, Ordering::Relaxed);
                 return Err(PushError::Corrupted("large-message id exhausted".into()));
             };
+            // The id is used up before the datagram is sent: a producer
+            // killed after sending leaves an orphan older than every later
+            // id (dropped when passed). Stored after, a replacement would
+            // send its own message under the orphan's id, and the record
+            // naming it would deliver the orphan in its place.
+            h.producer.large_seq.store(next, Ordering::Relaxed);
             match send(id) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(PushError::Io(e)),
             }
-            h.producer.large_seq.store(next, Ordering::Relaxed);
             id_bytes = id.to_le_bytes();
             (u64::from(LARGE) << 32 | 8, &[&id_bytes[..]][..])
         } else {
@@ -1470,6 +1475,38 @@ impl Ring {
         found
     }
 
+    /// Makes the delivery at `pos`, which this process claimed to recover
+    /// (`RECOVERING`), its own: `TAKEN` by this process, to be acknowledged
+    /// or given back like any delivery it took. False if it is not this
+    /// process's claim.
+    pub(crate) fn journal_adopt(&self, pos: u64) -> bool {
+        let Some([state, owner_pid, owner_id, rec_pid, rec_id]) = self.journal_words(pos) else {
+            return false;
+        };
+        let (pid, me) = liveness::current();
+        if rec_pid.load(Ordering::Acquire) != u64::from(pid)
+            || rec_id.load(Ordering::Acquire) != me.0
+        {
+            return false;
+        }
+        let cur = state.load(Ordering::Acquire);
+        if cur as u8 != delivery::RECOVERING {
+            return false;
+        }
+        // Killed between these stores and the swap: still `RECOVERING` by
+        // a dead process, which the next scan recovers.
+        owner_pid.store(u64::from(pid), Ordering::Release);
+        owner_id.store(me.0, Ordering::Release);
+        state
+            .compare_exchange(
+                cur,
+                cur & !0xff | u64::from(delivery::TAKEN),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Puts back a claim of this process on the record at `pos` that it
     /// could not finish (the queue had no room): `RECOVERING` becomes
     /// `TAKEN` again, by its (dead) holder, for the next scan.
@@ -1504,9 +1541,28 @@ impl Ring {
         Some(out)
     }
 
-    /// Whether the journal holds a record not yet `DONE` at `pos` (for its
-    /// mailbox: whether a message stored under `pos` is still needed).
+    /// Whether the journal holds a record not yet `DONE` at `pos`, or may
+    /// be about to publish one there (for its mailbox: whether a message
+    /// stored under `pos` is still needed).
     pub(crate) fn journal_holds(&self, pos: u64) -> bool {
+        // A consumer stores the message of a record it appends before it
+        // publishes the record, under the journal's producer lock: a
+        // message under a position at or past the tail belongs to that
+        // record while the lock is held. Once the lock is free (or its
+        // holder dead) and the tail still short of it, its appender died
+        // before publishing: an orphan (its message is still in the queue).
+        let h = self.header();
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        if pos >= tail && pos - tail < self.capacity {
+            let Some(held) = try_hold(&h.producer.lock) else {
+                return true;
+            };
+            let tail = h.producer.pos.load(Ordering::Acquire);
+            drop(held);
+            if pos >= tail {
+                return false;
+            }
+        }
         self.journal_words(pos)
             .is_some_and(|[state, ..]| state.load(Ordering::Acquire) as u8 != delivery::DONE)
     }

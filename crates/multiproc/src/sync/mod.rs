@@ -55,7 +55,7 @@ impl<S: ShmState> Shared<S> {
         }))
     }
 
-    fn attach(fd: OwnedFd, extra: u64, tag: Tag) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn attach(fd: OwnedFd, extra: u64, tag: Tag) -> std::io::Result<Arc<Self>> {
         let obj = ShmObject::attach(fd, tag)?;
         handles::track(obj.fd());
         Ok(Arc::new(Shared { obj, extra }))

@@ -596,6 +596,57 @@ pub(crate) fn recv_with_credentials(
     }
 }
 
+/// A listening Unix stream socket bound to the abstract address `name`
+/// (no file: the kernel removes the address when the socket's last
+/// descriptor closes, even if its holder is killed). Close-on-exec and
+/// non-blocking. An
+/// address already bound is an `AddrInUse` error.
+pub(crate) fn listen_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = rustix::net::SocketAddrUnix::new_abstract_name(name)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 64)?;
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    Ok(fd)
+}
+
+/// A Unix stream socket connected to the abstract address `name`
+/// (close-on-exec). An address nobody listens on is `ConnectionRefused`.
+pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = rustix::net::SocketAddrUnix::new_abstract_name(name)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => return Ok(fd),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Accepts one connection on a listening socket made by
+/// [`listen_abstract`] (which does not block: `WouldBlock` if none is
+/// waiting). The accepted socket blocks, and is close-on-exec.
+pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(fd, SocketFlags::CLOEXEC) {
+            Ok(c) => return Ok(c),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

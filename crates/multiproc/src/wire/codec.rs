@@ -105,6 +105,22 @@ fn explained(e: postcard::Error) -> String {
     }
 }
 
+/// If `bytes` (a `T` just encoded) fail to decode as a `T` because of
+/// the type's serde shape (postcard cannot carry it; see [`with_hint`]),
+/// what to say about it. Other decode failures are not this function's.
+pub(crate) fn shape_error<T: DeserializeOwned>(bytes: &[u8]) -> Option<String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Err(e @ postcard::Error::WontImplement) => {
+            CUSTOM.with(|c| c.borrow_mut().take());
+            Some(with_hint(e))
+        }
+        _ => {
+            CUSTOM.with(|c| c.borrow_mut().take());
+            None
+        }
+    }
+}
+
 /// What postcard says, and, for the errors a value's shape causes, what
 /// to do about it.
 fn with_hint(e: postcard::Error) -> String {

@@ -167,6 +167,11 @@ pub(crate) fn decode_bare<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Decode
     bare(|| codec::decode(bytes))
 }
 
+/// [`codec::shape_error`] for bytes that carried no handles.
+pub(crate) fn shape_error<T: DeserializeOwned>(bytes: &[u8]) -> Option<String> {
+    bare(|| codec::shape_error::<T>(bytes))
+}
+
 /// Decodes a `T` from `bytes`, handing it the descriptors `fds` that came
 /// with them. Descriptors the value does not claim are closed.
 pub(crate) fn decode<T: DeserializeOwned>(
