@@ -296,7 +296,7 @@ mod wire;
 
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
-    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RecvError,
+    HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RangeError, RecvError,
     RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{
@@ -317,9 +317,9 @@ pub use shared::{
     Item, ListError, MAX_NAME_LEN, NameError, OutOfBounds, ShareableList, SharedMemory,
 };
 pub use sync::{
-    Array, ArrayGuard, Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event,
-    Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, RawArray, RawValue,
-    ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
+    Array, ArrayGuard, Barrier, BarrierBuilder, BarrierError, BoundedSemaphore, Condition,
+    ConditionGuard, Event, Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard,
+    RawArray, RawValue, ReleaseError, Semaphore, TryLockError, Value, ValueGuard,
 };
 pub use wire::{DecodeError, EncodeError, FrameError, SelfDescribing};
 

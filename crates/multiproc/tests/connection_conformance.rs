@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{
-    Address, Client, Connection, Listener, Process, RecvIntoError, RecvTimeoutError, StartMethod,
-    TryRecvError, pipe, wait,
+    Address, Client, Connection, Listener, Process, RangeError, RecvIntoError, RecvTimeoutError,
+    SendError, StartMethod, TryRecvError, pipe, wait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,13 @@ fn over_listener(address: Address, key: Option<&'static [u8]>) -> Pair {
     (server, client.join().unwrap())
 }
 
+/// A fresh abstract socket name, unique to this test process.
+fn abstract_address() -> Address {
+    use std::os::unix::ffi::OsStrExt;
+    let path = temp_path("abstract");
+    Address::Abstract(path.file_name().unwrap().as_bytes().to_vec())
+}
+
 fn transports() -> Vec<(&'static str, Pair)> {
     vec![
         ("pipe", pipe().unwrap()),
@@ -45,6 +52,11 @@ fn transports() -> Vec<(&'static str, Pair)> {
         (
             "unix+auth",
             over_listener(Address::Unix(temp_path("sock")), Some(b"k3y")),
+        ),
+        ("abstract", over_listener(abstract_address(), None)),
+        (
+            "abstract+auth",
+            over_listener(abstract_address(), Some(b"k3y")),
         ),
     ]
 }
@@ -120,6 +132,155 @@ fn recv_bytes_into_and_buffer_too_short() {
         match b.recv_bytes_into(&mut buf) {
             Err(RecvIntoError::BufferTooShort(whole)) => assert_eq!(whole, b"0123456789", "{t}"),
             other => panic!("{t}: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn abstract_names_parse_as_in_python_and_leave_nothing_behind() {
+    deadline(LIMIT, || {
+        let a: Address = "\0some name".parse().unwrap();
+        assert_eq!(a, Address::Abstract(b"some name".to_vec()));
+        assert_eq!("@some name".parse::<Address>().unwrap(), a);
+        assert_eq!(a.to_string(), "@some name");
+        assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
+        assert_eq!(
+            "./@file".parse::<Address>().unwrap(),
+            Address::Unix("./@file".into())
+        );
+
+        let address = abstract_address();
+        let listener = Listener::bind(&address, None).unwrap();
+        assert_eq!(listener.address(), &address);
+        // The name is taken while the listener lives...
+        let err = Listener::bind(&address, None).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(listener);
+        // ...and free once it is gone: nothing to remove, nobody answers.
+        assert!(Client::connect::<(), ()>(&address, None).is_err());
+        drop(Listener::bind(&address, None).unwrap());
+        // A name longer than the kernel's 107 bytes is an error, not a
+        // truncated name.
+        let long = Address::Abstract(vec![b'x'; 200]);
+        assert!(Listener::bind(&long, None).is_err());
+        assert!(Client::connect::<(), ()>(&long, None).is_err());
+    });
+}
+
+fn connect_abstract(name: Vec<u8>) -> u64 {
+    let address = Address::Abstract(name);
+    let c: Connection<u64, u64> = Client::connect(&address, Some(b"child key")).unwrap();
+    c.send(&41).unwrap();
+    c.recv().unwrap()
+}
+
+#[test]
+fn children_connect_to_an_abstract_name_under_every_start_method() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let address = abstract_address();
+            let listener = Listener::bind(&address, Some(b"child key")).unwrap();
+            let Address::Abstract(name) = address else {
+                unreachable!()
+            };
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(connect_abstract, name)
+                .unwrap();
+            let conn: Connection<u64, u64> = listener.accept().unwrap();
+            let n = conn.recv().unwrap();
+            conn.send(&(n + 1)).unwrap();
+            assert_eq!(child.join().unwrap(), 42, "{m}");
+        }
+    });
+}
+
+#[test]
+fn byte_offsets_as_in_python() {
+    // CPython's send_bytes(buf, offset, size) and recv_bytes_into(buf,
+    // offset), with their ValueErrors as RangeErrors that send or take
+    // nothing.
+    each_transport(|t, a, b| {
+        let buf = b"0123456789";
+        a.send_bytes_range(buf, 2, Some(3)).unwrap();
+        a.send_bytes_range(buf, 7, None).unwrap();
+        a.send_bytes_range(buf, 10, None).unwrap();
+        a.send_bytes_range(buf, 4, Some(0)).unwrap();
+        a.send_bytes_range(buf, 0, Some(10)).unwrap();
+        for (offset, size, what) in [
+            (11, None, "buffer length < offset"),
+            (11, Some(0), "buffer length < offset"),
+            (5, Some(6), "buffer length < offset + size"),
+            (1, Some(usize::MAX), "buffer length < offset + size"),
+        ] {
+            match a.send_bytes_range(buf, offset, size) {
+                Err(SendError::Range(e)) => assert_eq!(
+                    e,
+                    RangeError {
+                        what,
+                        len: 10,
+                        offset,
+                        size
+                    },
+                    "{t}"
+                ),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert_eq!(b.recv_bytes().unwrap(), b"234", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"789", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"", "{t}");
+        assert_eq!(b.recv_bytes().unwrap(), b"", "{t}");
+
+        // The offset is checked before anything is received: the next
+        // message is still there afterwards.
+        let mut into = *b"abcdefghijkl";
+        assert!(
+            matches!(
+                b.recv_bytes_into_at(&mut into, 13),
+                Err(RecvIntoError::Range(RangeError {
+                    offset: 13,
+                    len: 12,
+                    ..
+                }))
+            ),
+            "{t}"
+        );
+        assert_eq!(b.recv_bytes_into_at(&mut into, 2).unwrap(), 10, "{t}");
+        assert_eq!(&into, b"ab0123456789", "{t}");
+        // Room for 2 after offset 10: a longer message comes back whole.
+        a.send_bytes(b"xyz").unwrap();
+        match b.recv_bytes_into_at(&mut into, 10) {
+            Err(RecvIntoError::BufferTooShort(whole)) => assert_eq!(whole, b"xyz", "{t}"),
+            other => panic!("{t}: {other:?}"),
+        }
+        // An offset at the very end takes an empty message.
+        a.send_bytes(b"").unwrap();
+        assert_eq!(b.recv_bytes_into_at(&mut into, 12).unwrap(), 0, "{t}");
+        assert_eq!(&into, b"ab0123456789", "{t}");
+        // Nothing left over from the refused calls.
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap(), "{t}");
+    });
+}
+
+fn recv_at_offset(conn: Connection<(), ()>) -> Vec<u8> {
+    let mut buf = vec![b'.'; 8];
+    let n = conn.recv_bytes_into_at(&mut buf, 3).unwrap();
+    buf.truncate(3 + n);
+    buf
+}
+
+#[test]
+fn byte_offsets_between_processes_under_every_start_method() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (ours, theirs) = pipe::<(), ()>().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(recv_at_offset, theirs)
+                .unwrap();
+            ours.send_bytes_range(b"--hello--", 2, Some(5)).unwrap();
+            assert_eq!(child.join().unwrap(), b"...hello", "{m}");
         }
     });
 }

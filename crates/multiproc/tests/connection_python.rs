@@ -12,6 +12,12 @@ use std::process::{Child, Command, Stdio};
 use common::{LIMIT, deadline, temp_path};
 use multiproc::{AcceptError, Address, AuthError, Client, Connection, Listener};
 
+/// A fresh abstract socket name, unique to this test process.
+fn abstract_name() -> String {
+    let path = temp_path("abstract");
+    path.file_name().unwrap().to_str().unwrap().to_owned()
+}
+
 fn python(mode: &str, address: &str, key: &str) -> Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/peer.py");
     Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
@@ -32,10 +38,14 @@ fn announced_address(child: &mut Child) -> (BufReader<std::process::ChildStdout>
         .strip_prefix("address: ")
         .expect("an address line")
         .to_string();
-    // Python prints ('127.0.0.1', 40000) for TCP, a plain path for Unix.
+    // Python prints ('127.0.0.1', 40000) for TCP, a plain path for Unix,
+    // and b'\x00name' for an abstract name (its getsockname gives bytes):
+    // that becomes "\0name", Python's own way to write it.
     let addr = if let Some(t) = raw.strip_prefix("('") {
         let (host, port) = t.trim_end_matches(')').split_once("', ").unwrap();
         format!("{host}:{port}")
+    } else if let Some(name) = raw.strip_prefix("b'\\x00") {
+        format!("\0{}", name.trim_end_matches('\''))
     } else {
         raw
     };
@@ -96,6 +106,10 @@ fn our_client_talks_to_python_listeners() {
         talk_to_python_listener("listen", "127.0.0.1:0", Some("secret"));
         let path = temp_path("py.sock");
         talk_to_python_listener("listen", path.to_str().unwrap(), Some("secret"));
+        // An abstract name: Python prints it as "\0name", which parses.
+        let name = abstract_name();
+        talk_to_python_listener("listen", &format!("@{name}"), Some("secret"));
+        talk_to_python_listener("listen", &format!("@{}", abstract_name()), None);
     });
 }
 
@@ -107,6 +121,11 @@ fn python_clients_talk_to_our_listener() {
         python_talks_to_our_listener(
             "connect",
             Address::Unix(temp_path("ours.sock")),
+            Some("secret"),
+        );
+        python_talks_to_our_listener(
+            "connect",
+            Address::Abstract(abstract_name().into_bytes()),
             Some("secret"),
         );
     });

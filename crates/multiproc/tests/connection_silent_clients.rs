@@ -52,6 +52,11 @@ fn raw_connect(address: &Address) -> Box<dyn Sock> {
     match address {
         Address::Tcp(a) => Box::new(TcpStream::connect(a).unwrap()),
         Address::Unix(p) => Box::new(UnixStream::connect(p).unwrap()),
+        Address::Abstract(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+            Box::new(UnixStream::connect_addr(&a).unwrap())
+        }
     }
 }
 

@@ -25,6 +25,13 @@ fn managers() -> Vec<(String, Manager)> {
         .start()
         .unwrap();
     out.push(("forkserver/tcp".to_string(), tcp));
+    let name = common::temp_path("abstract-manager");
+    let abs = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .unix_abstract(name.file_name().unwrap().as_encoded_bytes())
+        .start()
+        .unwrap();
+    out.push(("spawn/abstract".to_string(), abs));
     out
 }
 

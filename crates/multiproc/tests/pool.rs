@@ -18,6 +18,10 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+fn add_pair((a, b): (u64, u64)) -> u64 {
+    a + b
+}
+
 fn pids(pool: &Pool) -> Vec<i32> {
     pool.stats().iter().map(|s| s.pid).collect()
 }
@@ -54,10 +58,16 @@ fn map_imap_apply_under_every_start_method() {
             assert_eq!(unordered, want[..500], "{m}");
             assert_eq!(pool.apply(square, 9).unwrap(), 81);
             assert_eq!(pool.map_async(square, [1, 2, 3]).get().unwrap(), [1, 4, 9]);
+            let pairs: Vec<(u64, u64)> = (0..100).map(|i| (i, 2 * i)).collect();
+            let sums = pool.starmap_async(add_pair, pairs.clone());
+            let chunked = pool.task(add_pair).chunksize(7).starmap_async(pairs);
+            let want_sums: Vec<u64> = (0..100).map(|i| 3 * i).collect();
+            assert_eq!(sums.get().unwrap(), want_sums, "{m}");
+            assert_eq!(chunked.get().unwrap(), want_sums, "{m}");
             assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
             let stats = pool.stats();
             assert_eq!(stats.len(), 2);
-            assert_eq!(stats.iter().map(|s| s.tasks_done).sum::<u64>(), 2204, "{m}");
+            assert_eq!(stats.iter().map(|s| s.tasks_done).sum::<u64>(), 2404, "{m}");
             let pids = pids(&pool);
             pool.join();
             for pid in pids {

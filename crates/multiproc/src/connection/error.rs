@@ -24,6 +24,27 @@ pub enum SendError {
     /// The operating system reported an error.
     #[error("could not send: {0}")]
     Io(io::Error),
+    /// The offset or size given to
+    /// [`send_bytes_range`](crate::Connection::send_bytes_range) falls
+    /// outside the buffer (Python's `ValueError`); nothing was sent.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+}
+
+/// An offset or a size outside a buffer (Python's `ValueError` from
+/// `send_bytes` and `recv_bytes_into`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: offset {offset}, size {size:?}, buffer of {len} bytes")]
+pub struct RangeError {
+    /// What is wrong, in Python's words (`"buffer length < offset"`,
+    /// `"buffer length < offset + size"`, `"offset too large"`).
+    pub what: &'static str,
+    /// The buffer's length.
+    pub len: usize,
+    /// The offset given.
+    pub offset: usize,
+    /// The size given, if one was.
+    pub size: Option<usize>,
 }
 
 /// A message could not be received.
@@ -108,6 +129,11 @@ pub enum RecvIntoError {
     /// `BufferTooShort`).
     #[error("the message of {} bytes does not fit the buffer", .0.len())]
     BufferTooShort(Vec<u8>),
+    /// The offset given to
+    /// [`recv_bytes_into_at`](crate::Connection::recv_bytes_into_at) is past
+    /// the end of the buffer (Python's `ValueError`); nothing was received.
+    #[error(transparent)]
+    Range(#[from] RangeError),
     /// Receiving failed.
     #[error(transparent)]
     Recv(#[from] RecvError),

@@ -1,11 +1,13 @@
 //! Listeners and clients: connections between processes that did not start
 //! each other (Python's `multiprocessing.connection.Listener` and
-//! `Client`), over a Unix socket path or TCP, with an optional auth key.
+//! `Client`), over a Unix socket path, an abstract Unix socket name or TCP,
+//! with an optional auth key.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -23,6 +25,34 @@ use crate::wire::stream::Stream;
 pub enum Address {
     /// A Unix socket at this path (local processes only).
     Unix(PathBuf),
+    /// A Unix socket in Linux's abstract namespace, by its name without the
+    /// leading NUL byte: CPython's `Listener('\0name')`, wire-compatible
+    /// with it. Nothing appears in the file system: the name is freed when
+    /// the listening socket closes, even if its process is killed. It is
+    /// visible to every process in the same network namespace, and has no
+    /// file permissions: use an auth key when that matters.
+    ///
+    /// Written `\0name` (as in Python) or `@name` (as `ss` shows it) in
+    /// text; shown as `@name`.
+    ///
+    /// ```
+    /// use multiproc::{Address, Client, Connection, Listener};
+    ///
+    /// let name = format!("multiproc-doc-{}", std::process::id());
+    /// let address: Address = format!("\0{name}").parse()?;
+    /// assert_eq!(address, Address::Abstract(name.clone().into_bytes()));
+    /// assert_eq!(address.to_string(), format!("@{name}"));
+    /// let listener = Listener::bind(&address, Some(b"key"))?;
+    /// let t = std::thread::spawn(move || {
+    ///     let c: Connection<u32, u32> = Client::connect(&address, Some(b"key")).unwrap();
+    ///     c.send(&7).unwrap();
+    /// });
+    /// let server: Connection<u32, u32> = listener.accept()?;
+    /// assert_eq!(server.recv()?, 7);
+    /// t.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    Abstract(Vec<u8>),
     /// A TCP address.
     Tcp(SocketAddr),
 }
@@ -35,11 +65,16 @@ pub struct AddressParseError(pub String);
 impl FromStr for Address {
     type Err = AddressParseError;
 
+    /// `\0name` or `@name` is an abstract Unix socket name;
     /// `host:port` (or `[v6]:port`) is TCP; anything with a `/`, or without
-    /// a `:`, is a Unix socket path.
+    /// a `:`, is a Unix socket path (write `./@name` for a file whose name
+    /// starts with `@`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(AddressParseError(s.into()));
+        }
+        if let Some(name) = s.strip_prefix('\0').or_else(|| s.strip_prefix('@')) {
+            return Ok(Address::Abstract(name.as_bytes().to_vec()));
         }
         if s.contains('/') || !s.contains(':') {
             return Ok(Address::Unix(PathBuf::from(s)));
@@ -56,6 +91,7 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Unix(p) => write!(f, "{}", p.display()),
+            Address::Abstract(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
             Address::Tcp(a) => write!(f, "{a}"),
         }
     }
@@ -71,6 +107,11 @@ impl From<PathBuf> for Address {
     fn from(p: PathBuf) -> Self {
         Address::Unix(p)
     }
+}
+
+/// The socket address of an abstract name (at most 107 bytes).
+fn abstract_addr(name: &[u8]) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
 
 #[derive(Debug)]
@@ -203,6 +244,10 @@ impl Listener {
             Address::Unix(path) => {
                 let l = UnixListener::bind(path)?;
                 (Socket::Unix(l), Address::Unix(path.clone()))
+            }
+            Address::Abstract(name) => {
+                let l = UnixListener::bind_addr(&abstract_addr(name)?)?;
+                (Socket::Unix(l), Address::Abstract(name.clone()))
             }
             Address::Tcp(a) => {
                 let l = TcpListener::bind(a)?;
@@ -440,6 +485,7 @@ impl Client {
     ) -> Result<Connection<S, R>, ConnectError> {
         let fd: OwnedFd = match address {
             Address::Unix(path) => UnixStream::connect(path)?.into(),
+            Address::Abstract(name) => UnixStream::connect_addr(&abstract_addr(name)?)?.into(),
             Address::Tcp(a) => {
                 let s = TcpStream::connect(a)?;
                 s.set_nodelay(true)?;

@@ -38,8 +38,8 @@ use crate::sys;
 use crate::wire::handles;
 use crate::wire::stream::{Message, Stream, StreamError};
 pub use error::{
-    AcceptError, AuthError, ConnectError, RecvError, RecvIntoError, RecvTimeoutError, SendError,
-    TryRecvError,
+    AcceptError, AuthError, ConnectError, RangeError, RecvError, RecvIntoError, RecvTimeoutError,
+    SendError, TryRecvError,
 };
 pub use listener::{
     Address, AddressParseError, Client, HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES,
@@ -289,6 +289,50 @@ impl<S, R> Connection<S, R> {
         Ok(self.link.send(&[bytes], &[])?)
     }
 
+    /// Sends `size` bytes of `buf` from `offset` as one message (all the
+    /// rest if `size` is `None`): Python's `send_bytes(buf, offset, size)`.
+    /// An offset or size past the end of `buf` is a [`SendError::Range`]
+    /// and sends nothing, as Python raises `ValueError`.
+    ///
+    /// ```
+    /// use multiproc::{RangeError, SendError, pipe};
+    ///
+    /// let (a, b) = pipe::<(), ()>()?;
+    /// a.send_bytes_range(b"hello world", 6, None)?;
+    /// a.send_bytes_range(b"hello world", 0, Some(5))?;
+    /// assert_eq!(b.recv_bytes()?, b"world");
+    /// assert_eq!(b.recv_bytes()?, b"hello");
+    /// assert!(matches!(
+    ///     a.send_bytes_range(b"hello", 2, Some(4)),
+    ///     Err(SendError::Range(RangeError { offset: 2, size: Some(4), len: 5, .. }))
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_range(
+        &self,
+        buf: &[u8],
+        offset: usize,
+        size: Option<usize>,
+    ) -> Result<(), SendError> {
+        let range = |what| RangeError {
+            what,
+            len: buf.len(),
+            offset,
+            size,
+        };
+        if offset > buf.len() {
+            return Err(range("buffer length < offset").into());
+        }
+        let end = match size {
+            None => buf.len(),
+            Some(n) => offset
+                .checked_add(n)
+                .filter(|&end| end <= buf.len())
+                .ok_or_else(|| range("buffer length < offset + size"))?,
+        };
+        self.send_bytes(&buf[offset..end])
+    }
+
     /// Receives one message as raw bytes (Python's `recv_bytes`).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         if !self.readable {
@@ -323,6 +367,42 @@ impl<S, R> Connection<S, R> {
         }
         buf[..msg.len()].copy_from_slice(&msg);
         Ok(msg.len())
+    }
+
+    /// Receives one message into `buf` from `offset` on and returns its
+    /// length (Python's `recv_bytes_into(buf, offset)`); the bytes before
+    /// `offset` are left alone. An offset past the end of `buf` is a
+    /// [`RecvIntoError::Range`], checked before anything is received (the
+    /// message stays queued), as Python raises `ValueError`. A message
+    /// longer than the room after `offset` comes back whole in
+    /// [`RecvIntoError::BufferTooShort`].
+    ///
+    /// ```
+    /// use multiproc::{RecvIntoError, pipe};
+    ///
+    /// let (a, b) = pipe::<(), ()>()?;
+    /// a.send_bytes(b"world")?;
+    /// let mut buf = *b"hello ?????";
+    /// assert_eq!(b.recv_bytes_into_at(&mut buf, 6)?, 5);
+    /// assert_eq!(&buf, b"hello world");
+    /// assert!(matches!(b.recv_bytes_into_at(&mut buf, 12), Err(RecvIntoError::Range(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_into_at(
+        &self,
+        buf: &mut [u8],
+        offset: usize,
+    ) -> Result<usize, RecvIntoError> {
+        if offset > buf.len() {
+            return Err(RangeError {
+                what: "offset too large",
+                len: buf.len(),
+                offset,
+                size: None,
+            }
+            .into());
+        }
+        self.recv_bytes_into(&mut buf[offset..])
     }
 
     /// Whether a message (or the end of the stream) is waiting; waits up to

@@ -149,7 +149,7 @@ impl Link {
 
     fn connect(&self) -> Result<Channel, ProxyError> {
         let conn: Conn = Client::connect(&self.address, Some(&self.authkey))?;
-        let local = matches!(self.address, Address::Unix(_));
+        let local = matches!(self.address, Address::Unix(_) | Address::Abstract(_));
         conn.send_bytes(&protocol::hello(local))?;
         let welcome: Welcome = conn.recv()?;
         self.limit.store(welcome.limit, Ordering::Relaxed);

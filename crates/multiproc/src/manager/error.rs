@@ -163,6 +163,8 @@ impl From<SendError> for ProxyError {
             SendError::Encode(e) => ProxyError::Encode(e),
             SendError::Io(e) => ProxyError::Io(e),
             SendError::Disconnected | SendError::ReadOnly => ProxyError::Disconnected,
+            // Only `send_bytes_range` fails so; the manager never calls it.
+            SendError::Range(r) => ProxyError::Io(io::Error::new(io::ErrorKind::InvalidInput, r)),
         }
     }
 }

@@ -379,6 +379,29 @@ impl<R: Registry> ManagerBuilder<R> {
         self
     }
 
+    /// Listens on an abstract Unix socket named `name` (Python's
+    /// `BaseManager(address='\0name')`; see [`Address::Abstract`]): no
+    /// file to remove, the name is freed when the server exits, however
+    /// it ends. Local clients use shared memory, as on a socket path.
+    /// Every process of the network namespace can connect: the auth key
+    /// (random by default) is what keeps others out.
+    ///
+    /// ```
+    /// use multiproc::{Address, Manager};
+    ///
+    /// let name = format!("multiproc-doc-manager-{}", std::process::id());
+    /// let manager = Manager::builder().unix_abstract(name.as_bytes()).start()?;
+    /// assert_eq!(manager.address(), &Address::Abstract(name.into_bytes()));
+    /// let d = manager.dict::<String, u32>()?;
+    /// d.insert("a".into(), 1)?;
+    /// assert_eq!(d.get("a")?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unix_abstract(mut self, name: impl Into<Vec<u8>>) -> Self {
+        self.address = Some(Address::Abstract(name.into()));
+        self
+    }
+
     /// Listens on TCP at `address` (port 0 picks a free port) and requires
     /// `authkey` of every client: TCP never goes without a key. Clients on
     /// TCP use the socket path, not shared memory.

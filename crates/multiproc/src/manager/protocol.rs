@@ -90,12 +90,16 @@ pub(crate) enum WireAddress {
     Unix(PathBuf),
     /// A TCP address.
     Tcp(SocketAddr),
+    /// An abstract Unix socket name (after the others: their encodings
+    /// are unchanged).
+    Abstract(Vec<u8>),
 }
 
 impl From<&Address> for WireAddress {
     fn from(a: &Address) -> Self {
         match a {
             Address::Unix(p) => WireAddress::Unix(p.clone()),
+            Address::Abstract(n) => WireAddress::Abstract(n.clone()),
             Address::Tcp(t) => WireAddress::Tcp(*t),
         }
     }
@@ -105,6 +109,7 @@ impl From<&WireAddress> for Address {
     fn from(a: &WireAddress) -> Self {
         match a {
             WireAddress::Unix(p) => Address::Unix(p.clone()),
+            WireAddress::Abstract(n) => Address::Abstract(n.clone()),
             WireAddress::Tcp(t) => Address::Tcp(*t),
         }
     }

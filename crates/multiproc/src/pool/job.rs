@@ -36,6 +36,14 @@ pub(crate) struct Notifier {
     pub cv: Condvar,
 }
 
+fn notify(n: &Notifier, key: usize) {
+    n.done
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(key);
+    n.cv.notify_all();
+}
+
 /// Outcomes of consecutive items of an ordered job, as they arrived.
 enum Segment<R> {
     /// A chunk whose items all succeeded: their values.
@@ -66,7 +74,8 @@ struct State<R> {
     sealed: bool,
     first_error: Option<TaskError>,
     waker: Option<Waker>,
-    listener: Option<(Arc<Notifier>, usize)>,
+    /// Told once when the job settles (see [`Job::listen`]).
+    listeners: Vec<(Arc<Notifier>, usize)>,
     measured: (usize, Duration),
     chunks: u32,
     /// Threads waiting for the next outcome (rather than for all of them).
@@ -102,7 +111,7 @@ impl<R> Job<R> {
                 sealed: false,
                 first_error: None,
                 waker: None,
-                listener: None,
+                listeners: Vec::new(),
                 measured: (0, Duration::ZERO),
                 chunks: 0,
                 next_waiters: 0,
@@ -161,17 +170,22 @@ impl<R> Job<R> {
         self.abandon();
     }
 
+    /// Whether the job has settled: complete, or (fail-fast) failed.
+    fn settled(&self, st: &State<R>) -> bool {
+        (st.sealed && st.finished == st.submitted) || (self.fail_fast && st.first_error.is_some())
+    }
+
+    /// Pushes `key` to `notifier` once the job has settled (at once if it
+    /// has): what `wait_done` waits for. A job has any number of listeners
+    /// (`as_completed`, the pool's callback thread).
     pub(crate) fn listen(&self, notifier: Arc<Notifier>, key: usize) {
         let mut st = self.lock();
-        if st.sealed && st.finished == st.submitted {
-            notifier
-                .done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(key);
-            notifier.cv.notify_all();
+        if self.settled(&st) {
+            drop(st);
+            notify(&notifier, key);
+        } else {
+            st.listeners.push((notifier, key));
         }
-        st.listener = Some((notifier, key));
     }
 
     pub(crate) fn set_waker(&self, waker: &Waker) {
@@ -191,15 +205,10 @@ impl<R> Job<R> {
         if let Some(w) = st.waker.take() {
             w.wake();
         }
-        if st.sealed
-            && st.finished == st.submitted
-            && let Some((n, key)) = &st.listener
-        {
-            n.done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(*key);
-            n.cv.notify_all();
+        if self.settled(st) {
+            for (n, key) in st.listeners.drain(..) {
+                notify(&n, key);
+            }
         }
     }
 

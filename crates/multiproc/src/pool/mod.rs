@@ -11,6 +11,7 @@
 //! * `chunking`: how many items go into one task.
 //! * `job`: where results go until a handle takes them.
 //! * `link`: the framed socket between the parent and each worker.
+//! * `callback`: the thread that runs callbacks on async calls.
 //!
 //! ```
 //! use multiproc::Pool;
@@ -26,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod callback;
 pub(crate) mod chunking;
 pub(crate) mod error;
 pub(crate) mod job;
@@ -45,6 +47,7 @@ use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use self::callback::{Callback, Runner, Slot};
 use self::chunking::Chunker;
 use self::job::{Job, Notifier, Sink};
 use self::scheduler::{Chunk, Shared, Spawner};
@@ -239,6 +242,7 @@ where
             .map_err(PoolError::Io)?;
         let pool = Pool {
             shared,
+            callbacks: Runner::new(),
             thread: Some(thread),
             workers,
             task_timeout: self.task_timeout,
@@ -274,6 +278,7 @@ where
 /// ```
 pub struct Pool {
     shared: Arc<Shared>,
+    callbacks: Arc<Runner>,
     thread: Option<JoinHandle<()>>,
     workers: usize,
     task_timeout: Option<Duration>,
@@ -403,7 +408,35 @@ impl Pool {
     }
 
     /// Starts `f(arg)` in a worker (Python's `apply_async`); see
-    /// [`submit`](Self::submit).
+    /// [`submit`](Self::submit). Python's `callback` and `error_callback`
+    /// are [`TaskHandle::with_callbacks`], run in this process on the
+    /// pool's callback thread:
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use multiproc::{Pool, TaskError};
+    ///
+    /// fn check(x: u64) -> u64 {
+    ///     assert!(x < 10, "too big");
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// for x in [4, 40] {
+    ///     let (ok, err) = (tx.clone(), tx.clone());
+    ///     // The handle may be dropped: the callbacks still run.
+    ///     pool.apply_async(check, x).with_callbacks(
+    ///         move |v: &u64| ok.send((x, Ok(*v))).unwrap(),
+    ///         move |e: &TaskError| err.send((x, Err(e.to_string()))).unwrap(),
+    ///     );
+    /// }
+    /// let mut got: Vec<(u64, Result<u64, String>)> = rx.iter().take(2).collect();
+    /// got.sort();
+    /// assert_eq!(got[0], (4, Ok(8)));
+    /// assert!(matches!(&got[1], (40, Err(e)) if e.contains("too big")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -440,6 +473,34 @@ impl Pool {
         self.task(f).map_async(items)
     }
 
+    /// Python's `starmap_async`: [`map_async`](Self::map_async) over
+    /// tuples, as [`starmap`](Self::starmap) is [`map`](Self::map) over
+    /// tuples (a Rust function takes its arguments as one tuple).
+    ///
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// fn add((a, b): (u64, u64)) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let handle = pool.starmap_async(add, [(1, 2), (3, 4)]);
+    /// assert_eq!(handle.get()?, [3, 7]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn starmap_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> MapHandle<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.task(f).starmap_async(items)
+    }
+
     /// Takes no more tasks; what is queued still runs (Python's `close`).
     pub fn close(&self) {
         self.shared.close();
@@ -472,6 +533,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop();
+        // Every job has settled: the callbacks left run now.
+        self.callbacks.shut_down();
     }
 }
 
@@ -622,9 +685,17 @@ where
 
     /// See [`Pool::map_async`].
     pub fn map_async(self, items: impl IntoIterator<Item = A>) -> MapHandle<R> {
+        let callbacks = Arc::clone(&self.pool.callbacks);
         MapHandle {
             job: self.start_all(true, items),
+            callbacks,
+            after: None,
         }
+    }
+
+    /// See [`Pool::starmap_async`].
+    pub fn starmap_async(self, items: impl IntoIterator<Item = A>) -> MapHandle<R> {
+        self.map_async(items)
     }
 
     /// See [`Pool::imap`].
@@ -646,12 +717,15 @@ where
     /// See [`Pool::submit`].
     pub fn submit(self, arg: A) -> TaskHandle<R> {
         let shared = Arc::clone(&self.pool.shared);
+        let callbacks = Arc::clone(&self.pool.callbacks);
         let mut feeder = self.feeder(true, true, Some(1), std::iter::once(arg));
         // Two rounds: the second finds the end of the input and seals.
         feeder.feed(2, 2);
         TaskHandle {
             job: Arc::clone(&feeder.job),
             shared,
+            callbacks,
+            after: None,
         }
     }
 }
@@ -869,6 +943,9 @@ impl<R, It: Iterator> Drop for Imap<R, It> {
 pub struct TaskHandle<R> {
     job: Arc<Job<R>>,
     shared: Arc<Shared>,
+    callbacks: Arc<Runner>,
+    /// Given callbacks: the result, once they ran.
+    after: Option<Arc<Slot<Result<R, TaskError>>>>,
 }
 
 impl<R> fmt::Debug for TaskHandle<R> {
@@ -881,23 +958,32 @@ impl<R> fmt::Debug for TaskHandle<R> {
 
 impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     fn take(&self) -> Result<R, TaskError> {
-        self.job
-            .take_all()
-            .into_iter()
-            .next()
-            .unwrap_or(Err(TaskError::Cancelled))
+        match &self.after {
+            Some(slot) => {
+                slot.wait(None);
+                slot.take().unwrap_or(Err(TaskError::Cancelled))
+            }
+            None => take_one(&self.job),
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<std::time::Instant>) -> bool {
+        match &self.after {
+            Some(slot) => slot.wait(deadline),
+            None => self.job.wait_done(deadline),
+        }
     }
 
     /// Waits for the result.
     pub fn get(self) -> Result<R, TaskError> {
-        self.job.wait_done(None);
+        self.wait_until(None);
         self.take()
     }
 
     /// Waits at most `timeout`; on timeout the handle comes back in
     /// [`GetTimeoutError::Timeout`] and the task goes on.
     pub fn get_timeout(self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
-        if self.job.wait_done(crate::shm::wait::after(timeout)) {
+        if self.wait_until(crate::shm::wait::after(timeout)) {
             self.take().map_err(GetTimeoutError::Failed)
         } else {
             Err(GetTimeoutError::Timeout(self))
@@ -907,22 +993,77 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     /// Waits until the result is ready, at most `timeout`; returns whether
     /// it is.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_done(crate::shm::wait::after(timeout))
+        self.wait_until(crate::shm::wait::after(timeout))
     }
 
     /// Waits until the result is ready.
     pub fn wait(&self) {
-        self.job.wait_done(None);
+        self.wait_until(None);
     }
 
-    /// Whether the result is ready.
+    /// Whether the result is ready (with callbacks: and they have run).
     pub fn ready(&self) -> bool {
-        self.job.is_complete()
+        match &self.after {
+            Some(slot) => slot.is_filled(),
+            None => self.job.is_complete(),
+        }
     }
 
     /// Whether it succeeded: `None` until it is ready.
     pub fn successful(&self) -> Option<bool> {
-        self.ready().then(|| self.job.first_error().is_none())
+        match &self.after {
+            Some(slot) => slot.inspect(Result::is_ok),
+            None => self.ready().then(|| self.job.first_error().is_none()),
+        }
+    }
+
+    /// Runs `callback` on the value, or `error_callback` on the error, when
+    /// the task finishes (Python's `apply_async(..., callback,
+    /// error_callback)`), in the parent on the pool's callback thread
+    /// (named `multiproc-pool-callbacks`), never on a worker. See
+    /// [`Pool::apply_async`] for an example.
+    ///
+    /// The handle then returns its result once the callbacks ran, as
+    /// Python's `AsyncResult.get` does; it may still be dropped, which no
+    /// longer affects the callbacks. Callbacks given again run after the
+    /// first ones. If the task finished before this call, they run at
+    /// once (still on that thread).
+    ///
+    /// A panic in a callback is caught on that thread (the panic hook
+    /// prints it as usual): the other callbacks still run, the handle
+    /// still gets its result, and the pool goes on. A callback runs while
+    /// no other callback of the pool can: one that blocks holds up every
+    /// other (and the pool's drop, which waits for them), and one that waits for another handle with callbacks of the
+    /// same pool waits forever (as in Python, whose result-handler thread
+    /// runs them). If the pool ends first, the pool's end runs them with
+    /// the error the handle would get ([`TaskError::Terminated`]).
+    pub fn with_callbacks(
+        mut self,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> Self {
+        let both: Callback<Result<R, TaskError>> = Box::new(move |r| match r {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        match &self.after {
+            None => {
+                let slot = Slot::new(both);
+                let (job, s) = (Arc::clone(&self.job), Arc::clone(&slot));
+                self.callbacks.when_settled(
+                    |n, key| self.job.listen(n, key),
+                    Box::new(move || s.deliver(take_one(&job))),
+                );
+                self.after = Some(slot);
+            }
+            Some(slot) => {
+                if let Some(value) = slot.add(both) {
+                    let s = Arc::clone(slot);
+                    self.callbacks.soon(Box::new(move || s.deliver(value)));
+                }
+            }
+        }
+        self
     }
 
     /// Cancels the task: if queued, it never runs; if running, its worker
@@ -951,13 +1092,25 @@ impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.job.set_waker(cx.waker());
-        if self.job.is_complete() {
+        if let Some(slot) = &self.after {
+            slot.set_waker(cx.waker());
+        } else {
+            self.job.set_waker(cx.waker());
+        }
+        if self.ready() {
             Poll::Ready(self.take())
         } else {
             Poll::Pending
         }
     }
+}
+
+/// The outcome of a one-item job.
+fn take_one<R>(job: &Job<R>) -> Result<R, TaskError> {
+    job.take_all()
+        .into_iter()
+        .next()
+        .unwrap_or(Err(TaskError::Cancelled))
 }
 
 /// A [`TaskHandle`] that cancels its task when dropped before the task
@@ -1122,9 +1275,15 @@ impl<R> Iterator for AsCompleted<R> {
     }
 }
 
+/// Where a map's results wait once its callbacks ran.
+type MapSlot<R> = Arc<Slot<Result<Vec<R>, TaskError>>>;
+
 /// The results of [`Pool::map_async`].
 pub struct MapHandle<R> {
     job: Arc<Job<R>>,
+    callbacks: Arc<Runner>,
+    /// Given callbacks: the results, once they ran.
+    after: Option<MapSlot<R>>,
 }
 
 impl<R> fmt::Debug for MapHandle<R> {
@@ -1137,18 +1296,31 @@ impl<R> fmt::Debug for MapHandle<R> {
 
 impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
     fn take(&self) -> Result<Vec<R>, TaskError> {
-        self.job.take_values()
+        match &self.after {
+            Some(slot) => {
+                slot.wait(None);
+                slot.take().unwrap_or(Err(TaskError::Cancelled))
+            }
+            None => self.job.take_values(),
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<std::time::Instant>) -> bool {
+        match &self.after {
+            Some(slot) => slot.wait(deadline),
+            None => self.job.wait_done(deadline),
+        }
     }
 
     /// Waits for every result, in order; the first failure is the error.
     pub fn get(self) -> Result<Vec<R>, TaskError> {
-        self.job.wait_done(None);
+        self.wait_until(None);
         self.take()
     }
 
     /// Waits at most `timeout`; on timeout the handle comes back.
     pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, GetTimeoutError<Self>> {
-        if self.job.wait_done(crate::shm::wait::after(timeout)) {
+        if self.wait_until(crate::shm::wait::after(timeout)) {
             self.take().map_err(GetTimeoutError::Failed)
         } else {
             Err(GetTimeoutError::Timeout(self))
@@ -1157,22 +1329,86 @@ impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
 
     /// Waits until every result is ready (or one failed).
     pub fn wait(&self) {
-        self.job.wait_done(None);
+        self.wait_until(None);
     }
 
-    /// Whether the results are ready (or one failed).
+    /// Whether the results are ready (or one failed); with callbacks: and
+    /// they have run.
     pub fn ready(&self) -> bool {
-        self.job.is_complete() || self.job.first_error().is_some()
+        match &self.after {
+            Some(slot) => slot.is_filled(),
+            None => self.job.is_complete() || self.job.first_error().is_some(),
+        }
     }
 
     /// Whether every item succeeded: `None` until ready.
     pub fn successful(&self) -> Option<bool> {
-        self.ready().then(|| self.job.first_error().is_none())
+        match &self.after {
+            Some(slot) => slot.inspect(Result::is_ok),
+            None => self.ready().then(|| self.job.first_error().is_none()),
+        }
+    }
+
+    /// Runs `callback` on every result, in order, or `error_callback` on
+    /// the first failure, when the map finishes (Python's `map_async(...,
+    /// callback, error_callback)`), in the parent on the pool's callback
+    /// thread (`multiproc-pool-callbacks`), never on a worker. Dropping the
+    /// handle then no longer stops the map: the callbacks get its results.
+    /// Otherwise as [`TaskHandle::with_callbacks`].
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use multiproc::Pool;
+    ///
+    /// fn add((a, b): (u64, u64)) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let on_err = tx.clone();
+    /// pool.starmap_async(add, [(1, 2), (3, 4)]).with_callbacks(
+    ///     move |sums: &[u64]| tx.send(Ok(sums.to_vec())).unwrap(),
+    ///     move |e| on_err.send(Err(e.clone())).unwrap(),
+    /// );
+    /// assert_eq!(rx.recv()?, Ok(vec![3, 7]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_callbacks(
+        mut self,
+        callback: impl FnOnce(&[R]) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> Self {
+        let both: Callback<Result<Vec<R>, TaskError>> = Box::new(move |r| match r {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        match &self.after {
+            None => {
+                let slot = Slot::new(both);
+                let (job, s) = (Arc::clone(&self.job), Arc::clone(&slot));
+                self.callbacks.when_settled(
+                    |n, key| self.job.listen(n, key),
+                    Box::new(move || s.deliver(job.take_values())),
+                );
+                self.after = Some(slot);
+            }
+            Some(slot) => {
+                if let Some(value) = slot.add(both) {
+                    let s = Arc::clone(slot);
+                    self.callbacks.soon(Box::new(move || s.deliver(value)));
+                }
+            }
+        }
+        self
     }
 }
 
 impl<R> Drop for MapHandle<R> {
     fn drop(&mut self) {
-        self.job.abandon();
+        // With callbacks, they want the results.
+        if self.after.is_none() {
+            self.job.abandon();
+        }
     }
 }

@@ -452,6 +452,13 @@ pub(crate) struct BarrierState {
     /// its own round's outcome here, not the current `broken` flag, which
     /// a `reset` clears before the waiters look.
     rounds: [AtomicU32; ROUNDS],
+    /// `g << 1 | 1` while the action of round `g` runs (every party has
+    /// arrived, none is released yet), 0 otherwise.
+    acting: AtomicU32,
+    /// Non-zero if the barrier was made with an action.
+    has_action: AtomicU32,
+    /// The default timeout of a wait, in nanoseconds; 0 for none.
+    timeout_ns: AtomicU64,
 }
 
 /// Rounds whose outcome a barrier remembers.
@@ -474,12 +481,31 @@ pub(crate) enum BarrierFailure {
     Broken,
     /// This wait timed out, which broke the barrier.
     TimedOut,
+    /// This party ran the action, which failed: the barrier is broken.
+    ActionFailed,
+    /// This party tripped a barrier made with an action but was given
+    /// none: the barrier is broken.
+    NoAction,
 }
 
 impl BarrierState {
-    /// Sets the number of parties.
-    pub(crate) fn init(&self, parties: u32) {
+    /// Sets the number of parties, whether an action runs when the
+    /// barrier trips, and the default timeout in nanoseconds (0: none).
+    pub(crate) fn init(&self, parties: u32, has_action: bool, timeout_ns: u64) {
         self.parties.store(parties, Ordering::SeqCst);
+        self.has_action
+            .store(u32::from(has_action), Ordering::SeqCst);
+        self.timeout_ns.store(timeout_ns, Ordering::SeqCst);
+    }
+
+    /// Whether the barrier was made with an action.
+    pub(crate) fn has_action(&self) -> bool {
+        self.has_action.load(Ordering::SeqCst) != 0
+    }
+
+    /// The default timeout in nanoseconds (0: none).
+    pub(crate) fn timeout_ns(&self) -> u64 {
+        self.timeout_ns.load(Ordering::SeqCst)
     }
 
     /// The number of parties.
@@ -502,6 +528,7 @@ impl BarrierState {
     fn end_round(&self, broken: bool) {
         let g = self.generation.load(Ordering::SeqCst);
         self.rounds[g as usize % ROUNDS].store(g << 1 | u32::from(broken), Ordering::SeqCst);
+        self.acting.store(0, Ordering::SeqCst);
         self.generation.store(g.wrapping_add(1), Ordering::SeqCst);
         wait::wake(&self.generation, &self.sleepers, u32::MAX);
     }
@@ -557,27 +584,9 @@ impl BarrierState {
         })
     }
 
-    /// Waits until every party has arrived; returns this party's arrival
-    /// index (`0..parties`, unique per round).
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<u32, BarrierFailure> {
-        if self.lock.lock_until(deadline).is_none() {
-            return Err(BarrierFailure::TimedOut);
-        }
-        if self.is_broken() {
-            let _ = self.lock.unlock();
-            return Err(BarrierFailure::Broken);
-        }
-        let index = self.count.fetch_add(1, Ordering::SeqCst);
-        let generation = self.generation.load(Ordering::SeqCst);
-        if index.checked_add(1).is_none_or(|n| n >= self.parties()) {
-            // The last party (or a count a corrupt peer pushed past the
-            // number of parties): the barrier trips.
-            self.count.store(0, Ordering::SeqCst);
-            self.clear_waiting();
-            self.end_round(false);
-            let _ = self.lock.unlock();
-            return Ok(index.min(self.parties().saturating_sub(1)));
-        }
+    /// Records this process as a waiting party, so that the others notice
+    /// if it dies (the caller holds the barrier's lock).
+    fn watch_me(&self) {
         if let Some(slot) = self
             .waiting
             .iter()
@@ -586,6 +595,113 @@ impl BarrierState {
             self.waiting[slot].store(liveness::pid(), Ordering::SeqCst);
             self.waiting_ids[slot].store(liveness::me().0, Ordering::SeqCst);
         }
+    }
+
+    /// Whether the action of round `g` is running.
+    fn acting_in(&self, g: u32) -> bool {
+        self.acting.load(Ordering::SeqCst) == g << 1 | 1
+    }
+
+    /// Waits, with no deadline, for round `g` to end (its action runs):
+    /// until the generation changes, or a watched party dies (which breaks
+    /// the round).
+    fn wait_round_end(&self, g: u32) {
+        wait_for(
+            &self.generation,
+            g,
+            &self.sleepers,
+            None,
+            || self.generation.load(Ordering::SeqCst) != g,
+            || self.break_if_a_party_died(g),
+        );
+    }
+
+    /// Breaks round `g` if it is still on and a watched party died. (Only
+    /// if the barrier's lock is free now: a holder that is stopped must not
+    /// hold a waiter past its deadline; the next re-check tries again.)
+    fn break_if_a_party_died(&self, g: u32) {
+        if self.a_party_died() && self.lock.try_lock().is_some() {
+            if self.generation.load(Ordering::SeqCst) == g {
+                self.break_it();
+            }
+            let _ = self.lock.unlock();
+        }
+    }
+
+    /// Waits until every party has arrived; returns this party's arrival
+    /// index (`0..parties`, unique per round).
+    ///
+    /// If the barrier has an action, the last party to arrive runs
+    /// `action` (true: it succeeded) before any party is released, without
+    /// the barrier's lock (so the action may use the barrier, and a party
+    /// that dies in it is noticed like a waiter that died).
+    pub(crate) fn wait(
+        &self,
+        deadline: Option<Instant>,
+        action: Option<&dyn Fn() -> bool>,
+    ) -> Result<u32, BarrierFailure> {
+        let (index, generation) = loop {
+            if self.lock.lock_until(deadline).is_none() {
+                return Err(BarrierFailure::TimedOut);
+            }
+            if self.is_broken() {
+                let _ = self.lock.unlock();
+                return Err(BarrierFailure::Broken);
+            }
+            let generation = self.generation.load(Ordering::SeqCst);
+            if !self.acting_in(generation) {
+                break (self.count.fetch_add(1, Ordering::SeqCst), generation);
+            }
+            // A party beyond the number of parties, arriving while the
+            // action of a full round runs: it joins the next round.
+            let _ = self.lock.unlock();
+            self.wait_round_end(generation);
+        };
+        if index.checked_add(1).is_none_or(|n| n >= self.parties()) {
+            // The last party (or a count a corrupt peer pushed past the
+            // number of parties): the barrier trips.
+            let index = index.min(self.parties().saturating_sub(1));
+            if !self.has_action() {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                self.end_round(false);
+                let _ = self.lock.unlock();
+                return Ok(index);
+            }
+            let Some(action) = action else {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                self.break_it();
+                let _ = self.lock.unlock();
+                return Err(BarrierFailure::NoAction);
+            };
+            self.acting.store(generation << 1 | 1, Ordering::SeqCst);
+            self.watch_me();
+            let _ = self.lock.unlock();
+            let ok = action();
+            let _ = self.lock.lock();
+            // Still this round, unless an abort, a reset or a dead party
+            // broke it while the action ran.
+            let still = self.generation.load(Ordering::SeqCst) == generation;
+            if still {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                if ok {
+                    self.end_round(false);
+                } else {
+                    self.break_it();
+                }
+            }
+            let _ = self.lock.unlock();
+            return if !ok {
+                Err(BarrierFailure::ActionFailed)
+            } else if still {
+                Ok(index)
+            } else {
+                self.round_result(generation, index)
+            };
+        }
+        self.watch_me();
         let _ = self.lock.unlock();
         let tripped = wait_for(
             &self.generation,
@@ -593,20 +709,17 @@ impl BarrierState {
             &self.sleepers,
             deadline,
             || self.generation.load(Ordering::SeqCst) != generation,
-            || {
-                // A waiting party that died will never arrive again. (Only
-                // if the barrier's lock is free now: a holder that is
-                // stopped must not hold this waiter past its deadline; the
-                // next re-check tries again.)
-                if self.a_party_died() && self.lock.try_lock().is_some() {
-                    if self.generation.load(Ordering::SeqCst) == generation {
-                        self.break_it();
-                    }
-                    let _ = self.lock.unlock();
-                }
-            },
+            // A waiting party that died will never arrive again.
+            || self.break_if_a_party_died(generation),
         );
         if tripped {
+            return self.round_result(generation, index);
+        }
+        // Timed out while the action runs: every party arrived, so (as in
+        // Python, whose waiter needs the lock the action holds) the round
+        // is not broken by a timeout now; wait for its end.
+        if self.acting_in(generation) {
+            self.wait_round_end(generation);
             return self.round_result(generation, index);
         }
         // Timed out: this wait breaks the barrier, unless it tripped just
@@ -619,6 +732,11 @@ impl BarrierState {
             return Err(BarrierFailure::TimedOut);
         }
         let still = self.generation.load(Ordering::SeqCst) == generation;
+        if still && self.acting_in(generation) {
+            let _ = self.lock.unlock();
+            self.wait_round_end(generation);
+            return self.round_result(generation, index);
+        }
         if still {
             self.break_it();
         }

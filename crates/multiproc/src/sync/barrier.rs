@@ -1,9 +1,10 @@
 //! `Barrier`: a rendezvous of a fixed number of processes.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Shared, shared_handle};
+use super::Shared;
 use crate::shm::states::{BarrierFailure, BarrierState};
 
 /// A barrier wait failed.
@@ -19,7 +20,21 @@ pub enum BarrierError {
     /// This wait timed out, which broke the barrier for every party.
     #[error("the barrier wait timed out (the barrier is now broken)")]
     TimedOut,
+    /// This party tripped the barrier and ran its action, which panicked:
+    /// the barrier is now broken (the other parties get `Broken`). Python
+    /// re-raises the action's exception in this party instead; the panic
+    /// message was printed by the panic hook as usual.
+    #[error("the barrier's action panicked (the barrier is now broken)")]
+    ActionPanicked,
+    /// This party tripped a barrier made with an action, but its handle
+    /// was given none ([`Barrier::with_action`]): the barrier is now broken
+    /// (the other parties get `Broken`).
+    #[error("the barrier has an action but this handle was given none (the barrier is now broken)")]
+    NoAction,
 }
+
+/// The action of a barrier, as one handle holds it.
+type Action = Arc<dyn Fn() + Send + Sync + 'static>;
 
 /// A barrier for `parties` processes (or threads) (Python's `Barrier`).
 /// Each `wait` returns when all parties have called it, with an index
@@ -39,46 +54,220 @@ pub enum BarrierError {
 /// assert_eq!(mine + theirs, 1); // indices 0 and 1
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+///
+/// # Action and default timeout
+///
+/// [`Barrier::builder`] gives the barrier a default timeout (used by
+/// [`wait`](Barrier::wait); it travels with the barrier to every process)
+/// and an *action* (Python's `Barrier(parties, action, timeout)`): when the
+/// barrier trips, the last party to arrive runs the action once, before any
+/// party is released; every party returns from `wait` after it.
+///
+/// A closure cannot travel to another process, and naming a function in
+/// shared memory would let any process holding that memory make the others
+/// jump to an address of its choosing. So the action belongs to the
+/// *handle*: a handle received by another process (as a child's argument,
+/// through a queue...) has none until that process gives it one with
+/// [`with_action`](Barrier::with_action). Clones of a handle share its
+/// action. Give every handle that may trip the barrier the same action: a
+/// handle without one that trips a barrier made with one breaks it and gets
+/// [`BarrierError::NoAction`].
+///
+/// ```
+/// use multiproc::{Barrier, Process, RawValue};
+///
+/// // One party at a time runs the action: a plain read and write is enough.
+/// fn action(rounds: &RawValue<u32>) {
+///     rounds.set(rounds.get() + 1);
+/// }
+///
+/// fn party((b, rounds): (Barrier, RawValue<u32>)) {
+///     let b = b.with_action(move || action(&rounds));
+///     b.wait().unwrap();
+///     b.wait().unwrap();
+/// }
+///
+/// let rounds = RawValue::new(0u32)?;
+/// let r = rounds.clone();
+/// let b = Barrier::builder(2)
+///     .timeout(std::time::Duration::from_secs(30))
+///     .action(move || action(&r))
+///     .build()?;
+/// let child = Process::spawn(party, (b.clone(), rounds.clone()))?;
+/// b.wait()?;
+/// b.wait()?;
+/// child.join()?;
+/// assert_eq!(rounds.get(), 2); // once per trip, in one process or the other
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// If the action panics, the barrier breaks: the party that ran it gets
+/// [`BarrierError::ActionPanicked`], the others [`BarrierError::Broken`].
+/// The action runs without the barrier's lock, so it may call
+/// [`abort`](Barrier::abort) (the round then fails with `Broken`) or
+/// [`n_waiting`](Barrier::n_waiting); a party whose timeout passes while
+/// the action runs waits for the action to end, as in Python (all parties
+/// have arrived, so no timeout breaks that round); a party that dies in the
+/// action breaks the barrier like a waiting party that dies. An action
+/// must not [`wait`](Barrier::wait) at its own barrier: the round it would
+/// join is the one it holds up (Python's deadlocks there too).
+#[derive(Clone)]
 pub struct Barrier {
     shared: Arc<Shared<BarrierState>>,
+    action: Option<Action>,
 }
 
-shared_handle!(Barrier);
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("shared", &self.shared)
+            .field("action", &self.action.as_ref().map(|_| "Fn()"))
+            .finish()
+    }
+}
+
+impl serde::Serialize for Barrier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.shared.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Barrier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Shared::deserialize(d).map(Barrier::from_shared)
+    }
+}
 
 fn map(r: Result<u32, BarrierFailure>) -> Result<u32, BarrierError> {
     r.map_err(|e| match e {
         BarrierFailure::Broken => BarrierError::Broken,
         BarrierFailure::TimedOut => BarrierError::TimedOut,
+        BarrierFailure::ActionFailed => BarrierError::ActionPanicked,
+        BarrierFailure::NoAction => BarrierError::NoAction,
     })
 }
 
-impl Barrier {
-    fn from_shared(shared: Arc<Shared<BarrierState>>) -> Self {
-        Barrier { shared }
+/// Builds a [`Barrier`] with an action or a default timeout
+/// ([`Barrier::builder`]).
+pub struct BarrierBuilder {
+    parties: u32,
+    action: Option<Action>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for BarrierBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BarrierBuilder")
+            .field("parties", &self.parties)
+            .field("action", &self.action.as_ref().map(|_| "Fn()"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl BarrierBuilder {
+    /// The action the last party to arrive runs when the barrier trips
+    /// (this handle's: see [`Barrier::with_action`] for the others).
+    pub fn action(mut self, action: impl Fn() + Send + Sync + 'static) -> Self {
+        self.action = Some(Arc::new(action));
+        self
     }
 
-    /// A barrier for `parties` parties (at least 1).
-    pub fn new(parties: u32) -> std::io::Result<Barrier> {
-        if parties == 0 {
+    /// The timeout of [`Barrier::wait`] (none by default). A zero timeout
+    /// times out at once unless the barrier trips.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Makes the barrier.
+    pub fn build(self) -> std::io::Result<Barrier> {
+        if self.parties == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "a barrier needs at least one party",
             ));
         }
+        // 0 means "no timeout": a zero timeout is stored as 1 ns.
+        let timeout_ns = self.timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
         let shared = Shared::<BarrierState>::create("multiproc-barrier", 0, 0)?;
-        shared.state().init(parties);
-        Ok(Barrier::from_shared(shared))
+        shared
+            .state()
+            .init(self.parties, self.action.is_some(), timeout_ns);
+        Ok(Barrier {
+            shared,
+            action: self.action,
+        })
+    }
+}
+
+impl Barrier {
+    fn from_shared(shared: Arc<Shared<BarrierState>>) -> Self {
+        Barrier {
+            shared,
+            action: None,
+        }
     }
 
-    /// Waits for every party.
+    /// A barrier for `parties` parties (at least 1), with no action and no
+    /// default timeout.
+    pub fn new(parties: u32) -> std::io::Result<Barrier> {
+        Barrier::builder(parties).build()
+    }
+
+    /// A builder for a barrier with an action or a default timeout
+    /// (Python's `Barrier(parties, action, timeout)`).
+    pub fn builder(parties: u32) -> BarrierBuilder {
+        BarrierBuilder {
+            parties,
+            action: None,
+            timeout: None,
+        }
+    }
+
+    /// This handle, running `action` when this handle's party trips the
+    /// barrier. For a handle received from another process: the action does
+    /// not travel (see [the type's docs](Barrier#action-and-default-timeout)).
+    /// On a barrier made without an action, the action is never run.
+    pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Barrier {
+        self.action = Some(Arc::new(action));
+        self
+    }
+
+    /// The default timeout of [`wait`](Barrier::wait), if the barrier has
+    /// one.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.shared.state().timeout_ns() {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<std::time::Instant>) -> Result<u32, BarrierError> {
+        let run = |action: &Action| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action())).is_ok()
+        };
+        let action = self.action.as_ref().map(|a| move || run(a));
+        map(self
+            .shared
+            .state()
+            .wait(deadline, action.as_ref().map(|a| a as &dyn Fn() -> bool)))
+    }
+
+    /// Waits for every party, at most the barrier's default timeout if it
+    /// has one (a timeout breaks the barrier).
     pub fn wait(&self) -> Result<u32, BarrierError> {
-        map(self.shared.state().wait(None))
+        match self.timeout() {
+            Some(t) => self.wait_timeout(t),
+            None => self.wait_until(None),
+        }
     }
 
     /// Waits at most `timeout`; a timeout breaks the barrier.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
-        map(self.shared.state().wait(crate::shm::wait::after(timeout)))
+        self.wait_until(crate::shm::wait::after(timeout))
     }
 
     /// Breaks the barrier: every waiter, now and later, gets `Broken`.

@@ -131,7 +131,7 @@ macro_rules! shared_handle {
 }
 pub(crate) use shared_handle;
 
-pub use barrier::{Barrier, BarrierError};
+pub use barrier::{Barrier, BarrierBuilder, BarrierError};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard, LockTimeoutError, OwnerDied, RLock, RLockGuard, TryLockError};

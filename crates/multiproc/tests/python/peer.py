@@ -14,8 +14,8 @@ MODE:
              then echoes reversed like `listen`.
   connect312 a Client without a key, then the 3.12+ handshake; then like
              `connect`.
-ADDRESS is host:port, or a path for a Unix socket. AUTHKEY is text, or
-"-" for none.
+ADDRESS is host:port, a path for a Unix socket, or @name for the abstract
+Unix socket "\0name". AUTHKEY is text, or "-" for none.
 """
 import hmac
 import os
@@ -28,6 +28,8 @@ FAILURE = b"#FAILURE#"
 
 
 def parse(address):
+    if address.startswith("@"):
+        return "\0" + address[1:], "AF_UNIX"
     if "/" in address or ":" not in address:
         return address, "AF_UNIX"
     host, port = address.rsplit(":", 1)

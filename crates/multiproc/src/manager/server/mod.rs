@@ -106,7 +106,7 @@ pub(crate) fn serve<R: Registry>(args: ServerArgs) {
     }
     let store = Arc::new(Store::new(table, limit));
     let sessions = AtomicU64::new(1);
-    let local = matches!(bound, WireAddress::Unix(_));
+    let local = matches!(bound, WireAddress::Unix(_) | WireAddress::Abstract(_));
     loop {
         // The handshakes run here, many at once (`Listener::accept`): a
         // connection gets its own thread only once it is authenticated, so
