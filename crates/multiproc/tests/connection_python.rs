@@ -18,13 +18,41 @@ fn abstract_name() -> String {
     path.file_name().unwrap().to_str().unwrap().to_owned()
 }
 
-fn python(mode: &str, address: &str, key: &str) -> Child {
+/// The Python peer, killed (and reaped) if a test panics before it ends,
+/// so that a failing test leaves no process behind (and `cargo test`,
+/// which waits for the peer's inherited stderr, does not hang).
+struct Peer(Child);
+
+impl std::ops::Deref for Peer {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn python(mode: &str, address: &str, key: &str) -> Peer {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/peer.py");
     Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .args([script, mode, address, key])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(Peer)
         .expect("python3 must be installed to test interoperability")
 }
 
@@ -52,7 +80,7 @@ fn announced_address(child: &mut Child) -> (BufReader<std::process::ChildStdout>
     (out, addr)
 }
 
-fn finish(mut child: Child, out: Option<BufReader<std::process::ChildStdout>>) -> String {
+fn finish(mut child: Peer, out: Option<BufReader<std::process::ChildStdout>>) -> String {
     let mut text = String::new();
     if let Some(mut out) = out.or_else(|| child.stdout.take().map(BufReader::new)) {
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
