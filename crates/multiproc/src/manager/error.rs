@@ -119,6 +119,10 @@ pub enum RemoteError {
     /// A bounded semaphore was released more times than acquired.
     #[error("the bounded semaphore was released too many times")]
     OverReleased,
+    /// `task_done` was called more times than items were put on a
+    /// joinable queue (Python's `ValueError`).
+    #[error("task_done() called too many times")]
+    TaskDoneTooOften,
 }
 
 /// A call through a proxy failed.

@@ -40,7 +40,7 @@ pub use proxy::dict::DictProxy;
 pub use proxy::list::ListProxy;
 pub use proxy::namespace::NamespaceProxy;
 pub use proxy::object::ObjectProxy;
-pub use proxy::queue::QueueProxy;
+pub use proxy::queue::{JoinableQueueProxy, QueueProxy};
 pub use proxy::sync::{BarrierProxy, EventProxy, LockProxy, ProxyLockGuard, SemaphoreProxy};
 pub use proxy::value::ValueProxy;
 pub use registry::{Registered, Registry, SharedObject};
@@ -187,6 +187,23 @@ impl Manager {
     pub fn bounded_queue<T>(&self, max_items: u64) -> Result<QueueProxy<T>, ProxyError> {
         Ok(QueueProxy::from_handle(
             self.make(Kind::Queue { max_items })?,
+        ))
+    }
+
+    /// A new, unbounded joinable queue (Python:
+    /// `manager.JoinableQueue()`).
+    pub fn joinable_queue<T>(&self) -> Result<JoinableQueueProxy<T>, ProxyError> {
+        self.bounded_joinable_queue(0)
+    }
+
+    /// A new joinable queue of at most `max_items` values (0: no bound;
+    /// Python: `manager.JoinableQueue(maxsize)`).
+    pub fn bounded_joinable_queue<T>(
+        &self,
+        max_items: u64,
+    ) -> Result<JoinableQueueProxy<T>, ProxyError> {
+        Ok(JoinableQueueProxy::from_handle(
+            self.make(Kind::JoinableQueue { max_items })?,
         ))
     }
 

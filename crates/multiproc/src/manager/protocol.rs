@@ -202,6 +202,11 @@ pub(crate) enum Kind {
         /// `BoundedSemaphore`).
         bounded: bool,
     },
+    /// A joinable queue (`JoinableQueueProxy`); `max_items` 0 is unbounded.
+    JoinableQueue {
+        /// The most items it holds; 0 for no limit.
+        max_items: u64,
+    },
 }
 
 /// A method call; the outer variant names the kind of object it is for.
@@ -325,6 +330,11 @@ pub(crate) enum QueueOp {
     Get(TimeoutMs),
     /// `Count`.
     Len,
+    /// `Unit`: one item taken is finished (joinable queues only).
+    TaskDone,
+    /// `Bool`: false if items were still unfinished at the timeout
+    /// (joinable queues only).
+    Join(TimeoutMs),
 }
 
 /// Lock methods.
@@ -484,6 +494,9 @@ mod tests {
                 bounded: true,
             }),
             Single::Lease(8),
+            Single::Create(Kind::JoinableQueue { max_items: 3 }),
+            Single::Call(3, Op::Queue(QueueOp::Join(Some(9)))),
+            Single::Call(3, Op::Queue(QueueOp::TaskDone)),
             Single::DecRef(9),
         ];
         let mut out: Vec<Vec<u8>> = Vec::new();

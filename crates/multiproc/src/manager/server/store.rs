@@ -235,6 +235,7 @@ impl Store {
             Kind::List => Object::List(Mutex::default()),
             Kind::Namespace => Object::Namespace(Mutex::default()),
             Kind::Queue { max_items } => Object::Queue(QueueObject::new(max_items)),
+            Kind::JoinableQueue { max_items } => Object::Queue(QueueObject::joinable(max_items)),
             Kind::Lock { reentrant } => Object::Lock(LockObject::new(reentrant)),
             Kind::Event => Object::Event(EventObject::default()),
             Kind::Value(v) => Object::Value(Mutex::new(v.0)),

@@ -48,13 +48,21 @@ fn wait_until<'a, T>(
     }
 }
 
-/// A FIFO queue of encoded items, optionally bounded.
+/// A FIFO queue of encoded items, optionally bounded; a joinable one also
+/// counts the items put and not yet marked done (Python's
+/// `JoinableQueue`).
 #[derive(Debug, Default)]
 pub(crate) struct QueueObject {
     items: Mutex<VecDeque<Vec<u8>>>,
     max_items: u64,
     not_empty: Condvar,
     not_full: Condvar,
+    /// Whether `task_done` and `join` are allowed.
+    joinable: bool,
+    /// Items put and not yet marked done. Taken after `items` when both
+    /// are held (a put counts its item before any getter can see it).
+    unfinished: Mutex<u64>,
+    all_done: Condvar,
 }
 
 impl QueueObject {
@@ -66,8 +74,42 @@ impl QueueObject {
         }
     }
 
+    /// A joinable queue of at most `max_items` items (0: no bound).
+    pub(crate) fn joinable(max_items: u64) -> Self {
+        QueueObject {
+            max_items,
+            joinable: true,
+            ..QueueObject::default()
+        }
+    }
+
     /// Runs one queue method.
     pub(crate) fn call(&self, op: QueueOp, ctx: &Ctx<'_>) -> Reply {
+        match op {
+            QueueOp::TaskDone | QueueOp::Join(_) if !self.joinable => {
+                return Err(RemoteError::NoSuchMethod {
+                    object: "queue".into(),
+                    method: "joinable queue".into(),
+                });
+            }
+            QueueOp::TaskDone => {
+                let mut unfinished = lock(&self.unfinished);
+                if *unfinished == 0 {
+                    return Err(RemoteError::TaskDoneTooOften);
+                }
+                *unfinished -= 1;
+                if *unfinished == 0 {
+                    self.all_done.notify_all();
+                }
+                return Ok(Payload::Unit);
+            }
+            QueueOp::Join(timeout) => {
+                let unfinished = lock(&self.unfinished);
+                let done = wait_until(&self.all_done, unfinished, timeout, ctx, |n| *n == 0).1;
+                return Ok(Payload::Bool(done));
+            }
+            _ => {}
+        }
         let items = lock(&self.items);
         Ok(match op {
             QueueOp::Put(item, timeout) => {
@@ -76,6 +118,9 @@ impl QueueObject {
                     max == 0 || (q.len() as u64) < max
                 });
                 if ok {
+                    if self.joinable {
+                        *lock(&self.unfinished) += 1;
+                    }
                     items.push_back(item.0);
                     self.not_empty.notify_one();
                 }
@@ -91,6 +136,7 @@ impl QueueObject {
                 Payload::MaybeValue(item.map(Blob))
             }
             QueueOp::Len => Payload::Count(items.len() as u64),
+            QueueOp::TaskDone | QueueOp::Join(_) => unreachable!("answered above"),
         })
     }
 }
