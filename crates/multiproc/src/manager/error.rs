@@ -103,7 +103,8 @@ pub enum RemoteError {
         /// The list's length.
         len: u64,
     },
-    /// The lock is not held by the caller (an `RLock`), or not held at all.
+    /// The lock is not held by the caller (an `RLock`), or not held at all;
+    /// or a condition was waited on or notified without holding its lock.
     #[error("the lock is not held by the caller")]
     NotOwner,
     /// The barrier is broken (a party timed out, died or aborted), or was

@@ -41,7 +41,10 @@ pub use proxy::list::ListProxy;
 pub use proxy::namespace::NamespaceProxy;
 pub use proxy::object::ObjectProxy;
 pub use proxy::queue::{JoinableQueueProxy, QueueProxy};
-pub use proxy::sync::{BarrierProxy, EventProxy, LockProxy, ProxyLockGuard, SemaphoreProxy};
+pub use proxy::sync::{
+    BarrierProxy, ConditionProxy, EventProxy, LockProxy, ProxyConditionGuard, ProxyLockGuard,
+    SemaphoreProxy,
+};
 pub use proxy::value::ValueProxy;
 pub use registry::{Registered, Registry, SharedObject};
 
@@ -220,6 +223,30 @@ impl Manager {
         Ok(LockProxy::from_handle(
             self.make(Kind::Lock { reentrant: true })?,
         ))
+    }
+
+    /// A new condition over its own reentrant lock (Python:
+    /// `manager.Condition()`).
+    pub fn condition(&self) -> Result<ConditionProxy, ProxyError> {
+        Ok(ConditionProxy::from_handle(
+            self.make(Kind::Condition { lock: None })?,
+        ))
+    }
+
+    /// A new condition over `lock`, a lock of this manager (Python:
+    /// `manager.Condition(lock)`): acquiring either acquires the same
+    /// lock. A lock of another manager is
+    /// [`RemoteError::BadArgument`].
+    pub fn condition_with(&self, lock: &LockProxy) -> Result<ConditionProxy, ProxyError> {
+        let theirs = lock.handle_link();
+        if theirs.wire_address() != self.link.wire_address() || theirs.authkey() != self.authkey() {
+            return Err(
+                RemoteError::BadArgument("the lock belongs to another manager".into()).into(),
+            );
+        }
+        Ok(ConditionProxy::from_handle(self.make(Kind::Condition {
+            lock: Some(lock.id()),
+        })?))
     }
 
     /// A new semaphore of `value` units (Python: `manager.Semaphore(value)`).

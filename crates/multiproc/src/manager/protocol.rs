@@ -207,6 +207,12 @@ pub(crate) enum Kind {
         /// The most items it holds; 0 for no limit.
         max_items: u64,
     },
+    /// A condition (`ConditionProxy`) over its own reentrant lock, or over
+    /// the lock object with this id.
+    Condition {
+        /// The lock to share, if not a new one.
+        lock: Option<ObjectId>,
+    },
 }
 
 /// A method call; the outer variant names the kind of object it is for.
@@ -232,6 +238,8 @@ pub(crate) enum Op {
     User(Blob),
     /// A semaphore method.
     Semaphore(SemaphoreOp),
+    /// A condition method.
+    Condition(ConditionOp),
 }
 
 impl Op {
@@ -248,6 +256,7 @@ impl Op {
             Op::Barrier(_) => "barrier",
             Op::User(_) => "user object",
             Op::Semaphore(_) => "semaphore",
+            Op::Condition(_) => "condition",
         }
     }
 }
@@ -344,6 +353,21 @@ pub(crate) enum LockOp {
     Acquire(Owner, TimeoutMs),
     /// `Unit`.
     Release(Owner),
+}
+
+/// Condition methods. All but `Lock` need the caller to hold the lock
+/// (`NotOwner` otherwise).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ConditionOp {
+    /// A method of its lock.
+    Lock(LockOp),
+    /// `Bool`: whether it was notified before the timeout. The lock is
+    /// released while waiting and held again at the answer.
+    Wait(Owner, TimeoutMs),
+    /// `Unit`: wakes up to this many waiters.
+    Notify(Owner, u64),
+    /// `Unit`: wakes every waiter.
+    NotifyAll(Owner),
 }
 
 /// Event methods.
@@ -497,6 +521,9 @@ mod tests {
             Single::Create(Kind::JoinableQueue { max_items: 3 }),
             Single::Call(3, Op::Queue(QueueOp::Join(Some(9)))),
             Single::Call(3, Op::Queue(QueueOp::TaskDone)),
+            Single::Create(Kind::Condition { lock: Some(4) }),
+            Single::Call(10, Op::Condition(ConditionOp::Wait(owner, Some(2)))),
+            Single::Call(10, Op::Condition(ConditionOp::Notify(owner, 3))),
             Single::DecRef(9),
         ];
         let mut out: Vec<Vec<u8>> = Vec::new();

@@ -10,7 +10,9 @@ use super::super::error::RemoteError;
 use super::super::protocol::{Blob, Kind, LEASE, ObjectId, Op, Payload, Reply, Request, Single};
 use super::super::registry::{HostedObject, Table, panic_message};
 use super::collections::{self, Dict};
-use super::sync::{BarrierObject, EventObject, LockObject, QueueObject, SemaphoreObject};
+use super::sync::{
+    BarrierObject, ConditionObject, EventObject, LockObject, QueueObject, SemaphoreObject,
+};
 use super::{Ctx, lock};
 
 /// An object the server hosts.
@@ -20,7 +22,8 @@ enum Object {
     Namespace(Mutex<BTreeMap<String, Vec<u8>>>),
     Value(Mutex<Vec<u8>>),
     Queue(QueueObject),
-    Lock(LockObject),
+    Lock(Arc<LockObject>),
+    Condition(ConditionObject),
     Event(EventObject),
     Barrier(BarrierObject),
     Semaphore(SemaphoreObject),
@@ -46,6 +49,7 @@ impl Object {
             Object::Value(_) => "value",
             Object::Queue(_) => "queue",
             Object::Lock(_) => "lock",
+            Object::Condition(_) => "condition",
             Object::Event(_) => "event",
             Object::Barrier(_) => "barrier",
             Object::Semaphore(_) => "semaphore",
@@ -61,6 +65,7 @@ impl Object {
             (Object::Value(v), Op::Value(op)) => collections::value(v, op),
             (Object::Queue(q), Op::Queue(op)) => q.call(op, ctx),
             (Object::Lock(l), Op::Lock(op)) => l.call(op, ctx),
+            (Object::Condition(c), Op::Condition(op)) => c.call(op, ctx),
             (Object::Event(e), Op::Event(op)) => e.call(op, ctx),
             (Object::Barrier(b), Op::Barrier(op)) => b.call(op, ctx),
             (Object::Semaphore(s), Op::Semaphore(op)) => s.call(op, ctx),
@@ -236,7 +241,20 @@ impl Store {
             Kind::Namespace => Object::Namespace(Mutex::default()),
             Kind::Queue { max_items } => Object::Queue(QueueObject::new(max_items)),
             Kind::JoinableQueue { max_items } => Object::Queue(QueueObject::joinable(max_items)),
-            Kind::Lock { reentrant } => Object::Lock(LockObject::new(reentrant)),
+            Kind::Lock { reentrant } => Object::Lock(Arc::new(LockObject::new(reentrant))),
+            // Python's default lock for a condition is an RLock.
+            Kind::Condition { lock: None } => {
+                Object::Condition(ConditionObject::new(Arc::new(LockObject::new(true))))
+            }
+            Kind::Condition { lock: Some(id) } => match &*self.get(id)? {
+                Object::Lock(l) => Object::Condition(ConditionObject::new(Arc::clone(l))),
+                other => {
+                    return Err(RemoteError::BadArgument(format!(
+                        "object {id} is a {}, not a lock",
+                        other.kind_name()
+                    )));
+                }
+            },
             Kind::Event => Object::Event(EventObject::default()),
             Kind::Value(v) => Object::Value(Mutex::new(v.0)),
             Kind::Barrier { parties } => Object::Barrier(BarrierObject::new(parties)?),
@@ -264,17 +282,21 @@ impl Store {
         })
     }
 
-    /// Releases the locks acquired through `session`, which has ended.
+    /// Releases the locks (and conditions' locks) acquired through
+    /// `session`, which has ended.
     pub(crate) fn session_ended(&self, session: u64) {
         self.expire_leases();
         let locks: Vec<Arc<Object>> = lock(&self.objects)
             .values()
-            .filter(|(_, o)| matches!(**o, Object::Lock(_)))
+            .filter(|(_, o)| matches!(**o, Object::Lock(_) | Object::Condition(_)))
             .map(|(_, o)| Arc::clone(o))
             .collect();
         for object in locks {
-            if let Object::Lock(l) = &*object {
-                l.session_ended(session);
+            match &*object {
+                Object::Lock(l) => l.session_ended(session),
+                // Its lock may be its own, or one whose proxies are gone.
+                Object::Condition(c) => c.lock().session_ended(session),
+                _ => {}
             }
         }
     }
