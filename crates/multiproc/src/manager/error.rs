@@ -95,12 +95,12 @@ pub enum RemoteError {
     /// it.
     #[error("the shared object's method panicked: {0}")]
     Panicked(String),
-    /// A list index past the end.
-    #[error("index {index} is out of range for a list of {len}")]
+    /// A list or array index past the end.
+    #[error("index {index} is out of range for a list or array of {len}")]
     IndexOutOfRange {
         /// The index asked for.
         index: u64,
-        /// The list's length.
+        /// The list's (or array's) length.
         len: u64,
     },
     /// The lock is not held by the caller (an `RLock`), or not held at all;

@@ -36,6 +36,7 @@ pub(crate) mod transport;
 pub use error::{
     ProxyError, ProxyPutError, ProxyPutFailure, RemoteError, ShutdownError, StartManagerError,
 };
+pub use proxy::array::ArrayProxy;
 pub use proxy::dict::DictProxy;
 pub use proxy::list::ListProxy;
 pub use proxy::namespace::NamespaceProxy;
@@ -173,6 +174,19 @@ impl Manager {
     /// A new, empty list (Python: `manager.list()`).
     pub fn list<T>(&self) -> Result<ListProxy<T>, ProxyError> {
         Ok(ListProxy::from_handle(self.make(Kind::List)?))
+    }
+
+    /// A new array of the given items, whose length never changes (Python:
+    /// `manager.Array(typecode, sequence)`).
+    pub fn array<T: Serialize + DeserializeOwned>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<ArrayProxy<T>, ProxyError> {
+        let items = items
+            .into_iter()
+            .map(|i| enc(&i))
+            .collect::<Result<_, _>>()?;
+        Ok(ArrayProxy::from_handle(self.make(Kind::Array(items))?))
     }
 
     /// A new, empty namespace (Python: `manager.Namespace()`).

@@ -213,6 +213,8 @@ pub(crate) enum Kind {
         /// The lock to share, if not a new one.
         lock: Option<ObjectId>,
     },
+    /// A fixed-length array (`ArrayProxy`) with its items.
+    Array(Vec<Blob>),
 }
 
 /// A method call; the outer variant names the kind of object it is for.
@@ -240,6 +242,8 @@ pub(crate) enum Op {
     Semaphore(SemaphoreOp),
     /// A condition method.
     Condition(ConditionOp),
+    /// An array method.
+    Array(ArrayOp),
 }
 
 impl Op {
@@ -257,6 +261,7 @@ impl Op {
             Op::User(_) => "user object",
             Op::Semaphore(_) => "semaphore",
             Op::Condition(_) => "condition",
+            Op::Array(_) => "array",
         }
     }
 }
@@ -315,6 +320,22 @@ pub(crate) enum ListOp {
     Slice(u64, u64),
     /// `Unit`.
     Clear,
+}
+
+/// Array methods: the length never changes. An index at or past the
+/// length is `IndexOutOfRange`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ArrayOp {
+    /// `Value`.
+    Get(u64),
+    /// `Value`: the previous item.
+    Set(u64, Blob),
+    /// `Count`.
+    Len,
+    /// `Values`: items `start..end`, clamped to the array.
+    Slice(u64, u64),
+    /// `Unit`: overwrites items from `start` on, all or none.
+    SetSlice(u64, Vec<Blob>),
 }
 
 /// Namespace methods.
@@ -524,6 +545,8 @@ mod tests {
             Single::Create(Kind::Condition { lock: Some(4) }),
             Single::Call(10, Op::Condition(ConditionOp::Wait(owner, Some(2)))),
             Single::Call(10, Op::Condition(ConditionOp::Notify(owner, 3))),
+            Single::Create(Kind::Array(vec![b("1"), b("2")])),
+            Single::Call(11, Op::Array(ArrayOp::SetSlice(1, vec![b("3")]))),
             Single::DecRef(9),
         ];
         let mut out: Vec<Vec<u8>> = Vec::new();

@@ -19,6 +19,7 @@ use super::{Ctx, lock};
 enum Object {
     Dict(Mutex<Dict>),
     List(Mutex<Vec<Vec<u8>>>),
+    Array(Mutex<Vec<Vec<u8>>>),
     Namespace(Mutex<BTreeMap<String, Vec<u8>>>),
     Value(Mutex<Vec<u8>>),
     Queue(QueueObject),
@@ -37,7 +38,11 @@ impl Object {
     fn is_collection(&self) -> bool {
         matches!(
             self,
-            Object::Dict(_) | Object::List(_) | Object::Namespace(_) | Object::Value(_)
+            Object::Dict(_)
+                | Object::List(_)
+                | Object::Array(_)
+                | Object::Namespace(_)
+                | Object::Value(_)
         )
     }
 
@@ -45,6 +50,7 @@ impl Object {
         match self {
             Object::Dict(_) => "dict",
             Object::List(_) => "list",
+            Object::Array(_) => "array",
             Object::Namespace(_) => "namespace",
             Object::Value(_) => "value",
             Object::Queue(_) => "queue",
@@ -61,6 +67,7 @@ impl Object {
         match (self, op) {
             (Object::Dict(d), Op::Dict(op)) => Dict::call(d, op),
             (Object::List(l), Op::List(op)) => collections::list(l, op),
+            (Object::Array(a), Op::Array(op)) => collections::array(a, op),
             (Object::Namespace(n), Op::Namespace(op)) => collections::namespace(n, op),
             (Object::Value(v), Op::Value(op)) => collections::value(v, op),
             (Object::Queue(q), Op::Queue(op)) => q.call(op, ctx),
@@ -238,6 +245,9 @@ impl Store {
         Ok(match kind {
             Kind::Dict => Object::Dict(Mutex::default()),
             Kind::List => Object::List(Mutex::default()),
+            Kind::Array(items) => {
+                Object::Array(Mutex::new(items.into_iter().map(|b| b.0).collect()))
+            }
             Kind::Namespace => Object::Namespace(Mutex::default()),
             Kind::Queue { max_items } => Object::Queue(QueueObject::new(max_items)),
             Kind::JoinableQueue { max_items } => Object::Queue(QueueObject::joinable(max_items)),
