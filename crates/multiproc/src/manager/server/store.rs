@@ -314,7 +314,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::protocol::{DictOp, EventOp};
+    use super::super::super::protocol::{DictOp, EventOp, QueueOp};
     use super::*;
 
     fn one(store: &Store, single: Single, recent: &mut Recent) -> Reply {
@@ -377,5 +377,36 @@ mod tests {
             Ok(Payload::Bool(false))
         ));
         assert!(recent.0.is_none());
+    }
+
+    #[test]
+    fn a_plain_queue_has_no_task_done_and_a_condition_needs_a_lock() {
+        let store = Store::new(Table::default(), u64::MAX);
+        let mut recent = Recent::default();
+        let queue = create(&store, Kind::Queue { max_items: 0 });
+        for op in [QueueOp::TaskDone, QueueOp::Join(Some(0))] {
+            assert!(matches!(
+                one(&store, Single::Call(queue, Op::Queue(op)), &mut recent),
+                Err(RemoteError::NoSuchMethod { .. })
+            ));
+        }
+        let dict = create(&store, Kind::Dict);
+        let made = one(
+            &store,
+            Single::Create(Kind::Condition { lock: Some(dict) }),
+            &mut recent,
+        );
+        assert!(matches!(made, Err(RemoteError::BadArgument(_))), "{made:?}");
+        let made = one(
+            &store,
+            Single::Create(Kind::Condition { lock: Some(999) }),
+            &mut recent,
+        );
+        assert!(
+            matches!(made, Err(RemoteError::NoSuchObject(999))),
+            "{made:?}"
+        );
+        let lock = create(&store, Kind::Lock { reentrant: false });
+        create(&store, Kind::Condition { lock: Some(lock) });
     }
 }

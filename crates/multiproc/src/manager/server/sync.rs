@@ -87,7 +87,33 @@ impl QueueObject {
 
     /// Runs one queue method.
     pub(crate) fn call(&self, op: QueueOp, ctx: &Ctx<'_>) -> Reply {
-        match op {
+        Ok(match op {
+            QueueOp::Put(item, timeout) => {
+                let max = self.max_items;
+                let items = lock(&self.items);
+                let (mut items, ok) = wait_until(&self.not_full, items, timeout, ctx, |q| {
+                    max == 0 || (q.len() as u64) < max
+                });
+                if ok {
+                    if self.joinable {
+                        *lock(&self.unfinished) += 1;
+                    }
+                    items.push_back(item.0);
+                    self.not_empty.notify_one();
+                }
+                Payload::Bool(ok)
+            }
+            QueueOp::Get(timeout) => {
+                let items = lock(&self.items);
+                let (mut items, ok) =
+                    wait_until(&self.not_empty, items, timeout, ctx, |q| !q.is_empty());
+                let item = if ok { items.pop_front() } else { None };
+                if item.is_some() {
+                    self.not_full.notify_one();
+                }
+                Payload::MaybeValue(item.map(Blob))
+            }
+            QueueOp::Len => Payload::Count(lock(&self.items).len() as u64),
             QueueOp::TaskDone | QueueOp::Join(_) if !self.joinable => {
                 return Err(RemoteError::NoSuchMethod {
                     object: "queue".into(),
@@ -103,42 +129,12 @@ impl QueueObject {
                 if *unfinished == 0 {
                     self.all_done.notify_all();
                 }
-                return Ok(Payload::Unit);
+                Payload::Unit
             }
             QueueOp::Join(timeout) => {
                 let unfinished = lock(&self.unfinished);
-                let done = wait_until(&self.all_done, unfinished, timeout, ctx, |n| *n == 0).1;
-                return Ok(Payload::Bool(done));
+                Payload::Bool(wait_until(&self.all_done, unfinished, timeout, ctx, |n| *n == 0).1)
             }
-            _ => {}
-        }
-        let items = lock(&self.items);
-        Ok(match op {
-            QueueOp::Put(item, timeout) => {
-                let max = self.max_items;
-                let (mut items, ok) = wait_until(&self.not_full, items, timeout, ctx, |q| {
-                    max == 0 || (q.len() as u64) < max
-                });
-                if ok {
-                    if self.joinable {
-                        *lock(&self.unfinished) += 1;
-                    }
-                    items.push_back(item.0);
-                    self.not_empty.notify_one();
-                }
-                Payload::Bool(ok)
-            }
-            QueueOp::Get(timeout) => {
-                let (mut items, ok) =
-                    wait_until(&self.not_empty, items, timeout, ctx, |q| !q.is_empty());
-                let item = if ok { items.pop_front() } else { None };
-                if item.is_some() {
-                    self.not_full.notify_one();
-                }
-                Payload::MaybeValue(item.map(Blob))
-            }
-            QueueOp::Len => Payload::Count(items.len() as u64),
-            QueueOp::TaskDone | QueueOp::Join(_) => unreachable!("answered above"),
         })
     }
 }
