@@ -198,7 +198,9 @@
 //! # Managers
 //!
 //! A [`Manager`] is a server process that holds shared objects: a dict
-//! ([`DictProxy`]), a list ([`ListProxy`]), a namespace, a queue, a lock, an
+//! ([`DictProxy`]), a list ([`ListProxy`]), a fixed-length array
+//! ([`ArrayProxy`]), a namespace, a queue, a joinable queue
+//! ([`JoinableQueueProxy`]), a lock, a condition ([`ConditionProxy`]), an
 //! event, a value, a barrier, or a type of your own ([`SharedObject`]).
 //! Processes use them through typed proxies, which are ordinary arguments
 //! for a child. Local clients reach the server through shared memory, in
@@ -300,10 +302,11 @@ pub use connection::{
     RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
 };
 pub use manager::{
-    BarrierProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
-    ManagerBuilder, NamespaceProxy, ObjectProxy, ProxyError, ProxyLockGuard, ProxyPutError,
-    ProxyPutFailure, QueueProxy, Registered, Registry, RemoteError, SemaphoreProxy, SharedObject,
-    ShutdownError, StartManagerError, ValueProxy,
+    ArrayProxy, BarrierProxy, ConditionProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy,
+    JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, NamespaceProxy, ObjectProxy,
+    ProxyConditionGuard, ProxyError, ProxyLockGuard, ProxyPutError, ProxyPutFailure, QueueProxy,
+    Registered, Registry, RemoteError, SemaphoreProxy, SharedObject, ShutdownError,
+    StartManagerError, ValueProxy,
 };
 pub use pool::{
     Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,

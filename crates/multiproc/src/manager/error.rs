@@ -95,15 +95,16 @@ pub enum RemoteError {
     /// it.
     #[error("the shared object's method panicked: {0}")]
     Panicked(String),
-    /// A list index past the end.
-    #[error("index {index} is out of range for a list of {len}")]
+    /// A list or array index past the end.
+    #[error("index {index} is out of range for a list or array of {len}")]
     IndexOutOfRange {
         /// The index asked for.
         index: u64,
-        /// The list's length.
+        /// The list's (or array's) length.
         len: u64,
     },
-    /// The lock is not held by the caller (an `RLock`), or not held at all.
+    /// The lock is not held by the caller (an `RLock`), or not held at all;
+    /// or a condition was waited on or notified without holding its lock.
     #[error("the lock is not held by the caller")]
     NotOwner,
     /// The barrier is broken (a party timed out, died or aborted), or was
@@ -119,6 +120,10 @@ pub enum RemoteError {
     /// A bounded semaphore was released more times than acquired.
     #[error("the bounded semaphore was released too many times")]
     OverReleased,
+    /// `task_done` was called more times than items were put on a
+    /// joinable queue (Python's `ValueError`).
+    #[error("task_done() called too many times")]
+    TaskDoneTooOften,
 }
 
 /// A call through a proxy failed.

@@ -36,12 +36,16 @@ pub(crate) mod transport;
 pub use error::{
     ProxyError, ProxyPutError, ProxyPutFailure, RemoteError, ShutdownError, StartManagerError,
 };
+pub use proxy::array::ArrayProxy;
 pub use proxy::dict::DictProxy;
 pub use proxy::list::ListProxy;
 pub use proxy::namespace::NamespaceProxy;
 pub use proxy::object::ObjectProxy;
-pub use proxy::queue::QueueProxy;
-pub use proxy::sync::{BarrierProxy, EventProxy, LockProxy, ProxyLockGuard, SemaphoreProxy};
+pub use proxy::queue::{JoinableQueueProxy, QueueProxy};
+pub use proxy::sync::{
+    BarrierProxy, ConditionProxy, EventProxy, LockProxy, ProxyConditionGuard, ProxyLockGuard,
+    SemaphoreProxy,
+};
 pub use proxy::value::ValueProxy;
 pub use registry::{Registered, Registry, SharedObject};
 
@@ -172,6 +176,19 @@ impl Manager {
         Ok(ListProxy::from_handle(self.make(Kind::List)?))
     }
 
+    /// A new array of the given items, whose length never changes (Python:
+    /// `manager.Array(typecode, sequence)`).
+    pub fn array<T: Serialize + DeserializeOwned>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<ArrayProxy<T>, ProxyError> {
+        let items = items
+            .into_iter()
+            .map(|i| enc(&i))
+            .collect::<Result<_, _>>()?;
+        Ok(ArrayProxy::from_handle(self.make(Kind::Array(items))?))
+    }
+
     /// A new, empty namespace (Python: `manager.Namespace()`).
     pub fn namespace(&self) -> Result<NamespaceProxy, ProxyError> {
         Ok(NamespaceProxy::from_handle(self.make(Kind::Namespace)?))
@@ -190,6 +207,23 @@ impl Manager {
         ))
     }
 
+    /// A new, unbounded joinable queue (Python:
+    /// `manager.JoinableQueue()`).
+    pub fn joinable_queue<T>(&self) -> Result<JoinableQueueProxy<T>, ProxyError> {
+        self.bounded_joinable_queue(0)
+    }
+
+    /// A new joinable queue of at most `max_items` values (0: no bound;
+    /// Python: `manager.JoinableQueue(maxsize)`).
+    pub fn bounded_joinable_queue<T>(
+        &self,
+        max_items: u64,
+    ) -> Result<JoinableQueueProxy<T>, ProxyError> {
+        Ok(JoinableQueueProxy::from_handle(
+            self.make(Kind::JoinableQueue { max_items })?,
+        ))
+    }
+
     /// A new lock (Python: `manager.Lock()`).
     pub fn lock(&self) -> Result<LockProxy, ProxyError> {
         Ok(LockProxy::from_handle(
@@ -203,6 +237,30 @@ impl Manager {
         Ok(LockProxy::from_handle(
             self.make(Kind::Lock { reentrant: true })?,
         ))
+    }
+
+    /// A new condition over its own reentrant lock (Python:
+    /// `manager.Condition()`).
+    pub fn condition(&self) -> Result<ConditionProxy, ProxyError> {
+        Ok(ConditionProxy::from_handle(
+            self.make(Kind::Condition { lock: None })?,
+        ))
+    }
+
+    /// A new condition over `lock`, a lock of this manager (Python:
+    /// `manager.Condition(lock)`): acquiring either acquires the same
+    /// lock. A lock of another manager is
+    /// [`RemoteError::BadArgument`].
+    pub fn condition_with(&self, lock: &LockProxy) -> Result<ConditionProxy, ProxyError> {
+        let theirs = lock.handle_link();
+        if theirs.wire_address() != self.link.wire_address() || theirs.authkey() != self.authkey() {
+            return Err(
+                RemoteError::BadArgument("the lock belongs to another manager".into()).into(),
+            );
+        }
+        Ok(ConditionProxy::from_handle(self.make(Kind::Condition {
+            lock: Some(lock.id()),
+        })?))
     }
 
     /// A new semaphore of `value` units (Python: `manager.Semaphore(value)`).

@@ -207,6 +207,19 @@ pub(crate) enum Kind {
         /// `BoundedSemaphore`).
         bounded: bool,
     },
+    /// A joinable queue (`JoinableQueueProxy`); `max_items` 0 is unbounded.
+    JoinableQueue {
+        /// The most items it holds; 0 for no limit.
+        max_items: u64,
+    },
+    /// A condition (`ConditionProxy`) over its own reentrant lock, or over
+    /// the lock object with this id.
+    Condition {
+        /// The lock to share, if not a new one.
+        lock: Option<ObjectId>,
+    },
+    /// A fixed-length array (`ArrayProxy`) with its items.
+    Array(Vec<Blob>),
 }
 
 /// A method call; the outer variant names the kind of object it is for.
@@ -232,6 +245,10 @@ pub(crate) enum Op {
     User(Blob),
     /// A semaphore method.
     Semaphore(SemaphoreOp),
+    /// A condition method.
+    Condition(ConditionOp),
+    /// An array method.
+    Array(ArrayOp),
 }
 
 impl Op {
@@ -248,6 +265,8 @@ impl Op {
             Op::Barrier(_) => "barrier",
             Op::User(_) => "user object",
             Op::Semaphore(_) => "semaphore",
+            Op::Condition(_) => "condition",
+            Op::Array(_) => "array",
         }
     }
 }
@@ -308,6 +327,22 @@ pub(crate) enum ListOp {
     Clear,
 }
 
+/// Array methods: the length never changes. An index at or past the
+/// length is `IndexOutOfRange`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ArrayOp {
+    /// `Value`.
+    Get(u64),
+    /// `Value`: the previous item.
+    Set(u64, Blob),
+    /// `Count`.
+    Len,
+    /// `Values`: items `start..end`, clamped to the array.
+    Slice(u64, u64),
+    /// `Unit`: overwrites items from `start` on, all or none.
+    SetSlice(u64, Vec<Blob>),
+}
+
 /// Namespace methods.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum NamespaceOp {
@@ -330,6 +365,11 @@ pub(crate) enum QueueOp {
     Get(TimeoutMs),
     /// `Count`.
     Len,
+    /// `Unit`: one item taken is finished (joinable queues only).
+    TaskDone,
+    /// `Bool`: false if items were still unfinished at the timeout
+    /// (joinable queues only).
+    Join(TimeoutMs),
 }
 
 /// Lock methods.
@@ -339,6 +379,21 @@ pub(crate) enum LockOp {
     Acquire(Owner, TimeoutMs),
     /// `Unit`.
     Release(Owner),
+}
+
+/// Condition methods. All but `Lock` need the caller to hold the lock
+/// (`NotOwner` otherwise).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ConditionOp {
+    /// A method of its lock.
+    Lock(LockOp),
+    /// `Bool`: whether it was notified before the timeout. The lock is
+    /// released while waiting and held again at the answer.
+    Wait(Owner, TimeoutMs),
+    /// `Unit`: wakes up to this many waiters.
+    Notify(Owner, u64),
+    /// `Unit`: wakes every waiter.
+    NotifyAll(Owner),
 }
 
 /// Event methods.
@@ -489,6 +544,14 @@ mod tests {
                 bounded: true,
             }),
             Single::Lease(8),
+            Single::Create(Kind::JoinableQueue { max_items: 3 }),
+            Single::Call(3, Op::Queue(QueueOp::Join(Some(9)))),
+            Single::Call(3, Op::Queue(QueueOp::TaskDone)),
+            Single::Create(Kind::Condition { lock: Some(4) }),
+            Single::Call(10, Op::Condition(ConditionOp::Wait(owner, Some(2)))),
+            Single::Call(10, Op::Condition(ConditionOp::Notify(owner, 3))),
+            Single::Create(Kind::Array(vec![b("1"), b("2")])),
+            Single::Call(11, Op::Array(ArrayOp::SetSlice(1, vec![b("3")]))),
             Single::DecRef(9),
         ];
         let mut out: Vec<Vec<u8>> = Vec::new();

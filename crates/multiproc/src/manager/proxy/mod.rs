@@ -9,8 +9,8 @@
 //! a minute later: so a proxy sent to a child and dropped at once by the
 //! sender keeps its object until the child has attached.
 //!
-//! One file per kind of object: [`dict`], [`list`], [`namespace`],
-//! [`queue`], [`sync`] (lock, event, barrier), [`value`](mod@value), [`object`] (user
+//! One file per kind of object: [`dict`], [`list`], [`array`], [`namespace`],
+//! [`queue`], [`sync`] (lock, condition, semaphore, event, barrier), [`value`](mod@value), [`object`] (user
 //! types).
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use super::protocol::{Blob, Kind, ObjectId, Op, Payload, Single, WireAddress};
 use crate::sys::futex;
 use crate::wire::codec;
 
+pub(crate) mod array;
 pub(crate) mod dict;
 pub(crate) mod list;
 pub(crate) mod namespace;

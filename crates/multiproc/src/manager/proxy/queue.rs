@@ -1,5 +1,5 @@
-//! [`QueueProxy`]: a queue hosted by the manager (Python:
-//! `Manager().Queue()`).
+//! [`QueueProxy`] and [`JoinableQueueProxy`]: queues hosted by the
+//! manager (Python: `Manager().Queue()`, `Manager().JoinableQueue()`).
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::super::error::{ProxyError, ProxyPutError, ProxyPutFailure};
 use super::super::protocol::{Op, QueueOp, TimeoutMs};
-use super::{Handle, boolean, count, enc, maybe, millis, proxy_type};
+use super::{Handle, boolean, count, enc, maybe, millis, proxy_type, unit};
 
 /// A FIFO queue that lives in a [`Manager`](crate::Manager).
 ///
@@ -92,5 +92,107 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Whether no value is waiting.
     pub fn is_empty(&self) -> Result<bool, ProxyError> {
         Ok(self.len()? == 0)
+    }
+}
+
+/// A [`QueueProxy`] that also counts unfinished items (Python:
+/// `Manager().JoinableQueue()`): every put adds one, every
+/// [`task_done`](Self::task_done) takes one away, and
+/// [`join`](Self::join) waits until none is left. It has every method of
+/// [`QueueProxy`] (through `Deref`).
+///
+/// A consumer that dies between its get and its `task_done` leaves the
+/// item unfinished, as in Python: `join` then waits for it forever, and
+/// [`join_timeout`](Self::join_timeout) gives up.
+///
+/// ```
+/// use multiproc::{JoinableQueueProxy, Manager, Process};
+///
+/// fn worker(jobs: JoinableQueueProxy<u32>) {
+///     while let Some(job) = jobs.get_timeout(std::time::Duration::from_millis(200)).unwrap() {
+///         assert!(job < 3);
+///         jobs.task_done().unwrap();
+///     }
+/// }
+///
+/// let manager = Manager::start()?;
+/// let jobs = manager.joinable_queue::<u32>()?;
+/// for job in 0..3 {
+///     jobs.put(job)?;
+/// }
+/// let child = Process::spawn(worker, jobs.clone())?;
+/// jobs.join()?; // returns once the child marked all three done
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JoinableQueueProxy<T> {
+    queue: QueueProxy<T>,
+}
+
+impl<T> Clone for JoinableQueueProxy<T> {
+    fn clone(&self) -> Self {
+        JoinableQueueProxy {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JoinableQueueProxy<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinableQueueProxy")
+            .field("manager", self.queue.handle.link().address())
+            .field("id", &self.queue.handle.id())
+            .finish()
+    }
+}
+
+impl<T> Serialize for JoinableQueueProxy<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for JoinableQueueProxy<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(JoinableQueueProxy {
+            queue: QueueProxy::deserialize(d)?,
+        })
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueueProxy<T> {
+    type Target = QueueProxy<T>;
+    fn deref(&self) -> &QueueProxy<T> {
+        &self.queue
+    }
+}
+
+impl<T> JoinableQueueProxy<T> {
+    pub(crate) fn from_handle(handle: Handle) -> Self {
+        JoinableQueueProxy {
+            queue: QueueProxy::from_handle(handle),
+        }
+    }
+
+    /// Marks one item taken from the queue as finished; more calls than
+    /// items put is
+    /// [`RemoteError::TaskDoneTooOften`](crate::RemoteError::TaskDoneTooOften).
+    pub fn task_done(&self) -> Result<(), ProxyError> {
+        unit(self.queue.handle.call(Op::Queue(QueueOp::TaskDone))?)
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<(), ProxyError> {
+        boolean(self.queue.handle.call(Op::Queue(QueueOp::Join(None)))?).map(drop)
+    }
+
+    /// Waits at most `timeout` until every item put has been marked done;
+    /// whether they all were.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProxyError> {
+        boolean(
+            self.queue
+                .handle
+                .call(Op::Queue(QueueOp::Join(Some(millis(timeout)))))?,
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! Synchronisation objects hosted by the manager: [`LockProxy`],
-//! [`SemaphoreProxy`], [`EventProxy`] and [`BarrierProxy`] (Python:
-//! `Manager().Lock()`, `RLock()`, `Semaphore()`, `BoundedSemaphore()`,
-//! `Event()`, `Barrier()`).
+//! [`ConditionProxy`], [`SemaphoreProxy`], [`EventProxy`] and
+//! [`BarrierProxy`] (Python: `Manager().Lock()`, `RLock()`, `Condition()`,
+//! `Semaphore()`, `BoundedSemaphore()`, `Event()`, `Barrier()`).
 //!
 //! They cost a round trip per call; the shared-memory [`Lock`](crate::Lock),
 //! [`Event`](crate::Event) and [`Barrier`](crate::Barrier) are much faster
@@ -12,7 +12,9 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::super::error::ProxyError;
-use super::super::protocol::{BarrierOp, EventOp, LockOp, Op, Owner, SemaphoreOp, TimeoutMs};
+use super::super::protocol::{
+    BarrierOp, ConditionOp, EventOp, LockOp, Op, Owner, SemaphoreOp, TimeoutMs,
+};
 use super::{Handle, boolean, count, millis, proxy_type, unit};
 use crate::sys::futex;
 
@@ -47,6 +49,11 @@ fn me() -> Owner {
 }
 
 impl LockProxy {
+    /// The link to its manager.
+    pub(crate) fn handle_link(&self) -> &super::super::client::Link {
+        self.handle.link()
+    }
+
     fn acquire_within(&self, timeout: TimeoutMs) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
         let got = boolean(self.handle.call(Op::Lock(LockOp::Acquire(me(), timeout)))?)?;
         // Not `then_some`: a guard built and dropped would release the lock.
@@ -271,5 +278,172 @@ impl SemaphoreProxy {
     /// The free units now.
     pub fn value(&self) -> Result<usize, ProxyError> {
         count(self.handle.call(Op::Semaphore(SemaphoreOp::Value))?)
+    }
+}
+
+/// A condition variable hosted by the manager (Python:
+/// `Manager().Condition()`): a lock, plus waiting for a notification while
+/// the lock is released. [`Manager::condition`](crate::Manager::condition)
+/// makes one over its own reentrant lock (as Python's default `RLock`),
+/// [`Manager::condition_with`](crate::Manager::condition_with) one over an
+/// existing [`LockProxy`], which then is the same lock.
+///
+/// The lock behaves as a [`LockProxy`]'s: held by a client thread,
+/// released by the manager if its client dies. [`acquire`](Self::acquire)
+/// returns a guard, and waiting and notifying are the guard's methods, as
+/// they need the lock held. A waiter blocks in the manager on its own
+/// session, so it never holds up another client; a waiter whose client
+/// dies is forgotten (a notification that reached it before is lost, as
+/// one given to a thread that then dies in Python).
+///
+/// ```
+/// use multiproc::{ConditionProxy, Manager, Process, ValueProxy};
+///
+/// fn produce((cond, ready): (ConditionProxy, ValueProxy<bool>)) {
+///     let guard = cond.acquire().unwrap();
+///     ready.set(true).unwrap();
+///     guard.notify_all().unwrap();
+/// }
+///
+/// let manager = Manager::start()?;
+/// let cond = manager.condition()?;
+/// let ready = manager.value(false)?;
+/// let child = Process::spawn(produce, (cond.clone(), ready.clone()))?;
+/// let guard = cond.acquire()?;
+/// guard.wait_for(|| ready.get().unwrap())?;
+/// guard.release()?;
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ConditionProxy {
+    handle: Handle,
+    _types: PhantomData<fn() -> ()>,
+}
+
+proxy_type!(ConditionProxy);
+
+impl ConditionProxy {
+    fn call(&self, op: ConditionOp) -> Result<super::super::protocol::Payload, ProxyError> {
+        self.handle.call(Op::Condition(op))
+    }
+
+    fn acquire_within(
+        &self,
+        timeout: TimeoutMs,
+    ) -> Result<Option<ProxyConditionGuard<'_>>, ProxyError> {
+        let got = boolean(self.call(ConditionOp::Lock(LockOp::Acquire(me(), timeout)))?)?;
+        // Not `then_some`: a guard built and dropped would release the lock.
+        Ok(got.then(|| ProxyConditionGuard {
+            cond: self,
+            released: false,
+        }))
+    }
+
+    /// Acquires the lock, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<ProxyConditionGuard<'_>, ProxyError> {
+        self.acquire_within(None)?
+            .ok_or_else(|| ProxyError::Protocol("an unbounded acquire came back empty".into()))
+    }
+
+    /// Acquires the lock if it is free now (or, for the default reentrant
+    /// lock, held by this thread).
+    pub fn try_acquire(&self) -> Result<Option<ProxyConditionGuard<'_>>, ProxyError> {
+        self.acquire_within(Some(0))
+    }
+
+    /// Acquires the lock if it comes free within `timeout`.
+    pub fn acquire_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ProxyConditionGuard<'_>>, ProxyError> {
+        self.acquire_within(Some(millis(timeout)))
+    }
+}
+
+/// Holds a [`ConditionProxy`]'s lock: wait and notify through it. Releases
+/// the lock when dropped (or with [`release`](Self::release), which
+/// reports a failure).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ProxyConditionGuard<'a> {
+    cond: &'a ConditionProxy,
+    released: bool,
+}
+
+impl ProxyConditionGuard<'_> {
+    fn wait_within(&self, timeout: TimeoutMs) -> Result<bool, ProxyError> {
+        boolean(self.cond.call(ConditionOp::Wait(me(), timeout))?)
+    }
+
+    /// Releases the lock, waits for a notification, and takes the lock
+    /// back (Python: `wait()`). As in Python, a wait may end without the
+    /// condition you wait for being true: check it again, or use
+    /// [`wait_for`](Self::wait_for).
+    pub fn wait(&self) -> Result<(), ProxyError> {
+        self.wait_within(None).map(drop)
+    }
+
+    /// Like [`wait`](Self::wait), for at most `timeout`; whether it was
+    /// notified (false: it timed out). The lock is held again either way.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ProxyError> {
+        self.wait_within(Some(millis(timeout)))
+    }
+
+    /// Waits until `predicate` is true, checking it with the lock held
+    /// before the first wait and after every notification (Python:
+    /// `wait_for(predicate)`).
+    pub fn wait_for(&self, mut predicate: impl FnMut() -> bool) -> Result<(), ProxyError> {
+        while !predicate() {
+            self.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Like [`wait_for`](Self::wait_for), for at most `timeout` in all;
+    /// the predicate's last value (Python: `wait_for(predicate, timeout)`).
+    pub fn wait_for_timeout(
+        &self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Duration,
+    ) -> Result<bool, ProxyError> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        loop {
+            if predicate() {
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+                None => return self.wait_for(predicate).map(|()| true),
+            };
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.wait_timeout(left)?;
+        }
+    }
+
+    /// Wakes up to `n` waiters (Python: `notify(n)`); they return once
+    /// this guard's lock is released.
+    pub fn notify(&self, n: usize) -> Result<(), ProxyError> {
+        unit(self.cond.call(ConditionOp::Notify(me(), n as u64))?)
+    }
+
+    /// Wakes every waiter (Python: `notify_all()`).
+    pub fn notify_all(&self) -> Result<(), ProxyError> {
+        unit(self.cond.call(ConditionOp::NotifyAll(me()))?)
+    }
+
+    /// Releases the lock now, and says whether the manager agreed.
+    pub fn release(mut self) -> Result<(), ProxyError> {
+        self.released = true;
+        unit(self.cond.call(ConditionOp::Lock(LockOp::Release(me())))?)
+    }
+}
+
+impl Drop for ProxyConditionGuard<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.cond.call(ConditionOp::Lock(LockOp::Release(me())));
+        }
     }
 }

@@ -1,11 +1,11 @@
-//! The server's collections: dict, list, namespace and value, all holding
+//! The server's collections: dict, list, array, namespace and value, all holding
 //! encoded bytes. Each function runs one method under the object's lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::super::error::RemoteError;
-use super::super::protocol::{Blob, DictOp, ListOp, NamespaceOp, Payload, Reply, ValueOp};
+use super::super::protocol::{ArrayOp, Blob, DictOp, ListOp, NamespaceOp, Payload, Reply, ValueOp};
 use super::lock;
 
 /// A dict that keeps insertion order, as Python's does: an index from key
@@ -128,6 +128,41 @@ pub(crate) fn list(this: &Mutex<Vec<Vec<u8>>>, op: ListOp) -> Reply {
         }
         ListOp::Clear => {
             l.clear();
+            Payload::Unit
+        }
+    })
+}
+
+/// Runs one method of a fixed-length array.
+pub(crate) fn array(this: &Mutex<Vec<Vec<u8>>>, op: ArrayOp) -> Reply {
+    let mut a = lock(this);
+    let len = a.len() as u64;
+    let out_of_range = |index: u64| RemoteError::IndexOutOfRange { index, len };
+    Ok(match op {
+        ArrayOp::Get(i) => Payload::Value(Blob(
+            a.get(i as usize).ok_or_else(|| out_of_range(i))?.clone(),
+        )),
+        ArrayOp::Set(i, v) => {
+            let slot = a.get_mut(i as usize).ok_or_else(|| out_of_range(i))?;
+            Payload::Value(Blob(std::mem::replace(slot, v.0)))
+        }
+        ArrayOp::Len => Payload::Count(len),
+        ArrayOp::Slice(start, end) => {
+            let end = end.min(len) as usize;
+            let start = (start as usize).min(end);
+            Payload::Values(a[start..end].iter().cloned().map(Blob).collect())
+        }
+        ArrayOp::SetSlice(start, vs) => {
+            let n = vs.len() as u64;
+            // The last index written (or, writing nothing, the start) must
+            // be inside the array: nothing is written otherwise.
+            let last = start.saturating_add(n.saturating_sub(1));
+            if start > len || (n > 0 && last >= len) {
+                return Err(out_of_range(last));
+            }
+            for (slot, v) in a[start as usize..].iter_mut().zip(vs) {
+                *slot = v.0;
+            }
             Payload::Unit
         }
     })

@@ -10,17 +10,21 @@ use super::super::error::RemoteError;
 use super::super::protocol::{Blob, Kind, LEASE, ObjectId, Op, Payload, Reply, Request, Single};
 use super::super::registry::{HostedObject, Table, panic_message};
 use super::collections::{self, Dict};
-use super::sync::{BarrierObject, EventObject, LockObject, QueueObject, SemaphoreObject};
+use super::sync::{
+    BarrierObject, ConditionObject, EventObject, LockObject, QueueObject, SemaphoreObject,
+};
 use super::{Ctx, lock};
 
 /// An object the server hosts.
 enum Object {
     Dict(Mutex<Dict>),
     List(Mutex<Vec<Vec<u8>>>),
+    Array(Mutex<Vec<Vec<u8>>>),
     Namespace(Mutex<BTreeMap<String, Vec<u8>>>),
     Value(Mutex<Vec<u8>>),
     Queue(QueueObject),
-    Lock(LockObject),
+    Lock(Arc<LockObject>),
+    Condition(ConditionObject),
     Event(EventObject),
     Barrier(BarrierObject),
     Semaphore(SemaphoreObject),
@@ -34,7 +38,11 @@ impl Object {
     fn is_collection(&self) -> bool {
         matches!(
             self,
-            Object::Dict(_) | Object::List(_) | Object::Namespace(_) | Object::Value(_)
+            Object::Dict(_)
+                | Object::List(_)
+                | Object::Array(_)
+                | Object::Namespace(_)
+                | Object::Value(_)
         )
     }
 
@@ -42,10 +50,12 @@ impl Object {
         match self {
             Object::Dict(_) => "dict",
             Object::List(_) => "list",
+            Object::Array(_) => "array",
             Object::Namespace(_) => "namespace",
             Object::Value(_) => "value",
             Object::Queue(_) => "queue",
             Object::Lock(_) => "lock",
+            Object::Condition(_) => "condition",
             Object::Event(_) => "event",
             Object::Barrier(_) => "barrier",
             Object::Semaphore(_) => "semaphore",
@@ -57,10 +67,12 @@ impl Object {
         match (self, op) {
             (Object::Dict(d), Op::Dict(op)) => Dict::call(d, op),
             (Object::List(l), Op::List(op)) => collections::list(l, op),
+            (Object::Array(a), Op::Array(op)) => collections::array(a, op),
             (Object::Namespace(n), Op::Namespace(op)) => collections::namespace(n, op),
             (Object::Value(v), Op::Value(op)) => collections::value(v, op),
             (Object::Queue(q), Op::Queue(op)) => q.call(op, ctx),
             (Object::Lock(l), Op::Lock(op)) => l.call(op, ctx),
+            (Object::Condition(c), Op::Condition(op)) => c.call(op, ctx),
             (Object::Event(e), Op::Event(op)) => e.call(op, ctx),
             (Object::Barrier(b), Op::Barrier(op)) => b.call(op, ctx),
             (Object::Semaphore(s), Op::Semaphore(op)) => s.call(op, ctx),
@@ -233,9 +245,26 @@ impl Store {
         Ok(match kind {
             Kind::Dict => Object::Dict(Mutex::default()),
             Kind::List => Object::List(Mutex::default()),
+            Kind::Array(items) => {
+                Object::Array(Mutex::new(items.into_iter().map(|b| b.0).collect()))
+            }
             Kind::Namespace => Object::Namespace(Mutex::default()),
             Kind::Queue { max_items } => Object::Queue(QueueObject::new(max_items)),
-            Kind::Lock { reentrant } => Object::Lock(LockObject::new(reentrant)),
+            Kind::JoinableQueue { max_items } => Object::Queue(QueueObject::joinable(max_items)),
+            Kind::Lock { reentrant } => Object::Lock(Arc::new(LockObject::new(reentrant))),
+            // Python's default lock for a condition is an RLock.
+            Kind::Condition { lock: None } => {
+                Object::Condition(ConditionObject::new(Arc::new(LockObject::new(true))))
+            }
+            Kind::Condition { lock: Some(id) } => match &*self.get(id)? {
+                Object::Lock(l) => Object::Condition(ConditionObject::new(Arc::clone(l))),
+                other => {
+                    return Err(RemoteError::BadArgument(format!(
+                        "object {id} is a {}, not a lock",
+                        other.kind_name()
+                    )));
+                }
+            },
             Kind::Event => Object::Event(EventObject::default()),
             Kind::Value(v) => Object::Value(Mutex::new(v.0)),
             Kind::Barrier { parties } => Object::Barrier(BarrierObject::new(parties)?),
@@ -263,17 +292,21 @@ impl Store {
         })
     }
 
-    /// Releases the locks acquired through `session`, which has ended.
+    /// Releases the locks (and conditions' locks) acquired through
+    /// `session`, which has ended.
     pub(crate) fn session_ended(&self, session: u64) {
         self.expire_leases();
         let locks: Vec<Arc<Object>> = lock(&self.objects)
             .values()
-            .filter(|(_, o)| matches!(**o, Object::Lock(_)))
+            .filter(|(_, o)| matches!(**o, Object::Lock(_) | Object::Condition(_)))
             .map(|(_, o)| Arc::clone(o))
             .collect();
         for object in locks {
-            if let Object::Lock(l) = &*object {
-                l.session_ended(session);
+            match &*object {
+                Object::Lock(l) => l.session_ended(session),
+                // Its lock may be its own, or one whose proxies are gone.
+                Object::Condition(c) => c.lock().session_ended(session),
+                _ => {}
             }
         }
     }
@@ -281,7 +314,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::protocol::{DictOp, EventOp};
+    use super::super::super::protocol::{DictOp, EventOp, QueueOp};
     use super::*;
 
     fn one(store: &Store, single: Single, recent: &mut Recent) -> Reply {
@@ -344,5 +377,36 @@ mod tests {
             Ok(Payload::Bool(false))
         ));
         assert!(recent.0.is_none());
+    }
+
+    #[test]
+    fn a_plain_queue_has_no_task_done_and_a_condition_needs_a_lock() {
+        let store = Store::new(Table::default(), u64::MAX);
+        let mut recent = Recent::default();
+        let queue = create(&store, Kind::Queue { max_items: 0 });
+        for op in [QueueOp::TaskDone, QueueOp::Join(Some(0))] {
+            assert!(matches!(
+                one(&store, Single::Call(queue, Op::Queue(op)), &mut recent),
+                Err(RemoteError::NoSuchMethod { .. })
+            ));
+        }
+        let dict = create(&store, Kind::Dict);
+        let made = one(
+            &store,
+            Single::Create(Kind::Condition { lock: Some(dict) }),
+            &mut recent,
+        );
+        assert!(matches!(made, Err(RemoteError::BadArgument(_))), "{made:?}");
+        let made = one(
+            &store,
+            Single::Create(Kind::Condition { lock: Some(999) }),
+            &mut recent,
+        );
+        assert!(
+            matches!(made, Err(RemoteError::NoSuchObject(999))),
+            "{made:?}"
+        );
+        let lock = create(&store, Kind::Lock { reentrant: false });
+        create(&store, Kind::Condition { lock: Some(lock) });
     }
 }

@@ -1,4 +1,5 @@
-//! The server's blocking objects: queue, lock, event and barrier.
+//! The server's blocking objects: queue, lock, condition, semaphore,
+//! event and barrier.
 //!
 //! A blocking method waits on a condition variable in slices of
 //! [`LIVENESS_SLICE`]: between slices it checks that the client is still
@@ -6,13 +7,14 @@
 //! thread (or, for a barrier, the other parties) forever. Each client has
 //! its own server thread, so one client's wait never blocks another's call.
 
-use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::super::error::RemoteError;
 use super::super::protocol::{
-    BarrierOp, Blob, EventOp, LockOp, Owner, Payload, QueueOp, Reply, SemaphoreOp, TimeoutMs,
+    BarrierOp, Blob, ConditionOp, EventOp, LockOp, Owner, Payload, QueueOp, Reply, SemaphoreOp,
+    TimeoutMs,
 };
 use super::super::transport::LIVENESS_SLICE;
 use super::{Ctx, lock};
@@ -48,13 +50,21 @@ fn wait_until<'a, T>(
     }
 }
 
-/// A FIFO queue of encoded items, optionally bounded.
+/// A FIFO queue of encoded items, optionally bounded; a joinable one also
+/// counts the items put and not yet marked done (Python's
+/// `JoinableQueue`).
 #[derive(Debug, Default)]
 pub(crate) struct QueueObject {
     items: Mutex<VecDeque<Vec<u8>>>,
     max_items: u64,
     not_empty: Condvar,
     not_full: Condvar,
+    /// Whether `task_done` and `join` are allowed.
+    joinable: bool,
+    /// Items put and not yet marked done. Taken after `items` when both
+    /// are held (a put counts its item before any getter can see it).
+    unfinished: Mutex<u64>,
+    all_done: Condvar,
 }
 
 impl QueueObject {
@@ -66,22 +76,35 @@ impl QueueObject {
         }
     }
 
+    /// A joinable queue of at most `max_items` items (0: no bound).
+    pub(crate) fn joinable(max_items: u64) -> Self {
+        QueueObject {
+            max_items,
+            joinable: true,
+            ..QueueObject::default()
+        }
+    }
+
     /// Runs one queue method.
     pub(crate) fn call(&self, op: QueueOp, ctx: &Ctx<'_>) -> Reply {
-        let items = lock(&self.items);
         Ok(match op {
             QueueOp::Put(item, timeout) => {
                 let max = self.max_items;
+                let items = lock(&self.items);
                 let (mut items, ok) = wait_until(&self.not_full, items, timeout, ctx, |q| {
                     max == 0 || (q.len() as u64) < max
                 });
                 if ok {
+                    if self.joinable {
+                        *lock(&self.unfinished) += 1;
+                    }
                     items.push_back(item.0);
                     self.not_empty.notify_one();
                 }
                 Payload::Bool(ok)
             }
             QueueOp::Get(timeout) => {
+                let items = lock(&self.items);
                 let (mut items, ok) =
                     wait_until(&self.not_empty, items, timeout, ctx, |q| !q.is_empty());
                 let item = if ok { items.pop_front() } else { None };
@@ -90,7 +113,28 @@ impl QueueObject {
                 }
                 Payload::MaybeValue(item.map(Blob))
             }
-            QueueOp::Len => Payload::Count(items.len() as u64),
+            QueueOp::Len => Payload::Count(lock(&self.items).len() as u64),
+            QueueOp::TaskDone | QueueOp::Join(_) if !self.joinable => {
+                return Err(RemoteError::NoSuchMethod {
+                    object: "queue".into(),
+                    method: "joinable queue".into(),
+                });
+            }
+            QueueOp::TaskDone => {
+                let mut unfinished = lock(&self.unfinished);
+                if *unfinished == 0 {
+                    return Err(RemoteError::TaskDoneTooOften);
+                }
+                *unfinished -= 1;
+                if *unfinished == 0 {
+                    self.all_done.notify_all();
+                }
+                Payload::Unit
+            }
+            QueueOp::Join(timeout) => {
+                let unfinished = lock(&self.unfinished);
+                Payload::Bool(wait_until(&self.all_done, unfinished, timeout, ctx, |n| *n == 0).1)
+            }
         })
     }
 }
@@ -160,6 +204,40 @@ impl LockObject {
         }
     }
 
+    /// Whether `owner` holds the lock.
+    pub(crate) fn held_by(&self, owner: Owner) -> bool {
+        lock(&self.holder).is_some_and(|h| h.owner == owner)
+    }
+
+    /// Releases the lock completely for a condition wait by `owner`, who
+    /// must hold it; returns how deep it held it (for an `RLock`).
+    fn release_for_wait(&self, owner: Owner) -> Result<u64, RemoteError> {
+        let mut holder = lock(&self.holder);
+        match *holder {
+            Some(h) if h.owner == owner => {
+                *holder = None;
+                self.released.notify_one();
+                Ok(h.depth)
+            }
+            _ => Err(RemoteError::NotOwner),
+        }
+    }
+
+    /// Takes the lock back after a condition wait, as deep as before,
+    /// waiting as long as it takes; false if the client left first.
+    fn reacquire(&self, owner: Owner, depth: u64, ctx: &Ctx<'_>) -> bool {
+        let holder = lock(&self.holder);
+        let (mut holder, ok) = wait_until(&self.released, holder, None, ctx, |h| h.is_none());
+        if ok {
+            *holder = Some(Holder {
+                owner,
+                session: ctx.session,
+                depth,
+            });
+        }
+        ok
+    }
+
     /// Releases the lock if it was acquired through `session`, which has
     /// ended (its client closed the connection, or died).
     pub(crate) fn session_ended(&self, session: u64) {
@@ -168,6 +246,105 @@ impl LockObject {
             *holder = None;
             self.released.notify_one();
         }
+    }
+}
+
+/// The waiters of a condition, by ticket.
+#[derive(Debug, Default)]
+struct Waiters {
+    next: u64,
+    /// Waiting and not yet notified, oldest first.
+    waiting: VecDeque<u64>,
+    /// Notified, and not yet back from their wait.
+    woken: HashSet<u64>,
+}
+
+/// A condition variable over a manager lock (Python's `Condition`): its
+/// own `RLock`, or a lock object it shares with a `LockProxy`.
+#[derive(Debug)]
+pub(crate) struct ConditionObject {
+    lock: Arc<LockObject>,
+    waiters: Mutex<Waiters>,
+    notified: Condvar,
+}
+
+impl ConditionObject {
+    /// A condition over `lock`.
+    pub(crate) fn new(lock: Arc<LockObject>) -> Self {
+        ConditionObject {
+            lock,
+            waiters: Mutex::default(),
+            notified: Condvar::new(),
+        }
+    }
+
+    /// The lock it waits with.
+    pub(crate) fn lock(&self) -> &LockObject {
+        &self.lock
+    }
+
+    /// Runs one condition method.
+    pub(crate) fn call(&self, op: ConditionOp, ctx: &Ctx<'_>) -> Reply {
+        match op {
+            ConditionOp::Lock(op) => self.lock.call(op, ctx),
+            ConditionOp::Wait(owner, timeout) => self.wait(owner, timeout, ctx),
+            ConditionOp::Notify(owner, n) => self.notify(owner, n),
+            ConditionOp::NotifyAll(owner) => self.notify(owner, u64::MAX),
+        }
+    }
+
+    /// Releases the lock, waits for a notification (or the timeout), and
+    /// takes the lock back: whether it was notified.
+    fn wait(&self, owner: Owner, timeout: TimeoutMs, ctx: &Ctx<'_>) -> Reply {
+        // Registered before the lock is released: a notifier must take the
+        // lock first, so it sees this waiter.
+        let ticket = {
+            let mut w = lock(&self.waiters);
+            let ticket = w.next;
+            w.next += 1;
+            w.waiting.push_back(ticket);
+            ticket
+        };
+        let depth = match self.lock.release_for_wait(owner) {
+            Ok(depth) => depth,
+            Err(e) => {
+                lock(&self.waiters).waiting.retain(|t| *t != ticket);
+                return Err(e);
+            }
+        };
+        let notified = {
+            let waiters = lock(&self.waiters);
+            let (mut w, _) = wait_until(&self.notified, waiters, timeout, ctx, |w| {
+                w.woken.contains(&ticket)
+            });
+            // Decided under the waiters' lock: a notification either came
+            // before the timeout (and is taken) or goes to another waiter.
+            let notified = w.woken.remove(&ticket);
+            if !notified {
+                w.waiting.retain(|t| *t != ticket);
+            }
+            notified
+        };
+        // A client that left takes nothing back; its answer goes nowhere.
+        let back = self.lock.reacquire(owner, depth, ctx);
+        Ok(Payload::Bool(notified && back))
+    }
+
+    /// Wakes up to `n` waiters; the caller must hold the lock.
+    fn notify(&self, owner: Owner, n: u64) -> Reply {
+        if !self.lock.held_by(owner) {
+            return Err(RemoteError::NotOwner);
+        }
+        let mut w = lock(&self.waiters);
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(w.waiting.len());
+        let woken: Vec<u64> = w.waiting.drain(..n).collect();
+        if !woken.is_empty() {
+            w.woken.extend(woken);
+            self.notified.notify_all();
+        }
+        Ok(Payload::Unit)
     }
 }
 
