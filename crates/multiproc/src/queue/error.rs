@@ -18,6 +18,10 @@ pub enum PutFailure {
     /// [`close`](crate::Queue::close) was called on this handle.
     #[error("this queue handle is closed")]
     Closed,
+    /// The queue was shut down ([`Queue::shutdown`](crate::Queue::shutdown),
+    /// Python's `ShutDown`).
+    #[error("the queue was shut down")]
+    ShutDown,
     /// The operating system refused (creating an out-of-line message).
     #[error("could not put: {0}")]
     Io(#[from] io::Error),
@@ -98,6 +102,10 @@ pub enum GetError {
     /// Python's `get` on a closed queue raises `ValueError`.
     #[error("this handle of the queue is closed")]
     Closed,
+    /// The queue was shut down and is empty (or was shut down immediately):
+    /// [`Queue::shutdown`](crate::Queue::shutdown), Python's `ShutDown`.
+    #[error("the queue was shut down")]
+    ShutDown,
     /// A message arrived but does not decode as the queue's type; it has
     /// been removed and the queue is still usable.
     #[error("could not decode a message: {0}")]

@@ -182,6 +182,42 @@ impl Shared {
         pushed
     }
 
+    /// Why a get found the queue empty for good: shut down, or nobody
+    /// left to put.
+    fn gone(&self) -> GetError {
+        if self.ring.is_shut_down() {
+            GetError::ShutDown
+        } else {
+            GetError::Disconnected
+        }
+    }
+
+    /// Removes one value without decoding it, if one is there now; false
+    /// when the queue is empty (for an immediate shutdown).
+    fn discard_one(&self) -> bool {
+        let connected = || true;
+        let mut copied = Copied::new();
+        loop {
+            let mut large = None;
+            let popped = self
+                .ring
+                .pop(Some(Instant::now()), &connected, &mut copied, |id| {
+                    large = Some(self.mailbox.take(id));
+                });
+            return match popped {
+                Ok(Taken::Inline) => true,
+                // A message a dead consumer took is not this one: go on.
+                Ok(Taken::Large(())) if !matches!(large, Some(Ok(Some(_)))) => continue,
+                Ok(Taken::Large(())) => true,
+                Err(PopError::Corrupted(_)) => {
+                    self.mailbox.drain();
+                    continue;
+                }
+                Err(PopError::Empty | PopError::Disconnected) => false,
+            };
+        }
+    }
+
     fn get<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, GetTimeoutError> {
         self.register();
         let connected = || self.connected();
@@ -213,7 +249,7 @@ impl Shared {
                     Some(Err(e)) => Err(GetError::Io(e).into()),
                 },
                 Err(PopError::Empty) => Err(GetTimeoutError::Timeout),
-                Err(PopError::Disconnected) => Err(GetError::Disconnected.into()),
+                Err(PopError::Disconnected) => Err(self.gone().into()),
                 Err(PopError::Corrupted(why)) => {
                     self.mailbox.drain();
                     Err(GetError::Corrupted(why).into())
@@ -288,7 +324,7 @@ impl Shared {
                 }
                 Ok(Some(Err(PushError::Full | PushError::Disconnected))) => continue,
                 Err(PopError::Empty) => return Err(GetTimeoutError::Timeout),
-                Err(PopError::Disconnected) => return Err(GetError::Disconnected.into()),
+                Err(PopError::Disconnected) => return Err(self.gone().into()),
                 Err(PopError::Corrupted(why)) => {
                     self.mailbox.drain();
                     return Err(GetError::Corrupted(why).into());
@@ -538,6 +574,43 @@ impl<T> Queue<T> {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
     }
+
+    /// Shuts the queue down for every handle in every process (Python
+    /// 3.13's `Queue.shutdown(immediate)`): from now on every put fails
+    /// with [`PutFailure::ShutDown`], and a get fails with
+    /// [`GetError::ShutDown`] once the queue is empty; callers blocked in
+    /// any process wake to see it. With `immediate`, the values still
+    /// queued are dropped first (for a [`JoinableQueue`], each counted
+    /// done, so `join` returns), and gets fail at once. It cannot be
+    /// undone.
+    ///
+    /// ```
+    /// use multiproc::{GetError, PutFailure, Queue};
+    ///
+    /// let q = Queue::new()?;
+    /// q.put(1)?;
+    /// q.shutdown(false);
+    /// assert!(matches!(q.put(2).unwrap_err().reason, PutFailure::ShutDown));
+    /// assert_eq!(q.get()?, 1); // what was queued can still be taken
+    /// assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) {
+        let ring = &self.shared.ring;
+        ring.shut_down();
+        if immediate {
+            while self.shared.discard_one() {
+                if self.shared.joinable {
+                    ring.task_done();
+                }
+            }
+        }
+    }
+
+    /// Whether the queue was shut down (by any handle, in any process).
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.ring.is_shut_down()
+    }
 }
 
 impl<T: Serialize> Queue<T> {
@@ -585,7 +658,11 @@ impl<T: Serialize> Queue<T> {
             Err(PushError::Full) => Err(PutTimeoutError::Timeout(value)),
             Err(PushError::Disconnected) => Err(PutError {
                 value,
-                reason: PutFailure::Disconnected,
+                reason: if self.shared.ring.is_shut_down() {
+                    PutFailure::ShutDown
+                } else {
+                    PutFailure::Disconnected
+                },
             }
             .into()),
             Err(PushError::Io(e)) => Err(PutError {
@@ -772,6 +849,11 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// Closes this handle (see [`Queue::close`]).
     pub fn close(&self) {
         self.0.close()
+    }
+
+    /// Shuts the queue down everywhere (see [`Queue::shutdown`]).
+    pub fn shutdown(&self, immediate: bool) {
+        self.0.shutdown(immediate)
     }
 }
 

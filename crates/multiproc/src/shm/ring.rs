@@ -111,6 +111,8 @@ impl<T> std::ops::Deref for Line<T> {
 #[repr(C, align(64))]
 struct Counts {
     unfinished: AtomicU64,
+    /// Non-zero once the queue was shut down ([`Ring::shut_down`]).
+    shut: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -692,6 +694,10 @@ impl Ring {
         let mut large = large;
         let mut waiter = Waiter::new(WAIT, deadline);
         loop {
+            // Shut down: no put will ever succeed (the caller says so).
+            if self.is_shut_down() {
+                return Err(PushError::Disconnected);
+            }
             let Some(held) = hold(&h.producer.lock, deadline) else {
                 return Err(PushError::Full);
             };
@@ -790,6 +796,10 @@ impl Ring {
                     Ok(None) => {}
                     Err(e) => return Err(e),
                 }
+            }
+            // Empty and shut down: nothing will come (the caller says so).
+            if self.is_shut_down() {
+                return Err(PopError::Disconnected);
             }
             // Empty: yield, then sleep until a producer publishes.
             match waiter.pause() {
@@ -1752,6 +1762,27 @@ impl Ring {
     /// Senders that sleep elsewhere, waiting for room.
     pub(crate) fn space_waiters(&self) -> &AtomicU32 {
         &self.header().waits.space_sleepers
+    }
+
+    /// Shuts the queue down for every process holding it (Python 3.13's
+    /// `Queue.shutdown`): puts fail from now on, gets fail once the ring is
+    /// empty, and every sleeper wakes to see it.
+    pub(crate) fn shut_down(&self) {
+        let h = self.header();
+        h.counts.shut.store(1, Ordering::SeqCst);
+        for (seq, _) in [
+            (&h.waits.data_seq, &h.waits.data_sleepers),
+            (&h.waits.space_seq, &h.waits.space_sleepers),
+        ] {
+            seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(seq, u32::MAX);
+        }
+    }
+
+    /// Whether the queue was shut down (by any process holding it; a
+    /// garbage word reads as shut down, which only ends gets and puts).
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.header().counts.shut.load(Ordering::SeqCst) != 0
     }
 
     /// The presence word of the producer side's process (see [`Presence`](super::wait::Presence)).
