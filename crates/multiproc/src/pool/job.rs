@@ -131,8 +131,12 @@ impl<R> Job<R> {
     pub(crate) fn add_items(&self, n: usize) {
         let mut st = self.lock();
         st.submitted += n;
-        if let Some(p) = &self.progress {
-            p.inc_length(n as u64);
+        // The bar's length is the input's when it was known at the start
+        // (see `TaskOptions::feeder`); it grows only past that.
+        if let Some(p) = &self.progress
+            && p.length().is_none_or(|len| len < st.submitted as u64)
+        {
+            p.set_length(st.submitted as u64);
         }
     }
 

@@ -624,6 +624,11 @@ where
         len: Option<usize>,
         items: It,
     ) -> Feeder<R, It> {
+        if let (Some(bar), Some(len)) = (&self.progress, len) {
+            // The whole length from the start: the bar does not count up
+            // (0/64, 0/128, ...) as chunks are submitted.
+            bar.set_length(len as u64);
+        }
         let job = Arc::new(Job::new(ordered, fail_fast, self.progress));
         Feeder {
             shared: Arc::clone(&self.pool.shared),
@@ -751,6 +756,11 @@ impl<I: Iterator> Iterator for Items<I> {
 fn finish_progress<R>(job: &Job<R>) {
     if let Some(p) = job.progress() {
         p.finish();
+        // indicatif leaves the cursor after the finished bar: end its line,
+        // or the next line printed would be glued to it.
+        if !p.is_hidden() {
+            eprintln!();
+        }
     }
 }
 
