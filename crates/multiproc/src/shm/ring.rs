@@ -1541,6 +1541,15 @@ impl Ring {
         Some(out)
     }
 
+    /// [`journal_exclusive`](Ring::journal_exclusive) without waiting:
+    /// `None` if another process holds the lock now.
+    pub(crate) fn journal_try_exclusive<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let held = try_hold(&self.header().consumer.lock)?;
+        let out = f();
+        drop(held);
+        Some(out)
+    }
+
     /// Whether the journal holds a record not yet `DONE` at `pos`, or may
     /// be about to publish one there (for its mailbox: whether a message
     /// stored under `pos` is still needed).
