@@ -164,6 +164,23 @@ pub fn fill_journal_mailbox<T>(q: &crate::Queue<T>, pos: u64, len: usize) -> io:
     Err(io::Error::other("the journal's mailbox never filled"))
 }
 
+/// Test-only: the state of a queue's journal of deliveries in one line,
+/// for a test's report of a stall: its positions, its records by state,
+/// its locks, and the position under which the first message in its
+/// mailbox is stored (one older than the journal's head is no longer
+/// needed).
+pub fn journal_report<T>(q: &crate::Queue<T>) -> String {
+    let first = match q.journal_mailbox().first_id() {
+        Ok(Some(id)) => id.to_string(),
+        Ok(None) => "none".into(),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    format!(
+        "journal {}; first message in its mailbox: {first}",
+        q.journal_ring().journal_summary()
+    )
+}
+
 /// Test-only: takes the consumer (or producer) lock of a queue's ring and
 /// never releases it. The calling process must then stop or die, as a
 /// wedged or stopped peer would.

@@ -299,6 +299,11 @@ fn stale_copies_in_the_journal_mailbox_do_not_wedge_consumers() {
         // at position 0), as consumers killed before clearing leave them.
         let stale = multiproc::__bench::fill_journal_mailbox(&q, 0, 3000).unwrap();
         assert!(stale > 0);
+        let report = multiproc::__bench::journal_report(&q);
+        assert!(
+            report.contains(": 0 taken") && report.ends_with("first message in its mailbox: 0"),
+            "{report}"
+        );
         for n in 1..=2 * stale as u32 + 10 {
             q.put(job(n)).unwrap();
             let d = q
@@ -308,5 +313,11 @@ fn stale_copies_in_the_journal_mailbox_do_not_wedge_consumers() {
             d.ack().unwrap();
         }
         assert!(q.is_empty());
+        // The last acknowledgement cleared the mailbox.
+        let report = multiproc::__bench::journal_report(&q);
+        assert!(
+            report.ends_with("first message in its mailbox: none"),
+            "{report}"
+        );
     });
 }

@@ -361,10 +361,13 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
         }
         assert!(
             started.elapsed() < Duration::from_secs(200),
-            "stuck: {} of {messages} received after {} producer and {} consumer kills",
+            "stuck: {} of {messages} received after {} producer and {} consumer kills; \
+             queue length {}, {}",
             received(w),
             out.producer_kills,
-            out.consumer_kills
+            out.consumer_kills,
+            q.queue().len(),
+            multiproc::__bench::journal_report(q.queue())
         );
     }
     let produced = Instant::now();
@@ -385,12 +388,13 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
         }
         assert!(
             last.1.elapsed() < Duration::from_secs(20),
-            "{missing} messages never arrived (first: {:?}), queue length {}",
+            "{missing} messages never arrived (first: {:?}), queue length {}, {}",
             (0..messages)
                 .filter(|&id| must(id) && w[COUNTS + id as usize].load(Ordering::SeqCst) == 0)
                 .take(10)
                 .collect::<Vec<_>>(),
-            q.queue().len()
+            q.queue().len(),
+            multiproc::__bench::journal_report(q.queue())
         );
         std::thread::sleep(Duration::from_millis(20));
     }

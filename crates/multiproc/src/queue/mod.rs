@@ -539,6 +539,11 @@ impl<T> Queue<T> {
         &self.shared.journal.mailbox
     }
 
+    /// The ring of the queue's journal (for `__bench`).
+    pub(crate) fn journal_ring(&self) -> &Ring {
+        &self.shared.journal.ring
+    }
+
     /// Closes this handle (Python's `close`): later puts fail with
     /// [`PutFailure::Closed`] and gets with [`GetError::Closed`], as in
     /// Python. Other handles, here and in other processes, are unaffected;

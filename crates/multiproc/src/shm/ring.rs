@@ -1638,6 +1638,48 @@ fn try_hold_until(lock: &RawLock) -> Option<Held<'_>> {
 
 /// For tests that play a hostile or stuck peer (through `__bench`).
 impl Ring {
+    /// A journal's state in one line, for a test's report of a stall: its
+    /// positions, its records by state, and its side locks. Read without
+    /// locking: a snapshot, possibly torn while others work.
+    pub(crate) fn journal_summary(&self) -> String {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        // Records taken, done, being recovered, and in any other state.
+        let mut states = [0usize; 4];
+        if self.span(head, tail).is_some() {
+            let mut pos = head;
+            while pos < tail {
+                // `pos` is a multiple of 8: it starts at a validated `head`
+                // and moves by record sizes.
+                let (kind, len, off) = self.header_at(pos);
+                let size = record_size(len);
+                if size > self.capacity - off as u64 || size == 0 {
+                    break;
+                }
+                if kind == INLINE {
+                    let state = self
+                        .journal_words(pos)
+                        .map_or(0, |[state, ..]| state.load(Ordering::Acquire) as u8);
+                    let i = match state {
+                        delivery::TAKEN => 0,
+                        delivery::DONE => 1,
+                        delivery::RECOVERING => 2,
+                        _ => 3,
+                    };
+                    states[i] += 1;
+                }
+                pos += size;
+            }
+        }
+        let [taken, done, recovering, other] = states;
+        format!(
+            "head {head}, tail {tail}: {taken} taken, {done} done, {recovering} being recovered, \
+             {other} unreadable; producer lock {:?}, consumer lock {:?}",
+            h.producer.lock, h.consumer.lock
+        )
+    }
+
     /// Offsets of the header's fields that hold positions, counts and
     /// other words a peer can corrupt, by name; the side locks last.
     pub(crate) fn layout() -> Vec<(&'static str, usize)> {
