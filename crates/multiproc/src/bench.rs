@@ -146,6 +146,41 @@ pub fn ring_layout() -> Vec<(&'static str, usize)> {
 /// Test-only: where a ring's records begin in its mapping.
 pub const RING_DATA_OFFSET: usize = Ring::DATA_OFFSET;
 
+/// Test-only: sends copies of a `len`-byte message stored under journal
+/// position `pos` into a queue's journal mailbox until it is full (a send
+/// that does not wait fails), as consumers killed between acknowledging a
+/// delivery and clearing its stored copy leave them behind. Returns how
+/// many went in.
+pub fn fill_journal_mailbox<T>(q: &crate::Queue<T>, pos: u64, len: usize) -> io::Result<usize> {
+    let payload = vec![0u8; len];
+    let mailbox = q.journal_mailbox();
+    for n in 0..1 << 20 {
+        match mailbox.send(pos, &payload, &[]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the journal's mailbox never filled"))
+}
+
+/// Test-only: the state of a queue's journal of deliveries in one line,
+/// for a test's report of a stall: its positions, its records by state,
+/// its locks, and the position under which the first message in its
+/// mailbox is stored (one older than the journal's head is no longer
+/// needed).
+pub fn journal_report<T>(q: &crate::Queue<T>) -> String {
+    let first = match q.journal_mailbox().first_id() {
+        Ok(Some(id)) => id.to_string(),
+        Ok(None) => "none".into(),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    format!(
+        "journal {}; first message in its mailbox: {first}",
+        q.journal_ring().journal_summary()
+    )
+}
+
 /// Test-only: takes the consumer (or producer) lock of a queue's ring and
 /// never releases it. The calling process must then stop or die, as a
 /// wedged or stopped peer would.

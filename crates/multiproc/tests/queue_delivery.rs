@@ -277,3 +277,47 @@ fn a_full_journal_and_a_full_queue_do_not_wedge_consumers() {
         assert_eq!(again, 1, "the dead consumer's delivery came {again} times");
     });
 }
+
+/// An acknowledgement clears the copy of an out-of-line delivery that the
+/// journal's mailbox kept; a consumer killed between the two leaves it
+/// there. Enough such copies fill the mailbox, and once no delivery was
+/// left to acknowledge, nobody cleared them: every consumer found the
+/// journal full for good (the out-of-line kill soak wedged so, about one
+/// run in 30). A consumer that finds the journal full clears them.
+#[test]
+fn stale_copies_in_the_journal_mailbox_do_not_wedge_consumers() {
+    deadline(LIMIT, || {
+        // 3000 bytes travel out of line on a 4 KiB ring.
+        let q = Queue::builder().ring_bytes(4096).build::<Job>().unwrap();
+        let job = |n: u32| Job {
+            n,
+            payload: vec![n as u8; 3000],
+        };
+        q.put(job(0)).unwrap();
+        assert_eq!(q.get_delivery().unwrap().ack().unwrap(), job(0));
+        // Copies of that delivery's message (the journal's first record,
+        // at position 0), as consumers killed before clearing leave them.
+        let stale = multiproc::__bench::fill_journal_mailbox(&q, 0, 3000).unwrap();
+        assert!(stale > 0);
+        let report = multiproc::__bench::journal_report(&q);
+        assert!(
+            report.contains(": 0 taken") && report.ends_with("first message in its mailbox: 0"),
+            "{report}"
+        );
+        for n in 1..=2 * stale as u32 + 10 {
+            q.put(job(n)).unwrap();
+            let d = q
+                .get_delivery_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("message {n} ({stale} stale copies): {e}"));
+            assert_eq!(*d, job(n));
+            d.ack().unwrap();
+        }
+        assert!(q.is_empty());
+        // The last acknowledgement cleared the mailbox.
+        let report = multiproc::__bench::journal_report(&q);
+        assert!(
+            report.ends_with("first message in its mailbox: none"),
+            "{report}"
+        );
+    });
+}

@@ -130,14 +130,29 @@ impl Journal {
         Ok(None)
     }
 
-    /// Drops the stored messages at the front that no record needs.
+    /// Drops the stored messages at the front that no record needs (at
+    /// most some thousands: more than the mailbox holds, unless a hostile
+    /// peer keeps sending, which must not keep the caller here).
     fn purge(&self) {
-        while let Ok(Some(id)) = self.mailbox.first_id() {
-            if self.ring.journal_holds(id) {
-                return;
+        for _ in 0..4096 {
+            match self.mailbox.first_id() {
+                Ok(Some(id)) if !self.ring.journal_holds(id) => {
+                    let _ = self.mailbox.take_first();
+                }
+                _ => return,
             }
-            let _ = self.mailbox.take_first();
         }
+    }
+
+    /// For a consumer that found the journal full: drops the stored
+    /// messages at the front of the mailbox that no record needs, if no
+    /// other process holds the journal now. An acknowledgement clears what
+    /// it leaves behind, but a consumer killed between the two leaves its
+    /// copy (and those behind it) in the mailbox; once enough of them fill
+    /// it and no delivery is left to acknowledge, every consumer would
+    /// find the journal full for good.
+    pub(crate) fn clear_stale(&self) {
+        let _ = self.ring.journal_try_exclusive(|| self.purge());
     }
 
     /// Whether it is time to look for dead consumers' deliveries.

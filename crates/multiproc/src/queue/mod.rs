@@ -290,6 +290,9 @@ impl Shared {
                 // over a delivery a dead consumer held.
                 Ok(None) => {
                     self.journal.ring.journal_reclaim();
+                    // Or its mailbox is full of copies that killed
+                    // consumers left behind.
+                    self.journal.clear_stale();
                     if self.journal.scan_due()
                         && let Some((bytes, fds, pos, elsewhere)) = self.adopt_dead_delivery()
                     {
@@ -565,6 +568,16 @@ impl<T> Queue<T> {
     /// The ring behind the queue (for `__bench`).
     pub(crate) fn ring(&self) -> &Ring {
         &self.shared.ring
+    }
+
+    /// The mailbox of the queue's journal (for `__bench`).
+    pub(crate) fn journal_mailbox(&self) -> &Mailbox {
+        &self.shared.journal.mailbox
+    }
+
+    /// The ring of the queue's journal (for `__bench`).
+    pub(crate) fn journal_ring(&self) -> &Ring {
+        &self.shared.journal.ring
     }
 
     /// Closes this handle (Python's `close`): later puts fail with

@@ -1551,6 +1551,15 @@ impl Ring {
         Some(out)
     }
 
+    /// [`journal_exclusive`](Ring::journal_exclusive) without waiting:
+    /// `None` if another process holds the lock now.
+    pub(crate) fn journal_try_exclusive<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let held = try_hold(&self.header().consumer.lock)?;
+        let out = f();
+        drop(held);
+        Some(out)
+    }
+
     /// Whether the journal holds a record not yet `DONE` at `pos`, or may
     /// be about to publish one there (for its mailbox: whether a message
     /// stored under `pos` is still needed).
@@ -1639,6 +1648,48 @@ fn try_hold_until(lock: &RawLock) -> Option<Held<'_>> {
 
 /// For tests that play a hostile or stuck peer (through `__bench`).
 impl Ring {
+    /// A journal's state in one line, for a test's report of a stall: its
+    /// positions, its records by state, and its side locks. Read without
+    /// locking: a snapshot, possibly torn while others work.
+    pub(crate) fn journal_summary(&self) -> String {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Acquire);
+        let tail = h.producer.pos.load(Ordering::Acquire);
+        // Records taken, done, being recovered, and in any other state.
+        let mut states = [0usize; 4];
+        if self.span(head, tail).is_some() {
+            let mut pos = head;
+            while pos < tail {
+                // `pos` is a multiple of 8: it starts at a validated `head`
+                // and moves by record sizes.
+                let (kind, len, off) = self.header_at(pos);
+                let size = record_size(len);
+                if size > self.capacity - off as u64 || size == 0 {
+                    break;
+                }
+                if kind == INLINE {
+                    let state = self
+                        .journal_words(pos)
+                        .map_or(0, |[state, ..]| state.load(Ordering::Acquire) as u8);
+                    let i = match state {
+                        delivery::TAKEN => 0,
+                        delivery::DONE => 1,
+                        delivery::RECOVERING => 2,
+                        _ => 3,
+                    };
+                    states[i] += 1;
+                }
+                pos += size;
+            }
+        }
+        let [taken, done, recovering, other] = states;
+        format!(
+            "head {head}, tail {tail}: {taken} taken, {done} done, {recovering} being recovered, \
+             {other} unreadable; producer lock {:?}, consumer lock {:?}",
+            h.producer.lock, h.consumer.lock
+        )
+    }
+
     /// Offsets of the header's fields that hold positions, counts and
     /// other words a peer can corrupt, by name; the side locks last.
     pub(crate) fn layout() -> Vec<(&'static str, usize)> {
