@@ -42,6 +42,7 @@ fn raw_connect(address: &Address) -> Box<dyn Write + Send> {
             let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
             Box::new(UnixStream::connect_addr(&a).unwrap())
         }
+        other => panic!("no raw connection to {other}"),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::wire::{DecodeError, EncodeError};
 /// A message could not be sent. The caller still has the value: `send`
 /// borrows it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The value could not be encoded; nothing was sent and the connection
     /// is still usable.
@@ -49,6 +50,7 @@ pub struct RangeError {
 
 /// A message could not be received.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The peer closed its end (or exited) and every message has been read.
     #[error("the peer has disconnected")]
@@ -124,6 +126,7 @@ pub enum TryRecvError {
 /// [`recv_bytes_into`](crate::Connection::recv_bytes_into) did not fill the
 /// buffer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvIntoError {
     /// The message is longer than the buffer; here it is, whole (Python's
     /// `BufferTooShort`).
@@ -141,6 +144,7 @@ pub enum RecvIntoError {
 
 /// Authentication with the peer failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// The peer's answer to our challenge was wrong: it has another key.
     #[error("the peer failed the authentication challenge (wrong auth key)")]
@@ -162,6 +166,7 @@ pub enum AuthError {
 /// [`Listener::accept`](crate::Listener::accept) did not produce a connection.
 /// The listener stays usable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AcceptError {
     /// Accepting failed.
     #[error("accept failed: {0}")]
@@ -173,6 +178,7 @@ pub enum AcceptError {
 
 /// [`Client::connect`](crate::Client::connect) did not produce a connection.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Connecting failed.
     #[error("connect failed: {0}")]

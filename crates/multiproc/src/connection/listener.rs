@@ -22,6 +22,7 @@ use crate::wire::stream::Stream;
 
 /// Where a [`Listener`] listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Address {
     /// A Unix socket at this path (local processes only).
     Unix(PathBuf),

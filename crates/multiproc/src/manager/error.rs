@@ -17,6 +17,7 @@ use crate::wire::{DecodeError, EncodeError};
 
 /// A manager could not be started or reached.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartManagerError {
     /// The server process could not be started.
     #[error("could not start the manager process: {0}")]
@@ -49,6 +50,7 @@ pub enum StartManagerError {
 /// Why the server refused a request. The server is unharmed, and the
 /// connection stays usable unless said otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// No object has this id (it was never made, or its last proxy is gone).
     #[error("the manager has no object {0}")]
@@ -128,6 +130,7 @@ pub enum RemoteError {
 
 /// A call through a proxy failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyError {
     /// The server refused the request; the proxy stays usable.
     #[error(transparent)]
@@ -215,6 +218,7 @@ impl<T> fmt::Debug for ProxyPutError<T> {
 
 /// Why a put on a manager queue failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyPutFailure {
     /// The queue stayed full until the timeout (`try_put`, `put_timeout`).
     #[error("the queue is full")]
@@ -227,6 +231,7 @@ pub enum ProxyPutFailure {
 /// The manager did not stop cleanly. It is stopped anyway: a server that
 /// does not exit in time is killed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShutdownError {
     /// The server did not exit within the shutdown timeout and was killed.
     #[error("the manager did not exit in time and was killed")]

@@ -7,6 +7,7 @@ use crate::wire::{DecodeError, EncodeError};
 
 /// The pool could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// A worker process could not be started.
     #[error("could not start a pool worker: {0}")]
@@ -46,6 +47,7 @@ pub enum PoolError {
 
 /// One task (one item of a map) did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// The function panicked; the worker survives.
     #[error("the task panicked: {0}")]

@@ -8,6 +8,7 @@ use crate::wire::{DecodeError, EncodeError, FrameError};
 
 /// A process could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The argument could not be encoded; no process was started.
     #[error("the argument could not be sent to the child: {0}")]
@@ -51,6 +52,7 @@ impl fmt::Display for PanicReport {
 
 /// A process ran, but did not produce a result.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JoinError {
     /// The function panicked in the child.
     #[error("the child panicked: {0}")]

@@ -7,6 +7,7 @@ use crate::wire::{DecodeError, EncodeError};
 
 /// Why a value was not put.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PutFailure {
     /// The value could not be encoded; the queue is unchanged.
     #[error("could not encode the value: {0}")]
@@ -93,6 +94,7 @@ impl<T> fmt::Debug for TryPutError<T> {
 
 /// A value could not be got.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GetError {
     /// The queue is empty and no other process or thread holding it is
     /// alive to fill it (Python blocks forever here).

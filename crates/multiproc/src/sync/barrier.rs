@@ -11,6 +11,7 @@ use crate::shm::states::{BarrierFailure, BarrierState};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
 )]
+#[non_exhaustive]
 pub enum BarrierError {
     /// The barrier is broken (Python's `BrokenBarrierError`): aborted, reset
     /// while this party waited, a party timed out, or a waiting party died.

@@ -30,6 +30,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A frame could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The peer closed the stream between frames.
     #[error("the peer closed the connection")]
