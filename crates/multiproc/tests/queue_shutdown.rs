@@ -23,7 +23,10 @@ fn a_shutdown_queue_refuses_puts_and_drains_then_refuses_gets() {
         assert!(other.is_shut_down());
         let refused = other.put(9).unwrap_err();
         assert!(matches!(refused.reason, PutFailure::ShutDown));
-        assert_eq!(refused.value, 9);
+        assert_eq!(refused.into_inner(), 9);
+        let timed_out = other.put_timeout(10, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(timed_out.into_inner(), 10);
+        assert_eq!(other.try_put(11).unwrap_err().into_inner(), 11);
         assert_eq!(
             (
                 other.get().unwrap(),

@@ -208,6 +208,13 @@ pub struct ProxyPutError<T> {
     pub reason: ProxyPutFailure,
 }
 
+impl<T> ProxyPutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
 impl<T> fmt::Debug for ProxyPutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyPutError")

@@ -74,6 +74,33 @@ pub enum TryPutError<T> {
     Failed(#[from] PutError<T>),
 }
 
+impl<T> PutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> PutTimeoutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutTimeoutError::Timeout(v) => v,
+            PutTimeoutError::Failed(e) => e.value,
+        }
+    }
+}
+
+impl<T> TryPutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            TryPutError::Full(v) => v,
+            TryPutError::Failed(e) => e.value,
+        }
+    }
+}
+
 impl<T> fmt::Debug for PutTimeoutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -19,6 +19,12 @@ impl<G> OwnerDied<G> {
     pub fn into_guard(self) -> G {
         self.0
     }
+
+    /// The guard (as [`into_guard`](Self::into_guard); the name other
+    /// errors that hold a value back use, as `std`'s `PoisonError`).
+    pub fn into_inner(self) -> G {
+        self.0
+    }
 }
 
 impl<G> fmt::Debug for OwnerDied<G> {
