@@ -321,3 +321,105 @@ fn stale_copies_in_the_journal_mailbox_do_not_wedge_consumers() {
         );
     });
 }
+
+/// A consumer that holds one out-of-line delivery while it takes and
+/// acknowledges others: the held message's copy is at the front of the
+/// journal's mailbox, and clearing the acknowledged copies behind it
+/// stopped there, so after some 48 of 3000 bytes the mailbox was full and
+/// the next acknowledged get waited (here: for itself) until the held one
+/// was acknowledged. Clearing moves a held copy to the back instead.
+#[test]
+fn holding_one_out_of_line_delivery_does_not_stop_the_others() {
+    deadline(LIMIT, || {
+        // 3000 bytes travel out of line on a 4 KiB ring, in the mailbox's
+        // datagrams; 20,000 in a memfd each (small datagrams, many more).
+        for len in [3000, 20_000] {
+            hold_and_cycle(len);
+        }
+    });
+}
+
+fn hold_and_cycle(len: usize) {
+    let q = Queue::builder().ring_bytes(4096).build::<Job>().unwrap();
+    let job = |n: u32| Job {
+        n,
+        payload: vec![n as u8; len],
+    };
+    let mut held = Vec::new();
+    let mut n = 0;
+    // One held, then two, each time for several times what the mailbox
+    // holds.
+    for held_now in 1..=2 {
+        q.put(job(n)).unwrap();
+        let d = q.get_delivery().unwrap();
+        assert_eq!(*d, job(n));
+        held.push(d);
+        n += 1;
+        for _ in 0..300 {
+            q.put(job(n)).unwrap();
+            let d = q
+                .get_delivery_timeout(Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{len} bytes: message {n}, {held_now} held: {e}"));
+            assert_eq!(*d, job(n));
+            d.ack().unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(held.remove(0).ack().unwrap(), job(0));
+    assert_eq!(held.remove(0).ack().unwrap(), job(301));
+    assert!(q.is_empty());
+    // The last acknowledgement cleared the mailbox.
+    let report = multiproc::__bench::journal_report(&q);
+    assert!(
+        report.ends_with("first message in its mailbox: none"),
+        "{len} bytes: {report}"
+    );
+}
+
+/// Holds one delivery until told to acknowledge it; returns its number.
+fn hold_until((q, taken, release): (Queue<Job>, Event, Event)) -> u32 {
+    let d = q.get_delivery().unwrap();
+    taken.set();
+    assert!(release.wait_timeout(Duration::from_secs(60)));
+    d.ack().unwrap().n
+}
+
+/// The same with the holder in another process: every consumer waited
+/// for it to acknowledge.
+#[test]
+fn another_process_holding_an_out_of_line_delivery_does_not_stop_the_others() {
+    deadline(LIMIT, || {
+        let q = Queue::builder().ring_bytes(4096).build::<Job>().unwrap();
+        let job = |n: u32| Job {
+            n,
+            payload: vec![n as u8; 3000],
+        };
+        q.put(job(0)).unwrap();
+        let (taken, release) = (Event::new().unwrap(), Event::new().unwrap());
+        let child =
+            Process::spawn(hold_until, (q.clone(), taken.clone(), release.clone())).unwrap();
+        assert!(taken.wait_timeout(Duration::from_secs(20)));
+        let cycled = (1..=300).try_for_each(|n| {
+            q.put(job(n)).unwrap();
+            let d = q
+                .get_delivery_timeout(Duration::from_secs(3))
+                .map_err(|e| format!("message {n}: {e}"))?;
+            assert_eq!(*d, job(n));
+            d.ack().unwrap();
+            Ok::<(), String>(())
+        });
+        if let Err(why) = cycled {
+            assert!(send_signal(child.pid(), libc::SIGKILL));
+            let _ = child.join();
+            panic!("{why}");
+        }
+        release.set();
+        assert_eq!(child.join().unwrap(), 0);
+        assert!(q.is_empty());
+        let report = multiproc::__bench::journal_report(&q);
+        assert!(
+            report.ends_with("first message in its mailbox: none"),
+            "{report}"
+        );
+    });
+}

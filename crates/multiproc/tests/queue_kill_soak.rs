@@ -477,8 +477,9 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
     for id in &killed_working {
         assert!(
             counts[*id as usize] >= 2,
-            "{id}, held unacknowledged by a killed consumer, came {} times",
-            counts[*id as usize]
+            "{id}, held unacknowledged by a killed consumer, came {} times; {}",
+            counts[*id as usize],
+            multiproc::__bench::journal_report(q.queue())
         );
     }
     out.killed_working = killed_working.len();

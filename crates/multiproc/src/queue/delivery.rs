@@ -21,6 +21,7 @@
 //! consumer died holding it unacknowledged (or died between copying it and
 //! retiring the original, or while putting it back).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
@@ -101,6 +102,13 @@ impl Journal {
                 None => return Ok(None),
             },
         };
+        // Room is kept for one more message, so that clearing can always
+        // move a copy still needed from the front to the back (see
+        // `purge`): a full mailbox whose front copy a live consumer holds
+        // would otherwise stay full until it acknowledges.
+        if !self.mailbox.has_room_for(&fetched)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.mailbox.send_copy(pos, &fetched)?;
         Ok(Some(fetched))
     }
@@ -130,14 +138,40 @@ impl Journal {
         Ok(None)
     }
 
-    /// Drops the stored messages at the front that no record needs (at
-    /// most some thousands: more than the mailbox holds, unless a hostile
-    /// peer keeps sending, which must not keep the caller here).
+    /// Drops the stored messages at the front that no record needs. One
+    /// still needed stops it, unless the mailbox is more than half full:
+    /// then it goes round to the back (copied there before it leaves the
+    /// front, as in `fetch`: a process killed in between leaves two
+    /// copies, never none), so that the ones behind it can go; a consumer
+    /// that holds one out-of-line delivery while it takes and acknowledges
+    /// others would otherwise fill the mailbox with their copies behind
+    /// it (some 48 of 3000 bytes) and stop every acknowledged get until it
+    /// acknowledges. Stores leave room for that copy (`store`). It stops
+    /// at a message it already moved (every one left is needed), and after
+    /// some thousands (more than the mailbox holds, unless a hostile peer
+    /// keeps sending, which must not keep the caller here).
     fn purge(&self) {
+        let mut moved = HashSet::new();
         for _ in 0..4096 {
-            match self.mailbox.first_id() {
-                Ok(Some(id)) if !self.ring.journal_holds(id) => {
-                    let _ = self.mailbox.take_first();
+            let id = match self.mailbox.first_id() {
+                Ok(Some(id)) => id,
+                _ => return,
+            };
+            if !self.ring.journal_holds(id) {
+                let _ = self.mailbox.take_first();
+                continue;
+            }
+            if moved.contains(&id) || !self.mailbox.is_crowded().unwrap_or(false) {
+                return;
+            }
+            match self.mailbox.peek_first() {
+                Ok(Some((first, fetched))) if first == id => {
+                    if self.mailbox.send_copy(id, &fetched).is_err()
+                        || self.mailbox.drop_first().is_err()
+                    {
+                        return;
+                    }
+                    moved.insert(id);
                 }
                 _ => return,
             }

@@ -174,6 +174,22 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Whether a copy of `fetched` can be sent and still leave the mailbox
+    /// room for another send: the kernel takes a send while the bytes the
+    /// mailbox's messages occupy (at their kernel size, which this
+    /// overestimates) are short of its buffer's size, whatever the size of
+    /// the message sent. An empty mailbox always has room.
+    pub(crate) fn has_room_for(&self, fetched: &Fetched) -> io::Result<bool> {
+        let (queued, size) = sys::socket::send_buffer_fill(self.tx.as_fd())?;
+        Ok(queued == 0 || queued.saturating_add(kernel_size(fetched.datagram_len())) < size)
+    }
+
+    /// Whether the mailbox's messages fill more than half of its buffer.
+    pub(crate) fn is_crowded(&self) -> io::Result<bool> {
+        let (queued, size) = sys::socket::send_buffer_fill(self.tx.as_fd())?;
+        Ok(queued > size / 2)
+    }
+
     /// The id of the first message, if there is one.
     pub(crate) fn first_id(&self) -> io::Result<Option<u64>> {
         let mut head = [0u8; HEAD];
@@ -213,6 +229,14 @@ pub(crate) enum Fetched {
 }
 
 impl Fetched {
+    /// The length of its datagram (a memfd payload is not in it).
+    fn datagram_len(&self) -> usize {
+        match self {
+            Fetched::Inline(payload, _) => HEAD + payload.len(),
+            Fetched::Memfd(..) => HEAD,
+        }
+    }
+
     /// The payload and the handles (outside the consumer lock: a memfd may
     /// be large).
     pub(crate) fn finish(self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
@@ -221,6 +245,16 @@ impl Fetched {
             Fetched::Memfd(memfd, fds) => Ok((sys::shm::read_memfd(memfd.as_fd())?, fds)),
         }
     }
+}
+
+/// At least the bytes a datagram of `len` bytes occupies in a socket's
+/// buffer: the kernel rounds its data up to an allocation size (at most
+/// the next power of two) and adds its bookkeeping (well under 1 KiB).
+fn kernel_size(len: usize) -> usize {
+    len.saturating_add(512)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .saturating_add(1024)
 }
 
 /// What [`Mailbox::find`] does with the message it finds.

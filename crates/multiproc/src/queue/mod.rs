@@ -326,7 +326,16 @@ impl Shared {
                     return Err(GetError::Corrupted(format!("the journal: {why}")).into());
                 }
                 Ok(Some(Err(PushError::Full | PushError::Disconnected))) => continue,
-                Err(PopError::Empty) => return Err(GetTimeoutError::Timeout),
+                Err(PopError::Empty) => {
+                    // A get that waited in vain looks for dead consumers'
+                    // deliveries before it gives up: the wait scans only
+                    // once it sleeps, and on busy processors it may spend
+                    // all of a short timeout yielding first.
+                    if self.journal.scan_due() && self.recover_deliveries() > 0 {
+                        continue;
+                    }
+                    return Err(GetTimeoutError::Timeout);
+                }
                 Err(PopError::Disconnected) => return Err(self.gone().into()),
                 Err(PopError::Corrupted(why)) => {
                     self.mailbox.drain();
@@ -776,7 +785,9 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
-    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`.
+    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`
+    /// (and, at its end, the time to put back into the queue any delivery
+    /// a dead consumer held: some milliseconds).
     pub fn get_delivery_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetTimeoutError> {
         self.get_delivery_until(crate::shm::wait::after(timeout))
     }
@@ -955,7 +966,9 @@ impl<T: DeserializeOwned> JoinableQueue<T> {
         self.0.get_delivery()
     }
 
-    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`.
+    /// [`get_delivery`](Self::get_delivery), waiting at most `timeout`
+    /// (and, at its end, the time to put back into the queue any delivery
+    /// a dead consumer held: some milliseconds).
     pub fn get_delivery_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetTimeoutError> {
         self.0.get_delivery_timeout(timeout)
     }

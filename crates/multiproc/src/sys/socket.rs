@@ -504,6 +504,23 @@ pub(crate) fn stop_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::net::sockopt::set_socket_passcred(fd, false)?)
 }
 
+/// How full a socket's send buffer is: the bytes its sends still occupy
+/// (`SIOCOUTQ`: for a Unix socket, the datagrams sent and not yet
+/// received, at their kernel size) and the buffer's size (`SO_SNDBUF`). A
+/// send that does not wait fails once the first reaches the second.
+pub(crate) fn send_buffer_fill(fd: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` (the same request as `TIOCOUTQ`) writes one
+    // `int` through its argument, which points to `queued`, a writable
+    // `c_int` that outlives the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let size = rustix::net::sockopt::socket_send_buffer_size(fd)?;
+    Ok((usize::try_from(queued).unwrap_or(0), size))
+}
+
 /// Bytes waiting to be read on a socket (`FIONREAD`).
 pub(crate) fn pending_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::io::ioctl_fionread(fd)?)
