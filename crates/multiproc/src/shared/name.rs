@@ -281,7 +281,15 @@ pub(crate) fn fetch(name: &str) -> Result<(Kind, u64, OwnedFd), NameError> {
         if !sys::socket::wait_readable(&[conn.as_fd()], Some(deadline))?[0] {
             return Err(NameError::NoAnswer(name.to_string()));
         }
-        let n = sys::socket::recv(conn.as_fd(), &mut answer[got..], &mut fds, true)?;
+        let n = match sys::socket::recv(conn.as_fd(), &mut answer[got..], &mut fds, true) {
+            Ok(n) => n,
+            // The listening socket closed with our connection still
+            // pending: the name was being given up (its last copy can be
+            // in a child another thread was forking at that moment, until
+            // the child closes it).
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && got == 0 => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             break;
         }
