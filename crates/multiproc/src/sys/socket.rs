@@ -170,16 +170,7 @@ pub(crate) fn wait_readable(
     loop {
         let mut polls: Vec<PollFd<'_>> =
             fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
-        let timeout = match deadline {
-            None => None,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                Some(Timespec {
-                    tv_sec: left.as_secs() as i64,
-                    tv_nsec: i64::from(left.subsec_nanos()),
-                })
-            }
-        };
+        let timeout = poll_timeout(deadline);
         match rustix::event::poll(&mut polls, timeout.as_ref()) {
             Ok(_) => {
                 let ready: Vec<bool> = polls.iter().map(|p| !p.revents().is_empty()).collect();
@@ -216,13 +207,7 @@ pub(crate) fn wait_events(
                 )
             })
             .collect();
-        let timeout = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
-        });
+        let timeout = poll_timeout(deadline);
         match rustix::event::poll(&mut polls, timeout.as_ref()) {
             Ok(_) => {
                 let ready: Vec<(bool, bool)> = polls
@@ -334,13 +319,7 @@ pub(crate) fn wait_read_write(
 ) -> io::Result<(bool, bool)> {
     loop {
         let mut polls = [PollFd::new(&fd, PollFlags::IN | PollFlags::OUT)];
-        let timeout = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
-        });
+        let timeout = poll_timeout(deadline);
         match rustix::event::poll(&mut polls, timeout.as_ref()) {
             Ok(_) => {
                 let ev = polls[0].revents();
@@ -502,6 +481,17 @@ pub(crate) fn set_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// (also of bytes already queued).
 pub(crate) fn stop_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::net::sockopt::set_socket_passcred(fd, false)?)
+}
+
+/// What is left of `deadline`, as `poll` takes it (`None`: no deadline).
+fn poll_timeout(deadline: Option<Instant>) -> Option<Timespec> {
+    deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
+    })
 }
 
 /// How full a socket's send buffer is: the bytes its sends still occupy
