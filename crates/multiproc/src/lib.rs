@@ -267,10 +267,22 @@
 #[path = "bench.rs"]
 pub mod __bench;
 
+/// What `#[multiproc::task]` expands to refers to these; not an API.
+#[cfg(feature = "cluster")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::cluster::registry::{Resolved, TASKS, TaskEntry};
+    pub use linkme;
+}
+
+pub use multiproc_macros::task;
+
 /// The README, whose Rust code runs as a doc test (`cargo test --doc`).
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod connection;
 mod manager;
 pub mod pool;

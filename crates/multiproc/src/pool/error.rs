@@ -98,6 +98,40 @@ pub enum TaskError {
     /// or while it starts, is not enough.
     #[error("the pool is broken: {0}")]
     Broken(String),
+    /// The function has no `#[multiproc::task]`, so no cluster agent can
+    /// run it (found at submit, before anything was sent), or an agent
+    /// does not know the name.
+    #[cfg(feature = "cluster")]
+    #[error("the function is not registered for the cluster: {0}")]
+    NotRegistered(String),
+    /// The agent runs another build of the program than the producer (a
+    /// task's signature or the executable's fingerprint differ): the task
+    /// was not run.
+    #[cfg(feature = "cluster")]
+    #[error("the agent runs another build: expected {expected}, it has {got}")]
+    BuildMismatch {
+        /// The producer's fingerprint or signature.
+        expected: String,
+        /// The agent's.
+        got: String,
+    },
+    /// The task's agents died (or stalled) while running it more often
+    /// than the pool's delivery cap allows: it is not run again.
+    #[cfg(feature = "cluster")]
+    #[error(
+        "the task was handed out {deliveries} times and its agent (last {agent}) was lost each time"
+    )]
+    WorkerLost {
+        /// The agent that held it last.
+        agent: String,
+        /// How many times it was handed out.
+        deliveries: u64,
+    },
+    /// The cluster's server failed: the connection was lost, the server
+    /// restarted and lost the task, or it refused a command.
+    #[cfg(feature = "cluster")]
+    #[error("the cluster backend failed: {0}")]
+    Backend(String),
 }
 
 /// A result handle's `get_timeout` gave up waiting, or the task failed.

@@ -27,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod backend;
 pub(crate) mod callback;
 pub(crate) mod chunking;
 pub(crate) mod error;
@@ -42,11 +43,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use self::backend::{Backend, Local};
 use self::callback::{Callback, Runner, Slot};
 use self::chunking::Chunker;
 use self::job::{Job, Notifier, Sink};
@@ -240,15 +241,16 @@ where
             .name("multiproc-pool".into())
             .spawn(move || runner.run())
             .map_err(PoolError::Io)?;
-        let pool = Pool {
+        let local = Local {
             shared,
-            callbacks: Runner::new(),
-            thread: Some(thread),
+            thread: std::sync::Mutex::new(Some(thread)),
             workers,
-            task_timeout: self.task_timeout,
         };
-        pool.shared.wait_started()?;
-        Ok(pool)
+        if let Err(e) = local.shared.wait_started() {
+            local.terminate();
+            return Err(e);
+        }
+        Ok(Pool::with_backend(Arc::new(local), self.task_timeout))
     }
 }
 
@@ -277,23 +279,32 @@ where
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
     callbacks: Arc<Runner>,
-    thread: Option<JoinHandle<()>>,
-    workers: usize,
     task_timeout: Option<Duration>,
+    /// Set once the backend was joined or terminated.
+    stopped: bool,
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("workers", &self.workers)
-            .field("start_method", &self.shared.method())
+            .field("workers", &self.backend.workers())
+            .field("start_method", &self.backend.method())
             .finish_non_exhaustive()
     }
 }
 
 impl Pool {
+    pub(crate) fn with_backend(backend: Arc<dyn Backend>, task_timeout: Option<Duration>) -> Pool {
+        Pool {
+            backend,
+            callbacks: Runner::new(),
+            task_timeout,
+            stopped: false,
+        }
+    }
+
     /// A pool of `workers` processes with the default settings.
     pub fn new(workers: usize) -> Result<Pool, PoolError> {
         Pool::builder().workers(workers).build()
@@ -306,17 +317,17 @@ impl Pool {
 
     /// The number of worker processes.
     pub fn workers(&self) -> usize {
-        self.workers
+        self.backend.workers()
     }
 
     /// How the workers are started.
     pub fn start_method(&self) -> StartMethod {
-        self.shared.method()
+        self.backend.method()
     }
 
     /// Per-worker statistics: items done, busy and idle time, restarts.
     pub fn stats(&self) -> Vec<WorkerStats> {
-        self.shared.stats()
+        self.backend.stats()
     }
 
     /// Options for running `f`: chunk size, timeout, progress bar.
@@ -503,16 +514,14 @@ impl Pool {
 
     /// Takes no more tasks; what is queued still runs (Python's `close`).
     pub fn close(&self) {
-        self.shared.close();
+        self.backend.close();
     }
 
     /// Closes the pool, waits for every queued task, and ends the workers
     /// (Python's `close` then `join`).
     pub fn join(mut self) {
-        self.shared.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.backend.join();
+        self.stopped = true;
     }
 
     /// Stops at once: queued and running tasks fail with
@@ -523,9 +532,9 @@ impl Pool {
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.shared.terminate();
-            let _ = t.join();
+        if !self.stopped {
+            self.backend.terminate();
+            self.stopped = true;
         }
     }
 }
@@ -631,12 +640,12 @@ where
         }
         let job = Arc::new(Job::new(ordered, fail_fast, self.progress));
         Feeder {
-            shared: Arc::clone(&self.pool.shared),
+            backend: Arc::clone(&self.pool.backend),
             preamble: EntryId::new(self.f, worker::chunk_body::<A, R>).preamble(),
             chunker: Chunker::new(
                 self.chunksize,
                 len,
-                self.pool.workers,
+                self.pool.backend.workers(),
                 self.timeout.is_some(),
             ),
             timeout: self.timeout,
@@ -646,7 +655,7 @@ where
             item_bytes: 8,
             sink: Arc::clone(&job) as Arc<dyn Sink>,
             job,
-            workers: self.pool.workers,
+            workers: self.pool.backend.workers(),
         }
     }
 
@@ -721,14 +730,14 @@ where
 
     /// See [`Pool::submit`].
     pub fn submit(self, arg: A) -> TaskHandle<R> {
-        let shared = Arc::clone(&self.pool.shared);
+        let backend = Arc::clone(&self.pool.backend);
         let callbacks = Arc::clone(&self.pool.callbacks);
         let mut feeder = self.feeder(true, true, Some(1), std::iter::once(arg));
         // Two rounds: the second finds the end of the input and seals.
         feeder.feed(2, 2);
         TaskHandle {
             job: Arc::clone(&feeder.job),
-            shared,
+            backend,
             callbacks,
             after: None,
         }
@@ -766,7 +775,7 @@ fn finish_progress<R>(job: &Job<R>) {
 
 /// Encodes items into chunks and submits them.
 struct Feeder<R, It: Iterator> {
-    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
     preamble: [u8; PREAMBLE],
     chunker: Chunker,
     timeout: Option<Duration>,
@@ -839,7 +848,7 @@ where
         if !batch.is_empty() {
             let failed: Vec<(usize, usize)> =
                 batch.iter().map(|c| (c.first, c.ends.len())).collect();
-            if let Err(e) = self.shared.submit(batch) {
+            if let Err(e) = self.backend.submit(batch) {
                 for (first, count) in failed {
                     for i in first..first + count {
                         self.sink.fail(i, e.clone());
@@ -952,7 +961,7 @@ impl<R, It: Iterator> Drop for Imap<R, It> {
 /// ```
 pub struct TaskHandle<R> {
     job: Arc<Job<R>>,
-    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
     callbacks: Arc<Runner>,
     /// Given callbacks: the result, once they ran.
     after: Option<Arc<Slot<Result<R, TaskError>>>>,
@@ -1084,9 +1093,7 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
             return;
         }
         self.job.cancel();
-        // Queued, it fails here; running, the scheduler kills its worker.
-        self.shared.drop_cancelled();
-        self.shared.wake();
+        self.backend.cancelled();
     }
 
     /// This handle, but dropping it before the task finished cancels the

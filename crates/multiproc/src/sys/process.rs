@@ -365,3 +365,31 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
 }
+
+/// Starts `cmd` so that the kernel kills it (SIGKILL) when the calling
+/// thread ends: for helper programs (a test's `redis-server`, a local
+/// cluster agent) that must not outlive their owner even if it is
+/// SIGKILLed. Call it from a thread that lives as long as the process
+/// (`process::launcher`).
+#[cfg(feature = "cluster")]
+pub(crate) fn spawn_dying_with_caller(
+    cmd: &mut std::process::Command,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = pid();
+    // SAFETY: the closure runs in the child between fork and exec, and only
+    // makes two system calls through rustix (prctl, getppid) and builds an
+    // `io::Error` from a constant kind on failure: no allocation, no lock,
+    // nothing that is unsafe after fork in a multi-threaded parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            rp::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // The parent may have ended before the signal was armed.
+            if rp::getppid() != Pid::from_raw(parent) {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}

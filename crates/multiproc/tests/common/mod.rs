@@ -109,3 +109,22 @@ pub fn send_signal(pid: i32, signal: i32) -> bool {
     // SAFETY: kill(2) takes two integers and reads no memory of ours.
     unsafe { libc::kill(pid, signal) == 0 }
 }
+
+/// A private `redis-server` for one cluster test, or `None` (after saying
+/// so) when none is installed. With `MULTIPROC_REQUIRE_REDIS=1`, as CI
+/// sets, a missing server fails the test instead: CI never passes by
+/// skipping.
+#[cfg(feature = "cluster")]
+pub fn redis_server() -> Option<multiproc::cluster::LocalServer> {
+    match multiproc::cluster::LocalServer::start() {
+        Ok(server) => Some(server),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && std::env::var_os("MULTIPROC_REQUIRE_REDIS").is_none_or(|v| v != "1") =>
+        {
+            eprintln!("SKIPPED: redis-server is not installed ({e})");
+            None
+        }
+        Err(e) => panic!("could not start redis-server: {e}"),
+    }
+}

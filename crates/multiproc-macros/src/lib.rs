@@ -1,0 +1,97 @@
+//! `#[multiproc::task]`: names a function so that a multiproc cluster agent
+//! on another machine can run it.
+//!
+//! Use it through `multiproc` (`#[multiproc::task]`), not from this crate.
+//! With multiproc's `cluster` feature the attribute adds an entry to a
+//! table the linker assembles (a `linkme` distributed slice): the
+//! function's stable name (its module path and name, or the `name = "…"`
+//! given) and what the agent needs to run it. Without the feature it
+//! leaves the function unchanged, so library code may annotate its tasks
+//! whatever features its users pick.
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::parse::Parser;
+use syn::{ItemFn, LitStr, parse_macro_input};
+
+/// Registers a `fn(A) -> R` under a stable name for the cluster backend.
+///
+/// `#[multiproc::task]` names it `module::path::function`;
+/// `#[multiproc::task(name = "render.tile")]` gives the name. The function
+/// must take exactly one argument and have no generic parameters.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut name: Option<LitStr> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            name = Some(meta.value()?.parse()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown argument: #[multiproc::task] takes only `name = \"…\"`"))
+        }
+    });
+    if let Err(e) = parser.parse(attr) {
+        return e.to_compile_error().into();
+    }
+    let func = parse_macro_input!(item as ItemFn);
+    if let Err(e) = check(&func) {
+        return e.to_compile_error().into();
+    }
+    if !cfg!(feature = "cluster") {
+        return quote!(#func).into();
+    }
+    let ident = &func.sig.ident;
+    let name = match name {
+        Some(lit) => quote!(#lit),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#ident)
+        )),
+    };
+    quote! {
+        #func
+        const _: () = {
+            fn __multiproc_resolve() -> ::multiproc::__private::Resolved {
+                ::multiproc::__private::Resolved::new(#ident as fn(_) -> _)
+            }
+            #[::multiproc::__private::linkme::distributed_slice(::multiproc::__private::TASKS)]
+            #[linkme(crate = ::multiproc::__private::linkme)]
+            static __MULTIPROC_TASK: ::multiproc::__private::TaskEntry =
+                ::multiproc::__private::TaskEntry::new(#name, __multiproc_resolve);
+        };
+    }
+    .into()
+}
+
+/// Refuses what a pool cannot run: a generic function (no single
+/// instantiation to register), or one that does not take one argument.
+fn check(func: &ItemFn) -> syn::Result<()> {
+    let sig = &func.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "#[multiproc::task] cannot register a generic function: write a non-generic wrapper",
+        ));
+    }
+    if sig.inputs.len() != 1 {
+        return Err(syn::Error::new_spanned(
+            &sig.inputs,
+            "#[multiproc::task] needs a function of exactly one argument, as a Pool runs \
+             (a tuple for several)",
+        ));
+    }
+    if let Some(r) = &sig.receiver() {
+        return Err(syn::Error::new_spanned(
+            r,
+            "#[multiproc::task] cannot register a method",
+        ));
+    }
+    if sig.asyncness.is_some() || sig.unsafety.is_some() {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "#[multiproc::task] registers plain (not async, not unsafe) functions",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The cluster backend: the same pool, queue and shared objects across
+//! many machines, on a Redis (or Valkey) server. Behind the cargo feature
+//! `cluster`.
+//!
+//! A [`Cluster`] is a handle on one server and one *namespace* (a prefix
+//! that keeps one application's keys apart from another's). From it come
+//! a pool whose tasks run on *agents* (copies of the user's own binary on
+//! any machine, started with `MULTIPROC_CLUSTER=<url>`), and named objects
+//! that any process attaches to by name.
+//!
+//! Everything here is a client of the server: no task, queue item or lock
+//! lives in this process, and the server's limits apply (it keeps
+//! everything in memory; without persistence, a restart loses it all).
+//! `docs/cluster.md` gives the design and every difference from the local
+//! objects.
+
+mod error;
+mod link;
+pub(crate) mod registry;
+mod server;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ClusterError;
+pub use server::LocalServer;
+
+pub(crate) use link::Link;
+
+/// The oldest server this backend works with: `XAUTOCLAIM` came in 6.2.
+const MIN_SERVER: (u32, u32) = (6, 2);
+
+/// The namespace of a [`Cluster::connect`] handle until
+/// [`Cluster::namespace`] picks another.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A handle on a cluster's server and one namespace in it. Cheap to clone;
+/// every object made from it opens its own connection.
+///
+/// ```no_run
+/// # #[cfg(feature = "cluster")] {
+/// use multiproc::cluster::Cluster;
+///
+/// let cluster = Cluster::connect("redis://10.0.0.5:6379")?.namespace("render")?;
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+    ns: Arc<str>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// The URL as given, without its password.
+    shown: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.inner.shown)
+            .field("namespace", &self.ns)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Connects to the server at `url` and checks that it answers and is
+    /// recent enough (Redis or Valkey 6.2 or later).
+    ///
+    /// The URL is one of `redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…` (TLS, with the `cluster-tls` feature) or
+    /// `redis+unix:///path/to/socket` (also `unix:///path`).
+    pub fn connect(url: &str) -> Result<Cluster, ClusterError> {
+        let shown = redact(url);
+        let bad = |message: String| ClusterError::Url {
+            url: shown.clone(),
+            message,
+        };
+        let scheme = url.split("://").next().unwrap_or("");
+        if !url.contains("://") || !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(bad(
+                "expected redis://, rediss://, redis+unix:// or unix://".into(),
+            ));
+        }
+        let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
+        let cluster = Cluster {
+            inner: Arc::new(Inner { client, shown }),
+            ns: DEFAULT_NAMESPACE.into(),
+        };
+        cluster.check_server()?;
+        Ok(cluster)
+    }
+
+    fn check_server(&self) -> Result<(), ClusterError> {
+        let mut link = self.link();
+        let info: String = link.run(redis::cmd("INFO").arg("server"))?;
+        let version = info
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("valkey_version:")
+                    .map(|v| (v, true))
+                    .or_else(|| l.strip_prefix("redis_version:").map(|v| (v, false)))
+            })
+            .ok_or_else(|| ClusterError::Server("the server does not say its version".into()))?;
+        // Valkey also reports redis_version (7.2.4, for compatibility).
+        let mut parts = version
+            .0
+            .trim()
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if v < MIN_SERVER {
+            return Err(ClusterError::Server(format!(
+                "server version {} is too old: the cluster backend needs 6.2 or later",
+                version.0.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The same server, in namespace `name`: keys under `mp:{name}:`, so
+    /// that one application's pools and objects never meet another's.
+    /// Agents serve one namespace (`MULTIPROC_CLUSTER_NS`).
+    pub fn namespace(&self, name: &str) -> Result<Cluster, ClusterError> {
+        check_name(name)?;
+        Ok(Cluster {
+            inner: Arc::clone(&self.inner),
+            ns: name.into(),
+        })
+    }
+
+    /// This handle's namespace.
+    pub fn namespace_name(&self) -> &str {
+        &self.ns
+    }
+
+    /// The server's URL, with any password replaced by `***`.
+    pub fn url(&self) -> &str {
+        &self.inner.shown
+    }
+
+    /// A new connection to the server.
+    pub(crate) fn link(&self) -> Link {
+        Link::new(self.inner.client.clone())
+    }
+
+    /// The key `mp:{ns}:<rest>`. The braces are a Redis Cluster hash tag:
+    /// one namespace's keys live on one shard, so scripts may touch
+    /// several.
+    pub(crate) fn key(&self, rest: &str) -> String {
+        format!("mp:{{{}}}:{rest}", self.ns)
+    }
+
+    /// How long an agent's task may go without a heartbeat before other
+    /// agents take it over (see [`set_min_idle`](Self::set_min_idle)).
+    pub fn min_idle(&self) -> Result<Duration, ClusterError> {
+        let mut link = self.link();
+        let ms: Option<u64> = link.run(
+            redis::cmd("HGET")
+                .arg(self.key("config"))
+                .arg("min_idle_ms"),
+        )?;
+        Ok(ms.map_or(DEFAULT_MIN_IDLE, Duration::from_millis))
+    }
+
+    /// Sets, for the whole namespace, how long a task may go without its
+    /// agent's heartbeat before other agents take it over: the bound on
+    /// how late a dead agent's work is noticed, and on how long a stalled
+    /// (not dead) agent may pause before its work runs twice. Agents read
+    /// it as they start and at every heartbeat. Default 10 s; at least
+    /// 50 ms.
+    pub fn set_min_idle(&self, min_idle: Duration) -> Result<(), ClusterError> {
+        if min_idle < Duration::from_millis(50) {
+            return Err(ClusterError::Server(
+                "min_idle must be at least 50 ms".into(),
+            ));
+        }
+        let ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut link = self.link();
+        link.run::<()>(
+            redis::cmd("HSET")
+                .arg(self.key("config"))
+                .arg("min_idle_ms")
+                .arg(ms),
+        )
+    }
+}
+
+/// Default for [`Cluster::min_idle`].
+pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(10);
+
+/// Longest name of a namespace or an object.
+const MAX_NAME: usize = 200;
+
+/// Refuses names that would not make a clean key: empty, too long, or with
+/// characters other than letters, digits and `._-:/`.
+pub(crate) fn check_name(name: &str) -> Result<(), ClusterError> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME {
+        Some("it is longer than 200 bytes")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
+    {
+        Some("only ASCII letters, digits and . _ - : / may appear in it")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ClusterError::InvalidName {
+            name: name.chars().take(MAX_NAME).collect(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `url` with the password (between `:` and `@` after the scheme) hidden.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://{auth}@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact("redis+unix:///tmp/s.sock"),
+            "redis+unix:///tmp/s.sock"
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("render.v2/jobs-1:a_b").is_ok());
+        for bad in ["", "a b", "a{b}", "é", &"x".repeat(201)] {
+            assert!(
+                matches!(check_name(bad), Err(ClusterError::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

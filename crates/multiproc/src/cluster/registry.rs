@@ -1,0 +1,268 @@
+//! Functions that agents may run, by name: a table the linker assembles
+//! from every `#[multiproc::task]` in the program.
+//!
+//! Locally, a pool names its function by offsets from an anchor function
+//! (`sys::code`), which may only cross a private channel between two
+//! processes of one executable. Across machines a task names its function
+//! by a string registered at compile time. The producer looks the function
+//! up by address (so an unregistered one fails at submit, before any
+//! traffic), the agent by name; nothing read from the network is ever
+//! turned into an address. A signature (name and type names) and a build
+//! fingerprint (the executable's GNU build id, or a SHA-256 of it) check
+//! that both sides mean the same function.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+
+use crate::pool::worker::chunk_body;
+use crate::sys::code::{EntryId, PREAMBLE};
+
+/// Every registered task of this executable.
+#[linkme::distributed_slice]
+pub static TASKS: [TaskEntry];
+
+/// One `#[multiproc::task]`: its name and how to resolve it.
+#[derive(Debug)]
+pub struct TaskEntry {
+    name: &'static str,
+    resolve: fn() -> Resolved,
+}
+
+impl TaskEntry {
+    /// An entry; made by the macro only.
+    pub const fn new(name: &'static str, resolve: fn() -> Resolved) -> TaskEntry {
+        TaskEntry { name, resolve }
+    }
+}
+
+/// What a registered function is, at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    entry: EntryId,
+    arg: &'static str,
+    ret: &'static str,
+}
+
+impl Resolved {
+    /// Resolves `f`; called by the macro's code only.
+    pub fn new<A, R>(f: fn(A) -> R) -> Resolved
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        Resolved {
+            entry: EntryId::new(f, chunk_body::<A, R>),
+            arg: std::any::type_name::<A>(),
+            ret: std::any::type_name::<R>(),
+        }
+    }
+}
+
+/// A registered task as the pool and the agent use it.
+#[derive(Debug, Clone)]
+pub(crate) struct Task {
+    pub name: &'static str,
+    pub entry: EntryId,
+    /// Hash of the name and the argument and result type names.
+    pub signature: String,
+}
+
+pub(crate) struct Registry {
+    /// By the local entry id's bytes: what a pool's chunks carry.
+    by_entry: HashMap<[u8; PREAMBLE], usize>,
+    by_name: HashMap<&'static str, usize>,
+    tasks: Vec<Task>,
+    /// Names registered twice: refused on both sides.
+    duplicates: Vec<&'static str>,
+}
+
+/// The table, built once.
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut reg = Registry {
+            by_entry: HashMap::new(),
+            by_name: HashMap::new(),
+            tasks: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        for e in TASKS.iter() {
+            let r = (e.resolve)();
+            let index = reg.tasks.len();
+            reg.tasks.push(Task {
+                name: e.name,
+                entry: r.entry,
+                signature: signature(e.name, r.arg, r.ret),
+            });
+            if reg.by_name.insert(e.name, index).is_some() {
+                reg.duplicates.push(e.name);
+            }
+            // Identical-code folding may give two functions one address:
+            // their code is then the same, so either name runs it.
+            reg.by_entry.entry(r.entry.preamble()).or_insert(index);
+        }
+        reg
+    })
+}
+
+/// Why a function cannot run on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// No `#[multiproc::task]` on it (`type_name` of the function type).
+    NotRegistered,
+    /// Two functions were registered under this name.
+    Duplicate(&'static str),
+}
+
+impl Registry {
+    /// The task registered for the function a pool chunk names by its
+    /// local entry preamble (function, body and shim: the types too).
+    pub(crate) fn by_entry(&self, preamble: &[u8; PREAMBLE]) -> Result<&Task, Lookup> {
+        let task = self
+            .by_entry
+            .get(preamble)
+            .map(|&i| &self.tasks[i])
+            .ok_or(Lookup::NotRegistered)?;
+        self.unique(task)
+    }
+
+    /// The task registered under `name`.
+    pub(crate) fn by_name(&self, name: &str) -> Result<&Task, Lookup> {
+        let task = self
+            .by_name
+            .get(name)
+            .map(|&i| &self.tasks[i])
+            .ok_or(Lookup::NotRegistered)?;
+        self.unique(task)
+    }
+
+    fn unique<'a>(&self, task: &'a Task) -> Result<&'a Task, Lookup> {
+        match self.duplicates.iter().find(|d| **d == task.name) {
+            Some(d) => Err(Lookup::Duplicate(d)),
+            None => Ok(task),
+        }
+    }
+
+    /// Every registered name.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.tasks.iter().map(|t| t.name)
+    }
+}
+
+fn signature(name: &str, arg: &str, ret: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [name, arg, ret] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex(&h.finalize()[..8])
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This executable's build fingerprint: `gnu:<build id>` from its ELF
+/// notes, else `sha256:<first 16 bytes of the file's hash>`; computed once.
+pub(crate) fn build_fingerprint() -> &'static str {
+    static BUILD: OnceLock<String> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        let Ok(image) = std::fs::read("/proc/self/exe") else {
+            return "unknown".to_owned();
+        };
+        match gnu_build_id(&image) {
+            Some(id) => format!("gnu:{}", hex(id)),
+            None => format!("sha256:{}", hex(&Sha256::digest(&image)[..16])),
+        }
+    })
+}
+
+/// The `NT_GNU_BUILD_ID` note of a 64-bit little-endian ELF image, found
+/// through its program headers (`PT_NOTE`).
+fn gnu_build_id(elf: &[u8]) -> Option<&[u8]> {
+    const PT_NOTE: u32 = 4;
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let u16_at = |o: usize| {
+        Some(u16::from_le_bytes(
+            elf.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |o: usize| {
+        Some(u32::from_le_bytes(
+            elf.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let u64_at = |o: usize| {
+        Some(u64::from_le_bytes(
+            elf.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    // "\x7fELF", class 2 (64-bit), data 1 (little endian).
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(ph)? != PT_NOTE {
+            continue;
+        }
+        let off = usize::try_from(u64_at(ph.checked_add(8)?)?).ok()?;
+        let size = usize::try_from(u64_at(ph.checked_add(32)?)?).ok()?;
+        let notes = elf.get(off..off.checked_add(size)?)?;
+        let mut at = 0usize;
+        while at.checked_add(12)? <= notes.len() {
+            let word = |o: usize| -> Option<usize> {
+                Some(u32::from_le_bytes(notes.get(o..o + 4)?.try_into().ok()?) as usize)
+            };
+            let (namesz, descsz, kind) = (word(at)?, word(at + 4)?, word(at + 8)? as u32);
+            let name_at = at + 12;
+            let desc_at = name_at.checked_add(namesz.checked_add(3)? & !3)?;
+            let next = desc_at.checked_add(descsz.checked_add(3)? & !3)?;
+            if kind == NT_GNU_BUILD_ID
+                && notes.get(name_at..name_at.checked_add(namesz)?)? == b"GNU\0"
+            {
+                return notes.get(desc_at..desc_at.checked_add(descsz)?);
+            }
+            at = next;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_is_stable_and_named() {
+        let a = build_fingerprint();
+        assert!(a.starts_with("gnu:") || a.starts_with("sha256:"), "{a}");
+        assert_eq!(a, build_fingerprint());
+    }
+
+    #[test]
+    fn garbage_elf_has_no_build_id() {
+        assert_eq!(gnu_build_id(b""), None);
+        assert_eq!(gnu_build_id(b"\x7fELF\x02\x01"), None);
+        let mut fake = vec![0u8; 128];
+        fake[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        fake[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        fake[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
+        assert_eq!(gnu_build_id(&fake), None);
+    }
+
+    #[test]
+    fn signatures_differ_by_any_part() {
+        let s = signature("a", "u64", "u64");
+        assert_ne!(s, signature("a", "u32", "u64"));
+        assert_ne!(s, signature("a", "u64", "u32"));
+        assert_ne!(s, signature("b", "u64", "u64"));
+        assert_eq!(s.len(), 16);
+    }
+}
