@@ -16,15 +16,22 @@
 
 mod error;
 mod link;
+mod pool;
 pub(crate) mod registry;
 mod server;
 mod wire;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ClusterError;
+pub use pool::{
+    BuildCheck, DEFAULT_INLINE_LIMIT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_MESSAGE,
+    DEFAULT_PRODUCER_TTL, DEFAULT_SERVER_TIMEOUT, PoolBuilder,
+};
 pub use server::LocalServer;
+pub use worker::{Agent, AgentInfo, LocalAgent, WorkerOptions};
 
 pub(crate) use link::Link;
 
@@ -54,6 +61,8 @@ pub struct Cluster {
 
 struct Inner {
     client: redis::Client,
+    /// The URL as given (agents started from here get it).
+    full: String,
     /// The URL as given, without its password.
     shown: String,
 }
@@ -88,7 +97,11 @@ impl Cluster {
         }
         let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
         let cluster = Cluster {
-            inner: Arc::new(Inner { client, shown }),
+            inner: Arc::new(Inner {
+                client,
+                full: url.to_owned(),
+                shown,
+            }),
             ns: DEFAULT_NAMESPACE.into(),
         };
         cluster.check_server()?;
@@ -141,6 +154,11 @@ impl Cluster {
     /// The server's URL, with any password replaced by `***`.
     pub fn url(&self) -> &str {
         &self.inner.shown
+    }
+
+    /// The URL with its password, for agents started from here.
+    pub(crate) fn full_url(&self) -> &str {
+        &self.inner.full
     }
 
     /// A new connection to the server.

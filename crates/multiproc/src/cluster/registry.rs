@@ -145,11 +145,6 @@ impl Registry {
             None => Ok(task),
         }
     }
-
-    /// Every registered name.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.tasks.iter().map(|t| t.name)
-    }
 }
 
 fn signature(name: &str, arg: &str, ret: &str) -> String {

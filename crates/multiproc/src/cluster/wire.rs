@@ -20,6 +20,8 @@ pub(crate) const MAX_ITEMS: usize = 1 << 20;
 pub(crate) struct TaskEntry {
     /// The pool's id.
     pub pool: String,
+    /// The chunk's number in its pool.
+    pub chunk: u64,
     /// The registered task name.
     pub name: String,
     /// Its signature hash.
@@ -47,6 +49,7 @@ impl TaskEntry {
         let mut f = vec![
             ("v", VERSION.as_bytes().to_vec()),
             ("pool", self.pool.as_bytes().to_vec()),
+            ("c", self.chunk.to_string().into_bytes()),
             ("f", self.name.as_bytes().to_vec()),
             ("sig", self.signature.as_bytes().to_vec()),
             ("b", self.build.as_bytes().to_vec()),
@@ -119,6 +122,7 @@ impl TaskEntry {
             .ok_or("item indices overflow")?;
         Ok(TaskEntry {
             pool: text("pool")?,
+            chunk: number("c")?,
             name: text("f")?,
             signature: text("sig")?,
             build: text("b")?,
@@ -148,6 +152,8 @@ pub(crate) fn check_ends(ends: &[u64], len: usize) -> Result<(), String> {
 pub(crate) struct Reply {
     /// The stream entry id.
     pub entry: String,
+    /// The chunk's number in its pool.
+    pub chunk: u64,
     /// The agent that ran it.
     pub agent: String,
     /// Where the results are: inline parts, or a blob of them.
@@ -324,6 +330,7 @@ mod tests {
     fn entry() -> TaskEntry {
         TaskEntry {
             pool: "p1".into(),
+            chunk: 9,
             name: "m::f".into(),
             signature: "0011".into(),
             build: "gnu:ab".into(),

@@ -43,6 +43,11 @@ pub enum PoolError {
     /// The builder was given an impossible setting.
     #[error("invalid pool setting: {0}")]
     Invalid(&'static str),
+    /// The cluster's server could not be reached or refused to set the
+    /// pool up.
+    #[cfg(feature = "cluster")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// One task (one item of a map) did not produce a result.

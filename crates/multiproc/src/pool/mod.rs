@@ -305,6 +305,12 @@ impl Pool {
         }
     }
 
+    /// Where its chunks run.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     /// A pool of `workers` processes with the default settings.
     pub fn new(workers: usize) -> Result<Pool, PoolError> {
         Pool::builder().workers(workers).build()

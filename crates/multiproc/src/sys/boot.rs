@@ -128,6 +128,8 @@ pub(crate) fn boot() {
         return;
     }
     let Some(role) = std::env::var_os(BOOT_ENV) else {
+        #[cfg(feature = "cluster")]
+        cluster_agent();
         return;
     };
     forget_role();
@@ -138,6 +140,31 @@ pub(crate) fn boot() {
         Ok((role, channel)) => crate::process::boot::run(role, channel),
         Err(why) => refuse(&why),
     }
+}
+
+/// Becomes a cluster agent if `MULTIPROC_CLUSTER` names a server: the
+/// user's `main` never runs. The variable names a server to take tasks
+/// from, not code to run: tasks run only through the table of registered
+/// functions (`cluster::registry`), so the channel need not be
+/// authenticated the way a child's is; still, a privileged binary
+/// (secure-execution mode) refuses, as for `MULTIPROC_BOOT`.
+#[cfg(feature = "cluster")]
+fn cluster_agent() {
+    use crate::cluster::worker::CLUSTER_ENV;
+    let Some(url) = std::env::var_os(CLUSTER_ENV) else {
+        return;
+    };
+    if secure_execution() {
+        refuse("MULTIPROC_CLUSTER is set in a privileged (secure-execution) process");
+    }
+    if single_threaded() {
+        // SAFETY: as in `forget_role`: this is the process's only thread.
+        unsafe { std::env::remove_var(CLUSTER_ENV) };
+    }
+    let Some(url) = url.to_str() else {
+        refuse("MULTIPROC_CLUSTER is not UTF-8")
+    };
+    crate::cluster::worker::serve_from_env(url.to_owned())
 }
 
 /// Removes `MULTIPROC_BOOT` from the environment if this process has one
