@@ -41,6 +41,11 @@ fn add((a, b): (u64, u64)) -> u64 {
     a + b
 }
 
+#[multiproc::task]
+fn whoami(_: u64) -> Option<(String, u64, u64)> {
+    multiproc::cluster::current_task().map(|t| (t.id(), t.index, t.deliveries))
+}
+
 fn unregistered(x: u64) -> u64 {
     x
 }
@@ -177,5 +182,24 @@ fn a_killed_agents_chunks_are_taken_over_and_nothing_is_lost() {
         assert!(common::wait_gone(victim as i32, Duration::from_secs(5)));
         let out = handle.get().unwrap();
         assert_eq!(out, items);
+    });
+}
+
+#[test]
+fn a_task_knows_its_id_and_delivery_count() {
+    deadline(LIMIT, || {
+        let Some(s) = setup(1, 2) else { return };
+        let pool = s.cluster.pool().build().unwrap();
+        let out = pool.task(whoami).chunksize(3).map(0..10u64).unwrap();
+        for (i, info) in out.into_iter().enumerate() {
+            let (id, index, deliveries) = info.expect("a cluster task has an id");
+            assert_eq!(index, i as u64);
+            assert!(id.ends_with(&format!(":{i}")), "{id}");
+            assert_eq!(deliveries, 1);
+        }
+        assert!(multiproc::cluster::current_task().is_none());
+        // A local pool's task has none.
+        let local = multiproc::Pool::new(1).unwrap();
+        assert_eq!(local.map(whoami, [0u64]).unwrap(), [None]);
     });
 }

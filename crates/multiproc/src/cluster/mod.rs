@@ -31,7 +31,7 @@ pub use pool::{
     DEFAULT_PRODUCER_TTL, DEFAULT_SERVER_TIMEOUT, PoolBuilder,
 };
 pub use server::LocalServer;
-pub use worker::{Agent, AgentInfo, LocalAgent, WorkerOptions};
+pub use worker::{Agent, AgentInfo, LocalAgent, TaskInfo, WorkerOptions, current_task};
 
 pub(crate) use link::Link;
 

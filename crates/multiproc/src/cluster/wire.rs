@@ -147,6 +147,15 @@ pub(crate) fn check_ends(ends: &[u64], len: usize) -> Result<(), String> {
     }
 }
 
+/// What an agent tells the task it runs (the local chunk's context).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Context {
+    pub pool: String,
+    pub entry: String,
+    pub deliveries: u64,
+    pub agent: String,
+}
+
 /// What an agent sends back for one entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Reply {

@@ -91,6 +91,58 @@ impl WorkerOptions {
     }
 }
 
+/// What a task running on a cluster agent knows of itself: for making
+/// side effects idempotent. A task runs more than once only when its agent
+/// died or stalled past [`Cluster::min_idle`] while running it; then
+/// `deliveries` is above 1, and [`id`](Self::id) is the same each time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// The pool's id (random, one per pool built).
+    pub pool: String,
+    /// The item's index in its job.
+    pub index: u64,
+    /// The stream entry that carries it.
+    pub entry: String,
+    /// How many times the entry was handed to an agent, this one included.
+    pub deliveries: u64,
+    /// The agent running it.
+    pub agent: String,
+}
+
+impl TaskInfo {
+    /// `pool:index`: the same for every run of one item of one job.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.pool, self.index)
+    }
+}
+
+/// The running task's [`TaskInfo`], inside a function that a cluster agent
+/// runs; `None` anywhere else (a local pool, the caller).
+///
+/// ```
+/// #[multiproc::task]
+/// fn charge(order: u64) -> bool {
+///     if let Some(task) = multiproc::cluster::current_task() {
+///         // Record `task.id()` with the charge: a second run finds it.
+///         let _ = (task.id(), task.deliveries);
+///     }
+///     order > 0
+/// }
+/// # assert!(multiproc::cluster::current_task().is_none());
+/// ```
+pub fn current_task() -> Option<TaskInfo> {
+    let (index, bytes) = crate::pool::worker::task_context()?;
+    let c: wire::Context = postcard::from_bytes(&bytes).ok()?;
+    Some(TaskInfo {
+        pool: c.pool,
+        index,
+        entry: c.entry,
+        deliveries: c.deliveries,
+        agent: c.agent,
+    })
+}
+
 /// A live agent as its record on the server describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -712,7 +764,14 @@ impl Core {
             cancelled: AtomicBool::new(false),
             done: tx,
         });
+        let context = wire::Context {
+            pool: entry.pool.clone(),
+            entry: id.clone(),
+            deliveries,
+            agent: self.id.clone(),
+        };
         let chunk = Chunk {
+            context: postcard::to_stdvec(&context).ok().map(Into::into),
             id: scheduler::next_id(),
             sink: Arc::clone(&sink) as Arc<dyn Sink>,
             preamble: task.entry.preamble(),

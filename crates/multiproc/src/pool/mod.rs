@@ -840,6 +840,7 @@ where
                     items: bytes,
                     ends,
                     timeout: self.timeout,
+                    context: None,
                 });
                 self.next += count;
             }

@@ -16,8 +16,8 @@ use super::error::{PoolError, TaskError};
 use super::job::Sink;
 use super::link::{self, LinkReader};
 use super::worker::{
-    FLAG_QUICK, FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START, SLOT_TASK,
-    SLOT_WORDS, TASK_HEADER,
+    FLAG_CONTEXT, FLAG_QUICK, FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START,
+    SLOT_TASK, SLOT_WORDS, TASK_HEADER,
 };
 use crate::connection::Waitable;
 use crate::process::{ExitStatus, Process, StartMethod};
@@ -52,6 +52,8 @@ pub(crate) struct Chunk {
     /// Where each item's encoding ends in `items`.
     pub ends: Vec<usize>,
     pub timeout: Option<Duration>,
+    /// Bytes the task can read while it runs (see `FLAG_CONTEXT`).
+    pub context: Option<Arc<[u8]>>,
 }
 
 impl Chunk {
@@ -70,12 +72,29 @@ impl Chunk {
             items: self.items[start..].to_vec(),
             ends: self.ends[k..].iter().map(|e| e - start).collect(),
             timeout: self.timeout,
+            context: self.context.clone(),
         }
     }
 
     /// Bytes of its task frame.
     fn wire_len(&self) -> usize {
-        frame::HEADER + sys::code::PREAMBLE + TASK_HEADER + self.items.len()
+        frame::HEADER + sys::code::PREAMBLE + TASK_HEADER + self.context_len() + self.items.len()
+    }
+
+    fn context_len(&self) -> usize {
+        self.context.as_ref().map_or(0, |c| 12 + c.len())
+    }
+
+    /// The context's frame (see `FLAG_CONTEXT`): empty without one.
+    fn context_frame(&self) -> Vec<u8> {
+        let Some(c) = &self.context else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(12 + c.len());
+        out.extend_from_slice(&(self.first as u64).to_le_bytes());
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(c);
+        out
     }
 
     /// Everything of its task frame but the items.
@@ -92,6 +111,9 @@ impl Chunk {
         }
         if quick {
             task[12] |= FLAG_QUICK;
+        }
+        if self.context.is_some() {
+            task[12] |= FLAG_CONTEXT;
         }
         head
     }
@@ -493,11 +515,16 @@ fn dispatch(st: &mut State) {
             return;
         }
         // The items go straight from each chunk to the socket, uncopied.
-        let heads: Vec<[u8; HEAD]> = w.inflight.range(before..).map(|c| c.head(quick)).collect();
+        let heads: Vec<([u8; HEAD], Vec<u8>)> = w
+            .inflight
+            .range(before..)
+            .map(|c| (c.head(quick), c.context_frame()))
+            .collect();
         let slices: Vec<&[u8]> = heads
             .iter()
             .zip(w.inflight.range(before..))
-            .flat_map(|(h, c)| [&h[..], &c.items[..]])
+            .flat_map(|((h, ctx), c)| [&h[..], &ctx[..], &c.items[..]])
+            .filter(|s| !s.is_empty())
             .collect();
         let link = w.link.as_ref().expect("eligible");
         if sys::socket::send_all(link.as_fd(), &slices, &[]).is_err() {

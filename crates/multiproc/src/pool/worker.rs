@@ -41,6 +41,11 @@ pub(crate) const FLAG_TIMED: u8 = 1;
 /// the answers before it may wait to share a write with its own.
 pub(crate) const FLAG_QUICK: u8 = 2;
 
+/// Task header flag: the items are preceded by a context: the job index
+/// of the first item (u64), a length (u32) and that many bytes, which the
+/// task can read while it runs (a cluster task's id and delivery count).
+pub(crate) const FLAG_CONTEXT: u8 = 4;
+
 /// Length of the task header that follows the entry preamble:
 /// id (u64), item count (u32), flags (u8).
 pub(crate) const TASK_HEADER: usize = 13;
@@ -100,6 +105,36 @@ struct Context {
 
 thread_local! {
     static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+    /// The running chunk's context bytes and its first item's job index.
+    static TASK_CONTEXT: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
+    /// Items of the running chunk done so far.
+    static TASK_DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The running item's job index and its chunk's context bytes, inside a
+/// task that was sent with a context.
+#[cfg(feature = "cluster")]
+pub(crate) fn task_context() -> Option<(u64, Vec<u8>)> {
+    TASK_CONTEXT.with(|c| {
+        let c = c.borrow();
+        let (first, bytes) = c.as_ref()?;
+        Some((
+            first.saturating_add(TASK_DONE.with(std::cell::Cell::get)),
+            bytes.clone(),
+        ))
+    })
+}
+
+/// Splits a context (see [`FLAG_CONTEXT`]) off the items.
+fn split_context(items: &[u8]) -> Option<((u64, Vec<u8>), &[u8])> {
+    let (first, rest) = items.split_first_chunk::<8>()?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (ctx, items) = rest.split_at(len);
+    Some(((u64::from_le_bytes(*first), ctx.to_vec()), items))
 }
 
 /// Calls `f` with the state the pool's initializer built in this worker,
@@ -338,6 +373,17 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let id = u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
     let count = u32::from_le_bytes([c0, c1, c2, c3]);
     let timed = flags & FLAG_TIMED != 0;
+    let items = if flags & FLAG_CONTEXT != 0 {
+        let Some((ctx, items)) = split_context(items) else {
+            return (link::RESULT, Vec::new(), Vec::new());
+        };
+        TASK_CONTEXT.with(|c| *c.borrow_mut() = Some(ctx));
+        items
+    } else {
+        TASK_CONTEXT.with(|c| *c.borrow_mut() = None);
+        items
+    };
+    TASK_DONE.with(|d| d.set(0));
     // The count is the parent's word, but a capacity need not trust it:
     // items of zero bytes (`()`) are possible, so it is capped, not checked.
     let expected = (count as usize).min(items.len().max(1 << 16));
@@ -417,6 +463,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
                 }
             }
             done += 1;
+            TASK_DONE.with(|d| d.set(u64::from(done)));
             // Retirement: after this item, hand the rest of the chunk back.
             if let Some(left) = &mut tasks_left {
                 *left = left.saturating_sub(1);
@@ -441,6 +488,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
         }
     });
     slot[SLOT_TASK].store(0, Ordering::Release);
+    TASK_CONTEXT.with(|c| *c.borrow_mut() = None);
     CONTEXT.with(|c| {
         if let Some(ctx) = c.borrow_mut().as_mut() {
             ctx.tasks_left = tasks_left;
