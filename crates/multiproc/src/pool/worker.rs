@@ -106,7 +106,7 @@ struct Context {
 thread_local! {
     static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
     /// The running chunk's context bytes and its first item's job index.
-    static TASK_CONTEXT: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
+    static TASK_CONTEXT: RefCell<Option<TaskContext>> = const { RefCell::new(None) };
     /// Items of the running chunk done so far.
     static TASK_DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
@@ -114,7 +114,7 @@ thread_local! {
 /// The running item's job index and its chunk's context bytes, inside a
 /// task that was sent with a context.
 #[cfg(feature = "cluster")]
-pub(crate) fn task_context() -> Option<(u64, Vec<u8>)> {
+pub(crate) fn task_context() -> Option<TaskContext> {
     TASK_CONTEXT.with(|c| {
         let c = c.borrow();
         let (first, bytes) = c.as_ref()?;
@@ -125,8 +125,11 @@ pub(crate) fn task_context() -> Option<(u64, Vec<u8>)> {
     })
 }
 
+/// A chunk's context: its first item's job index and the bytes.
+type TaskContext = (u64, Vec<u8>);
+
 /// Splits a context (see [`FLAG_CONTEXT`]) off the items.
-fn split_context(items: &[u8]) -> Option<((u64, Vec<u8>), &[u8])> {
+fn split_context(items: &[u8]) -> Option<(TaskContext, &[u8])> {
     let (first, rest) = items.split_first_chunk::<8>()?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
