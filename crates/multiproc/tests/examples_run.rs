@@ -303,3 +303,16 @@ fn the_pool_example_runs() {
     assert!(out.contains("-> 111 steps"), "{out}");
     assert!(out.contains("pool joined"), "{out}");
 }
+
+#[cfg(feature = "cluster")]
+#[test]
+fn the_cluster_example_runs() {
+    // It starts its own redis-server: skipped (or failed, in CI) without one.
+    let Some(server) = common::redis_server() else {
+        return;
+    };
+    drop(server);
+    let out = run("cluster", &[], Duration::from_secs(120));
+    assert!(out.contains("3 agents serve namespace demo"), "{out}");
+    assert!(out.contains("all 600 items came back"), "{out}");
+}
