@@ -110,18 +110,12 @@ impl Cluster {
 
     fn check_server(&self) -> Result<(), ClusterError> {
         let mut link = self.link();
-        let info: String = link.run(redis::cmd("INFO").arg("server"))?;
-        let version = info
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("valkey_version:")
-                    .map(|v| (v, true))
-                    .or_else(|| l.strip_prefix("redis_version:").map(|v| (v, false)))
-            })
+        // HELLO, not INFO: an ACL user limited to what the backend uses
+        // may run it (`+@connection`).
+        let hello: redis::Value = link.run(&redis::cmd("HELLO"))?;
+        let version = hello_field(&hello, "version")
             .ok_or_else(|| ClusterError::Server("the server does not say its version".into()))?;
-        // Valkey also reports redis_version (7.2.4, for compatibility).
         let mut parts = version
-            .0
             .trim()
             .split('.')
             .map(|p| p.parse::<u32>().unwrap_or(0));
@@ -129,7 +123,7 @@ impl Cluster {
         if v < MIN_SERVER {
             return Err(ClusterError::Server(format!(
                 "server version {} is too old: the cluster backend needs 6.2 or later",
-                version.0.trim()
+                version.trim()
             )));
         }
         Ok(())
@@ -238,8 +232,45 @@ pub(crate) fn check_name(name: &str) -> Result<(), ClusterError> {
     }
 }
 
-/// `url` with the password (between `:` and `@` after the scheme) hidden.
+/// A text field of a `HELLO` answer (a map, or an array of alternating
+/// names and values).
+fn hello_field(v: &redis::Value, name: &str) -> Option<String> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .and_then(|(_, v)| text(v)),
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| kv.first().and_then(text).as_deref() == Some(name))
+            .and_then(|kv| kv.get(1).and_then(text)),
+        _ => None,
+    }
+}
+
+/// `url` with the password (between `:` and `@` after the scheme, or a
+/// `pass=` query parameter) hidden.
 fn redact(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("pass" | "password", _)) => {
+                        format!("{}=***", kv.split('=').next().unwrap_or(""))
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            return format!("{}?{}", redact(base), query.join("&"));
+        }
+        None => url,
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
