@@ -61,6 +61,9 @@ pub struct Cluster {
 
 struct Inner {
     client: redis::Client,
+    /// The TLS files, for agents started from here.
+    #[cfg(feature = "cluster-tls")]
+    tls: Option<Tls>,
     /// The URL as given (agents started from here get it).
     full: String,
     /// The URL as given, without its password.
@@ -84,6 +87,25 @@ impl Cluster {
     /// `rediss://…` (TLS, with the `cluster-tls` feature) or
     /// `redis+unix:///path/to/socket` (also `unix:///path`).
     pub fn connect(url: &str) -> Result<Cluster, ClusterError> {
+        #[cfg(feature = "cluster-tls")]
+        if url.starts_with("rediss://") {
+            return Cluster::connect_tls(url, Tls::from_env());
+        }
+        Cluster::open(url, None)
+    }
+
+    /// Connects over TLS (`rediss://…`) trusting the given certificate
+    /// authority, and presenting a client certificate if given (feature
+    /// `cluster-tls`). [`connect`](Self::connect) on a `rediss://` URL
+    /// takes the files from `MULTIPROC_CLUSTER_CA`, `MULTIPROC_CLUSTER_CERT`
+    /// and `MULTIPROC_CLUSTER_KEY`, or trusts the system's authorities.
+    #[cfg(feature = "cluster-tls")]
+    pub fn connect_tls(url: &str, tls: Tls) -> Result<Cluster, ClusterError> {
+        Cluster::open(url, Some(tls))
+    }
+
+    #[cfg_attr(not(feature = "cluster-tls"), allow(unused_variables))]
+    fn open(url: &str, tls: Option<TlsArg>) -> Result<Cluster, ClusterError> {
         let shown = redact(url);
         let bad = |message: String| ClusterError::Url {
             url: shown.clone(),
@@ -95,10 +117,25 @@ impl Cluster {
                 "expected redis://, rediss://, redis+unix:// or unix://".into(),
             ));
         }
+        #[cfg(not(feature = "cluster-tls"))]
+        if scheme == "rediss" {
+            return Err(bad(
+                "rediss:// (TLS) needs multiproc's cargo feature cluster-tls".into(),
+            ));
+        }
+        #[cfg(feature = "cluster-tls")]
+        let client = match (&tls, scheme) {
+            (Some(tls), "rediss") => tls.client(url).map_err(bad)?,
+            (Some(_), _) => return Err(bad("TLS settings need a rediss:// URL".into())),
+            _ => redis::Client::open(url).map_err(|e| bad(e.to_string()))?,
+        };
+        #[cfg(not(feature = "cluster-tls"))]
         let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 client,
+                #[cfg(feature = "cluster-tls")]
+                tls,
                 full: url.to_owned(),
                 shown,
             }),
@@ -106,6 +143,15 @@ impl Cluster {
         };
         cluster.check_server()?;
         Ok(cluster)
+    }
+
+    /// What an agent started from here must be told besides the URL.
+    pub(crate) fn agent_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        #[cfg(feature = "cluster-tls")]
+        if let Some(tls) = &self.inner.tls {
+            return tls.env();
+        }
+        Vec::new()
     }
 
     fn check_server(&self) -> Result<(), ClusterError> {
@@ -201,6 +247,102 @@ impl Cluster {
         )
     }
 }
+
+#[cfg(feature = "cluster-tls")]
+type TlsArg = Tls;
+/// Without TLS support there are no TLS settings.
+#[cfg(not(feature = "cluster-tls"))]
+type TlsArg = std::convert::Infallible;
+
+/// TLS files for [`Cluster::connect_tls`], in PEM (feature
+/// `cluster-tls`).
+#[cfg(feature = "cluster-tls")]
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    ca: Option<std::path::PathBuf>,
+    client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+#[cfg(feature = "cluster-tls")]
+impl Tls {
+    /// The system's authorities, no client certificate.
+    pub fn new() -> Tls {
+        Tls::default()
+    }
+
+    /// Trust this certificate authority (a PEM file) instead of the
+    /// system's.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Tls {
+        self.ca = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM files): mutual TLS.
+    pub fn client_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Tls {
+        self.client = Some((cert.into(), key.into()));
+        self
+    }
+
+    fn from_env() -> Tls {
+        let var = |k: &str| std::env::var_os(k).map(std::path::PathBuf::from);
+        Tls {
+            ca: var(CA_ENV),
+            client: var(CERT_ENV).zip(var(KEY_ENV)),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let mut out = Vec::new();
+        if let Some(ca) = &self.ca {
+            out.push((CA_ENV, ca.clone().into_os_string()));
+        }
+        if let Some((cert, key)) = &self.client {
+            out.push((CERT_ENV, cert.clone().into_os_string()));
+            out.push((KEY_ENV, key.clone().into_os_string()));
+        }
+        out
+    }
+
+    fn client(&self, url: &str) -> Result<redis::Client, String> {
+        // rustls needs a process-wide crypto provider: ring (aws-lc would
+        // need cmake and a C build), installed once; a provider the
+        // program installed first is kept. (Deprecated only for lacking
+        // post-quantum key exchange.)
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let root_cert = self.ca.as_deref().map(read).transpose()?;
+        let client_tls = match &self.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The certificate authority an agent trusts for `rediss://` (a PEM
+/// file).
+pub const CA_ENV: &str = "MULTIPROC_CLUSTER_CA";
+/// The client certificate an agent presents (with [`KEY_ENV`]).
+pub const CERT_ENV: &str = "MULTIPROC_CLUSTER_CERT";
+/// The client certificate's key.
+pub const KEY_ENV: &str = "MULTIPROC_CLUSTER_KEY";
 
 /// Default for [`Cluster::min_idle`].
 pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(10);

@@ -1093,6 +1093,7 @@ impl LocalAgent {
         cmd.env(CLUSTER_ENV, cluster.full_url())
             .env(NAMESPACE_ENV, cluster.namespace_name())
             .env(SLOTS_ENV, slots.to_string())
+            .envs(cluster.agent_env())
             .stdin(std::process::Stdio::null());
         let child = crate::process::launcher::run(move || {
             crate::sys::process::spawn_dying_with_caller(&mut cmd)
