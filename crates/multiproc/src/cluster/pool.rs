@@ -238,10 +238,11 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The blob key for `bytes`: content addressed, so the same big argument
-/// sent in many chunks is stored once.
-pub(crate) fn blob_key(cluster: &Cluster, hash: &str) -> String {
-    cluster.key(&format!("blob:{hash}"))
+/// The key of a pool's blob: content addressed within the pool, so the
+/// same big argument sent in many of its chunks is stored once, and the
+/// pool alone decides when it goes.
+pub(crate) fn blob_key(cluster: &Cluster, pool: &str, hash: &str) -> String {
+    cluster.key(&format!("blob:{pool}:{hash}"))
 }
 
 pub(crate) fn blob_hash(bytes: &[u8]) -> String {
@@ -260,6 +261,29 @@ struct Pending {
     sink: Arc<dyn Sink>,
     first: usize,
     count: usize,
+    /// The hash of the blob holding its items, if they are in one.
+    blob: Option<String>,
+}
+
+impl State {
+    /// Removes chunk `seq` from the pending set, letting go of its blob.
+    fn finish(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.remove(&seq)?;
+        self.release(&p);
+        Some(p)
+    }
+
+    fn release(&mut self, p: &Pending) {
+        if let Some(hash) = &p.blob
+            && let Some(n) = self.blobs.get_mut(hash)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.blobs.remove(hash);
+                self.to_delete.push(hash.clone());
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -267,6 +291,10 @@ struct State {
     pending: HashMap<u64, Pending>,
     /// Chunks of cancelled or abandoned jobs, to be marked on the server.
     to_cancel: Vec<u64>,
+    /// Argument blobs: how many pending chunks use each.
+    blobs: HashMap<String, usize>,
+    /// Blobs no chunk uses any more, to be deleted.
+    to_delete: Vec<String>,
     closed: bool,
     terminating: bool,
     /// Replies for chunks no longer pending (late, or duplicated).
@@ -350,7 +378,7 @@ impl Dispatch {
     /// Sends `chunks` in one pipeline.
     fn send(&self, chunks: Vec<Chunk>) -> Result<(), TaskError> {
         let mut pipe = redis::pipe();
-        let mut sent = Vec::new();
+        let mut sent: Vec<u64> = Vec::new();
         for chunk in chunks {
             let seq = self.next_chunk.fetch_add(1, Ordering::Relaxed);
             let count = chunk.ends.len();
@@ -361,49 +389,47 @@ impl Dispatch {
                     continue;
                 }
             };
-            if chunk.items.len() > self.inline_limit {
+            // Pending before sent: a reply may come back before `pipe`
+            // returns.
+            let mut st = self.lock();
+            let blob = if chunk.items.len() > self.inline_limit {
                 let hash = blob_hash(&chunk.items);
-                pipe.cmd("SET")
-                    .arg(blob_key(&self.cluster, &hash))
-                    .arg(&chunk.items)
-                    .arg("PX")
-                    .arg(millis(self.producer_ttl * 4))
-                    .ignore();
-                entry.blob = Some(hash);
+                let users = st.blobs.entry(hash.clone()).or_insert(0);
+                if *users == 0 {
+                    pipe.cmd("SET")
+                        .arg(blob_key(&self.cluster, &self.id, &hash))
+                        .arg(&chunk.items)
+                        .arg("PX")
+                        .arg(millis(self.producer_ttl * 4))
+                        .ignore();
+                }
+                *users += 1;
+                entry.blob = Some(hash.clone());
+                Some(hash)
             } else {
                 entry.items = Some(chunk.items);
-            }
+                None
+            };
+            st.pending.insert(
+                seq,
+                Pending {
+                    sink: chunk.sink,
+                    first: chunk.first,
+                    count,
+                    blob,
+                },
+            );
+            drop(st);
             let mut xadd = redis::cmd("XADD");
             xadd.arg(&self.keys.stream).arg("*");
             for (k, v) in entry.fields() {
                 xadd.arg(k).arg(v);
             }
             pipe.add_command(xadd).ignore();
-            sent.push((
-                seq,
-                Pending {
-                    sink: chunk.sink,
-                    first: chunk.first,
-                    count,
-                },
-            ));
+            sent.push(seq);
         }
         if sent.is_empty() {
             return Ok(());
-        }
-        // Pending before sent: a reply may come back before `pipe` returns.
-        {
-            let mut st = self.lock();
-            for (seq, p) in &sent {
-                st.pending.insert(
-                    *seq,
-                    Pending {
-                        sink: Arc::clone(&p.sink),
-                        first: p.first,
-                        count: p.count,
-                    },
-                );
-            }
         }
         let r = self
             .link
@@ -412,12 +438,10 @@ impl Dispatch {
             .pipe::<()>(&pipe);
         if let Err(e) = r {
             let mut st = self.lock();
-            for (seq, _) in &sent {
-                st.pending.remove(seq);
-            }
+            let failed: Vec<Pending> = sent.iter().filter_map(|seq| st.finish(*seq)).collect();
             drop(st);
             let e = TaskError::Backend(e.to_string());
-            for (_, p) in sent {
+            for p in failed {
                 fail_all(&*p.sink, p.first, p.count, &e);
             }
         }
@@ -524,7 +548,7 @@ impl Dispatch {
         for reply in more.unwrap_or_default() {
             self.take_reply(link, &reply);
         }
-        Ok(())
+        self.delete_blobs(link)
     }
 
     /// Takes the chunks of cancelled or abandoned jobs out of the
@@ -534,19 +558,19 @@ impl Dispatch {
         let mut cancelled = Vec::new();
         {
             let mut st = self.lock();
-            let mut gone = Vec::new();
-            st.pending.retain(|seq, p| {
-                let c = p.sink.cancelled();
-                if c || p.sink.abandoned() {
-                    gone.push(*seq);
-                    if c {
-                        cancelled.push((Arc::clone(&p.sink), p.first, p.count));
-                    }
-                    false
-                } else {
-                    true
+            let gone: Vec<u64> = st
+                .pending
+                .iter()
+                .filter(|(_, p)| p.sink.cancelled() || p.sink.abandoned())
+                .map(|(seq, _)| *seq)
+                .collect();
+            for seq in &gone {
+                if let Some(p) = st.finish(*seq)
+                    && p.sink.cancelled()
+                {
+                    cancelled.push((p.sink, p.first, p.count));
                 }
-            });
+            }
             st.to_cancel.extend(gone);
         }
         self.changed.notify_all();
@@ -555,9 +579,27 @@ impl Dispatch {
         }
     }
 
+    /// Deletes the blobs no chunk uses any more.
+    fn delete_blobs(&self, link: &mut Link) -> Result<(), ClusterError> {
+        let hashes = std::mem::take(&mut self.lock().to_delete);
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut del = redis::cmd("DEL");
+        for h in &hashes {
+            del.arg(blob_key(&self.cluster, &self.id, h));
+        }
+        let r = link.run::<()>(&del);
+        if r.is_err() {
+            self.lock().to_delete.extend(hashes);
+        }
+        r
+    }
+
     /// Marks the dropped chunks on the server.
     fn send_cancellations(&self, link: &mut Link) -> Result<(), ClusterError> {
         self.drop_cancelled();
+        self.delete_blobs(link)?;
         let seqs = std::mem::take(&mut self.lock().to_cancel);
         if seqs.is_empty() {
             return Ok(());
@@ -578,7 +620,7 @@ impl Dispatch {
             self.lock().dropped_replies += 1;
             return;
         };
-        let Some(p) = self.lock().pending.remove(&reply.chunk) else {
+        let Some(p) = self.lock().finish(reply.chunk) else {
             self.lock().dropped_replies += 1;
             return;
         };
@@ -586,7 +628,7 @@ impl Dispatch {
         let parts = match reply.body {
             Body::Parts(parts) => Ok(parts),
             Body::Blob(hash) => {
-                let key = blob_key(&self.cluster, &hash);
+                let key = blob_key(&self.cluster, &self.id, &hash);
                 match link.run::<Option<Vec<u8>>>(redis::cmd("GETDEL").arg(&key)) {
                     Ok(Some(b)) => postcard::from_bytes::<Vec<Part>>(&b)
                         .map_err(|e| format!("a reply blob does not decode: {e}")),
@@ -652,7 +694,12 @@ impl Dispatch {
     }
 
     fn fail_pending(&self, error: &TaskError) {
-        let pending: Vec<Pending> = self.lock().pending.drain().map(|(_, p)| p).collect();
+        let mut st = self.lock();
+        let pending: Vec<Pending> = st.pending.drain().map(|(_, p)| p).collect();
+        for p in &pending {
+            st.release(p);
+        }
+        drop(st);
         self.changed.notify_all();
         for p in pending {
             fail_all(&*p.sink, p.first, p.count, error);
@@ -662,6 +709,12 @@ impl Dispatch {
     /// The pool's keys go; its stream entries are dropped by the agents
     /// once they see it gone.
     fn clean_up(&self, link: &mut Link) {
+        {
+            let mut st = self.lock();
+            let left: Vec<String> = st.blobs.drain().map(|(h, _)| h).collect();
+            st.to_delete.extend(left);
+        }
+        let _ = self.delete_blobs(link);
         let _ = link.run::<()>(
             redis::cmd("DEL")
                 .arg(&self.keys.alive)

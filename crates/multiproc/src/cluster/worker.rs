@@ -731,8 +731,11 @@ impl Core {
         let items = match (&entry.items, &entry.blob) {
             (Some(items), _) => items.clone(),
             (None, Some(hash)) => {
-                let got = link
-                    .run::<Option<Vec<u8>>>(redis::cmd("GET").arg(blob_key(&self.cluster, hash)));
+                let got = link.run::<Option<Vec<u8>>>(redis::cmd("GET").arg(blob_key(
+                    &self.cluster,
+                    &entry.pool,
+                    hash,
+                )));
                 match got {
                     Ok(Some(b)) if wire::check_ends(&entry.ends, b.len()).is_ok() => b,
                     Ok(Some(_)) => {
@@ -871,7 +874,7 @@ impl Core {
                     let hash = blob_hash(&inner);
                     link.run::<()>(
                         redis::cmd("SET")
-                            .arg(blob_key(&self.cluster, &hash))
+                            .arg(blob_key(&self.cluster, &d.pool, &hash))
                             .arg(inner)
                             .arg("PX")
                             .arg(millis(Duration::from_secs(3600))),
