@@ -834,6 +834,11 @@ impl Core {
                 }
             }
             if !kept.is_empty() {
+                if self.finished.load(Ordering::Acquire) {
+                    // Stopping with the server out of reach: these entries
+                    // are taken over by other agents after min_idle.
+                    break;
+                }
                 queue = kept;
                 std::thread::sleep(Duration::from_millis(100));
             }
