@@ -178,6 +178,16 @@ impl Link {
         wait: Duration,
     ) -> Result<T, ClusterError> {
         r.map_err(|e| {
+            // A read with a timeout is never restarted after a signal
+            // handler ran or the process was stopped and continued
+            // (signal(7)): the connection is dropped, as after a timeout.
+            if e.is_io_error()
+                && e.to_string()
+                    .contains(&format!("(os error {})", libc::EINTR))
+            {
+                self.conn = None;
+                return ClusterError::Connection(format!("{INTERRUPTED}: {e}"));
+            }
             let e = within(ClusterError::from_redis(e), wait);
             if e.is_connection() {
                 self.conn = None;
@@ -186,6 +196,10 @@ impl Link {
         })
     }
 }
+
+/// How the message of a [`ClusterError::Connection`] begins when a
+/// signal interrupted the wait for an answer.
+pub(crate) const INTERRUPTED: &str = "interrupted by a signal";
 
 /// A client-side timeout as the [`ClusterError::Timeout`] of a call that
 /// gave the server `wait`.

@@ -286,19 +286,22 @@ impl<'a> LockGuard<'a> {
         self.released = true;
         self.stop_renewing();
         let keys = &self.lock.object.keys;
-        let released: i64 = self
+        let released: Result<i64, ClusterError> = self
             .lock
             .object
-            .script(RELEASE.key(&keys[0]).key(&keys[2]).arg(&self.value))?;
-        if released == 1 {
-            Ok(())
-        } else {
-            Err(ClusterError::LeaseLost)
+            .script(RELEASE.key(&keys[0]).key(&keys[2]).arg(&self.value));
+        match released {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(ClusterError::LeaseLost),
+            // Not ours anyway: the lease ran out before the server failed.
+            Err(_) if !self.is_held() => Err(ClusterError::LeaseLost),
+            Err(e) => Err(e),
         }
     }
 
     /// Releases the lock now; [`ClusterError::LeaseLost`] if the lease
-    /// had been lost (another holder may have had the lock meanwhile).
+    /// had been lost (another holder may have had the lock meanwhile),
+    /// also when the server cannot be reached after the lease ran out.
     pub fn release(mut self) -> Result<(), ClusterError> {
         self.release_now()
     }

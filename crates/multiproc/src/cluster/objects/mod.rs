@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::link::IO_TIMEOUT;
+use super::link::{INTERRUPTED, IO_TIMEOUT};
 use super::{Cluster, ClusterError, Link};
 use crate::wire::codec;
 
@@ -191,11 +191,22 @@ pub(crate) fn blpop(
     key: &str,
     block: Duration,
 ) -> Result<Option<Vec<u8>>, ClusterError> {
-    let popped: Option<(Vec<u8>, Vec<u8>)> = link.run_within(
+    /// A `BLPOP`'s answer: the key and the value.
+    type Popped = Option<(Vec<u8>, Vec<u8>)>;
+    let popped: Result<Popped, ClusterError> = link.run_within(
         redis::cmd("BLPOP").arg(key).arg(seconds(block)),
         block + GRACE,
-    )?;
-    Ok(popped.map(|(_, v)| v))
+    );
+    match popped {
+        Ok(popped) => Ok(popped.map(|(_, v)| v)),
+        // A signal cut the wait short (the process was stopped and
+        // continued, say): as far as this process knows, nothing came, and
+        // every caller looks again. The connection was dropped, which ends
+        // the wait on the server too (a value the server gave just before
+        // is lost, as when a consumer dies).
+        Err(ClusterError::Connection(m)) if m.starts_with(INTERRUPTED) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits on wake-up list `key` until a token comes or `block` passes;
