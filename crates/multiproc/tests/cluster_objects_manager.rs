@@ -301,9 +301,21 @@ fn events_and_barriers_across_processes() {
             Err(ClusterError::BrokenBarrier)
         ));
         barrier.reset().unwrap();
+        assert!(matches!(m.barrier("go", 4), Err(ClusterError::Mismatch(_))));
+        // A barrier lost under a waiter (deleted, or a server restart)
+        // breaks it: never a false pass.
+        let b3 = barrier.clone();
+        let waiter = thread::spawn(move || b3.wait_timeout(Duration::from_secs(20)));
+        while barrier.n_waiting().unwrap() == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        barrier.delete().unwrap();
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(ClusterError::BrokenBarrier)
+        ));
         let one = m.barrier("one", 1).unwrap();
         assert_eq!(one.wait().unwrap(), 0);
-        assert!(matches!(m.barrier("go", 4), Err(ClusterError::Mismatch(_))));
         assert!(matches!(
             m.barrier("zero", 0),
             Err(ClusterError::Mismatch(_))

@@ -289,6 +289,8 @@ static STANDING: LazyLock<redis::Script> = LazyLock::new(|| {
     script(&format!(
         r#"{BARRIER_STATE}
 local mine = tonumber(ARGV[1])
+-- Deleted, or lost in a restart: the cycle can never complete.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if field('gen', 0) ~= mine then
   if field('reset', -1) == mine then return -1 end
   return 1
