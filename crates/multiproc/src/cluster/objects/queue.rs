@@ -377,7 +377,9 @@ impl<T: DeserializeOwned> Queue<T> {
                 };
                 if let Some(v) = blpop(link, &k.items, deadline.block(cap))? {
                     if self.inner.bound > 0 {
-                        wake(link, &k.space, IO_TIMEOUT)?;
+                        // The value is taken: a failed wake-up must not
+                        // lose it (blocked producers re-check anyway).
+                        let _ = wake(link, &k.space, IO_TIMEOUT);
                     }
                     return Ok(Some(v));
                 }
@@ -481,8 +483,9 @@ impl<T> JoinableQueue<T> {
             loop {
                 if unfinished(link, &k.meta, deadline.io())? == 0 {
                     if woken {
-                        // Pass the wake-up on to the next joiner.
-                        wake(link, &k.done, deadline.io())?;
+                        // Pass the wake-up on to the next joiner (who
+                        // re-checks anyway if this fails).
+                        let _ = wake(link, &k.done, deadline.io());
                     }
                     return Ok(true);
                 }
