@@ -48,6 +48,31 @@ pub enum ClusterError {
     /// A value read from the server could not be decoded into its type.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A named object already exists with other settings (a queue with
+    /// another bound, a barrier with another number of parties).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A lock's lease ran out (or the server lost it) before it was
+    /// released: another holder may have had the lock meanwhile.
+    #[error("the lock's lease was lost before its release")]
+    LeaseLost,
+    /// A release without a matching acquire: `task_done` called more
+    /// times than values were put, a semaphore released past its value.
+    #[error("{0}")]
+    OverReleased(&'static str),
+    /// The barrier is broken (a wait timed out, or
+    /// [`abort`](super::BarrierProxy::abort) was called), until
+    /// [`reset`](super::BarrierProxy::reset).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+    /// An index past the end of a list.
+    #[error("index {index} is out of range for a list of {len}")]
+    IndexOutOfRange {
+        /// The index given.
+        index: u64,
+        /// The list's length then.
+        len: u64,
+    },
 }
 
 impl ClusterError {
@@ -56,6 +81,11 @@ impl ClusterError {
         if e.is_timeout() {
             // The client's own timeout: the exact duration is the caller's.
             return ClusterError::Connection(format!("timed out: {e}"));
+        }
+        if e.code() == Some("WRONGTYPE") {
+            // Another kind of key under the name, or (from multiproc's own
+            // scripts) a field that does not hold what they wrote there.
+            return ClusterError::Corrupted(e.to_string());
         }
         if e.is_io_error()
             || e.is_connection_dropped()

@@ -16,6 +16,7 @@
 
 mod error;
 mod link;
+mod objects;
 mod pool;
 pub(crate) mod registry;
 mod server;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ClusterError;
+pub use objects::*;
 pub use pool::{
     BuildCheck, DEFAULT_INLINE_LIMIT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_MESSAGE,
     DEFAULT_PRODUCER_TTL, DEFAULT_SERVER_TIMEOUT, PoolBuilder,
