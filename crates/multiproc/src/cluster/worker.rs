@@ -4,7 +4,7 @@
 //! `MULTIPROC_CLUSTER=<url>` (the boot hook serves before `main`, which
 //! never runs), or any program that calls [`run`] or [`Agent::start`]. It
 //! reads chunks from its namespace's task stream and runs them in a local
-//! multiproc [`Pool`](crate::Pool) of its own: a panic, a segfault, a
+//! multiproc [`Pool`] of its own: a panic, a segfault, a
 //! timeout or a memory limit in a task means exactly what it means in a
 //! local pool, and the agent goes on.
 //!
