@@ -50,6 +50,21 @@ fn a_restricted_acl_user_runs_a_pool() {
         let _agent = LocalAgent::start(&cluster, 1).unwrap();
         let pool = cluster.pool().build().unwrap();
         assert_eq!(pool.map(triple, 1..=100u64).unwrap()[99], 300);
+        // The named objects work as this user too.
+        let q = cluster.queue::<String>("jobs").bounded(4).build().unwrap();
+        q.put("a".into()).unwrap();
+        assert_eq!(q.get().unwrap(), "a");
+        let m = cluster.manager();
+        let d = m.dict::<String, u64>("counts").unwrap();
+        d.insert("x".into(), 1).unwrap();
+        assert_eq!(d.get("x").unwrap(), Some(1));
+        let lock = m.lock("migrations").unwrap();
+        let g = lock.acquire().unwrap();
+        assert!(g.is_held());
+        g.release().unwrap();
+        let e = m.event("ready").unwrap();
+        e.set().unwrap();
+        assert!(e.is_set().unwrap());
         // Other namespaces are out of its reach.
         let other = cluster.namespace("other").unwrap();
         let e = other.min_idle().unwrap_err();
