@@ -22,6 +22,9 @@ pub(crate) const READY: u8 = 2;
 pub(crate) const INIT_FAILED: u8 = 3;
 /// Worker → parent: the outcome of one task (see `worker::Reply`).
 pub(crate) const RESULT: u8 = 4;
+/// Worker → parent: the report of a panic that is about to abort the
+/// worker (programs built with `panic = "abort"`).
+pub(crate) const LAST_WORDS: u8 = 5;
 
 /// Largest frame either side accepts.
 pub(crate) const MAX_FRAME: u64 = 1 << 34;

@@ -158,6 +158,8 @@ struct Worker {
     retiring: bool,
     /// Why the scheduler killed it: the chunk, the item and the error.
     killed: Option<(u64, usize, TaskError)>,
+    /// The panic it reported as it aborted (`panic = "abort"` builds).
+    last_words: Option<crate::process::PanicReport>,
     tasks_done: u64,
     busy: Duration,
     alive_before: Duration,
@@ -182,6 +184,7 @@ impl Worker {
             ready: false,
             retiring: false,
             killed: None,
+            last_words: None,
             tasks_done: 0,
             busy: Duration::ZERO,
             alive_before: Duration::ZERO,
@@ -657,6 +660,15 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                 w.failing_since = None;
                 changed.notify_all();
             }
+            link::LAST_WORDS => {
+                // The worker's word, about itself only: it fails the item
+                // it was running as a panic rather than a death.
+                if let Ok(report) = crate::wire::codec::decode::<crate::process::PanicReport>(
+                    &w.reader.buffer()[range],
+                ) {
+                    w.last_words = Some(report);
+                }
+            }
             link::INIT_FAILED => {
                 let message = String::from_utf8_lossy(&w.reader.buffer()[range]).into_owned();
                 if st.start_error.is_none() {
@@ -775,6 +787,7 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
     let was_ready = w.ready;
     w.ready = false;
     let killed = w.killed.take();
+    let last_words = w.last_words.take();
     let retiring = std::mem::take(&mut w.retiring);
     let held: Vec<Chunk> = w.inflight.drain(..).collect();
     let status = status.unwrap_or(ExitStatus::Signaled {
@@ -791,10 +804,13 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
             Some((id, it, error)) if *id == chunk.id => Some((*it, error.clone())),
             _ if chunk.id == running && !retiring => Some((
                 item,
-                TaskError::WorkerDied {
-                    worker: index,
-                    pid,
-                    status,
+                match &last_words {
+                    Some(report) => TaskError::Panicked(report.clone()),
+                    None => TaskError::WorkerDied {
+                        worker: index,
+                        pid,
+                        status,
+                    },
                 },
             )),
             _ => None,

@@ -217,6 +217,10 @@ where
     if link::write(link_fd, &out).is_err() {
         return done;
     }
+    // Under panic = "abort", a task's panic report reaches the scheduler
+    // before the worker dies, so the item fails as Panicked, not as a
+    // worker killed by SIGABRT.
+    child::set_last_words(link_fd, link::LAST_WORDS);
     serve(&setup.link);
     CONTEXT.with(|c| c.borrow_mut().take());
     done

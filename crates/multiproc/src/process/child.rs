@@ -41,6 +41,41 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
 }
 
+/// Where a panic's report goes before the process aborts, in programs
+/// built with `panic = "abort"` (where no unwinding brings it back to the
+/// code that would send it): a copy of the channel the parent reads, and
+/// the frame kind it expects there.
+static LAST_WORDS: std::sync::Mutex<Option<(OwnedFd, u8)>> = std::sync::Mutex::new(None);
+
+/// Names the channel a panic's report is written to, as a frame of
+/// `kind`, before an aborting panic ends the process. Does nothing (not
+/// even a `dup`) when panics unwind: the report then travels the normal
+/// way.
+pub(crate) fn set_last_words(channel: BorrowedFd<'_>, kind: u8) {
+    if !cfg!(panic = "abort") {
+        return;
+    }
+    if let Ok(fd) = channel.try_clone_to_owned() {
+        *LAST_WORDS.lock().unwrap_or_else(|e| e.into_inner()) = Some((fd, kind));
+    }
+}
+
+/// Writes `report` where [`set_last_words`] said. A lock another thread
+/// holds (a fork from a multi-threaded parent) is not waited for.
+fn send_last_words(report: &PanicReport) {
+    let Ok(guard) = LAST_WORDS.try_lock() else {
+        return;
+    };
+    if let Some((fd, kind)) = &*guard {
+        let _ = frame::write(
+            fd.as_fd(),
+            *kind,
+            &codec::encode(report).unwrap_or_default(),
+            &[],
+        );
+    }
+}
+
 /// Set in a child forked from a multi-threaded parent: locks that another
 /// thread held at the fork (stderr's, the backtrace printer's) stay locked
 /// here, so the panic hook must not take them.
@@ -89,13 +124,17 @@ pub(crate) fn install_panic_hook() {
                 sys::process::pid(),
                 location.as_deref().unwrap_or("<unknown>")
             );
-            LAST_PANIC.with(|p| {
-                *p.borrow_mut() = Some(PanicReport {
-                    message,
-                    location,
-                    backtrace,
-                })
-            });
+            let report = PanicReport {
+                message,
+                location,
+                backtrace,
+            };
+            if cfg!(panic = "abort") {
+                // The process ends when this hook returns: the report must
+                // leave now.
+                send_last_words(&report);
+            }
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(report));
             if lock_free {
                 sys::process::write_stderr_raw(line.as_bytes());
             } else {
@@ -231,6 +270,7 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
         sys::process::exit_now(2)
     }
     info::become_child(lineage);
+    set_last_words(channel.as_fd(), kind::PANIC);
     let out = entry.call(&args.payload, args.fds);
     reply(channel.as_fd(), out);
     sys::process::flush_std_streams();

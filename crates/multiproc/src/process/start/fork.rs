@@ -53,6 +53,7 @@ pub(crate) fn start(
             if !single_threaded {
                 child::forked_from_threads();
             }
+            child::set_last_words(theirs.as_fd(), child::kind::PANIC);
             child::reply(theirs.as_fd(), body(theirs.as_fd()));
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
