@@ -68,6 +68,12 @@ const GROUPS: &[Group] = &[
         about: "Pool map (1M trivial items, chunk size 1), CPU-bound speed-up vs rayon, start-up",
         run: groups::pool::run,
     },
+    #[cfg(feature = "cluster")]
+    Group {
+        name: groups::cluster::NAME,
+        about: "cluster pool on redis-server vs Celery: map, submit latency, agent SIGKILL recovery",
+        run: groups::cluster::run,
+    },
 ];
 
 /// What the command line asked for.
@@ -139,6 +145,11 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
                 _ => return Err("--report needs a directory".to_string()),
             },
             flag if flag.starts_with('-') => return Err(format!("unknown option `{flag}`")),
+            "cluster" if cfg!(not(feature = "cluster")) => {
+                return Err("group `cluster` needs the feature of the same name: \
+                     cargo run --release -p multiproc-bench --features cluster -- cluster"
+                    .to_string());
+            }
             name => {
                 let group = GROUPS.iter().find(|g| g.name == name).ok_or_else(|| {
                     let known: Vec<&str> = GROUPS.iter().map(|g| g.name).collect();

@@ -63,6 +63,21 @@ impl Python {
         }
     }
 
+    /// The interpreter's command.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub fn program(&self) -> &std::ffi::OsStr {
+        &self.program
+    }
+
+    /// The same scripts run by another interpreter (a venv's, say).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub fn with_program(&self, program: impl Into<OsString>) -> Python {
+        Python {
+            program: program.into(),
+            script_dir: self.script_dir.clone(),
+        }
+    }
+
     /// The interpreter's version and name, `Python 3.11.7 (python3)`, or
     /// why it could not be had.
     pub fn version(&self) -> String {

@@ -1,6 +1,6 @@
 //! The speed targets that the issues set for each group (issue 2 `start`,
-//! 3 `pipe`, 4 `queue`, 5 `sync`, 6 `pool`, 7 `manager`), so that the
-//! report can say which are met. The bench and param names are the JSON
+//! 3 `pipe`, 4 `queue`, 5 `sync`, 6 `pool`, 7 `manager`, 16 `cluster`), so
+//! that the report can say which are met. The bench and param names are the JSON
 //! names the issues define.
 
 use crate::report::{Entry, Impl, higher_is_better};
@@ -45,6 +45,7 @@ pub const ISSUES: &[(&str, u32)] = &[
     ("pool", 6),
     ("manager", 7),
     ("pickle", 19),
+    ("cluster", 16),
 ];
 
 /// Shorthand for the table below.
@@ -187,6 +188,53 @@ pub const TARGETS: &[Target] = &[
     // (List append, manager queue and start-up: no target.)
     t(7, "manager", "dict_set", None, Goal::Ratio(10.0)),
     t(7, "manager", "dict_get", None, Goal::Ratio(10.0)),
+    // Issue 16: a cluster map of 100k trivial items over 2 agents at least
+    // 500k items/s and 50x Celery (a group); with chunk size 1 at least
+    // 20k items/s; one submit+get on idle agents at most 1 ms; a SIGKILLed
+    // agent's last task done elsewhere within 1.5 s (min_idle 250 ms), no
+    // task lost.
+    t(
+        16,
+        "cluster",
+        "cluster_map",
+        Some("trivial_100k"),
+        Goal::Value(500_000.0),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_map",
+        Some("trivial_100k"),
+        Goal::Ratio(50.0),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_map",
+        Some("chunksize1"),
+        Goal::Value(20_000.0),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_submit_latency",
+        Some("idle"),
+        Goal::Value(1.0),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_recovery",
+        Some("agent_sigkill"),
+        Goal::Value(1500.0),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_recovery",
+        Some("lost"),
+        Goal::Value(0.0),
+    ),
 ];
 
 /// The issue that defines `group`, if known.

@@ -5,6 +5,8 @@
 
 use crate::python::Python;
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod manager;
 pub mod pickle;
 pub mod pipe;
