@@ -290,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_group_needs_its_feature() {
+        let parsed = parse(args(&["cluster"]));
+        if cfg!(feature = "cluster") {
+            let cli = parsed.unwrap().unwrap();
+            assert_eq!(cli.groups[0].name, "cluster");
+        } else {
+            assert!(parsed.unwrap_err().contains("--features cluster"));
+        }
+    }
+
+    #[test]
     fn groups_are_deduplicated() {
         let cli = parse(args(&["start", "start", "--json"])).unwrap().unwrap();
         assert_eq!(cli.groups.len(), 1);

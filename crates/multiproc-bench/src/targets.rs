@@ -235,6 +235,30 @@ pub const TARGETS: &[Target] = &[
         Some("lost"),
         Goal::Value(0.0),
     ),
+    // Issue 16: the named objects within 1.5x of a raw redis-crate floor
+    // doing the same commands: dict set, get and update of 1000 pairs, an
+    // uncontended lock, a queue round trip.
+    t(
+        16,
+        "cluster",
+        "cluster_dict",
+        None,
+        Goal::Within("raw", 1.5),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_lock",
+        Some("uncontended"),
+        Goal::Within("raw", 1.5),
+    ),
+    t(
+        16,
+        "cluster",
+        "cluster_queue",
+        Some("roundtrip"),
+        Goal::Within("raw", 1.5),
+    ),
 ];
 
 /// The issue that defines `group`, if known.

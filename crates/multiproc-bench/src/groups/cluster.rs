@@ -29,6 +29,11 @@
 //!   on idle agents, per operation. Raw: one `XADD` of a one-item entry,
 //!   the agent's `XREADGROUP` and completion script, and the producer's
 //!   `BLPOP`. Ours and raw alternate, one operation each in turn.
+//! * `cluster_dict/set`, `cluster_dict/get` (ops/s), `cluster_dict/
+//!   update_1000` (ms), `cluster_lock/uncontended` (us),
+//!   `cluster_queue/roundtrip` (us): the named objects from one client
+//!   (a queue ping-pong with an echo child); raw: the same commands and
+//!   scripts on one plain connection. No Celery row.
 //! * `cluster_recovery/agent_sigkill` (ms): namespace `recovery` with
 //!   `min_idle` 250 ms and two fresh agents per repetition; a map of
 //!   [`RECOVERY_ITEMS`] items of 5 ms each in chunks of 16; 150 ms into it
@@ -108,6 +113,10 @@ struct Plan {
     latency_ops: usize,
     /// Recovery repetitions (a victim each).
     recovery_reps: usize,
+    /// Batches of the named objects' single operations, per implementation.
+    object_batches: usize,
+    /// Timed dict updates of 1000 pairs, per implementation.
+    update_ops: usize,
     /// Items of Celery's group (far fewer than 100k: it runs a few hundred
     /// a second).
     celery_group_items: u64,
@@ -127,6 +136,8 @@ impl Plan {
                 c1_items: 10_000,
                 latency_ops: 100,
                 recovery_reps: 3,
+                object_batches: 15,
+                update_ops: 20,
                 celery_group_items: 1_000,
                 celery_reps: 3,
                 celery_latency_ops: 50,
@@ -138,6 +149,8 @@ impl Plan {
                 c1_items: 20_000,
                 latency_ops: 300,
                 recovery_reps: 7,
+                object_batches: 40,
+                update_ops: 60,
                 celery_group_items: 2_000,
                 celery_reps: 5,
                 celery_latency_ops: 200,
@@ -208,7 +221,9 @@ pub fn run(opts: &Options) -> Vec<Row> {
     };
     opts.progress(NAME, &format!("redis-server at {}", server.url()));
 
-    let (ours, raw) = measure_ours_and_raw(opts, &server, &plan);
+    let (ours, mut raw) = measure_ours_and_raw(opts, &server, &plan);
+    let (objects, objects_raw) = objects(opts, &server, &plan);
+    raw.extend(objects_raw);
     opts.progress(
         NAME,
         &format!(
@@ -235,13 +250,14 @@ pub fn run(opts: &Options) -> Vec<Row> {
     };
     drop(server);
     let rows = report::pair(NAME, ours, python.measurements, python.failure.as_deref());
-    let mut rows = report::add_raw(NAME, rows, raw);
+    let mut rows = rows;
     rows.extend(
-        recovery
+        objects
             .into_iter()
+            .chain(recovery)
             .map(|m| Row::from_measurement(NAME, Impl::Multiproc, m)),
     );
-    rows
+    report::add_raw(NAME, rows, raw)
 }
 
 /// Every bench's multiproc row, failed with `why`.
@@ -252,6 +268,11 @@ fn unavailable(why: &str) -> Vec<Row> {
         ("cluster_map", "chunksize1", "items/s"),
         ("cluster_map", "trivial_100k_chunks", "items/s"),
         ("cluster_submit_latency", "idle", "ms"),
+        ("cluster_dict", "set", "ops/s"),
+        ("cluster_dict", "get", "ops/s"),
+        ("cluster_dict", "update_1000", "ms"),
+        ("cluster_lock", "uncontended", "us"),
+        ("cluster_queue", "roundtrip", "us"),
         ("cluster_recovery", "agent_sigkill", "ms"),
     ] {
         rows.push(Row::from_measurement(
@@ -723,6 +744,414 @@ fn stream_entries(v: &redis::Value) -> Vec<(String, Fields)> {
         }
     }
     out
+}
+
+/// Keys of the named objects' raw floors.
+const RAW_DICT: &str = "rawobj:dict";
+const RAW_LOCK: &str = "rawobj:lock";
+const RAW_FENCE: &str = "rawobj:lock.fence";
+const RAW_LOCK_WAKE: &str = "rawobj:lock.wake";
+const RAW_PING: [&str; 2] = ["rawobj:ping", "rawobj:ping.meta"];
+const RAW_PONG: [&str; 2] = ["rawobj:pong", "rawobj:pong.meta"];
+
+/// The helpers our objects' scripts start with (`LUA_NUM` in
+/// `multiproc::cluster::objects`).
+const LUA_PRELUDE: &str = r#"local MAX_TOKENS = 16
+
+local function num(v, dflt, what)
+  if not v then return dflt end
+  local n = tonumber(v)
+  if not n then
+    error({err = 'WRONGTYPE ' .. what .. ' does not hold a number'})
+  end
+  return n
+end
+local function wake(key)
+  redis.call('RPUSH', key, '1')
+  redis.call('LTRIM', key, -MAX_TOKENS, -1)
+end
+"#;
+
+/// Our objects' scripts, for the raw floors: a dict's insert, the lock's
+/// acquire and release, a queue's put.
+const DICT_INSERT_LUA: &str = r#"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return old
+"#;
+const LOCK_ACQUIRE_LUA: &str = r#"
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -2 then
+  num(redis.call('GET', KEYS[2]), 0, 'the fencing counter')
+  local t = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. t, 'PX', ARGV[2])
+  return {1, t}
+end
+if pttl < 0 then
+  error({err = 'WRONGTYPE the lock is held without a lease: it was not set by multiproc'})
+end
+return {0, pttl}
+"#;
+const LOCK_RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+wake(KEYS[2])
+return 1
+"#;
+const QUEUE_PUT_LUA: &str = r#"
+num(redis.call('HGET', KEYS[2], 'unfinished'), 0, 'the unfinished count')
+local max = tonumber(ARGV[2])
+if max > 0 and redis.call('LLEN', KEYS[1]) >= max then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'unfinished', 1)
+return 1
+"#;
+
+fn lua(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{LUA_PRELUDE}\n{body}"))
+}
+
+/// Operations per sample of the named objects' benches (but the dict's
+/// update): many short batches, so that a burst of load from elsewhere
+/// spoils few samples.
+const OBJECT_BATCH: usize = 200;
+
+/// Keys of the dict benches, and the lease of the lock's raw floor.
+const DICT_KEYS: u64 = 1000;
+const LOCK_LEASE_MS: u64 = 10_000;
+
+/// The named objects, ours and raw interleaved: a dict's single `insert`
+/// and `get` and its `update` of 1000 pairs, a lock's uncontended acquire
+/// and release, and a queue ping-pong with a child process. Returns our
+/// measurements and the raw ones.
+fn objects(
+    opts: &Options,
+    server: &LocalServer,
+    plan: &Plan,
+) -> (Vec<Measurement>, Vec<Measurement>) {
+    let benches = [
+        ("cluster_dict", "set", "ops/s"),
+        ("cluster_dict", "get", "ops/s"),
+        ("cluster_dict", "update_1000", "ms"),
+        ("cluster_lock", "uncontended", "us"),
+        ("cluster_queue", "roundtrip", "us"),
+    ];
+    opts.progress(
+        NAME,
+        &format!(
+            "cluster_dict, cluster_lock, cluster_queue: ours and raw, {} batches each",
+            plan.object_batches
+        ),
+    );
+    match measure_objects(server, plan) {
+        Ok((ours, raw)) => {
+            let make = |samples: Vec<Result<Vec<f64>, String>>| -> Vec<Measurement> {
+                benches
+                    .iter()
+                    .zip(samples)
+                    .map(|(&(b, p, u), s)| Measurement::new(b, p, u, s))
+                    .collect()
+            };
+            (make(ours), make(raw))
+        }
+        Err(e) => {
+            let failed = || -> Vec<Measurement> {
+                benches
+                    .iter()
+                    .map(|&(b, p, u)| Measurement::new(b, p, u, Err(e.clone())))
+                    .collect()
+            };
+            (failed(), failed())
+        }
+    }
+}
+
+/// Samples of each object bench, ours then raw, in the order of
+/// [`objects`]' benches.
+type ObjectSamples = (Vec<Result<Vec<f64>, String>>, Vec<Result<Vec<f64>, String>>);
+
+fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, String> {
+    let url = server.url();
+    let cluster = Cluster::connect(&url)
+        .and_then(|c| c.namespace("bench"))
+        .map_err(|e| e.to_string())?;
+    let m = cluster.manager();
+    let fail = |e: multiproc::cluster::ClusterError| e.to_string();
+    let dict = m.dict::<u64, u64>("bench").map_err(fail)?;
+    dict.update((0..DICT_KEYS).map(|k| (k, k))).map_err(fail)?;
+    let lock = m.lock("bench").map_err(fail)?;
+    let mut conn = connect(&url)?;
+    let insert = lua(DICT_INSERT_LUA);
+    let acquire = lua(LOCK_ACQUIRE_LUA);
+    let release = lua(LOCK_RELEASE_LUA);
+    let put = lua(QUEUE_PUT_LUA);
+    let q = |e: redis::RedisError| e.to_string();
+    let mut fill = redis::cmd("HSET");
+    fill.arg(RAW_DICT);
+    for k in 0..DICT_KEYS {
+        fill.arg(&k.to_le_bytes()[..]).arg(&k.to_le_bytes()[..]);
+    }
+    fill.query::<()>(&mut conn).map_err(q)?;
+
+    let per_sec = |r: Result<Vec<f64>, String>| r.map(|us| us.iter().map(|u| 1e6 / u).collect());
+    let per_ms = |r: Result<Vec<f64>, String>| r.map(|us| us.iter().map(|u| u / 1e3).collect());
+    let pair = |mut v: Vec<Result<Vec<f64>, String>>| -> [Result<Vec<f64>, String>; 2] {
+        let raw = v.pop().unwrap_or_else(|| Err("not measured".into()));
+        let ours = v.pop().unwrap_or_else(|| Err("not measured".into()));
+        [ours, raw]
+    };
+    let batch = OBJECT_BATCH;
+    let mut ours_out = Vec::new();
+    let mut raw_out = Vec::new();
+
+    // Dict insert.
+    let (mut i, mut j) = (0u64, 0u64);
+    let mut ours_set = || {
+        i += 1;
+        dict.insert(i % DICT_KEYS, i).map(drop).map_err(fail)
+    };
+    let mut raw_set = || {
+        j += 1;
+        insert
+            .key(RAW_DICT)
+            .arg(&(j % DICT_KEYS).to_le_bytes()[..])
+            .arg(&j.to_le_bytes()[..])
+            .invoke::<Option<Vec<u8>>>(&mut conn)
+            .map(drop)
+            .map_err(q)
+    };
+    let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_set, &mut raw_set];
+    let [o, r] = pair(measure::per_op_us(batch, plan.object_batches, batch, ops));
+    ours_out.push(per_sec(o));
+    raw_out.push(per_sec(r));
+
+    // Dict get: every key is there.
+    let (mut i, mut j) = (0u64, 0u64);
+    let mut ours_get = || {
+        i += 1;
+        match dict.get(&(i % DICT_KEYS)) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("key {} is missing", i % DICT_KEYS)),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let mut raw_get = || {
+        j += 1;
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(RAW_DICT)
+            .arg(&(j % DICT_KEYS).to_le_bytes()[..])
+            .query(&mut conn)
+            .map_err(q)?;
+        v.map(drop)
+            .ok_or_else(|| "a raw key is missing".to_string())
+    };
+    let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_get, &mut raw_get];
+    let [o, r] = pair(measure::per_op_us(batch, plan.object_batches, batch, ops));
+    ours_out.push(per_sec(o));
+    raw_out.push(per_sec(r));
+
+    // Dict update of 1000 pairs: one HSET.
+    let (mut i, mut j) = (0u64, 0u64);
+    let mut ours_update = || {
+        i += 1;
+        dict.update((0..DICT_KEYS).map(|k| (k, k + i)))
+            .map_err(fail)
+    };
+    let mut raw_update = || {
+        j += 1;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(RAW_DICT);
+        for k in 0..DICT_KEYS {
+            cmd.arg(&k.to_le_bytes()[..])
+                .arg(&(k + j).to_le_bytes()[..]);
+        }
+        cmd.query::<()>(&mut conn).map_err(q)
+    };
+    let ops: &mut [&mut dyn FnMut() -> Result<(), String>] =
+        &mut [&mut ours_update, &mut raw_update];
+    let [o, r] = pair(measure::per_op_us(5, plan.update_ops, 1, ops));
+    ours_out.push(per_ms(o));
+    raw_out.push(per_ms(r));
+
+    // Lock: acquire and release, nobody else wanting it.
+    let owner = format!("{}:{:016x}", std::process::id(), 0x5eed_u64);
+    let mut ours_lock = || {
+        let guard = lock.acquire().map_err(fail)?;
+        guard.release().map_err(fail)
+    };
+    let mut raw_lock = || {
+        let (got, token): (i64, i64) = acquire
+            .key(RAW_LOCK)
+            .key(RAW_FENCE)
+            .arg(&owner)
+            .arg(LOCK_LEASE_MS)
+            .invoke(&mut conn)
+            .map_err(q)?;
+        if got != 1 {
+            return Err("the raw lock was held".to_string());
+        }
+        let released: i64 = release
+            .key(RAW_LOCK)
+            .key(RAW_LOCK_WAKE)
+            .arg(format!("{owner}:{token}"))
+            .invoke(&mut conn)
+            .map_err(q)?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err("the raw lock was lost".to_string())
+        }
+    };
+    let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_lock, &mut raw_lock];
+    let [o, r] = pair(measure::per_op_us(
+        100,
+        plan.object_batches,
+        OBJECT_BATCH,
+        ops,
+    ));
+    ours_out.push(o);
+    raw_out.push(r);
+
+    // Queue ping-pong with an echo child each.
+    let [o, r] = queue_roundtrips(&cluster, &url, &mut conn, &put, plan);
+    ours_out.push(o);
+    raw_out.push(r);
+    Ok((ours_out, raw_out))
+}
+
+/// What a queue echo child is told.
+#[derive(Serialize, Deserialize)]
+struct EchoArgs {
+    url: String,
+    raw: bool,
+}
+
+/// The value that stops an echo child.
+const STOP: u64 = u64::MAX;
+
+/// An echo child: gets each value from `ping` and puts it on `pong`,
+/// until [`STOP`]; through our queues, or (`raw`) the same commands.
+fn queue_echo(args: EchoArgs) {
+    if args.raw {
+        let Ok(mut conn) = connect(&args.url) else {
+            return;
+        };
+        let put = lua(QUEUE_PUT_LUA);
+        loop {
+            let got: redis::RedisResult<Option<(String, Vec<u8>)>> = redis::cmd("BLPOP")
+                .arg(RAW_PING[0])
+                .arg(OP_TIMEOUT.as_secs())
+                .query(&mut conn);
+            let Ok(Some((_, v))) = got else { return };
+            if v == STOP.to_le_bytes() {
+                return;
+            }
+            let done: redis::RedisResult<i64> = put
+                .key(RAW_PONG[0])
+                .key(RAW_PONG[1])
+                .arg(v)
+                .arg(0)
+                .invoke(&mut conn);
+            if done.is_err() {
+                return;
+            }
+        }
+    }
+    let Ok(cluster) = Cluster::connect(&args.url).and_then(|c| c.namespace("bench")) else {
+        return;
+    };
+    let (Ok(ping), Ok(pong)) = (
+        cluster.queue::<u64>("ping").build(),
+        cluster.queue::<u64>("pong").build(),
+    ) else {
+        return;
+    };
+    while let Ok(v) = ping.get() {
+        if v == STOP || pong.put(v).is_err() {
+            return;
+        }
+    }
+}
+
+/// `cluster_queue/roundtrip`: a value put on `ping`, echoed by a child
+/// onto `pong`, got back; ours and raw interleaved, in batches of
+/// [`OBJECT_BATCH`].
+fn queue_roundtrips(
+    cluster: &Cluster,
+    url: &str,
+    conn: &mut redis::Connection,
+    put: &redis::Script,
+    plan: &Plan,
+) -> [Result<Vec<f64>, String>; 2] {
+    let queues = cluster
+        .queue::<u64>("ping")
+        .build()
+        .and_then(|p| Ok((p, cluster.queue::<u64>("pong").build()?)))
+        .map_err(|e| e.to_string());
+    let (ping, pong) = match queues {
+        Ok(q) => q,
+        Err(e) => return [Err(e.clone()), Err(e)],
+    };
+    let mut children = Vec::new();
+    for raw in [false, true] {
+        let args = EchoArgs {
+            url: url.to_owned(),
+            raw,
+        };
+        match rig::start(StartMethod::ForkServer, queue_echo, args) {
+            Ok(p) => children.push(p),
+            Err(e) => {
+                let _ = rig::end(children, Err::<(), _>(e.clone()));
+                return [Err(e.clone()), Err(e)];
+            }
+        }
+    }
+    let (mut i, mut j) = (0u64, 0u64);
+    let mut ours = || {
+        i += 1;
+        ping.put(i).map_err(|e| e.to_string())?;
+        match pong.get_timeout(OP_TIMEOUT) {
+            Ok(v) if v == i => Ok(()),
+            other => Err(format!("round trip {i}: {other:?}")),
+        }
+    };
+    let mut raw = || {
+        j += 1;
+        put.key(RAW_PING[0])
+            .key(RAW_PING[1])
+            .arg(&j.to_le_bytes()[..])
+            .arg(0)
+            .invoke::<i64>(conn)
+            .map_err(|e| e.to_string())?;
+        let got: Option<(String, Vec<u8>)> = redis::cmd("BLPOP")
+            .arg(RAW_PONG[0])
+            .arg(OP_TIMEOUT.as_secs())
+            .query(conn)
+            .map_err(|e| e.to_string())?;
+        match got {
+            Some((_, v)) if v == j.to_le_bytes() => Ok(()),
+            other => Err(format!("raw round trip {j}: {other:?}")),
+        }
+    };
+    let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours, &mut raw];
+    let mut results = measure::per_op_us(100, plan.object_batches, OBJECT_BATCH, ops).into_iter();
+    let out = [
+        results.next().unwrap_or_else(|| Err("not measured".into())),
+        results.next().unwrap_or_else(|| Err("not measured".into())),
+    ];
+    let stopped = ping.put(STOP).map_err(|e| e.to_string()).and_then(|()| {
+        put.key(RAW_PING[0])
+            .key(RAW_PING[1])
+            .arg(&STOP.to_le_bytes()[..])
+            .arg(0)
+            .invoke::<i64>(conn)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    match rig::end(children, stopped) {
+        Ok(()) => out,
+        Err(e) => [Err(e.clone()), Err(e)],
+    }
 }
 
 /// `cluster_recovery`: `reps` kills, each with two fresh agents. Returns
