@@ -44,8 +44,9 @@
 //!   without a right result, per repetition (must be 0);
 //!   `cluster_recovery/rerun` (tasks): item executions beyond one per
 //!   item (every run of an item appends a line to a log file). No Celery
-//!   baseline (Celery's default acknowledges before running: a killed
-//!   worker's tasks are lost, not re-run).
+//!   baseline (by default Celery acknowledges a task as it starts it: a
+//!   killed worker's running task is lost, and the ones it had prefetched
+//!   come back after the Redis transport's visibility timeout, an hour).
 //!
 //! Celery (`python/cluster_bench.py`, run afterwards, once our agents are
 //! gone, on the same server): a prefork worker with `--concurrency 2`
@@ -1164,7 +1165,6 @@ fn recovery(opts: &Options, server: &LocalServer, reps: usize) -> Vec<Measuremen
         cluster
             .set_min_idle(RECOVERY_MIN_IDLE)
             .map_err(|e| e.to_string())?;
-        let pool = cluster.pool().build().map_err(|e| e.to_string())?;
         let dir =
             std::env::temp_dir().join(format!("multiproc-bench-recovery-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -1172,7 +1172,7 @@ fn recovery(opts: &Options, server: &LocalServer, reps: usize) -> Vec<Measuremen
         let mut result = Ok(());
         for rep in 0..reps {
             let log = dir.join(format!("run-{rep}.log"));
-            match recover_once(&cluster, &pool, &log) {
+            match recover_once(&cluster, &log) {
                 Ok(r) => {
                     opts.progress(
                         NAME,
@@ -1197,7 +1197,6 @@ fn recovery(opts: &Options, server: &LocalServer, reps: usize) -> Vec<Measuremen
                 }
             }
         }
-        pool.join();
         let _ = std::fs::remove_dir_all(&dir);
         result.map(|()| out)
     })();
@@ -1230,7 +1229,11 @@ struct Recovery {
     lost: usize,
 }
 
-fn recover_once(cluster: &Cluster, pool: &Pool, log: &Path) -> Result<Recovery, String> {
+/// One kill: two fresh agents, a pool, the map started on a thread of its
+/// own, one agent killed [`RECOVERY_KILL_AFTER`] into it. If the map does
+/// not end within [`OP_TIMEOUT`] after the kill (an item lost for good),
+/// the thread is left behind and the kill is an error.
+fn recover_once(cluster: &Cluster, log: &Path) -> Result<Recovery, String> {
     std::fs::write(log, b"").map_err(|e| format!("{}: {e}", log.display()))?;
     let mut agents = (0..AGENTS)
         .map(|_| LocalAgent::start(cluster, SLOTS))
@@ -1240,22 +1243,43 @@ fn recover_once(cluster: &Cluster, pool: &Pool, log: &Path) -> Result<Recovery, 
     let items: Vec<(u64, u64, String)> = (0..RECOVERY_ITEMS)
         .map(|i| (i, RECOVERY_ITEM_MS, path.clone()))
         .collect();
-    let (outcomes, kill_ns, killed_at, done_at) = std::thread::scope(|s| {
-        let map = s.spawn(|| {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let for_map = cluster.clone();
+    std::thread::Builder::new()
+        .name("recovery-map".into())
+        .spawn(move || {
+            let pool = match for_map.pool().build() {
+                Ok(pool) => pool,
+                Err(e) => {
+                    let _ = started_tx.send(Err(format!("the pool did not start: {e}")));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(()));
             let out = pool
                 .task(recovery_item)
                 .chunksize(RECOVERY_CHUNK)
                 .map_results(items);
-            (out, Instant::now())
-        });
-        std::thread::sleep(RECOVERY_KILL_AFTER);
-        let kill_ns = unix_ns();
-        let killed_at = Instant::now();
-        let killed = agents[0].kill();
-        let (out, done_at) = map.join().unwrap_or_else(|_| (Vec::new(), Instant::now()));
-        killed.map(|()| (out, kill_ns, killed_at, done_at))
-    })
-    .map_err(|e| format!("the kill failed: {e}"))?;
+            let _ = done_tx.send((out, Instant::now()));
+            pool.join();
+        })
+        .map_err(|e| format!("no thread for the map: {e}"))?;
+    started
+        .recv_timeout(OP_TIMEOUT)
+        .map_err(|e| format!("the map did not start: {e}"))??;
+    std::thread::sleep(RECOVERY_KILL_AFTER);
+    let kill_ns = unix_ns();
+    let killed_at = Instant::now();
+    agents[0]
+        .kill()
+        .map_err(|e| format!("the kill failed: {e}"))?;
+    let (outcomes, done_at) = done.recv_timeout(OP_TIMEOUT).map_err(|_| {
+        format!(
+            "the map did not end within {} s of the kill: an item was lost",
+            OP_TIMEOUT.as_secs()
+        )
+    })?;
     drop(agents);
 
     let mut lost = 0;
