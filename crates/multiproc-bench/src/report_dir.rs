@@ -85,7 +85,12 @@ pub fn command(args: &[String]) -> String {
             shell_word(&python.to_string_lossy())
         ));
     }
-    text.push_str("cargo run --release -p multiproc-bench --");
+    text.push_str("cargo run --release -p multiproc-bench");
+    if cfg!(feature = "cluster") {
+        // The build the run came from: the cluster group needs it.
+        text.push_str(" --features cluster");
+    }
+    text.push_str(" --");
     for arg in args {
         text.push(' ');
         text.push_str(&shell_word(arg));
@@ -200,6 +205,12 @@ mod tests {
         assert_eq!(shell_word("docs/bench"), "docs/bench");
         assert_eq!(shell_word("my dir"), "'my dir'");
         assert_eq!(shell_word("it's"), r"'it'\''s'");
+        let shown = command(&["cluster".to_string(), "--quick".to_string()]);
+        assert!(shown.ends_with("-- cluster --quick"), "{shown}");
+        assert_eq!(
+            shown.contains("--features cluster --"),
+            cfg!(feature = "cluster")
+        );
     }
 
     #[test]
