@@ -340,3 +340,51 @@ fn a_dead_producers_work_stops_and_its_keys_expire() {
         drop(s.agents);
     });
 }
+
+/// Naps, then says how often its chunk was handed out and when it ended.
+#[multiproc::task]
+fn stamped_nap(ms: u64) -> (u64, u128) {
+    std::thread::sleep(Duration::from_millis(ms));
+    let deliveries = multiproc::cluster::current_task().map_or(0, |t| t.deliveries);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (deliveries, now)
+}
+
+#[test]
+fn a_dead_agents_chunks_do_not_wait_behind_the_backlog() {
+    deadline(LIMIT, || {
+        let Some(mut s) = setup(2, 1) else { return };
+        let pool = s.cluster.pool().build().unwrap();
+        // 100 chunks of 80 ms: about 4 s of work per surviving agent.
+        let handle = pool
+            .task(stamped_nap)
+            .chunksize(16)
+            .map_async(vec![5u64; 1_600]);
+        std::thread::sleep(Duration::from_millis(400));
+        s.agents[0].kill().unwrap();
+        let killed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let out = handle.get().unwrap();
+        let end = out.iter().map(|(_, t)| *t).max().unwrap();
+        let retaken: Vec<u128> = out
+            .iter()
+            .filter(|(d, _)| *d > 1)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(!retaken.is_empty(), "the killed agent held nothing");
+        let last_retaken = retaken.into_iter().max().unwrap();
+        // Taken over soon after min_idle (250 ms), not at the end of the map.
+        assert!(
+            last_retaken - killed < 2_500,
+            "the dead agent's chunks ended {} ms after the kill, the map {} ms after",
+            last_retaken - killed,
+            end - killed
+        );
+        assert!(end - last_retaken > 500, "the map ended too soon to tell");
+    });
+}

@@ -47,6 +47,9 @@ pub const NAMESPACE_ENV: &str = "MULTIPROC_CLUSTER_NS";
 /// How many tasks it runs at once (default: the processor count).
 pub const SLOTS_ENV: &str = "MULTIPROC_CLUSTER_SLOTS";
 
+/// Chunks held per slot while chunks are quick (see `Core::limit`).
+const QUICK_PREFETCH: usize = 16;
+
 /// How long the reader blocks on the stream before it checks for a stop.
 const READ_BLOCK: Duration = Duration::from_millis(250);
 
@@ -258,6 +261,8 @@ struct Held {
     pool: String,
     chunk: u64,
     sink: Arc<RemoteSink>,
+    /// When the agent took it.
+    started: Instant,
 }
 
 /// Collects a local chunk's outcomes; hands them to the completer once
@@ -339,6 +344,9 @@ struct Core {
     /// The held chunks are done (or given up): the threads end.
     finished: AtomicBool,
     min_idle_ms: AtomicU64,
+    /// How long a chunk typically takes from taking to completing
+    /// (nanoseconds, a moving average; 0 before the first).
+    typical_ns: AtomicU64,
     tasks_done: AtomicU64,
     busy_ns: AtomicU64,
     started_ms: u64,
@@ -409,6 +417,7 @@ impl Agent {
             stop: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             min_idle_ms: AtomicU64::new(millis(min_idle)),
+            typical_ns: AtomicU64::new(0),
             tasks_done: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             started_ms: now_ms(),
@@ -570,18 +579,17 @@ impl Core {
     /// The reader thread.
     fn read(&self) {
         let mut link = self.cluster.link();
-        let limit = self.slots * 2;
         while !self.stop.load(Ordering::Acquire) {
             let room = {
                 let mut held = self.held();
-                while held.len() >= limit && !self.stop.load(Ordering::Acquire) {
+                while held.len() >= self.limit() && !self.stop.load(Ordering::Acquire) {
                     held = self
                         .room
                         .wait_timeout(held, READ_BLOCK)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
-                limit.saturating_sub(held.len())
+                self.limit().saturating_sub(held.len())
             };
             if room == 0 {
                 continue;
@@ -789,6 +797,7 @@ impl Core {
                 pool: entry.pool,
                 chunk: entry.chunk,
                 sink: Arc::clone(&sink),
+                started: Instant::now(),
             },
         );
         if let Err(e) = self.local.backend().submit(vec![chunk]) {
@@ -819,17 +828,23 @@ impl Core {
                 continue;
             }
             let mut kept = Vec::new();
-            for d in queue.drain(..) {
-                match self.send_one(&mut link, &script, &d) {
-                    Ok(()) => {
-                        self.count_done(&d);
-                        self.held().remove(&d.entry);
-                        self.room.notify_all();
+            let batch: Vec<Done> = queue.drain(..).collect();
+            match self.send_batch(&mut link, &script, &batch) {
+                Ok(()) => {
+                    for d in &batch {
+                        self.finish(d);
                     }
-                    Err(e) if e.is_connection() => kept.push(d),
-                    Err(_) => {
-                        self.held().remove(&d.entry);
-                        self.room.notify_all();
+                }
+                Err(e) if e.is_connection() => kept = batch,
+                // A refused batch (a script the server lost in a restart,
+                // one entry's keys of another type): one by one, so that
+                // one bad entry does not hold up the rest.
+                Err(_) => {
+                    for d in batch {
+                        match self.send_one(&mut link, &script, &d) {
+                            Err(e) if e.is_connection() => kept.push(d),
+                            _ => self.finish(&d),
+                        }
                     }
                 }
             }
@@ -842,6 +857,38 @@ impl Core {
                 queue = kept;
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+
+    /// A chunk's completion was sent (or refused for good): its place is
+    /// free.
+    fn finish(&self, d: &Done) {
+        self.count_done(d);
+        let mut held = self.held();
+        if let Some(h) = held.remove(&d.entry) {
+            self.observe(h.started.elapsed());
+        }
+        drop(held);
+        self.room.notify_all();
+    }
+
+    /// Learns how long chunks take, which sets how many to hold.
+    fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.typical_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+        self.typical_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// How many chunks the agent holds at once: two per slot, so that one
+    /// agent does not hoard work another could do; more while chunks are
+    /// quick (under 2 ms), where a round trip per chunk would be the cost.
+    fn limit(&self) -> usize {
+        let typical = self.typical_ns.load(Ordering::Relaxed);
+        if typical != 0 && typical < 2_000_000 {
+            self.slots * QUICK_PREFETCH
+        } else {
+            self.slots * 2
         }
     }
 
@@ -858,12 +905,13 @@ impl Core {
         }
     }
 
-    fn send_one(
+    /// The completion script's keys and arguments for `d` (storing a big
+    /// reply in a blob first).
+    fn completion(
         &self,
         link: &mut Link,
-        script: &redis::Script,
         d: &Done,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<(Vec<String>, Vec<Vec<u8>>), ClusterError> {
         let reply = match &d.parts {
             None => Vec::new(),
             Some(parts) => {
@@ -891,16 +939,69 @@ impl Core {
             }
         };
         let pool = if d.pool.is_empty() { "-" } else { &d.pool };
+        let keys = vec![
+            self.stream.clone(),
+            self.cluster.key(&format!("pool:{pool}:results")),
+            self.cluster.key(&format!("pool:{pool}:alive")),
+        ];
+        let args = vec![
+            GROUP.as_bytes().to_vec(),
+            self.id.as_bytes().to_vec(),
+            d.entry.as_bytes().to_vec(),
+            reply,
+            millis(Duration::from_secs(3600)).to_string().into_bytes(),
+        ];
+        Ok((keys, args))
+    }
+
+    fn send_one(
+        &self,
+        link: &mut Link,
+        script: &redis::Script,
+        d: &Done,
+    ) -> Result<(), ClusterError> {
+        let (keys, args) = self.completion(link, d)?;
         let mut call = script.prepare_invoke();
-        call.key(&self.stream)
-            .key(self.cluster.key(&format!("pool:{pool}:results")))
-            .key(self.cluster.key(&format!("pool:{pool}:alive")))
-            .arg(GROUP)
-            .arg(&self.id)
-            .arg(&d.entry)
-            .arg(reply)
-            .arg(millis(Duration::from_secs(3600)));
+        for k in &keys {
+            call.key(k);
+        }
+        for a in &args {
+            call.arg(a);
+        }
         link.script::<i64>(&call).map(|_| ())
+    }
+
+    /// Sends the completions of `batch` in one pipeline of `EVALSHA`s
+    /// (loading the script first if the server lacks it).
+    fn send_batch(
+        &self,
+        link: &mut Link,
+        script: &redis::Script,
+        batch: &[Done],
+    ) -> Result<(), ClusterError> {
+        if let [one] = batch {
+            return self.send_one(link, script, one);
+        }
+        let mut pipe = redis::pipe();
+        for d in batch {
+            let (keys, args) = self.completion(link, d)?;
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(keys.len())
+                .arg(&keys);
+            for a in &args {
+                cmd.arg(a);
+            }
+            cmd.ignore();
+        }
+        match link.pipe::<()>(&pipe) {
+            Err(ClusterError::Server(m)) if m.contains("NOSCRIPT") => {
+                link.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(COMPLETE_LUA))?;
+                link.pipe::<()>(&pipe)
+            }
+            other => other,
+        }
     }
 
     /// The heartbeat thread.
@@ -984,7 +1085,10 @@ impl Core {
     /// Takes over entries idle longer than `min_idle`: their agent died
     /// or stalled.
     fn reclaim(&self, link: &mut Link, min_idle: Duration) -> Result<(), ClusterError> {
-        let room = (self.slots * 2).saturating_sub(self.held().len());
+        // Take-over may go past the reader's limit by a slot's worth: a
+        // dead agent's chunks must not wait behind the whole backlog the
+        // reader keeps refilling.
+        let room = (self.limit() + self.slots).saturating_sub(self.held().len());
         if room == 0 {
             return Ok(());
         }
