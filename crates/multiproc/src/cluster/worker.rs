@@ -828,7 +828,7 @@ impl Core {
                 continue;
             }
             let mut kept = Vec::new();
-            let batch: Vec<Done> = queue.drain(..).collect();
+            let batch: Vec<Done> = std::mem::take(&mut queue);
             match self.send_batch(&mut link, &script, &batch) {
                 Ok(()) => {
                     for d in &batch {
