@@ -237,18 +237,16 @@ impl<'a> LockGuard<'a> {
             }),
             changed: Condvar::new(),
         });
-        let renewer = Renewer {
-            link: lock.object.cluster().link(),
+        // Without a renewer (no thread could be made) the lease simply
+        // runs out, and is_held says so then.
+        renew(Renewal {
+            cluster: lock.object.cluster().clone(),
             key: lock.object.keys[0].clone(),
             value: value.clone(),
             lease_len: lock.lease,
             lease: Arc::clone(&lease),
-        };
-        // Without a renewer (no thread could be made) the lease simply
-        // runs out, and is_held says so then.
-        let _ = thread::Builder::new()
-            .name("multiproc-lease".into())
-            .spawn(move || renewer.run());
+            next: sent + lock.lease / 3,
+        });
         LockGuard {
             lock,
             token,
@@ -315,64 +313,128 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// The thread that renews one guard's lease every third of it.
-struct Renewer {
-    link: crate::cluster::Link,
+/// One guard's lease, renewed every third of it by the process's renewer
+/// thread (one thread for every lease: starting a thread per acquisition
+/// cost more than the acquisition itself).
+struct Renewal {
+    cluster: crate::cluster::Cluster,
     key: String,
     value: String,
     lease_len: Duration,
     lease: Arc<Lease>,
+    next: Instant,
 }
 
-impl Renewer {
-    fn run(mut self) {
-        let period = self.lease_len / 3;
-        let mut next = Instant::now() + period;
-        loop {
-            {
-                let mut s = self.lease.state.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if s.stop || s.lost {
-                        return;
+/// The renewer thread's inbox, with the process it belongs to: a child
+/// forked from this process has no such thread and starts its own.
+static RENEWER: Mutex<Option<(u32, std::sync::mpsc::Sender<Renewal>)>> = Mutex::new(None);
+
+/// Hands `r` to the renewer thread, starting it if this process has none.
+fn renew(r: Renewal) {
+    let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    let r = match &*slot {
+        Some((pid, tx)) if *pid == me => match tx.send(r) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(r)) => r,
+        },
+        _ => r,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = tx.send(r);
+    if thread::Builder::new()
+        .name("multiproc-lease".into())
+        .spawn(move || run_renewer(rx))
+        .is_ok()
+    {
+        *slot = Some((me, tx));
+    }
+}
+
+/// The renewer thread: renews each live lease when it is due, one
+/// connection per cluster URL, until every guard is gone and nothing new
+/// arrives for a while.
+fn run_renewer(rx: std::sync::mpsc::Receiver<Renewal>) {
+    let mut jobs: Vec<Renewal> = Vec::new();
+    let mut links: std::collections::HashMap<String, crate::cluster::Link> =
+        std::collections::HashMap::new();
+    loop {
+        jobs.retain(|j| {
+            let s = j.lease.state.lock().unwrap_or_else(|e| e.into_inner());
+            !s.stop && !s.lost
+        });
+        let now = Instant::now();
+        let wait = jobs
+            .iter()
+            .map(|j| j.next.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(30));
+        match rx.recv_timeout(wait) {
+            Ok(j) => {
+                jobs.push(j);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if jobs.is_empty() {
+                    // Idle: end, unless a guard is being handed over now.
+                    let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => {
+                            *slot = None;
+                            return;
+                        }
                     }
-                    let now = Instant::now();
-                    if now >= next {
-                        break;
-                    }
-                    s = self
-                        .lease
-                        .changed
-                        .wait_timeout(s, next - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    continue;
                 }
             }
-            let sent = Instant::now();
-            let ms = u64::try_from(self.lease_len.as_millis()).unwrap_or(u64::MAX);
-            let r: Result<i64, ClusterError> = self.link.script_within(
-                RENEW.key(&self.key).arg(&self.value).arg(ms),
-                self.lease_len.min(IO_TIMEOUT),
-            );
-            let mut s = self.lease.state.lock().unwrap_or_else(|e| e.into_inner());
-            match r {
-                Ok(1) if !s.lost && Instant::now() < s.good_until => {
-                    s.good_until = sent + self.lease_len;
-                    next = sent + period;
-                }
-                Ok(_) => {
-                    // Another holder has it, or it ran out before this
-                    // renewal came back.
-                    s.lost = true;
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if jobs.is_empty() {
                     return;
                 }
-                Err(_) => {
-                    // The server is unreachable: try again soon, while
-                    // the lease lasts.
-                    if Instant::now() >= s.good_until {
-                        s.lost = true;
-                        return;
-                    }
-                    next = Instant::now() + period.min(BACKSTOP);
+            }
+        }
+        let now = Instant::now();
+        for j in jobs.iter_mut().filter(|j| j.next <= now) {
+            let link = links
+                .entry(j.cluster.full_url().to_owned())
+                .or_insert_with(|| j.cluster.link());
+            j.renew_once(link);
+        }
+    }
+}
+
+impl Renewal {
+    fn renew_once(&mut self, link: &mut crate::cluster::Link) {
+        {
+            let s = self.lease.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.stop || s.lost {
+                return;
+            }
+        }
+        let period = self.lease_len / 3;
+        let sent = Instant::now();
+        let ms = u64::try_from(self.lease_len.as_millis()).unwrap_or(u64::MAX);
+        let r: Result<i64, ClusterError> = link.script_within(
+            RENEW.key(&self.key).arg(&self.value).arg(ms),
+            self.lease_len.min(IO_TIMEOUT),
+        );
+        let mut s = self.lease.state.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(1) if !s.lost && Instant::now() < s.good_until => {
+                s.good_until = sent + self.lease_len;
+                self.next = sent + period;
+            }
+            // Another holder has it, or it ran out before this renewal
+            // came back.
+            Ok(_) => s.lost = true,
+            Err(_) => {
+                // The server is unreachable: try again soon, while the
+                // lease lasts.
+                if Instant::now() >= s.good_until {
+                    s.lost = true;
+                } else {
+                    self.next = Instant::now() + period.min(BACKSTOP);
                 }
             }
         }
