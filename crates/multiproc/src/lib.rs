@@ -266,6 +266,7 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod aio;
 
 /// What `#[multiproc::task]` expands to refers to these; not an API.
 #[cfg(feature = "cluster")]

@@ -488,6 +488,75 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
     }
 }
 
+/// Async forms (see `docs/async.md`).
+impl<S: Serialize, R> Connection<S, R> {
+    /// [`send`](Self::send), as a future. The value is encoded in the
+    /// poll, and the message goes out whole on a waiter thread (a message
+    /// is sent whole or not at all, and a pipe's long message waits for
+    /// the peer to read): the future is ready once it is sent. **Dropping
+    /// it does not cancel the send** once it was first polled: the message
+    /// still goes out, as a blocking send that had begun would.
+    pub fn send_async(&self, value: &S) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let encoded = if self.writable {
+            handles::with_encoded(value, &[0], |bytes, fds| {
+                bytes[0] = fds.len() as u8;
+                let fds: std::io::Result<Vec<OwnedFd>> =
+                    fds.iter().map(|fd| fd.try_clone()).collect();
+                fds.map(|fds| (bytes.to_vec(), fds))
+            })
+            .map_err(SendError::from)
+            .and_then(|r| r.map_err(|e| SendError::from(StreamError::Io(e))))
+        } else {
+            Err(SendError::ReadOnly)
+        };
+        let mut state = Some(encoded);
+        let mut call: Option<crate::aio::Offload<Result<(), StreamError>>> = None;
+        std::future::poll_fn(move |cx| {
+            if let Some(encoded) = state.take() {
+                let (bytes, fds) = match encoded {
+                    Ok(e) => e,
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                };
+                let link = Arc::clone(&self.link);
+                call = Some(crate::aio::Offload::start(
+                    move || {
+                        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                        link.send(&[&bytes], &borrowed)
+                    },
+                    drop,
+                ));
+            }
+            match &mut call {
+                Some(c) => c.poll(cx).map(|r| r.map_err(SendError::from)),
+                None => std::task::Poll::Pending,
+            }
+        })
+    }
+}
+
+impl<S, R: DeserializeOwned> Connection<S, R> {
+    /// [`recv`](Self::recv), as a future: waits without blocking the
+    /// thread (see `docs/async.md`). Dropping it before it is ready takes
+    /// no message. (A message whose first bytes have arrived is read to
+    /// its end in the poll, as [`try_recv`](Self::try_recv) does: the
+    /// peer is sending it at that moment.)
+    pub fn recv_async(&self) -> impl Future<Output = Result<R, RecvError>> + Send + '_ {
+        crate::aio::retry(
+            move |_| match self.try_recv() {
+                Ok(v) => Some(Ok(v)),
+                Err(TryRecvError::Recv(e)) => Some(Err(e)),
+                Err(TryRecvError::Empty) => None,
+            },
+            move || {
+                let link = Arc::clone(&self.link);
+                move |until: Instant, _: &crate::aio::Ticket| {
+                    let _ = link.poll(Some(until));
+                }
+            },
+        )
+    }
+}
+
 fn decode_typed<R: DeserializeOwned>(payload: &[u8], fds: Vec<OwnedFd>) -> Result<R, RecvError> {
     match payload.split_first() {
         Some((&count, _)) if usize::from(count) != fds.len() => Err(RecvError::Garbage(format!(

@@ -1830,6 +1830,60 @@ impl Ring {
         }
     }
 
+    /// The readiness wait of an async get (`crate::aio`): sleeps on the
+    /// data word, counted as a sleeper like a blocking get, until the ring
+    /// holds a record or is shut down, or `until`; takes nothing. True if
+    /// a wake-up (meant for one consumer) ended the sleep: a caller whose
+    /// task no longer wants it passes it on ([`wake_consumer`](Ring::wake_consumer)).
+    pub(crate) fn wait_for_data(&self, until: Instant) -> bool {
+        let h = self.header();
+        if !self.is_empty_now() || self.is_shut_down() {
+            return false;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.data_seq.load(Ordering::SeqCst);
+        let slept = waiter.sleep(&h.waits.data_seq, seq, Some(&h.waits.data_sleepers), || {
+            self.is_empty_settled() && !self.is_shut_down()
+        });
+        slept == Slept::Woken && h.waits.data_seq.load(Ordering::SeqCst) != seq
+    }
+
+    /// The readiness wait of an async put: as
+    /// [`wait_for_data`](Ring::wait_for_data), until a record of `len`
+    /// payload bytes fits (or the ring is shut down), or `until`.
+    pub(crate) fn wait_for_room(&self, len: usize, until: Instant) -> bool {
+        let h = self.header();
+        let size = record_size(len);
+        let full = || self.place(size, true).is_ok_and(|p| p.is_none()) && !self.is_shut_down();
+        if !full() {
+            return false;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.space_seq.load(Ordering::SeqCst);
+        let slept = waiter.sleep(&h.waits.space_seq, seq, Some(&h.waits.space_sleepers), full);
+        slept == Slept::Woken && h.waits.space_seq.load(Ordering::SeqCst) != seq
+    }
+
+    /// Wakes one consumer sleeping for a record, if any sleeps: passes on
+    /// a wake-up that a dropped async get was given.
+    pub(crate) fn wake_consumer(&self) {
+        let h = self.header();
+        if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.data_seq, 1);
+        }
+    }
+
+    /// Wakes one producer sleeping for room, if any sleeps (as
+    /// [`wake_consumer`](Ring::wake_consumer)).
+    pub(crate) fn wake_producer(&self) {
+        let h = self.header();
+        if h.waits.space_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.space_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.space_seq, 1);
+        }
+    }
+
     /// Whether the queue was shut down (by any process holding it; a
     /// garbage word reads as shut down, which only ends gets and puts).
     pub(crate) fn is_shut_down(&self) -> bool {
