@@ -322,7 +322,8 @@ pub use manager::{
     StartManagerError, ValueProxy,
 };
 pub use pool::{
-    Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,
+    Imap, ImapStream, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions,
+    WorkerStats,
 };
 pub use queue::{
     AckError, DEFAULT_RING_BYTES, Delivery, GetError, GetTimeoutError, JoinableQueue, PutError,

@@ -931,31 +931,50 @@ where
     }
 }
 
-// `Imap` never pins its fields (nothing is projected): it may move
-// between polls whatever its input iterator is.
-impl<R, It: Iterator> Unpin for Imap<R, It> {}
+impl<R, It: Iterator> Imap<R, It> {
+    /// The same outcomes as a [`Stream`](futures_core::Stream), for async
+    /// code: `next().await` on any executor waits without blocking the
+    /// thread (the job wakes the task as results arrive). Items are
+    /// encoded and submitted in the poll, as the iterator's `next` does.
+    /// (A separate type, so that `map`, `next` and the rest are never
+    /// ambiguous between `Iterator` and `StreamExt`.)
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use multiproc::Pool;
+    ///
+    /// fn double(x: u64) -> u64 {
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let doubled: Vec<u64> = futures::executor::block_on(
+    ///     pool.imap(double, 0..4).into_stream().map(|r| r.unwrap()).collect(),
+    /// );
+    /// assert_eq!(doubled, [0, 2, 4, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_stream(self) -> ImapStream<R, It> {
+        ImapStream(self)
+    }
+}
 
-/// An `Imap` is also a [`Stream`](futures_core::Stream) of the same
-/// outcomes: `next().await` on any executor waits without blocking the
-/// thread (the job wakes the task as results arrive). Items are encoded
-/// and submitted in the poll, as `next` does.
-///
-/// ```
-/// use futures::StreamExt;
-/// use multiproc::Pool;
-///
-/// fn double(x: u64) -> u64 {
-///     x * 2
-/// }
-///
-/// let pool = Pool::new(2)?;
-/// let doubled: Vec<u64> = futures::executor::block_on(
-///     pool.imap(double, 0..4).map(|r| r.unwrap()).collect(),
-/// );
-/// assert_eq!(doubled, [0, 2, 4, 6]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-impl<R, A, It> futures_core::Stream for Imap<R, It>
+/// [`Imap`] as a [`Stream`](futures_core::Stream) of its outcomes (made
+/// by [`Imap::into_stream`]). Dropping it drops the items not yet
+/// started, as dropping the `Imap` does.
+pub struct ImapStream<R, It: Iterator>(Imap<R, It>);
+
+impl<R, It: Iterator> fmt::Debug for ImapStream<R, It> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImapStream").field(&self.0).finish()
+    }
+}
+
+// Nothing of an `ImapStream` is ever pinned (no field is projected): it
+// may move between polls whatever its input iterator is.
+impl<R, It: Iterator> Unpin for ImapStream<R, It> {}
+
+impl<R, A, It> futures_core::Stream for ImapStream<R, It>
 where
     It: Iterator<Item = A>,
     A: Serialize,
@@ -964,7 +983,7 @@ where
     type Item = Result<R, TaskError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         if let Some(outcome) = this.ready.pop_front() {
             return Poll::Ready(Some(outcome));
         }

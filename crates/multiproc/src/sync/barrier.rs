@@ -304,6 +304,9 @@ impl Barrier {
         let mut index = 0;
         let mut waiting = crate::aio::Waiting::new();
         std::future::poll_fn(move |cx| {
+            // The whole guard moves into the closure (not a copy of its
+            // field), so that dropping the future drops it.
+            let round = &mut round;
             let state = self.shared.state();
             if let Some(g) = round.generation {
                 if let Some(r) = state.round_over(g, index) {

@@ -117,6 +117,9 @@ impl<'a> ConditionGuard<'a> {
         };
         let mut waiting = crate::aio::Waiting::new();
         std::future::poll_fn(move |cx| {
+            // The whole guard moves into the closure (not a copy of its
+            // field), so that dropping the future drops it.
+            let registered = &mut registered;
             let state = cond.shared.state();
             if registered.on {
                 if !state.wait_take() {

@@ -45,6 +45,27 @@ where
     }
 }
 
+/// Runs `fut` on executor `which` on the calling thread, for a future that
+/// is not `Send` (one that holds a lock guard across an `.await`): the
+/// multi-thread runtime drives it from `block_on`, its workers run the
+/// rest.
+pub fn run_local<Fut: Future>(which: usize, fut: Fut) -> Fut::Output {
+    match which {
+        0 | 1 => {
+            let mut b = if which == 0 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            };
+            b.enable_time().build().expect("runtime").block_on(fut)
+        }
+        2 => smol::block_on(fut),
+        _ => futures::executor::block_on(fut),
+    }
+}
+
 /// Runs the future `make` builds on every executor in turn.
 pub fn on_each<Fut>(make: impl Fn(usize) -> Fut)
 where
