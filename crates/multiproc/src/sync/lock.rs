@@ -357,7 +357,7 @@ impl Lock {
     ///
     /// ```
     /// let lock = multiproc::Lock::new()?;
-    /// let guard = futures::executor::block_on(lock.lock_async())?;
+    /// let guard = futures::executor::block_on(lock.lock_async()).unwrap();
     /// assert!(lock.try_lock().is_err());
     /// drop(guard);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
