@@ -189,3 +189,55 @@ fn a_dropped_put_async_puts_nothing() {
         });
     });
 }
+
+/// Takes the queue's consumer lock and stops itself (SIGSTOP), as a peer
+/// stopped by a debugger while holding it would.
+fn wedge_and_stop(q: Queue<u64>) {
+    multiproc::__bench::wedge_queue_lock(&q, true);
+    common::send_signal(std::process::id() as i32, libc::SIGSTOP);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_get_async_sleeps_while_a_stopped_peer_holds_the_consumer_lock() {
+    common::deadline(common::LIMIT, || {
+        let q = Queue::<u64>::new().unwrap();
+        q.put(1).unwrap();
+        let child = Process::builder()
+            .start_method(multiproc::StartMethod::Fork)
+            .spawn(wedge_and_stop, q.clone())
+            .unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while common::state(child.pid()) != Some('T') {
+            assert!(std::time::Instant::now() < end, "the child did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A value waits, but the lock is held: the future must sleep on the
+        // lock, not spin between its task and a waiter thread.
+        let polls = Arc::new(AtomicU64::new(0));
+        let p = Arc::clone(&polls);
+        executors::run_local(3, async {
+            let mut get = std::pin::pin!(q.get_async());
+            let counted = futures::future::poll_fn(move |cx| {
+                p.fetch_add(1, Ordering::Relaxed);
+                get.as_mut().poll(cx)
+            });
+            assert!(
+                timeout(3, Duration::from_millis(500), counted)
+                    .await
+                    .is_none()
+            );
+        });
+        let n = polls.load(Ordering::Relaxed);
+        // 64 eager polls, then about one per 50 ms slice.
+        assert!(n < 300, "{n} polls in 500 ms");
+        let pid = child.pid();
+        child.kill().unwrap();
+        assert!(child.join().is_err());
+        common::assert_gone(pid);
+        // The dead holder's lock is recovered, and the value comes.
+        assert_eq!(run_on(0, async move { q.get_async().await }).unwrap(), 1);
+    });
+}

@@ -850,9 +850,7 @@ impl<T: DeserializeOwned> Queue<T> {
             move || {
                 let shared = Arc::clone(&self.shared);
                 move |until: Instant, ticket: &crate::aio::Ticket| {
-                    if shared.ring.wait_for_data(until) && !ticket.wanted() {
-                        shared.ring.wake_consumer();
-                    }
+                    shared.ring.wait_for_data(until, &|| ticket.wanted());
                 }
             },
         )
@@ -876,12 +874,12 @@ impl<T: DeserializeOwned> Queue<T> {
             move || {
                 let shared = Arc::clone(&self.shared);
                 move |until: Instant, ticket: &crate::aio::Ticket| {
-                    if !shared.ring.is_empty() {
+                    if !shared.ring.is_empty() && !shared.ring.consumer_busy() {
                         // A record waits but the journal is full: wait
                         // for acknowledgements, as a blocking get does.
                         std::thread::sleep(Duration::from_millis(1));
-                    } else if shared.ring.wait_for_data(until) && !ticket.wanted() {
-                        shared.ring.wake_consumer();
+                    } else {
+                        shared.ring.wait_for_data(until, &|| ticket.wanted());
                     }
                 }
             },
@@ -942,9 +940,7 @@ impl<T: Serialize> Queue<T> {
                 let shared = Arc::clone(&self.shared);
                 let len = len.load(Ordering::Relaxed);
                 move |until: Instant, ticket: &crate::aio::Ticket| {
-                    if shared.ring.wait_for_room(len, until) && !ticket.wanted() {
-                        shared.ring.wake_producer();
-                    }
+                    shared.ring.wait_for_room(len, until, &|| ticket.wanted());
                 }
             },
         )

@@ -147,6 +147,12 @@ impl RawLock {
             && self.word.load(Ordering::Relaxed) != cur | WAITERS
     }
 
+    /// Whether any process holds the lock now (a hint: it may change at
+    /// once).
+    pub(crate) fn is_held(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+
     /// Wakes one locker sleeping on the word.
     pub(crate) fn wake_one(&self) {
         futex::wake(&self.word, 1);

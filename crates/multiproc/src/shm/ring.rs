@@ -1832,36 +1832,60 @@ impl Ring {
 
     /// The readiness wait of an async get (`crate::aio`): sleeps on the
     /// data word, counted as a sleeper like a blocking get, until the ring
-    /// holds a record or is shut down, or `until`; takes nothing. True if
-    /// a wake-up (meant for one consumer) ended the sleep: a caller whose
-    /// task no longer wants it passes it on ([`wake_consumer`](Ring::wake_consumer)).
-    pub(crate) fn wait_for_data(&self, until: Instant) -> bool {
+    /// holds a record or is shut down, or `until`; takes nothing. If a
+    /// record waits already, the get failed on the consumer lock, which
+    /// another process holds: it sleeps on that lock instead, as a
+    /// blocking get would. A wake-up meant for one waiter that ended the
+    /// sleep is passed on if the task no longer `wanted` it.
+    pub(crate) fn wait_for_data(&self, until: Instant, wanted: &dyn Fn() -> bool) {
         let h = self.header();
-        if !self.is_empty_now() || self.is_shut_down() {
-            return false;
+        if self.is_shut_down() {
+            return;
+        }
+        if !self.is_empty_now() {
+            if h.consumer.lock.wait_free(until) && !wanted() {
+                h.consumer.lock.wake_one();
+            }
+            return;
         }
         let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
         let seq = h.waits.data_seq.load(Ordering::SeqCst);
         let slept = waiter.sleep(&h.waits.data_seq, seq, Some(&h.waits.data_sleepers), || {
             self.is_empty_settled() && !self.is_shut_down()
         });
-        slept == Slept::Woken && h.waits.data_seq.load(Ordering::SeqCst) != seq
+        if slept == Slept::Woken && h.waits.data_seq.load(Ordering::SeqCst) != seq && !wanted() {
+            self.wake_consumer();
+        }
     }
 
     /// The readiness wait of an async put: as
     /// [`wait_for_data`](Ring::wait_for_data), until a record of `len`
-    /// payload bytes fits (or the ring is shut down), or `until`.
-    pub(crate) fn wait_for_room(&self, len: usize, until: Instant) -> bool {
+    /// payload bytes fits (or the ring is shut down), or `until`; on the
+    /// producer lock if there is room already.
+    pub(crate) fn wait_for_room(&self, len: usize, until: Instant, wanted: &dyn Fn() -> bool) {
         let h = self.header();
         let size = record_size(len);
         let full = || self.place(size, true).is_ok_and(|p| p.is_none()) && !self.is_shut_down();
+        if self.is_shut_down() {
+            return;
+        }
         if !full() {
-            return false;
+            if h.producer.lock.wait_free(until) && !wanted() {
+                h.producer.lock.wake_one();
+            }
+            return;
         }
         let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
         let seq = h.waits.space_seq.load(Ordering::SeqCst);
         let slept = waiter.sleep(&h.waits.space_seq, seq, Some(&h.waits.space_sleepers), full);
-        slept == Slept::Woken && h.waits.space_seq.load(Ordering::SeqCst) != seq
+        if slept == Slept::Woken && h.waits.space_seq.load(Ordering::SeqCst) != seq && !wanted() {
+            self.wake_producer();
+        }
+    }
+
+    /// Whether a consumer holds the consumer lock now (a hint).
+    pub(crate) fn consumer_busy(&self) -> bool {
+        self.header().consumer.lock.is_held()
     }
 
     /// Wakes one consumer sleeping for a record, if any sleeps: passes on
