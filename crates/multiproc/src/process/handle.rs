@@ -574,7 +574,7 @@ impl<R> Process<R> {
         } else {
             match &started.reaper {
                 start::Reaper::Direct => vec![started.pidfd.as_fd()],
-                start::Reaper::Server(fd) => vec![fd.as_fd(), started.pidfd.as_fd()],
+                start::Reaper::Server(fd) => vec![fd.as_fd()],
             }
         };
         fds.into_iter()
