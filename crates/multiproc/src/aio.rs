@@ -203,30 +203,32 @@ impl Waiting {
     }
 
     /// After a failed try: arranges for the task to be polled again, at
-    /// once while the eager phase lasts, else when `ready` (a readiness
-    /// wait, run on a waiter thread) returns. `ready` gets the end of its
-    /// slice, which it must not pass, and a [`Ticket`]; it may block, and
-    /// must take nothing.
-    pub(crate) fn pending<T>(
+    /// once while the eager phase lasts, else when the readiness wait that
+    /// `make` makes (only then) returns, run on a waiter thread. The wait
+    /// gets the end of its slice, which it must not pass, and a
+    /// [`Ticket`]; it may block, and must take nothing.
+    pub(crate) fn pending<T, W>(
         &mut self,
         cx: &mut Context<'_>,
-        ready: impl FnOnce(Instant, &Ticket) + Send + 'static,
-    ) -> Poll<T> {
+        make: impl FnOnce() -> W,
+    ) -> Poll<T>
+    where
+        W: FnOnce(Instant, &Ticket) + Send + 'static,
+    {
         if self.eager < EAGER_POLLS {
             self.eager += 1;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.sleep(cx, ready)
+        self.sleep(cx, make)
     }
 
     /// As [`pending`](Self::pending), without the eager phase: for waits
     /// that an eager retry cannot shorten (a process's exit, a deadline).
-    pub(crate) fn sleep<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        ready: impl FnOnce(Instant, &Ticket) + Send + 'static,
-    ) -> Poll<T> {
+    pub(crate) fn sleep<T, W>(&mut self, cx: &mut Context<'_>, make: impl FnOnce() -> W) -> Poll<T>
+    where
+        W: FnOnce(Instant, &Ticket) + Send + 'static,
+    {
         let signal = self.signal.get_or_insert_with(Arc::default);
         {
             let mut st = lock(&signal.st);
@@ -249,6 +251,7 @@ impl Waiting {
             }
         }
         let fire = Fire(Arc::clone(signal));
+        let ready = make();
         let _ = run(Box::new(move || {
             let ticket = Ticket(Arc::clone(&fire.0));
             ready(Instant::now() + SLICE, &ticket);
@@ -294,7 +297,7 @@ where
     let mut waiting = Waiting::new();
     std::future::poll_fn(move |cx| match attempt(&waiting) {
         Some(v) => Poll::Ready(v),
-        None => waiting.pending(cx, ready()),
+        None => waiting.pending(cx, &mut ready),
     })
 }
 

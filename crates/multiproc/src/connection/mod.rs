@@ -135,6 +135,15 @@ impl Link {
         }
     }
 
+    /// Sends a small message without handles if that needs no waiting
+    /// (a pipe's ring has room): true if sent. A socket says false.
+    fn try_send(&self, bytes: &[u8]) -> Result<bool, StreamError> {
+        match self {
+            Link::Stream(_) => Ok(false),
+            Link::Local(l) => l.try_send(&[bytes]),
+        }
+    }
+
     fn recv(
         &self,
         deadline: Option<Instant>,
@@ -490,12 +499,14 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
 
 /// Async forms (see `docs/async.md`).
 impl<S: Serialize, R> Connection<S, R> {
-    /// [`send`](Self::send), as a future. The value is encoded in the
-    /// poll, and the message goes out whole on a waiter thread (a message
-    /// is sent whole or not at all, and a pipe's long message waits for
-    /// the peer to read): the future is ready once it is sent. **Dropping
-    /// it does not cancel the send** once it was first polled: the message
-    /// still goes out, as a blocking send that had begun would.
+    /// [`send`](Self::send), as a future. The value is encoded when the
+    /// future is made. A small message that fits in a pipe's ring now is
+    /// sent in the first poll; any other goes out whole on a waiter thread
+    /// (a message is sent whole or not at all, and a pipe's long message
+    /// waits for the peer to read): the future is ready once it is sent.
+    /// **Dropping it does not cancel the send** once it was first polled:
+    /// the message still goes out, as a blocking send that had begun
+    /// would.
     pub fn send_async(&self, value: &S) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         let encoded = if self.writable {
             handles::with_encoded(value, &[0], |bytes, fds| {
@@ -517,6 +528,14 @@ impl<S: Serialize, R> Connection<S, R> {
                     Ok(e) => e,
                     Err(e) => return std::task::Poll::Ready(Err(e)),
                 };
+                // A pipe's ring with room: sent at once, here.
+                if fds.is_empty() {
+                    match self.link.try_send(&bytes) {
+                        Ok(true) => return std::task::Poll::Ready(Ok(())),
+                        Ok(false) => {}
+                        Err(e) => return std::task::Poll::Ready(Err(e.into())),
+                    }
+                }
                 let link = Arc::clone(&self.link);
                 call = Some(crate::aio::Offload::start(
                     move || {

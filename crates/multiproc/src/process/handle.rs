@@ -623,11 +623,13 @@ impl<R> Process<R> {
                 Ok(v) => std::task::Poll::Ready(Ok(v)),
                 Err(TryJoinError::Failed(e)) => std::task::Poll::Ready(Err(e)),
                 Err(TryJoinError::Running(p)) => {
-                    let fds = p.readiness_fds();
-                    held.0 = Some(p);
-                    waiting.sleep(cx, move |until: Instant, _: &crate::aio::Ticket| {
-                        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-                        let _ = sys::socket::wait_readable(&borrowed, Some(until));
+                    let p = held.0.insert(p);
+                    waiting.sleep(cx, || {
+                        let fds = p.readiness_fds();
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+                            let _ = sys::socket::wait_readable(&borrowed, Some(until));
+                        }
                     })
                 }
             }

@@ -314,8 +314,10 @@ impl Barrier {
                     return Poll::Ready(map(r));
                 }
                 let shared = Arc::clone(&self.shared);
-                return waiting.pending(cx, move |until: Instant, _: &crate::aio::Ticket| {
-                    shared.state().wait_round(g, until)
+                return waiting.pending(cx, move || {
+                    move |until: Instant, _: &crate::aio::Ticket| {
+                        shared.state().wait_round(g, until)
+                    }
                 });
             }
             let run = |action: &Action| {
@@ -334,8 +336,10 @@ impl Barrier {
                 }
                 None => {
                     let shared = Arc::clone(&self.shared);
-                    waiting.pending(cx, move |until: Instant, _: &crate::aio::Ticket| {
-                        shared.state().arrival_blocked(until)
+                    waiting.pending(cx, move || {
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            shared.state().arrival_blocked(until)
+                        }
                     })
                 }
             }

@@ -124,8 +124,10 @@ impl<'a> ConditionGuard<'a> {
             if registered.on {
                 if !state.wait_take() {
                     let shared = Arc::clone(&cond.shared);
-                    return waiting.pending(cx, move |until: Instant, _: &crate::aio::Ticket| {
-                        shared.state().wait_for_token(until)
+                    return waiting.pending(cx, move || {
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            shared.state().wait_for_token(until)
+                        }
                     });
                 }
                 registered.on = false;
@@ -152,10 +154,12 @@ impl<'a> ConditionGuard<'a> {
                 }
                 None => {
                     let shared = Arc::clone(&cond.shared);
-                    waiting.pending(cx, move |until: Instant, ticket: &crate::aio::Ticket| {
-                        let lock = &shared.state().lock;
-                        if lock.wait_free(until) && !ticket.wanted() {
-                            lock.wake_one();
+                    waiting.pending(cx, move || {
+                        move |until: Instant, ticket: &crate::aio::Ticket| {
+                            let lock = &shared.state().lock;
+                            if lock.wait_free(until) && !ticket.wanted() {
+                                lock.wake_one();
+                            }
                         }
                     })
                 }
