@@ -26,11 +26,12 @@
 //!
 //! Waiter threads (`multiproc-waiter`) are made on demand, one per
 //! readiness wait in progress, and kept [`IDLE`] after their last wait for
-//! reuse. A fork leaves the child without them; the first wait there makes
-//! new ones. No runtime is assumed: all a future uses of its executor is
+//! reuse. A fork leaves the child without them: there each wait makes a
+//! thread of its own (see [`OWNER`]). No runtime is assumed: all a future uses of its executor is
 //! `Waker::wake`.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -75,18 +76,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The fork generation ([`futex::generation`]) whose threads [`THREADS`]
+/// lists; 0 before the first wait. A child forked from a process that had
+/// waiter threads must not touch [`THREADS`]: a thread of its parent may
+/// have held the mutex at the fork, and no thread of the child will ever
+/// release it. Its waits run on threads of their own, one per wait.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may use [`THREADS`] (see [`OWNER`]).
+fn pool_is_ours() -> bool {
+    let g = futex::generation();
+    match OWNER.compare_exchange(0, g, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => true,
+        Err(owner) => owner == g,
+    }
+}
+
 /// Runs `job` on a waiter thread: an idle one, or a new one. Gives it
 /// back if no thread could be made (a process at its limit).
 pub(crate) fn run(job: Job) -> Result<(), Job> {
-    let hand = {
+    let pooled = pool_is_ours();
+    let hand = if pooled {
         let mut t = lock(&THREADS);
         let g = futex::generation();
         if t.generation != g {
-            // A forked child: its parent's threads are not here.
             t.generation = g;
             t.idle.clear();
         }
         t.idle.pop()
+    } else {
+        None
     };
     if let Some(hand) = hand {
         *lock(&hand.job) = Some(job);
@@ -99,15 +118,16 @@ pub(crate) fn run(job: Job) -> Result<(), Job> {
     let spawned = std::thread::Builder::new()
         .name("multiproc-waiter".into())
         .stack_size(64 << 10)
-        .spawn(move || serve(mine));
+        .spawn(move || serve(mine, pooled));
     match spawned {
         Ok(_) => Ok(()),
         Err(_) => lock(&hand.job).take().map_or(Ok(()), Err),
     }
 }
 
-/// A waiter thread: runs jobs, then waits [`IDLE`] for another.
-fn serve(hand: Arc<Hand>) {
+/// A waiter thread: runs jobs, then waits [`IDLE`] for another (if
+/// `pooled`; else it ends after its first).
+fn serve(hand: Arc<Hand>, pooled: bool) {
     loop {
         let job = {
             let mut slot = lock(&hand.job);
@@ -132,6 +152,9 @@ fn serve(hand: Arc<Hand>) {
         };
         // A job wakes its task however it ends (see `Waiting::pending`).
         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+        if !pooled {
+            return;
+        }
         let mut t = lock(&THREADS);
         if t.generation != futex::generation_unchecked() {
             return;
@@ -411,7 +434,7 @@ impl<T> std::fmt::Debug for Offload<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn waiter_threads_are_reused_and_run_every_job() {

@@ -241,3 +241,36 @@ fn a_get_async_sleeps_while_a_stopped_peer_holds_the_consumer_lock() {
         assert_eq!(run_on(0, async move { q.get_async().await }).unwrap(), 1);
     });
 }
+
+#[test]
+fn a_forked_child_waits_asynchronously_too() {
+    common::deadline(common::LIMIT, || {
+        let q = Queue::<u64>::new().unwrap();
+        let back = Queue::<u64>::new().unwrap();
+        // The parent has waiter threads (one sleeps in a get right now).
+        let theirs = q.clone();
+        let waiting =
+            std::thread::spawn(move || run_on(3, async move { theirs.get_async().await }));
+        std::thread::sleep(Duration::from_millis(50));
+        let (q2, back2) = (q.clone(), back.clone());
+        let child = Process::fork(move || {
+            futures::executor::block_on(async {
+                let mut sum = 0;
+                for _ in 0..3 {
+                    sum += q2.get_async().await.unwrap();
+                }
+                back2.put_async(sum).await.unwrap();
+            })
+        })
+        .unwrap();
+        // Let the child's gets sleep on waiter threads, then feed both.
+        std::thread::sleep(Duration::from_millis(150));
+        for v in [1, 2, 3, 4] {
+            q.put(v).unwrap();
+        }
+        let parent_got = waiting.join().unwrap().unwrap();
+        let child_sum = back.get_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(parent_got + child_sum, 10);
+        child.join().unwrap();
+    });
+}
