@@ -274,3 +274,31 @@ fn a_forked_child_waits_asynchronously_too() {
         child.join().unwrap();
     });
 }
+
+fn finish_all(q: multiproc::JoinableQueue<u64>) {
+    while let Ok(_v) = q.get_timeout(Duration::from_millis(300)) {
+        std::thread::sleep(Duration::from_millis(5));
+        q.task_done().unwrap();
+    }
+}
+
+#[test]
+fn simple_and_joinable_queues_on_every_executor() {
+    common::deadline(common::LIMIT, || {
+        on_each(|_| async {
+            let sq = multiproc::SimpleQueue::<String>::new().unwrap();
+            sq.put_async("a".to_string()).await.unwrap();
+            assert_eq!(sq.get_async().await.unwrap(), "a");
+            let jq = multiproc::JoinableQueue::<u64>::new().unwrap();
+            for i in 0..10 {
+                jq.put_async(i).await.unwrap();
+            }
+            let worker = Process::spawn(finish_all, jq.clone()).unwrap();
+            // Done only once the worker marked all ten done.
+            jq.join_async().await;
+            assert!(jq.is_empty());
+            assert!(jq.join_timeout(Duration::ZERO));
+            worker.join_async().await.unwrap();
+        });
+    });
+}

@@ -989,6 +989,19 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         self.0.get()
     }
 
+    /// [`put`](Self::put), as a future (see [`Queue::put_async`]).
+    pub fn put_async(&self, value: T) -> impl Future<Output = Result<(), PutError<T>>> + Send + '_
+    where
+        T: Send,
+    {
+        self.0.put_async(value)
+    }
+
+    /// [`get`](Self::get), as a future (see [`Queue::get_async`]).
+    pub fn get_async(&self) -> impl Future<Output = Result<T, GetError>> + Send + '_ {
+        self.0.get_async()
+    }
+
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -1073,6 +1086,18 @@ impl<T> JoinableQueue<T> {
     /// Waits until every value put has been marked done.
     pub fn join(&self) {
         self.0.shared.ring.join(None);
+    }
+
+    /// [`join`](Self::join), as a future: waits without blocking the
+    /// thread (see `docs/async.md`).
+    pub fn join_async(&self) -> impl Future<Output = ()> + Send + '_ {
+        crate::aio::retry(
+            move |_| self.0.shared.ring.all_done().then_some(()),
+            move || {
+                let shared = Arc::clone(&self.0.shared);
+                move |until: Instant, _: &crate::aio::Ticket| shared.ring.wait_all_done(until)
+            },
+        )
     }
 
     /// Like [`join`](Self::join), giving up at `timeout`; true if all done.

@@ -1098,6 +1098,22 @@ impl Ring {
         }
     }
 
+    /// Whether every record put has been marked done.
+    pub(crate) fn all_done(&self) -> bool {
+        self.header().counts.unfinished.load(Ordering::SeqCst) == 0
+    }
+
+    /// The readiness wait of an async join: until every record put has
+    /// been marked done, or `until` (the wake-up it waits for wakes all).
+    pub(crate) fn wait_all_done(&self, until: Instant) {
+        let h = self.header();
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.join_seq.load(Ordering::SeqCst);
+        let _ = waiter.sleep(&h.waits.join_seq, seq, Some(&h.waits.join_sleepers), || {
+            h.counts.unfinished.load(Ordering::SeqCst) != 0
+        });
+    }
+
     /// Records that the calling process (`pid`) holds the queue. False if
     /// the table is full (see [`Registration`] for what the caller does
     /// then).
