@@ -117,7 +117,7 @@ pub(crate) fn run(job: Job) -> Result<(), Job> {
     let mine = Arc::clone(&hand);
     let spawned = std::thread::Builder::new()
         .name("multiproc-waiter".into())
-        .stack_size(64 << 10)
+        .stack_size(256 << 10)
         .spawn(move || serve(mine, pooled));
     match spawned {
         Ok(_) => Ok(()),
