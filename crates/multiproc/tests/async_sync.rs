@@ -288,3 +288,41 @@ fn a_dropped_condition_wait_leaves_the_lock_free_and_the_notification_to_others(
         });
     });
 }
+
+fn add_many((v, n): (Value<u64>, u64)) {
+    for _ in 0..n {
+        *v.get_lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn value_and_array_get_lock_async_on_every_executor() {
+    common::deadline(common::LIMIT, || {
+        for which in 0..4 {
+            executors::run_local(which, async {
+                let v = Value::new(0u64).unwrap();
+                let child = Process::spawn(add_many, (v.clone(), 2000)).unwrap();
+                for _ in 0..2000 {
+                    *v.get_lock_async().await.unwrap() += 1;
+                }
+                child.join_async().await.unwrap();
+                assert_eq!(v.get(), 4000);
+                let a = multiproc::Array::<u32>::new(4).unwrap();
+                {
+                    let mut g = a.get_lock_async().await.unwrap();
+                    g.set(2, 7);
+                }
+                assert_eq!(a.to_vec(), [0, 0, 7, 0]);
+                // Dropped while the lock is held: it takes nothing.
+                let held = a.get_lock().unwrap();
+                assert!(
+                    timeout(which, Duration::from_millis(20), a.get_lock_async())
+                        .await
+                        .is_none()
+                );
+                drop(held);
+                drop(a.get_lock_async().await.unwrap());
+            });
+        }
+    });
+}
