@@ -364,9 +364,6 @@ impl ShmObject<super::states::LockState> {
         deadline: Option<std::time::Instant>,
         try_only: bool,
     ) -> Option<(LockedSlice<'_, U>, super::states::Acquired)> {
-        if !self.tag.holds::<U>() {
-            return None;
-        }
         self.lock_slice_with::<U>(|state| {
             if try_only {
                 state.try_acquire()
@@ -392,6 +389,9 @@ impl ShmObject<super::states::LockState> {
         })
     }
 
+    /// Checks that the payload is made of `U`s, then takes the lock with
+    /// `take`.
+    #[inline]
     fn lock_slice_with<U: bytemuck::Pod>(
         &self,
         take: impl FnOnce(&super::states::LockState) -> Option<super::states::Acquired>,
