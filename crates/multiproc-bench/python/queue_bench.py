@@ -219,6 +219,13 @@ def main():
         benchutil.emit_error("queue_1p1c_ack", SMALL, "msg/s", queue_runs)
     else:
         benchutil.emit("queue_1p1c_ack", SMALL, "msg/s", [n / s for n, s in queue_runs])
+    # Nor an async get on another runtime: multiproc's queue_1p1c_async
+    # (awaited on tokio's current_thread runtime) is compared with the
+    # same runs.
+    if isinstance(queue_runs, Exception):
+        benchutil.emit_error("queue_1p1c_async", SMALL, "msg/s", queue_runs)
+    else:
+        benchutil.emit("queue_1p1c_async", SMALL, "msg/s", [n / s for n, s in queue_runs])
     emit("simplequeue_1p1c", SMALL, 8, simple_runs)
     for param, size in SIZES[1:]:
         result = guarded(sized, 1, ctx, size, args.reps, target)

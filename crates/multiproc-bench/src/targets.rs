@@ -134,6 +134,15 @@ pub const TARGETS: &[Target] = &[
     ),
     // Issue 15: an acknowledged get at least 50x Python's plain get.
     t(15, "queue", "queue_1p1c_ack", Some("8B"), Goal::Ratio(50.0)),
+    // Issue 17: a consumer awaiting `get_async` on tokio's current_thread
+    // runtime at least 50x Python's plain get.
+    t(
+        17,
+        "queue",
+        "queue_1p1c_async",
+        Some("8B"),
+        Goal::Ratio(50.0),
+    ),
     t(4, "queue", "queue_1p1c", Some("1KiB"), Goal::Ratio(5.0)),
     t(4, "queue", "queue_1p1c", Some("64KiB"), Goal::Ratio(5.0)),
     t(4, "queue", "queue_1p1c", Some("1MiB"), Goal::Ratio(5.0)),

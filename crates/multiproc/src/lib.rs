@@ -256,6 +256,41 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Async
+//!
+//! Every operation that waits has an async form that never blocks the
+//! thread polling it, on any executor (tokio, smol,
+//! `futures::executor::block_on`: none is required): [`Queue::get_async`],
+//! [`Queue::put_async`], [`Connection::recv_async`],
+//! [`Listener::accept_async`], [`Process::join_async`],
+//! [`Lock::lock_async`], [`Semaphore::acquire_async`],
+//! [`Event::wait_async`], [`Barrier::wait_async`],
+//! [`ConditionGuard::wait_async`], the manager's [`QueueProxy::get_async`]
+//! and [`LockProxy::acquire_async`]; [`TaskHandle`] and [`MapHandle`] are
+//! futures, and [`Imap::into_stream`] is a stream. A poll tries the
+//! non-blocking form; a future that must wait hands a readiness wait that
+//! takes nothing to a waiter thread, which wakes it. So dropping a future
+//! (a `select!`, a timeout) takes or holds nothing. `docs/async.md` says
+//! what it costs, and the three forms that cannot be undone.
+//!
+//! ```
+//! use multiproc::{Pool, Queue};
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! futures::executor::block_on(async {
+//!     let q = Queue::new()?;
+//!     q.put(5u64)?;
+//!     let pool = Pool::new(2)?;
+//!     let squares = pool.map_async(square, [q.get_async().await?]).await?;
+//!     assert_eq!(squares, [25]);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What a child never does
 //!
 //! A child never outlives its parent: if the parent dies, even by SIGKILL,
@@ -266,6 +301,7 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod aio;
 
 /// What `#[multiproc::task]` expands to refers to these; not an API.
 #[cfg(feature = "cluster")]
@@ -321,7 +357,8 @@ pub use manager::{
     StartManagerError, ValueProxy,
 };
 pub use pool::{
-    Imap, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions, WorkerStats,
+    Imap, ImapStream, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions,
+    WorkerStats,
 };
 pub use queue::{
     AckError, DEFAULT_RING_BYTES, Delivery, GetError, GetTimeoutError, JoinableQueue, PutError,

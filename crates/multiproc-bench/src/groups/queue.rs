@@ -19,6 +19,10 @@
 //!   by an acknowledged get (`get_delivery`, then `ack`), interleaved with
 //!   the plain runs. Python has no acknowledged get: its row is its plain
 //!   `Queue` 1 -> 1 rate from the same run.
+//! * `queue_1p1c_async` (`8B`, msg/s): `queue_1p1c` 8B with the parent
+//!   awaiting `get_async` in a task on tokio's current_thread runtime,
+//!   interleaved with the plain runs. Its Python row is, again, Python's
+//!   plain `Queue` 1 -> 1 rate from the same run.
 //!
 //! Every child is started with forkserver and waits for commands on its
 //! own pipe, blocked in `recv`. A run: the parent sends the producer a
@@ -111,14 +115,15 @@ pub fn run(opts: &Options) -> Vec<Row> {
         "queue_1p1c and simplequeue_1p1c 8B: multiproc, interleaved",
     );
     let mut raw = Vec::new();
-    let [queue_runs, simple_runs, raw_runs, ack_runs] = measure_rigs(
+    let [queue_runs, simple_runs, raw_runs, ack_runs, async_runs] = measure_rigs(
         plan.target,
         plan.reps,
-        [u64_rig(), simple_rig(), raw_rig(8), ack_rig()],
+        [u64_rig(), simple_rig(), raw_rig(8), ack_rig(), async_rig()],
     );
     multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
     raw.extend(measurements("queue_1p1c", SMALL, 8, raw_runs));
-    multiproc.push(ack_measurement(ack_runs));
+    multiproc.push(rate_measurement("queue_1p1c_ack", ack_runs));
+    multiproc.push(rate_measurement("queue_1p1c_async", async_runs));
     // Reported last, after the Queue benches.
     let simple = measurements("simplequeue_1p1c", SMALL, 8, simple_runs);
     for (param, size) in SIZES.into_iter().filter(|&(_, size)| size > 8) {
@@ -194,12 +199,14 @@ fn measurements(bench: &str, param: &str, size: usize, runs: Runs) -> Vec<Measur
     out
 }
 
-/// `queue_1p1c_ack` (msg/s, 8B): the parent takes every `u64` with an
-/// acknowledged get and acknowledges it. Python has no acknowledged get:
-/// its row is Python's plain `Queue` 1 -> 1 in the same run.
-fn ack_measurement(runs: Runs) -> Measurement {
+/// A msg/s measurement of 8-byte runs: `queue_1p1c_ack` (the parent
+/// takes every `u64` with an acknowledged get and acknowledges it) and
+/// `queue_1p1c_async` (the parent awaits `get_async` on tokio's
+/// current_thread runtime). Python has neither: their rows are Python's
+/// plain `Queue` 1 -> 1 in the same run.
+fn rate_measurement(bench: &str, runs: Runs) -> Measurement {
     Measurement::new(
-        "queue_1p1c_ack",
+        bench,
         SMALL,
         "msg/s",
         runs.as_ref()
@@ -362,6 +369,40 @@ fn ack_rig() -> Result<Rig, String> {
                 return Err(format!("got {v} where {i} was due"));
             }
         }
+        Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
+}
+
+/// `queue_1p1c_async` 8B: as [`u64_rig`], the parent awaiting each value
+/// with `get_async` in a task on tokio's current_thread runtime (one
+/// `block_on` per run, the runtime kept between runs).
+fn async_rig() -> Result<Rig, String> {
+    let q = Queue::<u64>::new().map_err(|e| format!("queue failed: {e}"))?;
+    let (ours, theirs) = command_pipe::<u64, ()>()?;
+    let child = start(METHOD, produce_u64, (theirs, q.clone()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("runtime failed: {e}"))?;
+    let run: Box<Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        ours.send(&count)
+            .map_err(|e| format!("command failed: {e}"))?;
+        rt.block_on(async {
+            for i in 0..count {
+                let v = q
+                    .get_async()
+                    .await
+                    .map_err(|e| format!("get_async failed: {e}"))?;
+                if v != i {
+                    return Err(format!("got {v} where {i} was due"));
+                }
+            }
+            Ok(())
+        })?;
         Ok(t0.elapsed())
     });
     Ok(Rig {

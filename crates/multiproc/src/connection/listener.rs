@@ -307,6 +307,43 @@ impl Listener {
         }
     }
 
+    /// [`accept`](Self::accept), as a future: waits for clients and runs
+    /// their handshakes without blocking the thread (see
+    /// `docs/async.md`). Dropping it before it is ready loses no
+    /// connection: a client that connected waits in the backlog, or in a
+    /// handshake under way, for the next `accept`.
+    pub fn accept_async<'a, S: 'a, R: 'a>(
+        &'a self,
+    ) -> impl Future<Output = Result<Connection<S, R>, AcceptError>> + Send + 'a {
+        crate::aio::retry(
+            move |_| match self.next_until(None, Some(Instant::now())) {
+                Ok(Some(fd)) => Some(Ok(Connection::from_fd(fd, true, true))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            },
+            move || {
+                // The listening socket and every handshake under way, each
+                // in the direction it waits for (copies: the wait runs on
+                // another thread).
+                let mut fds: Vec<(OwnedFd, bool)> = Vec::new();
+                if let Ok(fd) = self.socket.fd().try_clone_to_owned() {
+                    fds.push((fd, false));
+                }
+                if let Ok(st) = self.accepting.lock() {
+                    for p in &st.pending {
+                        if let Ok(fd) = p.fd.try_clone() {
+                            fds.push((fd, p.write));
+                        }
+                    }
+                }
+                move |until: Instant, _: &crate::aio::Ticket| {
+                    let borrowed: Vec<_> = fds.iter().map(|(fd, w)| (fd.as_fd(), *w)).collect();
+                    let _ = sys::socket::wait_events(&borrowed, Some(until));
+                }
+            },
+        )
+    }
+
     /// Like [`accept`](Self::accept), but returns `Ok(None)` as soon as
     /// `stop` is ready (a server's shutdown signal).
     pub(crate) fn accept_or_stop<S, R>(
@@ -321,6 +358,15 @@ impl Listener {
     /// The next outcome: a connection, a client's failed handshake, or
     /// `None` once `stop` is ready.
     fn next(&self, stop: Option<&dyn Waitable>) -> Result<Option<OwnedFd>, AcceptError> {
+        self.next_until(stop, None)
+    }
+
+    /// [`next`](Self::next), giving up (`Ok(None)`) at `deadline`.
+    fn next_until(
+        &self,
+        stop: Option<&dyn Waitable>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<OwnedFd>, AcceptError> {
         let mut st = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(since) = st.idle_since.take() {
             let paused = since.elapsed();
@@ -328,7 +374,7 @@ impl Listener {
                 p.deadline += paused;
             }
         }
-        let outcome = self.drive(&mut st, stop);
+        let outcome = self.drive(&mut st, stop, deadline);
         st.idle_since = Some(Instant::now());
         outcome
     }
@@ -339,12 +385,20 @@ impl Listener {
         &self,
         st: &mut Accepting,
         stop: Option<&dyn Waitable>,
+        deadline: Option<Instant>,
     ) -> Result<Option<OwnedFd>, AcceptError> {
+        let mut looked = false;
         loop {
             if let Some(outcome) = st.done.pop_front() {
                 return outcome.map(Some);
             }
             let now = Instant::now();
+            // With a deadline: one look at every descriptor even when it
+            // has passed (a `try`), then no more.
+            if looked && deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            looked = true;
             // Dropping a pending connection closes it.
             st.pending.retain(|p| p.deadline > now);
             if let Some(s) = stop
@@ -360,7 +414,7 @@ impl Listener {
                 fds.push((s.wait_fd(), false));
             }
             fds.extend(st.pending.iter().map(|p| (p.fd.as_fd(), p.write)));
-            let until = st.pending.iter().map(|p| p.deadline).min();
+            let until = st.pending.iter().map(|p| p.deadline).chain(deadline).min();
             let events = sys::socket::wait_events(&fds, until);
             drop(fds);
             if let Some(s) = stop {

@@ -135,6 +135,15 @@ impl Link {
         }
     }
 
+    /// Sends a small message without handles if that needs no waiting
+    /// (a pipe's ring has room): true if sent. A socket says false.
+    fn try_send(&self, bytes: &[u8]) -> Result<bool, StreamError> {
+        match self {
+            Link::Stream(_) => Ok(false),
+            Link::Local(l) => l.try_send(&[bytes]),
+        }
+    }
+
     fn recv(
         &self,
         deadline: Option<Instant>,
@@ -485,6 +494,85 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
             Err(RecvTimeoutError::Timeout) => Err(TryRecvError::Empty),
             Err(RecvTimeoutError::Recv(e)) => Err(TryRecvError::Recv(e)),
         }
+    }
+}
+
+/// Async forms (see `docs/async.md`).
+impl<S: Serialize, R> Connection<S, R> {
+    /// [`send`](Self::send), as a future. The value is encoded when the
+    /// future is made. A small message that fits in a pipe's ring now is
+    /// sent in the first poll; any other goes out whole on a waiter thread
+    /// (a message is sent whole or not at all, and a pipe's long message
+    /// waits for the peer to read): the future is ready once it is sent.
+    /// **Dropping it does not cancel the send** once it was first polled:
+    /// the message still goes out, as a blocking send that had begun
+    /// would.
+    pub fn send_async(&self, value: &S) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let encoded = if self.writable {
+            handles::with_encoded(value, &[0], |bytes, fds| {
+                bytes[0] = fds.len() as u8;
+                let fds: std::io::Result<Vec<OwnedFd>> =
+                    fds.iter().map(|fd| fd.try_clone()).collect();
+                fds.map(|fds| (bytes.to_vec(), fds))
+            })
+            .map_err(SendError::from)
+            .and_then(|r| r.map_err(|e| SendError::from(StreamError::Io(e))))
+        } else {
+            Err(SendError::ReadOnly)
+        };
+        let mut state = Some(encoded);
+        let mut call: Option<crate::aio::Offload<Result<(), StreamError>>> = None;
+        std::future::poll_fn(move |cx| {
+            if let Some(encoded) = state.take() {
+                let (bytes, fds) = match encoded {
+                    Ok(e) => e,
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                };
+                // A pipe's ring with room: sent at once, here.
+                if fds.is_empty() {
+                    match self.link.try_send(&bytes) {
+                        Ok(true) => return std::task::Poll::Ready(Ok(())),
+                        Ok(false) => {}
+                        Err(e) => return std::task::Poll::Ready(Err(e.into())),
+                    }
+                }
+                let link = Arc::clone(&self.link);
+                call = Some(crate::aio::Offload::start(
+                    move || {
+                        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                        link.send(&[&bytes], &borrowed)
+                    },
+                    drop,
+                ));
+            }
+            match &mut call {
+                Some(c) => c.poll(cx).map(|r| r.map_err(SendError::from)),
+                None => std::task::Poll::Pending,
+            }
+        })
+    }
+}
+
+impl<S, R: DeserializeOwned> Connection<S, R> {
+    /// [`recv`](Self::recv), as a future: waits without blocking the
+    /// thread (see `docs/async.md`). Dropping it before it is ready takes
+    /// no message. (A message whose first bytes have arrived is read to
+    /// its end in the poll, as [`try_recv`](Self::try_recv) does: the
+    /// peer is sending it at that moment.)
+    pub fn recv_async(&self) -> impl Future<Output = Result<R, RecvError>> + Send + '_ {
+        crate::aio::retry(
+            move |_| match self.try_recv() {
+                Ok(v) => Some(Ok(v)),
+                Err(TryRecvError::Recv(e)) => Some(Err(e)),
+                Err(TryRecvError::Empty) => None,
+            },
+            move || {
+                let link = Arc::clone(&self.link);
+                move |until: Instant, _: &crate::aio::Ticket| {
+                    let _ = link.poll(Some(until));
+                }
+            },
+        )
     }
 }
 

@@ -931,6 +931,90 @@ where
     }
 }
 
+impl<R, It: Iterator> Imap<R, It> {
+    /// The same outcomes as a [`Stream`](futures_core::Stream), for async
+    /// code: `next().await` on any executor waits without blocking the
+    /// thread (the job wakes the task as results arrive). Items are
+    /// encoded and submitted in the poll, as the iterator's `next` does.
+    /// (A separate type, so that `map`, `next` and the rest are never
+    /// ambiguous between `Iterator` and `StreamExt`.)
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use multiproc::Pool;
+    ///
+    /// fn double(x: u64) -> u64 {
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let doubled: Vec<u64> = futures::executor::block_on(
+    ///     pool.imap(double, 0..4).into_stream().map(|r| r.unwrap()).collect(),
+    /// );
+    /// assert_eq!(doubled, [0, 2, 4, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_stream(self) -> ImapStream<R, It> {
+        ImapStream(self)
+    }
+}
+
+/// [`Imap`] as a [`Stream`](futures_core::Stream) of its outcomes (made
+/// by [`Imap::into_stream`]). Dropping it drops the items not yet
+/// started, as dropping the `Imap` does.
+pub struct ImapStream<R, It: Iterator>(Imap<R, It>);
+
+impl<R, It: Iterator> fmt::Debug for ImapStream<R, It> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImapStream").field(&self.0).finish()
+    }
+}
+
+// Nothing of an `ImapStream` is ever pinned (no field is projected): it
+// may move between polls whatever its input iterator is.
+impl<R, It: Iterator> Unpin for ImapStream<R, It> {}
+
+impl<R, A, It> futures_core::Stream for ImapStream<R, It>
+where
+    It: Iterator<Item = A>,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut self.get_mut().0;
+        if let Some(outcome) = this.ready.pop_front() {
+            return Poll::Ready(Some(outcome));
+        }
+        let f = &mut this.feeder;
+        let mut waker_set = false;
+        loop {
+            f.adapt();
+            let untaken = f.job.untaken();
+            if !f.done && untaken < f.window() {
+                let room = f.window() - untaken;
+                f.feed(64, room);
+                continue;
+            }
+            match f.job.take_ready(&mut this.ready) {
+                Ok(true) => return Poll::Ready(this.ready.pop_front()),
+                Ok(false) => {
+                    finish_progress(&f.job);
+                    return Poll::Ready(None);
+                }
+                // Set the waker, then look once more: an outcome that
+                // arrived in between wakes nobody.
+                Err(()) if !waker_set => {
+                    f.job.set_waker(cx.waker());
+                    waker_set = true;
+                }
+                Err(()) => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<R, It: Iterator> Drop for Imap<R, It> {
     fn drop(&mut self) {
         self.feeder.job.abandon();
@@ -1425,6 +1509,39 @@ impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
             }
         }
         self
+    }
+}
+
+/// A `MapHandle` is a [`Future`] of [`get`](MapHandle::get)'s result:
+/// `.await` it on any executor (the job wakes the task when it is done).
+/// Dropping it stops the map, as dropping the handle does.
+///
+/// ```
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// let squares = futures::executor::block_on(pool.map_async(square, 0..5))?;
+/// assert_eq!(squares, [0, 1, 4, 9, 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<R: DeserializeOwned + Send + 'static> Future for MapHandle<R> {
+    type Output = Result<Vec<R>, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(slot) = &self.after {
+            slot.set_waker(cx.waker());
+        } else {
+            self.job.set_waker(cx.waker());
+        }
+        if self.ready() {
+            Poll::Ready(self.take())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

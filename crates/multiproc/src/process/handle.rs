@@ -562,6 +562,81 @@ impl<R> Process<R> {
     }
 }
 
+impl<R> Process<R> {
+    /// Copies of the descriptors that become readable when a `try_join`
+    /// may get further: the result channel until the result is read, then
+    /// what tells the exit (the pidfd, or the forkserver's socket).
+    fn readiness_fds(&self) -> Vec<std::os::fd::OwnedFd> {
+        let inner = self.lock();
+        let started = &inner.started;
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = if inner.outcome.is_none() {
+            vec![started.channel.as_fd(), started.pidfd.as_fd()]
+        } else {
+            match &started.reaper {
+                start::Reaper::Direct => vec![started.pidfd.as_fd()],
+                start::Reaper::Server(fd) => vec![fd.as_fd()],
+            }
+        };
+        fds.into_iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect()
+    }
+
+    /// [`join`](Self::join), as a future: waits without blocking the
+    /// thread (see `docs/async.md`). Dropping it before it is ready drops
+    /// the handle as [`Process`]'s `Drop` does (a daemon is killed, any
+    /// child reaped), on a waiter thread rather than the polling one.
+    ///
+    /// ```
+    /// fn add((a, b): (u32, u32)) -> u32 {
+    ///     a + b
+    /// }
+    ///
+    /// let child = multiproc::Process::spawn(add, (2, 3))?;
+    /// assert_eq!(futures::executor::block_on(child.join_async())?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn join_async(self) -> impl Future<Output = Result<R, JoinError>> + Send
+    where
+        R: DeserializeOwned + 'static,
+    {
+        /// The handle while the join goes on; dropped elsewhere if the
+        /// future is.
+        struct Held<R: 'static>(Option<Process<R>>);
+        impl<R: 'static> Drop for Held<R> {
+            fn drop(&mut self) {
+                if let Some(p) = self.0.take() {
+                    // Dropping an unfinished handle waits for its child.
+                    if let Err(job) = crate::aio::run(Box::new(move || drop(p))) {
+                        drop(job);
+                    }
+                }
+            }
+        }
+        let mut held = Held(Some(self));
+        let mut waiting = crate::aio::Waiting::new();
+        std::future::poll_fn(move |cx| {
+            let Some(p) = held.0.take() else {
+                return std::task::Poll::Pending;
+            };
+            match p.try_join() {
+                Ok(v) => std::task::Poll::Ready(Ok(v)),
+                Err(TryJoinError::Failed(e)) => std::task::Poll::Ready(Err(e)),
+                Err(TryJoinError::Running(p)) => {
+                    let p = held.0.insert(p);
+                    waiting.sleep(cx, || {
+                        let fds = p.readiness_fds();
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+                            let _ = sys::socket::wait_readable(&borrowed, Some(until));
+                        }
+                    })
+                }
+            }
+        })
+    }
+}
+
 /// How long `Drop` waits for a killed child to be reaped.
 const REAP_AFTER_KILL: Duration = Duration::from_secs(10);
 

@@ -823,6 +823,130 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 }
 
+/// Async forms (see `docs/async.md`): they work on any executor, and
+/// never block the thread that polls them.
+impl<T: DeserializeOwned> Queue<T> {
+    /// [`get`](Self::get), as a future. Dropping it before it is ready
+    /// takes nothing from the queue.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::new()?;
+    /// q.put(7u32)?;
+    /// assert_eq!(futures::executor::block_on(q.get_async())?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_async(&self) -> impl Future<Output = Result<T, GetError>> + Send + '_ {
+        let mut every = crate::aio::Every::new();
+        crate::aio::retry(
+            move |_| match self.try_get() {
+                Ok(v) => Some(Ok(v)),
+                Err(TryGetError::Failed(e)) => Some(Err(e)),
+                Err(TryGetError::Empty) => {
+                    // What a blocking get asks after each sleep.
+                    (every.due() && self.shared.ring.is_empty() && !self.shared.connected())
+                        .then(|| Err(self.shared.gone()))
+                }
+            },
+            move || {
+                let shared = Arc::clone(&self.shared);
+                move |until: Instant, ticket: &crate::aio::Ticket| {
+                    shared.ring.wait_for_data(until, &|| ticket.wanted());
+                }
+            },
+        )
+    }
+
+    /// [`get_delivery`](Self::get_delivery), as a future: an acknowledged
+    /// get. Dropping it before it is ready takes nothing from the queue.
+    pub fn get_delivery_async(
+        &self,
+    ) -> impl Future<Output = Result<Delivery<T>, GetError>> + Send + '_ {
+        let mut every = crate::aio::Every::new();
+        crate::aio::retry(
+            move |_| match self.get_delivery_until(Some(Instant::now())) {
+                Ok(d) => Some(Ok(d)),
+                Err(GetTimeoutError::Failed(e)) => Some(Err(e)),
+                Err(GetTimeoutError::Timeout) => {
+                    (every.due() && self.shared.ring.is_empty() && !self.shared.connected())
+                        .then(|| Err(self.shared.gone()))
+                }
+            },
+            move || {
+                let shared = Arc::clone(&self.shared);
+                move |until: Instant, ticket: &crate::aio::Ticket| {
+                    if !shared.ring.is_empty() && !shared.ring.consumer_busy() {
+                        // A record waits but the journal is full: wait
+                        // for acknowledgements, as a blocking get does.
+                        std::thread::sleep(Duration::from_millis(1));
+                    } else {
+                        shared.ring.wait_for_data(until, &|| ticket.wanted());
+                    }
+                }
+            },
+        )
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// [`put`](Self::put), as a future: waits (without blocking the
+    /// thread) while the queue is full. Dropping it before it is ready
+    /// puts nothing; the value is dropped with it.
+    pub fn put_async(&self, value: T) -> impl Future<Output = Result<(), PutError<T>>> + Send + '_
+    where
+        T: Send,
+    {
+        let mut value = Some(value);
+        let mut every = crate::aio::Every::new();
+        // The record's payload length, measured once the queue was found
+        // full: what the readiness wait waits room for.
+        let len = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let measured = Arc::clone(&len);
+        let max_inline = self.shared.ring.max_inline();
+        crate::aio::retry(
+            move |_| {
+                let v = value.take()?;
+                match self.try_put(v) {
+                    Ok(()) => Some(Ok(())),
+                    Err(TryPutError::Failed(e)) => Some(Err(e)),
+                    Err(TryPutError::Full(v)) => {
+                        if every.due() && !self.shared.peers_alive() {
+                            return Some(Err(PutError {
+                                value: v,
+                                reason: if self.shared.ring.is_shut_down() {
+                                    PutFailure::ShutDown
+                                } else {
+                                    PutFailure::Disconnected
+                                },
+                            }));
+                        }
+                        if measured.load(Ordering::Relaxed) == 0 {
+                            // An out-of-line record holds an 8-byte id.
+                            let bytes = handles::with_encoded(&v, &[], |b, fds| {
+                                if fds.is_empty() && b.len() <= max_inline {
+                                    b.len()
+                                } else {
+                                    8
+                                }
+                            })
+                            .unwrap_or(8);
+                            measured.store(bytes.max(1), Ordering::Relaxed);
+                        }
+                        value = Some(v);
+                        None
+                    }
+                }
+            },
+            move || {
+                let shared = Arc::clone(&self.shared);
+                let len = len.load(Ordering::Relaxed);
+                move |until: Instant, ticket: &crate::aio::Ticket| {
+                    shared.ring.wait_for_room(len, until, &|| ticket.wanted());
+                }
+            },
+        )
+    }
+}
+
 /// The minimal queue (Python's `SimpleQueue`): `put`, `get`, `is_empty`,
 /// `close`, without a bound.
 ///
@@ -863,6 +987,19 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// Takes the oldest value, waiting while empty.
     pub fn get(&self) -> Result<T, GetError> {
         self.0.get()
+    }
+
+    /// [`put`](Self::put), as a future (see [`Queue::put_async`]).
+    pub fn put_async(&self, value: T) -> impl Future<Output = Result<(), PutError<T>>> + Send + '_
+    where
+        T: Send,
+    {
+        self.0.put_async(value)
+    }
+
+    /// [`get`](Self::get), as a future (see [`Queue::get_async`]).
+    pub fn get_async(&self) -> impl Future<Output = Result<T, GetError>> + Send + '_ {
+        self.0.get_async()
     }
 
     /// Whether the queue is empty.
@@ -949,6 +1086,18 @@ impl<T> JoinableQueue<T> {
     /// Waits until every value put has been marked done.
     pub fn join(&self) {
         self.0.shared.ring.join(None);
+    }
+
+    /// [`join`](Self::join), as a future: waits without blocking the
+    /// thread (see `docs/async.md`).
+    pub fn join_async(&self) -> impl Future<Output = ()> + Send + '_ {
+        crate::aio::retry(
+            move |_| self.0.shared.ring.all_done().then_some(()),
+            move || {
+                let shared = Arc::clone(&self.0.shared);
+                move |until: Instant, _: &crate::aio::Ticket| shared.ring.wait_all_done(until)
+            },
+        )
     }
 
     /// Like [`join`](Self::join), giving up at `timeout`; true if all done.

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::wait::{Next, Policy, Slept, Waiter};
+use crate::sys::futex;
 use crate::sys::liveness::{self, Identity};
 
 const WAITERS: u32 = 1 << 31;
@@ -104,6 +105,57 @@ impl RawLock {
             return self.take_free().then_some(Locked::Clean);
         }
         self.take_over(cur).then_some(Locked::Recovered)
+    }
+
+    /// [`try_lock`](RawLock::try_lock) for an async locker that has
+    /// slept ([`wait_free`](RawLock::wait_free)): it takes the word marked
+    /// contended, as a blocking locker that slept does, so that its unlock
+    /// wakes the next sleeper.
+    pub(crate) fn try_lock_marked(&self) -> Option<Locked> {
+        let (pid, me) = liveness::current();
+        if self
+            .word
+            .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.owner.store(me.0, Ordering::Relaxed);
+            return Some(Locked::Clean);
+        }
+        self.try_lock()
+    }
+
+    /// The readiness wait of an async locker (`crate::aio`): sleeps, as a
+    /// blocking locker does (the word marked contended), until the lock
+    /// is released or `until`; takes nothing. True if an unlock's wake-up
+    /// (meant for one sleeper) ended the sleep: a caller whose task no
+    /// longer wants it passes it on ([`wake_one`](RawLock::wake_one)).
+    pub(crate) fn wait_free(&self, until: Instant) -> bool {
+        let cur = self.word.load(Ordering::Relaxed);
+        if cur == 0 {
+            return false;
+        }
+        if cur & WAITERS == 0
+            && self
+                .word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        waiter.sleep(&self.word, cur | WAITERS, None, || true) == Slept::Woken
+            && self.word.load(Ordering::Relaxed) != cur | WAITERS
+    }
+
+    /// Whether any process holds the lock now (a hint: it may change at
+    /// once).
+    pub(crate) fn is_held(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+
+    /// Wakes one locker sleeping on the word.
+    pub(crate) fn wake_one(&self) {
+        futex::wake(&self.word, 1);
     }
 
     /// Synchronises with the lock's holders without taking it, for a

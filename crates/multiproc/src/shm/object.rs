@@ -364,15 +364,42 @@ impl ShmObject<super::states::LockState> {
         deadline: Option<std::time::Instant>,
         try_only: bool,
     ) -> Option<(LockedSlice<'_, U>, super::states::Acquired)> {
+        self.lock_slice_with::<U>(|state| {
+            if try_only {
+                state.try_acquire()
+            } else {
+                state.acquire(deadline)
+            }
+        })
+    }
+
+    /// [`lock_slice`](Self::lock_slice) for an async locker: `try_only`,
+    /// taking the lock marked contended once the locker has slept (see
+    /// `RawLock::try_lock_marked`).
+    pub(crate) fn try_lock_slice<U: bytemuck::Pod>(
+        &self,
+        slept: bool,
+    ) -> Option<(LockedSlice<'_, U>, super::states::Acquired)> {
+        self.lock_slice_with::<U>(|state| {
+            if slept {
+                state.try_acquire_marked()
+            } else {
+                state.try_acquire()
+            }
+        })
+    }
+
+    /// Checks that the payload is made of `U`s, then takes the lock with
+    /// `take`.
+    #[inline]
+    fn lock_slice_with<U: bytemuck::Pod>(
+        &self,
+        take: impl FnOnce(&super::states::LockState) -> Option<super::states::Acquired>,
+    ) -> Option<(LockedSlice<'_, U>, super::states::Acquired)> {
         if !self.tag.holds::<U>() {
             return None;
         }
-        let state = self.get();
-        let acquired = if try_only {
-            state.try_acquire()?
-        } else {
-            state.acquire(deadline)?
-        };
+        let acquired = take(self.get())?;
         Some((
             LockedSlice {
                 obj: self,

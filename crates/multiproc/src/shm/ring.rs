@@ -1098,6 +1098,22 @@ impl Ring {
         }
     }
 
+    /// Whether every record put has been marked done.
+    pub(crate) fn all_done(&self) -> bool {
+        self.header().counts.unfinished.load(Ordering::SeqCst) == 0
+    }
+
+    /// The readiness wait of an async join: until every record put has
+    /// been marked done, or `until` (the wake-up it waits for wakes all).
+    pub(crate) fn wait_all_done(&self, until: Instant) {
+        let h = self.header();
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.join_seq.load(Ordering::SeqCst);
+        let _ = waiter.sleep(&h.waits.join_seq, seq, Some(&h.waits.join_sleepers), || {
+            h.counts.unfinished.load(Ordering::SeqCst) != 0
+        });
+    }
+
     /// Records that the calling process (`pid`) holds the queue. False if
     /// the table is full (see [`Registration`] for what the caller does
     /// then).
@@ -1827,6 +1843,84 @@ impl Ring {
         ] {
             seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(seq, u32::MAX);
+        }
+    }
+
+    /// The readiness wait of an async get (`crate::aio`): sleeps on the
+    /// data word, counted as a sleeper like a blocking get, until the ring
+    /// holds a record or is shut down, or `until`; takes nothing. If a
+    /// record waits already, the get failed on the consumer lock, which
+    /// another process holds: it sleeps on that lock instead, as a
+    /// blocking get would. A wake-up meant for one waiter that ended the
+    /// sleep is passed on if the task no longer `wanted` it.
+    pub(crate) fn wait_for_data(&self, until: Instant, wanted: &dyn Fn() -> bool) {
+        let h = self.header();
+        if self.is_shut_down() {
+            return;
+        }
+        if !self.is_empty_now() {
+            if h.consumer.lock.wait_free(until) && !wanted() {
+                h.consumer.lock.wake_one();
+            }
+            return;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.data_seq.load(Ordering::SeqCst);
+        let slept = waiter.sleep(&h.waits.data_seq, seq, Some(&h.waits.data_sleepers), || {
+            self.is_empty_settled() && !self.is_shut_down()
+        });
+        if slept == Slept::Woken && h.waits.data_seq.load(Ordering::SeqCst) != seq && !wanted() {
+            self.wake_consumer();
+        }
+    }
+
+    /// The readiness wait of an async put: as
+    /// [`wait_for_data`](Ring::wait_for_data), until a record of `len`
+    /// payload bytes fits (or the ring is shut down), or `until`; on the
+    /// producer lock if there is room already.
+    pub(crate) fn wait_for_room(&self, len: usize, until: Instant, wanted: &dyn Fn() -> bool) {
+        let h = self.header();
+        let size = record_size(len);
+        let full = || self.place(size, true).is_ok_and(|p| p.is_none()) && !self.is_shut_down();
+        if self.is_shut_down() {
+            return;
+        }
+        if !full() {
+            if h.producer.lock.wait_free(until) && !wanted() {
+                h.producer.lock.wake_one();
+            }
+            return;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let seq = h.waits.space_seq.load(Ordering::SeqCst);
+        let slept = waiter.sleep(&h.waits.space_seq, seq, Some(&h.waits.space_sleepers), full);
+        if slept == Slept::Woken && h.waits.space_seq.load(Ordering::SeqCst) != seq && !wanted() {
+            self.wake_producer();
+        }
+    }
+
+    /// Whether a consumer holds the consumer lock now (a hint).
+    pub(crate) fn consumer_busy(&self) -> bool {
+        self.header().consumer.lock.is_held()
+    }
+
+    /// Wakes one consumer sleeping for a record, if any sleeps: passes on
+    /// a wake-up that a dropped async get was given.
+    pub(crate) fn wake_consumer(&self) {
+        let h = self.header();
+        if h.waits.data_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.data_seq, 1);
+        }
+    }
+
+    /// Wakes one producer sleeping for room, if any sleeps (as
+    /// [`wake_consumer`](Ring::wake_consumer)).
+    pub(crate) fn wake_producer(&self) {
+        let h = self.header();
+        if h.waits.space_sleepers.load(Ordering::SeqCst) > 0 {
+            h.waits.space_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&h.waits.space_seq, 1);
         }
     }
 

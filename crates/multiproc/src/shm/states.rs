@@ -53,6 +53,21 @@ fn wait_for(
     }
 }
 
+/// The readiness wait of an async form (`crate::aio`): one sleep on
+/// `word` while it holds `idle` (counted in `sleepers`, as a blocking
+/// waiter is), until `until`; takes nothing. True if a wake-up changed
+/// the word.
+fn sleep_while(word: &AtomicU32, idle: u32, sleepers: &AtomicU32, until: Instant) -> bool {
+    if word.load(Ordering::SeqCst) != idle {
+        return false;
+    }
+    let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+    waiter.sleep(word, idle, Some(sleepers), || {
+        word.load(Ordering::SeqCst) == idle
+    }) == Slept::Woken
+        && word.load(Ordering::SeqCst) != idle
+}
+
 /// A lock whose holder may die: `Lock`, `RLock`, the lock of a `Value`,
 /// an `Array` or a `Condition`.
 #[repr(C)]
@@ -111,6 +126,22 @@ impl LockState {
     /// Takes the lock if that needs no waiting.
     pub(crate) fn try_acquire(&self) -> Option<Acquired> {
         self.lock.try_lock().map(|l| self.outcome(l))
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for an async locker that has
+    /// slept (see [`RawLock::try_lock_marked`]).
+    pub(crate) fn try_acquire_marked(&self) -> Option<Acquired> {
+        self.lock.try_lock_marked().map(|l| self.outcome(l))
+    }
+
+    /// The readiness wait of an async locker (see [`RawLock::wait_free`]).
+    pub(crate) fn wait_free(&self, until: Instant) -> bool {
+        self.lock.wait_free(until)
+    }
+
+    /// Passes on a wake-up that a dropped async locker was given.
+    pub(crate) fn wake_one(&self) {
+        self.lock.wake_one();
     }
 
     /// For an `RLock` just taken: records the calling thread as the one
@@ -242,6 +273,24 @@ impl SemaphoreState {
         )
     }
 
+    /// Decrements if the value is above 0, without waiting.
+    pub(crate) fn try_acquire(&self) -> bool {
+        self.try_take()
+    }
+
+    /// The readiness wait of an async acquire: until the value is above
+    /// 0, or `until`; takes nothing. True if a release's wake-up (meant
+    /// for one waiter) ended it: a dropped acquirer passes it on
+    /// ([`wake_one`](Self::wake_one)).
+    pub(crate) fn wait_positive(&self, until: Instant) -> bool {
+        sleep_while(&self.value, 0, &self.sleepers, until)
+    }
+
+    /// Wakes one waiter, if any sleeps.
+    pub(crate) fn wake_one(&self) {
+        wait::wake(&self.value, &self.sleepers, 1);
+    }
+
     /// Increments; false if that would pass the bound.
     pub(crate) fn release(&self) -> bool {
         let bound = self.bound.load(Ordering::Relaxed);
@@ -300,6 +349,12 @@ impl EventState {
     /// Whether the flag is set.
     pub(crate) fn is_set(&self) -> bool {
         self.flag.load(Ordering::SeqCst) != 0
+    }
+
+    /// The readiness wait of an async wait: until the flag is set, or
+    /// `until`.
+    pub(crate) fn wait_set(&self, until: Instant) {
+        let _ = sleep_while(&self.flag, 0, &self.sleepers, until);
     }
 
     /// Waits until the flag is set or `deadline`; returns the flag.
@@ -409,6 +464,70 @@ impl ConditionState {
             self.lock.mark_thread();
         }
         (notified, Some(acquired))
+    }
+
+    /// Begins an async wait (`crate::aio`): with the lock held by this
+    /// process, registers a waiter and releases the lock. Returns the
+    /// depth to restore when the lock is taken back; `None` if this
+    /// process did not hold the lock (nothing was done).
+    pub(crate) fn wait_begin(&self) -> Option<u32> {
+        if !self.lock.held_by_this_process() {
+            return None;
+        }
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_add(1));
+        Some(self.lock.release_all())
+    }
+
+    /// For an async wait: takes a notification if one was issued, and
+    /// then leaves the waiters. True if it took one.
+    pub(crate) fn wait_take(&self) -> bool {
+        if take_one(&self.tokens) {
+            let _ = take_one(&self.waiting);
+            return true;
+        }
+        false
+    }
+
+    /// The readiness wait of an async wait: sleeps until a notification
+    /// may be there, or `until`; takes nothing.
+    pub(crate) fn wait_for_token(&self, until: Instant) {
+        let seen = self.seq.load(Ordering::SeqCst);
+        if self.tokens.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
+        let _ = waiter.sleep(&self.seq, seen, Some(&self.sleepers), || {
+            self.seq.load(Ordering::SeqCst) == seen && self.tokens.load(Ordering::SeqCst) == 0
+        });
+    }
+
+    /// An async wait that took no notification ends (its future was
+    /// dropped): it leaves the waiters and takes none. A notification
+    /// issued to it meanwhile goes to another waiter if there is one
+    /// (woken here), or is withdrawn: tokens never outnumber waiters.
+    pub(crate) fn wait_leave(&self) {
+        let _ = take_one(&self.waiting);
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                (t > waiting).then_some(waiting)
+            });
+        if self.tokens.load(Ordering::SeqCst) > 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            wait::wake(&self.seq, &self.sleepers, 1);
+        }
+    }
+
+    /// An async wait took the lock back (`acquired`): restores the depth
+    /// it had when the wait began.
+    pub(crate) fn wait_relocked(&self, depth: u32, acquired: Acquired) {
+        if acquired == Acquired::Clean && depth > 0 {
+            self.lock.depth.store(depth, Ordering::Relaxed);
+            self.lock.mark_thread();
+        }
     }
 
     /// Wakes up to `n` waiters: issues as many tokens, at most one per
@@ -626,6 +745,131 @@ impl BarrierState {
             }
             let _ = self.lock.unlock();
         }
+    }
+
+    /// An async party arrives (`crate::aio`), without waiting: `None` if
+    /// it could not now (the barrier's lock is busy, or the action of a
+    /// full round runs: see [`arrival_blocked`](Self::arrival_blocked));
+    /// `Some(Err(..))` or `Some(Ok(Err(index)))` when the round ended with
+    /// this party (it was the last: the action, if any, ran here); else
+    /// `Some(Ok(Ok((index, generation))))`: it waits in round
+    /// `generation` (see [`round_over`](Self::round_over)).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn try_arrive(
+        &self,
+        action: Option<&dyn Fn() -> bool>,
+    ) -> Option<Result<Result<(u32, u32), u32>, BarrierFailure>> {
+        let _ = self.lock.try_lock()?;
+        if self.is_broken() {
+            let _ = self.lock.unlock();
+            return Some(Err(BarrierFailure::Broken));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.acting_in(generation) {
+            let _ = self.lock.unlock();
+            return None;
+        }
+        let index = self.count.fetch_add(1, Ordering::SeqCst);
+        if index.checked_add(1).is_none_or(|n| n >= self.parties()) {
+            // The last party: the round ends here, as in `wait`.
+            let index = index.min(self.parties().saturating_sub(1));
+            if !self.has_action() {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                self.end_round(false);
+                let _ = self.lock.unlock();
+                return Some(Ok(Err(index)));
+            }
+            let Some(action) = action else {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                self.break_it();
+                let _ = self.lock.unlock();
+                return Some(Err(BarrierFailure::NoAction));
+            };
+            self.acting.store(generation << 1 | 1, Ordering::SeqCst);
+            self.watch_me();
+            let _ = self.lock.unlock();
+            let ok = action();
+            let _ = self.lock.lock();
+            let still = self.generation.load(Ordering::SeqCst) == generation;
+            if still {
+                self.count.store(0, Ordering::SeqCst);
+                self.clear_waiting();
+                if ok {
+                    self.end_round(false);
+                } else {
+                    self.break_it();
+                }
+            }
+            let _ = self.lock.unlock();
+            return Some(if !ok {
+                Err(BarrierFailure::ActionFailed)
+            } else if still {
+                Ok(Err(index))
+            } else {
+                self.round_result(generation, index).map(Err)
+            });
+        }
+        self.watch_me();
+        let _ = self.lock.unlock();
+        Some(Ok(Ok((index, generation))))
+    }
+
+    /// The readiness wait of an async party that could not arrive: until
+    /// the barrier's lock is free or a round ends, or `until`.
+    pub(crate) fn arrival_blocked(&self, until: Instant) {
+        let g = self.generation.load(Ordering::SeqCst);
+        if self.acting_in(g) {
+            let _ = sleep_while(&self.generation, g, &self.sleepers, until);
+        } else {
+            let _ = self.lock.wait_free(until);
+        }
+    }
+
+    /// How round `g` ended for party `index`, once it has (`None` while it
+    /// goes on).
+    pub(crate) fn round_over(&self, g: u32, index: u32) -> Option<Result<u32, BarrierFailure>> {
+        (self.generation.load(Ordering::SeqCst) != g).then(|| self.round_result(g, index))
+    }
+
+    /// The readiness wait of an async party in round `g`: until the round
+    /// ends, or `until`; after a slice with no wake-up, breaks the round
+    /// if a waiting party died (as a blocking wait does).
+    pub(crate) fn wait_round(&self, g: u32, until: Instant) {
+        if !sleep_while(&self.generation, g, &self.sleepers, until)
+            && self.generation.load(Ordering::SeqCst) == g
+        {
+            self.break_if_a_party_died(g);
+        }
+    }
+
+    /// An async party waiting in round `g` leaves (its future was
+    /// dropped): as a wait that timed out, it breaks the round unless the
+    /// round's action runs (every party arrived) or it ended. Waits for
+    /// the barrier's lock (held for instants): the caller runs it where
+    /// waiting does no harm if it cannot take the lock at once
+    /// ([`try_leave`](Self::try_leave)).
+    pub(crate) fn leave(&self, g: u32) {
+        let _ = self.lock.lock();
+        self.leave_locked(g);
+    }
+
+    /// [`leave`](Self::leave) if the barrier's lock is free now; false if
+    /// not (nothing done).
+    pub(crate) fn try_leave(&self, g: u32) -> bool {
+        if self.lock.try_lock().is_none() {
+            return false;
+        }
+        self.leave_locked(g);
+        true
+    }
+
+    fn leave_locked(&self, g: u32) {
+        if self.generation.load(Ordering::SeqCst) == g && !self.acting_in(g) {
+            self.break_it();
+        }
+        let _ = self.lock.unlock();
     }
 
     /// Waits until every party has arrived; returns this party's arrival

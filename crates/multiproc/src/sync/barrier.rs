@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use super::Shared;
 use crate::shm::states::{BarrierFailure, BarrierState};
@@ -269,6 +270,80 @@ impl Barrier {
     /// Waits at most `timeout`; a timeout breaks the barrier.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
         self.wait_until(crate::shm::wait::after(timeout))
+    }
+
+    /// [`wait`](Self::wait), as a future: arrives at the first poll, then
+    /// waits without blocking the thread (see `docs/async.md`). The
+    /// barrier's default timeout does not apply: wrap the future in your
+    /// runtime's timeout instead. **Dropping it after it arrived and
+    /// before the barrier tripped breaks the barrier**, as a timeout does
+    /// (the other parties get [`BarrierError::Broken`]): a party that
+    /// left cannot be waited for. If this party is the last, the action
+    /// (if any) runs in the poll.
+    pub fn wait_async(&self) -> impl Future<Output = Result<u32, BarrierError>> + Send + '_ {
+        /// Leaves the round when dropped before it ended.
+        struct InRound {
+            shared: Arc<Shared<BarrierState>>,
+            generation: Option<u32>,
+        }
+        impl Drop for InRound {
+            fn drop(&mut self) {
+                let Some(g) = self.generation else { return };
+                if !self.shared.state().try_leave(g) {
+                    // The barrier's lock is busy for an instant: leave
+                    // from a waiter thread rather than wait here.
+                    let shared = Arc::clone(&self.shared);
+                    let _ = crate::aio::run(Box::new(move || shared.state().leave(g)));
+                }
+            }
+        }
+        let mut round = InRound {
+            shared: Arc::clone(&self.shared),
+            generation: None,
+        };
+        let mut index = 0;
+        let mut waiting = crate::aio::Waiting::new();
+        std::future::poll_fn(move |cx| {
+            // The whole guard moves into the closure (not a copy of its
+            // field), so that dropping the future drops it.
+            let round = &mut round;
+            let state = self.shared.state();
+            if let Some(g) = round.generation {
+                if let Some(r) = state.round_over(g, index) {
+                    round.generation = None;
+                    return Poll::Ready(map(r));
+                }
+                let shared = Arc::clone(&self.shared);
+                return waiting.pending(cx, move || {
+                    move |until: Instant, _: &crate::aio::Ticket| {
+                        shared.state().wait_round(g, until)
+                    }
+                });
+            }
+            let run = |action: &Action| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action())).is_ok()
+            };
+            let action = self.action.as_ref().map(|a| move || run(a));
+            match state.try_arrive(action.as_ref().map(|a| a as &dyn Fn() -> bool)) {
+                Some(Err(e)) => Poll::Ready(map(Err(e))),
+                Some(Ok(Err(i))) => Poll::Ready(Ok(i)),
+                Some(Ok(Ok((i, g)))) => {
+                    index = i;
+                    round.generation = Some(g);
+                    waiting.done();
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                None => {
+                    let shared = Arc::clone(&self.shared);
+                    waiting.pending(cx, move || {
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            shared.state().arrival_blocked(until)
+                        }
+                    })
+                }
+            }
+        })
     }
 
     /// Breaks the barrier: every waiter, now and later, gets `Broken`.

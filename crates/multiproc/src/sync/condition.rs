@@ -1,7 +1,8 @@
 //! `Condition`: wait until notified, with a lock around the shared state.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use super::lock::OwnerDied;
 use super::{Shared, shared_handle};
@@ -82,6 +83,88 @@ impl<'a> ConditionGuard<'a> {
             guard = guard.wait();
         }
         guard
+    }
+
+    /// [`wait`](Self::wait), as a future: releases the lock at once (when
+    /// called), waits for a notification without blocking the thread,
+    /// then takes the lock back (see `docs/async.md`). Dropping the future
+    /// before it is ready leaves the lock released and takes no
+    /// notification (one issued to it goes to another waiter). The guard
+    /// is not `Send`: in a task that may move between threads, the
+    /// future that yields it is for a task that awaits it to the end.
+    pub fn wait_async(self) -> impl Future<Output = ConditionGuard<'a>> + Send + 'a {
+        let cond = self.cond;
+        std::mem::forget(self);
+        let state = cond.shared.state();
+        // `None`: this process did not hold the lock (a guard a forked
+        // child inherited): nothing to wait for, as the sync form.
+        let depth = state.wait_begin();
+        /// Leaves the waiters if dropped before notified.
+        struct Registered<'c> {
+            cond: &'c Condition,
+            on: bool,
+        }
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                if self.on {
+                    self.cond.shared.state().wait_leave();
+                }
+            }
+        }
+        let mut registered = Registered {
+            cond,
+            on: depth.is_some(),
+        };
+        let mut waiting = crate::aio::Waiting::new();
+        std::future::poll_fn(move |cx| {
+            // The whole guard moves into the closure (not a copy of its
+            // field), so that dropping the future drops it.
+            let registered = &mut registered;
+            let state = cond.shared.state();
+            if registered.on {
+                if !state.wait_take() {
+                    let shared = Arc::clone(&cond.shared);
+                    return waiting.pending(cx, move || {
+                        move |until: Instant, _: &crate::aio::Ticket| {
+                            shared.state().wait_for_token(until)
+                        }
+                    });
+                }
+                registered.on = false;
+                waiting.done();
+            }
+            let Some(depth) = depth else {
+                return Poll::Ready(ConditionGuard {
+                    cond,
+                    _not_send: NotSend::default(),
+                });
+            };
+            let taken = if waiting.has_slept() {
+                state.lock.try_acquire_marked()
+            } else {
+                state.lock.try_acquire()
+            };
+            match taken {
+                Some(how) => {
+                    state.wait_relocked(depth, how);
+                    Poll::Ready(ConditionGuard {
+                        cond,
+                        _not_send: NotSend::default(),
+                    })
+                }
+                None => {
+                    let shared = Arc::clone(&cond.shared);
+                    waiting.pending(cx, move || {
+                        move |until: Instant, ticket: &crate::aio::Ticket| {
+                            let lock = &shared.state().lock;
+                            if lock.wait_free(until) && !ticket.wanted() {
+                                lock.wake_one();
+                            }
+                        }
+                    })
+                }
+            }
+        })
     }
 
     /// Declares the protected data consistent again after [`OwnerDied`].

@@ -1,7 +1,7 @@
 //! `Event`: a flag processes can wait for.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Shared, shared_handle};
 use crate::shm::states::EventState;
@@ -58,6 +58,18 @@ impl Event {
     /// Waits until the flag is set.
     pub fn wait(&self) {
         self.shared.state().wait(None);
+    }
+
+    /// [`wait`](Self::wait), as a future: ready once the flag is set,
+    /// without blocking the thread (see `docs/async.md`).
+    pub fn wait_async(&self) -> impl Future<Output = ()> + Send + '_ {
+        crate::aio::retry(
+            move |_| self.is_set().then_some(()),
+            move || {
+                let shared = Arc::clone(&self.shared);
+                move |until: Instant, _: &crate::aio::Ticket| shared.state().wait_set(until)
+            },
+        )
     }
 
     /// Waits at most `timeout`; returns whether the flag is set.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Shared, shared_handle};
 use crate::shm::lock::NotSend;
@@ -325,5 +325,88 @@ impl RLock {
                 .map_err(LockTimeoutError::OwnerDied)
             }
         }
+    }
+}
+
+/// The readiness wait of an async locker, and its try: shared by `Lock`
+/// and `RLock` (see `docs/async.md`).
+fn lock_async_with<G>(
+    shared: &Arc<Shared<LockState>>,
+    mut attempt: impl FnMut(bool) -> Option<Result<G, OwnerDied<G>>>,
+) -> impl Future<Output = Result<G, OwnerDied<G>>> {
+    crate::aio::retry(
+        move |w| attempt(w.has_slept()),
+        move || {
+            let shared = Arc::clone(shared);
+            move |until: Instant, ticket: &crate::aio::Ticket| {
+                let state = shared.state();
+                if state.wait_free(until) && !ticket.wanted() {
+                    state.wake_one();
+                }
+            }
+        },
+    )
+}
+
+impl Lock {
+    /// [`lock`](Self::lock), as a future: waits without blocking the
+    /// thread (see `docs/async.md`). Dropping it before it is ready leaves
+    /// the lock as it was: a future that has not returned a guard holds
+    /// nothing. The guard is not `Send`, as ever: drop it before an
+    /// `.await` in a task that may move between threads.
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new()?;
+    /// let guard = futures::executor::block_on(lock.lock_async()).unwrap();
+    /// assert!(lock.try_lock().is_err());
+    /// drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lock_async(
+        &self,
+    ) -> impl Future<Output = Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>>> + Send + '_ {
+        lock_async_with(&self.shared, move |slept| {
+            let state = self.shared.state();
+            let how = if slept {
+                state.try_acquire_marked()
+            } else {
+                state.try_acquire()
+            }?;
+            Some(wrap(
+                LockGuard {
+                    lock: self,
+                    _not_send: NotSend::default(),
+                },
+                how,
+            ))
+        })
+    }
+}
+
+impl RLock {
+    /// [`lock`](Self::lock), as a future (see [`Lock::lock_async`]). The
+    /// thread that holds the lock takes it again at once; a task that
+    /// moves between threads is not one thread, so do not count on
+    /// re-entry across an `.await`.
+    pub fn lock_async(
+        &self,
+    ) -> impl Future<Output = Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>>> + Send + '_ {
+        lock_async_with(&self.shared, move |slept| {
+            let state = self.shared.state();
+            let guard = || RLockGuard {
+                lock: self,
+                _not_send: NotSend::default(),
+            };
+            if state.reenter() {
+                return Some(Ok(guard()));
+            }
+            let how = if slept {
+                state.try_acquire_marked()
+            } else {
+                state.try_acquire()
+            }?;
+            state.mark_thread();
+            Some(wrap(guard(), how))
+        })
     }
 }

@@ -65,6 +65,32 @@ impl Semaphore {
             .acquire(crate::shm::wait::after(timeout))
     }
 
+    /// [`acquire`](Self::acquire), as a future: waits without blocking
+    /// the thread (see `docs/async.md`). Dropping it before it is ready
+    /// takes nothing: a future that has not completed holds no permit.
+    ///
+    /// ```
+    /// let sem = multiproc::Semaphore::new(1)?;
+    /// futures::executor::block_on(sem.acquire_async());
+    /// assert_eq!(sem.value(), 0);
+    /// sem.release();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn acquire_async(&self) -> impl Future<Output = ()> + Send + '_ {
+        crate::aio::retry(
+            move |_| self.shared.state().try_acquire().then_some(()),
+            move || {
+                let shared = Arc::clone(&self.shared);
+                move |until: Instant, ticket: &crate::aio::Ticket| {
+                    let state = shared.state();
+                    if state.wait_positive(until) && !ticket.wanted() {
+                        state.wake_one();
+                    }
+                }
+            },
+        )
+    }
+
     /// Returns a unit and wakes one waiter.
     pub fn release(&self) {
         let _ = self.shared.state().release();

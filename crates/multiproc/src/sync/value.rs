@@ -32,6 +32,19 @@ fn lock<T: Pod>(shared: &Shared<LockState>) -> (LockedSlice<'_, T>, Acquired) {
         .expect("the tag was checked to describe `T`s when the handle was made")
 }
 
+/// The readiness wait of an async `get_lock` (see [`crate::aio`]).
+fn lock_ready(
+    shared: &Arc<Shared<LockState>>,
+) -> impl FnOnce(std::time::Instant, &crate::aio::Ticket) + Send + 'static {
+    let shared = Arc::clone(shared);
+    move |until, ticket| {
+        let state = shared.state();
+        if state.wait_free(until) && !ticket.wanted() {
+            state.wake_one();
+        }
+    }
+}
+
 macro_rules! pod_handle {
     ($ty:ident, $kind:expr, $single:expr) => {
         impl<T: Pod> Clone for $ty<T> {
@@ -186,6 +199,32 @@ impl<T: Pod> Value<T> {
     #[inline]
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
+        self.guard(slice, how)
+    }
+
+    /// [`get_lock`](Self::get_lock), as a future: waits without blocking
+    /// the thread (see `docs/async.md`). Dropping it before it is ready
+    /// leaves the lock as it was.
+    pub fn get_lock_async(
+        &self,
+    ) -> impl Future<Output = Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>>> + Send + '_
+    where
+        T: Sync,
+    {
+        crate::aio::retry(
+            move |w| {
+                let (slice, how) = self.shared.object().try_lock_slice::<T>(w.has_slept())?;
+                Some(self.guard(slice, how))
+            },
+            move || lock_ready(&self.shared),
+        )
+    }
+
+    fn guard<'a>(
+        &'a self,
+        slice: LockedSlice<'a, T>,
+        how: Acquired,
+    ) -> Result<ValueGuard<'a, T>, OwnerDied<ValueGuard<'a, T>>> {
         let value = slice.get(0).unwrap_or_else(T::zeroed);
         let guard = ValueGuard {
             slice,
@@ -389,6 +428,32 @@ impl<T: Pod> Array<T> {
     #[inline]
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
         let (slice, how) = lock::<T>(&self.shared);
+        self.guard(slice, how)
+    }
+
+    /// [`get_lock`](Self::get_lock), as a future: waits without blocking
+    /// the thread (see `docs/async.md`). Dropping it before it is ready
+    /// leaves the lock as it was.
+    pub fn get_lock_async(
+        &self,
+    ) -> impl Future<Output = Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>>> + Send + '_
+    where
+        T: Sync,
+    {
+        crate::aio::retry(
+            move |w| {
+                let (slice, how) = self.shared.object().try_lock_slice::<T>(w.has_slept())?;
+                Some(self.guard(slice, how))
+            },
+            move || lock_ready(&self.shared),
+        )
+    }
+
+    fn guard<'a>(
+        &'a self,
+        slice: LockedSlice<'a, T>,
+        how: Acquired,
+    ) -> Result<ArrayGuard<'a, T>, OwnerDied<ArrayGuard<'a, T>>> {
         let guard = ArrayGuard {
             slice,
             state: self.shared.state(),

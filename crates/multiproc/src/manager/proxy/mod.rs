@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{Link, unexpected};
 use super::error::ProxyError;
-use super::protocol::{Blob, Kind, ObjectId, Op, Payload, Single, WireAddress};
+use super::protocol::{Blob, Kind, ObjectId, Op, Payload, Single, TimeoutMs, WireAddress};
 use crate::sys::futex;
 use crate::wire::codec;
 
@@ -70,6 +70,65 @@ impl Handle {
     pub(crate) fn id(&self) -> ObjectId {
         self.id
     }
+}
+
+impl Handle {
+    /// The same object for a waiter thread's call (`crate::aio`), holding
+    /// no reference of its own: no round trip. The proxy it was made from
+    /// keeps the object alive while its future lives.
+    pub(crate) fn unowned(&self) -> Handle {
+        Handle {
+            link: Arc::clone(&self.link),
+            id: self.id,
+            pid: 0,
+        }
+    }
+}
+
+/// How long one slice of an async proxy call waits on the server.
+pub(crate) const ASYNC_SLICE_MS: u64 = 100;
+
+/// An async proxy call (see `docs/async.md`): a call is a round trip, so
+/// every one runs on a waiter thread, in slices that each wait on the
+/// server at most [`ASYNC_SLICE_MS`]. `slice` makes one call; `Some`
+/// ends the future with its value. If the future is dropped while a call
+/// is in flight, `undo` gets that call's result on the waiter thread (to
+/// give back what it took).
+pub(crate) fn sliced<T, S, U>(
+    handle: &Handle,
+    slice: S,
+    undo: U,
+) -> impl Future<Output = T> + Send + use<T, S, U>
+where
+    T: Send + 'static,
+    S: Fn(&Handle, TimeoutMs) -> Option<T> + Send + Sync + 'static,
+    U: Fn(&Handle, T) + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle.unowned());
+    let slice = Arc::new(slice);
+    let undo = Arc::new(undo);
+    let mut call: Option<crate::aio::Offload<Option<T>>> = None;
+    std::future::poll_fn(move |cx| {
+        loop {
+            let c = call.get_or_insert_with(|| {
+                let (h, s) = (Arc::clone(&handle), Arc::clone(&slice));
+                let (h2, u) = (Arc::clone(&handle), Arc::clone(&undo));
+                crate::aio::Offload::start(
+                    move || s(&h, Some(ASYNC_SLICE_MS)),
+                    move |r| {
+                        if let Some(v) = r {
+                            u(&h2, v);
+                        }
+                    },
+                )
+            });
+            match c.poll(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(Some(v)) => return std::task::Poll::Ready(v),
+                std::task::Poll::Ready(None) => call = None,
+            }
+        }
+    })
 }
 
 impl Clone for Handle {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::super::error::{ProxyError, ProxyPutError, ProxyPutFailure};
-use super::super::protocol::{Op, QueueOp, TimeoutMs};
+use super::super::protocol::{Op, Payload, QueueOp, TimeoutMs};
 use super::{Handle, boolean, count, enc, maybe, millis, proxy_type, unit};
 
 /// A FIFO queue that lives in a [`Manager`](crate::Manager).
@@ -82,6 +82,71 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Takes the oldest value if there is one now.
     pub fn try_get(&self) -> Result<Option<T>, ProxyError> {
         maybe(self.handle.call(Op::Queue(QueueOp::Get(Some(0))))?)
+    }
+
+    /// [`get`](Self::get), as a future (see `docs/async.md`): the call
+    /// runs on a waiter thread, in slices of at most 100 ms on the
+    /// server, and never blocks the polling thread. Dropping the future
+    /// loses nothing, but a value that a call in flight had already taken
+    /// is put back at the *end* of the queue (a joinable queue's count of
+    /// unfinished items is kept).
+    pub fn get_async(&self) -> impl Future<Output = Result<T, ProxyError>> + Send + use<T> {
+        let got = super::sliced(
+            &self.handle,
+            |h, ms| match h.call(Op::Queue(QueueOp::Get(ms))) {
+                Ok(Payload::MaybeValue(None)) => None,
+                other => Some(other),
+            },
+            |h, taken| {
+                if let Ok(Payload::MaybeValue(Some(b))) = taken {
+                    let _ = h.call(Op::Queue(QueueOp::Put(b, None)));
+                    // A joinable queue counted the value again: it is one
+                    // item, still unfinished. (A plain queue refuses.)
+                    let _ = h.call(Op::Queue(QueueOp::TaskDone));
+                }
+            },
+        );
+        async move {
+            maybe(got.await?)?
+                .ok_or_else(|| ProxyError::Protocol("an unbounded get came back empty".into()))
+        }
+    }
+
+    /// [`put`](Self::put), as a future: waits on a waiter thread while a
+    /// bounded queue is full, in slices of at most 100 ms. The value is
+    /// encoded in the first poll. Dropping the future puts nothing unless
+    /// a call in flight already did.
+    pub fn put_async(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), ProxyPutError<T>>> + Send + use<T>
+    where
+        T: Send + 'static,
+    {
+        let encoded = enc(&value);
+        let sent = encoded.map(|b| {
+            super::sliced(
+                &self.handle,
+                move |h, ms| match h.call(Op::Queue(QueueOp::Put(b.clone(), ms))) {
+                    Ok(Payload::Bool(false)) => None,
+                    other => Some(other),
+                },
+                |_, _| {},
+            )
+        });
+        async move {
+            let outcome = match sent {
+                Ok(call) => call.await.and_then(boolean),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(_) => Ok(()),
+                Err(e) => Err(ProxyPutError {
+                    value,
+                    reason: e.into(),
+                }),
+            }
+        }
     }
 
     /// The number of values waiting.

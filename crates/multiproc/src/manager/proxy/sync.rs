@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::super::error::ProxyError;
 use super::super::protocol::{
-    BarrierOp, ConditionOp, EventOp, LockOp, Op, Owner, SemaphoreOp, TimeoutMs,
+    BarrierOp, ConditionOp, EventOp, LockOp, Op, Owner, Payload, SemaphoreOp, TimeoutMs,
 };
 use super::{Handle, boolean, count, millis, proxy_type, unit};
 use crate::sys::futex;
@@ -59,8 +59,41 @@ impl LockProxy {
         // Not `then_some`: a guard built and dropped would release the lock.
         Ok(got.then(|| ProxyLockGuard {
             lock: self,
+            owner: me(),
             released: false,
         }))
+    }
+
+    /// [`acquire`](Self::acquire), as a future (see `docs/async.md`): the
+    /// call runs on a waiter thread, in slices of at most 100 ms on the
+    /// server, on behalf of the thread that made the future (the owner
+    /// its guard releases for, wherever it is dropped). Dropping the
+    /// future leaves the lock as it was: a call in flight that acquired
+    /// it releases it again.
+    pub fn acquire_async(
+        &self,
+    ) -> impl Future<Output = Result<ProxyLockGuard<'_>, ProxyError>> + Send + '_ {
+        let owner = me();
+        let got = super::sliced(
+            &self.handle,
+            move |h, ms| match h.call(Op::Lock(LockOp::Acquire(owner, ms))) {
+                Ok(Payload::Bool(false)) => None,
+                other => Some(other),
+            },
+            move |h, acquired| {
+                if let Ok(Payload::Bool(true)) = acquired {
+                    let _ = h.call(Op::Lock(LockOp::Release(owner)));
+                }
+            },
+        );
+        async move {
+            boolean(got.await?)?;
+            Ok(ProxyLockGuard {
+                lock: self,
+                owner,
+                released: false,
+            })
+        }
     }
 
     /// Acquires the lock, waiting as long as it takes.
@@ -89,6 +122,8 @@ impl LockProxy {
 #[derive(Debug)]
 pub struct ProxyLockGuard<'a> {
     lock: &'a LockProxy,
+    /// Who acquired it (a reentrant lock is released by its owner only).
+    owner: Owner,
     released: bool,
 }
 
@@ -96,14 +131,18 @@ impl ProxyLockGuard<'_> {
     /// Releases the lock now, and says whether the manager agreed.
     pub fn release(mut self) -> Result<(), ProxyError> {
         self.released = true;
-        unit(self.lock.handle.call(Op::Lock(LockOp::Release(me())))?)
+        unit(
+            self.lock
+                .handle
+                .call(Op::Lock(LockOp::Release(self.owner)))?,
+        )
     }
 }
 
 impl Drop for ProxyLockGuard<'_> {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.lock.handle.call(Op::Lock(LockOp::Release(me())));
+            let _ = self.lock.handle.call(Op::Lock(LockOp::Release(self.owner)));
         }
     }
 }

@@ -1,0 +1,462 @@
+//! How the async forms wait, on any executor (`docs/async.md`).
+//!
+//! An async operation is its non-blocking form, retried: a poll tries it
+//! (`try_get`, `try_lock`, ...) and returns `Ready` when it succeeds. When
+//! it fails, the future arranges to be polled again, in two phases:
+//!
+//! 1. **Eager**: for its first [`EAGER_POLLS`] failed polls, it wakes its
+//!    own task at once and returns `Pending`. The executor runs its other
+//!    tasks, then polls this one again: the async counterpart of the
+//!    yields with which a blocking wait begins, which serve a stream with
+//!    short gaps without any thread hop or system call.
+//! 2. **Waiter thread**: then it hands a *readiness wait* to a waiter
+//!    thread ([`run`]) and returns `Pending`. The readiness wait is the
+//!    blocking code of the sync form's sleep (`shm::wait`, `poll` on a
+//!    descriptor), with a condition that only *looks*: it returns once the
+//!    operation may succeed, or after at most [`SLICE`], and never takes
+//!    anything. The waiter thread then wakes the task's `Waker`, and the
+//!    next poll tries the operation again (and, after a slice with no
+//!    wake-up, asks the same liveness questions as the sync form).
+//!
+//! Because only the task's own poll ever takes a message, a lock or a
+//! permit, dropping the future at any point loses nothing: a readiness
+//! wait still running for a dropped future only looks, and if it was
+//! woken by a wake-up meant for one waiter (a futex wake of one), it
+//! passes that wake-up on (see [`Ticket::wanted`]).
+//!
+//! Waiter threads (`multiproc-waiter`) are made on demand, one per
+//! readiness wait in progress, and kept [`IDLE`] after their last wait for
+//! reuse. A fork leaves the child without them: there each wait makes a
+//! thread of its own (see [`OWNER`]). No runtime is assumed: all a future uses of its executor is
+//! `Waker::wake`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::sys::futex;
+
+/// Failed polls a future answers by waking itself at once, before it
+/// hands its wait to a waiter thread.
+pub(crate) const EAGER_POLLS: u32 = 64;
+
+/// The longest a readiness wait lasts before the task is woken anyway, to
+/// look again and to notice a dead peer: the re-check interval of every
+/// sync wait.
+pub(crate) const SLICE: Duration = crate::shm::wait::RECHECK;
+
+/// How long a waiter thread with nothing to do stays for the next wait.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// Work for a waiter thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// An idle waiter thread's hand: where its next job is put.
+#[derive(Default)]
+struct Hand {
+    job: Mutex<Option<Job>>,
+    cv: Condvar,
+}
+
+/// The idle waiter threads of this process (not of a parent we were
+/// forked from: `generation` tells).
+struct Threads {
+    generation: u32,
+    idle: Vec<Arc<Hand>>,
+}
+
+static THREADS: Mutex<Threads> = Mutex::new(Threads {
+    generation: 0,
+    idle: Vec::new(),
+});
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fork generation ([`futex::generation`]) whose threads [`THREADS`]
+/// lists; 0 before the first wait. A child forked from a process that had
+/// waiter threads must not touch [`THREADS`]: a thread of its parent may
+/// have held the mutex at the fork, and no thread of the child will ever
+/// release it. Its waits run on threads of their own, one per wait.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may use [`THREADS`] (see [`OWNER`]).
+fn pool_is_ours() -> bool {
+    let g = futex::generation();
+    match OWNER.compare_exchange(0, g, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => true,
+        Err(owner) => owner == g,
+    }
+}
+
+/// Runs `job` on a waiter thread: an idle one, or a new one. Gives it
+/// back if no thread could be made (a process at its limit).
+pub(crate) fn run(job: Job) -> Result<(), Job> {
+    let pooled = pool_is_ours();
+    let hand = if pooled {
+        let mut t = lock(&THREADS);
+        let g = futex::generation();
+        if t.generation != g {
+            t.generation = g;
+            t.idle.clear();
+        }
+        t.idle.pop()
+    } else {
+        None
+    };
+    if let Some(hand) = hand {
+        *lock(&hand.job) = Some(job);
+        hand.cv.notify_one();
+        return Ok(());
+    }
+    let hand = Arc::new(Hand::default());
+    *lock(&hand.job) = Some(job);
+    let mine = Arc::clone(&hand);
+    let spawned = std::thread::Builder::new()
+        .name("multiproc-waiter".into())
+        .stack_size(256 << 10)
+        .spawn(move || serve(mine, pooled));
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(_) => lock(&hand.job).take().map_or(Ok(()), Err),
+    }
+}
+
+/// A waiter thread: runs jobs, then waits [`IDLE`] for another (if
+/// `pooled`; else it ends after its first).
+fn serve(hand: Arc<Hand>, pooled: bool) {
+    loop {
+        let job = {
+            let mut slot = lock(&hand.job);
+            loop {
+                if let Some(job) = slot.take() {
+                    break job;
+                }
+                let (s, timeout) = hand
+                    .cv
+                    .wait_timeout(slot, IDLE)
+                    .unwrap_or_else(|e| e.into_inner());
+                slot = s;
+                if timeout.timed_out() && slot.is_none() {
+                    let mut t = lock(&THREADS);
+                    if let Some(i) = t.idle.iter().position(|h| Arc::ptr_eq(h, &hand)) {
+                        t.idle.swap_remove(i);
+                        return;
+                    }
+                    // Taken off the idle list just now: its job is coming.
+                }
+            }
+        };
+        // A job wakes its task however it ends (see `Waiting::pending`).
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+        if !pooled {
+            return;
+        }
+        let mut t = lock(&THREADS);
+        if t.generation != futex::generation_unchecked() {
+            return;
+        }
+        t.idle.push(Arc::clone(&hand));
+    }
+}
+
+/// Where a waiter thread finds the task to wake.
+#[derive(Default)]
+struct Signal {
+    st: Mutex<SignalState>,
+}
+
+#[derive(Default)]
+struct SignalState {
+    waker: Option<Waker>,
+    /// A readiness wait for this future is in progress.
+    armed: bool,
+    /// The future was dropped.
+    dropped: bool,
+}
+
+impl Signal {
+    /// The readiness wait is over: wake the task.
+    fn fire(&self) {
+        let waker = {
+            let mut st = lock(&self.st);
+            st.armed = false;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// What a readiness wait is told about its future.
+pub(crate) struct Ticket(Arc<Signal>);
+
+impl Ticket {
+    /// Whether the future still wants the wake-up: false once it was
+    /// dropped. A readiness wait woken by a wake-up meant for a single
+    /// waiter passes it on when nobody wants it.
+    pub(crate) fn wanted(&self) -> bool {
+        !lock(&self.0.st).dropped
+    }
+}
+
+/// The waiting state of one async operation (see the module's docs).
+#[derive(Default)]
+pub(crate) struct Waiting {
+    eager: u32,
+    signal: Option<Arc<Signal>>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("eager", &self.eager)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Waiting {
+    /// A fresh wait.
+    pub(crate) fn new() -> Waiting {
+        Waiting::default()
+    }
+
+    /// After a failed try: arranges for the task to be polled again, at
+    /// once while the eager phase lasts, else when the readiness wait that
+    /// `make` makes (only then) returns, run on a waiter thread. The wait
+    /// gets the end of its slice, which it must not pass, and a
+    /// [`Ticket`]; it may block, and must take nothing.
+    pub(crate) fn pending<T, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        make: impl FnOnce() -> W,
+    ) -> Poll<T>
+    where
+        W: FnOnce(Instant, &Ticket) + Send + 'static,
+    {
+        if self.eager < EAGER_POLLS {
+            self.eager += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.sleep(cx, make)
+    }
+
+    /// As [`pending`](Self::pending), without the eager phase: for waits
+    /// that an eager retry cannot shorten (a process's exit, a deadline).
+    pub(crate) fn sleep<T, W>(&mut self, cx: &mut Context<'_>, make: impl FnOnce() -> W) -> Poll<T>
+    where
+        W: FnOnce(Instant, &Ticket) + Send + 'static,
+    {
+        let signal = self.signal.get_or_insert_with(Arc::default);
+        {
+            let mut st = lock(&signal.st);
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            if st.armed {
+                return Poll::Pending;
+            }
+            st.armed = true;
+        }
+        /// Fires the signal however the wait ends: done, panicked, or
+        /// never run (no waiter thread could be made: the task is then
+        /// woken at once and looks again, a busier wait but never a lost
+        /// one).
+        struct Fire(Arc<Signal>);
+        impl Drop for Fire {
+            fn drop(&mut self) {
+                self.0.fire();
+            }
+        }
+        let fire = Fire(Arc::clone(signal));
+        let ready = make();
+        let _ = run(Box::new(move || {
+            let ticket = Ticket(Arc::clone(&fire.0));
+            ready(Instant::now() + SLICE, &ticket);
+            drop(fire);
+        }));
+        Poll::Pending
+    }
+
+    /// The operation succeeded: the next one (a stream's next item) starts
+    /// eager again.
+    pub(crate) fn done(&mut self) {
+        self.eager = 0;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(s) = &self.signal {
+            let mut st = lock(&s.st);
+            st.dropped = true;
+            st.waker = None;
+        }
+    }
+}
+
+impl Waiting {
+    /// Whether this wait has handed a readiness wait to a waiter thread
+    /// (a locker then takes the lock marked contended).
+    pub(crate) fn has_slept(&self) -> bool {
+        self.signal.is_some()
+    }
+}
+
+/// A future that retries `attempt` (see the module's docs) until it gives
+/// a value; `ready` makes each readiness wait.
+pub(crate) fn retry<T, W>(
+    mut attempt: impl FnMut(&Waiting) -> Option<T>,
+    mut ready: impl FnMut() -> W,
+) -> impl Future<Output = T>
+where
+    W: FnOnce(Instant, &Ticket) + Send + 'static,
+{
+    let mut waiting = Waiting::new();
+    std::future::poll_fn(move |cx| match attempt(&waiting) {
+        Some(v) => Poll::Ready(v),
+        None => waiting.pending(cx, &mut ready),
+    })
+}
+
+/// Says when a wait has gone a [`SLICE`] without success since it last
+/// said so: when an async form asks the liveness questions that a
+/// blocking one asks after each sleep.
+#[derive(Debug)]
+pub(crate) struct Every {
+    last: Option<Instant>,
+}
+
+impl Every {
+    /// Counting from the first failed attempt.
+    pub(crate) fn new() -> Every {
+        Every { last: None }
+    }
+
+    /// True once per slice of failed attempts.
+    pub(crate) fn due(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            None => {
+                self.last = Some(now);
+                false
+            }
+            Some(t) if now.duration_since(t) >= SLICE => {
+                self.last = Some(now);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
+/// A blocking call run on a waiter thread, for the few operations that
+/// have no non-blocking form to retry (a send that must go out whole):
+/// its result, or the call still running.
+pub(crate) struct Offload<T> {
+    slot: Arc<Mutex<OffloadState<T>>>,
+}
+
+struct OffloadState<T> {
+    result: Option<T>,
+    waker: Option<Waker>,
+    dropped: bool,
+}
+
+impl<T: Send + 'static> Offload<T> {
+    /// Starts `call` on a waiter thread. If the future is dropped before
+    /// the call ends, `abandoned` gets its result (to undo it, or to drop
+    /// it there).
+    pub(crate) fn start(
+        call: impl FnOnce() -> T + Send + 'static,
+        abandoned: impl FnOnce(T) + Send + 'static,
+    ) -> Offload<T> {
+        let slot = Arc::new(Mutex::new(OffloadState {
+            result: None,
+            waker: None,
+            dropped: false,
+        }));
+        let theirs = Arc::clone(&slot);
+        let job: Job = Box::new(move || {
+            let result = call();
+            let mut st = lock(&theirs);
+            if st.dropped {
+                drop(st);
+                abandoned(result);
+                return;
+            }
+            st.result = Some(result);
+            let waker = st.waker.take();
+            drop(st);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        if let Err(job) = run(job) {
+            // No waiter thread to be had: the call runs here.
+            job();
+        }
+        Offload { slot }
+    }
+
+    /// The result, once the call has ended.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+        let mut st = lock(&self.slot);
+        if let Some(r) = st.result.take() {
+            return Poll::Ready(r);
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Offload<T> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.slot);
+        st.dropped = true;
+        st.waker = None;
+    }
+}
+
+impl<T> std::fmt::Debug for Offload<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn waiter_threads_are_reused_and_run_every_job() {
+        let done = Arc::new(AtomicBool::new(false));
+        for _ in 0..20 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            run(Box::new(move || tx.send(()).expect("receiver")))
+                .ok()
+                .expect("thread");
+            rx.recv_timeout(Duration::from_secs(10)).expect("job ran");
+        }
+        let d = Arc::clone(&done);
+        let (tx, rx) = std::sync::mpsc::channel();
+        run(Box::new(move || {
+            d.store(true, Ordering::SeqCst);
+            tx.send(()).expect("receiver");
+        }))
+        .ok()
+        .expect("thread");
+        rx.recv_timeout(Duration::from_secs(10)).expect("job ran");
+        assert!(done.load(Ordering::SeqCst));
+        // Sequential jobs reuse one idle thread rather than make more.
+        assert!(lock(&THREADS).idle.len() <= 2);
+    }
+}
