@@ -54,6 +54,49 @@ use super::link::{INTERRUPTED, IO_TIMEOUT};
 use super::{Cluster, ClusterError, Link};
 use crate::wire::codec;
 
+/// How long one slice of an async wait holds the server (see [`sliced`]).
+const ASYNC_SLICE: Duration = Duration::from_millis(100);
+
+/// An async wait on the cluster (the local objects' scheme, docs/async.md):
+/// each slice makes one blocking call of at most [`ASYNC_SLICE`] on a
+/// waiter thread, so no executor thread ever blocks; `Some` ends the
+/// future. If the future is dropped while a call is in flight, `undo` gets
+/// that call's result on the waiter thread (to give back what it took).
+pub(crate) fn sliced<T, S, U>(
+    slice: S,
+    undo: U,
+) -> impl std::future::Future<Output = T> + Send + use<T, S, U>
+where
+    T: Send + 'static,
+    S: Fn(Duration) -> Option<T> + Send + Sync + 'static,
+    U: Fn(T) + Send + Sync + 'static,
+{
+    let slice = Arc::new(slice);
+    let undo = Arc::new(undo);
+    let mut call: Option<crate::aio::Offload<Option<T>>> = None;
+    std::future::poll_fn(move |cx| {
+        loop {
+            let c = call.get_or_insert_with(|| {
+                let s = Arc::clone(&slice);
+                let u = Arc::clone(&undo);
+                crate::aio::Offload::start(
+                    move || s(ASYNC_SLICE),
+                    move |r| {
+                        if let Some(v) = r {
+                            u(v);
+                        }
+                    },
+                )
+            });
+            match c.poll(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(Some(v)) => return std::task::Poll::Ready(v),
+                std::task::Poll::Ready(None) => call = None,
+            }
+        }
+    })
+}
+
 pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use lock::{DEFAULT_LEASE, LockGuard, LockProxy};

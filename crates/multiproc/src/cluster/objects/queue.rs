@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -408,6 +408,61 @@ impl<T: DeserializeOwned> Queue<T> {
     /// Takes the first value if there is one now.
     pub fn try_get(&self) -> Result<T, TryGetError> {
         self.get_until(Deadline::now())?.ok_or(TryGetError::Empty)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Queue<T> {
+    /// [`get`](Self::get), as a future on any runtime: the wait runs on a
+    /// waiter thread in slices of 100 ms (docs/async.md), so no executor
+    /// thread blocks. Dropping the future takes nothing: a value a slice
+    /// in flight took is put back, at the end of the queue (a joinable
+    /// queue's count of unfinished values stays right).
+    pub fn get_async(&self) -> impl Future<Output = Result<T, ClusterError>> + Send + use<T> {
+        let (q, back) = (self.clone(), self.clone());
+        super::sliced(
+            move |slice| match q.get_timeout(slice) {
+                Ok(v) => Some(Ok(v)),
+                Err(GetTimeoutError::Timeout) => None,
+                Err(GetTimeoutError::Failed(e)) => Some(Err(e)),
+            },
+            move |taken: Result<T, ClusterError>| {
+                if let Ok(v) = taken
+                    && back.put(v).is_ok()
+                {
+                    // The put counted the value again: it is one value,
+                    // still unfinished.
+                    let k = &back.inner.keys;
+                    let _ = back.with(|l| {
+                        l.script_within::<i64>(TASK_DONE.key(&k.meta).key(&k.done), IO_TIMEOUT)
+                    });
+                }
+            },
+        )
+    }
+
+    /// [`put`](Self::put), as a future on any runtime: waits on a waiter
+    /// thread while a bounded queue is full. Dropping the future puts
+    /// nothing, unless a slice in flight already did.
+    pub fn put_async(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), PutError<T>>> + Send + use<T> {
+        let q = self.clone();
+        let value = Mutex::new(Some(value));
+        super::sliced(
+            move |slice| {
+                let v = value.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                match q.put_timeout(v, slice) {
+                    Ok(()) => Some(Ok(())),
+                    Err(PutTimeoutError::Timeout(v)) => {
+                        *value.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                        None
+                    }
+                    Err(PutTimeoutError::Failed(e)) => Some(Err(e)),
+                }
+            },
+            |_| {},
+        )
     }
 }
 

@@ -115,6 +115,27 @@ impl SemaphoreProxy {
         self.acquire_until(Deadline::after(timeout))
     }
 
+    /// [`acquire`](Self::acquire), as a future on any runtime (a waiter
+    /// thread waits in slices of 100 ms). Dropping it holds no unit: one a
+    /// slice in flight took is given back.
+    pub fn acquire_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + use<> {
+        let (s, back) = (self.clone(), self.clone());
+        super::sliced(
+            move |slice| match s.acquire_timeout(slice) {
+                Ok(true) => Some(Ok(())),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            },
+            move |taken: Result<(), ClusterError>| {
+                if taken.is_ok() {
+                    let _ = back.release();
+                }
+            },
+        )
+    }
+
     /// Gives a unit back; a bounded semaphore already at its initial
     /// units refuses ([`ClusterError::OverReleased`]).
     pub fn release(&self) -> Result<(), ClusterError> {
@@ -234,6 +255,22 @@ impl EventProxy {
     /// Waits until the flag is set or `timeout` passes; whether it is set.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ClusterError> {
         self.wait_until(Deadline::after(timeout))
+    }
+
+    /// [`wait`](Self::wait), as a future on any runtime (a waiter thread
+    /// waits in slices of 100 ms).
+    pub fn wait_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + use<> {
+        let e = self.clone();
+        super::sliced(
+            move |slice| match e.wait_timeout(slice) {
+                Ok(true) => Some(Ok(())),
+                Ok(false) => None,
+                Err(err) => Some(Err(err)),
+            },
+            |_| {},
+        )
     }
 }
 
