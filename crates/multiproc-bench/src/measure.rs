@@ -33,8 +33,16 @@ pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
         .iter_mut()
         .map(|op| (0..warmup).try_for_each(|_| op()).map(|()| Vec::new()))
         .collect();
-    for _ in 0..batches {
-        for (op, result) in ops.iter_mut().zip(&mut results) {
+    let n = ops.len();
+    for b in 0..batches {
+        // The order rotates from batch to batch: the op timed right after
+        // another one inherits where the scheduler left the processes
+        // (after a blocking socket's wake-ups, for example, the next rig's
+        // two ends may share a processor for a while), and a fixed order
+        // would hand that cost to the same op every time.
+        for k in 0..n {
+            let i = (b + k) % n;
+            let (op, result) = (&mut ops[i], &mut results[i]);
             let Ok(samples) = result else { continue };
             let t0 = Instant::now();
             match (0..batch).try_for_each(|_| op()) {
