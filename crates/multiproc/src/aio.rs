@@ -355,6 +355,48 @@ impl Every {
     }
 }
 
+/// A wait made of blocking calls, each bounded (a slice), run one after
+/// another on waiter threads until one ends it: for objects whose waits
+/// are round trips to a server (manager proxies, cluster objects), which
+/// has no readiness to watch. `slice` makes one call; `Some` ends the
+/// future with its value. If the future is dropped while a call is in
+/// flight, `undo` gets that call's result on the waiter thread (to give
+/// back what it took).
+pub(crate) fn sliced<T, S, U>(
+    slice: S,
+    undo: U,
+) -> impl std::future::Future<Output = T> + Send + use<T, S, U>
+where
+    T: Send + 'static,
+    S: Fn() -> Option<T> + Send + Sync + 'static,
+    U: Fn(T) + Send + Sync + 'static,
+{
+    let slice = Arc::new(slice);
+    let undo = Arc::new(undo);
+    let mut call: Option<Offload<Option<T>>> = None;
+    std::future::poll_fn(move |cx| {
+        loop {
+            let c = call.get_or_insert_with(|| {
+                let s = Arc::clone(&slice);
+                let u = Arc::clone(&undo);
+                Offload::start(
+                    move || s(),
+                    move |r| {
+                        if let Some(v) = r {
+                            u(v);
+                        }
+                    },
+                )
+            });
+            match c.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(v)) => return Poll::Ready(v),
+                Poll::Ready(None) => call = None,
+            }
+        }
+    })
+}
+
 /// A blocking call run on a waiter thread, for the few operations that
 /// have no non-blocking form to retry (a send that must go out whole):
 /// its result, or the call still running.

@@ -8,8 +8,8 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, deadline, redis_server};
-use multiproc::cluster::{Cluster, LocalAgent, LocalServer};
+use common::{LIMIT, deadline};
+use multiproc::cluster::{Cluster, LocalServer};
 use multiproc::{Process, TaskError};
 
 #[multiproc::task]
@@ -72,25 +72,7 @@ fn kill_my_agent(_: u64) -> u64 {
     0
 }
 
-struct Setup {
-    cluster: Cluster,
-    agents: Vec<LocalAgent>,
-    server: LocalServer,
-}
-
-fn setup(agents: usize, slots: usize) -> Option<Setup> {
-    let server = redis_server()?;
-    let cluster = Cluster::connect(&server.url()).unwrap();
-    cluster.set_min_idle(Duration::from_millis(250)).unwrap();
-    let agents = (0..agents)
-        .map(|_| LocalAgent::start(&cluster, slots).unwrap())
-        .collect();
-    Some(Setup {
-        cluster,
-        agents,
-        server,
-    })
-}
+use common::cluster_setup as setup;
 
 fn raw(server: &LocalServer) -> redis::Connection {
     redis::Client::open(server.url())

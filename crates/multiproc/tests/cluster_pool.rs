@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, deadline, redis_server};
+use common::{LIMIT, deadline};
 use multiproc::TaskError;
-use multiproc::cluster::{Cluster, LocalAgent, LocalServer};
 use multiproc::pool::as_completed;
 
 #[multiproc::task]
@@ -50,25 +49,7 @@ fn unregistered(x: u64) -> u64 {
     x
 }
 
-struct Setup {
-    cluster: Cluster,
-    agents: Vec<LocalAgent>,
-    _server: LocalServer,
-}
-
-fn setup(agents: usize, slots: usize) -> Option<Setup> {
-    let server = redis_server()?;
-    let cluster = Cluster::connect(&server.url()).unwrap();
-    cluster.set_min_idle(Duration::from_millis(250)).unwrap();
-    let agents = (0..agents)
-        .map(|_| LocalAgent::start(&cluster, slots).unwrap())
-        .collect();
-    Some(Setup {
-        cluster,
-        agents,
-        _server: server,
-    })
-}
+use common::cluster_setup as setup;
 
 #[test]
 fn the_local_pool_api_works_on_the_cluster() {
@@ -143,7 +124,7 @@ fn an_unregistered_function_fails_at_submit_without_traffic() {
         let pool = s.cluster.pool().build().unwrap();
         let e = pool.map(unregistered, [1u64, 2]).unwrap_err();
         assert!(matches!(e, TaskError::NotRegistered(_)), "{e:?}");
-        let client = redis::Client::open(s._server.url()).unwrap();
+        let client = redis::Client::open(s.server.url()).unwrap();
         let mut conn = client.get_connection().unwrap();
         let len: u64 = redis::cmd("XLEN")
             .arg("mp:{default}:tasks")

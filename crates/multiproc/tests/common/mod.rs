@@ -128,3 +128,32 @@ pub fn redis_server() -> Option<multiproc::cluster::LocalServer> {
         Err(e) => panic!("could not start redis-server: {e}"),
     }
 }
+
+/// A private server, a cluster handle on it with `min_idle` 250 ms, and
+/// `agents` agents (this test binary, started as a user would start it)
+/// of `slots` slots each; `None` where [`redis_server`] skips.
+#[cfg(feature = "cluster")]
+pub struct ClusterSetup {
+    /// The handle, namespace `default`.
+    pub cluster: multiproc::cluster::Cluster,
+    /// The agents, killed when dropped.
+    pub agents: Vec<multiproc::cluster::LocalAgent>,
+    /// The server (dropped last).
+    pub server: multiproc::cluster::LocalServer,
+}
+
+/// See [`ClusterSetup`].
+#[cfg(feature = "cluster")]
+pub fn cluster_setup(agents: usize, slots: usize) -> Option<ClusterSetup> {
+    let server = redis_server()?;
+    let cluster = multiproc::cluster::Cluster::connect(&server.url()).unwrap();
+    cluster.set_min_idle(Duration::from_millis(250)).unwrap();
+    let agents = (0..agents)
+        .map(|_| multiproc::cluster::LocalAgent::start(&cluster, slots).unwrap())
+        .collect();
+    Some(ClusterSetup {
+        cluster,
+        agents,
+        server,
+    })
+}

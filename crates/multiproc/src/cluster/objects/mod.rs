@@ -71,30 +71,7 @@ where
     S: Fn(Duration) -> Option<T> + Send + Sync + 'static,
     U: Fn(T) + Send + Sync + 'static,
 {
-    let slice = Arc::new(slice);
-    let undo = Arc::new(undo);
-    let mut call: Option<crate::aio::Offload<Option<T>>> = None;
-    std::future::poll_fn(move |cx| {
-        loop {
-            let c = call.get_or_insert_with(|| {
-                let s = Arc::clone(&slice);
-                let u = Arc::clone(&undo);
-                crate::aio::Offload::start(
-                    move || s(ASYNC_SLICE),
-                    move |r| {
-                        if let Some(v) = r {
-                            u(v);
-                        }
-                    },
-                )
-            });
-            match c.poll(cx) {
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-                std::task::Poll::Ready(Some(v)) => return std::task::Poll::Ready(v),
-                std::task::Poll::Ready(None) => call = None,
-            }
-        }
-    })
+    crate::aio::sliced(move || slice(ASYNC_SLICE), undo)
 }
 
 pub use dict::DictProxy;

@@ -104,31 +104,11 @@ where
     S: Fn(&Handle, TimeoutMs) -> Option<T> + Send + Sync + 'static,
     U: Fn(&Handle, T) + Send + Sync + 'static,
 {
-    let handle = Arc::new(handle.unowned());
-    let slice = Arc::new(slice);
-    let undo = Arc::new(undo);
-    let mut call: Option<crate::aio::Offload<Option<T>>> = None;
-    std::future::poll_fn(move |cx| {
-        loop {
-            let c = call.get_or_insert_with(|| {
-                let (h, s) = (Arc::clone(&handle), Arc::clone(&slice));
-                let (h2, u) = (Arc::clone(&handle), Arc::clone(&undo));
-                crate::aio::Offload::start(
-                    move || s(&h, Some(ASYNC_SLICE_MS)),
-                    move |r| {
-                        if let Some(v) = r {
-                            u(&h2, v);
-                        }
-                    },
-                )
-            });
-            match c.poll(cx) {
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-                std::task::Poll::Ready(Some(v)) => return std::task::Poll::Ready(v),
-                std::task::Poll::Ready(None) => call = None,
-            }
-        }
-    })
+    let (h, h2) = (Arc::new(handle.unowned()), Arc::new(handle.unowned()));
+    crate::aio::sliced(
+        move || slice(&h, Some(ASYNC_SLICE_MS)),
+        move |v| undo(&h2, v),
+    )
 }
 
 impl Clone for Handle {
