@@ -136,15 +136,19 @@ fn a_stalled_agents_late_result_is_dropped_and_each_item_has_one() {
         assert_eq!(h.get().unwrap(), 1500);
         // It ran twice (the stalled agent's worker went on), but its late
         // result was dropped: the pool saw one, and nothing is left over.
-        std::thread::sleep(Duration::from_millis(1200));
         // (In either order: the stalled agent may have stopped before its
         // worker started the task.)
-        let mut runs: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        runs.sort();
+        let runs = || -> Vec<String> {
+            let mut r: Vec<String> = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            r.sort();
+            r
+        };
+        common::eventually(Duration::from_secs(10), || runs().len() >= 2);
+        let runs = runs();
         assert_eq!(runs, ["1", "2"], "the task should have run on both agents");
         let left: u64 = redis::cmd("XLEN")
             .arg("mp:{default}:tasks")
@@ -313,12 +317,18 @@ fn a_dead_producers_work_stops_and_its_keys_expire() {
         );
         drop(pool);
         // Nothing of the dead pool is left on the server.
-        std::thread::sleep(Duration::from_millis(700));
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("mp:{default}:pool:*")
-            .query(&mut conn)
-            .unwrap();
-        assert!(keys.is_empty(), "{keys:?}");
+        let keys = || -> Vec<String> {
+            redis::cmd("KEYS")
+                .arg("mp:{default}:pool:*")
+                .query(&mut conn)
+                .unwrap()
+        };
+        let mut keys = keys;
+        assert!(
+            common::eventually(Duration::from_secs(5), || keys().is_empty()),
+            "{:?}",
+            keys()
+        );
         drop(s.agents);
     });
 }

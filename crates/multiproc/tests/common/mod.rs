@@ -55,6 +55,22 @@ pub fn wait_gone(pid: i32, within: Duration) -> bool {
     false
 }
 
+/// Whether `done()` turns true within `within`, asked every 5 ms: for
+/// conditions that come true by themselves (a key's time-to-live, another
+/// process's late work), instead of a sleep.
+pub fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Asserts that `pid` is gone (reaped, not a zombie) within a few seconds.
 pub fn assert_gone(pid: i32) {
     assert!(
