@@ -77,7 +77,10 @@ fn the_local_pool_api_works_on_the_cluster() {
         assert_eq!(done, expected[..8]);
         let out = pool.task(square).chunksize(1).map(0..50u64).unwrap();
         assert_eq!(out, expected[..50]);
-        assert!(pool.stats().iter().map(|w| w.tasks_done).sum::<u64>() > 0);
+        // Agents publish their counts with each heartbeat.
+        assert!(common::eventually(Duration::from_secs(10), || {
+            pool.stats().iter().map(|w| w.tasks_done).sum::<u64>() > 0
+        }));
         pool.join();
     });
 }

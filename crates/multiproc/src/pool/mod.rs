@@ -332,6 +332,9 @@ impl Pool {
     }
 
     /// Per-worker statistics: items done, busy and idle time, restarts.
+    ///
+    /// On a cluster pool there is one entry per agent, as the agent last
+    /// published it: the figures lag by up to one heartbeat.
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.backend.stats()
     }
