@@ -298,6 +298,7 @@
 //! reaps its child. See the README for how this differs from Python.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
@@ -352,9 +353,8 @@ pub use connection::{
 pub use manager::{
     ArrayProxy, BarrierProxy, ConditionProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy,
     JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, NamespaceProxy, ObjectProxy,
-    ProxyConditionGuard, ProxyError, ProxyLockGuard, ProxyPutError, ProxyPutFailure, QueueProxy,
-    Registered, Registry, RemoteError, SemaphoreProxy, SharedObject, ShutdownError,
-    StartManagerError, ValueProxy,
+    ProxyConditionGuard, ProxyError, ProxyLockGuard, QueueProxy, Registered, Registry, RemoteError,
+    SemaphoreProxy, SharedObject, ShutdownError, StartManagerError, ValueProxy,
 };
 pub use pool::{
     Imap, ImapStream, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions,

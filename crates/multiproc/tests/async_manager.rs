@@ -38,13 +38,13 @@ fn queue_and_lock_proxies_on_every_executor() {
                 assert_eq!(q.get().unwrap(), 7);
                 let l2 = lock.clone();
                 let holder = std::thread::spawn(move || {
-                    let g = l2.acquire().unwrap();
+                    let g = l2.lock().unwrap();
                     std::thread::sleep(Duration::from_millis(100));
                     drop(g);
                 });
                 std::thread::sleep(Duration::from_millis(20));
-                let g = lock.acquire_async().await.unwrap();
-                assert!(lock.try_acquire().unwrap().is_none());
+                let g = lock.lock_async().await.unwrap();
+                assert!(lock.try_lock().is_err());
                 g.release().unwrap();
                 holder.join().unwrap();
             }
@@ -82,8 +82,12 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                 putter.join().unwrap();
                 // A value a dropped call had taken is put back (at the end)
                 // by the waiter thread: give it a moment.
-                while let Some(v) = q.get_timeout(Duration::from_millis(300)).unwrap() {
-                    got.push(v);
+                loop {
+                    match q.get_timeout(Duration::from_millis(300)) {
+                        Ok(v) => got.push(v),
+                        Err(multiproc::GetTimeoutError::Timeout) => break,
+                        Err(e) => panic!("{e}"),
+                    }
                 }
                 assert!(dropped > 0);
                 let unique: BTreeSet<u64> = got.iter().copied().collect();
@@ -95,7 +99,7 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                 let holder = std::thread::spawn(move || {
                     let mut rng = Rng(9);
                     while !s.load(Ordering::Relaxed) {
-                        let g = l.acquire().unwrap();
+                        let g = l.lock().unwrap();
                         std::thread::sleep(Duration::from_micros(1000 + rng.below(3000)));
                         drop(g);
                         std::thread::sleep(Duration::from_micros(500));
@@ -104,7 +108,7 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                 let (mut taken, mut dropped) = (0, 0);
                 for _ in 0..60 {
                     let wait = Duration::from_micros(rng.below(3000));
-                    match timeout(which, wait, lock.acquire_async()).await {
+                    match timeout(which, wait, lock.lock_async()).await {
                         Some(g) => {
                             taken += 1;
                             g.unwrap().release().unwrap();
@@ -120,7 +124,7 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                 // releases again, on its waiter thread: soon free.
                 let mut free = false;
                 for _ in 0..100 {
-                    if let Some(g) = lock.try_acquire().unwrap() {
+                    if let Ok(g) = lock.try_lock() {
                         g.release().unwrap();
                         free = true;
                         break;

@@ -159,7 +159,7 @@ fn event_wait_async_on_every_executor() {
     });
 }
 
-fn barrier_party(b: Barrier) -> u32 {
+fn barrier_party(b: Barrier) -> usize {
     b.wait_timeout(Duration::from_secs(20)).unwrap()
 }
 

@@ -59,7 +59,7 @@ fn a_restricted_acl_user_runs_a_pool() {
         d.insert("x".into(), 1).unwrap();
         assert_eq!(d.get("x").unwrap(), Some(1));
         let lock = m.lock("migrations").unwrap();
-        let g = lock.acquire().unwrap();
+        let g = lock.lock().unwrap();
         assert!(g.is_held());
         g.release().unwrap();
         let e = m.event("ready").unwrap();

@@ -100,7 +100,7 @@ fn checks(pool: &Pool) {
     // Handles: get_timeout hands the handle back, then the result comes.
     let h = pool.submit(nap, 300);
     let h = match h.get_timeout(Duration::from_millis(10)) {
-        Err(multiproc::pool::GetTimeoutError::Timeout(h)) => h,
+        Err(multiproc::pool::ResultTimeoutError::Timeout(h)) => h,
         other => panic!("{other:?}"),
     };
     assert!(!h.ready());

@@ -36,7 +36,7 @@ fn tokens_grow_and_renewal_keeps_the_lock_past_its_lease() {
         let lock = m.lock("l").unwrap().with_lease(LEASE);
         assert_eq!(lock.lease(), LEASE);
         assert!(!lock.is_locked().unwrap());
-        let g = lock.acquire().unwrap();
+        let g = lock.lock().unwrap();
         let first = g.token();
         assert!(g.is_held());
         assert!(lock.is_locked().unwrap());
@@ -45,32 +45,24 @@ fn tokens_grow_and_renewal_keeps_the_lock_past_its_lease() {
         let other = m.lock("l").unwrap().with_lease(LEASE);
         let end = Instant::now() + LEASE * 3;
         while Instant::now() < end {
-            assert!(other.try_acquire().unwrap().is_none());
+            assert!(other.try_lock().is_err());
             thread::sleep(Duration::from_millis(100));
         }
         assert!(g.is_held());
-        assert!(
-            other
-                .acquire_timeout(Duration::from_millis(50))
-                .unwrap()
-                .is_none()
-        );
+        assert!(other.lock_timeout(Duration::from_millis(50)).is_err());
         g.release().unwrap();
-        let g2 = other
-            .acquire_timeout(Duration::from_secs(5))
-            .unwrap()
-            .unwrap();
+        let g2 = other.lock_timeout(Duration::from_secs(5)).unwrap();
         assert!(g2.token() > first);
         let t2 = g2.token();
         drop(g2);
         // A waiter is woken by a release.
-        let g3 = lock.acquire().unwrap();
+        let g3 = lock.lock().unwrap();
         let other2 = other.clone();
         let waiter = thread::spawn(move || {
             other2
-                .acquire_timeout(Duration::from_secs(20))
-                .unwrap()
+                .lock_timeout(Duration::from_secs(20))
                 .map(|g| g.token())
+                .ok()
         });
         thread::sleep(Duration::from_millis(100));
         assert!(g3.token() > t2);
@@ -86,7 +78,7 @@ fn tokens_grow_and_renewal_keeps_the_lock_past_its_lease() {
 fn hold_forever((url, name): (String, String)) {
     let cluster = Cluster::connect(&url).unwrap();
     let lock = cluster.manager().lock(&name).unwrap().with_lease(LEASE);
-    let g = lock.acquire().unwrap();
+    let g = lock.lock().unwrap();
     cluster
         .queue::<u64>(&name)
         .build()
@@ -113,12 +105,11 @@ fn a_holder_killed_frees_the_lock_after_its_lease() {
             .unwrap();
         // Held, and renewed, while the child lives.
         thread::sleep(LEASE * 2);
-        assert!(lock.try_acquire().unwrap().is_none());
+        assert!(lock.try_lock().is_err());
         child.kill().unwrap();
         let killed = Instant::now();
         let g = lock
-            .acquire_timeout(Duration::from_secs(20))
-            .unwrap()
+            .lock_timeout(Duration::from_secs(20))
             .expect("the lock never came free");
         assert!(g.token() > theirs);
         assert!(killed.elapsed() < Duration::from_secs(15));
@@ -138,7 +129,7 @@ fn a_holder_killed_frees_the_lock_after_its_lease() {
 fn hold_and_report((url, name): (String, String)) -> (bool, bool) {
     let cluster = Cluster::connect(&url).unwrap();
     let lock = cluster.manager().lock(&name).unwrap().with_lease(LEASE);
-    let g = lock.acquire().unwrap();
+    let g = lock.lock().unwrap();
     // The parent may stop this process while the answer to this put is
     // on its way: the put is then an error although it was made.
     let _ = cluster.queue::<u64>(&name).build().unwrap().put(g.token());
@@ -175,8 +166,7 @@ fn a_holder_stalled_past_its_lease_knows_it_lost_the_lock() {
         thread::sleep(Duration::from_millis(100));
         child.signal(Signal(libc::SIGSTOP)).unwrap();
         let g = lock
-            .acquire_timeout(Duration::from_secs(20))
-            .unwrap()
+            .lock_timeout(Duration::from_secs(20))
             .expect("the lock never came free");
         assert!(g.token() > theirs);
         child.signal(Signal(libc::SIGCONT)).unwrap();
@@ -198,7 +188,7 @@ fn a_lease_lost_on_the_server_is_seen_by_its_holder() {
         let m = Cluster::connect(&server.url()).unwrap().manager();
         let lock = m.lock("x").unwrap().with_lease(LEASE);
         // Taken over under the holder's feet (as another program could).
-        let g = lock.acquire().unwrap();
+        let g = lock.lock().unwrap();
         set_raw(
             &server.url(),
             &["SET", "mp:{default}:lock:x", "someone:else", "PX", "60000"],
@@ -211,7 +201,7 @@ fn a_lease_lost_on_the_server_is_seen_by_its_holder() {
         assert!(matches!(g.release(), Err(ClusterError::LeaseLost)));
         set_raw(&server.url(), &["DEL", "mp:{default}:lock:x"]);
         // A server restarted without persistence forgets the lock.
-        let g = lock.acquire().unwrap();
+        let g = lock.lock().unwrap();
         server.restart().unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         while g.is_held() && Instant::now() < end {
@@ -220,7 +210,7 @@ fn a_lease_lost_on_the_server_is_seen_by_its_holder() {
         assert!(!g.is_held());
         assert!(matches!(g.release(), Err(ClusterError::LeaseLost)));
         // And its tokens start again.
-        assert_eq!(lock.acquire().unwrap().token(), 1);
+        assert_eq!(lock.lock().unwrap().token(), 1);
     });
 }
 
@@ -232,16 +222,16 @@ fn a_server_killed_under_a_waiter_is_an_error() {
         };
         let m = Cluster::connect(&server.url()).unwrap().manager();
         let lock = m.lock("w").unwrap().with_lease(Duration::from_secs(30));
-        let g = lock.acquire().unwrap();
+        let g = lock.lock().unwrap();
         let waiter = {
             let lock = lock.clone();
-            thread::spawn(move || lock.acquire().map(|g| g.token()))
+            thread::spawn(move || lock.lock().map(|g| g.token()))
         };
         let timed = {
             let lock = lock.clone();
             thread::spawn(move || {
-                lock.acquire_timeout(Duration::from_secs(30))
-                    .map(|g| g.map(|g| g.token()))
+                lock.lock_timeout(Duration::from_secs(30))
+                    .map(|g| g.token())
             })
         };
         thread::sleep(Duration::from_millis(300));
@@ -252,7 +242,9 @@ fn a_server_killed_under_a_waiter_is_an_error() {
         ));
         assert!(matches!(
             timed.join().unwrap(),
-            Err(ClusterError::Connection(_))
+            Err(multiproc::LockTimeoutError::Failed(
+                ClusterError::Connection(_)
+            ))
         ));
         assert!(matches!(g.release(), Err(ClusterError::Connection(_))));
     });
@@ -267,25 +259,25 @@ fn garbage_in_a_lock_is_a_typed_error() {
         set_raw(&server.url(), &["SET", "mp:{default}:lock:g", "garbage"]);
         let lock = m.lock("g").unwrap();
         assert!(matches!(
-            lock.try_acquire(),
-            Err(ClusterError::Corrupted(_))
+            lock.try_lock(),
+            Err(multiproc::TryLockError::Failed(ClusterError::Corrupted(_)))
         ));
-        assert!(matches!(lock.acquire(), Err(ClusterError::Corrupted(_))));
+        assert!(matches!(lock.lock(), Err(ClusterError::Corrupted(_))));
         // A fencing counter that is not a number.
         set_raw(&server.url(), &["SET", "mp:{default}:lock.fence:f", "many"]);
         let lock = m.lock("f").unwrap();
         assert!(matches!(
-            lock.try_acquire(),
-            Err(ClusterError::Corrupted(_))
+            lock.try_lock(),
+            Err(multiproc::TryLockError::Failed(ClusterError::Corrupted(_)))
         ));
         // Another type under the lock's key.
         set_raw(&server.url(), &["RPUSH", "mp:{default}:lock:t", "x"]);
         let lock = m.lock("t").unwrap();
         assert!(matches!(
-            lock.try_acquire(),
-            Err(ClusterError::Corrupted(_))
+            lock.try_lock(),
+            Err(multiproc::TryLockError::Failed(ClusterError::Corrupted(_)))
         ));
         lock.delete().unwrap();
-        assert_eq!(lock.try_acquire().unwrap().unwrap().token(), 1);
+        assert_eq!(lock.try_lock().unwrap().token(), 1);
     });
 }

@@ -16,7 +16,7 @@ use multiproc::{
 /// Counts itself in `waiting`, waits (at most 30 s) and counts itself in
 /// `woke`; whether it was notified.
 fn wait_once((cond, waiting, woke): (ConditionProxy, ValueProxy<u32>, ValueProxy<u32>)) -> bool {
-    let guard = cond.acquire().unwrap();
+    let guard = cond.lock().unwrap();
     waiting.set(waiting.get().unwrap() + 1).unwrap();
     let notified = guard.wait_timeout(Duration::from_secs(30)).unwrap();
     woke.set(woke.get().unwrap() + 1).unwrap();
@@ -25,7 +25,7 @@ fn wait_once((cond, waiting, woke): (ConditionProxy, ValueProxy<u32>, ValueProxy
 
 /// Holds the lock and waits, counted in `waiting`, until killed.
 fn wait_forever((cond, waiting): (ConditionProxy, ValueProxy<u32>)) {
-    let guard = cond.acquire().unwrap();
+    let guard = cond.lock().unwrap();
     waiting.set(waiting.get().unwrap() + 1).unwrap();
     loop {
         guard.wait().unwrap();
@@ -34,7 +34,7 @@ fn wait_forever((cond, waiting): (ConditionProxy, ValueProxy<u32>)) {
 
 /// Holds the lock until killed.
 fn hold_forever((cond, held): (ConditionProxy, ValueProxy<u32>)) {
-    let _guard = cond.acquire().unwrap();
+    let _guard = cond.lock().unwrap();
     held.set(1).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -46,7 +46,7 @@ fn wait_value(cond: &ConditionProxy, v: &ValueProxy<u32>, n: u32) {
     let start = Instant::now();
     loop {
         {
-            let _g = cond.acquire().unwrap();
+            let _g = cond.lock().unwrap();
             if v.get().unwrap() >= n {
                 return;
             }
@@ -66,14 +66,14 @@ fn wait_timeouts_notify_without_the_lock_and_reentrancy_behave_like_pythons() {
         let cond = manager.condition().unwrap();
         // A wait nobody notifies returns false by its deadline, with the
         // lock held again.
-        let guard = cond.acquire().unwrap();
+        let guard = cond.lock().unwrap();
         let start = Instant::now();
         assert!(!guard.wait_timeout(Duration::from_millis(200)).unwrap());
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
         assert!(waited < Duration::from_secs(10), "{waited:?}");
         std::thread::scope(|s| {
-            s.spawn(|| assert!(cond.try_acquire().unwrap().is_none()));
+            s.spawn(|| assert!(cond.try_lock().is_err()));
         });
         // wait_for with a false predicate gives up at its deadline.
         let start = Instant::now();
@@ -88,11 +88,11 @@ fn wait_timeouts_notify_without_the_lock_and_reentrancy_behave_like_pythons() {
         guard.notify(3).unwrap();
         guard.notify_all().unwrap();
         // The default lock is reentrant, and a wait restores its depth.
-        let inner = cond.acquire().unwrap();
+        let inner = cond.lock().unwrap();
         assert!(!inner.wait_timeout(Duration::from_millis(10)).unwrap());
         inner.release().unwrap();
         std::thread::scope(|s| {
-            s.spawn(|| assert!(cond.try_acquire().unwrap().is_none()));
+            s.spawn(|| assert!(cond.try_lock().is_err()));
         });
         // Another thread cannot notify or wait without the lock.
         std::thread::scope(|s| {
@@ -109,7 +109,7 @@ fn wait_timeouts_notify_without_the_lock_and_reentrancy_behave_like_pythons() {
             });
         });
         guard.release().unwrap();
-        assert!(cond.try_acquire().unwrap().is_some());
+        assert!(cond.try_lock().is_ok());
         let pid = manager.server_pid().unwrap();
         manager.shutdown().unwrap();
         assert_gone(pid);
@@ -122,19 +122,19 @@ fn a_condition_over_an_existing_lock_shares_it() {
         let manager = Manager::start().unwrap();
         let lock = manager.lock().unwrap();
         let cond = manager.condition_with(&lock).unwrap();
-        let held = lock.acquire().unwrap();
+        let held = lock.lock().unwrap();
         std::thread::scope(|s| {
-            s.spawn(|| assert!(cond.try_acquire().unwrap().is_none()));
+            s.spawn(|| assert!(cond.try_lock().is_err()));
         });
         held.release().unwrap();
-        let guard = cond.acquire().unwrap();
-        assert!(lock.try_acquire().unwrap().is_none(), "a plain lock");
+        let guard = cond.lock().unwrap();
+        assert!(lock.try_lock().is_err(), "a plain lock");
         assert!(!guard.wait_timeout(Duration::from_millis(10)).unwrap());
-        assert!(lock.try_acquire().unwrap().is_none());
+        assert!(lock.try_lock().is_err());
         guard.release().unwrap();
         // The condition keeps the lock even when its proxies are gone.
         drop(lock);
-        let g = cond.acquire().unwrap();
+        let g = cond.lock().unwrap();
         g.notify_all().unwrap();
         drop(g);
         let other = Manager::start().unwrap();
@@ -181,11 +181,11 @@ fn notify_n_wakes_n_waiters_in_children_under_every_start_method() {
             // Each counted itself under the lock before its wait released
             // it: at 3, all three are waiting.
             wait_value(&cond, &waiting, 3);
-            cond.acquire().unwrap().notify(1).unwrap();
+            cond.lock().unwrap().notify(1).unwrap();
             wait_value(&cond, &woke, 1);
             std::thread::sleep(Duration::from_millis(200));
             {
-                let g = cond.acquire().unwrap();
+                let g = cond.lock().unwrap();
                 assert_eq!(woke.get().unwrap(), 1, "notify(1) woke more than one");
                 g.notify(2).unwrap();
             }
@@ -198,13 +198,13 @@ fn notify_n_wakes_n_waiters_in_children_under_every_start_method() {
             let waiter = std::thread::spawn({
                 let (cond, flag) = (cond.clone(), flag.clone());
                 move || {
-                    let g = cond.acquire().unwrap();
+                    let g = cond.lock().unwrap();
                     g.wait_for_timeout(|| flag.get().unwrap(), Duration::from_secs(20))
                         .unwrap()
                 }
             });
             {
-                let g = cond.acquire().unwrap();
+                let g = cond.lock().unwrap();
                 flag.set(true).unwrap();
                 g.notify_all().unwrap();
             }
@@ -233,7 +233,7 @@ fn clients_killed_while_waiting_or_holding_the_lock_leave_the_others_unaffected(
             let waiter = std::thread::spawn({
                 let (cond, flag) = (cond.clone(), flag.clone());
                 move || {
-                    let g = cond.acquire().unwrap();
+                    let g = cond.lock().unwrap();
                     g.wait_for_timeout(|| flag.get().unwrap(), Duration::from_secs(20))
                         .unwrap()
                 }
@@ -248,8 +248,7 @@ fn clients_killed_while_waiting_or_holding_the_lock_leave_the_others_unaffected(
             ));
             {
                 let g = cond
-                    .acquire_timeout(Duration::from_secs(10))
-                    .unwrap()
+                    .lock_timeout(Duration::from_secs(10))
                     .expect("the lock is free");
                 flag.set(true).unwrap();
                 g.notify_all().unwrap();
@@ -266,12 +265,11 @@ fn clients_killed_while_waiting_or_holding_the_lock_leave_the_others_unaffected(
                 assert!(start.elapsed() < Duration::from_secs(20));
                 std::thread::sleep(Duration::from_millis(10));
             }
-            assert!(cond.try_acquire().unwrap().is_none());
+            assert!(cond.try_lock().is_err());
             holder.kill().unwrap();
             let _ = holder.join();
             let g = cond
-                .acquire_timeout(Duration::from_secs(10))
-                .unwrap()
+                .lock_timeout(Duration::from_secs(10))
                 .expect("the dead holder's lock was released");
             g.release().unwrap();
             let pid = manager.server_pid().unwrap();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{LIMIT, assert_gone, deadline};
 use multiproc::{
-    Address, BarrierProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager, NamespaceProxy,
-    Process, ProxyError, ProxyPutFailure, QueueProxy, RemoteError, SharedObject, StartMethod,
+    Address, BarrierProxy, DictProxy, EventProxy, GetTimeoutError, ListProxy, LockProxy, Manager,
+    NamespaceProxy, Process, ProxyError, QueueProxy, RemoteError, SharedObject, StartMethod,
 };
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +188,10 @@ fn proxies_passed_to_children_share_the_objects() {
             let mut got: Vec<String> = (0..3).map(|_| q.get().unwrap()).collect();
             got.sort();
             assert_eq!(got[0], "hello from 0", "{name}");
-            assert_eq!(q.try_get().unwrap(), None, "{name}");
+            assert!(
+                matches!(q.try_get(), Err(multiproc::TryGetError::Empty)),
+                "{name}"
+            );
         }
     });
 }
@@ -216,19 +219,22 @@ fn queues_block_time_out_and_give_values_back() {
             q.put(2).unwrap();
             assert_eq!(q.len().unwrap(), 2);
             match q.try_put(3) {
-                Err(e) => {
-                    assert_eq!(e.value, 3, "{name}");
-                    assert!(matches!(e.reason, ProxyPutFailure::Full), "{name}");
-                }
-                Ok(()) => panic!("{name}: a full queue took a value"),
+                Err(multiproc::TryPutError::Full(v)) => assert_eq!(v, 3, "{name}"),
+                other => panic!("{name}: a full queue said {other:?}"),
             }
             let t = Instant::now();
-            assert!(q.put_timeout(3, Duration::from_millis(50)).is_err());
+            assert!(matches!(
+                q.put_timeout(3, Duration::from_millis(50)),
+                Err(multiproc::PutTimeoutError::Timeout(3))
+            ));
             assert!(t.elapsed() >= Duration::from_millis(45), "{name}");
             assert_eq!(q.get().unwrap(), 1);
-            assert_eq!(q.get_timeout(Duration::from_millis(10)).unwrap(), Some(2));
+            assert_eq!(q.get_timeout(Duration::from_millis(10)).unwrap(), 2);
             let t = Instant::now();
-            assert_eq!(q.get_timeout(Duration::from_millis(50)).unwrap(), None);
+            assert!(matches!(
+                q.get_timeout(Duration::from_millis(50)),
+                Err(GetTimeoutError::Timeout)
+            ));
             assert!(t.elapsed() >= Duration::from_millis(45), "{name}");
             // A getter blocked on the server does not block other clients.
             let q2 = q.clone();
@@ -242,7 +248,7 @@ fn queues_block_time_out_and_give_values_back() {
 }
 
 fn hold_lock_then_signal((lock, held, release): (LockProxy, EventProxy, EventProxy)) {
-    let guard = lock.acquire().unwrap();
+    let guard = lock.lock().unwrap();
     held.set().unwrap();
     release.wait().unwrap();
     guard.release().unwrap();
@@ -260,31 +266,26 @@ fn locks_exclude_other_processes_and_rlocks_reenter() {
             )
             .unwrap();
             held.wait().unwrap();
-            assert!(lock.try_acquire().unwrap().is_none(), "{name}");
-            assert!(
-                lock.acquire_timeout(Duration::from_millis(30))
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(lock.try_lock().is_err(), "{name}");
+            assert!(lock.lock_timeout(Duration::from_millis(30)).is_err());
             release.set().unwrap();
             let g = lock
-                .acquire_timeout(Duration::from_secs(10))
-                .unwrap()
+                .lock_timeout(Duration::from_secs(10))
                 .expect("released by the child");
             child.join().unwrap();
             drop(g);
 
             let rlock = manager.rlock().unwrap();
-            let outer = rlock.acquire().unwrap();
-            let inner = rlock.try_acquire().unwrap().expect("reentrant");
+            let outer = rlock.lock().unwrap();
+            let inner = rlock.try_lock().expect("reentrant");
             inner.release().unwrap();
             outer.release().unwrap();
             // Releasing an RLock one does not hold is an error.
-            let stray = rlock.acquire().unwrap();
+            let stray = rlock.lock().unwrap();
             stray.release().unwrap();
             let plain = manager.lock().unwrap();
-            let g = plain.acquire().unwrap();
-            assert!(plain.try_acquire().unwrap().is_none(), "not reentrant");
+            let g = plain.lock().unwrap();
+            assert!(plain.try_lock().is_err(), "not reentrant");
             g.release().unwrap();
         }
     });
@@ -618,11 +619,11 @@ fn threads_of_one_process_each_get_their_own_session() {
         let manager = Manager::start().unwrap();
         let lock = manager.lock().unwrap();
         let d = manager.dict::<u32, u32>().unwrap();
-        let guard = lock.acquire().unwrap();
+        let guard = lock.lock().unwrap();
         // A thread blocked on the lock on the server holds up no other.
         let blocked = std::thread::spawn({
             let lock = lock.clone();
-            move || lock.acquire().map(|g| g.release())
+            move || lock.lock().map(|g| g.release())
         });
         let writers: Vec<_> = (0..4)
             .map(|t| {

@@ -226,7 +226,7 @@ fn block_in_get(q: QueueProxy<u64>) -> Result<u64, String> {
 }
 
 fn hold_lock_forever((lock, held): (LockProxy, EventProxy)) {
-    let _guard = lock.acquire().unwrap();
+    let _guard = lock.lock().unwrap();
     held.set().unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -281,12 +281,11 @@ fn a_client_killed_mid_request_does_not_disturb_the_server_and_its_resources_are
                 .spawn(hold_lock_forever, (lock.clone(), held.clone()))
                 .unwrap();
             held.wait().unwrap();
-            assert!(lock.try_acquire().unwrap().is_none());
+            assert!(lock.try_lock().is_err());
             holder.kill().unwrap();
             let _ = holder.join();
             let g = lock
-                .acquire_timeout(Duration::from_secs(10))
-                .unwrap()
+                .lock_timeout(Duration::from_secs(10))
                 .expect("the dead holder's lock was released");
             g.release().unwrap();
 

@@ -16,8 +16,12 @@ use multiproc::{
 /// Takes items until none comes for a while, marking each one done.
 fn consume(q: JoinableQueueProxy<u32>) -> u32 {
     let mut sum = 0;
-    while let Some(x) = q.get_timeout(Duration::from_millis(500)).unwrap() {
-        sum += x;
+    loop {
+        match q.get_timeout(Duration::from_millis(500)) {
+            Ok(x) => sum += x,
+            Err(multiproc::GetTimeoutError::Timeout) => break,
+            Err(e) => panic!("{e}"),
+        }
         q.task_done().unwrap();
     }
     sum

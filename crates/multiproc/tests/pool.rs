@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{LIMIT, assert_gone, deadline};
-use multiproc::pool::{GetTimeoutError, as_completed, with_state};
+use multiproc::pool::{ResultTimeoutError, as_completed, with_state};
 use multiproc::{
     Event, ExitStatus, Pool, PoolError, Process, Queue, Signal, StartMethod, TaskError,
 };
@@ -412,7 +412,7 @@ fn handles_futures_cancel_and_as_completed() {
         // now busy, so this one waits in the queue.
         let queued = pool.submit(wait_then, 1);
         let quick = match queued.get_timeout(Duration::from_millis(50)) {
-            Err(GetTimeoutError::Timeout(h)) => h,
+            Err(ResultTimeoutError::Timeout(h)) => h,
             other => panic!("{other:?}"),
         };
         assert!(!slow.ready());

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{assert_gone, deadline};
-use multiproc::pool::{GetTimeoutError, TaskHandle};
+use multiproc::pool::{ResultTimeoutError, TaskHandle};
 use multiproc::{Pool, SharedMemory, StartMethod, TaskError};
 
 const LIMIT: Duration = Duration::from_secs(40);
@@ -158,8 +158,8 @@ fn outcomes<R: serde::de::DeserializeOwned + Send + 'static>(
         .map(
             |h| match h.get_timeout(end.saturating_duration_since(Instant::now())) {
                 Ok(v) => Ok(v),
-                Err(GetTimeoutError::Failed(e)) => Err(e),
-                Err(GetTimeoutError::Timeout(_)) => panic!("{m}: a task never ended"),
+                Err(ResultTimeoutError::Failed(e)) => Err(e),
+                Err(ResultTimeoutError::Timeout(_)) => panic!("{m}: a task never ended"),
             },
         )
         .collect()
@@ -219,7 +219,7 @@ fn a_result_whose_deserialize_panics_fails_its_item_and_the_pool_goes_on() {
         assert!(
             matches!(
                 chunk,
-                Err(GetTimeoutError::Failed(TaskError::ResultDecode(_)))
+                Err(ResultTimeoutError::Failed(TaskError::ResultDecode(_)))
             ),
             "{chunk:?}"
         );

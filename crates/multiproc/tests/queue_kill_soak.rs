@@ -92,7 +92,7 @@ impl Handle for Queue<Job> {
 
 impl Handle for JoinableQueue<Job> {
     fn queue(&self) -> &Queue<Job> {
-        self
+        self.as_ref()
     }
 }
 

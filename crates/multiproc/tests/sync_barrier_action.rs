@@ -65,12 +65,12 @@ fn the_action_runs_once_per_trip_before_any_party_is_released() {
     });
 }
 
-fn panicking_party(b: Barrier) -> Result<u32, BarrierError> {
+fn panicking_party(b: Barrier) -> Result<usize, BarrierError> {
     b.with_action(|| panic!("the action fails (on purpose)"))
         .wait()
 }
 
-fn until_waiting(b: &Barrier, n: u32) {
+fn until_waiting(b: &Barrier, n: usize) {
     let end = Instant::now() + Duration::from_secs(20);
     while b.n_waiting() < n {
         assert!(Instant::now() < end, "parties never arrived");
@@ -120,7 +120,7 @@ fn an_action_that_panics_breaks_the_barrier() {
     });
 }
 
-fn plain_wait(b: Barrier) -> Result<u32, BarrierError> {
+fn plain_wait(b: Barrier) -> Result<usize, BarrierError> {
     b.wait()
 }
 
@@ -151,7 +151,7 @@ fn a_handle_without_the_action_that_trips_the_barrier_breaks_it() {
     });
 }
 
-fn timeout_and_wait(b: Barrier) -> (Option<Duration>, Result<u32, BarrierError>) {
+fn timeout_and_wait(b: Barrier) -> (Option<Duration>, Result<usize, BarrierError>) {
     (b.timeout(), b.wait())
 }
 
@@ -220,7 +220,7 @@ fn an_abort_in_the_action_fails_the_round() {
     });
 }
 
-fn exit_in_the_action(b: Barrier) -> Result<u32, BarrierError> {
+fn exit_in_the_action(b: Barrier) -> Result<usize, BarrierError> {
     b.with_action(|| std::process::exit(7)).wait()
 }
 

@@ -188,7 +188,7 @@ fn a_condition_is_notified_across_processes() {
                 .spawn(notify_when_ready, (cond.clone(), ready.clone()))
                 .unwrap();
             let g = cond.lock().unwrap();
-            let g = g.wait_while(|| ready.get() == 0);
+            let g = g.wait_for(|| ready.get() != 0);
             assert_eq!(ready.get(), 7, "{m}");
             let (g, notified) = g.wait_timeout(Duration::from_millis(10));
             assert!(!notified);
@@ -198,7 +198,7 @@ fn a_condition_is_notified_across_processes() {
     });
 }
 
-fn meet((b, rounds): (Barrier, u32)) -> Vec<u32> {
+fn meet((b, rounds): (Barrier, u32)) -> Vec<usize> {
     (0..rounds).map(|_| b.wait().unwrap()).collect()
 }
 
@@ -216,7 +216,7 @@ fn a_barrier_gathers_every_party_each_round() {
                 })
                 .collect();
             let mine = meet((b.clone(), 50));
-            let theirs: Vec<Vec<u32>> = kids.into_iter().map(|k| k.join().unwrap()).collect();
+            let theirs: Vec<Vec<usize>> = kids.into_iter().map(|k| k.join().unwrap()).collect();
             for round in 0..50 {
                 let mut idx = vec![mine[round], theirs[0][round], theirs[1][round]];
                 idx.sort();
@@ -353,7 +353,7 @@ fn notify_one_and_notify_n_wake_exactly_that_many() {
     });
 }
 
-fn wait_at_barrier(b: Barrier) -> Result<u32, BarrierError> {
+fn wait_at_barrier(b: Barrier) -> Result<usize, BarrierError> {
     b.wait()
 }
 

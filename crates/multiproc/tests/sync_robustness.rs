@@ -31,16 +31,26 @@ fn a_lock_held_by_a_killed_process_is_recovered() {
             holder.kill().unwrap();
             let _ = holder.join();
             let t = Instant::now();
-            let guard = match lock.lock() {
-                Err(died) => died.into_guard(),
+            match lock.lock() {
+                Err(multiproc::OwnerDied) => {}
                 Ok(_) => panic!("{m}: a dead holder's lock came back clean"),
-            };
+            }
+            // Told once, told again: nobody has repaired the data yet.
+            assert_eq!(
+                lock.try_lock().err(),
+                Some(multiproc::TryLockError::Failed(multiproc::OwnerDied))
+            );
+            assert!(!lock.is_locked(), "{m}: OwnerDied left the lock held");
+            let guard = lock.lock_recover();
+            assert!(guard.owner_died());
+            assert!(lock.is_locked());
             assert!(
                 t.elapsed() < Duration::from_secs(5),
                 "{m}: recovery took {:?}",
                 t.elapsed()
             );
             guard.make_consistent();
+            assert!(!guard.owner_died());
             drop(guard);
             assert!(
                 lock.lock().is_ok(),
@@ -50,7 +60,7 @@ fn a_lock_held_by_a_killed_process_is_recovered() {
     });
 }
 
-fn wait_at(b: Barrier) -> Result<u32, BarrierError> {
+fn wait_at(b: Barrier) -> Result<usize, BarrierError> {
     b.wait()
 }
 
@@ -83,10 +93,9 @@ fn keep_equal((pair, rounds): (Array<u64>, u64)) -> u64 {
     for _ in 0..rounds {
         let mut g = match pair.get_lock() {
             Ok(g) => g,
-            Err(died) => {
-                let g = died.into_guard();
+            Err(multiproc::OwnerDied) => {
                 repairs += 1;
-                g
+                pair.get_lock_recover()
             }
         };
         if g[0] != g[1] {
@@ -135,9 +144,7 @@ fn an_invariant_survives_holders_killed_at_random_points() {
                 }
             }
             // Survivors finished, repairing whatever the victim left.
-            let g = pair
-                .get_lock()
-                .unwrap_or_else(multiproc::OwnerDied::into_guard);
+            let g = pair.get_lock_recover();
             assert_eq!(g[0], g[1], "round {round}: the invariant is broken");
         }
     });

@@ -977,7 +977,7 @@ fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, S
     // Lock: acquire and release, nobody else wanting it.
     let owner = format!("{}:{:016x}", std::process::id(), 0x5eed_u64);
     let mut ours_lock = || {
-        let guard = lock.acquire().map_err(fail)?;
+        let guard = lock.lock().map_err(fail)?;
         guard.release().map_err(fail)
     };
     let mut raw_lock = || {

@@ -117,7 +117,7 @@ fn clients_rig(jobs: Vec<Job>, queue: Option<QueueProxy<u64>>) -> Result<Rig, St
         if let Some(q) = &queue {
             for i in 0..count {
                 match q.get_timeout(REPORT_TIMEOUT) {
-                    Ok(Some(v)) if v < count => {}
+                    Ok(v) if v < count => {}
                     other => return Err(format!("message {i} of {count}: {other:?}")),
                 }
             }

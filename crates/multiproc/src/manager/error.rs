@@ -4,10 +4,12 @@
 //! * [`ProxyError`]: any call through a proxy;
 //! * [`RemoteError`]: the server's refusal of one request, inside
 //!   [`ProxyError::Remote`];
-//! * [`ProxyPutError`]: a put on a manager queue, with the value back;
+//! * a queue proxy's puts and gets fail with the local queue's errors,
+//!   [`PutError<T, ProxyError>`](crate::PutError) (the value back) and the
+//!   like, so local and manager code match the same way;
 //! * [`ShutdownError`]: stopping the server.
 
-use std::{fmt, io};
+use std::io;
 
 use serde::{Deserialize, Serialize};
 
@@ -195,44 +197,6 @@ impl From<RecvError> for ProxyError {
             }
         }
     }
-}
-
-/// A put on a manager queue failed; here is the value back.
-#[derive(thiserror::Error)]
-#[error("{reason}")]
-pub struct ProxyPutError<T> {
-    /// The value that was not put.
-    pub value: T,
-    /// Why.
-    #[source]
-    pub reason: ProxyPutFailure,
-}
-
-impl<T> ProxyPutError<T> {
-    /// The value that was not put.
-    pub fn into_inner(self) -> T {
-        self.value
-    }
-}
-
-impl<T> fmt::Debug for ProxyPutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyPutError")
-            .field("reason", &self.reason)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a put on a manager queue failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProxyPutFailure {
-    /// The queue stayed full until the timeout (`try_put`, `put_timeout`).
-    #[error("the queue is full")]
-    Full,
-    /// The call failed.
-    #[error(transparent)]
-    Proxy(#[from] ProxyError),
 }
 
 /// The manager did not stop cleanly. It is stopped anyway: a server that

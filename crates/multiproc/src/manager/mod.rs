@@ -33,9 +33,7 @@ pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod transport;
 
-pub use error::{
-    ProxyError, ProxyPutError, ProxyPutFailure, RemoteError, ShutdownError, StartManagerError,
-};
+pub use error::{ProxyError, RemoteError, ShutdownError, StartManagerError};
 pub use proxy::array::ArrayProxy;
 pub use proxy::dict::DictProxy;
 pub use proxy::list::ListProxy;

@@ -141,7 +141,7 @@ pub enum TaskError {
 
 /// A result handle's `get_timeout` gave up waiting, or the task failed.
 #[derive(thiserror::Error)]
-pub enum GetTimeoutError<H> {
+pub enum ResultTimeoutError<H> {
     /// The task failed.
     #[error(transparent)]
     Failed(TaskError),
@@ -151,11 +151,22 @@ pub enum GetTimeoutError<H> {
     Timeout(H),
 }
 
-impl<H> std::fmt::Debug for GetTimeoutError<H> {
+impl<H> ResultTimeoutError<H> {
+    /// The handle given back by a [`Timeout`](Self::Timeout), to wait
+    /// again; `None` when the task failed.
+    pub fn into_inner(self) -> Option<H> {
+        match self {
+            ResultTimeoutError::Timeout(h) => Some(h),
+            ResultTimeoutError::Failed(_) => None,
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for ResultTimeoutError<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GetTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
-            GetTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            ResultTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            ResultTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
         }
     }
 }

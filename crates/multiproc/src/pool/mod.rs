@@ -57,7 +57,7 @@ use crate::sys::code::{CallLink, EntryId, PREAMBLE};
 use crate::wire::handles::TrackedFd;
 use crate::wire::{EncodeError, codec};
 
-pub use error::{GetTimeoutError, PoolError, TaskError};
+pub use error::{PoolError, ResultTimeoutError, TaskError};
 pub use scheduler::WorkerStats;
 pub use worker::with_state;
 
@@ -1094,12 +1094,12 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     }
 
     /// Waits at most `timeout`; on timeout the handle comes back in
-    /// [`GetTimeoutError::Timeout`] and the task goes on.
-    pub fn get_timeout(self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
+    /// [`ResultTimeoutError::Timeout`] and the task goes on.
+    pub fn get_timeout(self, timeout: Duration) -> Result<R, ResultTimeoutError<Self>> {
         if self.wait_until(crate::shm::wait::after(timeout)) {
-            self.take().map_err(GetTimeoutError::Failed)
+            self.take().map_err(ResultTimeoutError::Failed)
         } else {
-            Err(GetTimeoutError::Timeout(self))
+            Err(ResultTimeoutError::Timeout(self))
         }
     }
 
@@ -1272,12 +1272,14 @@ impl<R: DeserializeOwned + Send + 'static> CancelOnDrop<R> {
     }
 
     /// Waits at most `timeout`; on timeout the guard comes back, still
-    /// armed, in [`GetTimeoutError::Timeout`].
-    pub fn get_timeout(mut self, timeout: Duration) -> Result<R, GetTimeoutError<Self>> {
+    /// armed, in [`ResultTimeoutError::Timeout`].
+    pub fn get_timeout(mut self, timeout: Duration) -> Result<R, ResultTimeoutError<Self>> {
         match self.take().get_timeout(timeout) {
             Ok(v) => Ok(v),
-            Err(GetTimeoutError::Failed(e)) => Err(GetTimeoutError::Failed(e)),
-            Err(GetTimeoutError::Timeout(h)) => Err(GetTimeoutError::Timeout(h.cancel_on_drop())),
+            Err(ResultTimeoutError::Failed(e)) => Err(ResultTimeoutError::Failed(e)),
+            Err(ResultTimeoutError::Timeout(h)) => {
+                Err(ResultTimeoutError::Timeout(h.cancel_on_drop()))
+            }
         }
     }
 
@@ -1430,11 +1432,11 @@ impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
     }
 
     /// Waits at most `timeout`; on timeout the handle comes back.
-    pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, GetTimeoutError<Self>> {
+    pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, ResultTimeoutError<Self>> {
         if self.wait_until(crate::shm::wait::after(timeout)) {
-            self.take().map_err(GetTimeoutError::Failed)
+            self.take().map_err(ResultTimeoutError::Failed)
         } else {
-            Err(GetTimeoutError::Timeout(self))
+            Err(ResultTimeoutError::Timeout(self))
         }
     }
 

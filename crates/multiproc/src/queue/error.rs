@@ -34,17 +34,20 @@ pub enum PutFailure {
 }
 
 /// A value could not be put; here it is back.
+///
+/// `F` says why: [`PutFailure`] for a local [`Queue`](crate::Queue); the
+/// cluster's queue uses the same type with its own failure.
 #[derive(thiserror::Error)]
 #[error("{reason}")]
-pub struct PutError<T> {
+pub struct PutError<T, F = PutFailure> {
     /// The value that was not put.
     pub value: T,
     /// Why.
     #[source]
-    pub reason: PutFailure,
+    pub reason: F,
 }
 
-impl<T> fmt::Debug for PutError<T> {
+impl<T, F: fmt::Debug> fmt::Debug for PutError<T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PutError")
             .field("reason", &self.reason)
@@ -54,34 +57,34 @@ impl<T> fmt::Debug for PutError<T> {
 
 /// [`put_timeout`](crate::Queue::put_timeout) did not put the value.
 #[derive(thiserror::Error)]
-pub enum PutTimeoutError<T> {
+pub enum PutTimeoutError<T, F = PutFailure> {
     /// Still full at the deadline; here is the value back.
     #[error("the queue stayed full")]
     Timeout(T),
     /// Putting failed.
     #[error(transparent)]
-    Failed(#[from] PutError<T>),
+    Failed(#[from] PutError<T, F>),
 }
 
 /// [`try_put`](crate::Queue::try_put) did not put the value.
 #[derive(thiserror::Error)]
-pub enum TryPutError<T> {
+pub enum TryPutError<T, F = PutFailure> {
     /// The queue is full; here is the value back.
     #[error("the queue is full")]
     Full(T),
     /// Putting failed.
     #[error(transparent)]
-    Failed(#[from] PutError<T>),
+    Failed(#[from] PutError<T, F>),
 }
 
-impl<T> PutError<T> {
+impl<T, F> PutError<T, F> {
     /// The value that was not put.
     pub fn into_inner(self) -> T {
         self.value
     }
 }
 
-impl<T> PutTimeoutError<T> {
+impl<T, F> PutTimeoutError<T, F> {
     /// The value that was not put.
     pub fn into_inner(self) -> T {
         match self {
@@ -91,7 +94,7 @@ impl<T> PutTimeoutError<T> {
     }
 }
 
-impl<T> TryPutError<T> {
+impl<T, F> TryPutError<T, F> {
     /// The value that was not put.
     pub fn into_inner(self) -> T {
         match self {
@@ -101,7 +104,7 @@ impl<T> TryPutError<T> {
     }
 }
 
-impl<T> fmt::Debug for PutTimeoutError<T> {
+impl<T, F: fmt::Debug> fmt::Debug for PutTimeoutError<T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PutTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
@@ -110,7 +113,7 @@ impl<T> fmt::Debug for PutTimeoutError<T> {
     }
 }
 
-impl<T> fmt::Debug for TryPutError<T> {
+impl<T, F: fmt::Debug> fmt::Debug for TryPutError<T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TryPutError::Full(_) => f.write_str("Full(..)"),
@@ -149,25 +152,30 @@ pub enum GetError {
 }
 
 /// [`get_timeout`](crate::Queue::get_timeout) did not get a value.
+///
+/// `E` says why getting failed: [`GetError`] for a local
+/// [`Queue`](crate::Queue); the Manager's and the cluster's queues use the
+/// same type with their own error.
 #[derive(Debug, thiserror::Error)]
-pub enum GetTimeoutError {
+pub enum GetTimeoutError<E = GetError> {
     /// Still empty at the deadline.
     #[error("the queue stayed empty")]
     Timeout,
     /// Getting failed.
     #[error(transparent)]
-    Failed(#[from] GetError),
+    Failed(#[from] E),
 }
 
-/// [`try_get`](crate::Queue::try_get) did not get a value.
+/// [`try_get`](crate::Queue::try_get) did not get a value (`E` as for
+/// [`GetTimeoutError`]).
 #[derive(Debug, thiserror::Error)]
-pub enum TryGetError {
+pub enum TryGetError<E = GetError> {
     /// The queue is empty.
     #[error("the queue is empty")]
     Empty,
     /// Getting failed.
     #[error(transparent)]
-    Failed(#[from] GetError),
+    Failed(#[from] E),
 }
 
 /// [`task_done`](crate::JoinableQueue::task_done) was called more times than

@@ -575,16 +575,19 @@ impl<T> Queue<T> {
     }
 
     /// The ring behind the queue (for `__bench`).
+    #[cfg(feature = "bench-internals")]
     pub(crate) fn ring(&self) -> &Ring {
         &self.shared.ring
     }
 
     /// The mailbox of the queue's journal (for `__bench`).
+    #[cfg(feature = "bench-internals")]
     pub(crate) fn journal_mailbox(&self) -> &Mailbox {
         &self.shared.journal.mailbox
     }
 
     /// The ring of the queue's journal (for `__bench`).
+    #[cfg(feature = "bench-internals")]
     pub(crate) fn journal_ring(&self) -> &Ring {
         &self.shared.journal.ring
     }
@@ -1056,9 +1059,10 @@ impl<T> fmt::Debug for JoinableQueue<T> {
     }
 }
 
-impl<T> std::ops::Deref for JoinableQueue<T> {
-    type Target = Queue<T>;
-    fn deref(&self) -> &Queue<T> {
+impl<T> AsRef<Queue<T>> for JoinableQueue<T> {
+    /// The queue underneath, for code written for a [`Queue`]: its gets do
+    /// not mark anything done.
+    fn as_ref(&self) -> &Queue<T> {
         &self.0
     }
 }
@@ -1103,6 +1107,95 @@ impl<T> JoinableQueue<T> {
     /// Like [`join`](Self::join), giving up at `timeout`; true if all done.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         self.0.shared.ring.join(crate::shm::wait::after(timeout))
+    }
+}
+
+/// The [`Queue`] methods, each as [`Queue`]'s of the same name.
+impl<T> JoinableQueue<T> {
+    /// See [`Queue::len`].
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// See [`Queue::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// See [`Queue::is_full`].
+    pub fn is_full(&self) -> bool {
+        self.0.is_full()
+    }
+
+    /// See [`Queue::close`].
+    pub fn close(&self) {
+        self.0.close()
+    }
+
+    /// See [`Queue::shutdown`].
+    pub fn shutdown(&self, immediate: bool) {
+        self.0.shutdown(immediate)
+    }
+
+    /// See [`Queue::is_shut_down`].
+    pub fn is_shut_down(&self) -> bool {
+        self.0.is_shut_down()
+    }
+}
+
+impl<T: Serialize> JoinableQueue<T> {
+    /// See [`Queue::put`]; every value put must be marked done.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put(value)
+    }
+
+    /// See [`Queue::put_timeout`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.0.put_timeout(value, timeout)
+    }
+
+    /// See [`Queue::try_put`].
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+        self.0.try_put(value)
+    }
+
+    /// See [`Queue::put_async`].
+    pub fn put_async(&self, value: T) -> impl Future<Output = Result<(), PutError<T>>> + Send + '_
+    where
+        T: Send,
+    {
+        self.0.put_async(value)
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// See [`Queue::get`]; mark the value done with
+    /// [`task_done`](Self::task_done).
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// See [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        self.0.get_timeout(timeout)
+    }
+
+    /// See [`Queue::try_get`].
+    pub fn try_get(&self) -> Result<T, TryGetError> {
+        self.0.try_get()
+    }
+
+    /// See [`Queue::get_async`].
+    pub fn get_async(&self) -> impl Future<Output = Result<T, GetError>> + Send + '_ {
+        self.0.get_async()
+    }
+
+    /// See [`Queue::get_delivery_async`]; the delivery's `ack` is also its
+    /// `task_done`.
+    pub fn get_delivery_async(
+        &self,
+    ) -> impl Future<Output = Result<Delivery<T>, GetError>> + Send + '_ {
+        self.0.get_delivery_async()
     }
 }
 

@@ -1663,6 +1663,8 @@ fn try_hold_until(lock: &RawLock) -> Option<Held<'_>> {
 }
 
 /// For tests that play a hostile or stuck peer (through `__bench`).
+#[cfg(any(test, feature = "bench-internals"))]
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 impl Ring {
     /// A journal's state in one line, for a test's report of a stall: its
     /// positions, its records by state, and its side locks. Read without

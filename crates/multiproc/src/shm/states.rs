@@ -207,6 +207,18 @@ impl LockState {
         depth
     }
 
+    /// Whether any process holds the lock now (a hint: it may change at
+    /// once).
+    pub(crate) fn is_held(&self) -> bool {
+        self.lock.is_held()
+    }
+
+    /// Whether a holder died with the lock and nobody has declared the
+    /// data consistent since.
+    pub(crate) fn is_inconsistent(&self) -> bool {
+        self.inconsistent.load(Ordering::SeqCst) != 0
+    }
+
     /// Marks the protected data consistent again after an owner died.
     pub(crate) fn make_consistent(&self) {
         self.inconsistent.store(0, Ordering::SeqCst);

@@ -45,7 +45,7 @@ type Action = Arc<dyn Fn() + Send + Sync + 'static>;
 /// ```
 /// use multiproc::{Barrier, Process};
 ///
-/// fn party(b: Barrier) -> u32 {
+/// fn party(b: Barrier) -> usize {
 ///     b.wait().unwrap()
 /// }
 ///
@@ -140,8 +140,8 @@ impl<'de> serde::Deserialize<'de> for Barrier {
     }
 }
 
-fn map(r: Result<u32, BarrierFailure>) -> Result<u32, BarrierError> {
-    r.map_err(|e| match e {
+fn map(r: Result<u32, BarrierFailure>) -> Result<usize, BarrierError> {
+    r.map(|i| i as usize).map_err(|e| match e {
         BarrierFailure::Broken => BarrierError::Broken,
         BarrierFailure::TimedOut => BarrierError::TimedOut,
         BarrierFailure::ActionFailed => BarrierError::ActionPanicked,
@@ -152,7 +152,7 @@ fn map(r: Result<u32, BarrierFailure>) -> Result<u32, BarrierError> {
 /// Builds a [`Barrier`] with an action or a default timeout
 /// ([`Barrier::builder`]).
 pub struct BarrierBuilder {
-    parties: u32,
+    parties: usize,
     action: Option<Action>,
     timeout: Option<Duration>,
 }
@@ -190,6 +190,12 @@ impl BarrierBuilder {
                 "a barrier needs at least one party",
             ));
         }
+        let Ok(parties) = u32::try_from(self.parties) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a barrier has at most 4294967295 parties",
+            ));
+        };
         // 0 means "no timeout": a zero timeout is stored as 1 ns.
         let timeout_ns = self.timeout.map_or(0, |t| {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
@@ -197,7 +203,7 @@ impl BarrierBuilder {
         let shared = Shared::<BarrierState>::create("multiproc-barrier", 0, 0)?;
         shared
             .state()
-            .init(self.parties, self.action.is_some(), timeout_ns);
+            .init(parties, self.action.is_some(), timeout_ns);
         Ok(Barrier {
             shared,
             action: self.action,
@@ -215,13 +221,13 @@ impl Barrier {
 
     /// A barrier for `parties` parties (at least 1), with no action and no
     /// default timeout.
-    pub fn new(parties: u32) -> std::io::Result<Barrier> {
+    pub fn new(parties: usize) -> std::io::Result<Barrier> {
         Barrier::builder(parties).build()
     }
 
     /// A builder for a barrier with an action or a default timeout
     /// (Python's `Barrier(parties, action, timeout)`).
-    pub fn builder(parties: u32) -> BarrierBuilder {
+    pub fn builder(parties: usize) -> BarrierBuilder {
         BarrierBuilder {
             parties,
             action: None,
@@ -247,7 +253,7 @@ impl Barrier {
         }
     }
 
-    fn wait_until(&self, deadline: Option<std::time::Instant>) -> Result<u32, BarrierError> {
+    fn wait_until(&self, deadline: Option<std::time::Instant>) -> Result<usize, BarrierError> {
         let run = |action: &Action| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action())).is_ok()
         };
@@ -260,7 +266,7 @@ impl Barrier {
 
     /// Waits for every party, at most the barrier's default timeout if it
     /// has one (a timeout breaks the barrier).
-    pub fn wait(&self) -> Result<u32, BarrierError> {
+    pub fn wait(&self) -> Result<usize, BarrierError> {
         match self.timeout() {
             Some(t) => self.wait_timeout(t),
             None => self.wait_until(None),
@@ -268,7 +274,7 @@ impl Barrier {
     }
 
     /// Waits at most `timeout`; a timeout breaks the barrier.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BarrierError> {
         self.wait_until(crate::shm::wait::after(timeout))
     }
 
@@ -280,7 +286,7 @@ impl Barrier {
     /// (the other parties get [`BarrierError::Broken`]): a party that
     /// left cannot be waited for. If this party is the last, the action
     /// (if any) runs in the poll.
-    pub fn wait_async(&self) -> impl Future<Output = Result<u32, BarrierError>> + Send + '_ {
+    pub fn wait_async(&self) -> impl Future<Output = Result<usize, BarrierError>> + Send + '_ {
         /// Leaves the round when dropped before it ended.
         struct InRound {
             shared: Arc<Shared<BarrierState>>,
@@ -326,7 +332,7 @@ impl Barrier {
             let action = self.action.as_ref().map(|a| move || run(a));
             match state.try_arrive(action.as_ref().map(|a| a as &dyn Fn() -> bool)) {
                 Some(Err(e)) => Poll::Ready(map(Err(e))),
-                Some(Ok(Err(i))) => Poll::Ready(Ok(i)),
+                Some(Ok(Err(i))) => Poll::Ready(Ok(i as usize)),
                 Some(Ok(Ok((i, g)))) => {
                     index = i;
                     round.generation = Some(g);
@@ -357,13 +363,13 @@ impl Barrier {
     }
 
     /// The number of parties.
-    pub fn parties(&self) -> u32 {
-        self.shared.state().parties()
+    pub fn parties(&self) -> usize {
+        self.shared.state().parties() as usize
     }
 
     /// Parties waiting now.
-    pub fn n_waiting(&self) -> u32 {
-        self.shared.state().n_waiting()
+    pub fn n_waiting(&self) -> usize {
+        self.shared.state().n_waiting() as usize
     }
 
     /// Whether the barrier is broken.

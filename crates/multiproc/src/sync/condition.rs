@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::lock::OwnerDied;
+use super::lock::{OwnerDied, wrap};
 use super::{Shared, shared_handle};
 use crate::shm::lock::NotSend;
 use crate::shm::states::{Acquired, ConditionState};
@@ -13,7 +13,7 @@ use crate::shm::states::{Acquired, ConditionState};
 /// (Python's `Condition`). Take the lock with [`lock`](Self::lock), then
 /// [`ConditionGuard::wait`] releases it while waiting for a notification
 /// and takes it back. Spurious wake-ups are possible, as everywhere: use
-/// [`ConditionGuard::wait_while`] to wait for a predicate.
+/// [`ConditionGuard::wait_for`] to wait for a predicate.
 ///
 /// ```
 /// use multiproc::{Condition, Process, Value};
@@ -28,7 +28,7 @@ use crate::shm::states::{Acquired, ConditionState};
 /// let ready = Value::new(0u32)?;
 /// let child = Process::spawn(producer, (cond.clone(), ready.clone()))?;
 /// let guard = cond.lock().unwrap();
-/// let _guard = guard.wait_while(|| ready.get() == 0);
+/// let _guard = guard.wait_for(|| ready.get() != 0);
 /// assert_eq!(ready.get(), 1);
 /// drop(_guard);
 /// child.join()?;
@@ -76,13 +76,38 @@ impl<'a> ConditionGuard<'a> {
         )
     }
 
-    /// Waits (re-checking after every notification) while `pred` holds.
-    pub fn wait_while(self, mut pred: impl FnMut() -> bool) -> ConditionGuard<'a> {
+    /// Waits until `predicate` holds, checking it first and after every
+    /// notification (Python's `wait_for(predicate)`).
+    pub fn wait_for(self, mut predicate: impl FnMut() -> bool) -> ConditionGuard<'a> {
         let mut guard = self;
-        while pred() {
+        while !predicate() {
             guard = guard.wait();
         }
         guard
+    }
+
+    /// Like [`wait_for`](Self::wait_for), for at most `timeout` in all;
+    /// the flag is the predicate's last value (Python's
+    /// `wait_for(predicate, timeout)`).
+    pub fn wait_for_timeout(
+        self,
+        timeout: Duration,
+        mut predicate: impl FnMut() -> bool,
+    ) -> (ConditionGuard<'a>, bool) {
+        let end = crate::shm::wait::after(timeout);
+        let mut guard = self;
+        loop {
+            if predicate() {
+                return (guard, true);
+            }
+            let left = end.map_or(timeout, |end| {
+                end.saturating_duration_since(std::time::Instant::now())
+            });
+            if left.is_zero() {
+                return (guard, false);
+            }
+            guard = guard.wait_timeout(left).0;
+        }
     }
 
     /// [`wait`](Self::wait), as a future: releases the lock at once (when
@@ -167,9 +192,17 @@ impl<'a> ConditionGuard<'a> {
         })
     }
 
-    /// Declares the protected data consistent again after [`OwnerDied`].
+    /// Declares the protected data consistent again after [`OwnerDied`]:
+    /// later lockers take the lock cleanly.
     pub fn make_consistent(&self) {
         self.cond.shared.state().lock.make_consistent();
+    }
+
+    /// Whether a holder died with the lock and nobody has called
+    /// [`make_consistent`](Self::make_consistent) since (only a guard from
+    /// [`Condition::lock_recover`] can see `true`).
+    pub fn owner_died(&self) -> bool {
+        self.cond.shared.state().lock.is_inconsistent()
     }
 }
 
@@ -193,8 +226,19 @@ impl Condition {
         )?))
     }
 
-    /// Takes the condition's lock.
-    pub fn lock(&self) -> Result<ConditionGuard<'_>, OwnerDied<ConditionGuard<'_>>> {
+    /// Takes the condition's lock whether or not a holder died with it (see
+    /// [`Lock::lock_recover`](crate::Lock::lock_recover)).
+    pub fn lock_recover(&self) -> ConditionGuard<'_> {
+        self.shared.state().lock.acquire(None);
+        ConditionGuard {
+            cond: self,
+            _not_send: NotSend::default(),
+        }
+    }
+
+    /// Takes the condition's lock; [`OwnerDied`] (holding nothing) while
+    /// the data is marked inconsistent.
+    pub fn lock(&self) -> Result<ConditionGuard<'_>, OwnerDied> {
         let how = self
             .shared
             .state()
@@ -205,10 +249,7 @@ impl Condition {
             cond: self,
             _not_send: NotSend::default(),
         };
-        match how {
-            Acquired::Clean => Ok(guard),
-            Acquired::OwnerDied => Err(OwnerDied(guard)),
-        }
+        wrap(guard, how)
     }
 
     /// Wakes one waiter.

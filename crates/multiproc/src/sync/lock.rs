@@ -1,7 +1,6 @@
 //! `Lock` and `RLock`: mutual exclusion between processes, robust to a
 //! holder that dies.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,67 +8,68 @@ use super::{Shared, shared_handle};
 use crate::shm::lock::NotSend;
 use crate::shm::states::{Acquired, LockState};
 
-/// The lock was taken, but a holder died with it: the data it protects may
-/// be half updated. The guard is inside; fix the data, then call
-/// `make_consistent` on it, or later lockers will be told the same.
-pub struct OwnerDied<G>(pub G);
+/// A holder of the lock died holding it, and nobody has repaired the data
+/// it protects since: the data may be half updated.
+///
+/// The call that returns it holds nothing: it took the lock and let go of
+/// it at once, and every later locker is told the same, until one takes the
+/// lock with `lock_recover` (`get_lock_recover` on a `Value` or an `Array`),
+/// repairs the data and calls `make_consistent` on the guard. The error
+/// holds no guard, so `?` carries it into `Box<dyn Error>` or
+/// `anyhow::Error`:
+///
+/// ```
+/// fn add_one(lock: &multiproc::Lock) -> Result<(), Box<dyn std::error::Error>> {
+///     let _guard = lock.lock()?;
+///     Ok(())
+/// }
+/// add_one(&multiproc::Lock::new()?)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[error(
+    "a holder of the lock died holding it; the data it protects may be inconsistent \
+     (repair it under `lock_recover`, then call `make_consistent`)"
+)]
+pub struct OwnerDied;
 
-impl<G> OwnerDied<G> {
-    /// The guard: the lock is held.
-    pub fn into_guard(self) -> G {
-        self.0
-    }
-
-    /// The guard (as [`into_guard`](Self::into_guard); the name other
-    /// errors that hold a value back use, as `std`'s `PoisonError`).
-    pub fn into_inner(self) -> G {
-        self.0
-    }
-}
-
-impl<G> fmt::Debug for OwnerDied<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OwnerDied(..)")
-    }
-}
-
-impl<G> fmt::Display for OwnerDied<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "a previous holder of the lock died holding it; the protected data may be inconsistent",
-        )
-    }
-}
-
-impl<G> std::error::Error for OwnerDied<G> {}
-
-/// [`Lock::try_lock`] did not take the lock cleanly.
-#[derive(Debug, thiserror::Error)]
-pub enum TryLockError<G> {
+/// [`Lock::try_lock`] did not take the lock.
+///
+/// `E` says why taking it failed: [`OwnerDied`] for a local lock; a
+/// Manager's lock proxy uses the same type with its
+/// [`ProxyError`](crate::ProxyError).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryLockError<E = OwnerDied> {
     /// Another holder has it.
     #[error("the lock is held")]
     WouldBlock,
-    /// Taken, after a holder died (see [`OwnerDied`]).
+    /// Taking it failed; a local lock is not held (see [`OwnerDied`]).
     #[error(transparent)]
-    OwnerDied(OwnerDied<G>),
+    Failed(#[from] E),
 }
 
-/// [`Lock::lock_timeout`] did not take the lock cleanly.
-#[derive(Debug, thiserror::Error)]
-pub enum LockTimeoutError<G> {
+/// [`Lock::lock_timeout`] did not take the lock (`E` as for
+/// [`TryLockError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LockTimeoutError<E = OwnerDied> {
     /// Still held at the deadline.
     #[error("the lock stayed held")]
     Timeout,
-    /// Taken, after a holder died (see [`OwnerDied`]).
+    /// Taking it failed; a local lock is not held (see [`OwnerDied`]).
     #[error(transparent)]
-    OwnerDied(OwnerDied<G>),
+    Failed(#[from] E),
 }
 
+/// The guard, or [`OwnerDied`] after letting go of the lock (the drop
+/// releases it; the state stays inconsistent for the next locker).
 #[inline]
-fn wrap<G>(guard: G, how: Acquired) -> Result<G, OwnerDied<G>> {
+pub(super) fn wrap<G>(guard: G, how: Acquired) -> Result<G, OwnerDied> {
     match how {
         Acquired::Clean => Ok(guard),
-        Acquired::OwnerDied => Err(OwnerDied(guard)),
+        Acquired::OwnerDied => {
+            drop(guard);
+            Err(OwnerDied)
+        }
     }
 }
 
@@ -130,9 +130,18 @@ pub struct LockGuard<'a> {
 }
 
 impl LockGuard<'_> {
-    /// Declares the protected data consistent again after [`OwnerDied`].
+    /// Declares the protected data consistent again after [`OwnerDied`]:
+    /// later lockers take the lock cleanly.
     pub fn make_consistent(&self) {
         self.lock.shared.state().make_consistent();
+    }
+
+    /// Whether a holder died with the lock and nobody has called
+    /// [`make_consistent`](Self::make_consistent) since: the data may be
+    /// half updated. Only a guard from
+    /// [`lock_recover`](Lock::lock_recover) can see `true`.
+    pub fn owner_died(&self) -> bool {
+        self.lock.shared.state().is_inconsistent()
     }
 }
 
@@ -154,8 +163,11 @@ impl Lock {
     }
 
     /// Takes the lock, waiting as long as needed (never for a dead holder).
+    ///
+    /// Fails with [`OwnerDied`], holding nothing, while the data is marked
+    /// inconsistent; [`lock_recover`](Self::lock_recover) takes it anyway.
     #[inline]
-    pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
+    pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied> {
         let how = self.shared.state().acquire(None).unwrap_or(Acquired::Clean);
         wrap(
             LockGuard {
@@ -166,8 +178,36 @@ impl Lock {
         )
     }
 
+    /// Takes the lock, waiting as long as needed, whether or not a holder
+    /// died with it: the way to repair the data after [`OwnerDied`].
+    /// [`LockGuard::owner_died`] says whether the data needs repair; repair
+    /// it, then call [`LockGuard::make_consistent`].
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new()?;
+    /// let guard = lock.lock_recover();
+    /// if guard.owner_died() {
+    ///     // repair the data the lock protects, then:
+    ///     guard.make_consistent();
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lock_recover(&self) -> LockGuard<'_> {
+        self.shared.state().acquire(None);
+        LockGuard {
+            lock: self,
+            _not_send: NotSend::default(),
+        }
+    }
+
+    /// Whether some process holds the lock now (Python's `locked()`): a
+    /// hint, which may change at once.
+    pub fn is_locked(&self) -> bool {
+        self.shared.state().is_held()
+    }
+
     /// Takes the lock if it is free (or its holder died).
-    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError> {
         match self.shared.state().try_acquire() {
             None => Err(TryLockError::WouldBlock),
             Some(how) => wrap(
@@ -177,15 +217,12 @@ impl Lock {
                 },
                 how,
             )
-            .map_err(TryLockError::OwnerDied),
+            .map_err(TryLockError::Failed),
         }
     }
 
     /// Takes the lock, waiting at most `timeout`.
-    pub fn lock_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, LockTimeoutError> {
         match self
             .shared
             .state()
@@ -199,7 +236,7 @@ impl Lock {
                 },
                 how,
             )
-            .map_err(LockTimeoutError::OwnerDied),
+            .map_err(LockTimeoutError::Failed),
         }
     }
 }
@@ -230,9 +267,18 @@ pub struct RLockGuard<'a> {
 }
 
 impl RLockGuard<'_> {
-    /// Declares the protected data consistent again after [`OwnerDied`].
+    /// Declares the protected data consistent again after [`OwnerDied`]:
+    /// later lockers take the lock cleanly.
     pub fn make_consistent(&self) {
         self.lock.shared.state().make_consistent();
+    }
+
+    /// Whether a holder died with the lock and nobody has called
+    /// [`make_consistent`](Self::make_consistent) since: the data may be
+    /// half updated. Only a guard from
+    /// [`lock_recover`](RLock::lock_recover) can see `true`.
+    pub fn owner_died(&self) -> bool {
+        self.lock.shared.state().is_inconsistent()
     }
 }
 
@@ -255,7 +301,7 @@ impl RLock {
 
     /// Takes the lock (again, if this thread holds it).
     #[inline]
-    pub fn lock(&self) -> Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>> {
+    pub fn lock(&self) -> Result<RLockGuard<'_>, OwnerDied> {
         let state = self.shared.state();
         if state.reenter() {
             return Ok(RLockGuard {
@@ -274,8 +320,28 @@ impl RLock {
         )
     }
 
+    /// Takes the lock (again), whether or not a holder died with it (see
+    /// [`Lock::lock_recover`]).
+    pub fn lock_recover(&self) -> RLockGuard<'_> {
+        let state = self.shared.state();
+        if !state.reenter() {
+            state.acquire(None);
+            state.mark_thread();
+        }
+        RLockGuard {
+            lock: self,
+            _not_send: NotSend::default(),
+        }
+    }
+
+    /// Whether some process holds the lock now: a hint, which may change at
+    /// once.
+    pub fn is_locked(&self) -> bool {
+        self.shared.state().is_held()
+    }
+
     /// Takes the lock (again) if that needs no waiting.
-    pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError<RLockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError> {
         let state = self.shared.state();
         if state.reenter() {
             return Ok(RLockGuard {
@@ -294,16 +360,13 @@ impl RLock {
                     },
                     how,
                 )
-                .map_err(TryLockError::OwnerDied)
+                .map_err(TryLockError::Failed)
             }
         }
     }
 
     /// Takes the lock (again), waiting at most `timeout`.
-    pub fn lock_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<RLockGuard<'_>, LockTimeoutError<RLockGuard<'_>>> {
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>, LockTimeoutError> {
         let state = self.shared.state();
         if state.reenter() {
             return Ok(RLockGuard {
@@ -322,7 +385,7 @@ impl RLock {
                     },
                     how,
                 )
-                .map_err(LockTimeoutError::OwnerDied)
+                .map_err(LockTimeoutError::Failed)
             }
         }
     }
@@ -332,8 +395,8 @@ impl RLock {
 /// and `RLock` (see `docs/async.md`).
 fn lock_async_with<G>(
     shared: &Arc<Shared<LockState>>,
-    mut attempt: impl FnMut(bool) -> Option<Result<G, OwnerDied<G>>>,
-) -> impl Future<Output = Result<G, OwnerDied<G>>> {
+    mut attempt: impl FnMut(bool) -> Option<Result<G, OwnerDied>>,
+) -> impl Future<Output = Result<G, OwnerDied>> {
     crate::aio::retry(
         move |w| attempt(w.has_slept()),
         move || {
@@ -362,9 +425,7 @@ impl Lock {
     /// drop(guard);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn lock_async(
-        &self,
-    ) -> impl Future<Output = Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>>> + Send + '_ {
+    pub fn lock_async(&self) -> impl Future<Output = Result<LockGuard<'_>, OwnerDied>> + Send + '_ {
         lock_async_with(&self.shared, move |slept| {
             let state = self.shared.state();
             let how = if slept {
@@ -390,7 +451,7 @@ impl RLock {
     /// re-entry across an `.await`.
     pub fn lock_async(
         &self,
-    ) -> impl Future<Output = Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>>> + Send + '_ {
+    ) -> impl Future<Output = Result<RLockGuard<'_>, OwnerDied>> + Send + '_ {
         lock_async_with(&self.shared, move |slept| {
             let state = self.shared.state();
             let guard = || RLockGuard {

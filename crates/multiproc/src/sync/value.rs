@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 
 use super::Shared;
-use super::lock::OwnerDied;
+use super::lock::{OwnerDied, wrap};
 use crate::shm::object::{LockedSlice, Tag};
 use crate::shm::states::{Acquired, LockState};
 
@@ -145,9 +145,17 @@ pub struct ValueGuard<'a, T: Pod> {
 }
 
 impl<T: Pod> ValueGuard<'_, T> {
-    /// Declares the value consistent again after [`OwnerDied`].
+    /// Declares the value consistent again after [`OwnerDied`]: later
+    /// lockers take the lock cleanly.
     pub fn make_consistent(&self) {
         self.state.make_consistent();
+    }
+
+    /// Whether a holder died with the lock and nobody has called
+    /// [`make_consistent`](Self::make_consistent) since (only a guard from
+    /// `get_lock_recover` can see `true`).
+    pub fn owner_died(&self) -> bool {
+        self.state.is_inconsistent()
     }
 }
 
@@ -197,9 +205,20 @@ impl<T: Pod> Value<T> {
     /// Takes the lock; the guard reads and writes (a copy of) the value,
     /// written back when it is dropped.
     #[inline]
-    pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
+    pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied> {
         let (slice, how) = lock::<T>(&self.shared);
         self.guard(slice, how)
+    }
+
+    /// Takes the lock whether or not a holder died with it: the way to
+    /// repair the data after [`OwnerDied`] (see
+    /// [`Lock::lock_recover`](crate::Lock::lock_recover)).
+    pub fn get_lock_recover(&self) -> ValueGuard<'_, T> {
+        let (slice, _) = lock::<T>(&self.shared);
+        match self.guard(slice, Acquired::Clean) {
+            Ok(guard) => guard,
+            Err(OwnerDied) => unreachable!("a clean guard is never refused"),
+        }
     }
 
     /// [`get_lock`](Self::get_lock), as a future: waits without blocking
@@ -207,7 +226,7 @@ impl<T: Pod> Value<T> {
     /// leaves the lock as it was.
     pub fn get_lock_async(
         &self,
-    ) -> impl Future<Output = Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>>> + Send + '_
+    ) -> impl Future<Output = Result<ValueGuard<'_, T>, OwnerDied>> + Send + '_
     where
         T: Sync,
     {
@@ -224,7 +243,7 @@ impl<T: Pod> Value<T> {
         &'a self,
         slice: LockedSlice<'a, T>,
         how: Acquired,
-    ) -> Result<ValueGuard<'a, T>, OwnerDied<ValueGuard<'a, T>>> {
+    ) -> Result<ValueGuard<'a, T>, OwnerDied> {
         let value = slice.get(0).unwrap_or_else(T::zeroed);
         let guard = ValueGuard {
             slice,
@@ -232,10 +251,7 @@ impl<T: Pod> Value<T> {
             value,
             dirty: false,
         };
-        match how {
-            Acquired::Clean => Ok(guard),
-            Acquired::OwnerDied => Err(OwnerDied(guard)),
-        }
+        wrap(guard, how)
     }
 
     /// Reads the value under the lock (even after a holder died).
@@ -328,9 +344,17 @@ pub struct ArrayGuard<'a, T: Pod> {
 }
 
 impl<T: Pod> ArrayGuard<'_, T> {
-    /// Declares the array consistent again after [`OwnerDied`].
+    /// Declares the array consistent again after [`OwnerDied`]: later
+    /// lockers take the lock cleanly.
     pub fn make_consistent(&self) {
         self.state.make_consistent();
+    }
+
+    /// Whether a holder died with the lock and nobody has called
+    /// [`make_consistent`](Self::make_consistent) since (only a guard from
+    /// `get_lock_recover` can see `true`).
+    pub fn owner_died(&self) -> bool {
+        self.state.is_inconsistent()
     }
 
     /// A copy of element `index`, or `None` past the end.
@@ -426,9 +450,20 @@ impl<T: Pod> Array<T> {
     /// Takes the lock; the guard reads and writes the elements (see
     /// [`ArrayGuard`] for what is copied when).
     #[inline]
-    pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>> {
+    pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, OwnerDied> {
         let (slice, how) = lock::<T>(&self.shared);
         self.guard(slice, how)
+    }
+
+    /// Takes the lock whether or not a holder died with it: the way to
+    /// repair the data after [`OwnerDied`] (see
+    /// [`Lock::lock_recover`](crate::Lock::lock_recover)).
+    pub fn get_lock_recover(&self) -> ArrayGuard<'_, T> {
+        let (slice, _) = lock::<T>(&self.shared);
+        match self.guard(slice, Acquired::Clean) {
+            Ok(guard) => guard,
+            Err(OwnerDied) => unreachable!("a clean guard is never refused"),
+        }
     }
 
     /// [`get_lock`](Self::get_lock), as a future: waits without blocking
@@ -436,7 +471,7 @@ impl<T: Pod> Array<T> {
     /// leaves the lock as it was.
     pub fn get_lock_async(
         &self,
-    ) -> impl Future<Output = Result<ArrayGuard<'_, T>, OwnerDied<ArrayGuard<'_, T>>>> + Send + '_
+    ) -> impl Future<Output = Result<ArrayGuard<'_, T>, OwnerDied>> + Send + '_
     where
         T: Sync,
     {
@@ -453,17 +488,14 @@ impl<T: Pod> Array<T> {
         &'a self,
         slice: LockedSlice<'a, T>,
         how: Acquired,
-    ) -> Result<ArrayGuard<'a, T>, OwnerDied<ArrayGuard<'a, T>>> {
+    ) -> Result<ArrayGuard<'a, T>, OwnerDied> {
         let guard = ArrayGuard {
             slice,
             state: self.shared.state(),
             copy: std::sync::OnceLock::new(),
             dirty: false,
         };
-        match how {
-            Acquired::Clean => Ok(guard),
-            Acquired::OwnerDied => Err(OwnerDied(guard)),
-        }
+        wrap(guard, how)
     }
 
     /// A copy of the elements, read under the lock.

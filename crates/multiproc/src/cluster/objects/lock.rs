@@ -1,6 +1,7 @@
 //! [`LockProxy`]: a named lease lock with fencing tokens on the cluster's
 //! server.
 
+use crate::sync::{LockTimeoutError, TryLockError};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -85,10 +86,10 @@ return 1
 ///
 /// let cluster = Cluster::connect("redis+unix:///run/redis/redis.sock")?;
 /// let lock = cluster.manager().lock("migrations")?.with_lease(Duration::from_secs(30));
-/// let guard = lock.acquire()?;
+/// let guard = lock.lock()?;
 /// let token = guard.token(); // pass it to the storage written under the lock
 /// assert!(guard.is_held());
-/// assert!(lock.try_acquire()?.is_none());
+/// assert!(lock.try_lock().is_err()); // TryLockError::WouldBlock
 /// guard.release()?; // an error if the lease was lost meanwhile
 /// # let _ = token;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -161,23 +162,25 @@ impl LockProxy {
         Ok(got.map(|(token, sent)| LockGuard::new(self, token, format!("{owner}:{token}"), sent)))
     }
 
-    /// Acquires the lock, waiting as long as it takes.
-    pub fn acquire(&self) -> Result<LockGuard<'_>, ClusterError> {
+    /// Takes the lock, waiting as long as it takes.
+    pub fn lock(&self) -> Result<LockGuard<'_>, ClusterError> {
         self.acquire_until(Deadline::never())?
             .ok_or_else(|| ClusterError::Server("an unbounded acquire came back empty".into()))
     }
 
-    /// Acquires the lock if it is free now.
-    pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>, ClusterError> {
-        self.acquire_until(Deadline::now())
+    /// Takes the lock if it is free now.
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<ClusterError>> {
+        self.acquire_until(Deadline::now())?
+            .ok_or(TryLockError::WouldBlock)
     }
 
-    /// Acquires the lock if it comes free within `timeout`.
-    pub fn acquire_timeout(
+    /// Takes the lock if it comes free within `timeout`.
+    pub fn lock_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<Option<LockGuard<'_>>, ClusterError> {
-        self.acquire_until(Deadline::after(timeout))
+    ) -> Result<LockGuard<'_>, LockTimeoutError<ClusterError>> {
+        self.acquire_until(Deadline::after(timeout))?
+            .ok_or(LockTimeoutError::Timeout)
     }
 }
 

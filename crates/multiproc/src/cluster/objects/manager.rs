@@ -36,7 +36,7 @@ use crate::cluster::{Cluster, ClusterError, Link, check_name};
 /// let hits = m.value("hits", 0u64)?;
 /// let migrations = m.lock("migrations")?;
 /// {
-///     let guard = migrations.acquire()?;
+///     let guard = migrations.lock()?;
 ///     counts.insert("runs".to_string(), 1)?;
 ///     log.push(format!("migrated under fencing token {}", guard.token()))?;
 ///     hits.fetch_add(1)?;

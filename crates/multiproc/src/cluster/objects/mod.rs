@@ -25,7 +25,7 @@
 //! the server does: a server that is killed or restarted under a blocked
 //! call is [`ClusterError::Connection`] at once, one that stalls is
 //! [`ClusterError::Timeout`] at the deadline plus the grace. A call
-//! without a deadline (`get`, `put`, `acquire`, `wait`, `join`) waits on
+//! without a deadline (`get`, `put`, `lock`, `acquire`, `wait`, `join`) waits on
 //! the server in slices of 2 s, so a stalled server ends it within 4 s. A
 //! command that answers at once (`len`, a dict's `get`) waits at most
 //! 5 s. A call that ends in `Connection` or `Timeout` may or may not have

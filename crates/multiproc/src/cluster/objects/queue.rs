@@ -502,10 +502,93 @@ impl<T> fmt::Debug for JoinableQueue<T> {
     }
 }
 
-impl<T> std::ops::Deref for JoinableQueue<T> {
-    type Target = Queue<T>;
-    fn deref(&self) -> &Queue<T> {
+impl<T> AsRef<Queue<T>> for JoinableQueue<T> {
+    /// The queue underneath, for code written for a [`Queue`].
+    fn as_ref(&self) -> &Queue<T> {
         &self.0
+    }
+}
+
+/// The [`Queue`] methods, each as [`Queue`]'s of the same name.
+impl<T> JoinableQueue<T> {
+    /// See [`Queue::name`].
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// See [`Queue::max_items`].
+    pub fn max_items(&self) -> u64 {
+        self.0.max_items()
+    }
+
+    /// See [`Queue::len`].
+    pub fn len(&self) -> Result<usize, ClusterError> {
+        self.0.len()
+    }
+
+    /// See [`Queue::is_empty`].
+    pub fn is_empty(&self) -> Result<bool, ClusterError> {
+        self.0.is_empty()
+    }
+
+    /// See [`Queue::is_full`].
+    pub fn is_full(&self) -> Result<bool, ClusterError> {
+        self.0.is_full()
+    }
+
+    /// See [`Queue::delete`].
+    pub fn delete(&self) -> Result<(), ClusterError> {
+        self.0.delete()
+    }
+}
+
+impl<T: Serialize> JoinableQueue<T> {
+    /// See [`Queue::put`]; every value put must be marked done.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put(value)
+    }
+
+    /// See [`Queue::put_timeout`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.0.put_timeout(value, timeout)
+    }
+
+    /// See [`Queue::try_put`].
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+        self.0.try_put(value)
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// See [`Queue::get`]; mark the value done with
+    /// [`task_done`](Self::task_done).
+    pub fn get(&self) -> Result<T, ClusterError> {
+        self.0.get()
+    }
+
+    /// See [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        self.0.get_timeout(timeout)
+    }
+
+    /// See [`Queue::try_get`].
+    pub fn try_get(&self) -> Result<T, TryGetError> {
+        self.0.try_get()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> JoinableQueue<T> {
+    /// See [`Queue::get_async`].
+    pub fn get_async(&self) -> impl Future<Output = Result<T, ClusterError>> + Send + use<T> {
+        self.0.get_async()
+    }
+
+    /// See [`Queue::put_async`].
+    pub fn put_async(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), PutError<T>>> + Send + use<T> {
+        self.0.put_async(value)
     }
 }
 
@@ -576,112 +659,16 @@ fn unfinished(link: &mut Link, meta: &str, wait: Duration) -> Result<u64, Cluste
     }
 }
 
-/// A value could not be put; here it is back.
-#[derive(thiserror::Error)]
-#[error("{reason}")]
-pub struct PutError<T> {
-    /// The value that was not put.
-    pub value: T,
-    /// Why. After a [`Connection`](ClusterError::Connection) or
-    /// [`Timeout`](ClusterError::Timeout), the value may have been queued
-    /// all the same.
-    #[source]
-    pub reason: ClusterError,
-}
-
-impl<T> PutError<T> {
-    /// The value that was not put.
-    pub fn into_inner(self) -> T {
-        self.value
-    }
-}
-
-impl<T> fmt::Debug for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PutError")
-            .field("reason", &self.reason)
-            .finish_non_exhaustive()
-    }
-}
-
+/// A value could not be put; here it is back. After a
+/// [`Connection`](ClusterError::Connection) or
+/// [`Timeout`](ClusterError::Timeout), the value may have been queued all
+/// the same.
+pub type PutError<T> = crate::queue::PutError<T, ClusterError>;
 /// [`put_timeout`](Queue::put_timeout) did not put the value.
-#[derive(thiserror::Error)]
-pub enum PutTimeoutError<T> {
-    /// Still full at the deadline; here is the value back.
-    #[error("the queue stayed full")]
-    Timeout(T),
-    /// Putting failed.
-    #[error(transparent)]
-    Failed(#[from] PutError<T>),
-}
-
-impl<T> PutTimeoutError<T> {
-    /// The value that was not put.
-    pub fn into_inner(self) -> T {
-        match self {
-            PutTimeoutError::Timeout(v) => v,
-            PutTimeoutError::Failed(e) => e.value,
-        }
-    }
-}
-
-impl<T> fmt::Debug for PutTimeoutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PutTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
-            PutTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
-        }
-    }
-}
-
+pub type PutTimeoutError<T> = crate::queue::PutTimeoutError<T, ClusterError>;
 /// [`try_put`](Queue::try_put) did not put the value.
-#[derive(thiserror::Error)]
-pub enum TryPutError<T> {
-    /// The queue is full; here is the value back.
-    #[error("the queue is full")]
-    Full(T),
-    /// Putting failed.
-    #[error(transparent)]
-    Failed(#[from] PutError<T>),
-}
-
-impl<T> TryPutError<T> {
-    /// The value that was not put.
-    pub fn into_inner(self) -> T {
-        match self {
-            TryPutError::Full(v) => v,
-            TryPutError::Failed(e) => e.value,
-        }
-    }
-}
-
-impl<T> fmt::Debug for TryPutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TryPutError::Full(_) => f.write_str("Full(..)"),
-            TryPutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
-        }
-    }
-}
-
+pub type TryPutError<T> = crate::queue::TryPutError<T, ClusterError>;
 /// [`get_timeout`](Queue::get_timeout) did not get a value.
-#[derive(Debug, thiserror::Error)]
-pub enum GetTimeoutError {
-    /// Still empty at the deadline.
-    #[error("the queue stayed empty")]
-    Timeout,
-    /// Getting failed.
-    #[error(transparent)]
-    Failed(#[from] ClusterError),
-}
-
+pub type GetTimeoutError = crate::queue::GetTimeoutError<ClusterError>;
 /// [`try_get`](Queue::try_get) did not get a value.
-#[derive(Debug, thiserror::Error)]
-pub enum TryGetError {
-    /// The queue is empty.
-    #[error("the queue is empty")]
-    Empty,
-    /// Getting failed.
-    #[error(transparent)]
-    Failed(#[from] ClusterError),
-}
+pub type TryGetError = crate::queue::TryGetError<ClusterError>;

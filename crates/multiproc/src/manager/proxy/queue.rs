@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::super::error::{ProxyError, ProxyPutError, ProxyPutFailure};
+use super::super::error::ProxyError;
 use super::super::protocol::{Op, Payload, QueueOp, TimeoutMs};
 use super::{Handle, boolean, count, enc, maybe, millis, proxy_type, unit};
+use crate::queue::{GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError};
 
 /// A FIFO queue that lives in a [`Manager`](crate::Manager).
 ///
@@ -23,7 +24,7 @@ use super::{Handle, boolean, count, enc, maybe, millis, proxy_type, unit};
 /// let q = manager.queue::<String>()?;
 /// q.put("job".to_string())?;
 /// assert_eq!(q.get()?, "job");
-/// assert_eq!(q.try_get()?, None);
+/// assert!(q.try_get().is_err()); // TryGetError::Empty
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct QueueProxy<T> {
@@ -34,35 +35,45 @@ pub struct QueueProxy<T> {
 proxy_type!(QueueProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
-    fn put_within(&self, value: T, timeout: TimeoutMs) -> Result<(), ProxyPutError<T>> {
+    /// Puts within `timeout`: `Ok(Err(value))` if the queue stayed full.
+    fn put_within(
+        &self,
+        value: T,
+        timeout: TimeoutMs,
+    ) -> Result<Result<(), T>, PutError<T, ProxyError>> {
         let sent = enc(&value)
             .and_then(|b| boolean(self.handle.call(Op::Queue(QueueOp::Put(b, timeout)))?));
         match sent {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ProxyPutError {
-                value,
-                reason: ProxyPutFailure::Full,
-            }),
-            Err(e) => Err(ProxyPutError {
-                value,
-                reason: e.into(),
-            }),
+            Ok(true) => Ok(Ok(())),
+            Ok(false) => Ok(Err(value)),
+            Err(reason) => Err(PutError { value, reason }),
         }
     }
 
     /// Puts a value, waiting while a bounded queue is full.
-    pub fn put(&self, value: T) -> Result<(), ProxyPutError<T>> {
-        self.put_within(value, None)
+    pub fn put(&self, value: T) -> Result<(), PutError<T, ProxyError>> {
+        match self.put_within(value, None)? {
+            Ok(()) => Ok(()),
+            Err(value) => Err(PutError {
+                value,
+                reason: ProxyError::Protocol("an unbounded put came back full".into()),
+            }),
+        }
     }
 
     /// Puts a value unless the queue stays full for `timeout`.
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), ProxyPutError<T>> {
-        self.put_within(value, Some(millis(timeout)))
+    pub fn put_timeout(
+        &self,
+        value: T,
+        timeout: Duration,
+    ) -> Result<(), PutTimeoutError<T, ProxyError>> {
+        self.put_within(value, Some(millis(timeout)))?
+            .map_err(PutTimeoutError::Timeout)
     }
 
     /// Puts a value if there is room now.
-    pub fn try_put(&self, value: T) -> Result<(), ProxyPutError<T>> {
-        self.put_within(value, Some(0))
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T, ProxyError>> {
+        self.put_within(value, Some(0))?.map_err(TryPutError::Full)
     }
 
     /// Takes the oldest value, waiting for one.
@@ -72,16 +83,16 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     /// Takes the oldest value if one comes within `timeout`.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<Option<T>, ProxyError> {
-        maybe(
-            self.handle
-                .call(Op::Queue(QueueOp::Get(Some(millis(timeout)))))?,
-        )
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError<ProxyError>> {
+        let call = self
+            .handle
+            .call(Op::Queue(QueueOp::Get(Some(millis(timeout)))))?;
+        maybe(call)?.ok_or(GetTimeoutError::Timeout)
     }
 
     /// Takes the oldest value if there is one now.
-    pub fn try_get(&self) -> Result<Option<T>, ProxyError> {
-        maybe(self.handle.call(Op::Queue(QueueOp::Get(Some(0))))?)
+    pub fn try_get(&self) -> Result<T, TryGetError<ProxyError>> {
+        maybe(self.handle.call(Op::Queue(QueueOp::Get(Some(0))))?)?.ok_or(TryGetError::Empty)
     }
 
     /// [`get`](Self::get), as a future (see `docs/async.md`): the call
@@ -119,7 +130,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn put_async(
         &self,
         value: T,
-    ) -> impl Future<Output = Result<(), ProxyPutError<T>>> + Send + use<T>
+    ) -> impl Future<Output = Result<(), PutError<T, ProxyError>>> + Send + use<T>
     where
         T: Send + 'static,
     {
@@ -141,10 +152,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
             };
             match outcome {
                 Ok(_) => Ok(()),
-                Err(e) => Err(ProxyPutError {
-                    value,
-                    reason: e.into(),
-                }),
+                Err(reason) => Err(PutError { value, reason }),
             }
         }
     }
@@ -164,7 +172,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 /// `Manager().JoinableQueue()`): every put adds one, every
 /// [`task_done`](Self::task_done) takes one away, and
 /// [`join`](Self::join) waits until none is left. It has every method of
-/// [`QueueProxy`] (through `Deref`).
+/// [`QueueProxy`] (each of its methods, and `as_ref()` for code written
+/// for a `QueueProxy`).
 ///
 /// A consumer that dies between its get and its `task_done` leaves the
 /// item unfinished, as in Python: `join` then waits for it forever, and
@@ -174,7 +183,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 /// use multiproc::{JoinableQueueProxy, Manager, Process};
 ///
 /// fn worker(jobs: JoinableQueueProxy<u32>) {
-///     while let Some(job) = jobs.get_timeout(std::time::Duration::from_millis(200)).unwrap() {
+///     while let Ok(job) = jobs.get_timeout(std::time::Duration::from_millis(200)) {
 ///         assert!(job < 3);
 ///         jobs.task_done().unwrap();
 ///     }
@@ -225,10 +234,74 @@ impl<'de, T> serde::Deserialize<'de> for JoinableQueueProxy<T> {
     }
 }
 
-impl<T> std::ops::Deref for JoinableQueueProxy<T> {
-    type Target = QueueProxy<T>;
-    fn deref(&self) -> &QueueProxy<T> {
+impl<T> AsRef<QueueProxy<T>> for JoinableQueueProxy<T> {
+    /// The queue proxy underneath, for code written for a [`QueueProxy`].
+    fn as_ref(&self) -> &QueueProxy<T> {
         &self.queue
+    }
+}
+
+/// The [`QueueProxy`] methods, each as [`QueueProxy`]'s of the same name.
+impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
+    /// See [`QueueProxy::put`]; every item put must be marked done.
+    pub fn put(&self, value: T) -> Result<(), PutError<T, ProxyError>> {
+        self.queue.put(value)
+    }
+
+    /// See [`QueueProxy::put_timeout`].
+    pub fn put_timeout(
+        &self,
+        value: T,
+        timeout: Duration,
+    ) -> Result<(), PutTimeoutError<T, ProxyError>> {
+        self.queue.put_timeout(value, timeout)
+    }
+
+    /// See [`QueueProxy::try_put`].
+    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T, ProxyError>> {
+        self.queue.try_put(value)
+    }
+
+    /// See [`QueueProxy::get`]; mark the item done with
+    /// [`task_done`](Self::task_done).
+    pub fn get(&self) -> Result<T, ProxyError> {
+        self.queue.get()
+    }
+
+    /// See [`QueueProxy::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError<ProxyError>> {
+        self.queue.get_timeout(timeout)
+    }
+
+    /// See [`QueueProxy::try_get`].
+    pub fn try_get(&self) -> Result<T, TryGetError<ProxyError>> {
+        self.queue.try_get()
+    }
+
+    /// See [`QueueProxy::get_async`].
+    pub fn get_async(&self) -> impl Future<Output = Result<T, ProxyError>> + Send + use<T> {
+        self.queue.get_async()
+    }
+
+    /// See [`QueueProxy::put_async`].
+    pub fn put_async(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), PutError<T, ProxyError>>> + Send + use<T>
+    where
+        T: Send + 'static,
+    {
+        self.queue.put_async(value)
+    }
+
+    /// See [`QueueProxy::len`].
+    pub fn len(&self) -> Result<usize, ProxyError> {
+        self.queue.len()
+    }
+
+    /// See [`QueueProxy::is_empty`].
+    pub fn is_empty(&self) -> Result<bool, ProxyError> {
+        self.queue.is_empty()
     }
 }
 

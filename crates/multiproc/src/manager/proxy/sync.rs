@@ -8,6 +8,7 @@
 //! between processes of one family. These are for processes that reach the
 //! manager by address, or over TCP.
 
+use crate::sync::{LockTimeoutError, TryLockError};
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -28,10 +29,10 @@ use crate::sys::futex;
 /// ```
 /// let manager = multiproc::Manager::start()?;
 /// let lock = manager.lock()?;
-/// let guard = lock.acquire()?;
-/// assert!(lock.try_acquire()?.is_none());
+/// let guard = lock.lock()?;
+/// assert!(lock.try_lock().is_err()); // TryLockError::WouldBlock
 /// guard.release()?;
-/// assert!(lock.try_acquire()?.is_some());
+/// assert!(lock.try_lock().is_ok());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct LockProxy {
@@ -64,13 +65,13 @@ impl LockProxy {
         }))
     }
 
-    /// [`acquire`](Self::acquire), as a future (see `docs/async.md`): the
+    /// [`lock`](Self::lock), as a future (see `docs/async.md`): the
     /// call runs on a waiter thread, in slices of at most 100 ms on the
     /// server, on behalf of the thread that made the future (the owner
     /// its guard releases for, wherever it is dropped). Dropping the
     /// future leaves the lock as it was: a call in flight that acquired
     /// it releases it again.
-    pub fn acquire_async(
+    pub fn lock_async(
         &self,
     ) -> impl Future<Output = Result<ProxyLockGuard<'_>, ProxyError>> + Send + '_ {
         let owner = me();
@@ -96,23 +97,25 @@ impl LockProxy {
         }
     }
 
-    /// Acquires the lock, waiting as long as it takes.
-    pub fn acquire(&self) -> Result<ProxyLockGuard<'_>, ProxyError> {
+    /// Takes the lock, waiting as long as it takes.
+    pub fn lock(&self) -> Result<ProxyLockGuard<'_>, ProxyError> {
         self.acquire_within(None)?
             .ok_or_else(|| ProxyError::Protocol("an unbounded acquire came back empty".into()))
     }
 
-    /// Acquires the lock if it is free now.
-    pub fn try_acquire(&self) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
-        self.acquire_within(Some(0))
+    /// Takes the lock if it is free now.
+    pub fn try_lock(&self) -> Result<ProxyLockGuard<'_>, TryLockError<ProxyError>> {
+        self.acquire_within(Some(0))?
+            .ok_or(TryLockError::WouldBlock)
     }
 
-    /// Acquires the lock if it comes free within `timeout`.
-    pub fn acquire_timeout(
+    /// Takes the lock if it comes free within `timeout`.
+    pub fn lock_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<Option<ProxyLockGuard<'_>>, ProxyError> {
-        self.acquire_within(Some(millis(timeout)))
+    ) -> Result<ProxyLockGuard<'_>, LockTimeoutError<ProxyError>> {
+        self.acquire_within(Some(millis(timeout)))?
+            .ok_or(LockTimeoutError::Timeout)
     }
 }
 
@@ -328,7 +331,7 @@ impl SemaphoreProxy {
 /// existing [`LockProxy`], which then is the same lock.
 ///
 /// The lock behaves as a [`LockProxy`]'s: held by a client thread,
-/// released by the manager if its client dies. [`acquire`](Self::acquire)
+/// released by the manager if its client dies. [`lock`](Self::lock)
 /// returns a guard, and waiting and notifying are the guard's methods, as
 /// they need the lock held. A waiter blocks in the manager on its own
 /// session, so it never holds up another client; a waiter whose client
@@ -339,7 +342,7 @@ impl SemaphoreProxy {
 /// use multiproc::{ConditionProxy, Manager, Process, ValueProxy};
 ///
 /// fn produce((cond, ready): (ConditionProxy, ValueProxy<bool>)) {
-///     let guard = cond.acquire().unwrap();
+///     let guard = cond.lock().unwrap();
 ///     ready.set(true).unwrap();
 ///     guard.notify_all().unwrap();
 /// }
@@ -348,7 +351,7 @@ impl SemaphoreProxy {
 /// let cond = manager.condition()?;
 /// let ready = manager.value(false)?;
 /// let child = Process::spawn(produce, (cond.clone(), ready.clone()))?;
-/// let guard = cond.acquire()?;
+/// let guard = cond.lock()?;
 /// guard.wait_for(|| ready.get().unwrap())?;
 /// guard.release()?;
 /// child.join()?;
@@ -378,24 +381,26 @@ impl ConditionProxy {
         }))
     }
 
-    /// Acquires the lock, waiting as long as it takes.
-    pub fn acquire(&self) -> Result<ProxyConditionGuard<'_>, ProxyError> {
+    /// Takes the lock, waiting as long as it takes.
+    pub fn lock(&self) -> Result<ProxyConditionGuard<'_>, ProxyError> {
         self.acquire_within(None)?
             .ok_or_else(|| ProxyError::Protocol("an unbounded acquire came back empty".into()))
     }
 
-    /// Acquires the lock if it is free now (or, for the default reentrant
+    /// Takes the lock if it is free now (or, for the default reentrant
     /// lock, held by this thread).
-    pub fn try_acquire(&self) -> Result<Option<ProxyConditionGuard<'_>>, ProxyError> {
-        self.acquire_within(Some(0))
+    pub fn try_lock(&self) -> Result<ProxyConditionGuard<'_>, TryLockError<ProxyError>> {
+        self.acquire_within(Some(0))?
+            .ok_or(TryLockError::WouldBlock)
     }
 
-    /// Acquires the lock if it comes free within `timeout`.
-    pub fn acquire_timeout(
+    /// Takes the lock if it comes free within `timeout`.
+    pub fn lock_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<Option<ProxyConditionGuard<'_>>, ProxyError> {
-        self.acquire_within(Some(millis(timeout)))
+    ) -> Result<ProxyConditionGuard<'_>, LockTimeoutError<ProxyError>> {
+        self.acquire_within(Some(millis(timeout)))?
+            .ok_or(LockTimeoutError::Timeout)
     }
 }
 
