@@ -266,7 +266,7 @@
 //! [`Lock::lock_async`], [`Semaphore::acquire_async`],
 //! [`Event::wait_async`], [`Barrier::wait_async`],
 //! [`ConditionGuard::wait_async`], the manager's [`QueueProxy::get_async`]
-//! and [`LockProxy::acquire_async`]; [`TaskHandle`] and [`MapHandle`] are
+//! and [`LockProxy::lock_async`]; [`TaskHandle`] and [`MapHandle`] are
 //! futures, and [`Imap::into_stream`] is a stream. A poll tries the
 //! non-blocking form; a future that must wait hands a readiness wait that
 //! takes nothing to a waiter thread, which wakes it. So dropping a future
