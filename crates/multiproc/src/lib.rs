@@ -376,8 +376,8 @@ pub use sync::{
 pub use wire::{DecodeError, EncodeError, FrameError, SelfDescribing};
 
 pub use process::{
-    Builder, ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess,
-    Process, ProcessInfo, Signal, StartError, StartMethod, TryJoinError, UnknownStartMethod,
+    ChildInfo, ExitStatus, JoinError, JoinTimeoutError, PanicReport, ParentProcess, Process,
+    ProcessBuilder, ProcessInfo, Signal, StartError, StartMethod, TryJoinError, UnknownStartMethod,
     active_children, cpu_count, current_process, get_start_method, parent_process,
     set_start_method,
 };

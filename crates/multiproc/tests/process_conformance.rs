@@ -20,7 +20,7 @@ fn each_method(test: fn(StartMethod)) {
     });
 }
 
-fn builder(method: StartMethod) -> multiproc::Builder {
+fn builder(method: StartMethod) -> multiproc::ProcessBuilder {
     Process::builder().start_method(method)
 }
 

@@ -80,7 +80,7 @@ impl FromStr for StartMethod {
 
 static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(2);
 
-/// Sets the start method used when a [`Builder`] names none (Python's
+/// Sets the start method used when a [`ProcessBuilder`] names none (Python's
 /// `set_start_method`). May be called again; later processes use the new
 /// one.
 pub fn set_start_method(method: StartMethod) {
@@ -92,7 +92,7 @@ pub fn set_start_method(method: StartMethod) {
     DEFAULT_METHOD.store(v, Ordering::Relaxed);
 }
 
-/// The start method used when a [`Builder`] names none: `ForkServer` unless
+/// The start method used when a [`ProcessBuilder`] names none: `ForkServer` unless
 /// [`set_start_method`] chose another.
 pub fn get_start_method() -> StartMethod {
     match DEFAULT_METHOD.load(Ordering::Relaxed) {
@@ -121,17 +121,17 @@ pub fn get_start_method() -> StartMethod {
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use = "a builder does nothing until `spawn` or `fork` is called"]
-pub struct Builder {
+pub struct ProcessBuilder {
     name: Option<String>,
     daemon: bool,
     method: Option<StartMethod>,
 }
 
-impl Builder {
+impl ProcessBuilder {
     /// A builder with the defaults: a generated name, not a daemon, the
     /// default start method.
     pub fn new() -> Self {
-        Builder::default()
+        ProcessBuilder::default()
     }
 
     /// Names the child (default `Process-N`).
@@ -243,7 +243,7 @@ impl Builder {
     }
 
     /// Forks a child that runs the closure `f` and returns its result. Always
-    /// uses the *fork* start method, whatever [`Builder::start_method`] says:
+    /// uses the *fork* start method, whatever [`ProcessBuilder::start_method`] says:
     /// only a forked child has a copy of the closure's captures.
     ///
     /// The child inherits every descriptor of the parent, as in C and
@@ -330,10 +330,10 @@ impl<R> fmt::Debug for Process<R> {
 }
 
 impl Process<()> {
-    /// A [`Builder`] to name the child, pick its start method, or make it a
+    /// A [`ProcessBuilder`] to name the child, pick its start method, or make it a
     /// daemon.
-    pub fn builder() -> Builder {
-        Builder::new()
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::new()
     }
 }
 
@@ -353,15 +353,15 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        Builder::new().spawn(f, arg)
+        ProcessBuilder::new().spawn(f, arg)
     }
 
-    /// Forks a child that runs the closure `f` (see [`Builder::fork`]).
+    /// Forks a child that runs the closure `f` (see [`ProcessBuilder::fork`]).
     pub fn fork<F>(f: F) -> Result<Process<R>, StartError>
     where
         F: FnOnce() -> R + Send + 'static,
     {
-        Builder::new().fork(f)
+        ProcessBuilder::new().fork(f)
     }
 }
 
@@ -407,7 +407,7 @@ impl<R> Process<R> {
         self.method
     }
 
-    /// Whether the child is a daemon (see [`Builder::daemon`]).
+    /// Whether the child is a daemon (see [`ProcessBuilder::daemon`]).
     pub fn is_daemon(&self) -> bool {
         self.daemon
     }

@@ -1,6 +1,6 @@
 //! Processes: start a function in a child, wait for its result, stop it.
 //!
-//! * [`handle`]: [`Process`], [`Builder`], [`StartMethod`].
+//! * [`handle`]: [`Process`], [`ProcessBuilder`], [`StartMethod`].
 //! * [`start`]: one file per start method.
 //! * [`child`]: what a child does with its start request.
 //! * [`info`]: `current_process`, `parent_process`, `active_children`.
@@ -17,7 +17,7 @@ pub(crate) mod status;
 
 pub use error::{JoinError, JoinTimeoutError, PanicReport, StartError, TryJoinError};
 pub use handle::{
-    Builder, Process, StartMethod, UnknownStartMethod, get_start_method, set_start_method,
+    Process, ProcessBuilder, StartMethod, UnknownStartMethod, get_start_method, set_start_method,
 };
 pub use info::{
     ChildInfo, ParentProcess, ProcessInfo, active_children, cpu_count, current_process,

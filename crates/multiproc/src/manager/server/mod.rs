@@ -7,7 +7,7 @@
 //! * [`sync`]: queue, lock, event, barrier (the blocking objects).
 //!
 //! The server is an ordinary child process started with
-//! [`Builder::spawn`](crate::Builder::spawn) under any start method. Its
+//! [`ProcessBuilder::spawn`](crate::ProcessBuilder::spawn) under any start method. Its
 //! owner holds the other end of a control connection: a shutdown message,
 //! or the end of that connection (the owner dropped it, or died), stops the
 //! server. The accept loop runs the auth handshakes of all connecting
