@@ -1,4 +1,4 @@
-//! Async forms of the manager's queue and lock proxies on every executor,
+//! Async forms of the manager's proxies on every executor,
 //! and futures dropped at random points that lose no value and leave no
 //! lock held.
 
@@ -133,6 +133,106 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                 }
                 assert!(free, "a dropped acquire_async left the lock held");
             });
+        }
+        manager.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn event_semaphore_barrier_condition_and_join_proxies_on_every_executor() {
+    common::deadline(common::LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let (event, sem) = (manager.event().unwrap(), manager.semaphore(0).unwrap());
+        let (barrier, cond) = (manager.barrier(2).unwrap(), manager.condition().unwrap());
+        let jobs = manager.joinable_queue::<u32>().unwrap();
+        on_each(|_| {
+            let (event, sem, barrier) = (event.clone(), sem.clone(), barrier.clone());
+            let (cond, jobs) = (cond.clone(), jobs.clone());
+            async move {
+                event.clear().unwrap();
+                let (e2, s2, b2) = (event.clone(), sem.clone(), barrier.clone());
+                let j2 = jobs.clone();
+                let helper = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(30));
+                    e2.set().unwrap();
+                    s2.release().unwrap();
+                    let index = b2.wait().unwrap();
+                    let _: u32 = j2.get().unwrap();
+                    j2.task_done().unwrap();
+                    index
+                });
+                event.wait_async().await.unwrap();
+                sem.acquire_async().await.unwrap();
+                assert_eq!(sem.value().unwrap(), 0);
+                let mine = barrier.wait_async().await.unwrap();
+                let guard = cond.lock_async().await.unwrap();
+                let notifier = {
+                    let c3 = cond.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(50));
+                        c3.lock().unwrap().notify_all().unwrap();
+                    })
+                };
+                let guard = guard.wait_async().await.unwrap();
+                // The lock is held again: another thread cannot take it.
+                let c4 = cond.clone();
+                assert!(
+                    std::thread::spawn(move || c4.try_lock().is_err())
+                        .join()
+                        .unwrap()
+                );
+                guard.release().unwrap();
+                notifier.join().unwrap();
+                jobs.put(1).unwrap();
+                jobs.join_async().await.unwrap();
+                let theirs = helper.join().unwrap();
+                let mut both = [mine, theirs];
+                both.sort_unstable();
+                assert_eq!(both, [0, 1]);
+            }
+        });
+        manager.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn dropped_waits_take_no_unit_keep_no_lock_and_break_the_barrier() {
+    common::deadline(common::LIMIT, || {
+        let manager = Manager::start().unwrap();
+        for which in [0, 2, 3] {
+            // A semaphore unit given while the acquire is dropped is kept.
+            let sem = manager.semaphore(0).unwrap();
+            let fut = sem.acquire_async();
+            let none = run_on(which, timeout(which, Duration::from_millis(50), fut));
+            assert!(none.is_none());
+            sem.release().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(sem.value().unwrap(), 1, "a dropped acquire took the unit");
+            // A condition wait dropped mid-flight leaves the lock released.
+            let cond = manager.condition().unwrap();
+            let c = cond.clone();
+            run_on(which, async move {
+                let guard = c.lock_async().await.unwrap();
+                let waited = timeout(which, Duration::from_millis(30), guard.wait_async()).await;
+                assert!(waited.is_none());
+            });
+            let c = cond.clone();
+            assert!(
+                std::thread::spawn(move || c.lock_timeout(Duration::from_secs(5)).is_ok())
+                    .join()
+                    .unwrap(),
+                "a dropped condition wait kept the lock"
+            );
+            // A barrier wait dropped after it arrived breaks the barrier.
+            let barrier = manager.barrier(2).unwrap();
+            let b = barrier.clone();
+            let none = run_on(which, async move {
+                timeout(which, Duration::from_millis(50), b.wait_async()).await
+            });
+            assert!(none.is_none());
+            assert!(common::eventually(Duration::from_secs(5), || barrier
+                .is_broken()
+                .unwrap()));
         }
         manager.shutdown().unwrap();
     });

@@ -319,6 +319,21 @@ impl<T> JoinableQueueProxy<T> {
         unit(self.queue.handle.call(Op::Queue(QueueOp::TaskDone))?)
     }
 
+    /// [`join`](Self::join), as a future (see `docs/async.md`): the wait
+    /// runs on a waiter thread in slices of at most 100 ms on the server.
+    /// Dropping the future changes nothing.
+    pub fn join_async(&self) -> impl Future<Output = Result<(), ProxyError>> + Send + use<T> {
+        let done = super::sliced(
+            &self.queue.handle,
+            |h, ms| match h.call(Op::Queue(QueueOp::Join(ms))) {
+                Ok(Payload::Bool(false)) => None,
+                other => Some(other),
+            },
+            |_, _| {},
+        );
+        async move { boolean(done.await?).map(drop) }
+    }
+
     /// Waits until every item put has been marked done.
     pub fn join(&self) -> Result<(), ProxyError> {
         boolean(self.queue.handle.call(Op::Queue(QueueOp::Join(None)))?).map(drop)

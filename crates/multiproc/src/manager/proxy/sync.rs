@@ -196,6 +196,21 @@ impl EventProxy {
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ProxyError> {
         boolean(self.call(EventOp::Wait(Some(millis(timeout))))?)
     }
+
+    /// [`wait`](Self::wait), as a future (see `docs/async.md`): the wait
+    /// runs on a waiter thread in slices of at most 100 ms on the server.
+    /// Dropping the future changes nothing.
+    pub fn wait_async(&self) -> impl Future<Output = Result<(), ProxyError>> + Send + use<> {
+        let set = super::sliced(
+            &self.handle,
+            |h, ms| match h.call(Op::Event(EventOp::Wait(ms))) {
+                Ok(Payload::Bool(false)) => None,
+                other => Some(other),
+            },
+            |_, _| {},
+        );
+        async move { boolean(set.await?).map(drop) }
+    }
 }
 
 /// A barrier hosted by the manager: each cycle, `parties` callers of
@@ -234,6 +249,42 @@ impl BarrierProxy {
     /// not come within `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ProxyError> {
         count(self.call(BarrierOp::Wait(Some(millis(timeout))))?)
+    }
+
+    /// [`wait`](Self::wait), as a future (see `docs/async.md`): the wait
+    /// runs on a waiter thread, as one call (a barrier's wait cannot be
+    /// cut into slices: a timeout breaks it). **Dropping the future after
+    /// its first poll breaks the barrier**, as the local
+    /// [`Barrier::wait_async`](crate::Barrier::wait_async) does: a party
+    /// that left cannot be waited for.
+    pub fn wait_async(&self) -> impl Future<Output = Result<usize, ProxyError>> + Send + use<> {
+        /// Breaks the barrier if the wait is dropped before it ended.
+        struct Leave(Option<std::sync::Arc<Handle>>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                if let Some(h) = self.0.take() {
+                    let abort = move || {
+                        let _ = h.call(Op::Barrier(BarrierOp::Abort));
+                    };
+                    if let Err(job) = crate::aio::run(Box::new(abort)) {
+                        job();
+                    }
+                }
+            }
+        }
+        let h = std::sync::Arc::new(self.handle.unowned());
+        async move {
+            let mut leave = Leave(Some(std::sync::Arc::clone(&h)));
+            let waited = std::sync::Arc::clone(&h);
+            let outcome = super::sliced(
+                &h,
+                move |_, _| Some(waited.call(Op::Barrier(BarrierOp::Wait(None)))),
+                |_, _| {},
+            )
+            .await;
+            leave.0 = None;
+            count(outcome?)
+        }
     }
 
     /// Makes a broken barrier usable again; current waiters are told it
@@ -311,6 +362,26 @@ impl SemaphoreProxy {
         self.acquire_within(Some(millis(timeout)))
     }
 
+    /// [`acquire`](Self::acquire), as a future (see `docs/async.md`): the
+    /// wait runs on a waiter thread in slices of at most 100 ms on the
+    /// server. Dropping the future takes nothing: a unit that a call in
+    /// flight took is released again.
+    pub fn acquire_async(&self) -> impl Future<Output = Result<(), ProxyError>> + Send + use<> {
+        let got = super::sliced(
+            &self.handle,
+            |h, ms| match h.call(Op::Semaphore(SemaphoreOp::Acquire(ms))) {
+                Ok(Payload::Bool(false)) => None,
+                other => Some(other),
+            },
+            |h, taken| {
+                if let Ok(Payload::Bool(true)) = taken {
+                    let _ = h.call(Op::Semaphore(SemaphoreOp::Release));
+                }
+            },
+        );
+        async move { boolean(got.await?).map(drop) }
+    }
+
     /// Gives a unit back; a bounded semaphore already at its starting value
     /// refuses ([`RemoteError::OverReleased`](crate::RemoteError::OverReleased)).
     pub fn release(&self) -> Result<(), ProxyError> {
@@ -377,8 +448,39 @@ impl ConditionProxy {
         // Not `then_some`: a guard built and dropped would release the lock.
         Ok(got.then(|| ProxyConditionGuard {
             cond: self,
+            owner: me(),
             released: false,
         }))
+    }
+
+    /// [`lock`](Self::lock), as a future, as
+    /// [`LockProxy::lock_async`]: on behalf of the thread that made the
+    /// future; dropping it leaves the lock as it was.
+    pub fn lock_async(
+        &self,
+    ) -> impl Future<Output = Result<ProxyConditionGuard<'_>, ProxyError>> + Send + '_ {
+        let owner = me();
+        let got = super::sliced(
+            &self.handle,
+            move |h, ms| match h.call(Op::Condition(ConditionOp::Lock(LockOp::Acquire(owner, ms))))
+            {
+                Ok(Payload::Bool(false)) => None,
+                other => Some(other),
+            },
+            move |h, acquired| {
+                if let Ok(Payload::Bool(true)) = acquired {
+                    let _ = h.call(Op::Condition(ConditionOp::Lock(LockOp::Release(owner))));
+                }
+            },
+        );
+        async move {
+            boolean(got.await?)?;
+            Ok(ProxyConditionGuard {
+                cond: self,
+                owner,
+                released: false,
+            })
+        }
     }
 
     /// Takes the lock, waiting as long as it takes.
@@ -411,12 +513,14 @@ impl ConditionProxy {
 #[derive(Debug)]
 pub struct ProxyConditionGuard<'a> {
     cond: &'a ConditionProxy,
+    /// Who took it: the lock is released, and waited on, for that thread.
+    owner: Owner,
     released: bool,
 }
 
-impl ProxyConditionGuard<'_> {
+impl<'a> ProxyConditionGuard<'a> {
     fn wait_within(&self, timeout: TimeoutMs) -> Result<bool, ProxyError> {
-        boolean(self.cond.call(ConditionOp::Wait(me(), timeout))?)
+        boolean(self.cond.call(ConditionOp::Wait(self.owner, timeout))?)
     }
 
     /// Releases the lock, waits for a notification, and takes the lock
@@ -447,8 +551,8 @@ impl ProxyConditionGuard<'_> {
     /// the predicate's last value (Python: `wait_for(predicate, timeout)`).
     pub fn wait_for_timeout(
         &self,
-        mut predicate: impl FnMut() -> bool,
         timeout: Duration,
+        mut predicate: impl FnMut() -> bool,
     ) -> Result<bool, ProxyError> {
         let deadline = std::time::Instant::now().checked_add(timeout);
         loop {
@@ -466,28 +570,69 @@ impl ProxyConditionGuard<'_> {
         }
     }
 
+    /// [`wait`](Self::wait), as a future (see `docs/async.md`): it takes
+    /// the guard and gives it back once notified, with the lock held
+    /// again. The wait runs on a waiter thread in slices of at most 100 ms
+    /// on the server (each slice gives the lock up and takes it back: a
+    /// notification can only come while it is given up, so none is
+    /// missed; spurious wake-ups are possible, as ever). Dropping the
+    /// future releases the lock: at once if it was never polled, else when
+    /// the slice in flight ends.
+    pub fn wait_async(
+        self,
+    ) -> impl Future<Output = Result<ProxyConditionGuard<'a>, ProxyError>> + Send + 'a {
+        let (cond, owner) = (self.cond, self.owner);
+        async move {
+            // From here the lock is the future's to release.
+            std::mem::forget(self);
+            let notified = super::sliced(
+                &cond.handle,
+                move |h, ms| match h.call(Op::Condition(ConditionOp::Wait(owner, ms))) {
+                    Ok(Payload::Bool(false)) => None,
+                    other => Some(other),
+                },
+                move |h, _| {
+                    let _ = h.call(Op::Condition(ConditionOp::Lock(LockOp::Release(owner))));
+                },
+            )
+            .await;
+            let guard = ProxyConditionGuard {
+                cond,
+                owner,
+                released: false,
+            };
+            boolean(notified?)?;
+            Ok(guard)
+        }
+    }
+
     /// Wakes up to `n` waiters (Python: `notify(n)`); they return once
     /// this guard's lock is released.
     pub fn notify(&self, n: usize) -> Result<(), ProxyError> {
-        unit(self.cond.call(ConditionOp::Notify(me(), n as u64))?)
+        unit(self.cond.call(ConditionOp::Notify(self.owner, n as u64))?)
     }
 
     /// Wakes every waiter (Python: `notify_all()`).
     pub fn notify_all(&self) -> Result<(), ProxyError> {
-        unit(self.cond.call(ConditionOp::NotifyAll(me()))?)
+        unit(self.cond.call(ConditionOp::NotifyAll(self.owner))?)
     }
 
     /// Releases the lock now, and says whether the manager agreed.
     pub fn release(mut self) -> Result<(), ProxyError> {
         self.released = true;
-        unit(self.cond.call(ConditionOp::Lock(LockOp::Release(me())))?)
+        unit(
+            self.cond
+                .call(ConditionOp::Lock(LockOp::Release(self.owner)))?,
+        )
     }
 }
 
 impl Drop for ProxyConditionGuard<'_> {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.cond.call(ConditionOp::Lock(LockOp::Release(me())));
+            let _ = self
+                .cond
+                .call(ConditionOp::Lock(LockOp::Release(self.owner)));
         }
     }
 }
