@@ -227,6 +227,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A manager also serves a pool of worker processes ([`PoolProxy`]) to
+//! every process that holds the proxy, local or over TCP. The server runs
+//! a function only by the name [`task`] registered, never by an address a
+//! client sends:
+//!
+//! ```
+//! use multiproc::{Manager, PoolProxy, Process};
+//!
+//! #[multiproc::task]
+//! fn cube(x: i64) -> i64 {
+//!     x * x * x
+//! }
+//!
+//! fn client(pool: PoolProxy) -> i64 {
+//!     pool.map(cube, 1..=3).unwrap().iter().sum()
+//! }
+//!
+//! let manager = Manager::start()?;
+//! let pool = manager.pool(2)?;
+//! assert_eq!(pool.apply(cube, -2)?, -8);
+//! assert_eq!(Process::spawn(client, pool.clone())?.join()?, 36);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Pools
 //!
 //! A [`Pool`] keeps worker processes ready and spreads work over them:
@@ -304,10 +328,9 @@ pub mod __bench;
 mod aio;
 
 /// What `#[multiproc::task]` expands to refers to these; not an API.
-#[cfg(feature = "cluster")]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::cluster::registry::{Resolved, TASKS, TaskEntry};
+    pub use crate::pool::registry::{Resolved, TASKS, TaskEntry};
     pub use linkme;
 }
 
@@ -352,9 +375,9 @@ pub use connection::{
 pub use manager::{
     ArrayProxy, BarrierProxy, ConditionProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy,
     JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, NamespaceProxy, ObjectProxy,
-    ProxyConditionGuard, ProxyError, ProxyLockGuard, ProxyPutError, ProxyPutFailure, QueueProxy,
-    Registered, Registry, RemoteError, SemaphoreProxy, SharedObject, ShutdownError,
-    StartManagerError, ValueProxy,
+    PoolProxy, PoolProxyBuilder, ProxyConditionGuard, ProxyError, ProxyLockGuard, ProxyPutError,
+    ProxyPutFailure, QueueProxy, Registered, Registry, RemoteError, SemaphoreProxy, SharedObject,
+    ShutdownError, StartManagerError, ValueProxy,
 };
 pub use pool::{
     Imap, ImapStream, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions,

@@ -33,6 +33,7 @@ pub(crate) mod chunking;
 pub(crate) mod error;
 pub(crate) mod job;
 pub(crate) mod link;
+pub(crate) mod registry;
 pub(crate) mod scheduler;
 pub(crate) mod worker;
 
@@ -306,7 +307,6 @@ impl Pool {
     }
 
     /// Where its chunks run.
-    #[cfg(feature = "cluster")]
     pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
