@@ -135,6 +135,11 @@
 //! CPython's `multiprocessing.connection` protocol, so the other side may be
 //! Python.
 //!
+//! A pipe end is not shared (Python lets several processes use one, at the
+//! risk of mixing their messages): for many writers, [`pipe_shared`] gives
+//! a [`SharedSender`] that any number of processes clone and use at once,
+//! each message arriving whole.
+//!
 //! # Queues
 //!
 //! A [`Queue`] lives in shared memory: any number of processes put and get.
@@ -370,7 +375,8 @@ mod wire;
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
     HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RangeError, RecvError,
-    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    RecvIntoError, RecvTimeoutError, SendError, SharedSender, TryRecvError, Waitable, pipe,
+    pipe_oneway, pipe_shared, wait,
 };
 pub use manager::{
     ArrayProxy, BarrierProxy, ConditionProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy,
