@@ -1,20 +1,20 @@
-//! `#[multiproc::task]`: names a function so that a multiproc cluster agent
-//! on another machine can run it.
+//! `#[multiproc::task]`: names a function so that another program can run
+//! it: a multiproc cluster agent on another machine, or the pool a
+//! multiproc manager serves (`manager.pool(n)`).
 //!
 //! Use it through `multiproc` (`#[multiproc::task]`), not from this crate.
-//! With multiproc's `cluster` feature the attribute adds an entry to a
-//! table the linker assembles (a `linkme` distributed slice): the
-//! function's stable name (its module path and name, or the `name = "…"`
-//! given) and what the agent needs to run it. Without the feature it
-//! leaves the function unchanged, so library code may annotate its tasks
-//! whatever features its users pick.
+//! The attribute adds an entry to a table the linker assembles (a `linkme`
+//! distributed slice): the function's stable name (its module path and
+//! name, or the `name = "…"` given) and what the agent or the manager
+//! needs to run it.
 
 use proc_macro::TokenStream;
 use quote::quote;
 use syn::parse::Parser;
 use syn::{ItemFn, LitStr, parse_macro_input};
 
-/// Registers a `fn(A) -> R` under a stable name for the cluster backend.
+/// Registers a `fn(A) -> R` under a stable name, for the cluster backend
+/// and for a manager's pool.
 ///
 /// `#[multiproc::task]` names it `module::path::function`;
 /// `#[multiproc::task(name = "render.tile")]` gives the name. The function
@@ -36,9 +36,6 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let func = parse_macro_input!(item as ItemFn);
     if let Err(e) = check(&func) {
         return e.to_compile_error().into();
-    }
-    if !cfg!(feature = "cluster") {
-        return quote!(#func).into();
     }
     let ident = &func.sig.ident;
     let name = match name {

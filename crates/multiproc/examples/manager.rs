@@ -1,9 +1,12 @@
 //! A manager shares a dict and a list among several processes: workers
 //! count the words of their share of a text into one dict, log what they
 //! did into one list, and tally through a user-defined shared type. Then a
-//! second client attaches to the same manager by address over TCP.
+//! second client attaches to the same manager by address over TCP, and a
+//! pool that lives in the manager squares the word lengths.
 //!
-//! Run with `cargo run --example manager`.
+//! Run with `cargo run --example manager`. With `--serve PATH` it only
+//! serves a manager on the Unix socket PATH (auth key `demo key`) until its
+//! standard input closes: a server of another build for the tests.
 
 use multiproc::{
     DictProxy, ListProxy, Manager, ObjectProxy, Process, SharedObject, StartMethod, current_process,
@@ -75,7 +78,29 @@ fn count_words((words, counts, log, leader): Shared) -> usize {
     words.len()
 }
 
+/// A task the manager's pool may run: registered by name, so a client of
+/// the same build can name it to the server.
+#[multiproc::task(name = "demo.square")]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Serves a manager on `path` until standard input closes.
+fn serve(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let manager = Manager::builder().unix(path).authkey(b"demo key").start()?;
+    println!("listening on {}", manager.address());
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())?;
+    manager.shutdown()?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, path] = &args[..]
+        && flag == "--serve"
+    {
+        return serve(path);
+    }
     let manager = Manager::builder()
         .start_method(StartMethod::Spawn)
         .tcp("127.0.0.1:0".parse()?, b"example key")
@@ -113,6 +138,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("top words, via a second client: {:?}", summary.snapshot()?);
     let (word, count) = leader.call(LeaderCall::Get)?;
     println!("the leader: {word:?} with {count}");
+
+    // A pool in the manager's process, for every client.
+    let pool = other.pool(2)?;
+    let lengths: Vec<u64> = words.iter().map(|w| w.len() as u64).collect();
+    let squares = pool.map(square, lengths)?;
+    println!(
+        "the manager's pool squared {} word lengths: sum {}",
+        squares.len(),
+        squares.iter().sum::<u64>()
+    );
+    drop(pool);
 
     manager.shutdown()?;
     println!("manager shut down");

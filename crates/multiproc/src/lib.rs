@@ -135,6 +135,11 @@
 //! CPython's `multiprocessing.connection` protocol, so the other side may be
 //! Python.
 //!
+//! A pipe end is not shared (Python lets several processes use one, at the
+//! risk of mixing their messages): for many writers, [`pipe_shared`] gives
+//! a [`SharedSender`] that any number of processes clone and use at once,
+//! each message arriving whole.
+//!
 //! # Queues
 //!
 //! A [`Queue`] lives in shared memory: any number of processes put and get.
@@ -227,6 +232,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A manager also serves a pool of worker processes ([`PoolProxy`]) to
+//! every process that holds the proxy, local or over TCP. The server runs
+//! a function only by the name [`task`] registered, never by an address a
+//! client sends:
+//!
+//! ```
+//! use multiproc::{Manager, PoolProxy, Process};
+//!
+//! #[multiproc::task]
+//! fn cube(x: i64) -> i64 {
+//!     x * x * x
+//! }
+//!
+//! fn client(pool: PoolProxy) -> i64 {
+//!     pool.map(cube, 1..=3).unwrap().iter().sum()
+//! }
+//!
+//! let manager = Manager::start()?;
+//! let pool = manager.pool(2)?;
+//! assert_eq!(pool.apply(cube, -2)?, -8);
+//! assert_eq!(Process::spawn(client, pool.clone())?.join()?, 36);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Pools
 //!
 //! A [`Pool`] keeps worker processes ready and spreads work over them:
@@ -305,10 +334,9 @@ pub mod __bench;
 mod aio;
 
 /// What `#[multiproc::task]` expands to refers to these; not an API.
-#[cfg(feature = "cluster")]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::cluster::registry::{Resolved, TASKS, TaskEntry};
+    pub use crate::pool::registry::{Resolved, TASKS, TaskEntry};
     pub use linkme;
 }
 
@@ -348,13 +376,15 @@ mod wire;
 pub use connection::{
     AcceptError, Address, AddressParseError, AuthError, Client, ConnectError, Connection,
     HANDSHAKE_TIMEOUT, Listener, MAX_PENDING_HANDSHAKES, PickleConnection, RangeError, RecvError,
-    RecvIntoError, RecvTimeoutError, SendError, TryRecvError, Waitable, pipe, pipe_oneway, wait,
+    RecvIntoError, RecvTimeoutError, SendError, SharedSender, TryRecvError, Waitable, pipe,
+    pipe_oneway, pipe_shared, wait,
 };
 pub use manager::{
     ArrayProxy, BarrierProxy, ConditionProxy, DEFAULT_MAX_REQUEST, DictProxy, EventProxy,
     JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, NamespaceProxy, ObjectProxy,
-    ProxyConditionGuard, ProxyError, ProxyLockGuard, QueueProxy, Registered, Registry, RemoteError,
-    SemaphoreProxy, SharedObject, ShutdownError, StartManagerError, ValueProxy,
+    PoolProxy, PoolProxyBuilder, ProxyConditionGuard, ProxyError, ProxyLockGuard, QueueProxy,
+    Registered, Registry, RemoteError, SemaphoreProxy, SharedObject, ShutdownError,
+    StartManagerError, ValueProxy,
 };
 pub use pool::{
     Imap, ImapStream, MapHandle, Pool, PoolBuilder, PoolError, TaskError, TaskHandle, TaskOptions,

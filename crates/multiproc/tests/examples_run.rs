@@ -286,6 +286,10 @@ fn the_manager_example_runs() {
     let out = run("manager", &[], Duration::from_secs(60));
     assert!(out.contains("3 workers counted 23 words"), "{out}");
     assert!(out.contains("top words, via a second client"), "{out}");
+    assert!(
+        out.contains("the manager's pool squared 23 word lengths"),
+        "{out}"
+    );
     assert!(out.contains("manager shut down"), "{out}");
 }
 

@@ -18,7 +18,6 @@ mod error;
 mod link;
 mod objects;
 mod pool;
-pub(crate) mod registry;
 mod server;
 mod wire;
 pub mod worker;

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::registry::{self, Lookup};
 use super::wire::{self, Body, Part, TaskEntry};
 use super::{Cluster, ClusterError, Link};
 use crate::pool::backend::Backend;
 use crate::pool::job::Sink;
+use crate::pool::registry::{self, Lookup};
 use crate::pool::scheduler::Chunk;
 use crate::pool::{Pool, PoolError, TaskError, WorkerStats};
 use crate::process::{StartMethod, get_start_method};

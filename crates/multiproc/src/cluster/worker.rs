@@ -31,10 +31,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::pool::{DEFAULT_INLINE_LIMIT, GROUP, blob_hash, blob_key, create_group, millis};
-use super::registry::{self, Lookup};
 use super::wire::{self, Body, Failure, Part, Reply, TaskEntry};
 use super::{Cluster, ClusterError, Link};
 use crate::pool::job::Sink;
+use crate::pool::registry::{self, Lookup};
 use crate::pool::scheduler::{self, Chunk};
 use crate::pool::{Pool, PoolError, TaskError};
 use crate::process::StartMethod;

@@ -13,7 +13,10 @@
 //! * from [`pipe`] and [`pipe_oneway`] ([`local`]): rings in shared memory,
 //!   with a socket pair beside them for wake-ups, handles and the peer's
 //!   end of stream. No Python peer can hold such an end, and a message
-//!   costs no system call while both ends are busy.
+//!   costs no system call while both ends are busy;
+//! * from [`pipe_shared`] ([`packet`]): one datagram per message on a
+//!   sequenced-packet socket pair, whose sending end ([`SharedSender`])
+//!   any number of processes may use at once.
 //!
 //! Typed messages are `postcard` payloads, never pickles, with one leading
 //! byte that counts the handles (descriptors of connections, queues, shared
@@ -32,6 +35,7 @@ pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod listener;
 pub(crate) mod local;
+pub(crate) mod packet;
 pub(crate) mod pickle;
 
 use crate::sys;
@@ -81,6 +85,7 @@ impl<S, R> fmt::Debug for Connection<S, R> {
         f.debug_struct("Connection")
             .field("fd", &self.link.fd())
             .field("shared_memory", &matches!(*self.link, Link::Local(_)))
+            .field("packets", &matches!(*self.link, Link::Packet(_)))
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish()
@@ -111,6 +116,124 @@ pub fn pipe_oneway<T>() -> std::io::Result<(Connection<(), T>, Connection<T, ()>
     ))
 }
 
+/// A one-way pipe whose sending end may be shared: the first end receives
+/// `T`, the second, a [`SharedSender`], sends it, and may be cloned and
+/// given to any number of processes, which send at once (Python:
+/// `Pipe(duplex=False)` with the sending end given to several children).
+///
+/// Every message arrives whole or not at all, never mixed with another
+/// writer's, however long it is and whoever dies: each is one datagram on
+/// a sequenced-packet socket, which the kernel queues whole (a long one
+/// carries its bytes in a memfd attached to it). A writer killed while it
+/// sends loses that message at most. Messages of one writer arrive in the
+/// order it sent them; those of different writers in the order the kernel
+/// took them. The receiver's `recv` fails with
+/// [`RecvError::Disconnected`] once every copy of the sender, in every
+/// process, is gone. It costs a system call or two per message (the rings
+/// of [`pipe`] cost none), and the receiving end is a plain
+/// [`Connection`]: [`wait`], `poll`, timeouts and async receives work on
+/// it.
+///
+/// ```
+/// use multiproc::{Process, SharedSender, pipe_shared};
+///
+/// fn report((id, out): (u32, SharedSender<(u32, String)>)) {
+///     out.send(&(id, format!("worker {id} done"))).unwrap();
+/// }
+///
+/// let (results, sender) = pipe_shared::<(u32, String)>()?;
+/// let workers: Vec<_> = (0..3)
+///     .map(|id| Process::spawn(report, (id, sender.clone())))
+///     .collect::<Result<_, _>>()?;
+/// drop(sender); // ours: recv ends once the workers' copies are gone
+/// let mut got: Vec<u32> = std::iter::from_fn(|| results.recv().ok()).map(|(id, _)| id).collect();
+/// got.sort();
+/// assert_eq!(got, [0, 1, 2]);
+/// for w in workers {
+///     w.join()?;
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn pipe_shared<T>() -> std::io::Result<(Connection<(), T>, SharedSender<T>)> {
+    let (rx, tx) = packet::pair()?;
+    Ok((
+        Connection::from_link(Link::Packet(rx), true, false),
+        SharedSender {
+            link: Arc::new(Link::Packet(tx)),
+            _types: PhantomData,
+        },
+    ))
+}
+
+/// The sending end of a [`pipe_shared`]: cloneable, and an ordinary
+/// argument for a child, so that several processes (and threads) send at
+/// once. Each message arrives whole, never interleaved with another
+/// writer's (see [`pipe_shared`]).
+pub struct SharedSender<T> {
+    link: Arc<Link>,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for SharedSender<T> {
+    fn clone(&self) -> Self {
+        SharedSender {
+            link: Arc::clone(&self.link),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SharedSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSender")
+            .field("fd", &self.link.fd())
+            .finish()
+    }
+}
+
+impl<T> Serialize for SharedSender<T> {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        handles::FdRef(self.link.fd()).serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for SharedSender<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fd = handles::deserialize_fd(deserializer)?;
+        Ok(SharedSender {
+            link: Arc::new(Link::Packet(packet::Packet::new(fd))),
+            _types: PhantomData,
+        })
+    }
+}
+
+impl<T> SharedSender<T> {
+    /// Sends raw bytes as one message (the receiver's
+    /// [`Connection::recv_bytes`]).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
+        Ok(self.link.send(&[bytes], &[])?)
+    }
+}
+
+impl<T: Serialize> SharedSender<T> {
+    /// Sends a value, with the handles it carries (connections, queues,
+    /// shared memory) in the same datagram.
+    pub fn send(&self, value: &T) -> Result<(), SendError> {
+        let sent = handles::with_encoded(value, &[0], |bytes, fds| {
+            bytes[0] = fds.len() as u8;
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+            self.link.send(&[bytes], &borrowed)
+        })?;
+        Ok(sent?)
+    }
+}
+
+impl<T> AsFd for SharedSender<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.link.fd()
+    }
+}
+
 /// How a connection carries its messages: one strategy per variant.
 #[derive(Debug)]
 enum Link {
@@ -118,6 +241,8 @@ enum Link {
     Stream(Stream),
     /// Rings in shared memory ([`local`]).
     Local(local::Local),
+    /// Datagrams on a packet socket ([`packet`]).
+    Packet(packet::Packet),
 }
 
 impl Link {
@@ -125,6 +250,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.fd(),
             Link::Local(l) => l.fd(),
+            Link::Packet(p) => p.fd(),
         }
     }
 
@@ -132,6 +258,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.send(parts, fds),
             Link::Local(l) => l.send(parts, fds),
+            Link::Packet(p) => p.send(parts, fds),
         }
     }
 
@@ -139,7 +266,7 @@ impl Link {
     /// (a pipe's ring has room): true if sent. A socket says false.
     fn try_send(&self, bytes: &[u8]) -> Result<bool, StreamError> {
         match self {
-            Link::Stream(_) => Ok(false),
+            Link::Stream(_) | Link::Packet(_) => Ok(false),
             Link::Local(l) => l.try_send(&[bytes]),
         }
     }
@@ -153,6 +280,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.recv(deadline, limit, claim_fds),
             Link::Local(l) => l.recv(deadline, limit),
+            Link::Packet(p) => p.recv(deadline, limit),
         }
     }
 
@@ -160,6 +288,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.poll(deadline),
             Link::Local(l) => l.poll(deadline),
+            Link::Packet(p) => p.poll(deadline),
         }
     }
 
@@ -167,6 +296,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.has_buffered(),
             Link::Local(l) => l.has_buffered(),
+            Link::Packet(_) => false,
         }
     }
 
@@ -174,6 +304,7 @@ impl Link {
         match self {
             Link::Stream(s) => s.max_message(),
             Link::Local(l) => l.max_message(),
+            Link::Packet(p) => p.max_message(),
         }
     }
 
@@ -181,12 +312,14 @@ impl Link {
         match self {
             Link::Stream(s) => s.set_max_message(bytes),
             Link::Local(l) => l.set_max_message(bytes),
+            Link::Packet(p) => p.set_max_message(bytes),
         }
     }
 }
 
-/// A connection on the wire. Flags: bit 0 readable, bit 1 writable. A
-/// shared-memory end also carries its rings (both absent for a socket).
+/// A connection on the wire. Flags: bit 0 readable, bit 1 writable, bit 2
+/// a packet socket ([`pipe_shared`]). A shared-memory end also carries its
+/// rings (both absent for a socket).
 ///
 /// The sender's message-size limit does not travel: a limit protects the
 /// receiver, so a received end starts with the default, whatever the
@@ -232,9 +365,11 @@ mod fd_serde {
 
 impl<S, R> Serialize for Connection<S, R> {
     fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let flags = u8::from(self.readable) | (u8::from(self.writable) << 1);
+        let packet = matches!(*self.link, Link::Packet(_));
+        let flags =
+            u8::from(self.readable) | (u8::from(self.writable) << 1) | (u8::from(packet) << 2);
         let (local, tx, rx) = match &*self.link {
-            Link::Stream(_) => (false, None, None),
+            Link::Stream(_) | Link::Packet(_) => (false, None, None),
             Link::Local(l) => (
                 true,
                 l.tx_ring().map(handles::FdRef),
@@ -261,6 +396,9 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
             let (tx, rx) = (attach(w.tx)?, attach(w.rx)?);
             let end = local::Local::new(w.fd, tx, rx);
             Connection::from_link(Link::Local(end), readable, writable)
+        } else if w.flags & 4 != 0 {
+            let end = packet::Packet::new(w.fd);
+            Connection::from_link(Link::Packet(end), readable, writable)
         } else {
             Connection::from_fd(w.fd, readable, writable)
         };
@@ -638,12 +776,14 @@ impl<S, R> Waitable for Connection<S, R> {
         match &*self.link {
             Link::Stream(s) => s.has_buffered(),
             Link::Local(l) => l.arm(),
+            Link::Packet(_) => false,
         }
     }
     fn disarm(&self, fd_readable: bool) -> bool {
         match &*self.link {
             Link::Stream(s) => fd_readable || s.has_buffered(),
             Link::Local(l) => l.disarm(),
+            Link::Packet(_) => fd_readable,
         }
     }
 }

@@ -72,6 +72,12 @@ impl Link {
         &self.wire
     }
 
+    /// The longest request the server accepts, as far as known (no limit
+    /// before the first connection).
+    pub(crate) fn max_request(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     /// The auth key.
     pub(crate) fn authkey(&self) -> &[u8] {
         &self.authkey

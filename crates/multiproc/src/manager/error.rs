@@ -128,6 +128,10 @@ pub enum RemoteError {
     /// joinable queue (Python's `ValueError`).
     #[error("task_done() called too many times")]
     TaskDoneTooOften,
+    /// The manager could not start a pool's workers (or was given an
+    /// impossible setting): the error's message.
+    #[error("the manager could not start the pool: {0}")]
+    PoolStart(String),
 }
 
 /// A call through a proxy failed.

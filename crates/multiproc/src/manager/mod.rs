@@ -39,6 +39,7 @@ pub use proxy::dict::DictProxy;
 pub use proxy::list::ListProxy;
 pub use proxy::namespace::NamespaceProxy;
 pub use proxy::object::ObjectProxy;
+pub use proxy::pool::{PoolProxy, PoolProxyBuilder};
 pub use proxy::queue::{JoinableQueueProxy, QueueProxy};
 pub use proxy::sync::{
     BarrierProxy, ConditionProxy, EventProxy, LockProxy, ProxyConditionGuard, ProxyLockGuard,
@@ -298,6 +299,20 @@ impl Manager {
         Ok(BarrierProxy::from_handle(
             self.make(Kind::Barrier { parties })?,
         ))
+    }
+
+    /// A new pool of `workers` processes in the server (Python:
+    /// `manager.Pool(workers)`), for every process that holds a proxy of
+    /// it. Its functions must be marked `#[multiproc::task]`: see
+    /// [`PoolProxy`].
+    pub fn pool(&self, workers: usize) -> Result<PoolProxy, ProxyError> {
+        self.pool_builder().workers(workers).build()
+    }
+
+    /// A builder for a pool in the server with other settings (start
+    /// method, timeout, ...).
+    pub fn pool_builder(&self) -> PoolProxyBuilder<'_> {
+        PoolProxyBuilder::new(&self.link)
     }
 
     /// A new object of the user type registered as `name` (see

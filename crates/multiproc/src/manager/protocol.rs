@@ -17,11 +17,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::RemoteError;
 use crate::connection::Address;
+use crate::pool::TaskError;
+use crate::process::{ExitStatus, PanicReport, Signal, StartMethod};
 use crate::wire::{DecodeError, EncodeError, codec};
 
 /// The first message of a client after the auth handshake: this magic and
@@ -220,6 +223,8 @@ pub(crate) enum Kind {
     },
     /// A fixed-length array (`ArrayProxy`) with its items.
     Array(Vec<Blob>),
+    /// A pool of worker processes (`PoolProxy`).
+    Pool(PoolSpec),
 }
 
 /// A method call; the outer variant names the kind of object it is for.
@@ -249,6 +254,8 @@ pub(crate) enum Op {
     Condition(ConditionOp),
     /// An array method.
     Array(ArrayOp),
+    /// A pool method.
+    Pool(PoolOp),
 }
 
 impl Op {
@@ -267,6 +274,7 @@ impl Op {
             Op::Semaphore(_) => "semaphore",
             Op::Condition(_) => "condition",
             Op::Array(_) => "array",
+            Op::Pool(_) => "pool",
         }
     }
 }
@@ -446,6 +454,285 @@ pub(crate) enum SemaphoreOp {
     Value,
 }
 
+/// How to start a pool on the server (`Manager::pool_builder`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct PoolSpec {
+    /// Worker processes; `None` for the server's processor count.
+    pub workers: Option<u64>,
+    /// How the workers are started; `None` for the server's default.
+    pub method: Option<StartMethod>,
+    /// `PoolBuilder::max_tasks_per_child`.
+    pub max_tasks_per_child: Option<u64>,
+    /// `PoolBuilder::memory_limit`.
+    pub memory_limit: Option<u64>,
+    /// The default timeout of every item, in nanoseconds.
+    pub task_timeout_ns: Option<u64>,
+    /// `PoolBuilder::max_failed_starts`.
+    pub max_failed_starts: u32,
+}
+
+/// What a client learns of a pool when it makes or receives a proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PoolInfo {
+    /// Worker processes.
+    pub workers: u64,
+    /// How they are started.
+    pub method: StartMethod,
+    /// The default timeout of every item, in nanoseconds.
+    pub task_timeout_ns: Option<u64>,
+}
+
+/// A run of items of one job, as a client submits it: the function by its
+/// registered name, never by address.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PoolChunk {
+    /// The client's id of the chunk, unique in its stream.
+    pub id: u64,
+    /// The task's registered name (`#[multiproc::task]`).
+    pub name: String,
+    /// The client's signature of the task (name, argument and result
+    /// types), checked against the server's.
+    pub signature: String,
+    /// The job index of the first item.
+    pub first: u64,
+    /// The items' encodings, back to back.
+    pub items: Blob,
+    /// Where each item's encoding ends in `items`: not decreasing, the
+    /// last one at its end.
+    pub ends: Vec<u64>,
+    /// How long one item may run, in nanoseconds.
+    pub timeout_ns: Option<u64>,
+}
+
+/// Pool methods. A client's chunks and their outcomes belong to its
+/// *stream*, a random number it picks: the server keeps each stream's
+/// outcomes until the client collects them, and cancels a stream's work
+/// when its client goes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum PoolOp {
+    /// `Value`: the pool's [`PoolInfo`].
+    Info,
+    /// `Value`: the workers' [`PoolStats`].
+    Stats,
+    /// `Unit`: queues chunks of `stream`. A chunk that cannot run fails its
+    /// items through [`PoolOp::Collect`], as any other failure does.
+    Submit {
+        /// The client's stream.
+        stream: u64,
+        /// The client's build fingerprint, checked against the server's.
+        build: String,
+        /// The chunks.
+        chunks: Vec<PoolChunk>,
+    },
+    /// `Parts`: the stream's outcomes, waiting up to the timeout for the
+    /// first. First drops the chunks the client no longer waits for
+    /// (`forget`: queued ones never run) and stops the cancelled ones
+    /// (`cancel`: a running one's worker is killed).
+    Collect {
+        /// The client's stream.
+        stream: u64,
+        /// Chunks whose outcomes nobody wants.
+        forget: Vec<u64>,
+        /// Chunks to stop.
+        cancel: Vec<u64>,
+        /// The longest wait for an outcome.
+        timeout: TimeoutMs,
+    },
+    /// `Unit`: stops these chunks of the stream at once (as `cancel` in
+    /// [`PoolOp::Collect`]).
+    Cancel {
+        /// The client's stream.
+        stream: u64,
+        /// Chunks to stop.
+        chunks: Vec<u64>,
+    },
+    /// `Unit`: the stream's client is leaving: its chunks are stopped.
+    EndStream(u64),
+    /// `Unit`: the pool takes no more tasks (Python's `close`).
+    Close,
+    /// `Bool`: closes the pool, and whether every task finished before the
+    /// timeout; then the workers have been stopped (Python's `join`).
+    Join(TimeoutMs),
+    /// `Unit`: queued and running tasks fail, the workers are killed
+    /// (Python's `terminate`).
+    Terminate,
+}
+
+/// One pool worker's figures (`WorkerStats`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PoolStats {
+    /// The worker's index.
+    pub index: u64,
+    /// Its current process id.
+    pub pid: i32,
+    /// Items finished.
+    pub tasks_done: u64,
+    /// Nanoseconds running tasks.
+    pub busy_ns: u64,
+    /// Nanoseconds idle.
+    pub idle_ns: u64,
+    /// Replacements.
+    pub restarts: u64,
+    /// Whether it takes tasks.
+    pub ready: bool,
+}
+
+/// Outcomes of a chunk's items, as the server hands them to the client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum PoolPart {
+    /// Items `first..first + count` of chunk `chunk`, as the worker encoded
+    /// them: the first `plain` bare values, the rest tagged outcomes.
+    Values {
+        /// The chunk.
+        chunk: u64,
+        /// The job index of the first item.
+        first: u64,
+        /// How many items.
+        count: u64,
+        /// How many of them are bare values.
+        plain: u64,
+        /// The encodings.
+        bytes: Blob,
+        /// Nanoseconds the worker spent on them.
+        busy_ns: u64,
+    },
+    /// Item `index` of chunk `chunk` failed.
+    Failed {
+        /// The chunk.
+        chunk: u64,
+        /// The job index of the item.
+        index: u64,
+        /// Why.
+        failure: PoolFailure,
+    },
+}
+
+/// A `TaskError` as it travels from the server's pool to the client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum PoolFailure {
+    /// `TaskError::Panicked`.
+    Panicked(PanicReport),
+    /// `TaskError::WorkerDied`.
+    WorkerDied {
+        /// The worker's index.
+        worker: u64,
+        /// Its process id.
+        pid: i32,
+        /// Its exit code, or `None` if a signal ended it.
+        code: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+    /// `TaskError::TimedOut`, in nanoseconds.
+    TimedOut(u64),
+    /// `TaskError::Cancelled`.
+    Cancelled,
+    /// `TaskError::ArgumentDecode`.
+    ArgumentDecode(String),
+    /// `TaskError::ResultEncode`.
+    ResultEncode(String),
+    /// `TaskError::Protocol`.
+    Protocol(String),
+    /// `TaskError::Terminated`.
+    Terminated,
+    /// `TaskError::Closed`.
+    Closed,
+    /// `TaskError::Broken`.
+    Broken(String),
+    /// `TaskError::NotRegistered`.
+    NotRegistered(String),
+    /// `TaskError::BuildMismatch`.
+    BuildMismatch {
+        /// The client's.
+        expected: String,
+        /// The server's.
+        got: String,
+    },
+    /// Anything else, as its message (`TaskError::Backend` on arrival).
+    Other(String),
+}
+
+impl PoolFailure {
+    /// The wire form of `e`.
+    pub(crate) fn from_task_error(e: &TaskError) -> PoolFailure {
+        match e {
+            TaskError::Panicked(p) => PoolFailure::Panicked(p.clone()),
+            TaskError::WorkerDied {
+                worker,
+                pid,
+                status,
+            } => PoolFailure::WorkerDied {
+                worker: *worker as u64,
+                pid: *pid,
+                code: status.code(),
+                signal: status.signal().map(|s| s.0),
+                core_dumped: matches!(
+                    status,
+                    ExitStatus::Signaled {
+                        core_dumped: true,
+                        ..
+                    }
+                ),
+            },
+            TaskError::TimedOut(d) => {
+                PoolFailure::TimedOut(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            }
+            TaskError::Cancelled => PoolFailure::Cancelled,
+            TaskError::ArgumentDecode(m) => PoolFailure::ArgumentDecode(m.clone()),
+            TaskError::ResultEncode(m) => PoolFailure::ResultEncode(m.clone()),
+            TaskError::Protocol(m) => PoolFailure::Protocol(m.clone()),
+            TaskError::Terminated => PoolFailure::Terminated,
+            TaskError::Closed => PoolFailure::Closed,
+            TaskError::Broken(m) => PoolFailure::Broken(m.clone()),
+            TaskError::NotRegistered(m) => PoolFailure::NotRegistered(m.clone()),
+            TaskError::BuildMismatch { expected, got } => PoolFailure::BuildMismatch {
+                expected: expected.clone(),
+                got: got.clone(),
+            },
+            other => PoolFailure::Other(other.to_string()),
+        }
+    }
+
+    /// The `TaskError` it stands for.
+    pub(crate) fn into_task_error(self) -> TaskError {
+        match self {
+            PoolFailure::Panicked(p) => TaskError::Panicked(p),
+            PoolFailure::WorkerDied {
+                worker,
+                pid,
+                code,
+                signal,
+                core_dumped,
+            } => TaskError::WorkerDied {
+                worker: usize::try_from(worker).unwrap_or(usize::MAX),
+                pid,
+                status: match (code, signal) {
+                    (_, Some(signal)) => ExitStatus::Signaled {
+                        signal: Signal(signal),
+                        core_dumped,
+                    },
+                    (code, None) => ExitStatus::Exited(code.unwrap_or(-1)),
+                },
+            },
+            PoolFailure::TimedOut(ns) => TaskError::TimedOut(Duration::from_nanos(ns)),
+            PoolFailure::Cancelled => TaskError::Cancelled,
+            PoolFailure::ArgumentDecode(m) => TaskError::ArgumentDecode(m),
+            PoolFailure::ResultEncode(m) => TaskError::ResultEncode(m),
+            PoolFailure::Protocol(m) => TaskError::Protocol(m),
+            PoolFailure::Terminated => TaskError::Terminated,
+            PoolFailure::Closed => TaskError::Closed,
+            PoolFailure::Broken(m) => TaskError::Broken(m),
+            PoolFailure::NotRegistered(m) => TaskError::NotRegistered(m),
+            PoolFailure::BuildMismatch { expected, got } => {
+                TaskError::BuildMismatch { expected, got }
+            }
+            PoolFailure::Other(m) => TaskError::Backend(m),
+        }
+    }
+}
+
 /// What the server answers to one request.
 pub(crate) type Reply = Result<Payload, RemoteError>;
 
@@ -474,6 +761,8 @@ pub(crate) enum Payload {
     Object(ObjectId),
     /// The answers to a batch, in order.
     Batch(Vec<Reply>),
+    /// What a pool's tasks sent back to one client.
+    Parts(Vec<PoolPart>),
 }
 
 /// Decodes a request. Any bytes at all give a request or an error; nothing
@@ -552,6 +841,37 @@ mod tests {
             Single::Call(10, Op::Condition(ConditionOp::Notify(owner, 3))),
             Single::Create(Kind::Array(vec![b("1"), b("2")])),
             Single::Call(11, Op::Array(ArrayOp::SetSlice(1, vec![b("3")]))),
+            Single::Create(Kind::Pool(PoolSpec {
+                workers: Some(2),
+                method: Some(StartMethod::Spawn),
+                ..PoolSpec::default()
+            })),
+            Single::Call(
+                12,
+                Op::Pool(PoolOp::Submit {
+                    stream: 7,
+                    build: "gnu:00".into(),
+                    chunks: vec![PoolChunk {
+                        id: 1,
+                        name: "demo.square".into(),
+                        signature: "0011".into(),
+                        first: 0,
+                        items: b("ab"),
+                        ends: vec![1, 2],
+                        timeout_ns: Some(5),
+                    }],
+                }),
+            ),
+            Single::Call(
+                12,
+                Op::Pool(PoolOp::Collect {
+                    stream: 7,
+                    forget: vec![1],
+                    cancel: vec![2],
+                    timeout: Some(100),
+                }),
+            ),
+            Single::Call(12, Op::Pool(PoolOp::Join(None))),
             Single::DecRef(9),
         ];
         let mut out: Vec<Vec<u8>> = Vec::new();
@@ -644,6 +964,40 @@ mod tests {
         let mut bytes = vec![0u8, 2, 1, 0, 0];
         bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x04]);
         assert!(decode_request(&bytes).is_err());
+    }
+
+    #[test]
+    fn task_errors_survive_the_trip() {
+        let died = TaskError::WorkerDied {
+            worker: 3,
+            pid: 42,
+            status: ExitStatus::Signaled {
+                signal: Signal::KILL,
+                core_dumped: false,
+            },
+        };
+        let exited = TaskError::WorkerDied {
+            worker: 0,
+            pid: 7,
+            status: ExitStatus::Exited(3),
+        };
+        for e in [
+            died,
+            exited,
+            TaskError::TimedOut(Duration::from_millis(250)),
+            TaskError::Cancelled,
+            TaskError::Terminated,
+            TaskError::Closed,
+            TaskError::NotRegistered("x".into()),
+            TaskError::BuildMismatch {
+                expected: "a".into(),
+                got: "b".into(),
+            },
+        ] {
+            let wire = codec::encode(&PoolFailure::from_task_error(&e)).unwrap();
+            let back: PoolFailure = codec::decode(&wire).unwrap();
+            assert_eq!(back.into_task_error(), e);
+        }
     }
 
     #[test]

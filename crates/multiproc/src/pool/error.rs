@@ -103,17 +103,19 @@ pub enum TaskError {
     /// or while it starts, is not enough.
     #[error("the pool is broken: {0}")]
     Broken(String),
-    /// The function has no `#[multiproc::task]`, so no cluster agent can
-    /// run it (found at submit, before anything was sent), or an agent
-    /// does not know the name.
-    #[cfg(feature = "cluster")]
-    #[error("the function is not registered for the cluster: {0}")]
+    /// The function has no `#[multiproc::task]`, so no cluster agent and
+    /// no manager's pool ([`PoolProxy`](crate::PoolProxy)) can run it
+    /// (found at submit, before anything was sent), or the agent or the
+    /// manager does not know the name.
+    #[error("the function is not registered as a task: {0}")]
     NotRegistered(String),
-    /// The agent runs another build of the program than the producer (a
-    /// task's signature or the executable's fingerprint differ): the task
-    /// was not run.
-    #[cfg(feature = "cluster")]
-    #[error("the agent runs another build: expected {expected}, it has {got}")]
+    /// The agent (or the manager serving a
+    /// [`PoolProxy`](crate::PoolProxy)) runs another build of the program
+    /// than the producer (a task's signature or the executable's
+    /// fingerprint differ): the task was not run.
+    #[error(
+        "the task would run in another build of the program: expected {expected}, it has {got}"
+    )]
     BuildMismatch {
         /// The producer's fingerprint or signature.
         expected: String,
@@ -132,10 +134,12 @@ pub enum TaskError {
         /// How many times it was handed out.
         deliveries: u64,
     },
-    /// The cluster's server failed: the connection was lost, the server
-    /// restarted and lost the task, or it refused a command.
-    #[cfg(feature = "cluster")]
-    #[error("the cluster backend failed: {0}")]
+    /// The pool's backend failed: the cluster's server (the connection
+    /// was lost, the server restarted and lost the task, or it refused a
+    /// command), or the manager serving a [`PoolProxy`](crate::PoolProxy)
+    /// (it is gone, or dropped this client's work after not hearing from
+    /// it).
+    #[error("the pool's backend failed: {0}")]
     Backend(String),
 }
 

@@ -44,6 +44,7 @@ pub(crate) mod job;
 pub(crate) mod link;
 mod map_handle;
 mod options;
+pub(crate) mod registry;
 pub(crate) mod scheduler;
 pub(crate) mod worker;
 
@@ -119,7 +120,6 @@ impl Pool {
     }
 
     /// Where its chunks run.
-    #[cfg(feature = "cluster")]
     pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }

@@ -145,7 +145,7 @@ pub(crate) fn boot() {
 /// Becomes a cluster agent if `MULTIPROC_CLUSTER` names a server: the
 /// user's `main` never runs. The variable names a server to take tasks
 /// from, not code to run: tasks run only through the table of registered
-/// functions (`cluster::registry`), so the channel need not be
+/// functions (`pool::registry`), so the channel need not be
 /// authenticated the way a child's is; still, a privileged binary
 /// (secure-execution mode) refuses, as for `MULTIPROC_BOOT`.
 #[cfg(feature = "cluster")]

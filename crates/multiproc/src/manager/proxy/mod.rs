@@ -11,7 +11,7 @@
 //!
 //! One file per kind of object: [`dict`], [`list`], [`array`], [`namespace`],
 //! [`queue`], [`sync`] (lock, condition, semaphore, event, barrier), [`value`](mod@value), [`object`] (user
-//! types).
+//! types), [`pool`] (a pool of worker processes).
 
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ pub(crate) mod dict;
 pub(crate) mod list;
 pub(crate) mod namespace;
 pub(crate) mod object;
+pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod sync;
 pub(crate) mod value;

@@ -4,7 +4,8 @@
 //!   per client session;
 //! * [`store`]: the table of objects and the dispatch of requests;
 //! * [`collections`]: dict, list, namespace, value;
-//! * [`sync`]: queue, lock, event, barrier (the blocking objects).
+//! * [`sync`]: queue, lock, event, barrier (the blocking objects);
+//! * [`pool`]: a pool of worker processes, run for clients.
 //!
 //! The server is an ordinary child process started with
 //! [`ProcessBuilder::spawn`](crate::ProcessBuilder::spawn) under any start method. Its
@@ -29,6 +30,7 @@ use super::transport::{Channel, Conn, IDLE_SLICE, RecvFailure, Welcome};
 use crate::connection::{AcceptError, Address, Connection, HANDSHAKE_TIMEOUT, Listener};
 
 pub(crate) mod collections;
+pub(crate) mod pool;
 pub(crate) mod store;
 pub(crate) mod sync;
 

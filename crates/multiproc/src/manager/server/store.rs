@@ -10,6 +10,7 @@ use super::super::error::RemoteError;
 use super::super::protocol::{Blob, Kind, LEASE, ObjectId, Op, Payload, Reply, Request, Single};
 use super::super::registry::{HostedObject, Table, panic_message};
 use super::collections::{self, Dict};
+use super::pool::PoolObject;
 use super::sync::{
     BarrierObject, ConditionObject, EventObject, LockObject, QueueObject, SemaphoreObject,
 };
@@ -29,6 +30,7 @@ enum Object {
     Barrier(BarrierObject),
     Semaphore(SemaphoreObject),
     User(Mutex<Box<dyn HostedObject>>),
+    Pool(PoolObject),
 }
 
 impl Object {
@@ -60,6 +62,7 @@ impl Object {
             Object::Barrier(_) => "barrier",
             Object::Semaphore(_) => "semaphore",
             Object::User(_) => "user object",
+            Object::Pool(_) => "pool",
         }
     }
 
@@ -79,6 +82,7 @@ impl Object {
             (Object::User(u), Op::User(call)) => {
                 lock(u).call(&call.0).map(|r| Payload::Value(Blob(r)))
             }
+            (Object::Pool(p), Op::Pool(op)) => p.call(op, ctx),
             (object, op) => Err(RemoteError::NoSuchMethod {
                 object: object.kind_name().into(),
                 method: op.kind_name().into(),
@@ -271,6 +275,7 @@ impl Store {
             Kind::Semaphore { value, bounded } => {
                 Object::Semaphore(SemaphoreObject::new(value, bounded))
             }
+            Kind::Pool(spec) => Object::Pool(PoolObject::new(spec)?),
             Kind::User {
                 name,
                 type_name,

@@ -1,13 +1,16 @@
-//! Functions that agents may run, by name: a table the linker assembles
-//! from every `#[multiproc::task]` in the program.
+//! Functions that another program may run, by name: a table the linker
+//! assembles from every `#[multiproc::task]` in the program. Cluster
+//! agents use it, and so does a manager's pool
+//! ([`PoolProxy`](crate::PoolProxy)).
 //!
 //! Locally, a pool names its function by offsets from an anchor function
 //! (`sys::code`), which may only cross a private channel between two
-//! processes of one executable. Across machines a task names its function
-//! by a string registered at compile time. The producer looks the function
-//! up by address (so an unregistered one fails at submit, before any
-//! traffic), the agent by name; nothing read from the network is ever
-//! turned into an address. A signature (name and type names) and a build
+//! processes of one executable. To a cluster agent, or to a manager that
+//! any client holding its auth key may call, a task names its function by
+//! a string registered at compile time. The producer looks the function up
+//! by address (so an unregistered one fails at submit, before any
+//! traffic), the agent or the manager by name; nothing read from the
+//! network is ever turned into an address. A signature (name and type names) and a build
 //! fingerprint (the executable's GNU build id, or a SHA-256 of it) check
 //! that both sides mean the same function.
 
@@ -17,7 +20,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-use crate::pool::worker::chunk_body;
+use super::worker::chunk_body;
 use crate::sys::code::{EntryId, PREAMBLE};
 
 /// Every registered task of this executable.
@@ -79,36 +82,41 @@ pub(crate) struct Registry {
     duplicates: Vec<&'static str>,
 }
 
-/// The table, built once.
+/// The table, built at the first use. Never waits for another thread:
+/// a child forked (start method *fork*) while another thread of its parent
+/// built the table must not wait for that thread, which it does not have.
+/// So the table is built without a lock, and the first one stored wins.
 pub(crate) fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        let mut reg = Registry {
-            by_entry: HashMap::new(),
-            by_name: HashMap::new(),
-            tasks: Vec::new(),
-            duplicates: Vec::new(),
-        };
-        for e in TASKS.iter() {
-            let r = (e.resolve)();
-            let index = reg.tasks.len();
-            reg.tasks.push(Task {
-                name: e.name,
-                entry: r.entry,
-                signature: signature(e.name, r.arg, r.ret),
-            });
-            if reg.by_name.insert(e.name, index).is_some() {
-                reg.duplicates.push(e.name);
-            }
-            // Identical-code folding may give two functions one address:
-            // their code is then the same, so either name runs it.
-            reg.by_entry.entry(r.entry.preamble()).or_insert(index);
+    if let Some(r) = REGISTRY.get() {
+        return r;
+    }
+    let mut reg = Registry {
+        by_entry: HashMap::new(),
+        by_name: HashMap::new(),
+        tasks: Vec::new(),
+        duplicates: Vec::new(),
+    };
+    for e in TASKS.iter() {
+        let r = (e.resolve)();
+        let index = reg.tasks.len();
+        reg.tasks.push(Task {
+            name: e.name,
+            entry: r.entry,
+            signature: signature(e.name, r.arg, r.ret),
+        });
+        if reg.by_name.insert(e.name, index).is_some() {
+            reg.duplicates.push(e.name);
         }
-        reg
-    })
+        // Identical-code folding may give two functions one address:
+        // their code is then the same, so either name runs it.
+        reg.by_entry.entry(r.entry.preamble()).or_insert(index);
+    }
+    let _ = REGISTRY.set(reg);
+    REGISTRY.get_or_init(|| unreachable!("set above"))
 }
 
-/// Why a function cannot run on the cluster.
+/// Why a function cannot run on the cluster or a manager's pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lookup {
     /// No `#[multiproc::task]` on it (`type_name` of the function type).
@@ -161,55 +169,104 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// This executable's build fingerprint: `gnu:<build id>` from its ELF
-/// notes, else `sha256:<first 16 bytes of the file's hash>`; computed once.
+/// notes, else `sha256:<first 16 bytes of the file's hash>`. Computed at
+/// the first use without a lock (as [`registry`]), reading only the ELF
+/// headers and notes when there is a build id.
 pub(crate) fn build_fingerprint() -> &'static str {
     static BUILD: OnceLock<String> = OnceLock::new();
-    BUILD.get_or_init(|| {
-        let Ok(image) = std::fs::read("/proc/self/exe") else {
-            return "unknown".to_owned();
-        };
-        match gnu_build_id(&image) {
-            Some(id) => format!("gnu:{}", hex(id)),
-            None => format!("sha256:{}", hex(&Sha256::digest(&image)[..16])),
+    if let Some(b) = BUILD.get() {
+        return b;
+    }
+    let _ = BUILD.set(compute_fingerprint());
+    BUILD.get_or_init(|| unreachable!("set above"))
+}
+
+fn compute_fingerprint() -> String {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open("/proc/self/exe") else {
+        return "unknown".to_owned();
+    };
+    let read = |offset: u64, len: usize| -> Option<Vec<u8>> {
+        // Headers and notes are small: anything larger is not an ELF we
+        // understand.
+        if len > 1 << 20 {
+            return None;
         }
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    };
+    if let Some(id) = gnu_build_id_with(read) {
+        return format!("gnu:{}", hex(&id));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    loop {
+        match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return "unknown".to_owned(),
+        }
+    }
+    format!("sha256:{}", hex(&h.finalize()[..16]))
+}
+
+/// The `NT_GNU_BUILD_ID` note of a 64-bit little-endian ELF image held in
+/// memory.
+#[cfg(test)]
+fn gnu_build_id(elf: &[u8]) -> Option<Vec<u8>> {
+    gnu_build_id_with(|offset, len| {
+        let start = usize::try_from(offset).ok()?;
+        elf.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
     })
 }
 
 /// The `NT_GNU_BUILD_ID` note of a 64-bit little-endian ELF image, found
-/// through its program headers (`PT_NOTE`).
-fn gnu_build_id(elf: &[u8]) -> Option<&[u8]> {
+/// through its program headers (`PT_NOTE`); `read(offset, len)` reads
+/// the image.
+fn gnu_build_id_with(read: impl Fn(u64, usize) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
     const PT_NOTE: u32 = 4;
     const NT_GNU_BUILD_ID: u32 = 3;
-    let u16_at = |o: usize| {
+    let header = read(0, 64)?;
+    let u16_at = |b: &[u8], o: usize| {
         Some(u16::from_le_bytes(
-            elf.get(o..o.checked_add(2)?)?.try_into().ok()?,
+            b.get(o..o.checked_add(2)?)?.try_into().ok()?,
         ))
     };
-    let u32_at = |o: usize| {
+    let u32_at = |b: &[u8], o: usize| {
         Some(u32::from_le_bytes(
-            elf.get(o..o.checked_add(4)?)?.try_into().ok()?,
+            b.get(o..o.checked_add(4)?)?.try_into().ok()?,
         ))
     };
-    let u64_at = |o: usize| {
+    let u64_at = |b: &[u8], o: usize| {
         Some(u64::from_le_bytes(
-            elf.get(o..o.checked_add(8)?)?.try_into().ok()?,
+            b.get(o..o.checked_add(8)?)?.try_into().ok()?,
         ))
     };
     // "\x7fELF", class 2 (64-bit), data 1 (little endian).
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+    if header.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
-    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-    let phentsize = usize::from(u16_at(0x36)?);
-    let phnum = usize::from(u16_at(0x38)?);
+    let phoff = u64_at(&header, 0x20)?;
+    let phentsize = usize::from(u16_at(&header, 0x36)?);
+    let phnum = usize::from(u16_at(&header, 0x38)?);
+    if phentsize < 56 {
+        return None;
+    }
+    let table = read(phoff, phnum.checked_mul(phentsize)?)?;
     for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? != PT_NOTE {
+        let ph = i.checked_mul(phentsize)?;
+        if u32_at(&table, ph)? != PT_NOTE {
             continue;
         }
-        let off = usize::try_from(u64_at(ph.checked_add(8)?)?).ok()?;
-        let size = usize::try_from(u64_at(ph.checked_add(32)?)?).ok()?;
-        let notes = elf.get(off..off.checked_add(size)?)?;
+        let off = u64_at(&table, ph.checked_add(8)?)?;
+        let size = usize::try_from(u64_at(&table, ph.checked_add(32)?)?).ok()?;
+        let notes = read(off, size)?;
         let mut at = 0usize;
         while at.checked_add(12)? <= notes.len() {
             let word = |o: usize| -> Option<usize> {
@@ -222,7 +279,9 @@ fn gnu_build_id(elf: &[u8]) -> Option<&[u8]> {
             if kind == NT_GNU_BUILD_ID
                 && notes.get(name_at..name_at.checked_add(namesz)?)? == b"GNU\0"
             {
-                return notes.get(desc_at..desc_at.checked_add(descsz)?);
+                return notes
+                    .get(desc_at..desc_at.checked_add(descsz)?)
+                    .map(<[u8]>::to_vec);
             }
             at = next;
         }
@@ -239,6 +298,11 @@ mod tests {
         let a = build_fingerprint();
         assert!(a.starts_with("gnu:") || a.starts_with("sha256:"), "{a}");
         assert_eq!(a, build_fingerprint());
+        // Read in pieces, the build id is the one of the whole image.
+        let image = std::fs::read("/proc/self/exe").unwrap();
+        if let Some(id) = gnu_build_id(&image) {
+            assert_eq!(a, format!("gnu:{}", hex(&id)));
+        }
     }
 
     #[test]
