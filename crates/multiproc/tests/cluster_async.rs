@@ -139,3 +139,90 @@ fn dropped_gets_lose_nothing_and_dropped_acquires_hold_nothing() {
         });
     });
 }
+
+#[test]
+fn lock_barrier_and_join_await_on_every_executor() {
+    deadline(LIMIT, || {
+        let Some(server) = redis_server() else { return };
+        let cluster = Cluster::connect(&server.url()).unwrap();
+        for (which, name) in NAMES.iter().enumerate() {
+            let c = cluster.namespace(&format!("lb{which}")).unwrap();
+            run_on(which, async move {
+                let m = c.manager();
+                let lock = m.lock("l").unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let holder = lock.clone();
+                let t = std::thread::spawn(move || {
+                    let held = holder.lock().unwrap();
+                    tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(150));
+                    drop(held);
+                });
+                rx.recv().unwrap();
+                let mine = m.lock("l").unwrap();
+                let g = mine.lock_async().await.unwrap();
+                assert!(g.is_held());
+                assert!(lock.try_lock().is_err());
+                g.release().unwrap();
+                t.join().unwrap();
+
+                let barrier = m.barrier("b", 2).unwrap();
+                let theirs = barrier.clone();
+                let t = std::thread::spawn(move || theirs.wait().unwrap());
+                let index = barrier.wait_async().await.unwrap();
+                let mut both = [index, t.join().unwrap()];
+                both.sort_unstable();
+                assert_eq!(both, [0, 1]);
+
+                let jobs = c.queue::<u32>("jobs").build_joinable().unwrap();
+                jobs.put(1).unwrap();
+                let worker = jobs.clone();
+                let t = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    worker.get().unwrap();
+                    worker.task_done().unwrap();
+                });
+                jobs.join_async().await.unwrap();
+                t.join().unwrap();
+            });
+            eprintln!("{name}: ok");
+        }
+    });
+}
+
+#[test]
+fn a_dropped_lock_holds_nothing_and_a_dropped_barrier_wait_breaks_it() {
+    deadline(LIMIT, || {
+        let Some(server) = redis_server() else { return };
+        let cluster = Cluster::connect(&server.url()).unwrap();
+        let m = cluster.manager();
+        for which in [0, 2, 3] {
+            let lock = m.lock(&format!("d{which}")).unwrap();
+            let held = lock.lock().unwrap();
+            let waiting = lock.clone();
+            // Release while the dropped future's slice may be in flight:
+            // whatever it took, it gives back.
+            let none = run_on(which, async move {
+                timeout(which, Duration::from_millis(50), waiting.lock_async())
+                    .await
+                    .map(|g| g.map(drop))
+            });
+            assert!(none.is_none());
+            held.release().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let again = lock.lock_timeout(Duration::from_secs(5));
+            assert!(again.is_ok(), "a dropped lock_async kept the lock");
+            drop(again);
+
+            let barrier = m.barrier(&format!("bd{which}"), 2).unwrap();
+            let b = barrier.clone();
+            let none = run_on(which, async move {
+                timeout(which, Duration::from_millis(50), b.wait_async()).await
+            });
+            assert!(none.is_none());
+            assert!(common::eventually(Duration::from_secs(5), || barrier
+                .is_broken()
+                .unwrap()));
+        }
+    });
+}

@@ -132,7 +132,12 @@ impl LockProxy {
             .run(redis::cmd("EXISTS").arg(&self.object.keys[0]))
     }
 
-    fn acquire_until(&self, deadline: Deadline) -> Result<Option<LockGuard<'_>>, ClusterError> {
+    /// Takes the lock by `deadline`: its token, the key's value and when
+    /// the winning request was sent; `None` at the deadline.
+    fn acquire_raw(
+        &self,
+        deadline: Deadline,
+    ) -> Result<Option<(u64, String, Instant)>, ClusterError> {
         let owner = owner_id();
         let keys = &self.object.keys;
         let got = self
@@ -159,7 +164,45 @@ impl LockProxy {
                     wait_wake(link, &keys[2], deadline.block(left.min(BACKSTOP)))?;
                 }
             })?;
-        Ok(got.map(|(token, sent)| LockGuard::new(self, token, format!("{owner}:{token}"), sent)))
+        Ok(got.map(|(token, sent)| (token, format!("{owner}:{token}"), sent)))
+    }
+
+    fn acquire_until(&self, deadline: Deadline) -> Result<Option<LockGuard<'_>>, ClusterError> {
+        Ok(self
+            .acquire_raw(deadline)?
+            .map(|(token, value, sent)| LockGuard::new(self, token, value, sent)))
+    }
+
+    /// [`lock`](Self::lock), as a future on any runtime: a waiter thread
+    /// tries in slices of 100 ms (`docs/async.md`). Dropping the future
+    /// holds nothing: a lock that a slice in flight took is released. The
+    /// lease runs from the winning request, so a future left unpolled for
+    /// longer than the lease yields a guard whose
+    /// [`is_held`](LockGuard::is_held) is false.
+    pub fn lock_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<LockGuard<'_>, ClusterError>> + Send + '_ {
+        let (mine, back) = (self.clone(), self.clone());
+        let got = super::sliced(
+            move |slice| match mine.acquire_raw(Deadline::after(slice)) {
+                Ok(None) => None,
+                other => Some(other),
+            },
+            move |taken| {
+                if let Ok(Some((_, value, _))) = taken {
+                    let keys = &back.object.keys;
+                    let _ = back
+                        .object
+                        .script::<i64>(RELEASE.key(&keys[0]).key(&keys[2]).arg(&value));
+                }
+            },
+        );
+        async move {
+            let (token, value, sent) = got.await?.ok_or_else(|| {
+                ClusterError::Server("an unbounded acquire came back empty".into())
+            })?;
+            Ok(LockGuard::new(self, token, value, sent))
+        }
     }
 
     /// Takes the lock, waiting as long as it takes.

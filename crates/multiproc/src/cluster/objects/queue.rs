@@ -645,6 +645,23 @@ impl<T> JoinableQueue<T> {
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ClusterError> {
         self.join_until(Deadline::after(timeout))
     }
+
+    /// [`join`](Self::join), as a future on any runtime (a waiter thread
+    /// waits in slices of 100 ms). Dropping it changes nothing.
+    pub fn join_async(&self) -> impl Future<Output = Result<(), ClusterError>> + Send + use<T>
+    where
+        T: 'static,
+    {
+        let q = self.clone();
+        super::sliced(
+            move |slice| match q.join_timeout(slice) {
+                Ok(true) => Some(Ok(())),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            },
+            |_| {},
+        )
+    }
 }
 
 fn unfinished(link: &mut Link, meta: &str, wait: Duration) -> Result<u64, ClusterError> {

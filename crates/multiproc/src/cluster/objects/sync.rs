@@ -465,6 +465,37 @@ impl BarrierProxy {
         self.wait_until(Deadline::after(timeout))
     }
 
+    /// [`wait`](Self::wait), as a future on any runtime: the wait runs on
+    /// a waiter thread as one call (a barrier's wait cannot be cut into
+    /// slices: a timeout breaks it). **Dropping the future after its first
+    /// poll breaks the barrier**, as the local
+    /// [`Barrier::wait_async`](crate::Barrier::wait_async) does.
+    pub fn wait_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<usize, ClusterError>> + Send + use<> {
+        /// Breaks the barrier if the wait is dropped before it ended.
+        struct Leave(Option<BarrierProxy>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                if let Some(b) = self.0.take() {
+                    let abort = move || {
+                        let _ = b.abort();
+                    };
+                    if let Err(job) = crate::aio::run(Box::new(abort)) {
+                        job();
+                    }
+                }
+            }
+        }
+        let (mine, theirs) = (self.clone(), self.clone());
+        async move {
+            let mut leave = Leave(Some(theirs));
+            let waited = super::sliced(move |_| Some(mine.wait()), |_| {}).await;
+            leave.0 = None;
+            waited
+        }
+    }
+
     /// Makes a broken barrier usable again; current waiters are told it
     /// broke.
     pub fn reset(&self) -> Result<(), ClusterError> {
