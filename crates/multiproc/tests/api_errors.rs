@@ -176,3 +176,24 @@ fn slow_square(x: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(300));
     x * x
 }
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_child_still_running_comes_back_to_join_again() {
+    deadline(LIMIT, || {
+        let child = Process::spawn(nap, 300).unwrap();
+        let child = match child.try_join() {
+            Err(e) => e.into_inner().expect("a running child is given back"),
+            Ok(v) => panic!("too fast: {v}"),
+        };
+        let child = match child.join_timeout(Duration::from_millis(1)) {
+            Err(e) => e.into_inner().expect("a timeout gives the child back"),
+            Ok(v) => panic!("too fast: {v}"),
+        };
+        assert_eq!(child.join().unwrap(), 300);
+    });
+}

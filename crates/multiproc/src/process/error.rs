@@ -111,6 +111,28 @@ pub enum TryJoinError<R> {
     Failed(#[from] JoinError),
 }
 
+impl<R> JoinTimeoutError<R> {
+    /// The handle a [`Timeout`](Self::Timeout) gives back, to wait again;
+    /// `None` when the child ended without a result.
+    pub fn into_inner(self) -> Option<Process<R>> {
+        match self {
+            JoinTimeoutError::Timeout(p) => Some(p),
+            JoinTimeoutError::Failed(_) => None,
+        }
+    }
+}
+
+impl<R> TryJoinError<R> {
+    /// The handle a [`Running`](Self::Running) gives back; `None` when
+    /// the child ended without a result.
+    pub fn into_inner(self) -> Option<Process<R>> {
+        match self {
+            TryJoinError::Running(p) => Some(p),
+            TryJoinError::Failed(_) => None,
+        }
+    }
+}
+
 impl<R> fmt::Debug for JoinTimeoutError<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
