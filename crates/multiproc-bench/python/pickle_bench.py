@@ -7,7 +7,10 @@
   server (--rust-address, run by the Rust side) and a Python server doing
   the same with conn.recv()/conn.send() (a child of this script). Printed
   as `pickle_roundtrip` (the Python server) and `pickle_roundtrip_rust`
-  (multiproc's), per-batch mean round-trip times.
+  (multiproc's), per-batch mean round-trip times. A third server
+  (--floor-address, run by the Rust side) echoes the bytes without
+  decoding them: `pickle_roundtrip_floor`, what any server costs this
+  client at least (its own pickling, and the socket).
 * pickle_decode (MB/s), param list_1k_floats: pickle.loads of a protocol 4
   pickle of a list of 1000 floats, which is also written to --pickle-out
   for the Rust side to decode the same bytes (with --prepare-only, the
@@ -46,7 +49,7 @@ def batch(conn, n):
     return (time.perf_counter() - t0) * 1e6 / n
 
 
-def roundtrips(rust_address, key, py_address, batches, per_batch):
+def roundtrips(rust_address, key, py_address, floor_address, batches, per_batch):
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
     server = ctx.Process(target=python_server, args=(py_address, key, ready), daemon=True)
@@ -56,19 +59,21 @@ def roundtrips(rust_address, key, py_address, batches, per_batch):
             raise RuntimeError("the Python server did not start")
         rust = Client(rust_address, authkey=key)
         py = Client(py_address, authkey=key)
-        batch(rust, per_batch)
-        batch(py, per_batch)
-        rust_samples, py_samples = [], []
+        floor = Client(floor_address, authkey=key)
+        for conn in (rust, py, floor):
+            batch(conn, per_batch)
+        rust_samples, py_samples, floor_samples = [], [], []
         for _ in range(batches):
             rust_samples.append(batch(rust, per_batch))
             py_samples.append(batch(py, per_batch))
-        rust.close()
-        py.close()
+            floor_samples.append(batch(floor, per_batch))
+        for conn in (rust, py, floor):
+            conn.close()
     finally:
         server.join(10)
         if server.is_alive():
             server.kill()
-    return rust_samples, py_samples
+    return rust_samples, py_samples, floor_samples
 
 
 def decode_rate(data, reps, target_ms):
@@ -93,6 +98,7 @@ def main():
     parser = benchutil.plan_parser(__doc__)
     parser.add_argument("--rust-address", required=True)
     parser.add_argument("--python-address", required=True)
+    parser.add_argument("--floor-address", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--pickle-out", required=True)
     parser.add_argument("--batches", type=int, default=20)
@@ -111,14 +117,16 @@ def main():
                       data, args.reps, args.target_ms)
 
     try:
-        rust, py = roundtrips(args.rust_address, key, args.python_address,
-                              args.batches, args.batch)
+        rust, py, floor = roundtrips(args.rust_address, key, args.python_address,
+                                     args.floor_address, args.batches, args.batch)
     except Exception as exc:
         benchutil.emit_error("pickle_roundtrip", PARAM_RT, "us", exc)
         benchutil.emit_error("pickle_roundtrip_rust", PARAM_RT, "us", exc)
+        benchutil.emit_error("pickle_roundtrip_floor", PARAM_RT, "us", exc)
     else:
         benchutil.emit("pickle_roundtrip", PARAM_RT, "us", py)
         benchutil.emit("pickle_roundtrip_rust", PARAM_RT, "us", rust)
+        benchutil.emit("pickle_roundtrip_floor", PARAM_RT, "us", floor)
 
 
 if __name__ == "__main__":

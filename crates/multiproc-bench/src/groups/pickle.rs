@@ -10,7 +10,10 @@
 //!   again); Python's row is the same server written with Python's
 //!   `Listener`, `recv` and `send`. The client alternates between the two
 //!   servers batch after batch (`python/pickle_bench.py`), so a change in
-//!   the machine's load hits both alike. Per-batch mean round trips.
+//!   the machine's load hits both alike. Per-batch mean round trips. A
+//!   `raw` row is a third server, here, that echoes the bytes without
+//!   looking at them: the floor any server meets, since the Python client
+//!   pickles, unpickles and makes its system calls in every row.
 //! * `pickle_decode` (`list_1k_floats`, MB/s of pickle): decoding the
 //!   protocol 4 pickle CPython makes of a list of 1000 floats, into a
 //!   `Vec<f64>` here (after the opcode check) and with `pickle.loads`
@@ -24,7 +27,7 @@ use multiproc::pickle::from_pickle;
 use multiproc::{Address, Connection, Listener, PickleConnection};
 
 use super::Options;
-use crate::report::{self, Measurement, Row};
+use crate::report::{self, Impl, Measurement, Row};
 use crate::rig::Plan;
 
 /// The group's name on the command line and in the output.
@@ -41,6 +44,28 @@ fn echo(conn: Connection) {
             return;
         }
     }
+}
+
+/// Echoes every message on `conn` as bytes, unread: the floor.
+fn echo_bytes(conn: Connection) {
+    while let Ok(bytes) = conn.recv_bytes() {
+        if conn.send_bytes(&bytes).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `listener` on a thread of its own, `serve` on each connection.
+/// The thread outlives the group, blocked in `accept` on a socket whose
+/// file is gone: harmless, and the process exits soon.
+fn serve(listener: Listener, serve: fn(Connection)) {
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(conn) = listener.accept::<(), ()>() {
+                std::thread::spawn(move || serve(conn));
+            }
+        }
+    });
 }
 
 /// `reps` decode rates (MB/s) of `bytes` into a `Vec<f64>`, each run
@@ -99,6 +124,10 @@ fn measure(opts: &Options, plan: &Plan, dir: &std::path::Path) -> Vec<Row> {
             "--python-address",
             dir.join("python.sock").display().to_string(),
         ),
+        (
+            "--floor-address",
+            dir.join("floor.sock").display().to_string(),
+        ),
         ("--key", KEY.to_string()),
         ("--pickle-out", pickle_out.display().to_string()),
     ] {
@@ -125,19 +154,16 @@ fn measure(opts: &Options, plan: &Plan, dir: &std::path::Path) -> Vec<Row> {
     opts.progress(NAME, "pickle_decode: multiproc (first half)");
     let mut decode = decode_rates(&bytes, plan, first);
 
-    let listener = match Listener::bind(&Address::Unix(rust_sock), Some(KEY.as_bytes())) {
-        Ok(l) => l,
-        Err(e) => return report::pair(NAME, Vec::new(), Vec::new(), Some(&e.to_string())),
-    };
-    // The server thread outlives the group, blocked in `accept` on a
-    // socket whose file is gone: harmless, and the process exits soon.
-    std::thread::spawn(move || {
-        loop {
-            if let Ok(conn) = listener.accept::<(), ()>() {
-                std::thread::spawn(move || echo(conn));
-            }
+    let bind = |path: PathBuf| Listener::bind(&Address::Unix(path), Some(KEY.as_bytes()));
+    match (bind(rust_sock), bind(dir.join("floor.sock"))) {
+        (Ok(rust), Ok(floor)) => {
+            serve(rust, echo);
+            serve(floor, echo_bytes);
         }
-    });
+        (Err(e), _) | (_, Err(e)) => {
+            return report::pair(NAME, Vec::new(), Vec::new(), Some(&e.to_string()));
+        }
+    }
 
     opts.progress(
         NAME,
@@ -153,8 +179,11 @@ fn measure(opts: &Options, plan: &Plan, dir: &std::path::Path) -> Vec<Row> {
     }
 
     // The script measured multiproc's server too: its rows move over.
-    let (ours, theirs): (Vec<Measurement>, Vec<Measurement>) = python
+    let (floor, measured): (Vec<Measurement>, Vec<Measurement>) = python
         .measurements
+        .into_iter()
+        .partition(|m| m.bench == "pickle_roundtrip_floor");
+    let (ours, theirs): (Vec<Measurement>, Vec<Measurement>) = measured
         .into_iter()
         .partition(|m| m.bench == "pickle_roundtrip_rust");
     let mut multiproc: Vec<Measurement> = ours
@@ -178,5 +207,14 @@ fn measure(opts: &Options, plan: &Plan, dir: &std::path::Path) -> Vec<Row> {
         "MB/s",
         decode,
     ));
-    report::pair(NAME, multiproc, theirs, python.failure.as_deref())
+    let mut rows = report::pair(NAME, multiproc, theirs, python.failure.as_deref());
+    for m in floor {
+        let m = Measurement::new("pickle_roundtrip", &m.param, &m.unit, m.outcome);
+        let at = rows
+            .iter()
+            .rposition(|r| r.bench == m.bench && r.param == m.param)
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(at, Row::from_measurement(NAME, Impl::Raw, m));
+    }
+    rows
 }
