@@ -26,6 +26,11 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str], limit: Duration) -> String {
+    run_both(name, args, limit).0
+}
+
+/// Runs an example to its end; its stdout and stderr.
+fn run_both(name: &str, args: &[&str], limit: Duration) -> (String, String) {
     let path = example(name);
     let mut child = Command::new(&path)
         .args(args)
@@ -38,12 +43,12 @@ fn run(name: &str, args: &[&str], limit: Duration) -> String {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(
                 status.success(),
-                "example {name} failed with {status}\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                "example {name} failed with {status}\n{stdout}\n{stderr}"
             );
-            return stdout;
+            return (stdout, stderr);
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -85,8 +90,12 @@ fn the_tour_runs() {
 
 #[test]
 fn the_process_example_runs() {
-    let out = run("process", &[], Duration::from_secs(60));
+    let (out, err) = run_both("process", &[], Duration::from_secs(60));
     assert!(out.contains("square(12) = 144"), "{out}");
+    // A child prints its panic, as any Rust thread (and Python's Process)
+    // does, besides `join` returning it.
+    assert!(out.contains("panic came back as a value"), "{out}");
+    assert!(err.contains("this child gives up"), "{err}");
     assert!(out.contains("a killed child reports SIGKILL"), "{out}");
 }
 
@@ -291,12 +300,15 @@ fn the_manager_example_runs() {
 
 #[test]
 fn the_pool_example_runs() {
-    let out = run("pool", &[], Duration::from_secs(120));
+    let (out, err) = run_both("pool", &[], Duration::from_secs(120));
     assert!(out.contains("starts at 837799 (524 steps)"), "{out}");
     assert!(
         out.contains("item 7 panicked: seven is not allowed"),
         "{out}"
     );
+    // The task's panic comes back to the caller, and only there: the
+    // worker does not print it (as Python's Pool does not).
+    assert!(!err.contains("seven is not allowed"), "{err}");
     assert!(out.contains("item 13 failed"), "{out}");
     assert!(out.contains("the other 14 items succeeded"), "{out}");
     assert!(out.contains("TimedOut"), "{out}");
