@@ -66,6 +66,20 @@ fn a_progress_bar_knows_the_whole_length_from_the_start() {
         assert_eq!(bar.length(), Some(300));
         assert_eq!(handle.get().unwrap().len(), 300);
         assert_eq!(bar.length(), Some(300));
+        // Finished before `get` returned.
+        assert!(bar.is_finished());
+        // An imap reads its input lazily, but a range knows its length.
+        let bar = indicatif::ProgressBar::hidden();
+        let mut results = pool
+            .task(twice)
+            .progress_bar(bar.clone())
+            .imap_unordered(0..300u64);
+        assert!(results.next().unwrap().is_ok());
+        assert_eq!(bar.length(), Some(300));
+        assert!(!bar.is_finished());
+        assert_eq!(results.count(), 299);
+        assert_eq!((bar.position(), bar.length()), (300, Some(300)));
+        assert!(bar.is_finished());
         // A lazy imap over an input of unknown length grows it instead.
         let bar = indicatif::ProgressBar::hidden();
         let out: Vec<u64> = pool
@@ -77,7 +91,36 @@ fn a_progress_bar_knows_the_whole_length_from_the_start() {
         assert_eq!(out.len(), 25);
         assert_eq!(bar.length(), Some(25));
         assert_eq!(bar.position(), 25);
+        assert!(bar.is_finished());
+        // One that says a wrong length ends at its true one.
+        let bar = indicatif::ProgressBar::hidden();
+        let out: Vec<u64> = pool
+            .task(twice)
+            .progress_bar(bar.clone())
+            .imap(Liar(0..10))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(out.len(), 10);
+        assert_eq!((bar.position(), bar.length()), (10, Some(10)));
+        // A submitted task, awaited: finished too.
+        let bar = indicatif::ProgressBar::hidden();
+        let handle = pool.task(twice).progress_bar(bar.clone()).submit(21);
+        assert_eq!(futures::executor::block_on(handle), Ok(42));
+        assert!(bar.is_finished());
     });
+}
+
+/// An iterator that claims 20 items and yields those of its range.
+struct Liar(std::ops::Range<u64>);
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (20, Some(20))
+    }
 }
 
 /// Set in the copy of this test binary that runs the panicking pools.
