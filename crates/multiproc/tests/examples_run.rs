@@ -196,6 +196,7 @@ fn the_pipe_example_runs() {
 #[test]
 fn the_echo_server_echoes_until_killed() {
     let path = common::temp_path("echo.sock");
+    let socket = path.clone();
     let mut server = listening(Command::new(example("echo_server")).args([
         "--address",
         path.to_str().unwrap(),
@@ -218,6 +219,8 @@ fn the_echo_server_echoes_until_killed() {
     });
     server.kill().unwrap();
     let status = server.wait().unwrap();
+    // A killed server cannot remove its socket's file: the test does.
+    let removed = std::fs::remove_file(&socket);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -225,6 +228,7 @@ fn the_echo_server_echoes_until_killed() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
+    removed.unwrap();
 }
 
 #[test]
