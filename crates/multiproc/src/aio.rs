@@ -400,7 +400,7 @@ where
 /// A blocking call run on a waiter thread, for the few operations that
 /// have no non-blocking form to retry (a send that must go out whole):
 /// its result, or the call still running.
-pub(crate) struct Offload<T> {
+pub(crate) struct Offload<T: Send + 'static> {
     slot: Arc<Mutex<OffloadState<T>>>,
 }
 
@@ -408,12 +408,15 @@ struct OffloadState<T> {
     result: Option<T>,
     waker: Option<Waker>,
     dropped: bool,
+    /// What becomes of a result the future never takes.
+    abandoned: Option<Box<dyn FnOnce(T) + Send>>,
 }
 
 impl<T: Send + 'static> Offload<T> {
-    /// Starts `call` on a waiter thread. If the future is dropped before
-    /// the call ends, `abandoned` gets its result (to undo it, or to drop
-    /// it there).
+    /// Starts `call` on a waiter thread. If the future is dropped without
+    /// taking the call's result (before the call ends, or after it ended
+    /// but before the next poll), `abandoned` gets the result on a waiter
+    /// thread (to undo it, or to drop it there).
     pub(crate) fn start(
         call: impl FnOnce() -> T + Send + 'static,
         abandoned: impl FnOnce(T) + Send + 'static,
@@ -422,14 +425,18 @@ impl<T: Send + 'static> Offload<T> {
             result: None,
             waker: None,
             dropped: false,
+            abandoned: Some(Box::new(abandoned)),
         }));
         let theirs = Arc::clone(&slot);
         let job: Job = Box::new(move || {
             let result = call();
             let mut st = lock(&theirs);
             if st.dropped {
+                let abandoned = st.abandoned.take();
                 drop(st);
-                abandoned(result);
+                if let Some(abandoned) = abandoned {
+                    abandoned(result);
+                }
                 return;
             }
             st.result = Some(result);
@@ -459,15 +466,29 @@ impl<T: Send + 'static> Offload<T> {
     }
 }
 
-impl<T> Drop for Offload<T> {
+impl<T: Send + 'static> Drop for Offload<T> {
     fn drop(&mut self) {
         let mut st = lock(&self.slot);
         st.dropped = true;
         st.waker = None;
+        // The call ended after the last poll (a `select!` that polled this
+        // future, then found its timer ready, drops it so): its result is
+        // abandoned as if the call had ended after the drop. On a waiter
+        // thread: undoing may block (a call to a server), and this may be
+        // an executor's thread.
+        if let Some(result) = st.result.take()
+            && let Some(abandoned) = st.abandoned.take()
+        {
+            drop(st);
+            let job: Job = Box::new(move || abandoned(result));
+            if let Err(job) = run(job) {
+                job();
+            }
+        }
     }
 }
 
-impl<T> std::fmt::Debug for Offload<T> {
+impl<T: Send + 'static> std::fmt::Debug for Offload<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Offload").finish_non_exhaustive()
     }
@@ -498,5 +519,36 @@ mod tests {
         }
         // Sequential jobs reuse idle threads rather than make one each.
         assert!(seen.len() < 20, "20 jobs ran on {} threads", seen.len());
+    }
+
+    #[test]
+    fn a_result_the_dropped_future_never_took_is_abandoned() {
+        let mut cx = Context::from_waker(Waker::noop());
+        // Dropped while the call runs, and dropped after the call ended
+        // but before a poll took its result: either way the result goes to
+        // `abandoned`, once.
+        for ended_first in [false, true] {
+            let (go, gate) = std::sync::mpsc::channel::<()>();
+            let (undo, undone) = std::sync::mpsc::channel::<u32>();
+            let mut call = Offload::start(
+                move || {
+                    gate.recv().expect("go");
+                    7u32
+                },
+                move |v| undo.send(v).expect("receiver"),
+            );
+            assert!(call.poll(&mut cx).is_pending());
+            go.send(()).expect("the call waits");
+            if ended_first {
+                let end = Instant::now() + Duration::from_secs(10);
+                while lock(&call.slot).result.is_none() {
+                    assert!(Instant::now() < end, "the call never ended");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            drop(call);
+            assert_eq!(undone.recv_timeout(Duration::from_secs(10)), Ok(7));
+            assert!(undone.recv_timeout(Duration::from_millis(50)).is_err());
+        }
     }
 }

@@ -105,9 +105,24 @@ fn dropped_proxy_futures_lose_no_value_and_hold_no_lock() {
                         std::thread::sleep(Duration::from_micros(500));
                     }
                 });
-                let (mut taken, mut dropped) = (0, 0);
-                for _ in 0..60 {
-                    let wait = Duration::from_micros(rng.below(3000));
+                let (mut taken, mut dropped) = (0u64, 0u64);
+                // 60 rounds at random points, then more until both
+                // outcomes were seen: a call is a round trip to the
+                // manager, which on a loaded machine takes longer than any
+                // of the first waits (CI once took none of 60), so the
+                // waits after those grow while nothing was taken (and are
+                // nil while nothing was dropped).
+                for round in 0u64..200 {
+                    if round >= 60 && taken > 0 && dropped > 0 {
+                        break;
+                    }
+                    let wait = match round.checked_sub(60) {
+                        Some(late) if taken == 0 => {
+                            Duration::from_micros((rng.below(3000) + late * 2000).min(200_000))
+                        }
+                        Some(_) if dropped == 0 => Duration::ZERO,
+                        _ => Duration::from_micros(rng.below(3000)),
+                    };
                     match timeout(which, wait, lock.lock_async()).await {
                         Some(g) => {
                             taken += 1;

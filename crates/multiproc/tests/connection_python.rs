@@ -19,9 +19,19 @@ fn abstract_name() -> String {
 }
 
 /// The Python peer, killed (and reaped) if a test panics before it ends,
-/// so that a failing test leaves no process behind (and `cargo test`,
-/// which waits for the peer's inherited stderr, does not hang).
-struct Peer(Child);
+/// so that a failing test leaves no process behind. Its stderr (a
+/// traceback, when it fails) is kept for the test's messages, not printed.
+struct Peer(Child, Option<std::thread::JoinHandle<String>>);
+
+impl Peer {
+    /// What the peer wrote to stderr, once it has exited.
+    fn stderr(&mut self) -> String {
+        self.1
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
 
 impl std::ops::Deref for Peer {
     type Target = Child;
@@ -47,13 +57,19 @@ impl Drop for Peer {
 
 fn python(mode: &str, address: &str, key: &str) -> Peer {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/peer.py");
-    Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .args([script, mode, address, key])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
-        .map(Peer)
-        .expect("python3 must be installed to test interoperability")
+        .expect("python3 must be installed to test interoperability");
+    let mut err = child.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    });
+    Peer(child, Some(drain))
 }
 
 /// Reads the `address: ...` line a listening peer prints.
@@ -86,7 +102,11 @@ fn finish(mut child: Peer, out: Option<BufReader<std::process::ChildStdout>>) ->
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
     }
     let status = child.wait().unwrap();
-    assert!(status.success(), "python exited with {status}: {text}");
+    assert!(
+        status.success(),
+        "python exited with {status}: {text}\n{}",
+        child.stderr()
+    );
     text
 }
 
@@ -178,7 +198,9 @@ fn a_python_client_with_the_wrong_key_is_refused() {
         }
         // Python raises AuthenticationError and exits non-zero.
         let status = py.wait().unwrap();
-        assert!(!status.success());
+        let err = py.stderr();
+        assert!(!status.success(), "{err}");
+        assert!(err.contains("AuthenticationError"), "{err}");
         // The listener still serves a client with the right key.
         let ok = python("connect", &listener.address().to_string(), "right");
         let conn: Connection<(), ()> = listener.accept().unwrap();

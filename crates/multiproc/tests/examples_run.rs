@@ -26,6 +26,11 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str], limit: Duration) -> String {
+    run_both(name, args, limit).0
+}
+
+/// Runs an example to its end; its stdout and stderr.
+fn run_both(name: &str, args: &[&str], limit: Duration) -> (String, String) {
     let path = example(name);
     let mut child = Command::new(&path)
         .args(args)
@@ -38,12 +43,12 @@ fn run(name: &str, args: &[&str], limit: Duration) -> String {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(
                 status.success(),
-                "example {name} failed with {status}\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                "example {name} failed with {status}\n{stdout}\n{stderr}"
             );
-            return stdout;
+            return (stdout, stderr);
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -52,6 +57,93 @@ fn run(name: &str, args: &[&str], limit: Duration) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs an example as in a terminal (stdin, stdout and stderr on a new
+/// pseudo-terminal of 80 columns) to its end; everything it wrote there,
+/// with the terminal's `\r`s taken out.
+fn run_on_terminal(name: &str, limit: Duration) -> String {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // SAFETY: posix_openpt takes flags and returns a new descriptor or -1.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(
+        master >= 0,
+        "no pseudo-terminal: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `master` is a new descriptor that nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let mut path = [0 as libc::c_char; 128];
+    // SAFETY: grantpt and unlockpt take a descriptor; ptsname_r writes at
+    // most `path.len()` bytes, NUL included, into `path`.
+    unsafe {
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0);
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+        assert_eq!(
+            libc::ptsname_r(master.as_raw_fd(), path.as_mut_ptr(), path.len()),
+            0
+        );
+    }
+    // SAFETY: ptsname_r succeeded: `path` holds a NUL-terminated name.
+    let path = unsafe { std::ffi::CStr::from_ptr(path.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)
+        .unwrap();
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which
+    // points to `size` for the whole call.
+    let set = unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let mut child = Command::new(example(name))
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::from(terminal.try_clone().unwrap()))
+        .stderr(Stdio::from(terminal))
+        .spawn()
+        .unwrap();
+    // The terminal's other end: read until every process that had this
+    // one has closed it (EIO), or the terminal's buffer would fill up.
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("example {name} exceeded its deadline of {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+    assert!(
+        status.success(),
+        "example {name} failed with {status}\n{out}"
+    );
+    out
 }
 
 /// Starts `command` (a server) with its output piped, and waits for the
@@ -85,8 +177,12 @@ fn the_tour_runs() {
 
 #[test]
 fn the_process_example_runs() {
-    let out = run("process", &[], Duration::from_secs(60));
+    let (out, err) = run_both("process", &[], Duration::from_secs(60));
     assert!(out.contains("square(12) = 144"), "{out}");
+    // A child prints its panic, as any Rust thread (and Python's Process)
+    // does, besides `join` returning it.
+    assert!(out.contains("panic came back as a value"), "{out}");
+    assert!(err.contains("this child gives up"), "{err}");
     assert!(out.contains("a killed child reports SIGKILL"), "{out}");
 }
 
@@ -100,6 +196,7 @@ fn the_pipe_example_runs() {
 #[test]
 fn the_echo_server_echoes_until_killed() {
     let path = common::temp_path("echo.sock");
+    let socket = path.clone();
     let mut server = listening(Command::new(example("echo_server")).args([
         "--address",
         path.to_str().unwrap(),
@@ -122,6 +219,8 @@ fn the_echo_server_echoes_until_killed() {
     });
     server.kill().unwrap();
     let status = server.wait().unwrap();
+    // A killed server cannot remove its socket's file: the test does.
+    let removed = std::fs::remove_file(&socket);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -129,6 +228,7 @@ fn the_echo_server_echoes_until_killed() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
+    removed.unwrap();
 }
 
 #[test]
@@ -295,17 +395,49 @@ fn the_manager_example_runs() {
 
 #[test]
 fn the_pool_example_runs() {
-    let out = run("pool", &[], Duration::from_secs(120));
+    let (out, err) = run_both("pool", &[], Duration::from_secs(120));
     assert!(out.contains("starts at 837799 (524 steps)"), "{out}");
     assert!(
         out.contains("item 7 panicked: seven is not allowed"),
         "{out}"
     );
+    // The task's panic comes back to the caller, and only there: the
+    // worker does not print it (as Python's Pool does not).
+    assert!(!err.contains("seven is not allowed"), "{err}");
     assert!(out.contains("item 13 failed"), "{out}");
     assert!(out.contains("the other 14 items succeeded"), "{out}");
     assert!(out.contains("TimedOut"), "{out}");
     assert!(out.contains("-> 111 steps"), "{out}");
     assert!(out.contains("pool joined"), "{out}");
+}
+
+#[test]
+fn the_pool_examples_progress_bar_has_its_length_and_ends_its_line_on_a_terminal() {
+    common::deadline(Duration::from_secs(150), || {
+        let out = run_on_terminal("pool", Duration::from_secs(120));
+        // The imap's bar (over 1..=200_000, which knows its length) shows
+        // that length from its first drawing: `pos/len` never has another.
+        let mut drawn = 0;
+        let bytes = out.as_bytes();
+        for (i, _) in out.match_indices('/') {
+            let digits =
+                |r: &mut dyn Iterator<Item = &u8>| r.take_while(|b| b.is_ascii_digit()).count();
+            let after = digits(&mut bytes[i + 1..].iter());
+            let before = digits(&mut bytes[..i].iter().rev());
+            if after > 0 && before > 0 {
+                assert_eq!(&out[i + 1..i + 1 + after], "200000", "{out}");
+                drawn += 1;
+            }
+        }
+        assert!(drawn > 0, "no progress bar was drawn:\n{out}");
+        assert!(out.contains("200000/200000"), "{out}");
+        // The line printed after the finished bar starts a line of its own.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("imap with a progress bar: ")),
+            "glued to the bar:\n{out:?}"
+        );
+    });
 }
 
 #[cfg(feature = "cluster")]

@@ -1,14 +1,15 @@
 //! What a user sees of a running map: a result is not held back by the
 //! items that follow it (a worker batches the answers of quick items into
 //! one write, but a long item after them must not keep them from the parent
-//! until it ends), and a progress bar knows the whole length at once.
+//! until it ends), a progress bar knows the whole length at once, and a
+//! worker does not print the panics the pool reports to its caller.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline};
-use multiproc::Pool;
+use multiproc::{Pool, PoolError, StartMethod, TaskError};
 
 const LONG: u64 = 150;
 
@@ -65,6 +66,20 @@ fn a_progress_bar_knows_the_whole_length_from_the_start() {
         assert_eq!(bar.length(), Some(300));
         assert_eq!(handle.get().unwrap().len(), 300);
         assert_eq!(bar.length(), Some(300));
+        // Finished before `get` returned.
+        assert!(bar.is_finished());
+        // An imap reads its input lazily, but a range knows its length.
+        let bar = indicatif::ProgressBar::hidden();
+        let mut results = pool
+            .task(twice)
+            .progress_bar(bar.clone())
+            .imap_unordered(0..300u64);
+        assert!(results.next().unwrap().is_ok());
+        assert_eq!(bar.length(), Some(300));
+        assert!(!bar.is_finished());
+        assert_eq!(results.count(), 299);
+        assert_eq!((bar.position(), bar.length()), (300, Some(300)));
+        assert!(bar.is_finished());
         // A lazy imap over an input of unknown length grows it instead.
         let bar = indicatif::ProgressBar::hidden();
         let out: Vec<u64> = pool
@@ -76,5 +91,104 @@ fn a_progress_bar_knows_the_whole_length_from_the_start() {
         assert_eq!(out.len(), 25);
         assert_eq!(bar.length(), Some(25));
         assert_eq!(bar.position(), 25);
+        assert!(bar.is_finished());
+        // One that says a wrong length ends at its true one.
+        let bar = indicatif::ProgressBar::hidden();
+        let out: Vec<u64> = pool
+            .task(twice)
+            .progress_bar(bar.clone())
+            .imap(Liar(0..10))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(out.len(), 10);
+        assert_eq!((bar.position(), bar.length()), (10, Some(10)));
+        // A submitted task, awaited: finished too.
+        let bar = indicatif::ProgressBar::hidden();
+        let handle = pool.task(twice).progress_bar(bar.clone()).submit(21);
+        assert_eq!(futures::executor::block_on(handle), Ok(42));
+        assert!(bar.is_finished());
+    });
+}
+
+/// An iterator that claims 20 items and yields those of its range.
+struct Liar(std::ops::Range<u64>);
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (20, Some(20))
+    }
+}
+
+/// Set in the copy of this test binary that runs the panicking pools.
+const QUIET_ENV: &str = "MULTIPROC_TEST_QUIET_PANICS";
+
+fn unlucky(x: u64) -> u64 {
+    assert!(x != 3, "task panic on purpose");
+    x
+}
+
+fn panicking_initializer(_: ()) -> Result<(), String> {
+    panic!("initializer panic on purpose")
+}
+
+/// Run by [`a_worker_does_not_print_the_panics_its_pool_reports`] in a
+/// copy of this binary whose stderr it reads; passes at once otherwise.
+#[test]
+fn panicking_pools() {
+    if std::env::var_os(QUIET_ENV).is_none() {
+        return;
+    }
+    for m in StartMethod::ALL {
+        let pool = Pool::builder().workers(2).start_method(m).build().unwrap();
+        let out = pool.map_results(unlucky, 0..6u64);
+        assert!(
+            matches!(&out[3], Err(TaskError::Panicked(p)) if p.message == "task panic on purpose"),
+            "{m}: {:?}",
+            out[3]
+        );
+        pool.join();
+        match Pool::builder()
+            .workers(1)
+            .start_method(m)
+            .initializer(panicking_initializer, ())
+            .build()
+        {
+            Err(PoolError::Initializer { message, .. }) => {
+                assert!(
+                    message.contains("initializer panic on purpose"),
+                    "{m}: {message}"
+                )
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+    println!("the panicking pools ran");
+}
+
+#[test]
+fn a_worker_does_not_print_the_panics_its_pool_reports() {
+    deadline(LIMIT, || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "panicking_pools",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(QUIET_ENV, "1")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("the panicking pools ran"), "{stdout}");
+        // The caller got both panics; the workers printed neither.
+        assert!(!stderr.contains("on purpose"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     });
 }

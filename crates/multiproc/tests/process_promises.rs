@@ -32,6 +32,7 @@ fn the_default_start_method_is_forkserver() {
 }
 
 fn panic_with_backtrace(_: ()) {
+    common::silence_stderr();
     // SAFETY: the child has not started another thread that reads the
     // environment; the variable is read when the panic captures a trace.
     unsafe { std::env::set_var("RUST_BACKTRACE", "1") };

@@ -66,6 +66,7 @@ fn the_action_runs_once_per_trip_before_any_party_is_released() {
 }
 
 fn panicking_party(b: Barrier) -> Result<usize, BarrierError> {
+    common::silence_stderr();
     b.with_action(|| panic!("the action fails (on purpose)"))
         .wait()
 }

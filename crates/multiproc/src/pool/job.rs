@@ -91,6 +91,8 @@ pub(crate) struct Job<R> {
     abandoned: AtomicBool,
     cancelled: AtomicBool,
     progress: Option<indicatif::ProgressBar>,
+    /// The bar was finished (see [`Job::finish_progress`]).
+    progress_done: AtomicBool,
 }
 
 impl<R> Job<R> {
@@ -120,6 +122,7 @@ impl<R> Job<R> {
             abandoned: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             progress,
+            progress_done: AtomicBool::new(false),
         }
     }
 
@@ -151,15 +154,30 @@ impl<R> Job<R> {
         self.lock().measured
     }
 
-    /// The progress bar, if the job has one.
-    pub(crate) fn progress(&self) -> Option<&indicatif::ProgressBar> {
-        self.progress.as_ref()
+    /// Finishes the progress bar, once: the job is complete, or has
+    /// failed and its caller stops there. A bar on a terminal then ends
+    /// its line: indicatif leaves the cursor after it, and the next line
+    /// printed would be glued to it. Called before the job's waiters are
+    /// woken, so that what they print comes after.
+    pub(crate) fn finish_progress(&self) {
+        if let Some(p) = &self.progress
+            && !self.progress_done.swap(true, Ordering::AcqRel)
+        {
+            p.finish();
+            if !p.is_hidden() {
+                eprintln!();
+            }
+        }
     }
 
     /// No more items will be submitted.
     pub(crate) fn seal(&self) {
         let mut st = self.lock();
         st.sealed = true;
+        // The input's true length, if it said another.
+        if let Some(p) = &self.progress {
+            p.set_length(st.submitted as u64);
+        }
         self.wake(&mut st);
     }
 
@@ -203,6 +221,9 @@ impl<R> Job<R> {
         // A thread waiting for the whole job sleeps through the chunks
         // before the last: one wake-up per job, not one per chunk.
         let done = st.sealed && st.finished == st.submitted;
+        if done {
+            self.finish_progress();
+        }
         if st.next_waiters > 0 || done || st.first_error.is_some() {
             self.cv.notify_all();
         }

@@ -168,8 +168,38 @@ impl Pool {
     /// dropped. [`map_results`](Self::map_results) runs every item.
     ///
     /// `f` is a `fn` (or a closure that captures nothing) and the items
-    /// owned values: see [the two compiler errors met when they are
-    /// not](crate#two-compiler-errors-you-may-meet-first).
+    /// owned values ([the two compiler errors met when they are
+    /// not](crate#two-compiler-errors-you-may-meet-first)):
+    ///
+    /// - *"expected fn pointer, found closure"* (E0308, "closures can only
+    ///   be coerced to `fn` types if they do not capture any variables"):
+    ///   the closure uses a variable of yours, which the workers cannot
+    ///   see. Put it in each item (`items.map(|x| (x, factor))`), or give
+    ///   it to every worker once with an
+    ///   [`initializer`](PoolBuilder::initializer).
+    /// - *"implementation of `Deserialize` is not general enough"*: `f`
+    ///   takes a borrowed item (`&str`, `&[u8]`). Take an owned one
+    ///   (`String`, `Vec<u8>`) and map over owned items.
+    ///
+    /// ```compile_fail
+    /// fn shout(s: &str) -> usize {
+    ///     s.len()
+    /// }
+    /// let pool = multiproc::Pool::new(2)?;
+    /// // error: implementation of `Deserialize` is not general enough
+    /// let lengths = pool.map(shout, ["a", "bc"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// ```
+    /// fn shout(s: String) -> usize {
+    ///     s.len()
+    /// }
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let lengths = pool.map(shout, ["a", "bc"].map(String::from))?;
+    /// assert_eq!(lengths, [1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,

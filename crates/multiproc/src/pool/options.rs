@@ -75,7 +75,11 @@ where
     }
 
     /// Shows a progress bar on the terminal (hidden when stderr is not
-    /// one) that counts finished items.
+    /// one) that counts finished items. Its length is the input's when the
+    /// input knows it (an exact `size_hint`, as ranges, vectors and other
+    /// `ExactSizeIterator`s have), from the start, `imap` included; else it
+    /// grows as items are read. When the job ends the bar is finished and
+    /// its line ended, before `get`, `map` or the last `next` returns.
     pub fn progress(self) -> Self {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -87,8 +91,8 @@ where
         self.progress_bar(bar)
     }
 
-    /// Counts finished items on `bar` (its length is set as items are
-    /// submitted).
+    /// Counts finished items on `bar`, whose length is set as
+    /// [`progress`](Self::progress) says.
     pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
         self.progress = Some(bar);
         self
@@ -101,9 +105,14 @@ where
         len: Option<usize>,
         items: It,
     ) -> Feeder<R, It> {
-        if let (Some(bar), Some(len)) = (&self.progress, len) {
-            // The whole length from the start: the bar does not count up
-            // (0/64, 0/128, ...) as chunks are submitted.
+        // The whole length from the start, when the input knows it (an
+        // imap's too, though it reads its input lazily): the bar does not
+        // count up (0/64, 0/128, ...) as chunks are submitted.
+        let known = len.or(match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo),
+            _ => None,
+        });
+        if let (Some(bar), Some(len)) = (&self.progress, known) {
             bar.set_length(len as u64);
         }
         let job = Arc::new(Job::new(ordered, fail_fast, self.progress));
@@ -234,15 +243,10 @@ impl<I: Iterator> Iterator for Items<I> {
     }
 }
 
+/// Finishes the job's bar, if it has one and it is not finished yet (a
+/// job that failed fast stops short of its end).
 pub(super) fn finish_progress<R>(job: &Job<R>) {
-    if let Some(p) = job.progress() {
-        p.finish();
-        // indicatif leaves the cursor after the finished bar: end its line,
-        // or the next line printed would be glued to it.
-        if !p.is_hidden() {
-            eprintln!();
-        }
-    }
+    job.finish_progress();
 }
 
 /// Encodes items into chunks and submits them.

@@ -198,7 +198,9 @@ where
     // decides what happens to its workers.
     sys::process::ignore_interrupts(true);
     let link_fd = setup.link.fd();
-    let state = match child::run_caught(|| init(setup.init)) {
+    // A panic here, as in a task, is reported by the parent (a
+    // `PoolError::Initializer` with its message and location), not printed.
+    let state = match child::quiet_body(|| child::catch(|| init(setup.init))) {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => return init_failed(link_fd, &e.to_string(), done),
         Err(panic) => return init_failed(link_fd, &format!("panicked: {panic}"), done),
@@ -420,7 +422,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let mut retire = RETIRE_NONE;
     // How many leading outcomes are bare values (`None`: all so far).
     let mut plain: Option<u32> = None;
-    child::in_body(|| {
+    child::quiet_body(|| {
         let mut items = codec::Decoder::new(items);
         let mut enc = codec::Encoder::new(&mut out);
         while done < count {

@@ -88,7 +88,8 @@ pub(crate) fn forked_from_threads() {
 
 /// Chains a hook in front of the current panic hook that keeps the panic's
 /// message, location and backtrace for the parent. The previous hook still
-/// runs, so the child prints the panic as any Rust thread does.
+/// runs, so the child prints the panic as any Rust thread does, except in
+/// a [`quiet_body`], whose panics only the parent reports.
 ///
 /// Installed in the parent before a fork (never in a forked child, where
 /// the hook's lock may be held by a thread that no longer exists), and in
@@ -135,7 +136,10 @@ pub(crate) fn install_panic_hook() {
                 send_last_words(&report);
             }
             LAST_PANIC.with(|p| *p.borrow_mut() = Some(report));
-            if lock_free {
+            if QUIET.with(|q| q.get()) {
+                // The parent gets the report: a pool's worker does not
+                // print it as well (as Python's Pool does not).
+            } else if lock_free {
                 sys::process::write_stderr_raw(line.as_bytes());
             } else {
                 previous(info);
@@ -146,6 +150,7 @@ pub(crate) fn install_panic_hook() {
 
 thread_local! {
     static IN_BODY: Cell<bool> = const { Cell::new(false) };
+    static QUIET: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f`, catching a panic, and encodes what happened as a result frame.
@@ -177,6 +182,16 @@ pub(crate) fn in_body<R>(f: impl FnOnce() -> R) -> R {
     IN_BODY.with(|b| b.set(true));
     let out = f();
     IN_BODY.with(|b| b.set(false));
+    out
+}
+
+/// As [`in_body`], but a panic in `f` is not printed: for code whose
+/// panics the parent returns to its caller (a pool's tasks and
+/// initializer), so that they are reported once, there.
+pub(crate) fn quiet_body<R>(f: impl FnOnce() -> R) -> R {
+    QUIET.with(|q| q.set(true));
+    let out = in_body(f);
+    QUIET.with(|q| q.set(false));
     out
 }
 

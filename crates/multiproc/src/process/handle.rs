@@ -156,7 +156,9 @@ impl ProcessBuilder {
 
     /// Starts a child that runs `f(arg)` and returns its result.
     ///
-    /// `f` is a function or a closure that captures nothing. Under every
+    /// `f` is a function or a closure that captures nothing, and `arg` an
+    /// owned value (see [`Process::spawn`] for the compiler errors met
+    /// otherwise, and their fix). Under every
     /// start method `arg` is encoded and sent to the child, with the handles
     /// it holds (connections, ...): the child holds exactly the handles it
     /// was given. (A forked child closes the parent's other handles, so it
@@ -346,9 +348,30 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// one after another. Collect the handles and join them instead.
     ///
     /// `f` is a `fn` (or a closure that captures nothing) and `arg` an
-    /// owned value: the crate docs explain the two compiler errors met when
-    /// they are not ([Two compiler errors you may meet
-    /// first](crate#two-compiler-errors-you-may-meet-first)).
+    /// owned value ([Two compiler errors you may meet
+    /// first](crate#two-compiler-errors-you-may-meet-first)):
+    ///
+    /// - *"expected fn pointer, found closure"* (E0308, "closures can only
+    ///   be coerced to `fn` types if they do not capture any variables"):
+    ///   the closure uses a variable of yours, which the child cannot see.
+    ///   Pass it in `arg` instead (a tuple for several), or use
+    ///   [`Process::fork`], whose closure may capture.
+    /// - *"implementation of `Deserialize` is not general enough"*: `f`
+    ///   takes a borrowed argument (`&str`, `&[u8]`). Take an owned one
+    ///   (`String`, `Vec<u8>`).
+    ///
+    /// ```compile_fail,E0308
+    /// let factor = 3u64;
+    /// // error[E0308]: mismatched types: expected fn pointer, found closure
+    /// let child = multiproc::Process::spawn(|x: u64| x * factor, 2);
+    /// ```
+    ///
+    /// ```
+    /// let factor = 3u64;
+    /// let child = multiproc::Process::spawn(|(x, factor): (u64, u64)| x * factor, (2, factor))?;
+    /// assert_eq!(child.join()?, 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,

@@ -126,6 +126,22 @@ pub fn send_signal(pid: i32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// Sends this process's stderr to /dev/null: for a child that panics or
+/// crashes on purpose, so that a passing `cargo test` does not print what
+/// it says there (a child prints its panic, as any Rust thread does). The
+/// test still sees the panic: `join` returns its report, which the test's
+/// assertions show when they fail.
+pub fn silence_stderr() {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null opens");
+    // SAFETY: dup2(2) takes two descriptors and reads no memory of ours;
+    // `null` stays open until after the call.
+    let r = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 2) };
+    assert_eq!(r, 2, "stderr could not be redirected");
+}
+
 /// A private `redis-server` for one cluster test, or `None` (after saying
 /// so) when none is installed. With `MULTIPROC_REQUIRE_REDIS=1`, as CI
 /// sets, a missing server fails the test instead: CI never passes by
