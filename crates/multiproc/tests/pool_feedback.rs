@@ -6,9 +6,12 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline};
+use multiproc::pool::Progress;
 use multiproc::{Pool, PoolError, StartMethod, TaskError};
 
 const LONG: u64 = 150;
@@ -53,60 +56,90 @@ fn twice(x: u64) -> u64 {
     2 * x
 }
 
+/// A [`Progress`] that remembers what it was told.
+#[derive(Default)]
+struct Seen {
+    total: AtomicU64,
+    done: AtomicU64,
+    finished: AtomicU64,
+    /// Every total it was told, in order.
+    totals: Mutex<Vec<u64>>,
+}
+
+impl Progress for Seen {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::SeqCst);
+        self.totals.lock().unwrap().push(total);
+    }
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::SeqCst);
+    }
+    fn finish(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Seen {
+    fn now(&self) -> (u64, u64, u64) {
+        (
+            self.done.load(Ordering::SeqCst),
+            self.total.load(Ordering::SeqCst),
+            self.finished.load(Ordering::SeqCst),
+        )
+    }
+}
+
 #[test]
 fn a_progress_bar_knows_the_whole_length_from_the_start() {
     deadline(LIMIT, || {
         let pool = Pool::builder().workers(2).build().unwrap();
-        let bar = indicatif::ProgressBar::hidden();
+        let seen = Arc::new(Seen::default());
         let handle = pool
             .task(twice)
-            .progress_bar(bar.clone())
+            .progress_to(Arc::clone(&seen))
             .map_async(0..300u64);
         // Not counted up chunk by chunk as they are submitted.
-        assert_eq!(bar.length(), Some(300));
+        assert_eq!(seen.totals.lock().unwrap()[0], 300);
         assert_eq!(handle.get().unwrap().len(), 300);
-        assert_eq!(bar.length(), Some(300));
-        // Finished before `get` returned.
-        assert!(bar.is_finished());
+        // Finished, once, before `get` returned.
+        assert_eq!(seen.now(), (300, 300, 1));
+        assert!(seen.totals.lock().unwrap().iter().all(|&t| t == 300));
         // An imap reads its input lazily, but a range knows its length.
-        let bar = indicatif::ProgressBar::hidden();
+        let seen = Arc::new(Seen::default());
         let mut results = pool
             .task(twice)
-            .progress_bar(bar.clone())
+            .progress_to(Arc::clone(&seen))
             .imap_unordered(0..300u64);
         assert!(results.next().unwrap().is_ok());
-        assert_eq!(bar.length(), Some(300));
-        assert!(!bar.is_finished());
+        assert_eq!(seen.total.load(Ordering::SeqCst), 300);
+        assert_eq!(seen.finished.load(Ordering::SeqCst), 0);
         assert_eq!(results.count(), 299);
-        assert_eq!((bar.position(), bar.length()), (300, Some(300)));
-        assert!(bar.is_finished());
+        assert_eq!(seen.now(), (300, 300, 1));
         // A lazy imap over an input of unknown length grows it instead.
-        let bar = indicatif::ProgressBar::hidden();
+        let seen = Arc::new(Seen::default());
         let out: Vec<u64> = pool
             .task(twice)
-            .progress_bar(bar.clone())
+            .progress_to(Arc::clone(&seen))
             .imap((0..50u64).filter(|x| x % 2 == 0))
             .map(Result::unwrap)
             .collect();
         assert_eq!(out.len(), 25);
-        assert_eq!(bar.length(), Some(25));
-        assert_eq!(bar.position(), 25);
-        assert!(bar.is_finished());
+        assert_eq!(seen.now(), (25, 25, 1));
         // One that says a wrong length ends at its true one.
-        let bar = indicatif::ProgressBar::hidden();
+        let seen = Arc::new(Seen::default());
         let out: Vec<u64> = pool
             .task(twice)
-            .progress_bar(bar.clone())
+            .progress_to(Arc::clone(&seen))
             .imap(Liar(0..10))
             .map(Result::unwrap)
             .collect();
         assert_eq!(out.len(), 10);
-        assert_eq!((bar.position(), bar.length()), (10, Some(10)));
+        assert_eq!(seen.now(), (10, 10, 1));
         // A submitted task, awaited: finished too.
-        let bar = indicatif::ProgressBar::hidden();
-        let handle = pool.task(twice).progress_bar(bar.clone()).submit(21);
+        let seen = Arc::new(Seen::default());
+        let handle = pool.task(twice).progress_to(Arc::clone(&seen)).submit(21);
         assert_eq!(futures::executor::block_on(handle), Ok(42));
-        assert!(bar.is_finished());
+        assert_eq!(seen.now(), (1, 1, 1));
     });
 }
 

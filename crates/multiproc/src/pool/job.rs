@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
+use super::progress::Progress;
 use super::worker::Outcome;
 use crate::wire::{DecodeError, codec};
 
@@ -90,7 +91,9 @@ pub(crate) struct Job<R> {
     cv: Condvar,
     abandoned: AtomicBool,
     cancelled: AtomicBool,
-    progress: Option<indicatif::ProgressBar>,
+    progress: Option<Arc<dyn Progress>>,
+    /// The length told to `progress` (see [`Job::add_items`]).
+    total: std::sync::atomic::AtomicU64,
     /// The bar was finished (see [`Job::finish_progress`]).
     progress_done: AtomicBool,
 }
@@ -99,8 +102,12 @@ impl<R> Job<R> {
     pub(crate) fn new(
         ordered: bool,
         fail_fast: bool,
-        progress: Option<indicatif::ProgressBar>,
+        progress: Option<Arc<dyn Progress>>,
+        total: Option<u64>,
     ) -> Self {
+        if let (Some(p), Some(total)) = (&progress, total) {
+            p.set_total(total);
+        }
         Job {
             ordered,
             fail_fast,
@@ -122,6 +129,7 @@ impl<R> Job<R> {
             abandoned: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             progress,
+            total: std::sync::atomic::AtomicU64::new(total.unwrap_or(0)),
             progress_done: AtomicBool::new(false),
         }
     }
@@ -137,9 +145,10 @@ impl<R> Job<R> {
         // The bar's length is the input's when it was known at the start
         // (see `TaskOptions::feeder`); it grows only past that.
         if let Some(p) = &self.progress
-            && p.length().is_none_or(|len| len < st.submitted as u64)
+            && self.total.load(Ordering::Relaxed) < st.submitted as u64
         {
-            p.set_length(st.submitted as u64);
+            self.total.store(st.submitted as u64, Ordering::Relaxed);
+            p.set_total(st.submitted as u64);
         }
     }
 
@@ -154,19 +163,15 @@ impl<R> Job<R> {
         self.lock().measured
     }
 
-    /// Finishes the progress bar, once: the job is complete, or has
-    /// failed and its caller stops there. A bar on a terminal then ends
-    /// its line: indicatif leaves the cursor after it, and the next line
-    /// printed would be glued to it. Called before the job's waiters are
-    /// woken, so that what they print comes after.
+    /// Finishes the progress, once: the job is complete, or has failed
+    /// and its caller stops there (the terminal bar then ends its line).
+    /// Called before the job's waiters are woken, so that what they print
+    /// comes after.
     pub(crate) fn finish_progress(&self) {
         if let Some(p) = &self.progress
             && !self.progress_done.swap(true, Ordering::AcqRel)
         {
             p.finish();
-            if !p.is_hidden() {
-                eprintln!();
-            }
         }
     }
 
@@ -175,8 +180,10 @@ impl<R> Job<R> {
         let mut st = self.lock();
         st.sealed = true;
         // The input's true length, if it said another.
-        if let Some(p) = &self.progress {
-            p.set_length(st.submitted as u64);
+        if let Some(p) = &self.progress
+            && self.total.swap(st.submitted as u64, Ordering::Relaxed) != st.submitted as u64
+        {
+            p.set_total(st.submitted as u64);
         }
         self.wake(&mut st);
     }
@@ -476,7 +483,7 @@ impl<R: DeserializeOwned + Send> Sink for Job<R> {
             self.store(&mut st, first + done + i, outcome);
         }
         if let Some(p) = &self.progress {
-            p.inc(count as u64);
+            p.advance(count as u64);
         }
         self.wake(&mut st);
     }
@@ -485,7 +492,7 @@ impl<R: DeserializeOwned + Send> Sink for Job<R> {
         let mut st = self.lock();
         self.store(&mut st, index, Err(error));
         if let Some(p) = &self.progress {
-            p.inc(1);
+            p.advance(1);
         }
         self.wake(&mut st);
     }

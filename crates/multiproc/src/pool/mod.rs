@@ -44,6 +44,7 @@ pub(crate) mod job;
 pub(crate) mod link;
 mod map_handle;
 mod options;
+mod progress;
 pub(crate) mod registry;
 pub(crate) mod scheduler;
 pub(crate) mod worker;
@@ -67,6 +68,7 @@ pub use handle::{AsCompleted, CancelOnDrop, TaskHandle, as_completed};
 pub use imap::{Imap, ImapStream};
 pub use map_handle::MapHandle;
 pub use options::TaskOptions;
+pub use progress::Progress;
 
 /// A pool of worker processes.
 ///

@@ -4,6 +4,7 @@
 use super::backend::Backend;
 use super::chunking::Chunker;
 use super::job::{Job, Sink};
+use super::progress::{Bar, Progress};
 use super::scheduler::Chunk;
 use super::*;
 use super::{handle::*, imap::*, map_handle::*};
@@ -43,7 +44,7 @@ pub struct TaskOptions<'p, A, R> {
     pub(super) f: fn(A) -> R,
     pub(super) chunksize: Option<usize>,
     pub(super) timeout: Option<Duration>,
-    pub(super) progress: Option<indicatif::ProgressBar>,
+    pub(super) progress: Option<Arc<dyn Progress>>,
 }
 
 impl<A, R> fmt::Debug for TaskOptions<'_, A, R> {
@@ -81,20 +82,14 @@ where
     /// grows as items are read. When the job ends the bar is finished and
     /// its line ended, before `get`, `map` or the last `next` returns.
     pub fn progress(self) -> Self {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        self.progress_bar(bar)
+        self.progress_to(Bar::new())
     }
 
-    /// Counts finished items on `bar`, whose length is set as
-    /// [`progress`](Self::progress) says.
-    pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
-        self.progress = Some(bar);
+    /// Reports progress to `to` instead of a terminal bar (see
+    /// [`Progress`]), with the same lengths and the same end as
+    /// [`progress`](Self::progress).
+    pub fn progress_to(mut self, to: impl Progress) -> Self {
+        self.progress = Some(Arc::new(to));
         self
     }
 
@@ -112,10 +107,12 @@ where
             (lo, Some(hi)) if lo == hi => Some(lo),
             _ => None,
         });
-        if let (Some(bar), Some(len)) = (&self.progress, known) {
-            bar.set_length(len as u64);
-        }
-        let job = Arc::new(Job::new(ordered, fail_fast, self.progress));
+        let job = Arc::new(Job::new(
+            ordered,
+            fail_fast,
+            self.progress,
+            known.map(|n| n as u64),
+        ));
         Feeder {
             backend: Arc::clone(&self.pool.backend),
             preamble: EntryId::new(self.f, worker::chunk_body::<A, R>).preamble(),
