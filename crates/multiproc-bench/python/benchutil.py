@@ -22,6 +22,25 @@ import traceback
 # How long a child may take to exit once its input has ended.
 EXIT_TIMEOUT = 10.0
 
+# Whether the Rust side drives this script's rounds (--interleave): see turn().
+_interleave = False
+_turns = 0
+
+
+def turn():
+    """Marks the start of a round of samples. With --interleave (the Rust
+    side's python::Session), prints a marker line and waits for a line on
+    stdin, so that the Rust side's rounds and ours alternate and never run
+    at the same time; at the end of stdin, runs on without waiting.
+    Without --interleave, does nothing."""
+    global _interleave, _turns
+    if not _interleave:
+        return
+    _turns += 1
+    print(json.dumps({"turn": _turns}), flush=True)
+    if not sys.stdin.readline():
+        _interleave = False
+
 
 def emit(bench, param, unit, samples):
     """Prints the samples of one measurement."""
@@ -34,6 +53,12 @@ def emit_error(bench, param, unit, exc):
     traceback.print_exception(exc, file=sys.stderr)
     line = {"bench": bench, "param": param, "unit": unit,
             "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(line), flush=True)
+
+
+def emit_unavailable(bench, param, unit, why):
+    """Prints that a measurement has no Python counterpart, and why."""
+    line = {"bench": bench, "param": param, "unit": unit, "error": why}
     print(json.dumps(line), flush=True)
 
 
@@ -55,6 +80,8 @@ def plan_parser(doc):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--target-ms", type=int, default=300)
     parser.add_argument("--start-method", default="forkserver")
+    parser.add_argument("--interleave", action="store_true",
+                        help="wait for the Rust side at every round (see turn())")
     return parser
 
 
@@ -62,7 +89,9 @@ def parse_plan(parser):
     """Parses the command line with a plan_parser: returns the options,
     the multiprocessing context of --start-method, and --target-ms in
     seconds."""
+    global _interleave
     args = parser.parse_args()
+    _interleave = args.interleave
     return args, multiprocessing.get_context(args.start_method), args.target_ms / 1e3
 
 
@@ -94,6 +123,7 @@ def timed_runs(runs, reps, target):
             counts.append(exc)
     results = [c if isinstance(c, Exception) else [] for c in counts]
     for _ in range(reps):
+        turn()
         for i, run in enumerate(runs):
             if isinstance(results[i], Exception):
                 continue

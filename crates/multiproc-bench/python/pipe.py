@@ -73,6 +73,7 @@ def roundtrips(ctx, warmup, batches, batch):
             except Exception as exc:
                 results.append(exc)
         for _ in range(batches):
+            benchutil.turn()
             for i, (send, recv, msg) in enumerate(ops):
                 if isinstance(results[i], Exception):
                     continue
@@ -102,7 +103,11 @@ def oneway(ctx, size, reps, target):
             return took
 
         count = benchutil.calibrate(run, target)
-        return [(count, run(count)) for _ in range(reps)]
+        runs = []
+        for _ in range(reps):
+            benchutil.turn()
+            runs.append((count, run(count)))
+        return runs
 
 
 def main():

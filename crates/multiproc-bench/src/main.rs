@@ -2,7 +2,7 @@
 //! in the same run. See this crate's README.md.
 //!
 //! ```text
-//! cargo run --release -p multiproc-bench -- [GROUP...|--all] [--quick] [--json] [--report DIR]
+//! cargo run --release -p multiproc-bench -- [GROUP...|--all] [--idle] [--contended] [--quick] [--json] [--report DIR]
 //! ```
 
 use std::io;
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 mod chart;
 mod groups;
+mod hogs;
 mod markdown;
 mod measure;
 mod python;
@@ -20,7 +21,7 @@ mod rig;
 mod targets;
 
 use groups::Options;
-use report::{Impl, Row};
+use report::Row;
 
 /// A benchmark group: a name on the command line and the function that runs
 /// it.
@@ -28,6 +29,9 @@ struct Group {
     name: &'static str,
     about: &'static str,
     run: fn(&Options) -> Vec<Row>,
+    /// Whether the group also runs in the contended mode (its waiting
+    /// code is what contention tests).
+    contended: bool,
 }
 
 /// Every group, in the order `all` runs them. A new group is one file under
@@ -37,42 +41,50 @@ const GROUPS: &[Group] = &[
         name: groups::start::NAME,
         about: "start+join latency and idle worker memory, per start method",
         run: groups::start::run,
+        contended: false,
     },
     Group {
         name: groups::pipe::NAME,
         about: "pipe round-trip latency and one-way throughput, with a raw socket floor",
         run: groups::pipe::run,
+        contended: true,
     },
     Group {
         name: groups::queue::NAME,
         about: "Queue/SimpleQueue throughput, 1 and 2 producers and consumers",
         run: groups::queue::run,
+        contended: true,
     },
     Group {
         name: groups::sync::NAME,
         about: "Lock, locked Value, Event ping-pong and Barrier rates, 1 and 2 processes",
         run: groups::sync::run,
+        contended: true,
     },
     Group {
         name: groups::manager::NAME,
         about: "Manager dict set/get from 1 and 2 clients, list append, queue, start-up",
         run: groups::manager::run,
+        contended: true,
     },
     Group {
         name: groups::pickle::NAME,
         about: "PickleConnection against CPython: a dict round trip from a Python client, decoding",
         run: groups::pickle::run,
+        contended: false,
     },
     Group {
         name: groups::pool::NAME,
         about: "Pool map (1M trivial items, chunk size 1), CPU-bound speed-up vs rayon, start-up",
         run: groups::pool::run,
+        contended: false,
     },
     #[cfg(feature = "cluster")]
     Group {
         name: groups::cluster::NAME,
         about: "cluster pool on redis-server vs Celery: map, submit latency, agent SIGKILL recovery",
         run: groups::cluster::run,
+        contended: false,
     },
 ];
 
@@ -84,6 +96,10 @@ struct Cli {
     json: bool,
     /// Where to write the report files (`--report DIR`).
     report: Option<PathBuf>,
+    /// Run the groups on the idle machine.
+    idle: bool,
+    /// Run the groups that have a contended mode with a hog per core.
+    contended: bool,
 }
 
 impl std::fmt::Debug for Group {
@@ -93,8 +109,8 @@ impl std::fmt::Debug for Group {
 }
 
 /// The one-line synopsis, also shown after a usage error.
-const USAGE_LINE: &str =
-    "usage: multiproc-bench [GROUP...|--all] [--quick] [--json] [--report DIR]";
+const USAGE_LINE: &str = "usage: multiproc-bench [GROUP...|--all] [--idle] [--contended] [--quick] \
+     [--json] [--report DIR]";
 
 /// The `--help` text.
 fn usage() -> String {
@@ -102,7 +118,12 @@ fn usage() -> String {
         "Benchmarks multiproc against CPython's multiprocessing, in the same run.\n\n\
          {USAGE_LINE}\n\n\
          options:\n\
-         \x20 --all         every group (the default when none is named)\n\
+         \x20 --all         every group (the default when none is named), idle and\n\
+         \x20               contended unless --idle or --contended says otherwise\n\
+         \x20 --idle        the idle runs (the default when groups are named)\n\
+         \x20 --contended   the contended runs: a CPU-bound hog process per core runs\n\
+         \x20               throughout; params get the suffix _contended (groups\n\
+         \x20               pipe, queue, sync, manager; the others have none)\n\
          \x20 --quick       fewer repetitions (about 30 s per group)\n\
          \x20 --json        one JSON object per line instead of a table\n\
          \x20 --report DIR  also write DIR/report.md (tables, ratios, targets),\n\
@@ -129,6 +150,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
         quick: false,
         json: false,
         report: None,
+        idle: false,
+        contended: false,
     };
     let mut all = false;
     let mut args = args.into_iter();
@@ -138,6 +161,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
             "--all" => all = true,
             "--quick" => cli.quick = true,
             "--json" => cli.json = true,
+            "--idle" => cli.idle = true,
+            "--contended" => cli.contended = true,
             "--report" => match args.next() {
                 Some(dir) if !dir.is_empty() && !dir.starts_with('-') => {
                     cli.report = Some(PathBuf::from(dir));
@@ -169,11 +194,22 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, String> 
     }
     if cli.groups.is_empty() {
         cli.groups = GROUPS.iter().collect();
+        // Every group: both modes, unless one was asked for.
+        if !cli.idle && !cli.contended {
+            cli.idle = true;
+            cli.contended = true;
+        }
+    } else if !cli.idle && !cli.contended {
+        cli.idle = true;
     }
     Ok(Some(cli))
 }
 
 fn main() -> ExitCode {
+    // procspawn (the Rust peer of `start` and `pool`) runs its children's
+    // jobs from here, in a re-executed copy of this program; elsewhere it
+    // does nothing.
+    procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse(args.iter().cloned()) {
         Ok(Some(cli)) => cli,
@@ -190,6 +226,7 @@ fn main() -> ExitCode {
         quick: cli.quick,
         verbose: true,
         python: python::Python::from_env(),
+        contended: false,
     };
     let header = cli
         .report
@@ -197,17 +234,48 @@ fn main() -> ExitCode {
         .map(|_| report_dir::header(&opts.python, &args, cli.quick));
     let mut all_rows = Vec::new();
     let mut multiproc_failed = false;
-    for group in &cli.groups {
-        let rows = (group.run)(&opts);
+    let mut runs: Vec<(&Group, bool)> = Vec::new();
+    for &group in &cli.groups {
+        if cli.idle {
+            runs.push((group, false));
+        }
+        if cli.contended && group.contended {
+            runs.push((group, true));
+        } else if cli.contended && !cli.idle {
+            eprintln!("[{}] has no contended mode: skipped", group.name);
+        }
+    }
+    for (group, contended) in runs {
+        let rows = if contended {
+            let opts = Options {
+                contended: true,
+                ..opts.clone()
+            };
+            match run_contended(group, &opts) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    eprintln!("error: [{}] contended run: {e}", group.name);
+                    multiproc_failed = true;
+                    continue;
+                }
+            }
+        } else {
+            (group.run)(&opts)
+        };
         // The raw floors are measured by our code too: their failure counts.
         multiproc_failed |= rows
             .iter()
-            .any(|r| r.implementation != Impl::Python && !r.is_available());
+            .any(|r| r.implementation.is_ours() && !r.is_available());
         let mut out = io::stdout().lock();
         let written = if cli.json {
             report::write_json(&mut out, &rows)
         } else {
-            report::write_table(&mut out, group.name, &rows)
+            let title = if contended {
+                format!("{} (contended)", group.name)
+            } else {
+                group.name.to_string()
+            };
+            report::write_table(&mut out, &title, &rows)
         };
         if let Err(e) = written {
             // A closed pipe (`| head`) ends the run quietly.
@@ -239,6 +307,29 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The param suffix of the contended runs' rows (issue 20).
+const CONTENDED_SUFFIX: &str = "_contended";
+
+/// Runs `group` with a CPU-bound hog per core ([`hogs::Hogs`]) for its
+/// whole run (the Python side too), and suffixes every row's param with
+/// [`CONTENDED_SUFFIX`].
+fn run_contended(group: &Group, opts: &Options) -> Result<Vec<Row>, String> {
+    let hogs = hogs::Hogs::start(multiproc::cpu_count())?;
+    opts.progress(
+        group.name,
+        &format!("contended: {} hog processes running", hogs.len()),
+    );
+    let rows = (group.run)(opts);
+    drop(hogs);
+    Ok(rows
+        .into_iter()
+        .map(|mut row| {
+            row.param.push_str(CONTENDED_SUFFIX);
+            row
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +343,21 @@ mod tests {
         let cli = parse(args(&["--quick"])).unwrap().unwrap();
         assert_eq!(cli.groups.len(), GROUPS.len());
         assert!(cli.quick && !cli.json);
+        assert!(cli.idle && cli.contended, "every group runs in both modes");
+    }
+
+    #[test]
+    fn modes_are_chosen() {
+        let named = parse(args(&["pipe"])).unwrap().unwrap();
+        assert!(named.idle && !named.contended);
+        let contended = parse(args(&["pipe", "--contended"])).unwrap().unwrap();
+        assert!(!contended.idle && contended.contended);
+        let all = parse(args(&["--all", "--idle"])).unwrap().unwrap();
+        assert!(all.idle && !all.contended);
+        let both = parse(args(&["sync", "--idle", "--contended"]))
+            .unwrap()
+            .unwrap();
+        assert!(both.idle && both.contended);
     }
 
     #[test]

@@ -120,16 +120,44 @@ pub fn write(
     }
     writeln!(
         out,
-        "How to read the tables: values are medians. **ratio** is how many \
+        "How to read the tables: values are medians, with the smallest and \
+         largest sample in brackets. Python's samples and every reference's \
+         were taken in the same run, in rounds alternating with multiproc's \
+         (interleaved), so a ratio compares the same moments. A param ending \
+         in `_contended` was measured with a CPU-bound hog process per core \
+         running throughout (`--contended`), beside the idle row of the same \
+         bench. **ratio** is how many \
          times better multiproc is than Python: python / multiproc for times \
          and sizes (`ms`, `us`, `s`, `KiB`), multiproc / python for rates \
          (units ending in `/s`) and speed-ups (`x`); above 1 means multiproc \
-         is better. **vs raw** (or another reference, such as rayon) is how \
+         is better. **vs raw** (or another reference: a floor such as \
+         `shm-spin`, the `socketpair` baseline, a Rust peer such as \
+         `ipc-channel`, `procspawn` or `rayon`) is how \
          many times *worse* than that reference multiproc is: 1.00x is on \
          par, below 1 beats it. **target** is the issue's target for the row, \
          **met** whether this run meets it."
     )?;
     writeln!(out)?;
+
+    let losses: Vec<String> = groups
+        .iter()
+        .flat_map(|(group, rows)| {
+            report::losses(rows)
+                .into_iter()
+                .map(move |l| format!("`{group}` {l}"))
+        })
+        .collect();
+    if !losses.is_empty() {
+        writeln!(
+            out,
+            "Where multiproc loses in this run (a median better than ours):"
+        )?;
+        writeln!(out)?;
+        for loss in &losses {
+            writeln!(out, "- {}", cell(loss))?;
+        }
+        writeln!(out)?;
+    }
 
     for (group, rows) in &groups {
         write_group(out, group, rows)?;
@@ -222,10 +250,18 @@ fn line(group: &str, entry: &Entry<'_>, references: &[Impl]) -> Vec<String> {
 /// A median for a table cell, large ones shortened: `5663`, `574.6 k`,
 /// `130.9 M`; `n/a` if unavailable, `-` if there is no row.
 fn value(row: Option<&Row>) -> String {
-    match row.map(|r| r.median) {
-        Some(Some(v)) if v.abs() >= 1e6 => format!("{} M", report::format_value(v / 1e6)),
-        Some(Some(v)) if v.abs() >= 1e4 => format!("{} k", report::format_value(v / 1e3)),
-        _ => report::value_cell(row),
+    // The scale of the median, for the min and max too.
+    let scale = match row.and_then(|r| r.median) {
+        Some(v) if v.abs() >= 1e6 => Some((1e6, " M")),
+        Some(v) if v.abs() >= 1e4 => Some((1e3, " k")),
+        _ => None,
+    };
+    match scale {
+        Some((div, suffix)) => {
+            let text = report::value_cell_with(row, &|v| report::format_value(v / div));
+            format!("{text}{suffix}")
+        }
+        None => report::value_cell(row),
     }
 }
 
@@ -241,10 +277,10 @@ fn cell(text: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::report::{Measurement, add_raw, pair};
+    use crate::report::{Impl, Measurement, add_reference, pair};
 
-    /// A fixed run of two groups: `start` (no raw floor) and `pipe` (with
-    /// one, and an unavailable Python value).
+    /// A fixed run of two groups: `start` (no reference) and `pipe` (with
+    /// the socket pair, and an unavailable Python value).
     pub(crate) fn sample_rows() -> Vec<Row> {
         let mut rows = pair(
             "start",
@@ -278,7 +314,7 @@ pub(crate) mod tests {
             "us",
             Ok(vec![18.0]),
         )];
-        rows.extend(add_raw("pipe", pipe, raw));
+        rows.extend(add_reference("pipe", pipe, Impl::Socketpair, raw));
         rows
     }
 
@@ -309,16 +345,23 @@ pub(crate) mod tests {
             .find(|l| l.starts_with("| `worker_private_memory`"))
             .unwrap();
         assert!(memory.ends_with("| ≤ 2048 KiB | met |"), "{memory}");
-        // The pipe table has raw columns; the start table has none.
-        assert!(text.contains("| ratio | raw | vs raw | target | met |"));
+        // The pipe table has socketpair columns; the start table has none.
+        assert!(text.contains("| ratio | socketpair | vs socketpair | target | met |"));
         let rt = text
             .lines()
             .find(|l| l.starts_with("| `roundtrip_bytes`"))
             .unwrap();
-        assert!(rt.contains("| 18.00 | 1.11x |"), "{rt}");
+        // Every value with its range; the issue 20 target against
+        // ipc-channel has no row to compare with.
+        assert!(
+            rt.contains("| 20.00 [20.00-20.00] | 42.00 [42.00-42.00] |"),
+            "{rt}"
+        );
+        assert!(rt.contains("| 18.00 [18.00-18.00] | 1.11x |"), "{rt}");
         assert!(
             rt.ends_with(
-                "| ≥ 2.5x python; ≤ 1.5x raw; ≥ 30x python | **missed**; met; **missed** |"
+                "| ≥ 2.5x python; ≤ 1.5x socketpair; ≥ 30x python; ≤ 1x ipc-channel \
+                 | **missed**; met; **missed**; not measured |"
             ),
             "{rt}"
         );
@@ -329,6 +372,14 @@ pub(crate) mod tests {
         assert!(ow.contains("| n/a | **n/a** | - | - |"), "{ow}");
         assert!(ow.ends_with("| ≥ 3000 MB/s | met |"), "{ow}");
         assert!(text.contains("- python unavailable: pipe.py timed out \\| killed"));
-        assert!(text.contains("**4 met, 2 missed**"), "{text}");
+        assert!(
+            text.contains("**4 met, 2 missed**, 1 not measured"),
+            "{text}"
+        );
+        // Where multiproc loses: the socket pair's 18 us beat our 20 us.
+        assert!(
+            text.contains("- `pipe` roundtrip_bytes 8B: socketpair 1.11x better"),
+            "{text}"
+        );
     }
 }

@@ -22,12 +22,16 @@ pub fn time_each_ms<E>(reps: usize, mut op: impl FnMut() -> Result<(), E>) -> Re
 /// batch of `batch` times. Returns, per operation, each batch's mean time
 /// per run in microseconds. Interleaving exposes all of them alike to
 /// drifts in the machine's load. An operation that fails leaves the
-/// rotation with its error; the others go on.
+/// rotation with its error; the others go on. `between` runs at the start
+/// of every round, untimed: the other side's turn (Python's batch of the
+/// same round, see [`crate::python::Session`]), so that its samples and
+/// ours alternate too.
 pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
     warmup: usize,
     batches: usize,
     batch: usize,
     ops: &mut [&mut F],
+    between: &mut dyn FnMut(),
 ) -> Vec<Result<Vec<f64>, String>> {
     let mut results: Vec<Result<Vec<f64>, String>> = ops
         .iter_mut()
@@ -35,6 +39,7 @@ pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
         .collect();
     let n = ops.len();
     for b in 0..batches {
+        between();
         // The order rotates from batch to batch: the op timed right after
         // another one inherits where the scheduler left the processes
         // (after a blocking socket's wake-ups, for example, the next rig's
@@ -59,11 +64,13 @@ pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
 /// first calibrated ([`calibrate`]) to last about `target`, then `reps`
 /// rounds run every one once. Returns, per run, each repetition's
 /// `(operations, seconds)`. A run that fails leaves the rotation with its
-/// error.
+/// error. `between` runs at the start of every round, untimed (the other
+/// side's turn, as in [`per_op_us`]).
 pub fn timed_runs<F: FnMut(u64) -> Result<Duration, String> + ?Sized>(
     target: Duration,
     reps: usize,
     runs: &mut [&mut F],
+    between: &mut dyn FnMut(),
 ) -> Vec<Result<Vec<(u64, f64)>, String>> {
     let counts: Vec<Result<u64, String>> = runs
         .iter_mut()
@@ -74,6 +81,7 @@ pub fn timed_runs<F: FnMut(u64) -> Result<Duration, String> + ?Sized>(
         .map(|c| c.clone().map(|_| Vec::new()))
         .collect();
     for _ in 0..reps {
+        between();
         for ((run, count), result) in runs.iter_mut().zip(&counts).zip(&mut results) {
             let (Ok(samples), Ok(count)) = (&mut *result, count) else {
                 continue;
@@ -206,7 +214,9 @@ mod tests {
             }
         };
         let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut op_a, &mut op_b];
-        let results = per_op_us(3, 4, 5, ops);
+        let mut turns = 0;
+        let results = per_op_us(3, 4, 5, ops, &mut || turns += 1);
+        assert_eq!(turns, 4);
         assert_eq!(results[0].as_ref().map(Vec::len), Ok(4));
         assert_eq!(results[1], Err("tired".to_string()));
         // 3 warm-up runs and 4 batches of 5; b fails in its second batch.
@@ -216,7 +226,11 @@ mod tests {
     #[test]
     fn timed_runs_use_the_calibrated_count() {
         let mut run = |n: u64| Ok(Duration::from_micros(n));
-        let results = timed_runs(Duration::from_millis(100), 3, &mut [&mut run]);
+        let mut turns = 0;
+        let results = timed_runs(Duration::from_millis(100), 3, &mut [&mut run], &mut || {
+            turns += 1
+        });
+        assert_eq!(turns, 3);
         let runs = results[0].as_ref().unwrap();
         assert_eq!(runs.len(), 3);
         assert!(runs.iter().all(|&(n, secs)| n >= 100_000 && secs > 0.09));

@@ -8,9 +8,10 @@
 //! ```
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -168,39 +169,251 @@ impl Python {
             Err(_) => String::new(),
         };
 
-        let mut output = PythonOutput::default();
-        for line in lines
-            .iter()
-            .map(|l| l.trim())
-            .filter(|l| l.starts_with('{'))
-        {
-            match serde_json::from_str::<Line>(line) {
-                Ok(l) => {
-                    let outcome = match (l.samples, l.error) {
-                        (_, Some(e)) => Err(format!("python: {e}")),
-                        (Some(s), None) => Ok(s),
-                        (None, None) => Err("python printed neither samples nor error".into()),
-                    };
-                    output
-                        .measurements
-                        .push(Measurement::new(&l.bench, &l.param, &l.unit, outcome));
-                }
-                Err(e) => {
-                    output.failure = Some(format!("{script} printed a bad line ({e}): {line}"));
-                }
+        parse_output(script, &lines, status, &stderr_text)
+    }
+}
+
+/// The measurements in a script's output `lines`, and why it failed if it
+/// did (`status`: how it ended, or why it was stopped).
+fn parse_output(
+    script: &str,
+    lines: &[String],
+    status: Result<ExitStatus, String>,
+    stderr_text: &str,
+) -> PythonOutput {
+    let mut output = PythonOutput::default();
+    for line in lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with('{'))
+    {
+        match serde_json::from_str::<Line>(line) {
+            Ok(l) => {
+                let outcome = match (l.samples, l.error) {
+                    (_, Some(e)) => Err(format!("python: {e}")),
+                    (Some(s), None) => Ok(s),
+                    (None, None) => Err("python printed neither samples nor error".into()),
+                };
+                output
+                    .measurements
+                    .push(Measurement::new(&l.bench, &l.param, &l.unit, outcome));
+            }
+            Err(e) => {
+                output.failure = Some(format!("{script} printed a bad line ({e}): {line}"));
             }
         }
-        match status {
-            Err(e) => output.failure = Some(e),
-            Ok(s) if !s.success() => {
-                output.failure = Some(format!(
-                    "{script} failed ({s}){}",
-                    last_lines(&stderr_text, 3)
+    }
+    match status {
+        Err(e) => output.failure = Some(e),
+        Ok(s) if !s.success() => {
+            output.failure = Some(format!(
+                "{script} failed ({s}){}",
+                last_lines(stderr_text, 3)
+            ));
+        }
+        Ok(_) => {}
+    }
+    output
+}
+
+/// The line a script prints when it reaches a turn in `--interleave` mode
+/// (`benchutil.turn`): it then waits for a line on its standard input.
+fn is_turn_marker(line: &str) -> bool {
+    line.trim_start().starts_with("{\"turn\"")
+}
+
+/// A group script running beside our measurements, its samples and ours
+/// alternating: the script is started with `--interleave`, and wherever
+/// it has a turn (at the start of each round of samples,
+/// `benchutil.turn()`) it prints a marker and waits. [`Session::turn`]
+/// lets it run up to its next turn while we wait, so the two sides never
+/// run at the same time, and a drift in the machine's load hits the
+/// rounds of both alike. The rounds of both sides line up as long as
+/// they measure the same benches in the same order with the same number
+/// of rounds; if they do not, the samples are still right, only less
+/// interleaved. [`Session::finish`] closes the script's input (it then
+/// runs to its end without waiting) and collects its measurements.
+pub struct Session {
+    script: String,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    collected: Vec<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+    /// How long the script may take to reach its next turn, or its end.
+    timeout: Duration,
+    /// Why the session stopped early (started, timed out), if it did.
+    failure: Option<String>,
+}
+
+impl Python {
+    /// Starts `script` with `args` and `--interleave`, and waits until it
+    /// reaches its first turn (its set-up done). It is killed if it takes
+    /// longer than `timeout` to reach its next turn (or, after
+    /// [`Session::finish`], its end): our side's time between its turns
+    /// does not count. Never fails: a script that
+    /// could not start gives a [`Session::finish`] with the reason.
+    pub fn session(&self, script: &str, args: &[String], timeout: Duration) -> Session {
+        let (tx, lines) = mpsc::channel();
+        let mut session = Session {
+            script: script.to_string(),
+            child: None,
+            stdin: None,
+            lines,
+            collected: Vec::new(),
+            stderr: None,
+            timeout,
+            failure: None,
+        };
+        let shown = self.program.to_string_lossy().into_owned();
+        let spawned = Command::new(&self.program)
+            .arg(self.script_dir.join(script))
+            .args(args)
+            .arg("--interleave")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                session.failure = Some(format!(
+                    "python interpreter `{shown}` not found (set ${PYTHON_ENV})"
                 ));
+                return session;
             }
-            Ok(_) => {}
+            Err(e) => {
+                session.failure = Some(format!("could not run `{shown}`: {e}"));
+                return session;
+            }
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        session.stderr = Some(thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        }));
+        session.stdin = child.stdin.take();
+        session.child = Some(child);
+        session.wait_for_turn();
+        session
+    }
+}
+
+impl Session {
+    /// Reads the script's output up to its next turn marker (or its end),
+    /// keeping the other lines. Kills it at the deadline.
+    fn wait_for_turn(&mut self) {
+        let deadline = Instant::now() + self.timeout;
+        while self.child.is_some() && self.stdin.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if is_turn_marker(&line) => return,
+                Ok(line) => self.collected.push(line),
+                // The script's output ended: it is finishing; no more turns.
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.stdin = None,
+                Err(mpsc::RecvTimeoutError::Timeout) => self.kill("timed out"),
+            }
         }
-        output
+    }
+
+    fn kill(&mut self, why: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stdin = None;
+        self.failure = Some(format!("{} {why} and was killed", self.script));
+    }
+
+    /// Lets the script run its next turn, and waits until it is at the
+    /// one after (or has ended). Does nothing once it has ended.
+    pub fn turn(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        if stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            // It is gone: its output tells why.
+            self.stdin = None;
+            return;
+        }
+        self.wait_for_turn();
+    }
+
+    /// Lets the script run to its end without waiting for turns, then
+    /// collects its measurements (as [`Python::run`] does).
+    pub fn finish(mut self) -> PythonOutput {
+        drop(self.stdin.take());
+        let Some(mut child) = self.child.take() else {
+            return parse_output(
+                &self.script,
+                &self.collected,
+                Err(self.failure.take().unwrap_or_default()),
+                "",
+            );
+        };
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if is_turn_marker(&line) => {}
+                Ok(line) => self.collected.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break wait_until(&mut child, deadline);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!("{} timed out and was killed", self.script));
+                }
+            }
+        };
+        let stderr_text = match (&status, self.stderr.take()) {
+            (Ok(_), Some(reader)) => reader.join().unwrap_or_default(),
+            _ => String::new(),
+        };
+        parse_output(&self.script, &self.collected, status, &stderr_text)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for `child` to exit, killing it at `deadline`.
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus, String> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the script timed out and was killed".to_string());
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("waiting for the script failed: {e}"));
+            }
+        }
     }
 }
 
@@ -227,4 +440,45 @@ fn last_lines(text: &str, n: usize) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script that takes three turns, recording what it read at each
+    /// (`go\n` while the session drives it, nothing once its input is
+    /// closed), then prints that as its samples.
+    const TURNS: &str = r#"
+import json, sys
+seen = []
+for i in range(3):
+    print(json.dumps({"turn": i + 1}), flush=True)
+    seen.append(float(len(sys.stdin.readline())))
+print(json.dumps({"bench": "b", "param": "-", "unit": "ms", "samples": seen}), flush=True)
+"#;
+
+    #[test]
+    fn a_session_alternates_turns_and_finishes_on_its_own() {
+        let dir = std::env::temp_dir().join(format!("multiproc-bench-py-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("turns.py"), TURNS).unwrap();
+        let python = Python {
+            script_dir: dir.clone(),
+            ..Python::from_env()
+        };
+        if !python.version().starts_with("Python 3") {
+            eprintln!("no python3: skipped");
+            return;
+        }
+        let mut session = python.session("turns.py", &[], Duration::from_secs(30));
+        // Two turns driven, the third left to the end of its input.
+        session.turn();
+        session.turn();
+        let out = session.finish();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(out.failure, None);
+        assert_eq!(out.measurements.len(), 1);
+        assert_eq!(out.measurements[0].outcome, Ok(vec![3.0, 3.0, 0.0]));
+    }
 }

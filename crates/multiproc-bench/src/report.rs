@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// Which implementation produced a measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Impl {
     /// This workspace's `multiproc` crate.
     Multiproc,
@@ -19,14 +19,46 @@ pub enum Impl {
     /// Rayon's thread pool running the same Rust code (the pool group's
     /// reference for a CPU-bound speed-up).
     Rayon,
+    /// A plain Unix socket pair with no library around it: the blocking
+    /// transport multiproc's pipes replaced (and the baseline of the
+    /// contended round trips), not a floor of theirs.
+    Socketpair,
+    /// The `ipc-channel` crate (Servo's), the Rust peer for pipes and
+    /// one-way channels.
+    IpcChannel,
+    /// The `procspawn` crate, the Rust peer for starting a process and for
+    /// a pool of processes.
+    Procspawn,
+    /// Two processes spinning on a word of shared memory each: the floor
+    /// of a round trip when both have a core.
+    ShmSpin,
 }
 
 impl Impl {
     /// The implementation's name, as in the JSON output (`multiproc`,
     /// `python`, `raw`, ...).
     pub fn name(self) -> String {
-        // The serde names are the lowercase variant names.
-        format!("{self:?}").to_lowercase()
+        match self {
+            Impl::Multiproc => "multiproc",
+            Impl::Python => "python",
+            Impl::Raw => "raw",
+            Impl::Rayon => "rayon",
+            Impl::Socketpair => "socketpair",
+            Impl::IpcChannel => "ipc-channel",
+            Impl::Procspawn => "procspawn",
+            Impl::ShmSpin => "shm-spin",
+        }
+        .to_string()
+    }
+
+    /// Whether this crate's own code measured it (multiproc, or a floor or
+    /// baseline written here): its failure fails the run. Python and the
+    /// Rust peers are someone else's.
+    pub fn is_ours(self) -> bool {
+        matches!(
+            self,
+            Impl::Multiproc | Impl::Raw | Impl::Socketpair | Impl::ShmSpin
+        )
     }
 
     /// Whether this is one of the two implementations compared by the
@@ -198,13 +230,24 @@ pub fn pair(
 /// Adds `raw` measurements (the floor with no library, [`Impl::Raw`]) to
 /// `rows` made by [`pair`]: each goes right after the last row of the same
 /// bench and param, or at the end if there is none.
-pub fn add_raw(group: &str, mut rows: Vec<Row>, raw: Vec<Measurement>) -> Vec<Row> {
-    for m in raw {
+pub fn add_raw(group: &str, rows: Vec<Row>, raw: Vec<Measurement>) -> Vec<Row> {
+    add_reference(group, rows, Impl::Raw, raw)
+}
+
+/// Adds the measurements of a reference implementation `which` (a floor,
+/// a Rust peer) to `rows`, as [`add_raw`] does for [`Impl::Raw`].
+pub fn add_reference(
+    group: &str,
+    mut rows: Vec<Row>,
+    which: Impl,
+    measured: Vec<Measurement>,
+) -> Vec<Row> {
+    for m in measured {
         let at = rows
             .iter()
             .rposition(|r| r.bench == m.bench && r.param == m.param)
             .map_or(rows.len(), |i| i + 1);
-        rows.insert(at, Row::from_measurement(group, Impl::Raw, m));
+        rows.insert(at, Row::from_measurement(group, which, m));
     }
     rows
 }
@@ -312,18 +355,60 @@ pub fn references(rows: &[Row]) -> Vec<Impl> {
     out
 }
 
-/// The median of `row` for a table cell: `n/a` if unavailable, `-` if
-/// there is no row.
-pub fn value_cell(row: Option<&Row>) -> String {
+/// The median of `row` for a table cell, with its smallest and largest
+/// sample: `3.935 [3.100-9.200]` (`format` writes each number); `n/a` if
+/// unavailable, `-` if there is no row.
+pub fn value_cell_with(row: Option<&Row>, format: &dyn Fn(f64) -> String) -> String {
     match row {
         None => "-".to_string(),
-        Some(r) => r.median.map_or_else(|| "n/a".to_string(), format_value),
+        Some(r) => match (r.median, r.min, r.max) {
+            (Some(m), Some(lo), Some(hi)) => {
+                format!("{} [{}-{}]", format(m), format(lo), format(hi))
+            }
+            (Some(m), _, _) => format(m),
+            (None, _, _) => "n/a".to_string(),
+        },
     }
+}
+
+/// [`value_cell_with`] [`format_value`].
+pub fn value_cell(row: Option<&Row>) -> String {
+    value_cell_with(row, &format_value)
 }
 
 /// A ratio for a table cell, `2.50x`; `n/a` if there is none.
 pub fn ratio_cell(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"))
+}
+
+/// Where multiproc loses in `rows`: one line per bench, param and
+/// implementation whose median beats multiproc's (Python, or a reference
+/// more than 1.00x better), `roundtrip_bytes 8B: socketpair 1.31x better`.
+pub fn losses(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in entries(rows) {
+        let Some(ours) = entry.median(Impl::Multiproc) else {
+            continue;
+        };
+        let mut seen = Vec::new();
+        for row in entry.rows.iter().rev() {
+            let which = row.implementation;
+            if which == Impl::Multiproc || seen.contains(&which) {
+                continue;
+            }
+            seen.push(which);
+            let Some(theirs) = row.median else { continue };
+            if let Some(x) = times_better(entry.unit, theirs, ours).filter(|&x| x > 1.0) {
+                out.push(format!(
+                    "{} {}: {} {x:.2}x better",
+                    entry.bench,
+                    entry.param,
+                    which.name()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The `who unavailable: why` notes of `rows`, without repeats.
@@ -409,18 +494,21 @@ pub fn write_table(out: &mut impl Write, group: &str, rows: &[Row]) -> io::Resul
     for note in unavailable_notes(rows) {
         writeln!(out, "note: {note}")?;
     }
+    for loss in losses(rows) {
+        writeln!(out, "multiproc loses: {loss}")?;
+    }
     writeln!(out)?;
     out.flush()
 }
 
 /// What `ratio` means, for the readers of a table.
-pub const RATIO_NOTE: &str = "medians; ratio = how many times better multiproc is than python: \
-     python / multiproc for times and sizes,\n multiproc / python for rates (units ending in /s) \
-     and speed-ups (x); above 1 means multiproc is better";
+pub const RATIO_NOTE: &str = "median [min-max] of the samples; ratio (of the medians) = how many \
+     times better multiproc is than python:\n python / multiproc for times and sizes, multiproc / python for rates (units \
+     ending in /s) and speed-ups (x);\n above 1 means multiproc is better";
 
 /// What `vs raw` (and `vs` any reference) means.
-pub const VS_NOTE: &str = "vs raw = how many times worse multiproc is than the raw floor (or \
-     another reference): multiproc / raw for times,\n raw / multiproc for rates; 1.00x means on \
+pub const VS_NOTE: &str = "vs X = how many times worse multiproc is than reference X (a floor, \
+     a baseline or a Rust peer): multiproc / raw for times,\n raw / multiproc for rates; 1.00x means on \
      par with it";
 
 /// Formats a median with about four significant digits.

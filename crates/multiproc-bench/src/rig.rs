@@ -11,6 +11,9 @@
 //! their input, so they return. [`measure_each`] does the same around any
 //! measurement of the rigs' operations.
 
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use multiproc::{Connection, JoinTimeoutError, Process, StartMethod, pipe};
@@ -87,7 +90,8 @@ pub fn end<T>(children: Vec<Process<()>>, result: Result<T, String>) -> Result<T
 
 /// Warms up the rigs that started, then calibrates them to runs of about
 /// `target` and times `reps` runs of each, interleaved
-/// ([`measure::timed_runs`]), then ends every child. Returns one result
+/// ([`measure::timed_runs`], which calls `between` at the start of every
+/// round: Python's turn), then ends every child. Returns one result
 /// per rig, in order; a rig that did not start has its start error.
 ///
 /// The warm-up is a calibration whose result is thrown away: its first
@@ -99,6 +103,7 @@ pub fn measure_rigs<const N: usize>(
     target: Duration,
     reps: usize,
     rigs: [Result<Rig, String>; N],
+    between: &mut dyn FnMut(),
 ) -> [Runs; N] {
     let warmed = rigs.map(|rig| {
         rig.and_then(|mut rig| match measure::calibrate(target, &mut *rig.run) {
@@ -106,7 +111,9 @@ pub fn measure_rigs<const N: usize>(
             Err(e) => rig.finish(Err(e)),
         })
     });
-    measure_each(warmed, |runs| measure::timed_runs(target, reps, runs))
+    measure_each(warmed, |runs| {
+        measure::timed_runs(target, reps, runs, between)
+    })
 }
 
 /// Measures the rigs that started with `measure` (which gets their
@@ -152,12 +159,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// 9 runs of 0.5 s each, or with `quick` 3 of 0.3 s.
+    /// 9 runs of 0.5 s each, or with `quick` 7 of 0.15 s (three were too
+    /// few for a stable median, and no min or max worth printing).
     pub fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                reps: 3,
-                target: Duration::from_millis(300),
+                reps: 7,
+                target: Duration::from_millis(150),
                 python_timeout: Duration::from_secs(120),
             }
         } else {
@@ -204,4 +212,55 @@ pub type Ends<S, R> = (Connection<S, R>, Connection<R, S>);
 /// A command pipe: the parent's end and the child's.
 pub fn command_pipe<S, R>() -> Result<Ends<S, R>, String> {
     pipe::<S, R>().map_err(|e| format!("pipe failed: {e}"))
+}
+
+/// Shuts down the write side of a socket when dropped: the end of input
+/// for a forked child, which holds a copy of our descriptor, so that
+/// closing ours would not end it.
+pub struct ShutdownOnDrop(pub UnixStream);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+}
+
+/// The socket-pair baseline of a round trip, as a throughput rig: a
+/// child forked with a closure echoes 8 bytes over a plain
+/// `UnixStream::pair()` (one `read` and one `write` per direction, no
+/// library); a run of `count` round trips is timed. The blocking
+/// transport a user would otherwise write by hand, and the baseline of
+/// the contended round trips (issue 20). Fork it before the rigs whose
+/// children must see the end of their pipes: the forked child holds
+/// copies of every descriptor the parent has then.
+pub fn socket_roundtrip_rig() -> Result<Rig, String> {
+    let (mut ours, mut theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let closer = ShutdownOnDrop(ours.try_clone().map_err(|e| format!("dup: {e}"))?);
+    let child = Process::builder()
+        .daemon(true)
+        .fork(move || {
+            let mut buf = [0u8; 8];
+            while theirs.read_exact(&mut buf).is_ok() {
+                if theirs.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("fork failed: {e}"))?;
+    let mut buf = [0u8; 8];
+    let run: Box<Run> = Box::new(move |count| {
+        let _ = &closer;
+        let t0 = Instant::now();
+        for _ in 0..count {
+            ours.write_all(b"ping-pon")
+                .map_err(|e| format!("write: {e}"))?;
+            ours.read_exact(&mut buf)
+                .map_err(|e| format!("read: {e}"))?;
+        }
+        Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run,
+    })
 }

@@ -364,7 +364,7 @@ fn measure_ours_and_raw(
         raw.submit_get(y)
     };
     let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_op, &mut raw_op];
-    let mut lat = measure::per_op_us(20, plan.latency_ops, 1, ops)
+    let mut lat = measure::per_op_us(20, plan.latency_ops, 1, ops, &mut || {})
         .into_iter()
         .map(|r| r.map(|us| us.into_iter().map(|u| u / 1e3).collect::<Vec<f64>>()));
     let (ml, rl) = (
@@ -922,7 +922,13 @@ fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, S
             .map_err(q)
     };
     let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_set, &mut raw_set];
-    let [o, r] = pair(measure::per_op_us(batch, plan.object_batches, batch, ops));
+    let [o, r] = pair(measure::per_op_us(
+        batch,
+        plan.object_batches,
+        batch,
+        ops,
+        &mut || {},
+    ));
     ours_out.push(per_sec(o));
     raw_out.push(per_sec(r));
 
@@ -947,7 +953,13 @@ fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, S
             .ok_or_else(|| "a raw key is missing".to_string())
     };
     let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours_get, &mut raw_get];
-    let [o, r] = pair(measure::per_op_us(batch, plan.object_batches, batch, ops));
+    let [o, r] = pair(measure::per_op_us(
+        batch,
+        plan.object_batches,
+        batch,
+        ops,
+        &mut || {},
+    ));
     ours_out.push(per_sec(o));
     raw_out.push(per_sec(r));
 
@@ -970,7 +982,7 @@ fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, S
     };
     let ops: &mut [&mut dyn FnMut() -> Result<(), String>] =
         &mut [&mut ours_update, &mut raw_update];
-    let [o, r] = pair(measure::per_op_us(5, plan.update_ops, 1, ops));
+    let [o, r] = pair(measure::per_op_us(5, plan.update_ops, 1, ops, &mut || {}));
     ours_out.push(per_ms(o));
     raw_out.push(per_ms(r));
 
@@ -1009,6 +1021,7 @@ fn measure_objects(server: &LocalServer, plan: &Plan) -> Result<ObjectSamples, S
         plan.object_batches,
         OBJECT_BATCH,
         ops,
+        &mut || {},
     ));
     ours_out.push(o);
     raw_out.push(r);
@@ -1135,7 +1148,8 @@ fn queue_roundtrips(
         }
     };
     let ops: &mut [&mut dyn FnMut() -> Result<(), String>] = &mut [&mut ours, &mut raw];
-    let mut results = measure::per_op_us(100, plan.object_batches, OBJECT_BATCH, ops).into_iter();
+    let mut results =
+        measure::per_op_us(100, plan.object_batches, OBJECT_BATCH, ops, &mut || {}).into_iter();
     let out = [
         results.next().unwrap_or_else(|| Err("not measured".into())),
         results.next().unwrap_or_else(|| Err("not measured".into())),

@@ -22,8 +22,10 @@
 //! client's report (or the parent's last `get`). The rigs are measured
 //! interleaved, one run of each in turn, after a warm-up, with the counts
 //! calibrated so that a run lasts about [`Plan::target`]. The Python side,
-//! `python/manager_bench.py`, runs afterwards with the same plan and
-//! design.
+//! `python/manager_bench.py`, runs with the same plan and design as a
+//! [`crate::python::Session`], its rounds between ours (its start-ups
+//! after ours). `dict_get` 1client has the `socketpair` baseline beside
+//! it: one 8-byte round trip over a plain socket pair per get.
 
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,8 @@ use multiproc::{Connection, DictProxy, ListProxy, Manager, ProxyError, QueueProx
 use serde::{Deserialize, Serialize};
 
 use super::Options;
-use crate::report::{self, Measurement, Row};
-use crate::rig::{Plan, Rig, Run, Runs, command_pipe, measure_rigs, start};
+use crate::report::{self, Impl, Measurement, Row};
+use crate::rig::{Plan, Rig, Run, Runs, command_pipe, measure_rigs, socket_roundtrip_rig, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "manager";
@@ -203,14 +205,38 @@ fn rate(bench: &str, param: &str, unit: &str, runs: Runs) -> Measurement {
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
-    opts.progress(NAME, "multiproc: dict, list and queue round trips");
+    let mut socket = Vec::new();
+    opts.progress(
+        NAME,
+        "python (manager_bench.py) starting, its rounds interleaved with ours",
+    );
+    let mut python = opts.python.session(
+        "manager_bench.py",
+        &plan.python_args(METHOD),
+        plan.python_timeout,
+    );
+    opts.progress(
+        NAME,
+        "dict, list and queue round trips: multiproc, socketpair, python",
+    );
+    // Forked first: it holds copies of the parent's descriptors, and must
+    // not hold the clients' command pipes (`rig::socket_roundtrip_rig`).
+    let socket_rig = socket_roundtrip_rig();
     match Manager::builder().start_method(METHOD).start() {
         Ok(manager) => match rigs(&manager) {
-            Ok(rigs) => {
-                let runs = measure_rigs(plan.target, plan.reps, rigs);
-                for ((bench, param, unit), runs) in RIGS.into_iter().zip(runs) {
+            Ok([a, b, c, d, e, f]) => {
+                let [a, b, c, d, e, f, sock] = measure_rigs(
+                    plan.target,
+                    plan.reps,
+                    [a, b, c, d, e, f, socket_rig],
+                    &mut || python.turn(),
+                );
+                for ((bench, param, unit), runs) in RIGS.into_iter().zip([a, b, c, d, e, f]) {
                     multiproc.push(rate(bench, param, unit, runs));
                 }
+                // The socket pair's round trips, one per operation: the
+                // baseline of a dict get from one client (issue 20).
+                socket.push(rate("dict_get", "1client", "ops/s", sock));
             }
             Err(e) => {
                 for (bench, param, unit) in RIGS {
@@ -225,7 +251,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
             }
         }
     }
-    opts.progress(NAME, "multiproc: manager_start");
+    opts.progress(NAME, "multiproc: manager_start, then python's");
     multiproc.push(Measurement::new(
         "manager_start",
         "-",
@@ -233,16 +259,12 @@ pub fn run(opts: &Options) -> Vec<Row> {
         start_times(plan.reps),
     ));
 
-    opts.progress(NAME, "python (manager_bench.py)");
-    let python = opts.python.run(
-        "manager_bench.py",
-        &plan.python_args(METHOD),
-        plan.python_timeout,
-    );
-    report::pair(
+    let python = python.finish();
+    let rows = report::pair(
         NAME,
         multiproc,
         python.measurements,
         python.failure.as_deref(),
-    )
+    );
+    report::add_reference(NAME, rows, Impl::Socketpair, socket)
 }

@@ -24,6 +24,10 @@ pub struct Options {
     pub verbose: bool,
     /// The interpreter that runs the Python side.
     pub python: Python,
+    /// The contended run: a CPU-bound hog per core runs throughout (see
+    /// `crate::hogs`); groups leave out what spinning makes meaningless
+    /// there (the pipe's shared-memory spin floor).
+    pub contended: bool,
 }
 
 impl Options {

@@ -11,14 +11,18 @@
 //!   64 KiB and 1 MiB. `oneway_bytes_msgs` (msg/s) is the message rate of
 //!   the same 8-byte runs.
 //!
-//! Each bench also has a `raw` floor: a plain `UnixStream::pair()` with a
-//! forked child, no framing library. For the round trip, one `write` and
+//! Each bench also has a `socketpair` baseline (named `raw` before issue
+//! 20): a plain `UnixStream::pair()` with a forked child, no framing
+//! library. For the round trip, one `write` and
 //! one `read` of the 8 bytes per direction; one way, one `write_all` of a
 //! prebuilt 4-byte big-endian length prefix plus payload per message, read
 //! with `read_exact` through a 64 KiB `BufReader`. multiproc's pipes are
 //! shared-memory rings (the socket beside them carries only wake-ups), so
-//! the raw socket is the floor of the transport they replace, not of
-//! theirs.
+//! the socket pair is the transport they replace, not a floor of theirs.
+//! Beside it, the Rust peer `ipc-channel` (the same echo and one-way
+//! runs over its bytes channels) and, for the round trip on the idle
+//! machine, the `shm-spin` floor: two processes spinning on a word of
+//! shared memory each.
 //!
 //! The children of multiproc and Python are started with forkserver, so a
 //! child holds only its own end of the pipe and closing the parent's end
@@ -41,20 +45,24 @@
 //! The children and their ending are [`crate::rig`]'s, as for `queue` and
 //! `sync`.
 //!
-//! The Python side is `python/pipe.py`, run afterwards with the same plan
-//! (its bytes and typed round trips interleaved the same way).
+//! The Python side is `python/pipe.py`, run with the same plan as a
+//! [`crate::python::Session`]: its round of samples (its bytes and typed
+//! round trips, or one one-way run) comes between two of ours.
 
 use std::io::{BufReader, Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use multiproc::{Connection, Process, StartMethod};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer};
+use multiproc::{Connection, Process, SharedMemory, StartMethod};
 
 use super::Options;
 use crate::measure;
-use crate::report::{self, Measurement, Row};
-use crate::rig::{self, Rig, command_pipe, measure_each, start};
+use crate::report::{self, Impl, Measurement, Row};
+use crate::rig::{self, Rig, ShutdownOnDrop, command_pipe, measure_each, start};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "pipe";
@@ -111,31 +119,15 @@ impl Plan {
     }
 }
 
-/// Runs the group: multiproc and the raw floor, then Python.
+/// Runs the group: multiproc, the socket pair, ipc-channel and (idle
+/// only) the shared-memory spin floor, with Python's rounds interleaved.
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
-    let mut raw = Vec::new();
+    let mut socket = Vec::new();
+    let mut ipc = Vec::new();
+    let mut spin = Vec::new();
 
-    opts.progress(
-        NAME,
-        "roundtrip 8B: multiproc bytes, typed and raw, interleaved",
-    );
-    let [bytes, typed, raw_rt] = roundtrips(&plan);
-    multiproc.push(Measurement::new("roundtrip_bytes", SMALL, "us", bytes));
-    multiproc.push(Measurement::new("roundtrip_typed", SMALL, "us", typed));
-    raw.push(Measurement::new("roundtrip_bytes", SMALL, "us", raw_rt));
-    for (param, size) in SIZES {
-        opts.progress(
-            NAME,
-            &format!("oneway_bytes {param}: multiproc and raw, interleaved"),
-        );
-        let [mp_runs, raw_runs] = oneway(&plan, size);
-        multiproc.extend(oneway_measurements(param, size, mp_runs));
-        raw.extend(oneway_measurements(param, size, raw_runs));
-    }
-
-    opts.progress(NAME, "python (pipe.py)");
     let mut args = plan.runs.python_args(METHOD);
     for (option, value) in [
         ("--warmup", plan.warmup),
@@ -144,14 +136,48 @@ pub fn run(opts: &Options) -> Vec<Row> {
     ] {
         args.extend([option.to_string(), value.to_string()]);
     }
-    let python = opts.python.run("pipe.py", &args, plan.runs.python_timeout);
+    opts.progress(
+        NAME,
+        "python (pipe.py) starting, its rounds interleaved with ours",
+    );
+    let mut python = opts
+        .python
+        .session("pipe.py", &args, plan.runs.python_timeout);
+
+    opts.progress(
+        NAME,
+        "roundtrip 8B: multiproc bytes and typed, socketpair, ipc-channel, shm spin, python",
+    );
+    let [bytes, typed, socket_rt, ipc_rt, spin_rt] =
+        roundtrips(&plan, opts.contended, &mut || python.turn());
+    multiproc.push(Measurement::new("roundtrip_bytes", SMALL, "us", bytes));
+    multiproc.push(Measurement::new("roundtrip_typed", SMALL, "us", typed));
+    socket.push(Measurement::new("roundtrip_bytes", SMALL, "us", socket_rt));
+    ipc.push(Measurement::new("roundtrip_bytes", SMALL, "us", ipc_rt));
+    if !opts.contended {
+        spin.push(Measurement::new("roundtrip_bytes", SMALL, "us", spin_rt));
+    }
+    for (param, size) in SIZES {
+        opts.progress(
+            NAME,
+            &format!("oneway_bytes {param}: multiproc, socketpair, ipc-channel, python"),
+        );
+        let [mp_runs, socket_runs, ipc_runs] = oneway(&plan, size, &mut || python.turn());
+        multiproc.extend(oneway_measurements(param, size, mp_runs));
+        socket.extend(oneway_measurements(param, size, socket_runs));
+        ipc.extend(oneway_measurements(param, size, ipc_runs));
+    }
+
+    let python = python.finish();
     let rows = report::pair(
         NAME,
         multiproc,
         python.measurements,
         python.failure.as_deref(),
     );
-    report::add_raw(NAME, rows, raw)
+    let rows = report::add_reference(NAME, rows, Impl::Socketpair, socket);
+    let rows = report::add_reference(NAME, rows, Impl::IpcChannel, ipc);
+    report::add_reference(NAME, rows, Impl::ShmSpin, spin)
 }
 
 /// The `oneway_bytes` measurement of `param` from per-run `(messages,
@@ -194,27 +220,30 @@ fn fork(f: impl FnOnce() + Send + 'static) -> Result<Process<()>, String> {
         .map_err(|e| format!("fork failed: {e}"))
 }
 
-/// Shuts down the write side of a socket when dropped: the end of input
-/// for a forked child, which holds a copy of our descriptor, so that
-/// closing ours would not end it.
-struct ShutdownOnDrop(UnixStream);
-
-impl Drop for ShutdownOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown(Shutdown::Write);
-    }
-}
-
 /// Per-batch mean round-trip times (µs) of `roundtrip_bytes`,
-/// `roundtrip_typed` and the raw floor, measured interleaved.
-fn roundtrips(plan: &Plan) -> [Result<Vec<f64>, String>; 3] {
-    // The raw child is forked first: a forked child holds copies of every
-    // descriptor the parent has (see `raw_echo_rig`), and it must not
-    // hold the multiproc pipes, or their children would never see the end.
-    let raw = raw_echo_rig();
-    let rigs = [echo_bytes_rig(), echo_typed_rig(), raw];
+/// `roundtrip_typed`, the socket pair, ipc-channel and the shared-memory
+/// spin floor (not measured when `contended`: two spinners sharing cores
+/// with hogs take a time slice per round trip), measured interleaved, with
+/// `between` (Python's turn) at the start of every round.
+fn roundtrips(
+    plan: &Plan,
+    contended: bool,
+    between: &mut dyn FnMut(),
+) -> [Result<Vec<f64>, String>; 5] {
+    // The forked children come first: a forked child holds copies of
+    // every descriptor the parent has (see `raw_echo_rig`), and it must
+    // not hold the multiproc pipes, or their children would never see the
+    // end.
+    let socket = raw_echo_rig();
+    let ipc = ipc_echo_rig();
+    let spin = if contended {
+        Err("not measured in the contended run".to_string())
+    } else {
+        spin_echo_rig()
+    };
+    let rigs = [echo_bytes_rig(), echo_typed_rig(), socket, ipc, spin];
     measure_each(rigs, |ops| {
-        measure::per_op_us(plan.warmup, plan.batches, plan.batch, ops)
+        measure::per_op_us(plan.warmup, plan.batches, plan.batch, ops, between)
     })
 }
 
@@ -319,13 +348,20 @@ fn sender((conn, size): (Connection, u64)) {
     }
 }
 
-/// One-way runs of `size`-byte messages, multiproc and raw, interleaved.
-fn oneway(plan: &Plan, size: usize) -> [Result<Vec<(u64, f64)>, String>; 2] {
-    // The raw child first, as in `roundtrips`.
-    let raw = raw_sender_rig(size);
-    let rigs = [sender_rig(size), raw];
+/// One-way runs of `size`-byte messages, multiproc, the socket pair and
+/// ipc-channel, interleaved, with `between` (Python's turn) at the start
+/// of every round.
+fn oneway(
+    plan: &Plan,
+    size: usize,
+    between: &mut dyn FnMut(),
+) -> [Result<Vec<(u64, f64)>, String>; 3] {
+    // The forked children first, as in `roundtrips`.
+    let socket = raw_sender_rig(size);
+    let ipc = ipc_sender_rig(size);
+    let rigs = [sender_rig(size), socket, ipc];
     measure_each(rigs, |runs| {
-        measure::timed_runs(plan.runs.target, plan.runs.reps, runs)
+        measure::timed_runs(plan.runs.target, plan.runs.reps, runs, between)
     })
 }
 
@@ -398,6 +434,216 @@ fn raw_sender_rig(size: usize) -> Result<Rig, String> {
                 .map_err(|e| format!("read: {e}"))?;
         }
         Ok(t0.elapsed())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// ipc-channel, the Rust peer
+
+/// What an ipc-channel child hands the parent: the sending end of the
+/// child's inbox and the receiving end of its outbox. Both channels are
+/// made in the child after the fork, so that the child holds no copy of
+/// the parent's ends: dropping them ends the child's input.
+type IpcEnds = (IpcBytesSender, IpcBytesReceiver);
+
+/// Forks a child that makes its two channels, sends the parent its ends
+/// through a one-shot server, and then runs `serve` on its own ends.
+fn ipc_child(
+    serve: impl FnOnce(IpcBytesReceiver, IpcBytesSender) + Send + 'static,
+) -> Result<(Process<()>, IpcEnds), String> {
+    let (server, name) =
+        IpcOneShotServer::<IpcEnds>::new().map_err(|e| format!("ipc-channel server: {e}"))?;
+    let child = fork(move || {
+        let Ok((to_child, inbox)) = ipc::bytes_channel() else {
+            return;
+        };
+        let Ok((outbox, from_child)) = ipc::bytes_channel() else {
+            return;
+        };
+        let Ok(hello) = ipc::IpcSender::<IpcEnds>::connect(name) else {
+            return;
+        };
+        if hello.send((to_child, from_child)).is_err() {
+            return;
+        }
+        drop(hello);
+        serve(inbox, outbox);
+    })?;
+    match server.accept() {
+        Ok((_, ends)) => Ok((child, ends)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.join();
+            Err(format!("ipc-channel accept: {e:?}"))
+        }
+    }
+}
+
+/// The ipc-channel peer of `roundtrip_bytes`: 8 bytes each way over two
+/// `IpcBytesSender`/`IpcBytesReceiver` channels.
+fn ipc_echo_rig() -> Result<Rig<RoundTrip>, String> {
+    let (child, (to_child, from_child)) = ipc_child(|inbox, outbox| {
+        while let Ok(msg) = inbox.recv() {
+            if outbox.send(&msg).is_err() {
+                break;
+            }
+        }
+    })?;
+    let op: Box<RoundTrip> = Box::new(move || {
+        to_child
+            .send(&PING)
+            .map_err(|e| format!("ipc-channel send: {e}"))?;
+        let back = from_child
+            .recv()
+            .map_err(|e| format!("ipc-channel recv: {e:?}"))?;
+        if back.len() != PING.len() {
+            return Err(format!("an echo of {} bytes came back", back.len()));
+        }
+        Ok(())
+    });
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
+}
+
+/// The ipc-channel peer of `oneway_bytes`: the child sends `count`
+/// messages of `size` bytes per command, the parent receives them.
+fn ipc_sender_rig(size: usize) -> Result<Rig, String> {
+    let (child, (to_child, from_child)) = ipc_child(move |inbox, outbox| {
+        let payload = vec![0xa5u8; size];
+        while let Some(count) = inbox.recv().ok().as_deref().and_then(command) {
+            for _ in 0..count {
+                if outbox.send(&payload).is_err() {
+                    return;
+                }
+            }
+        }
+    })?;
+    let op: Box<rig::Run> = Box::new(move |count| {
+        let t0 = Instant::now();
+        to_child
+            .send(&count.to_le_bytes())
+            .map_err(|e| format!("ipc-channel send: {e}"))?;
+        let mut last = 0;
+        for _ in 0..count {
+            last = from_child
+                .recv()
+                .map_err(|e| format!("ipc-channel recv: {e:?}"))?
+                .len();
+        }
+        let took = t0.elapsed();
+        if last != size {
+            return Err(format!("got a message of {last} bytes, not {size}"));
+        }
+        Ok(took)
+    });
+    Ok(Rig {
+        children: vec![child],
+        run: op,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The shared-memory spin floor
+
+/// Where the parent's ping sequence number lives (in `u64` words).
+const SPIN_PING: usize = 0;
+
+/// Where the child's echo of it lives: another cache line.
+const SPIN_PONG: usize = 8;
+
+/// The ping that tells the spinning child to return.
+const SPIN_STOP: u64 = u64::MAX;
+
+/// Polls after which a waiting spinner starts sleeping between polls, so
+/// that an idle spin child (while the other rigs take their turns) leaves
+/// its core to them. A round trip in a batch never gets near it.
+const SPIN_POLLS: u32 = 1 << 20;
+
+/// How long the parent spins for an echo before it takes the child for
+/// dead.
+const SPIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The two words of the spin floor (a 4 KiB mapping: `as_atomic_u64`
+/// gives it as atomics, with no unsafe code here).
+fn spin_words(shm: &SharedMemory) -> Result<(&AtomicU64, &AtomicU64), String> {
+    let words = shm.as_atomic_u64();
+    match (words.get(SPIN_PING), words.get(SPIN_PONG)) {
+        (Some(ping), Some(pong)) => Ok((ping, pong)),
+        _ => Err("the shared memory is too small".to_string()),
+    }
+}
+
+/// Child of the spin floor: echoes every new ping number into the pong
+/// word, spinning on the ping word; returns at [`SPIN_STOP`].
+fn spin_echo(shm: SharedMemory) {
+    let Ok((ping, pong)) = spin_words(&shm) else {
+        return;
+    };
+    let mut last = 0;
+    let mut polls = 0u32;
+    loop {
+        let seen = ping.load(Ordering::Acquire);
+        if seen == SPIN_STOP {
+            return;
+        }
+        if seen != last {
+            last = seen;
+            pong.store(seen, Ordering::Release);
+            polls = 0;
+        } else if polls < SPIN_POLLS {
+            polls += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// Tells the spin child to return when dropped (the end of its input).
+struct StopSpin(SharedMemory);
+
+impl Drop for StopSpin {
+    fn drop(&mut self) {
+        if let Ok((ping, _)) = spin_words(&self.0) {
+            ping.store(SPIN_STOP, Ordering::Release);
+        }
+    }
+}
+
+/// The shared-memory spin floor of `roundtrip_bytes`: the parent writes a
+/// new number into one word, the child spins until it sees it and
+/// writes it into another, where the parent spins for it. No system
+/// call, no copy: what a round trip costs when both sides have a core and
+/// spin, the least any library could reach (the message is the number).
+fn spin_echo_rig() -> Result<Rig<RoundTrip>, String> {
+    let shm = SharedMemory::create(4096).map_err(|e| format!("shared memory: {e}"))?;
+    let child = start(METHOD, spin_echo, shm.clone())?;
+    let stop = StopSpin(shm);
+    let mut seq = 0u64;
+    let op: Box<RoundTrip> = Box::new(move || {
+        let (ping, pong) = spin_words(&stop.0)?;
+        seq += 1;
+        ping.store(seq, Ordering::Release);
+        let mut polls = 0u32;
+        let mut since: Option<Instant> = None;
+        while pong.load(Ordering::Acquire) != seq {
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(1 << 16) {
+                let t0 = *since.get_or_insert_with(Instant::now);
+                if t0.elapsed() > SPIN_TIMEOUT {
+                    return Err("no echo from the spin child".to_string());
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
     });
     Ok(Rig {
         children: vec![child],

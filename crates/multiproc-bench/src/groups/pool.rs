@@ -8,17 +8,18 @@
 //!   `pool.map(incr, range(1_000_000))`). Seconds per map.
 //! * `map_trivial_1m/chunksize1` (s): the same with chunk size 1, so one
 //!   task per item: the per-task overhead. Neither side maps 1M items here
-//!   (Python would take some 40 s): multiproc maps
-//!   [`Plan::c1_items`] items and Python [`Plan::c1_items_python`], and
-//!   each sample is **the measured time per item x 1,000,000**, i.e. the
+//!   (Python would take some 40 s): both map the same
+//!   [`Plan::c1_items`] items (multiproc once mapped ten times as many as
+//!   Python, a bias), and each sample is **the measured time per item x 1,000,000**, i.e. the
 //!   time 1M items would take at that rate.
 //! * `cpu_bound_speedup/all_cores` (x): counting the primes below a bound
 //!   by trial division ([`count_primes`]), split into [`CPU_ITEMS`] items
-//!   of equal cost (item `k` takes the numbers `p` with `p % CPU_ITEMS ==
-//!   k`). Each repetition times the job serially in this process, then on
-//!   the multiproc pool (default chunking), then on a rayon pool of as
-//!   many threads (`par_iter` over the same items, the same function); a
-//!   sample is the serial time over the parallel time. Python runs the
+//!   of equal cost (item `k` takes the odd numbers `2j + 1` with
+//!   `j % CPU_ITEMS == k`). Each repetition times the job serially in this
+//!   process, then on the multiproc pool (default chunking), then on a
+//!   rayon pool of as many threads (`par_iter` over the same items, the
+//!   same function), then on a `procspawn` pool of as many processes (one
+//!   job per item); a sample is the serial time over the parallel time. Python runs the
 //!   same algorithm (with a lower bound: it is far slower per number),
 //!   serially with `map` and in parallel with `Pool.map`.
 //! * `pool_startup/<method>` (ms): from calling `build()` until it
@@ -69,10 +70,9 @@ const CPU_ITEMS: u64 = 256;
 struct Plan {
     /// Timed maps of `map_trivial_1m/default`, per side.
     map_reps: usize,
-    /// Items of multiproc's chunk-size-1 map.
+    /// Items of the chunk-size-1 map, on both sides (Python takes about
+    /// 40 us per item, so 1M would take it about 40 s).
     c1_items: u64,
-    /// Items of Python's chunk-size-1 map (about 40 us each).
-    c1_items_python: u64,
     /// Timed chunk-size-1 maps per side.
     c1_reps: usize,
     /// Bound of the prime count of multiproc's and rayon's CPU job.
@@ -95,8 +95,7 @@ impl Plan {
         if quick {
             Plan {
                 map_reps: 3,
-                c1_items: 50_000,
-                c1_items_python: 5_000,
+                c1_items: 5_000,
                 c1_reps: 3,
                 cpu_n: 4_000_000,
                 cpu_n_python: 300_000,
@@ -108,8 +107,7 @@ impl Plan {
         } else {
             Plan {
                 map_reps: 7,
-                c1_items: 200_000,
-                c1_items_python: 20_000,
+                c1_items: 20_000,
                 c1_reps: 7,
                 cpu_n: 10_000_000,
                 cpu_n_python: 600_000,
@@ -128,7 +126,7 @@ impl Plan {
             ("--start-method", METHOD.as_str().to_string()),
             ("--items", MAP_ITEMS.to_string()),
             ("--map-reps", self.map_reps.to_string()),
-            ("--c1-items", self.c1_items_python.to_string()),
+            ("--c1-items", self.c1_items.to_string()),
             ("--c1-reps", self.c1_reps.to_string()),
             ("--cpu-n", self.cpu_n_python.to_string()),
             ("--cpu-items", CPU_ITEMS.to_string()),
@@ -150,17 +148,22 @@ fn incr(x: u64) -> u64 {
     x + 1
 }
 
-/// The primes `p < n` with `p % stride == k`, counted by trial division by
-/// 2 and the odd numbers up to `sqrt(p)` (as `count_primes` in
-/// `python/pool_bench.py`).
+/// Item `k` of `stride` items of the prime count below `n`: the odd
+/// numbers `p = 2j + 1 < n` with `j % stride == k`, tested by trial
+/// division by 3 and the odd numbers up to `sqrt(p)`, plus the prime 2 in
+/// item 0. Every item gets the same share of odd numbers of every size
+/// and residue (its step, `2 * stride`, is coprime to 3), so the items
+/// cost the same, within a few percent (as `count_primes` in
+/// `python/pool_bench.py`). Striding over all numbers instead, as this
+/// job once did, left the even items nearly free.
 fn count_primes((k, stride, n): (u64, u64, u64)) -> u64 {
-    let mut count = 0;
-    let mut p = k;
+    let mut count = u64::from(k == 0 && n > 2);
+    let mut p = 2 * k + 1;
     while p < n {
         if is_prime(p) {
             count += 1;
         }
-        p += stride;
+        p += 2 * stride;
     }
     count
 }
@@ -189,6 +192,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
     let workers = cpu_count();
     let mut multiproc = Vec::new();
     let mut rayon = Vec::new();
+    let mut procspawn_rows = Vec::new();
 
     opts.progress(
         NAME,
@@ -220,8 +224,18 @@ pub fn run(opts: &Options) -> Vec<Row> {
                 "s",
                 map_chunksize1(&pool, plan.c1_items, plan.c1_reps),
             ));
-            opts.progress(NAME, "cpu_bound_speedup: serial, multiproc, rayon");
-            let (ours, theirs, serial) = cpu_speedup(&pool, workers, plan.cpu_n, plan.cpu_reps);
+            opts.progress(
+                NAME,
+                "cpu_bound_speedup: serial, multiproc, rayon, procspawn",
+            );
+            let (ours, theirs, peer, serial) =
+                cpu_speedup(&pool, workers, plan.cpu_n, plan.cpu_reps);
+            procspawn_rows.push(Measurement::new(
+                "cpu_bound_speedup",
+                "all_cores",
+                "x",
+                peer,
+            ));
             if let Some(s) = report::median(&serial) {
                 opts.progress(NAME, &format!("cpu_bound_speedup: serial job {s:.3} s"));
             }
@@ -272,21 +286,8 @@ pub fn run(opts: &Options) -> Vec<Row> {
         python.measurements,
         python.failure.as_deref(),
     );
-    add_reference(rows, Impl::Rayon, rayon)
-}
-
-/// Adds the measurements of a reference implementation (rayon) to `rows`
-/// made by [`report::pair`]: each goes right after the last row of the
-/// same bench and param.
-fn add_reference(mut rows: Vec<Row>, which: Impl, measurements: Vec<Measurement>) -> Vec<Row> {
-    for m in measurements {
-        let at = rows
-            .iter()
-            .rposition(|r| r.bench == m.bench && r.param == m.param)
-            .map_or(rows.len(), |i| i + 1);
-        rows.insert(at, Row::from_measurement(NAME, which, m));
-    }
-    rows
+    let rows = report::add_reference(NAME, rows, Impl::Rayon, rayon);
+    report::add_reference(NAME, rows, Impl::Procspawn, procspawn_rows)
 }
 
 /// Maps `incr` over `0..items` with `chunksize` (default chunking if
@@ -334,14 +335,15 @@ fn cpu_job(n: u64) -> Vec<(u64, u64, u64)> {
 /// on the CPU-bound job (bound `n`), one per repetition: each repetition
 /// times the job serially, on the pool, then on rayon, and divides.
 /// Returns both, and the serial times (s).
-fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> (Samples, Samples, Vec<f64>) {
+fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> Speedups {
     let threads = match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
         Ok(t) => t,
         Err(e) => {
             let why = format!("rayon pool failed: {e}");
-            return (Err(why.clone()), Err(why), Vec::new());
+            return (Err(why.clone()), Err(why.clone()), Err(why), Vec::new());
         }
     };
+    let peer = procspawn::Pool::new(workers).map_err(|e| format!("procspawn pool failed: {e}"));
     let job = cpu_job(n);
     let serial = || -> u64 { job.iter().copied().map(count_primes).sum() };
     let on_pool = || -> Result<u64, String> {
@@ -351,6 +353,20 @@ fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> (Samples, Sa
     };
     let on_rayon =
         || -> u64 { threads.install(|| job.par_iter().copied().map(count_primes).sum()) };
+    // procspawn: one job per item on its pool of `workers` processes, as a
+    // user of it would submit them.
+    let on_procspawn = || -> Result<u64, String> {
+        let peer = peer.as_ref().map_err(Clone::clone)?;
+        let handles: Vec<_> = job
+            .iter()
+            .map(|&item| peer.spawn(item, count_primes))
+            .collect();
+        handles.into_iter().try_fold(0, |sum, h| {
+            h.join()
+                .map(|c| sum + c)
+                .map_err(|e| format!("procspawn job failed: {e}"))
+        })
+    };
 
     // Warm-up, and the answer every run must give.
     let expected = serial();
@@ -362,8 +378,15 @@ fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> (Samples, Sa
         }
     });
     if let Err(e) = warm {
-        return (Err(e.clone()), Err(e), Vec::new());
+        return (Err(e.clone()), Err(e.clone()), Err(e), Vec::new());
     }
+    let mut peer_samples = on_procspawn().and_then(|got| {
+        if got == expected {
+            Ok(Vec::with_capacity(reps))
+        } else {
+            Err("procspawn: wrong prime count".to_string())
+        }
+    });
     let mut ours = Ok(Vec::with_capacity(reps));
     let mut theirs = Vec::with_capacity(reps);
     let mut serial_times = Vec::with_capacity(reps);
@@ -373,7 +396,14 @@ fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> (Samples, Sa
         let (r, rayon_time) = timed(on_rayon);
         if s != expected || r != expected {
             let e = Err("wrong prime count".to_string());
-            return (e.clone(), e, serial_times);
+            return (e.clone(), e.clone(), e, serial_times);
+        }
+        if let Ok(samples) = &mut peer_samples {
+            match timed(on_procspawn) {
+                (Ok(got), took) if got == expected => samples.push(serial_time / took),
+                (Ok(_), _) => peer_samples = Err("procspawn: wrong prime count".to_string()),
+                (Err(e), _) => peer_samples = Err(e),
+            }
         }
         serial_times.push(serial_time);
         if let Ok(samples) = &mut ours {
@@ -385,8 +415,14 @@ fn cpu_speedup(pool: &Pool, workers: usize, n: u64, reps: usize) -> (Samples, Sa
         }
         theirs.push(serial_time / rayon_time);
     }
-    (ours, Ok(theirs), serial_times)
+    if let Ok(peer) = peer {
+        peer.shutdown();
+    }
+    (ours, Ok(theirs), peer_samples, serial_times)
 }
+
+/// The speed-ups of multiproc, rayon and procspawn, and the serial times.
+type Speedups = (Samples, Samples, Samples, Vec<f64>);
 
 /// Runs `f`, returning what it returned and the seconds it took.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -440,7 +476,7 @@ mod tests {
         };
         assert_eq!(value("--workers"), "2");
         assert_eq!(value("--start-method"), "forkserver");
-        assert_eq!(value("--c1-items"), plan.c1_items_python.to_string());
+        assert_eq!(value("--c1-items"), plan.c1_items.to_string());
         assert_eq!(value("--cpu-items"), CPU_ITEMS.to_string());
         assert_eq!(args.len() % 2, 0);
     }

@@ -46,8 +46,9 @@
 //! side by side, one run of each in turn, and so do the two 1 MiB ring
 //! sizes; so a drift in the machine's load hits them alike. The Python
 //! side, `python/queue_bench.py` (not `queue.py`, which would shadow the
-//! standard library's `queue` module), runs afterwards with the same plan
-//! and interleaves the same way.
+//! standard library's `queue` module), runs with the same plan as a
+//! [`crate::python::Session`], its rounds between ours, and interleaves
+//! its own benches the same way.
 //!
 //! The `raw` floor of every `queue_1p1c` param (and `queue_1p1c_msgs`
 //! 8B) is the same ring with bytes and nothing else
@@ -109,6 +110,15 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
+    opts.progress(
+        NAME,
+        "python (queue_bench.py) starting, its rounds interleaved with ours",
+    );
+    let args = plan.python_args(METHOD);
+    let mut python = opts
+        .python
+        .session("queue_bench.py", &args, plan.python_timeout);
+    let mut turn = || python.turn();
 
     opts.progress(
         NAME,
@@ -119,6 +129,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
         plan.target,
         plan.reps,
         [u64_rig(), simple_rig(), raw_rig(8), ack_rig(), async_rig()],
+        &mut turn,
     );
     multiproc.extend(measurements("queue_1p1c", SMALL, 8, queue_runs));
     raw.extend(measurements("queue_1p1c", SMALL, 8, raw_runs));
@@ -139,7 +150,8 @@ pub fn run(opts: &Options) -> Vec<Row> {
                 bytes_rig(size, None),
                 raw_rig(size),
             ];
-            let [big_ring, default_ring, raw_runs] = measure_rigs(plan.target, plan.reps, rigs);
+            let [big_ring, default_ring, raw_runs] =
+                measure_rigs(plan.target, plan.reps, rigs, &mut turn);
             multiproc.extend(measurements("queue_1p1c", param, size, default_ring));
             multiproc.extend(measurements(BIG_RING_BENCH, param, size, big_ring));
             raw.extend(measurements("queue_1p1c", param, size, raw_runs));
@@ -149,21 +161,17 @@ pub fn run(opts: &Options) -> Vec<Row> {
                 &format!("queue_1p1c {param}: multiproc and raw, interleaved"),
             );
             let rigs = [bytes_rig(size, None), raw_rig(size)];
-            let [runs, raw_runs] = measure_rigs(plan.target, plan.reps, rigs);
+            let [runs, raw_runs] = measure_rigs(plan.target, plan.reps, rigs, &mut turn);
             multiproc.extend(measurements("queue_1p1c", param, size, runs));
             raw.extend(measurements("queue_1p1c", param, size, raw_runs));
         }
     }
     opts.progress(NAME, "queue_2p2c 8B: multiproc");
-    let [runs] = measure_rigs(plan.target, plan.reps, [two_by_two_rig()]);
+    let [runs] = measure_rigs(plan.target, plan.reps, [two_by_two_rig()], &mut turn);
     multiproc.extend(measurements("queue_2p2c", SMALL, 8, runs));
     multiproc.extend(simple);
 
-    opts.progress(NAME, "python (queue_bench.py)");
-    let args = plan.python_args(METHOD);
-    let python = opts
-        .python
-        .run("queue_bench.py", &args, plan.python_timeout);
+    let python = python.finish();
     let rows = report::pair(
         NAME,
         multiproc,

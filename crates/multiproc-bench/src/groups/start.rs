@@ -17,7 +17,7 @@ use multiproc::{Process, StartMethod};
 
 use super::Options;
 use crate::measure;
-use crate::report::{self, Measurement, Row};
+use crate::report::{self, Impl, Measurement, Row};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "start";
@@ -85,7 +85,25 @@ fn idle(marker: String) {
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
+    let mut peer = Vec::new();
     for method in METHODS {
+        if method == StartMethod::Spawn {
+            // procspawn re-executes this program, as spawn does: its
+            // start+join and ours alternate, one child each in turn.
+            opts.progress(
+                NAME,
+                "multiproc and procspawn start_join spawn, alternating",
+            );
+            let (ours, theirs) = start_join_beside_procspawn(plan.join_reps);
+            multiproc.push(Measurement::new("start_join", method.as_str(), "ms", ours));
+            peer.push(Measurement::new(
+                "start_join",
+                method.as_str(),
+                "ms",
+                theirs,
+            ));
+            continue;
+        }
         opts.progress(NAME, &format!("multiproc start_join {method}"));
         multiproc.push(Measurement::new(
             "start_join",
@@ -116,12 +134,48 @@ pub fn run(opts: &Options) -> Vec<Row> {
         SETTLE.as_millis().to_string(),
     ];
     let python = opts.python.run("start.py", &args, plan.python_timeout);
-    report::pair(
+    let rows = report::pair(
         NAME,
         multiproc,
         python.measurements,
         python.failure.as_deref(),
-    )
+    );
+    report::add_reference(NAME, rows, Impl::Procspawn, peer)
+}
+
+/// `procspawn::spawn` of a trivial function and its join.
+fn procspawn_once() -> Result<(), String> {
+    procspawn::spawn((), |()| ())
+        .join()
+        .map_err(|e| format!("procspawn failed: {e}"))
+}
+
+/// Start+join times in ms of multiproc's spawn method and of procspawn,
+/// one child of each in turn, after a warm-up child of each.
+fn start_join_beside_procspawn(
+    reps: usize,
+) -> (Result<Vec<f64>, String>, Result<Vec<f64>, String>) {
+    let warm = (start_join_once(StartMethod::Spawn), procspawn_once());
+    let mut ours = warm.0.map(|()| Vec::with_capacity(reps));
+    let mut theirs = warm.1.map(|()| Vec::with_capacity(reps));
+    for _ in 0..reps {
+        for (samples, op) in [
+            (
+                &mut ours,
+                &(|| start_join_once(StartMethod::Spawn)) as &dyn Fn() -> Result<(), String>,
+            ),
+            (&mut theirs, &procspawn_once),
+        ] {
+            if let Ok(list) = samples {
+                let t0 = std::time::Instant::now();
+                match op() {
+                    Ok(()) => list.push(t0.elapsed().as_secs_f64() * 1e3),
+                    Err(e) => *samples = Err(e),
+                }
+            }
+        }
+    }
+    (ours, theirs)
 }
 
 /// Starts and joins one `noop` child with `method`.

@@ -23,20 +23,23 @@
 //! report (value). After a warm-up (a calibration whose result is thrown
 //! away), the count is calibrated so that a run lasts about
 //! [`Plan::target`]. The benches are measured one after another; the
-//! Python side, `python/sync_bench.py`, runs afterwards with the same plan
-//! and the same designs.
+//! Python side, `python/sync_bench.py`, runs with the same plan and the
+//! same designs as a [`crate::python::Session`], its rounds between ours.
 //!
-//! There is no `raw` floor: the floor here would be a bare futex word in
-//! shared memory, which needs `mmap` and raw-pointer access, i.e. `unsafe`
-//! code, which this crate does not contain (see the README).
+//! `event_pingpong_2p` has the `socketpair` baseline beside it (a round
+//! trip of 8 bytes over a plain socket pair per ping-pong round trip,
+//! [`crate::rig::socket_roundtrip_rig`]), the baseline of its contended
+//! target (issue 20).
 
 use std::time::{Duration, Instant};
 
 use multiproc::{Barrier, Connection, Event, Lock, StartMethod, Value};
 
 use super::Options;
-use crate::report::{self, Measurement, Row};
-use crate::rig::{Plan, Rig, Run, Runs, command_pipe, end, measure_rigs, start};
+use crate::report::{self, Impl, Measurement, Row};
+use crate::rig::{
+    Plan, Rig, Run, Runs, command_pipe, end, measure_rigs, socket_roundtrip_rig, start,
+};
 
 /// The group's name on the command line and in the output.
 pub const NAME: &str = "sync";
@@ -55,6 +58,11 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the parent waits for a child's report at the end of a run.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The bench measured beside the socket pair's round trips, its baseline
+/// in the contended run (issue 20): one ping-pong round trip against one
+/// 8-byte round trip over a plain socket pair.
+const PINGPONG: &str = "event_pingpong_2p";
+
 /// Sets up a bench: its children and the parent's side of a run.
 type MakeRig = fn() -> Result<Rig, String>;
 
@@ -66,25 +74,43 @@ const BENCHES: [(&str, &str, MakeRig); 4] = [
     ("barrier_2p", "cycles/s", barrier_rig),
 ];
 
-/// Runs the group: multiproc, then Python.
+/// Runs the group: multiproc (and the socket pair beside the ping-pong),
+/// with Python's rounds interleaved.
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
-    for (bench, unit, rig) in BENCHES {
-        opts.progress(NAME, &format!("{bench}: multiproc"));
-        let [runs] = measure_rigs(plan.target, plan.reps, [rig()]);
-        multiproc.push(rate(bench, unit, runs));
-    }
-
-    opts.progress(NAME, "python (sync_bench.py)");
+    let mut socket = Vec::new();
+    opts.progress(
+        NAME,
+        "python (sync_bench.py) starting, its rounds interleaved with ours",
+    );
     let args = plan.python_args(METHOD);
-    let python = opts.python.run("sync_bench.py", &args, plan.python_timeout);
-    report::pair(
+    let mut python = opts
+        .python
+        .session("sync_bench.py", &args, plan.python_timeout);
+    for (bench, unit, rig) in BENCHES {
+        if bench == PINGPONG {
+            opts.progress(NAME, &format!("{bench}: multiproc, socketpair, python"));
+            // The socket child is forked first (`rig::socket_roundtrip_rig`).
+            let sock = socket_roundtrip_rig();
+            let [runs, sock] =
+                measure_rigs(plan.target, plan.reps, [rig(), sock], &mut || python.turn());
+            multiproc.push(rate(bench, unit, runs));
+            socket.push(rate(bench, unit, sock));
+        } else {
+            opts.progress(NAME, &format!("{bench}: multiproc, python"));
+            let [runs] = measure_rigs(plan.target, plan.reps, [rig()], &mut || python.turn());
+            multiproc.push(rate(bench, unit, runs));
+        }
+    }
+    let python = python.finish();
+    let rows = report::pair(
         NAME,
         multiproc,
         python.measurements,
         python.failure.as_deref(),
-    )
+    );
+    report::add_reference(NAME, rows, Impl::Socketpair, socket)
 }
 
 /// The rate (operations per second) of per-run `(operations, seconds)`.
