@@ -6,6 +6,16 @@
 //! * `map_trivial_1m/default` (s): `pool.map(incr, 0..1_000_000)` with the
 //!   default chunking, `incr` being `x + 1` on `u64` (Python:
 //!   `pool.map(incr, range(1_000_000))`). Seconds per map.
+//! * `map_trivial_1m/pod` (s): the same map with `pool.map_pod(incr,
+//!   &items)` over a `Vec<u64>` of `0..1_000_000` built beforehand: the
+//!   arguments and results go as bytes, a chunk at a time, no serde.
+//!   Measured interleaved with `default` (one serde map, one `map_pod`,
+//!   one rayon map per round, [`Plan::map_reps`] rounds after a warm-up
+//!   of each), so both rows and the reference see the same moments. The
+//!   rayon reference (`par_iter().map(incr).collect()` over the same
+//!   `Vec` on a rayon pool of as many threads) is reported on both rows:
+//!   the same samples. Python has no plain-data map: its `pod` row is
+//!   unavailable; compare with its `default` row.
 //! * `map_trivial_1m/chunksize1` (s): the same with chunk size 1, so one
 //!   task per item: the per-task overhead. Neither side maps 1M items here
 //!   (Python would take some 40 s): both map the same
@@ -68,7 +78,8 @@ const CPU_ITEMS: u64 = 256;
 /// Repetition counts and sizes of one run.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
-    /// Timed maps of `map_trivial_1m/default`, per side.
+    /// Timed maps of `map_trivial_1m/default`, per side (multiproc's,
+    /// its `pod` maps and rayon's, interleaved).
     map_reps: usize,
     /// Items of the chunk-size-1 map, on both sides (Python takes about
     /// 40 us per item, so 1M would take it about 40 s).
@@ -94,7 +105,7 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                map_reps: 3,
+                map_reps: 9,
                 c1_items: 5_000,
                 c1_reps: 3,
                 cpu_n: 4_000_000,
@@ -106,7 +117,7 @@ impl Plan {
             }
         } else {
             Plan {
-                map_reps: 7,
+                map_reps: 15,
                 c1_items: 20_000,
                 c1_reps: 7,
                 cpu_n: 10_000_000,
@@ -204,13 +215,21 @@ pub fn run(opts: &Options) -> Vec<Row> {
         .build()
     {
         Ok(pool) => {
-            opts.progress(NAME, "map_trivial_1m default: multiproc");
-            multiproc.push(Measurement::new(
-                "map_trivial_1m",
-                "default",
-                "s",
-                map_default(&pool, plan.map_reps),
-            ));
+            opts.progress(
+                NAME,
+                "map_trivial_1m default and pod: multiproc, interleaved with rayon",
+            );
+            let (serde, pod, on_rayon) = map_default_and_pod(&pool, workers, plan.map_reps);
+            multiproc.push(Measurement::new("map_trivial_1m", "default", "s", serde));
+            multiproc.push(Measurement::new("map_trivial_1m", "pod", "s", pod));
+            for param in ["default", "pod"] {
+                rayon.push(Measurement::new(
+                    "map_trivial_1m",
+                    param,
+                    "s",
+                    on_rayon.clone(),
+                ));
+            }
             opts.progress(
                 NAME,
                 &format!(
@@ -257,6 +276,7 @@ pub fn run(opts: &Options) -> Vec<Row> {
             let why = format!("the pool did not start: {e}");
             for (bench, param, unit) in [
                 ("map_trivial_1m", "default", "s"),
+                ("map_trivial_1m", "pod", "s"),
                 ("map_trivial_1m", "chunksize1", "s"),
                 ("cpu_bound_speedup", "all_cores", "x"),
             ] {
@@ -275,11 +295,17 @@ pub fn run(opts: &Options) -> Vec<Row> {
     }
 
     opts.progress(NAME, "python (pool_bench.py)");
-    let python = opts.python.run(
+    let mut python = opts.python.run(
         "pool_bench.py",
         &plan.python_args(workers),
         plan.python_timeout,
     );
+    python.measurements.push(Measurement::new(
+        "map_trivial_1m",
+        "pod",
+        "s",
+        Err("Python's Pool has no plain-data map: compare its map_trivial_1m/default".into()),
+    ));
     let rows = report::pair(
         NAME,
         multiproc,
@@ -308,13 +334,66 @@ fn timed_map(pool: &Pool, items: u64, chunksize: Option<usize>) -> Result<f64, S
     Ok(took)
 }
 
-/// `map_trivial_1m/default`: seconds per map of 1M items, after a warm-up
-/// map.
-fn map_default(pool: &Pool, reps: usize) -> Result<Vec<f64>, String> {
-    timed_map(pool, MAP_ITEMS, None)?;
-    (0..reps)
-        .map(|_| timed_map(pool, MAP_ITEMS, None))
-        .collect()
+/// `map_pod(incr, items)`, checked; returns the seconds it took.
+fn timed_pod_map(pool: &Pool, items: &[u64]) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let out = pool
+        .map_pod(incr, items)
+        .map_err(|e| format!("map_pod failed: {e}"))?;
+    let took = t0.elapsed().as_secs_f64();
+    if out.len() != items.len() || !out.iter().zip(items).all(|(r, a)| *r == a + 1) {
+        return Err("map_pod returned wrong results".to_string());
+    }
+    Ok(took)
+}
+
+/// The same map on rayon's threads, checked; returns the seconds it took.
+fn timed_rayon_map(threads: &rayon::ThreadPool, items: &[u64]) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let out: Vec<u64> = threads.install(|| items.par_iter().map(|&x| incr(x)).collect());
+    let took = t0.elapsed().as_secs_f64();
+    if out.len() != items.len() || !out.iter().zip(items).all(|(r, a)| *r == a + 1) {
+        return Err("rayon returned wrong results".to_string());
+    }
+    Ok(took)
+}
+
+/// `map_trivial_1m/default` and `/pod`, and rayon's map of the same items
+/// on `workers` threads: seconds per map of 1M items, one of each per
+/// round for `reps` rounds, after a warm-up map of each.
+fn map_default_and_pod(pool: &Pool, workers: usize, reps: usize) -> (Samples, Samples, Samples) {
+    let items: Vec<u64> = (0..MAP_ITEMS).collect();
+    let threads = rayon::ThreadPoolBuilder::new().num_threads(workers).build();
+    let threads = threads.map_err(|e| format!("rayon pool failed: {e}"));
+    let warm = |ok: Result<f64, String>| ok.map(|_| Vec::with_capacity(reps));
+    let mut serde = warm(timed_map(pool, MAP_ITEMS, None));
+    let mut pod = warm(timed_pod_map(pool, &items));
+    let mut on_rayon = threads
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|t| warm(timed_rayon_map(t, &items)));
+    let push = |samples: &mut Samples, got: Result<f64, String>| {
+        if let Ok(v) = samples {
+            match got {
+                Ok(s) => v.push(s),
+                Err(e) => *samples = Err(e),
+            }
+        }
+    };
+    for _ in 0..reps {
+        if serde.is_ok() {
+            push(&mut serde, timed_map(pool, MAP_ITEMS, None));
+        }
+        if pod.is_ok() {
+            push(&mut pod, timed_pod_map(pool, &items));
+        }
+        if let Ok(t) = &threads
+            && on_rayon.is_ok()
+        {
+            push(&mut on_rayon, timed_rayon_map(t, &items));
+        }
+    }
+    (serde, pod, on_rayon)
 }
 
 /// `map_trivial_1m/chunksize1`: per-item time of maps of `items` items

@@ -367,7 +367,7 @@ impl Dispatch {
                 BuildCheck::SignatureOnly => String::new(),
             },
             first: chunk.first as u64,
-            ends: chunk.ends.iter().map(|&e| e as u64).collect(),
+            ends: chunk.ends.offsets().into_iter().map(|e| e as u64).collect(),
             items: None,
             blob: None,
             timeout_ms: chunk.timeout.map(millis),

@@ -35,7 +35,7 @@ use super::wire::{self, Body, Failure, Part, Reply, TaskEntry};
 use super::{Cluster, ClusterError, Link};
 use crate::pool::job::Sink;
 use crate::pool::registry::{self, Lookup};
-use crate::pool::scheduler::{self, Chunk};
+use crate::pool::scheduler::{self, Chunk, Ends};
 use crate::pool::{Pool, PoolError, TaskError};
 use crate::process::StartMethod;
 
@@ -788,7 +788,7 @@ impl Core {
             preamble: task.entry.preamble(),
             first: entry.first as usize,
             items,
-            ends: entry.ends.iter().map(|&e| e as usize).collect(),
+            ends: Ends::Each(entry.ends.iter().map(|&e| e as usize).collect()),
             timeout: entry.timeout_ms.map(Duration::from_millis),
         };
         self.held().insert(

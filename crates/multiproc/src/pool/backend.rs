@@ -18,6 +18,11 @@ pub(crate) trait Backend: Send + Sync {
     fn workers(&self) -> usize;
     /// Per-worker statistics.
     fn stats(&self) -> Vec<WorkerStats>;
+    /// Whether it runs plain-data chunks (`map_pod`): only local workers,
+    /// which share this executable's code, do.
+    fn runs_pod(&self) -> bool {
+        false
+    }
     /// Queues chunks; an error fails all of them.
     fn submit(&self, chunks: Vec<Chunk>) -> Result<(), TaskError>;
     /// A job was cancelled: fail its queued chunks, stop its running ones.
@@ -55,6 +60,10 @@ impl Backend for Local {
 
     fn stats(&self) -> Vec<WorkerStats> {
         self.shared.stats()
+    }
+
+    fn runs_pod(&self) -> bool {
+        true
     }
 
     fn submit(&self, chunks: Vec<Chunk>) -> Result<(), TaskError> {

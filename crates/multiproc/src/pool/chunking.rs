@@ -12,6 +12,14 @@
 //!   and a killed worker takes only that item with it.
 //! * Whatever the count, a chunk closes once its encoded items pass
 //!   [`MAX_BYTES`], so huge items do not make huge messages.
+//! * A plain-data map (`map_pod`) sizes its chunks by bytes ([`pod_size`]):
+//!   about [`POD_CHUNK_BYTES`] of arguments or results each (64Ki items of
+//!   8 bytes), fewer when that leaves under [`POD_PER_WORKER`] chunks per
+//!   worker. Its items cost nothing to encode, so a chunk costs only its
+//!   system calls and the scheduler's work: few large ones amortize them.
+//!   An explicit size wins (up to [`MAX_BYTES`] of items), and a timeout
+//!   does not make chunks of one: the worker publishes which item runs and
+//!   since when, so the timeout still applies to each item.
 
 use std::time::Duration;
 
@@ -27,6 +35,35 @@ pub(crate) const TARGET: Duration = Duration::from_millis(2);
 pub(crate) const MAX_BYTES: usize = 4 << 20;
 /// Most items in one chunk of a stream.
 const MAX_STREAM: usize = 4096;
+
+/// About how many bytes of arguments (or of results, whichever is larger)
+/// one plain-data chunk holds.
+pub(crate) const POD_CHUNK_BYTES: usize = 512 << 10;
+/// Fewest chunks per worker of a plain-data map (when it has the items),
+/// so that the workers start early and finish together.
+pub(crate) const POD_PER_WORKER: usize = 4;
+
+/// Items per chunk of a plain-data map of `len` items of `item_bytes` bytes
+/// (the larger of argument and result) on `workers` workers, given an
+/// explicit size.
+pub(crate) fn pod_size(
+    explicit: Option<usize>,
+    len: usize,
+    workers: usize,
+    item_bytes: usize,
+) -> usize {
+    let item_bytes = item_bytes.max(1);
+    // A chunk's item count goes as a u32.
+    let most = (MAX_BYTES / item_bytes).clamp(1, u32::MAX as usize);
+    match explicit {
+        Some(n) => n.clamp(1, most),
+        None => {
+            let by_bytes = POD_CHUNK_BYTES / item_bytes;
+            let balanced = len.div_ceil(workers.max(1) * POD_PER_WORKER);
+            by_bytes.min(balanced).clamp(1, most)
+        }
+    }
+}
 
 /// Chooses chunk sizes for one job.
 #[derive(Debug, Clone)]
@@ -102,6 +139,22 @@ mod tests {
         assert_eq!(Chunker::new(Some(7), Some(1000), 2, true).size(), 7);
         assert_eq!(Chunker::new(None, Some(1000), 2, true).size(), 1);
         assert_eq!(Chunker::new(Some(0), None, 2, false).size(), 1);
+    }
+
+    #[test]
+    fn plain_data_chunks_go_by_bytes() {
+        // 1M u64: 64Ki items (512 KiB) per chunk, 16 chunks.
+        assert_eq!(pod_size(None, 1_000_000, 2, 8), 65_536);
+        // Few items: four chunks per worker.
+        assert_eq!(pod_size(None, 1000, 2, 8), 125);
+        assert_eq!(pod_size(None, 3, 2, 8), 1);
+        assert_eq!(pod_size(None, 0, 2, 8), 1);
+        // Large items: one per chunk at least, never past MAX_BYTES.
+        assert_eq!(pod_size(None, 100, 2, 1 << 20), 1);
+        assert_eq!(pod_size(Some(1000), 100, 2, 1 << 20), 4);
+        assert_eq!(pod_size(Some(0), 100, 2, 8), 1);
+        // Zero-sized items count as one byte.
+        assert_eq!(pod_size(None, 1 << 30, 1, 0), POD_CHUNK_BYTES);
     }
 
     #[test]

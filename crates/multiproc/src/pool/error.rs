@@ -141,6 +141,12 @@ pub enum TaskError {
     /// it).
     #[error("the pool's backend failed: {0}")]
     Backend(String),
+    /// This pool cannot run such a call: a plain-data map
+    /// ([`Pool::map_pod`](crate::Pool::map_pod)) on a cluster pool or a
+    /// manager's pool ([`PoolProxy`](crate::PoolProxy)), which run
+    /// registered serde tasks only. Nothing was sent.
+    #[error("this pool cannot run it: {0}")]
+    Unsupported(String),
 }
 
 /// A result handle's `get_timeout` gave up waiting, or the task failed.

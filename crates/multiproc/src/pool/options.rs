@@ -5,7 +5,7 @@ use super::backend::Backend;
 use super::chunking::Chunker;
 use super::job::{Job, Sink};
 use super::progress::{Bar, Progress};
-use super::scheduler::Chunk;
+use super::scheduler::{Chunk, Ends};
 use super::*;
 use super::{handle::*, imap::*, map_handle::*};
 use crate::sys::code::{EntryId, PREAMBLE};
@@ -56,11 +56,9 @@ impl<A, R> fmt::Debug for TaskOptions<'_, A, R> {
     }
 }
 
-impl<'p, A, R> TaskOptions<'p, A, R>
-where
-    A: Serialize + DeserializeOwned + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
+// The settings take any types: they serve the serde maps below and the
+// plain-data maps (`map_pod`, in `pod.rs`) alike.
+impl<'p, A, R> TaskOptions<'p, A, R> {
     /// Items per task (default: automatic, see the module docs).
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = Some(n);
@@ -69,7 +67,8 @@ where
 
     /// Kills a worker whose item runs longer than `timeout`: the item
     /// fails with [`TaskError::TimedOut`], the worker is replaced. Items
-    /// then go one per task unless a chunk size is given.
+    /// then go one per task unless a chunk size is given (except in
+    /// [`map_pod`](Self::map_pod), whose chunks stay large).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -92,7 +91,13 @@ where
         self.progress = Some(Arc::new(to));
         self
     }
+}
 
+impl<'p, A, R> TaskOptions<'p, A, R>
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
     pub(super) fn feeder<It: Iterator<Item = A>>(
         self,
         ordered: bool,
@@ -305,7 +310,7 @@ where
                     preamble: self.preamble,
                     first: self.next,
                     items: bytes,
-                    ends,
+                    ends: Ends::Each(ends),
                     timeout: self.timeout,
                     context: None,
                 });

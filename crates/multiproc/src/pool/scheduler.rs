@@ -50,10 +50,79 @@ pub(crate) struct Chunk {
     /// The items' encodings, back to back.
     pub items: Vec<u8>,
     /// Where each item's encoding ends in `items`.
-    pub ends: Vec<usize>,
+    pub ends: Ends,
     pub timeout: Option<Duration>,
     /// Bytes the task can read while it runs (see `FLAG_CONTEXT`).
     pub context: Option<Arc<[u8]>>,
+}
+
+/// Where the items of a chunk end in its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ends {
+    /// Each item's own end (encodings of any length, back to back).
+    Each(Vec<usize>),
+    /// `count` items of `size` bytes each (plain data, `map_pod`): no
+    /// per-item table for chunks of many thousand items.
+    Fixed {
+        /// Bytes per item.
+        size: usize,
+        /// Items.
+        count: usize,
+    },
+}
+
+impl Ends {
+    /// The number of items.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Ends::Each(e) => e.len(),
+            Ends::Fixed { count, .. } => *count,
+        }
+    }
+
+    /// Where item `k` starts (`k` at most [`len`](Self::len)).
+    pub(crate) fn start(&self, k: usize) -> usize {
+        match self {
+            Ends::Each(e) => {
+                if k == 0 {
+                    0
+                } else {
+                    e[k - 1]
+                }
+            }
+            Ends::Fixed { size, .. } => k * size,
+        }
+    }
+
+    /// Every item's end, in order.
+    pub(crate) fn offsets(&self) -> Vec<usize> {
+        match self {
+            Ends::Each(e) => e.clone(),
+            Ends::Fixed { size, count } => (1..=*count).map(|k| k * size).collect(),
+        }
+    }
+
+    /// The ends of the items from `k` on, counted from item `k`'s start.
+    fn from(&self, k: usize) -> Ends {
+        match self {
+            Ends::Each(e) => {
+                let start = self.start(k);
+                Ends::Each(e[k..].iter().map(|e| e - start).collect())
+            }
+            Ends::Fixed { size, count } => Ends::Fixed {
+                size: *size,
+                count: count - k,
+            },
+        }
+    }
+
+    /// Keeps the first `k` items.
+    fn truncate(&mut self, k: usize) {
+        match self {
+            Ends::Each(e) => e.truncate(k),
+            Ends::Fixed { count, .. } => *count = (*count).min(k),
+        }
+    }
 }
 
 impl Chunk {
@@ -63,14 +132,14 @@ impl Chunk {
 
     /// The items from `k` on, as a chunk of their own.
     fn rest(&self, k: usize, id: u64) -> Chunk {
-        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        let start = self.ends.start(k);
         Chunk {
             id,
             sink: Arc::clone(&self.sink),
             preamble: self.preamble,
             first: self.first + k,
             items: self.items[start..].to_vec(),
-            ends: self.ends[k..].iter().map(|e| e - start).collect(),
+            ends: self.ends.from(k),
             timeout: self.timeout,
             context: self.context.clone(),
         }
@@ -828,9 +897,7 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
                 // with the worker: they run again, as do those after it.
                 let mut before = chunk.rest(0, 0);
                 before.ends.truncate(it);
-                before
-                    .items
-                    .truncate(if it == 0 { 0 } else { chunk.ends[it - 1] });
+                before.items.truncate(chunk.ends.start(it));
                 if it > 0 {
                     requeue.push(before);
                 }

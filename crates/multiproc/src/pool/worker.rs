@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::chunking;
 use super::link::{self, LinkReader, Outbox};
 use crate::SharedMemory;
 use crate::process::PanicReport;
@@ -79,7 +80,7 @@ pub(crate) struct Setup<I> {
 
 /// One item's outcome as the worker sends it.
 #[derive(Serialize)]
-enum OutcomeRef<'a, R> {
+enum OutcomeRef<'a, R: ?Sized> {
     Ok(&'a R),
     Panicked(&'a PanicReport),
     ResultEncode(&'a str),
@@ -88,6 +89,7 @@ enum OutcomeRef<'a, R> {
 
 /// One item's outcome as the parent reads it (same variants, same order).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 pub(crate) enum Outcome<R> {
     Ok(R),
     Panicked(PanicReport),
@@ -514,8 +516,245 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
 
 fn encode_outcome<R>(enc: &mut codec::Encoder<'_>, outcome: &OutcomeRef<'_, R>)
 where
-    R: Serialize,
+    R: Serialize + ?Sized,
 {
     // These variants hold only strings and reports: they always encode.
     let _ = enc.push(outcome);
+}
+
+/// How often (in items) a plain-data task looks at the clock for its
+/// memory limit: the clock costs more than a trivial item.
+const POD_CLOCK_EVERY: usize = 1024;
+
+/// What a plain-data task's loops share.
+struct PodRun<'a, A, R> {
+    f: fn(A) -> R,
+    items: &'a [u8],
+    slot: &'a [std::sync::atomic::AtomicU64],
+    timed: bool,
+    memory_limit: Option<u64>,
+    last_memory_check: u64,
+}
+
+impl<A: bytemuck::Pod, R: bytemuck::Pod> PodRun<'_, A, R> {
+    /// Publishes that item `i` runs (see `chunk_body`).
+    #[inline(always)]
+    fn publish(&self, i: usize) {
+        if self.timed {
+            self.slot[SLOT_START].store(0, Ordering::Release);
+            self.slot[SLOT_ITEM].store(i as u64, Ordering::Release);
+            self.slot[SLOT_START].store(sys::process::monotonic_ns(), Ordering::Release);
+        } else {
+            // Read by the parent only once this process has exited, or
+            // with a task word it re-reads (`check_running`).
+            self.slot[SLOT_ITEM].store(i as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Item `i`'s argument: `items` holds `count` of them (checked).
+    #[inline(always)]
+    fn arg(&self, i: usize) -> A {
+        let size = std::mem::size_of::<A>();
+        bytemuck::pod_read_unaligned(&self.items[i * size..(i + 1) * size])
+    }
+
+    /// Whether the worker's memory passed its limit, looked at every
+    /// [`POD_CLOCK_EVERY`] items, at most every 5 ms, and after the last.
+    #[inline(always)]
+    fn over_memory(&mut self, done: usize, last: bool) -> bool {
+        let Some(limit) = self.memory_limit else {
+            return false;
+        };
+        if !last && !done.is_multiple_of(POD_CLOCK_EVERY) {
+            return false;
+        }
+        let now = sys::process::monotonic_ns();
+        if !last && now.saturating_sub(self.last_memory_check) <= 5_000_000 {
+            return false;
+        }
+        self.last_memory_check = now;
+        sys::process::resident_bytes().is_some_and(|rss| rss > limit)
+    }
+}
+
+/// The body of one plain-data task (`map_pod`): the items are `A`'s bytes
+/// back to back, read unaligned, no decoding; while every item succeeds
+/// the reply holds `R`'s bytes back to back, no encoding. An item that
+/// panics fails alone, as in [`chunk_body`]: from it on, outcomes are
+/// tagged as there, a value going as its bytes (`Outcome<Vec<u8>>`).
+///
+/// The loop keeps its state in locals and writes each value into a
+/// reply sized beforehand, under one unwinding guard: a trivial item
+/// costs a few nanoseconds.
+pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
+    f: fn(A) -> R,
+    input: &[u8],
+    _fds: Vec<OwnedFd>,
+) -> Reply {
+    let empty = || (link::RESULT, Vec::new(), Vec::new());
+    let Some((header, items)) = input.split_first_chunk::<TASK_HEADER>() else {
+        return empty();
+    };
+    let [i0, i1, i2, i3, i4, i5, i6, i7, c0, c1, c2, c3, flags] = *header;
+    let id = u64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
+    let count = u32::from_le_bytes([c0, c1, c2, c3]) as usize;
+    if flags & FLAG_CONTEXT != 0 {
+        // Plain-data tasks run on local pools only, which send no context.
+        return empty();
+    }
+    TASK_CONTEXT.with(|c| *c.borrow_mut() = None);
+    TASK_DONE.with(|d| d.set(0));
+    let size_a = std::mem::size_of::<A>();
+    let size_r = std::mem::size_of::<R>();
+    // The parent's word, checked all the same: a short buffer is never read
+    // as items.
+    let args_ok = count.checked_mul(size_a) == Some(items.len());
+    let mut out = Vec::new();
+    let started = sys::process::monotonic_ns();
+    let Some((slots, tasks_left, memory_limit)) = CONTEXT.with(|c| {
+        let c = c.borrow();
+        let ctx = c.as_ref()?;
+        Some((ctx.slots.clone(), ctx.tasks_left, ctx.memory_limit))
+    }) else {
+        out.resize(REPLY_HEADER, 0);
+        out[..8].copy_from_slice(&id.to_le_bytes());
+        return (link::RESULT, out, Vec::new());
+    };
+    let Some(slot) = slots.as_atomic_u64().get(..SLOT_WORDS) else {
+        return empty();
+    };
+    // Items it may run before it retires (`max_tasks_per_child`): one at
+    // least, as `chunk_body` runs one before it counts.
+    let limit = tasks_left.map_or(count, |left| count.min(left.max(1) as usize));
+    // A reply for every value at once when the items are sane (their
+    // number is then bounded by the bytes that came, or by MAX_BYTES for
+    // zero-sized ones): the loop writes into it without growing it.
+    let values = if args_ok {
+        limit
+            .saturating_mul(size_r)
+            .min(chunking::MAX_BYTES.max(items.len()) * 2)
+    } else {
+        0
+    };
+    out.reserve_exact(REPLY_HEADER + values);
+    out.resize(REPLY_HEADER, 0);
+    out[..8].copy_from_slice(&id.to_le_bytes());
+    slot[SLOT_START].store(0, Ordering::Release);
+    slot[SLOT_ITEM].store(0, Ordering::Release);
+    slot[SLOT_TASK].store(id, Ordering::Release);
+    let mut run = PodRun::<A, R> {
+        f,
+        items,
+        slot,
+        timed: flags & FLAG_TIMED != 0,
+        memory_limit,
+        last_memory_check: started,
+    };
+    let mut done = 0usize;
+    let mut retire = RETIRE_NONE;
+    // How many leading outcomes are bare values (`None`: all of them).
+    let mut plain: Option<usize> = None;
+    child::in_body(|| {
+        if !args_ok {
+            let message = format!(
+                "{} bytes are not {count} items of {size_a} bytes ({})",
+                items.len(),
+                std::any::type_name::<A>()
+            );
+            plain = Some(0);
+            let mut enc = codec::Encoder::new(&mut out);
+            while done < count {
+                encode_outcome::<[u8]>(&mut enc, &OutcomeRef::ArgumentDecode(&message));
+                done += 1;
+            }
+            return;
+        }
+        // The fast path: bare values, in place, until the end, a panic, or
+        // the memory limit.
+        let fits = limit.checked_mul(size_r) == Some(values);
+        if fits {
+            out.resize(REPLY_HEADER + values, 0);
+            let dst = &mut out[REPLY_HEADER..];
+            // The item running, for a panic to be pinned on: a store per
+            // item, as cheap as it gets.
+            let reached = std::cell::Cell::new(0usize);
+            let caught = child::catch(|| {
+                let mut i = 0;
+                while i < limit {
+                    reached.set(i);
+                    run.publish(i);
+                    let value = (run.f)(run.arg(i));
+                    dst[i * size_r..(i + 1) * size_r].copy_from_slice(bytemuck::bytes_of(&value));
+                    i += 1;
+                    if run.over_memory(i, i == limit) {
+                        return (i, true);
+                    }
+                }
+                (i, false)
+            });
+            match caught {
+                Ok((i, over)) => {
+                    done = i;
+                    out.truncate(REPLY_HEADER + i * size_r);
+                    if over {
+                        retire = RETIRE_MEMORY;
+                    }
+                }
+                Err(report) => {
+                    let at = reached.get();
+                    plain = Some(at);
+                    out.truncate(REPLY_HEADER + at * size_r);
+                    let mut enc = codec::Encoder::new(&mut out);
+                    encode_outcome::<[u8]>(&mut enc, &OutcomeRef::Panicked(&report));
+                    done = at + 1;
+                    if run.over_memory(done, done == limit) {
+                        retire = RETIRE_MEMORY;
+                    }
+                }
+            }
+        }
+        // The slow path, item by item, tagged: after a panic (or if the
+        // reply could not be sized).
+        while done < limit && retire == RETIRE_NONE {
+            run.publish(done);
+            let outcome = child::catch(|| (run.f)(run.arg(done)));
+            match (&outcome, plain) {
+                (Ok(value), None) => out.extend_from_slice(bytemuck::bytes_of(value)),
+                (Ok(value), Some(_)) => encode_outcome::<[u8]>(
+                    &mut codec::Encoder::new(&mut out),
+                    &OutcomeRef::Ok(bytemuck::bytes_of(value)),
+                ),
+                (Err(report), _) => {
+                    plain.get_or_insert(done);
+                    encode_outcome::<[u8]>(
+                        &mut codec::Encoder::new(&mut out),
+                        &OutcomeRef::Panicked(report),
+                    );
+                }
+            }
+            done += 1;
+            if run.over_memory(done, done == limit) {
+                retire = RETIRE_MEMORY;
+            }
+        }
+    });
+    if retire == RETIRE_NONE && tasks_left.is_some_and(|left| left as usize <= done) {
+        retire = RETIRE_TASKS;
+    }
+    slot[SLOT_TASK].store(0, Ordering::Release);
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.tasks_left = tasks_left.map(|left| left.saturating_sub(done as u64));
+            ctx.retire = retire;
+        }
+    });
+    let busy = sys::process::monotonic_ns().saturating_sub(started);
+    // `count` came as a u32: so do `done` and `plain`, which never pass it.
+    let done = u32::try_from(done).unwrap_or(u32::MAX);
+    let plain = plain.map_or(done, |p| u32::try_from(p).unwrap_or(u32::MAX));
+    out[8..12].copy_from_slice(&done.to_le_bytes());
+    out[12..20].copy_from_slice(&busy.to_le_bytes());
+    out[20] = retire;
+    out[21..25].copy_from_slice(&plain.to_le_bytes());
+    (link::RESULT, out, Vec::new())
 }

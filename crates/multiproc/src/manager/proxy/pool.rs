@@ -578,7 +578,7 @@ impl Remote {
             signature: task.signature.clone(),
             first: chunk.first as u64,
             items: Blob(chunk.items),
-            ends: chunk.ends.iter().map(|&e| e as u64).collect(),
+            ends: chunk.ends.offsets().into_iter().map(|e| e as u64).collect(),
             timeout_ns: chunk
                 .timeout
                 .map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)),

@@ -34,7 +34,7 @@ use super::{Ctx, lock};
 use crate::pool::backend::Backend;
 use crate::pool::job::Sink;
 use crate::pool::registry::{self, Lookup};
-use crate::pool::scheduler::{self, Chunk};
+use crate::pool::scheduler::{self, Chunk, Ends};
 use crate::pool::{Pool, TaskError};
 
 /// How long a stream may go unheard (no submit, no collect) before its
@@ -366,7 +366,7 @@ impl PoolObject {
                         preamble,
                         first: c.first as usize,
                         items: c.items.0,
-                        ends: c.ends.iter().map(|&e| e as usize).collect(),
+                        ends: Ends::Each(c.ends.iter().map(|&e| e as usize).collect()),
                         timeout: c.timeout_ns.map(Duration::from_nanos),
                         context: None,
                     }),
