@@ -269,8 +269,10 @@ impl Shared {
         self.register();
         let connected = || self.connected();
         let mut copied = Copied::new();
-        let mut waiter =
-            crate::shm::wait::Waiter::new(crate::shm::wait::Policy::counted(0, 200), deadline);
+        let mut waiter = crate::shm::wait::Waiter::new(
+            crate::shm::wait::Policy::counted_yielding(0, 200),
+            deadline,
+        );
         loop {
             let popped = self.ring.pop_delivery(
                 deadline,

@@ -64,7 +64,7 @@ const ATTACH_SLOTS: usize = 288;
 /// the other side writes (or reads) several records between two checks.
 const YIELDS: u32 = 500;
 /// How a side waits for a record or for room: see [`YIELDS`].
-const WAIT: Policy = Policy::counted(0, YIELDS);
+const WAIT: Policy = Policy::counted_yielding(0, YIELDS);
 /// Checks of a side's lock before yielding (see [`RawLock::lock_with`]):
 /// the ring's locks are held for tens of nanoseconds, but with more
 /// processes than processors the holder is often preempted.

@@ -47,6 +47,10 @@ pub(crate) enum Policy {
         backoff: u32,
         /// Checks separated by a yield.
         yields: u32,
+        /// Yield even when the machine is busy (see [`try_yield`]): for a
+        /// queue's ring, whose peers on an oversubscribed machine are
+        /// often the very processes a yield hands the processor to.
+        yield_when_busy: bool,
     },
     /// Checks separated by a `pause` for `spin` (the clock is read every
     /// [`CLOCK_EVERY`] spins), then separated by yields for `yields`: for a
@@ -68,6 +72,18 @@ impl Policy {
             spins,
             backoff: 1,
             yields,
+            yield_when_busy: false,
+        }
+    }
+
+    /// A counted policy that keeps yielding on a busy machine (see
+    /// [`Policy::Counted`]'s `yield_when_busy`).
+    pub(crate) const fn counted_yielding(spins: u32, yields: u32) -> Policy {
+        Policy::Counted {
+            spins,
+            backoff: 1,
+            yields,
+            yield_when_busy: true,
         }
     }
 
@@ -78,12 +94,54 @@ impl Policy {
             spins,
             backoff,
             yields,
+            yield_when_busy: false,
         }
     }
 }
 
 /// Spins between two readings of the clock, for [`Policy::Timed`].
 const CLOCK_EVERY: u32 = 32;
+
+/// A yield that kept the processor away this long gave it to another
+/// runnable process: the machine has more of them than processors.
+const SLOW_YIELD: Duration = Duration::from_micros(50);
+
+/// How long waits sleep at once instead of yielding after a slow yield.
+const YIELDS_OFF_FOR: Duration = Duration::from_millis(100);
+
+/// When this process's clock for [`try_yield`] began.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Until when (nanoseconds since [`EPOCH`]) waits skip their yields.
+static YIELDS_OFF_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn clock_ns() -> u64 {
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Yields the processor, unless a recent yield showed the machine busy:
+/// then false, and the caller sleeps instead. On a busy machine (more
+/// runnable processes than processors) a yield hands the processor to
+/// another process for its whole time slice, milliseconds, while a sleep
+/// costs the waker one system call and this side one wake-up: so once a
+/// yield has taken longer than [`SLOW_YIELD`], every wait of this process
+/// sleeps at once for [`YIELDS_OFF_FOR`], then tries yielding again.
+fn try_yield() -> bool {
+    let now = clock_ns();
+    if now < YIELDS_OFF_UNTIL.load(Ordering::Relaxed) {
+        return false;
+    }
+    futex::yield_now();
+    let after = clock_ns();
+    if after.saturating_sub(now) > SLOW_YIELD.as_nanos() as u64 {
+        YIELDS_OFF_UNTIL.store(
+            after.saturating_add(YIELDS_OFF_FOR.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+        return false;
+    }
+    true
+}
 
 /// What the caller should do after a check of its condition failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +294,7 @@ impl<'a> Waiter<'a> {
                 spins,
                 backoff,
                 yields,
+                yield_when_busy,
             } => {
                 if round < spins {
                     let pauses = 1u32.checked_shl(round).unwrap_or(u32::MAX).min(backoff);
@@ -248,8 +307,13 @@ impl<'a> Waiter<'a> {
                     return Next::TimedOut;
                 }
                 if round < spins.saturating_add(yields) {
-                    futex::yield_now();
-                    return Next::Check;
+                    if yield_when_busy {
+                        futex::yield_now();
+                        return Next::Check;
+                    }
+                    if try_yield() {
+                        return Next::Check;
+                    }
                 }
                 Next::Sleep
             }
@@ -277,9 +341,11 @@ impl<'a> Waiter<'a> {
                 }
                 if self.started.is_some_and(|s| s.elapsed() < yields) {
                     self.leave();
-                    futex::yield_now();
+                    let yielded = try_yield();
                     self.arrive();
-                    return Next::Check;
+                    if yielded {
+                        return Next::Check;
+                    }
                 }
                 self.leave();
                 Next::Sleep
@@ -397,17 +463,43 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(150));
     }
 
+    /// Held by the tests that read or set whether yields are off.
+    static YIELD_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn yields_off() -> bool {
+        YIELDS_OFF_UNTIL.load(Ordering::Relaxed) > clock_ns()
+    }
+
+    fn checks(policy: Policy) -> usize {
+        let mut w = Waiter::new(policy, None);
+        std::iter::from_fn(|| match w.pause() {
+            Next::Check => Some(()),
+            _ => None,
+        })
+        .count()
+    }
+
     #[test]
     fn a_backing_off_policy_checks_as_often_as_a_plain_one_then_sleeps() {
+        let _one = YIELD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(checks(Policy::counted_yielding(16, 3)), 16 + 3);
+        // The others may skip their yields if the machine is busy (as a
+        // test run can make it): never their spins.
         for policy in [Policy::counted(16, 3), Policy::backoff(16, 32, 3)] {
-            let mut w = Waiter::new(policy, None);
-            let checks = std::iter::from_fn(|| match w.pause() {
-                Next::Check => Some(()),
-                _ => None,
-            })
-            .count();
-            assert_eq!(checks, 16 + 3, "{policy:?}");
+            let n = checks(policy);
+            assert!((16..=16 + 3).contains(&n), "{policy:?}: {n}");
         }
+    }
+
+    #[test]
+    fn on_a_busy_machine_a_wait_sleeps_instead_of_yielding_unless_told_to_yield() {
+        let _one = YIELD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        YIELDS_OFF_UNTIL.store(u64::MAX, Ordering::Relaxed);
+        let busy = checks(Policy::counted(2, 50));
+        let yielding = checks(Policy::counted_yielding(2, 50));
+        YIELDS_OFF_UNTIL.store(0, Ordering::Relaxed);
+        assert_eq!(busy, 2, "a yield on a busy machine");
+        assert_eq!(yielding, 2 + 50);
     }
 
     #[test]
@@ -440,6 +532,7 @@ mod tests {
 
     #[test]
     fn a_timed_policy_spins_then_yields_then_sleeps_and_keeps_the_deadline() {
+        let _one = YIELD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
         let mut w = Waiter::new(
             Policy::Timed {
@@ -452,7 +545,8 @@ mod tests {
         while w.pause() == Next::Check {
             checks += 1;
         }
-        assert!(start.elapsed() >= Duration::from_micros(550));
+        // Unless a slow yield (a loaded machine) turned the yields off.
+        assert!(start.elapsed() >= Duration::from_micros(550) || yields_off());
         assert!(checks > CLOCK_EVERY);
         let mut w = Waiter::new(
             Policy::Timed {
@@ -461,8 +555,18 @@ mod tests {
             },
             Some(Instant::now() + Duration::from_millis(20)),
         );
-        while w.pause() == Next::Check {}
-        assert!(w.passed());
+        let end = loop {
+            match w.pause() {
+                Next::Check => continue,
+                other => break other,
+            }
+        };
+        // The yields end at the deadline; on a busy machine they are
+        // skipped and the caller sleeps (until the deadline) instead.
+        assert!(
+            w.passed() || (end == Next::Sleep && yields_off()),
+            "{end:?}"
+        );
     }
 
     #[test]
