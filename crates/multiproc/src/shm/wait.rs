@@ -9,7 +9,10 @@
 //!
 //! A waiter first re-checks its condition a few times with a `pause`
 //! between checks (spins), then a number of times giving the processor away
-//! between checks (yields), then sleeps on a futex word. A waiter given a
+//! between checks (yields), then sleeps on a futex word. On a busy machine
+//! (a yield lately kept the processor away for long: see [`try_yield`])
+//! the yields are skipped, except by a queue's ring, whose peers are the
+//! processes a yield would hand the processor to. A waiter given a
 //! [`Presence`] (two words where it and its peer say whether they run, and
 //! where) spins only while the peer runs on another processor: a peer on
 //! the same processor, or one not running, cannot answer before this side
