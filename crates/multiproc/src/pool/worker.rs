@@ -654,7 +654,7 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     let mut retire = RETIRE_NONE;
     // How many leading outcomes are bare values (`None`: all of them).
     let mut plain: Option<usize> = None;
-    child::in_body(|| {
+    child::quiet_body(|| {
         if !args_ok {
             let message = format!(
                 "{} bytes are not {count} items of {size_a} bytes ({})",
