@@ -55,6 +55,10 @@ struct Current {
     ident: Vec<u32>,
     children_started: u32,
     parent: Option<ParentProcess>,
+    /// The parent is this process's parent in the kernel's sense too (a
+    /// fork child), and the pidfd on it is not opened yet: it is opened on
+    /// the first [`parent_process`], not on every start.
+    parent_pidfd_pending: bool,
 }
 
 static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
@@ -102,6 +106,7 @@ fn with_current<T>(f: impl FnOnce(&mut Current) -> T) -> T {
         ident: Vec::new(),
         children_started: 0,
         parent: None,
+        parent_pidfd_pending: false,
     });
     if cur.pid != pid {
         // A fork that did not go through multiproc: we are someone's child
@@ -112,6 +117,7 @@ fn with_current<T>(f: impl FnOnce(&mut Current) -> T) -> T {
             ident: cur.ident.clone(),
             children_started: 0,
             parent: None,
+            parent_pidfd_pending: false,
         };
     }
     f(cur)
@@ -129,7 +135,24 @@ pub fn current_process() -> ProcessInfo {
 /// Returns the process that started this one, or `None` in a process that
 /// multiproc did not start.
 pub fn parent_process() -> Option<ParentProcess> {
-    with_current(|c| c.parent.clone())
+    with_current(|c| {
+        if std::mem::take(&mut c.parent_pidfd_pending)
+            && let Some(parent) = &mut c.parent
+        {
+            parent.pidfd = open_parent_pidfd(parent.pid);
+        }
+        c.parent.clone()
+    })
+}
+
+/// A pidfd on this process's parent in the kernel's sense, `parent`, or
+/// `None` if it has exited. Opened by number, then checked: while the
+/// kernel still names `parent` as our parent, that process has not exited
+/// (its children would have been given to another), so the number could
+/// not have been taken by another process.
+fn open_parent_pidfd(parent: i32) -> Option<Arc<OwnedFd>> {
+    let pidfd = sys::process::pidfd_open(parent).ok()?;
+    (sys::process::parent_pid() == Some(parent)).then(|| Arc::new(pidfd))
 }
 
 /// Number of CPUs this process may run on: its affinity mask, capped by a
@@ -162,10 +185,16 @@ pub(crate) fn next_child(name: Option<String>) -> Lineage {
     })
 }
 
-fn child_state(lineage: Lineage) -> Current {
-    let pidfd = sys::process::pidfd_open(lineage.parent_pid)
-        .ok()
-        .map(Arc::new);
+/// Who a new child is. A fork child (`forked`) opens its pidfd on the
+/// parent when first asked; any other opens it now.
+fn child_state(lineage: Lineage, forked: bool) -> Current {
+    let pidfd = if forked {
+        None
+    } else {
+        sys::process::pidfd_open(lineage.parent_pid)
+            .ok()
+            .map(Arc::new)
+    };
     Current {
         pid: sys::process::pid(),
         name: lineage.name,
@@ -176,12 +205,13 @@ fn child_state(lineage: Lineage) -> Current {
             pid: lineage.parent_pid,
             pidfd,
         }),
+        parent_pidfd_pending: forked,
     }
 }
 
 /// Records, in a freshly started spawn or forkserver child, who it is.
 pub(crate) fn become_child(lineage: Lineage) {
-    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(child_state(lineage));
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(child_state(lineage, false));
 }
 
 /// This module's locks, held by the forking thread across a fork so that
@@ -203,7 +233,7 @@ impl ForkGuards {
     /// In the forked child: records who it is, forgets the parent's
     /// children, and releases the locks.
     pub(crate) fn become_child(mut self, lineage: Lineage) {
-        *self.current = Some(child_state(lineage));
+        *self.current = Some(child_state(lineage, true));
         self.children.clear();
     }
 }

@@ -33,9 +33,11 @@ pub(crate) fn parent_pid() -> Option<i32> {
     rp::getppid().map(|p| p.as_raw_nonzero().get())
 }
 
-/// Whether the calling thread is the process's main thread.
+/// Whether the calling thread is the process's main thread (whose id is
+/// the process id). Both ids are cached, so this asks the kernel nothing
+/// after the first call of a thread.
 pub(crate) fn is_main_thread() -> bool {
-    rustix::thread::gettid() == rp::getpid()
+    super::futex::tid() == super::futex::pid()
 }
 
 fn to_pid(pid: i32) -> io::Result<Pid> {
@@ -78,6 +80,20 @@ pub(crate) fn reap_nohang(pidfd: BorrowedFd<'_>) -> io::Result<Option<RawExit>> 
         ) {
             Ok(status) => return Ok(status.filter(|s| s.raw_signo() != 0).map(decode)),
             Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for the child behind `pidfd` to exit, and reaps it: one system
+/// call where polling the pidfd, then reaping, makes two or three.
+pub(crate) fn reap_blocking(pidfd: BorrowedFd<'_>) -> io::Result<RawExit> {
+    loop {
+        match rp::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED) {
+            Ok(Some(status)) if status.raw_signo() != 0 => return Ok(decode(status)),
+            // Without WNOHANG the kernel reports only an exit; anything
+            // else is asked again.
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -157,6 +173,45 @@ pub(crate) fn thread_count() -> Option<usize> {
     rest.split(' ').nth(17)?.parse().ok()
 }
 
+/// Whether this process certainly has one thread, the caller, for a fork
+/// about to be made from the main thread: then the child may take the
+/// standard streams' locks. `false` when there may be others.
+///
+/// glibc's `__libc_single_threaded` (2.32 and later) answers without a
+/// system call: it stays true until the first `pthread_create`. Once it is
+/// false (threads were started, and may have ended since), or without it,
+/// `/proc` counts the threads. A thread started by a raw `clone` system call,
+/// which glibc does not see, would be missed: the child could then block on
+/// a lock that thread held, never corrupt memory.
+pub(crate) fn surely_single_threaded() -> bool {
+    use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+    static FLAG: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
+    // A dangling-but-non-null marker would do; `1 as *mut` means "looked up,
+    // not found".
+    let not_found = std::ptr::without_provenance_mut::<AtomicU8>(1);
+    let mut flag = FLAG.load(Ordering::Relaxed);
+    if flag.is_null() {
+        // SAFETY: `dlsym` with `RTLD_DEFAULT` and a NUL-terminated name
+        // only looks the symbol up.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) };
+        flag = if found.is_null() {
+            not_found
+        } else {
+            found.cast()
+        };
+        FLAG.store(flag, Ordering::Relaxed);
+    }
+    if flag != not_found {
+        // SAFETY: `__libc_single_threaded` is a `char` glibc defines for the
+        // life of the process; a byte is read atomically (glibc writes it,
+        // once, before it creates the first thread).
+        if unsafe { &*flag }.load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+    }
+    thread_count() == Some(1)
+}
+
 /// Ends the process at once, without running `atexit` handlers or
 /// destructors inherited from a forked parent, and without flushing (see
 /// [`flush_std_streams`]).
@@ -223,6 +278,9 @@ pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Res
 /// Such a stale handle then reads end of file and writes into nothing. If
 /// `/dev/null` cannot be opened, the descriptors are left as they are.
 pub(crate) fn release_inherited_handles(fds: &[RawFd]) {
+    if fds.is_empty() {
+        return;
+    }
     let Ok(null) = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,

@@ -42,7 +42,10 @@ pub(crate) fn start(
         // from the thread that continues in it, never from a lost thread.
         let guards = info::lock_for_fork();
         let handles = handles::lock_for_fork();
-        let single_threaded = sys::process::thread_count() == Some(1);
+        // A fork from the launcher thread is a fork from a process with
+        // at least two threads: no need to count them.
+        let single_threaded =
+            sys::process::is_main_thread() && sys::process::surely_single_threaded();
         sys::process::fork_child(move || {
             guards.become_child(lineage);
             if close_handles {
@@ -60,6 +63,8 @@ pub(crate) fn start(
                 // standard streams' locks.
                 sys::process::flush_std_streams();
             }
+            // The exit that follows closes it: no `close` of our own.
+            std::mem::forget(theirs);
             0
         })
     })?;

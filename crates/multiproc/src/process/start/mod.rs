@@ -51,6 +51,10 @@ impl Reaper {
         deadline: Option<Instant>,
     ) -> io::Result<Option<ExitStatus>> {
         match self {
+            Reaper::Direct if deadline.is_none() => {
+                let raw = sys::process::reap_blocking(pidfd)?;
+                Ok(Some(ExitStatus::from_raw(raw)))
+            }
             Reaper::Direct => loop {
                 if let Some(raw) = sys::process::reap_nohang(pidfd)? {
                     return Ok(Some(ExitStatus::from_raw(raw)));
