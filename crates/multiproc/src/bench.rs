@@ -187,3 +187,9 @@ pub fn journal_report<T>(q: &crate::Queue<T>) -> String {
 pub fn wedge_queue_lock<T>(q: &crate::Queue<T>, consumer: bool) {
     q.ring().wedge(consumer);
 }
+
+/// Forks a child that does nothing but exit, and reaps it: three system
+/// calls (`fork`, `_exit`, `wait4`), the floor of a fork start.
+pub fn bare_fork_exit_wait() -> io::Result<()> {
+    sys::process::bare_fork_exit_wait()
+}

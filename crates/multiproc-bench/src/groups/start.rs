@@ -1,7 +1,9 @@
 //! Group `start`: what it costs to have a child process, per start method.
 //!
 //! * `start_join`: latency of starting a child that runs a trivial
-//!   function and joining it, one child at a time (ms per child).
+//!   function and joining it, one child at a time (ms per child). Beside
+//!   the fork row, a raw floor: `fork`, `_exit(0)` in the child and
+//!   `waitpid`, one child of each in turn with ours.
 //! * `worker_private_memory`: private memory (`Private_Clean` +
 //!   `Private_Dirty` from `/proc/<pid>/smaps_rollup`) of an idle child
 //!   (KiB). The child creates a marker file and then sleeps; once the
@@ -86,7 +88,22 @@ pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
     let mut multiproc = Vec::new();
     let mut peer = Vec::new();
+    let mut floor = Vec::new();
     for method in METHODS {
+        if method == StartMethod::Fork {
+            opts.progress(
+                NAME,
+                "multiproc start_join fork and a bare fork+exit+wait, alternating",
+            );
+            let (ours, bare) = alternating(
+                plan.join_reps,
+                &|| start_join_once(StartMethod::Fork),
+                &bare_fork_once,
+            );
+            multiproc.push(Measurement::new("start_join", method.as_str(), "ms", ours));
+            floor.push(Measurement::new("start_join", method.as_str(), "ms", bare));
+            continue;
+        }
         if method == StartMethod::Spawn {
             // procspawn re-executes this program, as spawn does: its
             // start+join and ours alternate, one child each in turn.
@@ -94,7 +111,11 @@ pub fn run(opts: &Options) -> Vec<Row> {
                 NAME,
                 "multiproc and procspawn start_join spawn, alternating",
             );
-            let (ours, theirs) = start_join_beside_procspawn(plan.join_reps);
+            let (ours, theirs) = alternating(
+                plan.join_reps,
+                &|| start_join_once(StartMethod::Spawn),
+                &procspawn_once,
+            );
             multiproc.push(Measurement::new("start_join", method.as_str(), "ms", ours));
             peer.push(Measurement::new(
                 "start_join",
@@ -140,7 +161,13 @@ pub fn run(opts: &Options) -> Vec<Row> {
         python.measurements,
         python.failure.as_deref(),
     );
+    let rows = report::add_raw(NAME, rows, floor);
     report::add_reference(NAME, rows, Impl::Procspawn, peer)
+}
+
+/// A child forked to do nothing but `_exit(0)`, and reaped.
+fn bare_fork_once() -> Result<(), String> {
+    multiproc::__bench::bare_fork_exit_wait().map_err(|e| format!("bare fork failed: {e}"))
 }
 
 /// `procspawn::spawn` of a trivial function and its join.
@@ -150,22 +177,18 @@ fn procspawn_once() -> Result<(), String> {
         .map_err(|e| format!("procspawn failed: {e}"))
 }
 
-/// Start+join times in ms of multiproc's spawn method and of procspawn,
-/// one child of each in turn, after a warm-up child of each.
-fn start_join_beside_procspawn(
+/// Times in ms of `ours` and `theirs` (a start+join each), one of each in
+/// turn, after a warm-up call of each.
+fn alternating(
     reps: usize,
+    ours_op: &dyn Fn() -> Result<(), String>,
+    theirs_op: &dyn Fn() -> Result<(), String>,
 ) -> (Result<Vec<f64>, String>, Result<Vec<f64>, String>) {
-    let warm = (start_join_once(StartMethod::Spawn), procspawn_once());
+    let warm = (ours_op(), theirs_op());
     let mut ours = warm.0.map(|()| Vec::with_capacity(reps));
     let mut theirs = warm.1.map(|()| Vec::with_capacity(reps));
     for _ in 0..reps {
-        for (samples, op) in [
-            (
-                &mut ours,
-                &(|| start_join_once(StartMethod::Spawn)) as &dyn Fn() -> Result<(), String>,
-            ),
-            (&mut theirs, &procspawn_once),
-        ] {
+        for (samples, op) in [(&mut ours, ours_op), (&mut theirs, theirs_op)] {
             if let Ok(list) = samples {
                 let t0 = std::time::Instant::now();
                 match op() {

@@ -249,6 +249,26 @@ pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<i32> {
     }
 }
 
+/// Forks a child that only calls `_exit(0)`, and reaps it: the floor of a
+/// fork start, which the benchmark measures beside ours.
+#[cfg(feature = "bench-internals")]
+pub(crate) fn bare_fork_exit_wait() -> io::Result<()> {
+    // SAFETY: the child calls nothing but `_exit`, which is
+    // async-signal-safe, so it is valid after a fork of any process.
+    let ret = unsafe { libc::fork() };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => exit_now(0),
+        child => loop {
+            match rp::waitpid(Pid::from_raw(child), rp::WaitOptions::empty()) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        },
+    }
+}
+
 /// Forks a forkserver worker: the child closes the server's descriptors in
 /// `close`, restores the default SIGINT action, then serves `channel`, a
 /// start channel the server received from a client over its private control
