@@ -198,17 +198,20 @@ impl RawLock {
     /// may outnumber the processors, where a spinner mostly waits for a
     /// holder that was preempted.
     #[inline]
+    /// It keeps yielding on a busy machine (a queue ring's side locks:
+    /// their holders are the processes a yield hands the processor to).
     pub(crate) fn lock_with(&self, spins: u32) -> Locked {
-        self.lock_with_until(spins, None).unwrap_or(Locked::Clean)
+        self.lock_with_until(Policy::backoff_yielding(spins, BACKOFF, YIELDS), None)
+            .unwrap_or(Locked::Clean)
     }
 
-    /// [`lock_with`](RawLock::lock_with), giving up at `deadline`.
+    /// Takes the lock with `policy`, giving up at `deadline`.
     #[inline]
-    pub(crate) fn lock_with_until(&self, spins: u32, deadline: Option<Instant>) -> Option<Locked> {
+    fn lock_with_until(&self, policy: Policy, deadline: Option<Instant>) -> Option<Locked> {
         if self.take_free() {
             return Some(Locked::Clean);
         }
-        self.lock_inner(deadline, spins)
+        self.lock_inner(deadline, policy)
     }
 
     /// The free case of every lock call, inline: one compare-and-swap,
@@ -229,7 +232,7 @@ impl RawLock {
     /// Takes the lock, or gives up at `deadline` (`None` then).
     #[inline]
     pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
-        self.lock_with_until(SPINS, deadline)
+        self.lock_with_until(Policy::backoff(SPINS, BACKOFF, YIELDS), deadline)
     }
 
     /// Takes over the lock from the holder named by word `cur`, if that
@@ -284,9 +287,9 @@ impl RawLock {
 
     #[cold]
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
-    fn lock_inner(&self, deadline: Option<Instant>, spins: u32) -> Option<Locked> {
+    fn lock_inner(&self, deadline: Option<Instant>, policy: Policy) -> Option<Locked> {
         let (me, my_id) = liveness::current();
-        let mut waiter = Waiter::new(Policy::backoff(spins, BACKOFF, YIELDS), deadline);
+        let mut waiter = Waiter::new(policy, deadline);
         // Once this locker has slept, others may sleep too: it takes the
         // lock marked contended, so that its unlock wakes the next one.
         let mut slept = false;

@@ -11,8 +11,9 @@
 //! between checks (spins), then a number of times giving the processor away
 //! between checks (yields), then sleeps on a futex word. On a busy machine
 //! (a yield lately kept the processor away for long: see [`try_yield`])
-//! the yields are skipped, except by a queue's ring, whose peers are the
-//! processes a yield would hand the processor to. A waiter given a
+//! the yields are skipped, except by a queue's ring (and its side locks),
+//! the pipe and the manager's local path, whose peers are the processes a
+//! yield would hand the processor to. A waiter given a
 //! [`Presence`] (two words where it and its peer say whether they run, and
 //! where) spins only while the peer runs on another processor: a peer on
 //! the same processor, or one not running, cannot answer before this side
@@ -76,6 +77,16 @@ impl Policy {
             backoff: 1,
             yields,
             yield_when_busy: false,
+        }
+    }
+
+    /// [`backoff`](Policy::backoff), yielding on a busy machine too.
+    pub(crate) const fn backoff_yielding(spins: u32, backoff: u32, yields: u32) -> Policy {
+        Policy::Counted {
+            spins,
+            backoff,
+            yields,
+            yield_when_busy: true,
         }
     }
 
@@ -342,13 +353,13 @@ impl<'a> Waiter<'a> {
                 if self.passed() {
                     return Next::TimedOut;
                 }
+                // The pipe and the manager's local path: their peer is the
+                // process a yield would let run, so they keep yielding.
                 if self.started.is_some_and(|s| s.elapsed() < yields) {
                     self.leave();
-                    let yielded = try_yield();
+                    futex::yield_now();
                     self.arrive();
-                    if yielded {
-                        return Next::Check;
-                    }
+                    return Next::Check;
                 }
                 self.leave();
                 Next::Sleep
