@@ -183,15 +183,13 @@ impl Packet {
                         "a message of {len} bytes in a memfd of {size}"
                     )));
                 }
-                let payload = sys::shm::read_memfd(memfd.as_fd())?;
-                if payload.len() as u64 != len {
-                    // The sender shrank it after sending.
-                    return Err(StreamError::Garbage(format!(
-                        "a message of {len} bytes whose memfd holds {}",
-                        payload.len()
-                    )));
-                }
-                payload
+                // Exactly `len` bytes, already checked against the limit: a
+                // sender that grows the memfd now cannot make us read more,
+                // and one that shrank it gets an error.
+                let len = usize::try_from(len).map_err(|_| StreamError::TooLarge { len, limit })?;
+                sys::shm::read_memfd_len(memfd.as_fd(), len).map_err(|e| {
+                    StreamError::Garbage(format!("a message of {len} bytes in its memfd: {e}"))
+                })?
             }
             kind => {
                 return Err(StreamError::Garbage(format!(

@@ -430,6 +430,13 @@ pub(crate) fn memfd_with(name: &str, parts: &[&[u8]]) -> io::Result<OwnedFd> {
 pub(crate) fn read_memfd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))?;
+    read_memfd_len(fd, len)
+}
+
+/// The first `len` bytes of a memfd, whatever its size now: for a size the
+/// caller already checked against its limit, so that a sender growing the
+/// file after that check cannot make this process allocate more.
+pub(crate) fn read_memfd_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     out.try_reserve_exact(len).map_err(|_| {
         io::Error::new(
