@@ -86,7 +86,13 @@ impl RawRing {
         let me = self.register();
         let connected = || self.ring.others_alive(me);
         let mut copied = Copied::new();
-        let popped = self.ring.pop(None, &connected, &mut copied, |_| ());
+        let popped = self.ring.pop(
+            crate::shm::ring::WAIT,
+            None,
+            &connected,
+            &mut copied,
+            |_| (),
+        );
         match popped {
             Ok(Taken::Inline) => {
                 out.clear();

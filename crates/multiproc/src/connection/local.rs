@@ -72,6 +72,7 @@ const KIND_MORE: u8 = 3;
 const WAIT: Policy = Policy::Timed {
     spin: Duration::from_micros(4),
     yields: Duration::from_micros(60),
+    yield_when_busy: true,
 };
 /// How often a sender asks the kernel whether the peer is still there.
 const LIVENESS_NS: u64 = 1_000_000;

@@ -31,8 +31,9 @@ pub(crate) mod error;
 pub(crate) mod mailbox;
 
 use crate::shm::ring::{
-    Copied, PopError, PushError, Registration, Ring, Source, Taken, delivery as shm_delivery,
+    self, Copied, PopError, PushError, Registration, Ring, Source, Taken, delivery as shm_delivery,
 };
+use crate::shm::wait::Policy;
 use crate::sys;
 use crate::wire::handles::{self, FdRef};
 use delivery::Journal;
@@ -199,11 +200,15 @@ impl Shared {
         let mut copied = Copied::new();
         loop {
             let mut large = None;
-            let popped = self
-                .ring
-                .pop(Some(Instant::now()), &connected, &mut copied, |id| {
+            let popped = self.ring.pop(
+                ring::WAIT,
+                Some(Instant::now()),
+                &connected,
+                &mut copied,
+                |id| {
                     large = Some(self.mailbox.take(id));
-                });
+                },
+            );
             return match popped {
                 Ok(Taken::Inline) => true,
                 // A message a dead consumer took is not this one: go on.
@@ -218,7 +223,11 @@ impl Shared {
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, GetTimeoutError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        policy: Policy,
+        deadline: Option<Instant>,
+    ) -> Result<T, GetTimeoutError> {
         self.register();
         let connected = || self.connected();
         // The record is copied out under the consumer lock (small ones to
@@ -231,9 +240,11 @@ impl Shared {
             // returned through the ring's layers: the common, inline case
             // then moves a small value, not this large one.
             let mut large = None;
-            let popped = self.ring.pop(deadline, &connected, &mut copied, |id| {
-                large = Some(self.mailbox.take(id));
-            });
+            let popped = self
+                .ring
+                .pop(policy, deadline, &connected, &mut copied, |id| {
+                    large = Some(self.mailbox.take(id));
+                });
             return match popped {
                 // Values with handles never travel inline.
                 Ok(Taken::Inline) => {
@@ -743,7 +754,7 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
-        match self.shared.get(None) {
+        match self.shared.get(ring::WAIT, None) {
             Ok(v) => Ok(v),
             Err(GetTimeoutError::Failed(e)) => Err(e),
             Err(GetTimeoutError::Timeout) => Err(GetError::Disconnected),
@@ -757,7 +768,22 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed.into());
         }
-        self.shared.get(crate::shm::wait::after(timeout))
+        self.shared
+            .get(ring::WAIT, crate::shm::wait::after(timeout))
+    }
+
+    /// [`get_timeout`](Self::get_timeout) for a caller that has already
+    /// waited for the value its own way (the manager's local path, which
+    /// spins and yields only while its peer runs): sleeps at once when the
+    /// queue is empty, without the yields a plain `get` makes first (on a
+    /// busy machine each of them can hand the processor to another process
+    /// for a whole time slice).
+    pub(crate) fn get_timeout_sleeping(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed.into());
+        }
+        self.shared
+            .get(Policy::counted(0, 0), crate::shm::wait::after(timeout))
     }
 
     /// Takes the oldest value as an acknowledged delivery, waiting while
@@ -820,7 +846,7 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed.into());
         }
-        match self.shared.get(Some(Instant::now())) {
+        match self.shared.get(ring::WAIT, Some(Instant::now())) {
             Ok(v) => Ok(v),
             Err(GetTimeoutError::Timeout) => Err(TryGetError::Empty),
             Err(GetTimeoutError::Failed(e)) => Err(TryGetError::Failed(e)),

@@ -64,7 +64,7 @@ const ATTACH_SLOTS: usize = 288;
 /// the other side writes (or reads) several records between two checks.
 const YIELDS: u32 = 500;
 /// How a side waits for a record or for room: see [`YIELDS`].
-const WAIT: Policy = Policy::counted_yielding(0, YIELDS);
+pub(crate) const WAIT: Policy = Policy::counted_yielding(0, YIELDS);
 /// Checks of a side's lock before yielding (see [`RawLock::lock_with`]):
 /// the ring's locks are held for tens of nanoseconds, but with more
 /// processes than processors the holder is often preempted.
@@ -742,15 +742,18 @@ impl Ring {
     /// the lock (so that out-of-line parts are fetched in order) and should
     /// only fetch, not decode. Returns by `deadline` whatever other
     /// processes do.
+    /// `policy` says how it waits for a record before it sleeps: [`WAIT`],
+    /// unless the caller knows better.
     #[inline]
     pub(crate) fn pop<L>(
         &self,
+        policy: Policy,
         deadline: Option<Instant>,
         connected: &dyn Fn() -> bool,
         out: &mut Copied,
         mut large: impl FnMut(u64) -> L,
     ) -> Result<Taken<L>, PopError> {
-        let taken = self.pop_if(deadline, connected, |ring, slot| {
+        let taken = self.pop_if(policy, deadline, connected, |ring, slot| {
             Some(if slot.kind == LARGE {
                 Taken::Large(large(ring.read_id(slot)))
             } else {
@@ -768,12 +771,13 @@ impl Ring {
     #[inline]
     fn pop_if<T>(
         &self,
+        policy: Policy,
         deadline: Option<Instant>,
         connected: &dyn Fn() -> bool,
         mut take: impl FnMut(&Ring, &Slot) -> Option<T>,
     ) -> Result<Option<T>, PopError> {
         let h = self.header();
-        let mut waiter = Waiter::new(WAIT, deadline);
+        let mut waiter = Waiter::new(policy, deadline);
         loop {
             // Known non-empty from our own cache line, or else ask.
             let known =
@@ -840,7 +844,7 @@ impl Ring {
         mut elsewhere: impl FnMut(u64, Source<'_>) -> io::Result<Option<L>>,
         mut commit: impl FnMut(Source<'_>),
     ) -> Result<Option<Journaled<L>>, PopError> {
-        self.pop_if(deadline, connected, |ring, slot| {
+        self.pop_if(WAIT, deadline, connected, |ring, slot| {
             let room = journal.max_inline().saturating_sub(JOURNAL_HEAD);
             let source = if slot.kind == LARGE {
                 Some(Source::Large(ring.read_id(slot)))

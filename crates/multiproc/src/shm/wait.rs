@@ -11,9 +11,9 @@
 //! between checks (spins), then a number of times giving the processor away
 //! between checks (yields), then sleeps on a futex word. On a busy machine
 //! (a yield lately kept the processor away for long: see [`try_yield`])
-//! the yields are skipped, except by a queue's ring (and its side locks),
-//! the pipe and the manager's local path, whose peers are the processes a
-//! yield would hand the processor to. A waiter given a
+//! the yields are skipped, except by a queue's ring (and its side locks)
+//! and the pipe, whose peers are the processes a yield would hand the
+//! processor to. A waiter given a
 //! [`Presence`] (two words where it and its peer say whether they run, and
 //! where) spins only while the peer runs on another processor: a peer on
 //! the same processor, or one not running, cannot answer before this side
@@ -66,6 +66,13 @@ pub(crate) enum Policy {
         spin: Duration,
         /// How long to yield after that.
         yields: Duration,
+        /// Yield even when the machine is busy (see [`try_yield`]), as
+        /// for [`Policy::Counted`]: the pipe, whose peer is often the
+        /// process a yield lets run. Without it, a busy machine makes the
+        /// waiter sleep at once (the manager's local path: a yield there
+        /// handed the processor to another process for its whole time
+        /// slice, milliseconds per request).
+        yield_when_busy: bool,
     },
 }
 
@@ -117,8 +124,12 @@ impl Policy {
 const CLOCK_EVERY: u32 = 32;
 
 /// A yield that kept the processor away this long gave it to another
-/// runnable process: the machine has more of them than processors.
-const SLOW_YIELD: Duration = Duration::from_micros(50);
+/// runnable process for its time slice (a millisecond or more on Linux's
+/// scheduler): the machine has more of them than processors. Shorter
+/// yields are a peer that ran a burst of work and gave the processor
+/// back; at 50 µs, those turned the yields off for most of an idle run
+/// of the manager's round trips (a third of them lost).
+const SLOW_YIELD: Duration = Duration::from_micros(400);
 
 /// How long waits sleep at once instead of yielding after a slow yield.
 const YIELDS_OFF_FOR: Duration = Duration::from_millis(100);
@@ -331,7 +342,11 @@ impl<'a> Waiter<'a> {
                 }
                 Next::Sleep
             }
-            Policy::Timed { spin, yields } => {
+            Policy::Timed {
+                spin,
+                yields,
+                yield_when_busy,
+            } => {
                 if round == 0 {
                     self.arrive();
                 }
@@ -353,13 +368,18 @@ impl<'a> Waiter<'a> {
                 if self.passed() {
                     return Next::TimedOut;
                 }
-                // The pipe and the manager's local path: their peer is the
-                // process a yield would let run, so they keep yielding.
                 if self.started.is_some_and(|s| s.elapsed() < yields) {
                     self.leave();
-                    futex::yield_now();
+                    let yielded = if yield_when_busy {
+                        futex::yield_now();
+                        true
+                    } else {
+                        try_yield()
+                    };
                     self.arrive();
-                    return Next::Check;
+                    if yielded {
+                        return Next::Check;
+                    }
                 }
                 self.leave();
                 Next::Sleep
@@ -442,6 +462,7 @@ mod tests {
         let policy = Policy::Timed {
             spin: Duration::from_millis(200),
             yields: Duration::ZERO,
+            yield_when_busy: true,
         };
         let (mine, theirs) = (AtomicU64::new(0), AtomicU64::new(0));
         let presence = Some(Presence {
@@ -508,12 +529,23 @@ mod tests {
     #[test]
     fn on_a_busy_machine_a_wait_sleeps_instead_of_yielding_unless_told_to_yield() {
         let _one = YIELD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let timed = |yield_when_busy| Policy::Timed {
+            spin: Duration::ZERO,
+            yields: Duration::from_millis(20),
+            yield_when_busy,
+        };
         YIELDS_OFF_UNTIL.store(u64::MAX, Ordering::Relaxed);
         let busy = checks(Policy::counted(2, 50));
         let yielding = checks(Policy::counted_yielding(2, 50));
+        // The manager's settling: no yield at all; the pipe's: 20 ms of
+        // them (many checks).
+        let timed_busy = checks(timed(false));
+        let timed_yielding = checks(timed(true));
         YIELDS_OFF_UNTIL.store(0, Ordering::Relaxed);
         assert_eq!(busy, 2, "a yield on a busy machine");
         assert_eq!(yielding, 2 + 50);
+        assert_eq!(timed_busy, 0, "a timed yield on a busy machine");
+        assert!(timed_yielding > 10, "{timed_yielding}");
     }
 
     #[test]
@@ -552,6 +584,7 @@ mod tests {
             Policy::Timed {
                 spin: Duration::from_micros(50),
                 yields: Duration::from_micros(500),
+                yield_when_busy: true,
             },
             None,
         );
@@ -566,6 +599,7 @@ mod tests {
             Policy::Timed {
                 spin: Duration::ZERO,
                 yields: Duration::from_secs(60),
+                yield_when_busy: true,
             },
             Some(Instant::now() + Duration::from_millis(20)),
         );
