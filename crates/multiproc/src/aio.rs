@@ -26,17 +26,17 @@
 //!
 //! Waiter threads (`multiproc-waiter`) are made on demand, one per
 //! readiness wait in progress, and kept [`IDLE`] after their last wait for
-//! reuse. A fork leaves the child without them: there each wait makes a
-//! thread of its own (see [`OWNER`]). No runtime is assumed: all a future uses of its executor is
+//! reuse. A fork leaves the child without them: its first wait starts
+//! its own list ([`THREADS`] is a [`ForkLocal`]). No runtime is assumed:
+//! all a future uses of its executor is
 //! `Waker::wake`.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::sys::futex;
+use crate::sys::fork_local::ForkLocal;
 
 /// Failed polls a future answers by waking itself at once, before it
 /// hands its wait to a waiter thread.
@@ -60,53 +60,22 @@ struct Hand {
     cv: Condvar,
 }
 
-/// The idle waiter threads of this process (not of a parent we were
-/// forked from: `generation` tells).
+/// The idle waiter threads of this process (a child forked from it starts
+/// a list of its own, whatever a parent's thread held at the fork).
 struct Threads {
-    generation: u32,
     idle: Vec<Arc<Hand>>,
 }
 
-static THREADS: Mutex<Threads> = Mutex::new(Threads {
-    generation: 0,
-    idle: Vec::new(),
-});
+static THREADS: ForkLocal<Threads> = ForkLocal::new(|| Threads { idle: Vec::new() });
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The fork generation ([`futex::generation`]) whose threads [`THREADS`]
-/// lists; 0 before the first wait. A child forked from a process that had
-/// waiter threads must not touch [`THREADS`]: a thread of its parent may
-/// have held the mutex at the fork, and no thread of the child will ever
-/// release it. Its waits run on threads of their own, one per wait.
-static OWNER: AtomicU32 = AtomicU32::new(0);
-
-/// Whether this process may use [`THREADS`] (see [`OWNER`]).
-fn pool_is_ours() -> bool {
-    let g = futex::generation();
-    match OWNER.compare_exchange(0, g, Ordering::SeqCst, Ordering::SeqCst) {
-        Ok(_) => true,
-        Err(owner) => owner == g,
-    }
-}
-
 /// Runs `job` on a waiter thread: an idle one, or a new one. Gives it
 /// back if no thread could be made (a process at its limit).
 pub(crate) fn run(job: Job) -> Result<(), Job> {
-    let pooled = pool_is_ours();
-    let hand = if pooled {
-        let mut t = lock(&THREADS);
-        let g = futex::generation();
-        if t.generation != g {
-            t.generation = g;
-            t.idle.clear();
-        }
-        t.idle.pop()
-    } else {
-        None
-    };
+    let hand = THREADS.lock().idle.pop();
     if let Some(hand) = hand {
         *lock(&hand.job) = Some(job);
         hand.cv.notify_one();
@@ -118,16 +87,15 @@ pub(crate) fn run(job: Job) -> Result<(), Job> {
     let spawned = std::thread::Builder::new()
         .name("multiproc-waiter".into())
         .stack_size(256 << 10)
-        .spawn(move || serve(mine, pooled));
+        .spawn(move || serve(mine));
     match spawned {
         Ok(_) => Ok(()),
         Err(_) => lock(&hand.job).take().map_or(Ok(()), Err),
     }
 }
 
-/// A waiter thread: runs jobs, then waits [`IDLE`] for another (if
-/// `pooled`; else it ends after its first).
-fn serve(hand: Arc<Hand>, pooled: bool) {
+/// A waiter thread: runs jobs, then waits [`IDLE`] for another.
+fn serve(hand: Arc<Hand>) {
     loop {
         let job = {
             let mut slot = lock(&hand.job);
@@ -141,7 +109,7 @@ fn serve(hand: Arc<Hand>, pooled: bool) {
                     .unwrap_or_else(|e| e.into_inner());
                 slot = s;
                 if timeout.timed_out() && slot.is_none() {
-                    let mut t = lock(&THREADS);
+                    let mut t = THREADS.lock();
                     if let Some(i) = t.idle.iter().position(|h| Arc::ptr_eq(h, &hand)) {
                         t.idle.swap_remove(i);
                         return;
@@ -152,14 +120,7 @@ fn serve(hand: Arc<Hand>, pooled: bool) {
         };
         // A job wakes its task however it ends (see `Waiting::pending`).
         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-        if !pooled {
-            return;
-        }
-        let mut t = lock(&THREADS);
-        if t.generation != futex::generation_unchecked() {
-            return;
-        }
-        t.idle.push(Arc::clone(&hand));
+        THREADS.lock().idle.push(Arc::clone(&hand));
     }
 }
 
@@ -506,7 +467,7 @@ mod tests {
             // The last job's thread goes back to the idle list just after
             // the job: give it a moment, as a sequential user would.
             let end = Instant::now() + Duration::from_secs(1);
-            while lock(&THREADS).idle.is_empty() && Instant::now() < end {
+            while THREADS.lock().idle.is_empty() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let (tx, rx) = std::sync::mpsc::channel();

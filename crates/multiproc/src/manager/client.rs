@@ -16,6 +16,7 @@ use super::protocol::{self, Payload, Reply, Request, Single, WireAddress};
 use super::server::lock;
 use super::transport::{Channel, Conn, LIVENESS_SLICE, RecvFailure, Welcome};
 use crate::connection::{Address, Client};
+use crate::sys::fork_local::ForkLocal;
 
 #[derive(Default)]
 struct Pool {
@@ -36,13 +37,14 @@ pub(crate) struct Link {
 
 /// Every link of this process, so that proxies received for the same
 /// manager share one.
-static LINKS: Mutex<Vec<Weak<Link>>> = Mutex::new(Vec::new());
+/// A child forked from this process starts a list of its own.
+static LINKS: ForkLocal<Vec<Weak<Link>>> = ForkLocal::new(Vec::new);
 
 impl Link {
     /// The link of this process to the manager at `address`, made if needed.
     /// Nothing is connected until the first call.
     pub(crate) fn shared(address: &WireAddress, authkey: &[u8]) -> Arc<Link> {
-        let mut links = lock(&LINKS);
+        let mut links = LINKS.lock();
         links.retain(|l| l.strong_count() > 0);
         let found = links
             .iter()

@@ -19,6 +19,7 @@ use super::error::PanicReport;
 use super::info::{self, Lineage};
 use crate::sys;
 use crate::sys::code::{Body, Entry, Reply};
+use crate::sys::fork_local::ForkLocal;
 use crate::wire::{codec, frame, handles};
 
 /// Frame kinds of the start protocol.
@@ -45,7 +46,7 @@ thread_local! {
 /// built with `panic = "abort"` (where no unwinding brings it back to the
 /// code that would send it): a copy of the channel the parent reads, and
 /// the frame kind it expects there.
-static LAST_WORDS: std::sync::Mutex<Option<(OwnedFd, u8)>> = std::sync::Mutex::new(None);
+static LAST_WORDS: ForkLocal<Option<(OwnedFd, u8)>> = ForkLocal::new(|| None);
 
 /// Names the channel a panic's report is written to, as a frame of
 /// `kind`, before an aborting panic ends the process. Does nothing (not
@@ -56,14 +57,14 @@ pub(crate) fn set_last_words(channel: BorrowedFd<'_>, kind: u8) {
         return;
     }
     if let Ok(fd) = channel.try_clone_to_owned() {
-        *LAST_WORDS.lock().unwrap_or_else(|e| e.into_inner()) = Some((fd, kind));
+        *LAST_WORDS.lock() = Some((fd, kind));
     }
 }
 
 /// Writes `report` where [`set_last_words`] said. A lock another thread
 /// holds (a fork from a multi-threaded parent) is not waited for.
 fn send_last_words(report: &PanicReport) {
-    let Ok(guard) = LAST_WORDS.try_lock() else {
+    let Some(guard) = LAST_WORDS.try_lock() else {
         return;
     };
     if let Some((fd, kind)) = &*guard {

@@ -6,14 +6,14 @@
 //! that thread ends. So children are created from the main thread, which
 //! lives as long as the process, or else from this one long-lived thread.
 
-use std::sync::Mutex;
 use std::sync::mpsc;
 
 use crate::sys;
+use crate::sys::fork_local::ForkLocal;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-static LAUNCHER: Mutex<Option<(i32, mpsc::Sender<Job>)>> = Mutex::new(None);
+static LAUNCHER: ForkLocal<Option<(i32, mpsc::Sender<Job>)>> = ForkLocal::new(|| None);
 
 /// Runs `f` on a thread that lives as long as the process, and returns its
 /// result.
@@ -28,7 +28,7 @@ pub(crate) fn run<T: Send + 'static>(
         let _ = reply_tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     });
     let sender = {
-        let mut guard = LAUNCHER.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = LAUNCHER.lock();
         let me = sys::process::pid();
         match &*guard {
             Some((pid, tx)) if *pid == me => tx.clone(),

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -35,6 +35,7 @@ use crate::shm::ring::{
 };
 use crate::shm::wait::Policy;
 use crate::sys;
+use crate::sys::fork_local::ForkLocal;
 use crate::wire::handles::{self, FdRef};
 use delivery::Journal;
 pub use delivery::{AckError, Delivery, REQUEUE_WAIT};
@@ -50,11 +51,11 @@ pub const DEFAULT_RING_BYTES: usize = 4 << 20;
 
 /// Handles of each queue held in this process, by (pid, ring inode): a
 /// forked child's inherited counts carry the parent's pid and do not count.
-static LOCAL: Mutex<Option<HashMap<u64, (u32, usize)>>> = Mutex::new(None);
+/// A child forked while another thread held the map starts a fresh one.
+static LOCAL: ForkLocal<HashMap<u64, (u32, usize)>> = ForkLocal::new(HashMap::new);
 
 fn local_adjust(key: u64, delta: isize) -> usize {
-    let mut guard = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
+    let mut map = LOCAL.lock();
     let me = sys::futex::pid();
     let entry = map.entry(key).or_insert((me, 0));
     if entry.0 != me {
@@ -69,11 +70,9 @@ fn local_adjust(key: u64, delta: isize) -> usize {
 }
 
 fn local_count(key: u64) -> usize {
-    let guard = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    let map = LOCAL.lock();
     let me = sys::futex::pid();
-    guard
-        .as_ref()
-        .and_then(|m| m.get(&key))
+    map.get(&key)
         .filter(|(pid, _)| *pid == me)
         .map_or(0, |(_, n)| *n)
 }

@@ -8,6 +8,7 @@
 
 pub(crate) mod boot;
 pub(crate) mod code;
+pub(crate) mod fork_local;
 pub(crate) mod futex;
 pub(crate) mod liveness;
 pub(crate) mod process;

@@ -10,6 +10,7 @@ use super::manager::{Object, object_type};
 use super::{BACKSTOP, Deadline, script, wait_wake};
 use crate::cluster::ClusterError;
 use crate::cluster::link::IO_TIMEOUT;
+use crate::sys::fork_local::ForkLocal;
 
 /// The lease of [`Manager::lock`](super::Manager::lock).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -373,11 +374,12 @@ struct Renewal {
 
 /// The renewer thread's inbox, with the process it belongs to: a child
 /// forked from this process has no such thread and starts its own.
-static RENEWER: Mutex<Option<(u32, std::sync::mpsc::Sender<Renewal>)>> = Mutex::new(None);
+static RENEWER: ForkLocal<Option<(u32, std::sync::mpsc::Sender<Renewal>)>> =
+    ForkLocal::new(|| None);
 
 /// Hands `r` to the renewer thread, starting it if this process has none.
 fn renew(r: Renewal) {
-    let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = RENEWER.lock();
     let me = std::process::id();
     let r = match &*slot {
         Some((pid, tx)) if *pid == me => match tx.send(r) {
@@ -423,7 +425,7 @@ fn run_renewer(rx: std::sync::mpsc::Receiver<Renewal>) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if jobs.is_empty() {
                     // Idle: end, unless a guard is being handed over now.
-                    let mut slot = RENEWER.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut slot = RENEWER.lock();
                     match rx.try_recv() {
                         Ok(j) => jobs.push(j),
                         Err(_) => {

@@ -4,8 +4,10 @@
 //!
 //! In a parent with other threads, a lock one of them held at the fork stays
 //! locked in the child forever. multiproc's own code in the child takes no
-//! lock it cannot prove free: its registries are locked by the forking
-//! thread across the fork, the panic hook is installed before it, and a
+//! lock it cannot prove free: the registries it inherits are locked by the
+//! forking thread across the fork, those it must not inherit are
+//! `sys::fork_local::ForkLocal` (fresh in the child), the panic hook is
+//! installed before it, and a
 //! panic is reported without std's stderr or backtrace locks. The user's
 //! closure carries the rest of that risk, as in C and in Python; the
 //! forkserver method does not.

@@ -23,7 +23,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use super::{BOOT_TIMEOUT, Reaper, Started};
@@ -32,6 +31,7 @@ use crate::process::launcher;
 use crate::process::status::ExitStatus;
 use crate::sys;
 use crate::sys::boot::{BOOT_ENV, BOOT_FD, Channel, Invitation, Role};
+use crate::sys::fork_local::ForkLocal;
 
 #[derive(Debug)]
 struct Server {
@@ -40,7 +40,7 @@ struct Server {
     pidfd: OwnedFd,
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+static SERVER: ForkLocal<Option<Server>> = ForkLocal::new(|| None);
 
 fn launch() -> Result<Server, StartError> {
     let (control, theirs) = sys::socket::stream_pair()?;
@@ -80,7 +80,7 @@ pub(crate) fn start() -> Result<Started, StartError> {
     let (channel, theirs) = sys::socket::stream_pair()?;
     let (status, server_end) = sys::socket::stream_pair()?;
     {
-        let mut guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = SERVER.lock();
         let mut attempts = 0;
         loop {
             attempts += 1;
