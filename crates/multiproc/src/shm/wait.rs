@@ -134,14 +134,14 @@ const SLOW_YIELD: Duration = Duration::from_micros(400);
 /// How long waits sleep at once instead of yielding after a slow yield.
 const YIELDS_OFF_FOR: Duration = Duration::from_millis(100);
 
-/// When this process's clock for [`try_yield`] began.
-static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-/// Until when (nanoseconds since [`EPOCH`]) waits skip their yields.
+/// Until when (on the monotonic clock, in nanoseconds) waits skip their
+/// yields.
 static YIELDS_OFF_UNTIL: AtomicU64 = AtomicU64::new(0);
 
+/// The monotonic clock, without a lazily set epoch (whose initialisation
+/// a fork child could find half done by a thread it does not have).
 fn clock_ns() -> u64 {
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+    crate::sys::process::monotonic_ns()
 }
 
 /// Yields the processor, unless a recent yield showed the machine busy:
