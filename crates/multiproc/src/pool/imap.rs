@@ -39,13 +39,7 @@ where
         }
         let f = &mut self.feeder;
         loop {
-            f.adapt();
-            let untaken = f.job.untaken();
-            if !f.done && untaken < f.window() {
-                let room = f.window() - untaken;
-                f.feed(64, room);
-                continue;
-            }
+            f.top_up();
             match f.job.take_ready(&mut self.ready) {
                 Ok(true) => return self.ready.pop_front(),
                 Ok(false) => {
@@ -117,13 +111,7 @@ where
         let f = &mut this.feeder;
         let mut waker_set = false;
         loop {
-            f.adapt();
-            let untaken = f.job.untaken();
-            if !f.done && untaken < f.window() {
-                let room = f.window() - untaken;
-                f.feed(64, room);
-                continue;
-            }
+            f.top_up();
             match f.job.take_ready(&mut this.ready) {
                 Ok(true) => return Poll::Ready(this.ready.pop_front()),
                 Ok(false) => {

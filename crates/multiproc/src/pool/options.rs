@@ -351,4 +351,19 @@ where
     pub(super) fn window(&self) -> usize {
         self.chunker.size() * self.workers * 32
     }
+
+    /// Learns from what has run, then submits items until the window is
+    /// full or the input ends: the step before every look for outcomes of
+    /// `imap` and its stream.
+    pub(super) fn top_up(&mut self) {
+        loop {
+            self.adapt();
+            let untaken = self.job.untaken();
+            if self.done || untaken >= self.window() {
+                return;
+            }
+            let room = self.window() - untaken;
+            self.feed(64, room);
+        }
+    }
 }

@@ -173,6 +173,29 @@ impl Shared {
         lock(&self.state)
     }
 
+    /// Waits for a change of the state, for at most a liveness slice (so
+    /// that the caller checks its client in between) and never past
+    /// `deadline`; `None`, with the lock released, once the deadline has
+    /// passed.
+    fn wait_changed<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, State>> {
+        let now = Instant::now();
+        let slice = match deadline {
+            Some(d) if d <= now => return None,
+            Some(d) => (d - now).min(LIVENESS_SLICE),
+            None => LIVENESS_SLICE,
+        };
+        Some(
+            self.changed
+                .wait_timeout(st, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0,
+        )
+    }
+
     /// Removes the stream and stops its chunks. The caller tells the
     /// backend (with no lock held: the scheduler calls sinks under its
     /// own).
@@ -457,18 +480,10 @@ impl PoolObject {
                 }
                 return Ok(Payload::Parts(out));
             }
-            let now = Instant::now();
-            let slice = match deadline {
-                Some(d) if d <= now => return Ok(Payload::Parts(Vec::new())),
-                Some(d) => (d - now).min(LIVENESS_SLICE),
-                None => LIVENESS_SLICE,
+            st = match self.shared.wait_changed(st, deadline) {
+                Some(st) => st,
+                None => return Ok(Payload::Parts(Vec::new())),
             };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
             if !(ctx.alive)() {
                 let stopped = Shared::end_stream(&mut st, stream);
                 drop(st);
@@ -490,18 +505,10 @@ impl PoolObject {
             if st.streams.values().all(|s| s.chunks.is_empty()) {
                 break;
             }
-            let now = Instant::now();
-            let slice = match deadline {
-                Some(d) if d <= now => return false,
-                Some(d) => (d - now).min(LIVENESS_SLICE),
-                None => LIVENESS_SLICE,
+            st = match self.shared.wait_changed(st, deadline) {
+                Some(st) => st,
+                None => return false,
             };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
             if !(ctx.alive)() {
                 return false;
             }
