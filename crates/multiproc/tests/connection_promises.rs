@@ -14,7 +14,7 @@ use common::{LIMIT, deadline, temp_path};
 use multiproc::{
     AcceptError, Address, AuthError, Client, Connection, Event, HANDSHAKE_TIMEOUT, JoinError,
     Listener, MAX_PENDING_HANDSHAKES, Process, RecvError, RecvTimeoutError, SendError, StartMethod,
-    pipe, pipe_oneway,
+    pipe, pipe_oneway, pipe_shared,
 };
 
 /// Sends on `conn` until the send fails (the peer is gone), for at most 5 s.
@@ -154,6 +154,37 @@ fn a_child_never_keeps_the_parents_end_of_a_pipe_open() {
                 ),
                 "{m}"
             );
+            assert!(common::exists(child.pid()), "{m}: the child already ended");
+            go.set();
+            assert!(child.join().unwrap(), "{m}");
+        }
+    });
+}
+
+#[test]
+fn a_child_never_keeps_the_parents_ends_of_a_shared_pipe_open() {
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let (rx, tx) = pipe_shared::<u8>().unwrap();
+            let (rx2, tx2) = pipe_shared::<u8>().unwrap();
+            let go = Event::new().unwrap();
+            // Started while this process holds all four ends.
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(wait_for, go.clone())
+                .unwrap();
+            // Every sender gone: the receiver sees the end.
+            drop(tx);
+            assert!(
+                matches!(
+                    rx.recv_timeout(Duration::from_secs(20)),
+                    Err(RecvTimeoutError::Recv(RecvError::Disconnected))
+                ),
+                "{m}"
+            );
+            // The receiver gone: a send fails at once.
+            drop(rx2);
+            assert!(matches!(tx2.send(&1), Err(SendError::Disconnected)), "{m}");
             assert!(common::exists(child.pid()), "{m}: the child already ended");
             go.set();
             assert!(child.join().unwrap(), "{m}");

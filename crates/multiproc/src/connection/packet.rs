@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::sys;
+use crate::wire::handles::TrackedFd;
 use crate::wire::stream::{DEFAULT_MAX_MESSAGE, Message, StreamError};
 
 const HEADER: usize = 16;
@@ -41,7 +42,9 @@ const KIND_MEMFD: u8 = 2;
 /// One end of a packet pipe.
 #[derive(Debug)]
 pub(crate) struct Packet {
-    fd: OwnedFd,
+    /// Tracked, so that a child forked to run a function does not keep
+    /// this end open (as a [`pipe`](super::pipe)'s ends are not kept).
+    fd: TrackedFd,
     max_message: AtomicU64,
     /// Receives one datagram at a time in this process (a peek for its
     /// length, then the receive).
@@ -61,7 +64,7 @@ impl Packet {
     /// An end over `fd`, a packet socket.
     pub(crate) fn new(fd: OwnedFd) -> Packet {
         Packet {
-            fd,
+            fd: TrackedFd::new(fd),
             max_message: AtomicU64::new(DEFAULT_MAX_MESSAGE),
             recv_lock: Mutex::new(()),
         }
