@@ -7,6 +7,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,45 @@ fn a_child_never_keeps_the_parents_ends_of_a_shared_pipe_open() {
             // The receiver gone: a send fails at once.
             drop(rx2);
             assert!(matches!(tx2.send(&1), Err(SendError::Disconnected)), "{m}");
+            assert!(common::exists(child.pid()), "{m}: the child already ended");
+            go.set();
+            assert!(child.join().unwrap(), "{m}");
+        }
+    });
+}
+
+#[test]
+fn a_child_never_keeps_the_parents_listener_open() {
+    use std::os::unix::ffi::OsStrExt;
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let name = temp_path("listener")
+                .file_name()
+                .unwrap()
+                .as_bytes()
+                .to_vec();
+            let address = Address::Abstract(name);
+            let listener = Listener::bind(&address, Some(b"key")).unwrap();
+            // A client waiting in the backlog when the child starts.
+            let Address::Abstract(name) = &address else {
+                unreachable!()
+            };
+            let silent = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+            let mut silent = UnixStream::connect_addr(&silent).unwrap();
+            let go = Event::new().unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(wait_for, go.clone())
+                .unwrap();
+            drop(listener);
+            // The name is free and nobody answers, while the child runs.
+            assert!(
+                Client::connect::<(), ()>(&address, Some(b"key")).is_err(),
+                "{m}"
+            );
+            // The waiting client sees its connection closed.
+            assert!(closed_within(&mut silent, Duration::from_secs(10)), "{m}");
+            drop(Listener::bind(&address, None).unwrap());
             assert!(common::exists(child.pid()), "{m}: the child already ended");
             go.set();
             assert!(child.join().unwrap(), "{m}");

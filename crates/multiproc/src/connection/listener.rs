@@ -18,6 +18,7 @@ use super::auth::{self, ServerHandshake, Step};
 use super::error::{AcceptError, ConnectError};
 use super::{Connection, Waitable};
 use crate::sys;
+use crate::wire::handles::{self, TrackedFd};
 use crate::wire::stream::Stream;
 
 /// Where a [`Listener`] listens.
@@ -159,7 +160,7 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// A connection whose handshake is under way.
 struct Pending {
-    fd: OwnedFd,
+    fd: TrackedFd,
     handshake: ServerHandshake,
     /// When it is closed if the handshake has not finished.
     deadline: Instant,
@@ -172,7 +173,7 @@ struct Pending {
 #[derive(Default)]
 struct Accepting {
     pending: VecDeque<Pending>,
-    done: VecDeque<Result<OwnedFd, AcceptError>>,
+    done: VecDeque<Result<TrackedFd, AcceptError>>,
     /// When the last `accept` returned: the deadlines of pending
     /// handshakes do not run while nobody accepts.
     idle_since: Option<Instant>,
@@ -262,6 +263,10 @@ impl Listener {
             Socket::Unix(l) => l.set_nonblocking(true)?,
             Socket::Tcp(l) => l.set_nonblocking(true)?,
         }
+        // A child forked to run a function does not keep the listening
+        // socket: once the listener is dropped, its address is free and
+        // clients are refused, whatever children run.
+        handles::track(socket.fd());
         Ok(Listener {
             socket,
             address,
@@ -302,7 +307,7 @@ impl Listener {
     pub fn accept<S, R>(&self) -> Result<Connection<S, R>, AcceptError> {
         loop {
             if let Some(fd) = self.next(None)? {
-                return Ok(Connection::from_fd(fd, true, true));
+                return Ok(Connection::from_fd(fd.into_recorded(), true, true));
             }
         }
     }
@@ -317,7 +322,7 @@ impl Listener {
     ) -> impl Future<Output = Result<Connection<S, R>, AcceptError>> + Send + 'a {
         crate::aio::retry(
             move |_| match self.next_until(None, Some(Instant::now())) {
-                Ok(Some(fd)) => Some(Ok(Connection::from_fd(fd, true, true))),
+                Ok(Some(fd)) => Some(Ok(Connection::from_fd(fd.into_recorded(), true, true))),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             },
@@ -331,7 +336,7 @@ impl Listener {
                 }
                 if let Ok(st) = self.accepting.lock() {
                     for p in &st.pending {
-                        if let Ok(fd) = p.fd.try_clone() {
+                        if let Ok(fd) = p.fd.as_fd().try_clone_to_owned() {
                             fds.push((fd, p.write));
                         }
                     }
@@ -352,12 +357,12 @@ impl Listener {
     ) -> Result<Option<Connection<S, R>>, AcceptError> {
         Ok(self
             .next(Some(stop))?
-            .map(|fd| Connection::from_fd(fd, true, true)))
+            .map(|fd| Connection::from_fd(fd.into_recorded(), true, true)))
     }
 
     /// The next outcome: a connection, a client's failed handshake, or
     /// `None` once `stop` is ready.
-    fn next(&self, stop: Option<&dyn Waitable>) -> Result<Option<OwnedFd>, AcceptError> {
+    fn next(&self, stop: Option<&dyn Waitable>) -> Result<Option<TrackedFd>, AcceptError> {
         self.next_until(stop, None)
     }
 
@@ -366,7 +371,7 @@ impl Listener {
         &self,
         stop: Option<&dyn Waitable>,
         deadline: Option<Instant>,
-    ) -> Result<Option<OwnedFd>, AcceptError> {
+    ) -> Result<Option<TrackedFd>, AcceptError> {
         let mut st = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(since) = st.idle_since.take() {
             let paused = since.elapsed();
@@ -386,7 +391,7 @@ impl Listener {
         st: &mut Accepting,
         stop: Option<&dyn Waitable>,
         deadline: Option<Instant>,
-    ) -> Result<Option<OwnedFd>, AcceptError> {
+    ) -> Result<Option<TrackedFd>, AcceptError> {
         let mut looked = false;
         loop {
             if let Some(outcome) = st.done.pop_front() {
@@ -456,7 +461,9 @@ impl Listener {
     fn take_new(&self, st: &mut Accepting) {
         for _ in 0..self.max_pending {
             let fd = match self.socket.accept() {
-                Ok(fd) => fd,
+                // Recorded at once, so that no child forked from now on
+                // keeps a client's connection open.
+                Ok(fd) => TrackedFd::new(fd),
                 Err(e) => match e.kind() {
                     std::io::ErrorKind::WouldBlock => return,
                     // The client left before we took its connection.
@@ -521,6 +528,7 @@ impl Waitable for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        handles::untrack(self.socket.fd());
         if let Address::Unix(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }

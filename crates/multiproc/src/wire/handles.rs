@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
@@ -296,24 +296,42 @@ impl ForkGuard {
 /// child forked to run a function must not keep: recorded in the registry
 /// for as long as it is open.
 #[derive(Debug)]
-pub(crate) struct TrackedFd(OwnedFd);
+pub(crate) struct TrackedFd(
+    /// Always `Some`, but for the moment [`into_recorded`] takes it.
+    ///
+    /// [`into_recorded`]: TrackedFd::into_recorded
+    Option<OwnedFd>,
+);
 
 impl TrackedFd {
     /// Records `fd`.
     pub(crate) fn new(fd: OwnedFd) -> Self {
-        track(std::os::fd::AsFd::as_fd(&fd));
-        TrackedFd(fd)
+        track(fd.as_fd());
+        TrackedFd(Some(fd))
+    }
+
+    /// The descriptor, still recorded: for an owner that records it again
+    /// and forgets it when it closes it ([`Stream`](super::stream::Stream),
+    /// say). A recorded number stays recorded, so no fork in between keeps
+    /// it.
+    pub(crate) fn into_recorded(mut self) -> OwnedFd {
+        self.0.take().expect("a tracked descriptor is always there")
     }
 }
 
 impl std::os::fd::AsFd for TrackedFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.0
+            .as_ref()
+            .expect("a tracked descriptor is always there")
+            .as_fd()
     }
 }
 
 impl Drop for TrackedFd {
     fn drop(&mut self) {
-        untrack(std::os::fd::AsFd::as_fd(&self.0));
+        if let Some(fd) = &self.0 {
+            untrack(fd.as_fd());
+        }
     }
 }
