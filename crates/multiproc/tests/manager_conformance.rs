@@ -432,7 +432,7 @@ impl SharedObject for Account {
             AccountCall::History => AccountReply::History(self.history.clone()),
             // An unwinding panic that skips the panic hook, so that the
             // server prints nothing on purpose; caught as any panic is.
-            AccountCall::Explode => std::panic::resume_unwind(Box::new("boom")),
+            AccountCall::Explode => panic!("boom"),
         }
     }
 }
@@ -451,6 +451,57 @@ impl SharedObject for Tally {
         self.0 += 1;
         self.0
     }
+}
+
+/// Set for the copy of this binary that
+/// [`a_server_does_not_print_the_panics_it_reports`] runs.
+const QUIET_ENV: &str = "MULTIPROC_TEST_QUIET_MANAGER";
+
+/// Run by [`a_server_does_not_print_the_panics_it_reports`] in a copy of
+/// this binary whose stderr it reads; passes at once otherwise.
+#[test]
+fn panicking_methods() {
+    if std::env::var_os(QUIET_ENV).is_none() {
+        return;
+    }
+    for m in StartMethod::ALL {
+        let manager = Manager::builder()
+            .start_method(m)
+            .register::<Account>("account")
+            .start()
+            .unwrap();
+        let account = manager.create::<Account>("account", 100).unwrap();
+        assert!(matches!(
+            account.call(AccountCall::Explode),
+            Err(ProxyError::Remote(RemoteError::Panicked(m))) if m == "boom"
+        ));
+        manager.shutdown().unwrap();
+    }
+    println!("the panicking methods ran");
+}
+
+#[test]
+fn a_server_does_not_print_the_panics_it_reports() {
+    deadline(LIMIT, || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "panicking_methods",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(QUIET_ENV, "1")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("the panicking methods ran"), "{stdout}");
+        // The client got the panic; the server printed nothing of it.
+        assert!(!stderr.contains("boom"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    });
 }
 
 fn deposit_from_child(account: multiproc::ObjectProxy<Account>) -> i64 {

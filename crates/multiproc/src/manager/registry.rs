@@ -85,10 +85,17 @@ impl<T: SharedObject> HostedObject for Hosted<T> {
     fn call(&mut self, call: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let call: T::Call =
             codec::decode(call).map_err(|e| RemoteError::BadArgument(e.to_string()))?;
-        let reply = catch_unwind(AssertUnwindSafe(|| self.0.call(call)))
-            .map_err(|p| RemoteError::Panicked(panic_message(p.as_ref())))?;
+        let reply = quietly(|| self.0.call(call))?;
         codec::encode(&reply).map_err(|e| RemoteError::Internal(e.to_string()))
     }
+}
+
+/// Runs user code: a panic becomes [`RemoteError::Panicked`], for the
+/// client to report, and is not printed by the server too (as Python's
+/// server sends a method's exception back without printing it).
+fn quietly<R>(f: impl FnOnce() -> R) -> Result<R, RemoteError> {
+    crate::process::child::quiet_body(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|p| RemoteError::Panicked(panic_message(p.as_ref())))
 }
 
 /// The text of a panic payload.
@@ -104,8 +111,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 fn create<T: SharedObject>(init: &[u8]) -> Result<Box<dyn HostedObject>, RemoteError> {
     let init: T::Init = codec::decode(init).map_err(|e| RemoteError::BadArgument(e.to_string()))?;
-    let object = catch_unwind(AssertUnwindSafe(|| T::create(init)))
-        .map_err(|p| RemoteError::Panicked(panic_message(p.as_ref())))?;
+    let object = quietly(|| T::create(init))?;
     Ok(Box::new(Hosted(object)))
 }
 

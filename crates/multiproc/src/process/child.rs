@@ -180,9 +180,9 @@ pub(crate) fn run_caught<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
 /// Runs `f` as user code whose panics are reported to the parent (see
 /// [`catch`]).
 pub(crate) fn in_body<R>(f: impl FnOnce() -> R) -> R {
-    IN_BODY.with(|b| b.set(true));
+    let was = IN_BODY.with(|b| b.replace(true));
     let out = f();
-    IN_BODY.with(|b| b.set(false));
+    IN_BODY.with(|b| b.set(was));
     out
 }
 
@@ -190,9 +190,9 @@ pub(crate) fn in_body<R>(f: impl FnOnce() -> R) -> R {
 /// panics the parent returns to its caller (a pool's tasks and
 /// initializer), so that they are reported once, there.
 pub(crate) fn quiet_body<R>(f: impl FnOnce() -> R) -> R {
-    QUIET.with(|q| q.set(true));
+    let was = QUIET.with(|q| q.replace(true));
     let out = in_body(f);
-    QUIET.with(|q| q.set(false));
+    QUIET.with(|q| q.set(was));
     out
 }
 
