@@ -135,61 +135,73 @@ fn wait_for(go: Event) -> bool {
     go.wait_timeout(LIMIT)
 }
 
+/// Under every start method: makes what `before` returns while this
+/// process alone holds it, starts a child that is given none of it, runs
+/// `check` on it while the child runs, then lets the child end.
+fn with_a_child_given_nothing<T>(before: impl Fn() -> T, check: impl Fn(StartMethod, T)) {
+    for m in StartMethod::ALL {
+        let held = before();
+        let go = Event::new().unwrap();
+        let child = Process::builder()
+            .start_method(m)
+            .spawn(wait_for, go.clone())
+            .unwrap();
+        check(m, held);
+        assert!(common::exists(child.pid()), "{m}: the child already ended");
+        go.set();
+        assert!(child.join().unwrap(), "{m}");
+    }
+}
+
 #[test]
 fn a_child_never_keeps_the_parents_end_of_a_pipe_open() {
     deadline(LIMIT, || {
-        for m in StartMethod::ALL {
-            let (ours, theirs) = pipe::<u8, u8>().unwrap();
-            let go = Event::new().unwrap();
-            // Started while this process holds both ends: under fork, the
-            // child's copy of `theirs` is not kept (Python's would be).
-            let child = Process::builder()
-                .start_method(m)
-                .spawn(wait_for, go.clone())
-                .unwrap();
-            drop(theirs);
-            assert!(
-                matches!(
-                    ours.recv_timeout(Duration::from_secs(20)),
-                    Err(RecvTimeoutError::Recv(RecvError::Disconnected))
-                ),
-                "{m}"
-            );
-            assert!(common::exists(child.pid()), "{m}: the child already ended");
-            go.set();
-            assert!(child.join().unwrap(), "{m}");
-        }
+        // Under fork, the child's copy of `theirs` is not kept (Python's
+        // would be).
+        with_a_child_given_nothing(
+            || pipe::<u8, u8>().unwrap(),
+            |m, (ours, theirs)| {
+                drop(theirs);
+                assert!(
+                    matches!(
+                        ours.recv_timeout(Duration::from_secs(20)),
+                        Err(RecvTimeoutError::Recv(RecvError::Disconnected))
+                    ),
+                    "{m}"
+                );
+            },
+        );
     });
 }
 
 #[test]
 fn a_child_never_keeps_the_parents_ends_of_a_shared_pipe_open() {
     deadline(LIMIT, || {
-        for m in StartMethod::ALL {
-            let (rx, tx) = pipe_shared::<u8>().unwrap();
-            let (rx2, tx2) = pipe_shared::<u8>().unwrap();
-            let go = Event::new().unwrap();
-            // Started while this process holds all four ends.
-            let child = Process::builder()
-                .start_method(m)
-                .spawn(wait_for, go.clone())
-                .unwrap();
-            // Every sender gone: the receiver sees the end.
-            drop(tx);
-            assert!(
-                matches!(
-                    rx.recv_timeout(Duration::from_secs(20)),
-                    Err(RecvTimeoutError::Recv(RecvError::Disconnected))
-                ),
-                "{m}"
-            );
-            // The receiver gone: a send fails at once.
-            drop(rx2);
-            assert!(matches!(tx2.send(&1), Err(SendError::Disconnected)), "{m}");
-            assert!(common::exists(child.pid()), "{m}: the child already ended");
-            go.set();
-            assert!(child.join().unwrap(), "{m}");
-        }
+        with_a_child_given_nothing(
+            || (pipe_shared::<u8>().unwrap(), pipe_shared::<u8>().unwrap()),
+            |m, ((rx, tx), (rx2, tx2))| {
+                // Every sender gone: the receiver sees the end.
+                drop(tx);
+                assert!(
+                    matches!(
+                        rx.recv_timeout(Duration::from_secs(20)),
+                        Err(RecvTimeoutError::Recv(RecvError::Disconnected))
+                    ),
+                    "{m}"
+                );
+                // The receiver gone: a send fails. (At once, but for the
+                // moment another test's child, started with spawn, holds
+                // copies of every descriptor before its `exec`.)
+                drop(rx2);
+                assert!(
+                    common::eventually(Duration::from_secs(10), || matches!(
+                        tx2.send(&1),
+                        Err(SendError::Disconnected)
+                    )),
+                    "{m}"
+                );
+            },
+        );
     });
 }
 
@@ -197,38 +209,37 @@ fn a_child_never_keeps_the_parents_ends_of_a_shared_pipe_open() {
 fn a_child_never_keeps_the_parents_listener_open() {
     use std::os::unix::ffi::OsStrExt;
     deadline(LIMIT, || {
-        for m in StartMethod::ALL {
-            let name = temp_path("listener")
-                .file_name()
-                .unwrap()
-                .as_bytes()
-                .to_vec();
-            let address = Address::Abstract(name);
-            let listener = Listener::bind(&address, Some(b"key")).unwrap();
-            // A client waiting in the backlog when the child starts.
-            let Address::Abstract(name) = &address else {
-                unreachable!()
-            };
-            let silent = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
-            let mut silent = UnixStream::connect_addr(&silent).unwrap();
-            let go = Event::new().unwrap();
-            let child = Process::builder()
-                .start_method(m)
-                .spawn(wait_for, go.clone())
-                .unwrap();
-            drop(listener);
-            // The name is free and nobody answers, while the child runs.
-            assert!(
-                Client::connect::<(), ()>(&address, Some(b"key")).is_err(),
-                "{m}"
-            );
-            // The waiting client sees its connection closed.
-            assert!(closed_within(&mut silent, Duration::from_secs(10)), "{m}");
-            drop(Listener::bind(&address, None).unwrap());
-            assert!(common::exists(child.pid()), "{m}: the child already ended");
-            go.set();
-            assert!(child.join().unwrap(), "{m}");
-        }
+        with_a_child_given_nothing(
+            || {
+                let name = temp_path("listener")
+                    .file_name()
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec();
+                let listener = Listener::bind(&Address::Abstract(name.clone()), Some(b"key"));
+                // A client waiting in the backlog when the child starts.
+                let at = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+                (listener.unwrap(), UnixStream::connect_addr(&at).unwrap())
+            },
+            |m, (listener, mut waiting)| {
+                let address = listener.address().clone();
+                drop(listener);
+                // The name is free and nobody answers, while the child runs.
+                assert!(
+                    Client::connect::<(), ()>(&address, Some(b"key")).is_err(),
+                    "{m}"
+                );
+                // The waiting client sees its connection closed.
+                assert!(closed_within(&mut waiting, Duration::from_secs(10)), "{m}");
+                // Free to bind again (but for another test's child about
+                // to `exec`, as above).
+                assert!(
+                    common::eventually(Duration::from_secs(10), || Listener::bind(&address, None)
+                        .is_ok()),
+                    "{m}"
+                );
+            },
+        );
     });
 }
 

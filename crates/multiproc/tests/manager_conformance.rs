@@ -483,20 +483,7 @@ fn panicking_methods() {
 #[test]
 fn a_server_does_not_print_the_panics_it_reports() {
     deadline(LIMIT, || {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "panicking_methods",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(QUIET_ENV, "1")
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let (stdout, stderr) = common::run_this_test_alone("panicking_methods", QUIET_ENV);
         assert!(stdout.contains("the panicking methods ran"), "{stdout}");
         // The client got the panic; the server printed nothing of it.
         assert!(!stderr.contains("boom"), "{stderr}");

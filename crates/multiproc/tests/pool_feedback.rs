@@ -205,20 +205,7 @@ fn panicking_pools() {
 #[test]
 fn a_worker_does_not_print_the_panics_its_pool_reports() {
     deadline(LIMIT, || {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "panicking_pools",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(QUIET_ENV, "1")
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let (stdout, stderr) = common::run_this_test_alone("panicking_pools", QUIET_ENV);
         assert!(stdout.contains("the panicking pools ran"), "{stdout}");
         // The caller got both panics; the workers printed neither.
         assert!(!stderr.contains("on purpose"), "{stderr}");

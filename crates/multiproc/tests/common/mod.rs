@@ -189,3 +189,19 @@ pub fn cluster_setup(agents: usize, slots: usize) -> Option<ClusterSetup> {
         server,
     })
 }
+
+/// Runs test `name` of this test binary alone, in a new process with
+/// `env` set (the test does its work only then), and returns its stdout
+/// and stderr once it passed: for checking what a test's processes print.
+pub fn run_this_test_alone(name: &str, env: &str) -> (String, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
