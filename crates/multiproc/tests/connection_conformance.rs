@@ -157,8 +157,14 @@ fn abstract_names_parse_as_in_python_and_leave_nothing_behind() {
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         drop(listener);
         // ...and free once it is gone: nothing to remove, nobody answers.
-        assert!(Client::connect::<(), ()>(&address, None).is_err());
-        drop(Listener::bind(&address, None).unwrap());
+        // (Once every copy is gone: another test's child started with
+        // spawn holds copies of all descriptors until its `exec`.)
+        assert!(common::eventually(Duration::from_secs(10), || {
+            Client::connect::<(), ()>(&address, None).is_err()
+        }));
+        assert!(common::eventually(Duration::from_secs(10), || {
+            Listener::bind(&address, None).is_ok()
+        }));
         // A name longer than the kernel's 107 bytes is an error, not a
         // truncated name.
         let long = Address::Abstract(vec![b'x'; 200]);
