@@ -11,6 +11,11 @@ use std::task::{Context, Poll};
 /// The results of [`Pool::imap`] or [`Pool::imap_unordered`], one per
 /// item, as they come. Items are read from the input only as results are
 /// taken. Dropping it drops the items not yet started.
+///
+/// If the input iterator panics, the items it gave before still run and
+/// their results come out first; then `next` resumes the input's panic
+/// (in the place of the item, as Python's `imap` raises the input's
+/// exception), and returns `None` after it.
 pub struct Imap<R, It: Iterator> {
     pub(super) feeder: Feeder<R, It>,
     /// Outcomes taken from the job in one go, handed out one by one.
@@ -43,6 +48,9 @@ where
             match f.job.take_ready(&mut self.ready) {
                 Ok(true) => return self.ready.pop_front(),
                 Ok(false) => {
+                    if let Some(payload) = f.input_panic.take() {
+                        std::panic::resume_unwind(payload);
+                    }
                     finish_progress(&f.job);
                     return None;
                 }
@@ -115,6 +123,9 @@ where
             match f.job.take_ready(&mut this.ready) {
                 Ok(true) => return Poll::Ready(this.ready.pop_front()),
                 Ok(false) => {
+                    if let Some(payload) = f.input_panic.take() {
+                        std::panic::resume_unwind(payload);
+                    }
                     finish_progress(&f.job);
                     return Poll::Ready(None);
                 }
