@@ -635,3 +635,29 @@ fn imap_goes_on_after_a_failed_item() {
         finish(pool);
     });
 }
+
+/// `IMapIterator.next(timeout)`: a timeout takes nothing and the
+/// iteration goes on (no CPython test; its documented behaviour).
+#[test]
+fn imap_next_with_a_timeout() {
+    deadline(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let mut it = pool.imap(sqr_wait, [(2, 400), (3, 0)]);
+        let t = Instant::now();
+        assert!(!it.wait_timeout(TIMEOUT1), "TimeoutError");
+        assert!(t.elapsed() >= TIMEOUT1);
+        assert!(it.wait_timeout(Duration::from_secs(30)));
+        assert_eq!(it.next(), Some(Ok(4)));
+        assert!(it.wait_timeout(Duration::ZERO));
+        assert_eq!(it.next(), Some(Ok(9)));
+        assert!(it.wait_timeout(Duration::ZERO), "the end is ready too");
+        assert_eq!(it.next(), None);
+
+        let mut it = pool.imap_unordered(sqr_wait, [(2, 60_000), (3, 0)]);
+        assert!(it.wait_timeout(Duration::from_secs(30)));
+        assert_eq!(it.next(), Some(Ok(9)));
+        assert!(!it.wait_timeout(TIMEOUT1), "TimeoutError");
+        drop(it);
+        finish(pool);
+    });
+}
