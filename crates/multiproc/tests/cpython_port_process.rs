@@ -419,3 +419,49 @@ fn the_forkserver_is_restarted_after_it_dies() {
         }
     });
 }
+
+fn start_threads((evt, join): (Event, bool)) {
+    // Long enough, when not joined, that only a child that waited for it
+    // could see it set, however loaded the machine.
+    let ms = if join { 100 } else { 5_000 };
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        evt.set();
+    });
+    if join {
+        t.join().unwrap();
+    }
+}
+
+/// `test_wait_for_threads`: Python's child waits for its non-daemon
+/// threads before it exits; ours ends when its function returns, its
+/// threads with it (the README's "A child ends when its function
+/// returns"), unless the function joins them.
+#[test]
+fn a_child_ends_with_its_function_and_its_threads_with_it() {
+    each_method(|m| {
+        for join in [false, true] {
+            let evt = Event::new().unwrap();
+            let p = builder(m)
+                .spawn(start_threads, (evt.clone(), join))
+                .unwrap();
+            p.join().unwrap();
+            assert_eq!(evt.is_set(), join, "{m}");
+        }
+    });
+}
+
+fn start_grandchild(method: StartMethod) -> u64 {
+    builder(method).spawn(sleep_ms, 1).unwrap().join().unwrap()
+}
+
+/// Python refuses children to a daemon ("daemonic processes are not
+/// allowed to have children"); ours may have them (README: "Dropping a
+/// handle reaps the child").
+#[test]
+fn a_daemon_may_have_children() {
+    each_method(|m| {
+        let p = builder(m).daemon(true).spawn(start_grandchild, m).unwrap();
+        assert_eq!(p.join().unwrap(), 1, "{m}");
+    });
+}
