@@ -161,7 +161,7 @@ fn kill_process(m: StartMethod, meth: fn(&Process<u64>)) -> i32 {
         Err(JoinTimeoutError::Timeout(p)) => p,
         other => panic!("{m}: {other:?}"),
     };
-    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(t.elapsed() < Duration::from_secs(5), "it waited");
     assert!(p.is_alive());
 
     meth(&p);
