@@ -387,6 +387,30 @@ fn apply_async_get_and_get_timeout() {
     });
 }
 
+/// `AsyncResult.wait(timeout)`, `ready()` and `successful()` on a
+/// `map_async` result (`_TestPool.test_async_timeout`'s, for a map).
+#[test]
+fn map_async_wait_with_a_timeout() {
+    deadline(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let res = pool.map_async(sqr_wait, [(1, 60_000), (2, 0)]);
+        let t = Instant::now();
+        assert!(!res.wait_timeout(TIMEOUT1));
+        assert!(t.elapsed() >= TIMEOUT1);
+        assert!(!res.ready());
+        assert_eq!(res.successful(), None);
+        let res = pool.map_async(int, ["1".to_string(), "a".to_string()]);
+        assert!(res.wait_timeout(Duration::from_secs(30)));
+        assert!(res.ready());
+        assert_eq!(res.successful(), Some(false));
+        let res = pool.map_async(sqr, 0..3);
+        assert!(res.wait_timeout(Duration::from_secs(30)));
+        assert_eq!(res.successful(), Some(true));
+        assert_eq!(res.get(), Ok(vec![0, 1, 4]));
+        finish(pool);
+    });
+}
+
 /// `test_make_pool` and `test_pool_maxtasksperchild_invalid`.
 #[test]
 fn invalid_pool_settings_are_refused() {
