@@ -7,10 +7,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The results of [`Pool::imap`] or [`Pool::imap_unordered`], one per
 /// item, as they come. Items are read from the input only as results are
 /// taken. Dropping it drops the items not yet started.
+///
+/// If the input iterator panics, the items it gave before still run and
+/// their results come out first; then `next` resumes the input's panic
+/// (in the place of the item, as Python's `imap` raises the input's
+/// exception), and returns `None` after it.
 pub struct Imap<R, It: Iterator> {
     pub(super) feeder: Feeder<R, It>,
     /// Outcomes taken from the job in one go, handed out one by one.
@@ -43,10 +49,64 @@ where
             match f.job.take_ready(&mut self.ready) {
                 Ok(true) => return self.ready.pop_front(),
                 Ok(false) => {
+                    if let Some(payload) = f.input_panic.take() {
+                        std::panic::resume_unwind(payload);
+                    }
                     finish_progress(&f.job);
                     return None;
                 }
-                Err(()) => f.job.wait_next(),
+                Err(()) => {
+                    f.job.wait_next(None);
+                }
+            }
+        }
+    }
+}
+
+impl<R, A, It> Imap<R, It>
+where
+    It: Iterator<Item = A>,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    /// Waits at most `timeout` for the next outcome; returns whether
+    /// [`next`](Iterator::next) would now return without waiting (an
+    /// outcome is ready, or the results are over). Python's
+    /// `it.next(timeout)` is `if it.wait_timeout(d) { it.next() } else {
+    /// /* TimeoutError */ }`: a timeout takes nothing, and the iteration
+    /// goes on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::Pool;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let mut it = pool.imap(nap, [300, 1]);
+    /// assert!(!it.wait_timeout(Duration::from_millis(10)));
+    /// assert!(it.wait_timeout(Duration::from_secs(30)));
+    /// assert_eq!(it.next(), Some(Ok(300)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        if !self.ready.is_empty() {
+            return true;
+        }
+        let deadline = crate::shm::wait::after(timeout);
+        let f = &mut self.feeder;
+        loop {
+            f.top_up();
+            match f.job.take_ready(&mut self.ready) {
+                Ok(_) => return true,
+                Err(()) => {
+                    if !f.job.wait_next(deadline) {
+                        return false;
+                    }
+                }
             }
         }
     }
@@ -115,6 +175,9 @@ where
             match f.job.take_ready(&mut this.ready) {
                 Ok(true) => return Poll::Ready(this.ready.pop_front()),
                 Ok(false) => {
+                    if let Some(payload) = f.input_panic.take() {
+                        std::panic::resume_unwind(payload);
+                    }
                     finish_progress(&f.job);
                     return Poll::Ready(None);
                 }

@@ -385,8 +385,9 @@ impl<R> Job<R> {
         }
     }
 
-    /// Waits until [`take_ready`](Self::take_ready) could take something.
-    pub(crate) fn wait_next(&self) {
+    /// Waits until [`take_ready`](Self::take_ready) could take something,
+    /// or `deadline` passes. Returns whether it could.
+    pub(crate) fn wait_next(&self, deadline: Option<Instant>) -> bool {
         let mut st = self.lock();
         loop {
             let ready = if self.ordered {
@@ -398,10 +399,23 @@ impl<R> Job<R> {
             };
             let drained = st.sealed && st.base == st.submitted;
             if ready || drained {
-                return;
+                return true;
             }
             st.next_waiters += 1;
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        st.next_waiters -= 1;
+                        return false;
+                    }
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
             st.next_waiters -= 1;
         }
     }

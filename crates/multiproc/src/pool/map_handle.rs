@@ -68,6 +68,13 @@ impl<R: DeserializeOwned + Send + 'static> MapHandle<R> {
         self.wait_until(None);
     }
 
+    /// Waits until every result is ready (or one failed), at most
+    /// `timeout`; returns whether they are (Python's `wait(timeout)`
+    /// followed by `ready()`).
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(crate::shm::wait::after(timeout))
+    }
+
     /// Whether the results are ready (or one failed); with callbacks: and
     /// they have run.
     pub fn ready(&self) -> bool {

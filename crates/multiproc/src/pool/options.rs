@@ -131,6 +131,7 @@ where
             items: items.fuse(),
             next: 0,
             done: false,
+            input_panic: None,
             item_bytes: 8,
             sink: Arc::clone(&job) as Arc<dyn Sink>,
             job,
@@ -160,6 +161,11 @@ where
         let batch = (4096 / feeder.chunker.size()).max(1);
         while !feeder.done {
             feeder.feed(batch, usize::MAX);
+        }
+        if let Some(payload) = feeder.input_panic.take() {
+            // The caller gets the input's panic, not the items before it.
+            feeder.job.abandon();
+            std::panic::resume_unwind(payload);
         }
         Arc::clone(&feeder.job)
     }
@@ -260,6 +266,10 @@ pub(super) struct Feeder<R, It: Iterator> {
     pub(super) items: std::iter::Fuse<It>,
     pub(super) next: usize,
     pub(super) done: bool,
+    /// The input iterator panicked (`done` is then set): the panic, to
+    /// go on in the caller once the items before it have their results,
+    /// as Python's `imap` raises the input's exception in its place.
+    pub(super) input_panic: Option<Box<dyn std::any::Any + Send>>,
     /// Encoded bytes per item, as last seen: sizes the next chunk's buffer.
     pub(super) item_bytes: usize,
     pub(super) job: Arc<Job<R>>,
@@ -285,7 +295,15 @@ where
             let mut failed: Option<EncodeError> = None;
             let mut enc = codec::Encoder::new(&mut bytes);
             while ends.len() < size && enc.len() < chunking::MAX_BYTES {
-                let Some(item) = self.items.next() else {
+                // The items read before a panic of the input are
+                // submitted with the rest of the batch, not lost.
+                let next =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.items.next()));
+                let next = next.unwrap_or_else(|payload| {
+                    self.input_panic = Some(payload);
+                    None
+                });
+                let Some(item) = next else {
                     self.done = true;
                     break;
                 };

@@ -5,7 +5,8 @@
 //! its lineage, and an `ARGS` frame with the encoded argument. A fork child
 //! has its closure already. Every child then sends back exactly one frame:
 //! `OK` with the encoded result, or `PANIC`, `RESULT_ENCODE` or
-//! `ARG_DECODE` with what went wrong, and exits with code 0.
+//! `ARG_DECODE` with what went wrong, and exits: with code 0 after `OK`,
+//! with code 1 otherwise, as a Python child whose target raised does.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -245,11 +246,16 @@ pub(crate) fn forked_body<A, R>(
     }
 }
 
-/// Sends the result frame. A parent that has gone away is not an error here:
-/// the child simply exits.
-pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) {
+/// Sends the result frame, and returns the code the child exits with: 0
+/// after a result, 1 after a failure (a panic, an argument or a result
+/// that did not pass), as a Python child exits with 1 when its target
+/// raises, so that the exit status alone (Python's `exitcode`) tells
+/// them apart. A parent that has gone away is not an error here: the
+/// child simply exits.
+pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) -> i32 {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
     let _ = frame::write(channel, kind, &payload, &borrowed);
+    if kind == kind::OK { 0 } else { 1 }
 }
 
 /// Serves a start channel in a spawn or forkserver child; never returns.
@@ -288,7 +294,7 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     info::become_child(lineage);
     set_last_words(channel.as_fd(), kind::PANIC);
     let out = entry.call(&args.payload, args.fds);
-    reply(channel.as_fd(), out);
+    let code = reply(channel.as_fd(), out);
     sys::process::flush_std_streams();
-    sys::process::exit_now(0)
+    sys::process::exit_now(code)
 }

@@ -59,7 +59,7 @@ pub(crate) fn start(
                 child::forked_from_threads();
             }
             child::set_last_words(theirs.as_fd(), child::kind::PANIC);
-            child::reply(theirs.as_fd(), body(theirs.as_fd()));
+            let code = child::reply(theirs.as_fd(), body(theirs.as_fd()));
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
                 // standard streams' locks.
@@ -67,7 +67,7 @@ pub(crate) fn start(
             }
             // The exit that follows closes it: no `close` of our own.
             std::mem::forget(theirs);
-            0
+            code
         })
     })?;
     let pidfd = sys::process::pidfd_open(pid)?;
