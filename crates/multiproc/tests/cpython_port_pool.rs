@@ -291,6 +291,23 @@ fn a_failing_input_fails_map_and_the_pool_goes_on() {
 /// `test_imap_handle_iterable_exception` and
 /// `test_imap_unordered_handle_iterable_exception`: the results of the
 /// items before the failing one come out first, then the failure.
+/// The results `it` gives before it resumes the input's panic (checked
+/// to be the generator's).
+fn results_until_the_inputs_panic(
+    it: &mut impl Iterator<Item = Result<u64, TaskError>>,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    let failure = loop {
+        match catch_unwind(AssertUnwindSafe(|| it.next())) {
+            Ok(Some(v)) => got.push(v.unwrap()),
+            Ok(None) => panic!("the input's failure was lost"),
+            Err(p) => break p,
+        }
+    };
+    assert!(said_when(failure));
+    got
+}
+
 #[test]
 fn a_failing_input_fails_imap_after_the_items_before_it() {
     deadline(LIMIT, || {
@@ -308,15 +325,7 @@ fn a_failing_input_fails_imap_after_the_items_before_it() {
                 .task(sqr)
                 .chunksize(chunksize)
                 .imap(exception_throwing_generator(total, Some(when)));
-            let mut got = Vec::new();
-            let failure = loop {
-                match catch_unwind(AssertUnwindSafe(|| it.next())) {
-                    Ok(Some(v)) => got.push(v.unwrap()),
-                    Ok(None) => panic!("the input's failure was lost"),
-                    Err(p) => break p,
-                }
-            };
-            assert!(said_when(failure));
+            let got = results_until_the_inputs_panic(&mut it);
             // Python yields the `before` results of the chunks before the
             // failing one (the items of its chunk read before the failure
             // are lost); ours yields every item read before the failure.
@@ -333,15 +342,7 @@ fn a_failing_input_fails_imap_after_the_items_before_it() {
                 .task(sqr)
                 .chunksize(chunksize)
                 .imap_unordered(exception_throwing_generator(total, Some(when)));
-            let mut got = Vec::new();
-            let failure = loop {
-                match catch_unwind(AssertUnwindSafe(|| it.next())) {
-                    Ok(Some(v)) => got.push(v.unwrap()),
-                    Ok(None) => panic!("the input's failure was lost"),
-                    Err(p) => break p,
-                }
-            };
-            assert!(said_when(failure));
+            let mut got = results_until_the_inputs_panic(&mut it);
             got.sort();
             // The stream form says the same.
             let stream = pool
