@@ -87,6 +87,20 @@ fn apply_map_starmap_imap_as_in_python() {
         let want: Vec<u64> = (0..100).map(|x| x * x).collect();
         assert_eq!(pool.map(sqr, 0..10).unwrap(), want[..10]);
         assert_eq!(pool.task(sqr).chunksize(20).map(0..100).unwrap(), want);
+        // A chunk size of 0 is taken as 1 (Python's imap raises ValueError).
+        assert_eq!(pool.task(sqr).chunksize(0).map(0..10).unwrap(), want[..10]);
+        let got: Vec<u64> = pool
+            .task(sqr)
+            .chunksize(0)
+            .imap(0..10)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, want[..10]);
+        let items: Vec<u64> = (0..10).collect();
+        assert_eq!(
+            pool.task(sqr).chunksize(0).map_pod(&items).unwrap(),
+            want[..10]
+        );
         // test_starmap
         let tuples: Vec<(u64, u64)> = (0..10).zip((0..10).rev()).collect();
         let products: Vec<u64> = tuples.iter().map(|&(a, b)| a * b).collect();

@@ -59,7 +59,8 @@ impl<A, R> fmt::Debug for TaskOptions<'_, A, R> {
 // The settings take any types: they serve the serde maps below and the
 // plain-data maps (`map_pod`, in `pod.rs`) alike.
 impl<'p, A, R> TaskOptions<'p, A, R> {
-    /// Items per task (default: automatic, see the module docs).
+    /// Items per task (default: automatic, see the module docs). A size
+    /// of 0 is taken as 1 (Python's `imap` raises `ValueError` for it).
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = Some(n);
         self
