@@ -400,3 +400,45 @@ fn a_reset_fails_the_parties_waiting_at_it() {
         }
     });
 }
+
+/// Once the parent waits (it set `ready` under the lock before waiting),
+/// notifies it and then waits itself: whether that wait was notified.
+fn notify_then_wait((cond, ready): (Condition, Value<u32>)) -> bool {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let guard = cond.lock().unwrap();
+        if ready.get() == 1 {
+            cond.notify_one();
+            let (_guard, notified) = guard.wait_timeout(Duration::from_millis(200));
+            return notified;
+        }
+        drop(guard);
+        assert!(Instant::now() < end, "the parent never waited");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_notifier_that_waits_at_once_does_not_take_its_own_notification() {
+    // CPython's test_waitfor does this: the notification is the parent's,
+    // which was waiting when it was issued.
+    deadline(LIMIT, || {
+        for m in StartMethod::ALL {
+            let cond = Condition::new().unwrap();
+            let ready = Value::new(0u32).unwrap();
+            let child = Process::builder()
+                .start_method(m)
+                .spawn(notify_then_wait, (cond.clone(), ready.clone()))
+                .unwrap();
+            let guard = cond.lock().unwrap();
+            ready.set(1);
+            let (guard, notified) = guard.wait_timeout(Duration::from_secs(10));
+            drop(guard);
+            assert!(notified, "{m}: the waiter's notification was taken");
+            assert!(
+                !child.join().unwrap(),
+                "{m}: the notifier was woken by its own notification"
+            );
+        }
+    });
+}

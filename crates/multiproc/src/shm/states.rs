@@ -387,8 +387,13 @@ impl EventState {
 /// A notification is a token: `notify(n)` issues at most `n`, and no more
 /// than there are registered waiters without one; a waiter returns
 /// notified only by taking a token, so `notify_one` wakes one waiter, not
-/// all (Python's `test_notify`, `test_notify_n`). A waiter that gives up
-/// at its deadline leaves, and returns a token issued to it meanwhile.
+/// all (Python's `test_notify`, `test_notify_n`). A waiter takes only a
+/// token issued after it began to wait (it notes `seq` when it registers):
+/// a token is meant for the waiters there when it was issued, and a
+/// later waiter (the notifier itself, waiting right after its notify)
+/// must not take it from them (Python's `test_waitfor`). A waiter that
+/// gives up at its deadline leaves, and returns a token issued to it
+/// meanwhile.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct ConditionState {
@@ -430,15 +435,13 @@ impl ConditionState {
         if !self.lock.held_by_this_process() {
             return (false, None);
         }
-        let _ = self
-            .waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_add(1));
+        let start = self.register();
         let depth = self.lock.release_all();
         let mut notified = false;
         let mut waiter = Waiter::new(POLICY, deadline);
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
-            if take_one(&self.tokens) {
+            if self.take_token(start) {
                 notified = true;
                 break;
             }
@@ -448,7 +451,7 @@ impl ConditionState {
                 Next::Sleep => {}
             }
             let slept = waiter.sleep(&self.seq, seen, Some(&self.sleepers), || {
-                self.seq.load(Ordering::SeqCst) == seen && self.tokens.load(Ordering::SeqCst) == 0
+                self.nothing_for(start, seen)
             });
             if slept == Slept::TimedOut {
                 break;
@@ -457,7 +460,7 @@ impl ConditionState {
         if !notified {
             // A token issued since the last look was meant for a waiter
             // that is still here: take it, rather than leave it to nobody.
-            notified = take_one(&self.tokens);
+            notified = self.take_token(start);
         }
         let _ = take_one(&self.waiting);
         if !notified {
@@ -478,40 +481,65 @@ impl ConditionState {
         (notified, Some(acquired))
     }
 
-    /// Begins an async wait (`crate::aio`): with the lock held by this
-    /// process, registers a waiter and releases the lock. Returns the
-    /// depth to restore when the lock is taken back; `None` if this
-    /// process did not hold the lock (nothing was done).
-    pub(crate) fn wait_begin(&self) -> Option<u32> {
-        if !self.lock.held_by_this_process() {
-            return None;
-        }
+    /// Registers a waiter; returns the notification count it began at
+    /// (read first, so that a notify that counted this waiter is never
+    /// taken for an earlier one).
+    fn register(&self) -> u32 {
+        let start = self.seq.load(Ordering::SeqCst);
         let _ = self
             .waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_add(1));
-        Some(self.lock.release_all())
+        start
     }
 
-    /// For an async wait: takes a notification if one was issued, and
-    /// then leaves the waiters. True if it took one.
-    pub(crate) fn wait_take(&self) -> bool {
-        if take_one(&self.tokens) {
+    /// Takes a token, if one was issued since the waiter began at `start`.
+    fn take_token(&self, start: u32) -> bool {
+        self.seq.load(Ordering::SeqCst) != start && take_one(&self.tokens)
+    }
+
+    /// Whether a waiter that began at `start` and last saw `seen` has no
+    /// token to take: nothing issued since, or none left.
+    fn nothing_for(&self, start: u32, seen: u32) -> bool {
+        self.seq.load(Ordering::SeqCst) == seen
+            && (seen == start || self.tokens.load(Ordering::SeqCst) == 0)
+    }
+
+    /// Begins an async wait (`crate::aio`): with the lock held by this
+    /// process, registers a waiter and releases the lock. Returns the
+    /// depth to restore when the lock is taken back and the count the
+    /// waiter began at (for [`wait_take`](Self::wait_take) and
+    /// [`wait_for_token`](Self::wait_for_token)); `None` if this process
+    /// did not hold the lock (nothing was done).
+    pub(crate) fn wait_begin(&self) -> Option<(u32, u32)> {
+        if !self.lock.held_by_this_process() {
+            return None;
+        }
+        let start = self.register();
+        Some((self.lock.release_all(), start))
+    }
+
+    /// For an async wait that began at `start`: takes a notification if
+    /// one was issued since, and then leaves the waiters. True if it took
+    /// one.
+    pub(crate) fn wait_take(&self, start: u32) -> bool {
+        if self.take_token(start) {
             let _ = take_one(&self.waiting);
             return true;
         }
         false
     }
 
-    /// The readiness wait of an async wait: sleeps until a notification
-    /// may be there, or `until`; takes nothing.
-    pub(crate) fn wait_for_token(&self, until: Instant) {
+    /// The readiness wait of an async wait that began at `start`: sleeps
+    /// until a notification for it may be there, or `until`; takes
+    /// nothing.
+    pub(crate) fn wait_for_token(&self, start: u32, until: Instant) {
         let seen = self.seq.load(Ordering::SeqCst);
-        if self.tokens.load(Ordering::SeqCst) != 0 {
+        if !self.nothing_for(start, seen) {
             return;
         }
         let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
         let _ = waiter.sleep(&self.seq, seen, Some(&self.sleepers), || {
-            self.seq.load(Ordering::SeqCst) == seen && self.tokens.load(Ordering::SeqCst) == 0
+            self.nothing_for(start, seen)
         });
     }
 

@@ -123,7 +123,9 @@ impl<'a> ConditionGuard<'a> {
         let state = cond.shared.state();
         // `None`: this process did not hold the lock (a guard a forked
         // child inherited): nothing to wait for, as the sync form.
-        let depth = state.wait_begin();
+        let begun = state.wait_begin();
+        let depth = begun.map(|(depth, _)| depth);
+        let start = begun.map_or(0, |(_, start)| start);
         /// Leaves the waiters if dropped before notified.
         struct Registered<'c> {
             cond: &'c Condition,
@@ -147,11 +149,11 @@ impl<'a> ConditionGuard<'a> {
             let registered = &mut registered;
             let state = cond.shared.state();
             if registered.on {
-                if !state.wait_take() {
+                if !state.wait_take(start) {
                     let shared = Arc::clone(&cond.shared);
                     return waiting.pending(cx, move || {
                         move |until: Instant, _: &crate::aio::Ticket| {
-                            shared.state().wait_for_token(until)
+                            shared.state().wait_for_token(start, until)
                         }
                     });
                 }
