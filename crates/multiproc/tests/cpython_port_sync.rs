@@ -769,38 +769,39 @@ fn thousand_f((barrier, passes, conn, lock): Thousand) {
 
 /// `test_thousand`: `Pipe(False)`'s write end shared by every process is
 /// a `SharedSender` here (a `pipe()` end is not shared: see the README).
-/// Under the default start method only, and a hundred rounds rather than
-/// a thousand: with five parties on a two-core machine a round takes tens
-/// of milliseconds in a debug build (three parties: about one).
+/// A thousand rounds under every start method. (Before the wake-up of all
+/// sleepers woke them all, a round of five parties on two cores waited
+/// out a 50 ms re-check: this took minutes.)
 #[test]
 fn barrier_thousand() {
-    deadline(LIMIT, || {
-        let m = multiproc::get_start_method();
-        let passes = 100;
-        let b = barrier();
-        let lock = Lock::new().unwrap();
-        let (conn, child_conn) = pipe_shared::<u32>().unwrap();
-        let kids: Vec<_> = (0..N)
-            .map(|_| {
-                builder(m)
-                    .spawn(
-                        thousand_f,
-                        (b.clone(), passes, child_conn.clone(), lock.clone()),
-                    )
-                    .unwrap()
-            })
-            .collect();
-        drop(child_conn);
-        for i in 0..passes {
-            for _ in 0..N {
-                assert_eq!(conn.recv().unwrap(), i, "{m}");
-            }
+    each_method(barrier_thousand_with);
+}
+
+fn barrier_thousand_with(m: StartMethod) {
+    let passes = 1000;
+    let b = barrier();
+    let lock = Lock::new().unwrap();
+    let (conn, child_conn) = pipe_shared::<u32>().unwrap();
+    let kids: Vec<_> = (0..N)
+        .map(|_| {
+            builder(m)
+                .spawn(
+                    thousand_f,
+                    (b.clone(), passes, child_conn.clone(), lock.clone()),
+                )
+                .unwrap()
+        })
+        .collect();
+    drop(child_conn);
+    for i in 0..passes {
+        for _ in 0..N {
+            assert_eq!(conn.recv().unwrap(), i, "{m}");
         }
-        for k in kids {
-            k.join().unwrap();
-        }
-        b.abort();
-    });
+    }
+    for k in kids {
+        k.join().unwrap();
+    }
+    b.abort();
 }
 
 // --------------------------------------------------------------- _TestValue

@@ -40,8 +40,12 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -
     }
 }
 
-/// Wakes up to `n` processes sleeping on `word`.
+/// Wakes up to `n` processes sleeping on `word` (`u32::MAX`: all of them).
 pub(crate) fn wake(word: &AtomicU32, n: u32) {
+    // The kernel reads the count as an `int`: `u32::MAX` would be -1,
+    // which wakes exactly one sleeper (the count is checked after each
+    // wake-up). `i32::MAX` means all, as glibc's broadcasts say it.
+    let n = n.min(i32::MAX as u32);
     let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
@@ -117,4 +121,47 @@ fn pid_slow() -> u32 {
 /// Gives the processor to another runnable thread.
 pub(crate) fn yield_now() {
     rustix::thread::sched_yield();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Whether thread `tid` of this process is asleep (state `S`).
+    fn asleep(tid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('S')))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn waking_all_wakes_every_sleeper_at_once() {
+        static WORD: AtomicU32 = AtomicU32::new(0);
+        const SLEEPERS: usize = 4;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..SLEEPERS)
+            .map(|_| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    tx.send(tid()).unwrap();
+                    // Long enough that only a wake-up ends it in a test.
+                    wait(&WORD, 0, Some(Instant::now() + Duration::from_secs(30)))
+                })
+            })
+            .collect();
+        let tids: Vec<u32> = (0..SLEEPERS).map(|_| rx.recv().unwrap()).collect();
+        let end = Instant::now() + Duration::from_secs(20);
+        while !tids.iter().all(|&t| asleep(t)) {
+            assert!(Instant::now() < end, "the sleepers never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // One call, the word unchanged: only this wake-up can end the
+        // waits before their deadline.
+        wake(&WORD, u32::MAX);
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Wake::Woken);
+        }
+    }
 }
