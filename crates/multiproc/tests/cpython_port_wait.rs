@@ -346,6 +346,45 @@ fn wait_on_a_listener() {
     });
 }
 
+/// A keyed listener takes every client waiting in its backlog and runs
+/// their handshakes together: a client whose handshake the first `accept`
+/// began but did not finish has left the backlog. The listener is still
+/// ready for `wait` (Python's listener keeps such a client in its
+/// backlog, where its socket says so), and `accept` returns it.
+#[test]
+fn wait_on_a_listener_with_a_handshake_under_way() {
+    deadline(LIMIT, || {
+        for _ in 0..3 {
+            let path = temp_path("wait-batch");
+            let listener = Listener::bind(&Address::Unix(path), Some(b"abc")).unwrap();
+            let clients: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let addr = listener.address().clone();
+                    std::thread::spawn(move || {
+                        let c: Connection<u8, u8> = Client::connect(&addr, Some(b"abc")).unwrap();
+                        c.send(&i).unwrap();
+                        c
+                    })
+                })
+                .collect();
+            // Both connect before the first accept, which takes both.
+            std::thread::sleep(Duration::from_millis(100));
+            let first: Connection<u8, u8> = listener.accept().unwrap();
+            assert_eq!(
+                wait(&[&listener], Some(Duration::from_secs(20))).unwrap(),
+                vec![0]
+            );
+            let second: Connection<u8, u8> = listener.accept().unwrap();
+            let mut got = [first.recv().unwrap(), second.recv().unwrap()];
+            got.sort();
+            assert_eq!(got, [0, 1]);
+            for c in clients {
+                drop(c.join().unwrap());
+            }
+        }
+    });
+}
+
 // -------------------------------------------------------------- TestTimeouts
 
 /// `TestTimeouts._test_timeout`.
