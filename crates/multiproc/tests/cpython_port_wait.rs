@@ -106,6 +106,88 @@ fn wait_slow() {
     test_wait(true);
 }
 
+/// `TestWait._child_test_wait`, writing to a shared sender.
+fn child_test_wait_shared(w: multiproc::SharedSender<(u32, i32)>) {
+    let pid = std::process::id() as i32;
+    for i in 0..10 {
+        w.send(&(i, pid)).unwrap();
+    }
+}
+
+/// `test_wait` with one shared pipe that the four children write to (the
+/// way Python's test would share one `Pipe(duplex=False)` writer): the
+/// reader is ready for each message, then for the end of the stream once
+/// every sender is gone.
+#[test]
+fn wait_shared() {
+    deadline(LIMIT, || {
+        let (r, w) = multiproc::pipe_shared::<(u32, i32)>().unwrap();
+        let procs: Vec<_> = (0..4)
+            .map(|_| {
+                Process::builder()
+                    .daemon(true)
+                    .spawn(child_test_wait_shared, w.clone())
+                    .unwrap()
+            })
+            .collect();
+        drop(w);
+        let mut messages = Vec::new();
+        loop {
+            assert_eq!(wait(&[&r], None).unwrap(), vec![0]);
+            match r.recv() {
+                Ok(msg) => messages.push(msg),
+                Err(RecvError::Disconnected) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        messages.sort();
+        let mut expected: Vec<(u32, i32)> = (0..10)
+            .flat_map(|i| procs.iter().map(move |p| (i, p.pid())))
+            .collect();
+        expected.sort();
+        assert_eq!(messages, expected);
+        for p in procs {
+            p.join().unwrap();
+        }
+    });
+}
+
+/// Holds its end of a pipe until killed.
+fn hold(c: Connection<u8, u8>) {
+    let _c = c;
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `wait` on a pipe whose peer process is killed (Python: the reader
+/// becomes ready, and `recv` raises `EOFError`), under every start method.
+#[test]
+fn wait_on_a_pipe_whose_peer_is_killed() {
+    deadline(LIMIT, || {
+        for method in StartMethod::ALL {
+            let (a, b) = pipe::<u8, u8>().unwrap();
+            let p = Process::builder()
+                .start_method(method)
+                .spawn(hold, b)
+                .unwrap();
+            assert_eq!(
+                wait(&[&a], Some(Duration::from_millis(100))).unwrap(),
+                Vec::<usize>::new()
+            );
+            p.kill().unwrap();
+            assert_eq!(
+                wait(&[&a], Some(Duration::from_secs(20))).unwrap(),
+                vec![0],
+                "{method}"
+            );
+            assert!(matches!(a.recv(), Err(RecvError::Disconnected)), "{method}");
+            assert!(matches!(
+                p.join(),
+                Err(multiproc::JoinError::Signaled { .. })
+            ));
+        }
+    });
+}
+
 /// A plain socket for [`wait`]: only its descriptor (Python's `wait`
 /// takes any object with `fileno()`).
 struct Sock(TcpStream);
