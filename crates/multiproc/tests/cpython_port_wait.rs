@@ -8,10 +8,11 @@
 //! `TestWait.test_wait_integer` is also partly ported by
 //! `connection_conformance.rs` (`wait_reports_every_ready_object_not_just_the_first`);
 //! here it is whole, with the child still running during the first wait.
-//! `TestInvalidHandle.test_invalid_handles` has no counterpart: no safe
-//! function makes a `Connection` from a descriptor number, so a bogus
-//! handle cannot be written; the nearest case, using a connection whose
-//! peer is gone, is `poll_and_wait_on_a_connection_whose_peer_is_gone`.
+//! `TestInvalidHandle.test_invalid_handles` has no direct counterpart: no
+//! safe function makes a `Connection` from a descriptor number. The
+//! nearest cases are a forged connection in a message
+//! (`forged_connections_are_refused`) and using a connection whose peer
+//! is gone (`poll_and_wait_on_a_connection_whose_peer_is_gone`).
 
 mod common;
 
@@ -614,6 +615,38 @@ fn answer_challenge_auth_failure() {
 }
 
 // --------------------------------------------------------- TestInvalidHandle
+
+/// `test_invalid_handles`, as far as a safe API allows: Python's
+/// `Connection(44977608)` names a descriptor that is not open. Here a
+/// connection arrives only inside a message, with its descriptor beside
+/// it; bytes that claim to be one without a descriptor (every one- and
+/// two-byte message, and some longer ones) are refused with an error,
+/// never a connection on some other descriptor, and the pipe then carries
+/// a real one.
+#[test]
+fn forged_connections_are_refused() {
+    deadline(LIMIT, || {
+        let (a, b) = pipe::<Connection<u8, u8>, Connection<u8, u8>>().unwrap();
+        let mut forged: Vec<Vec<u8>> = (0..=255u8).map(|x| vec![x]).collect();
+        for x in 0..=255u8 {
+            forged.extend([vec![x, 0], vec![0, x], vec![1, x], vec![x; 4]]);
+        }
+        forged.push(vec![0xff; 16]);
+        for bytes in &forged {
+            b.send_bytes(bytes).unwrap();
+            match a.recv() {
+                Err(RecvError::Decode(_) | RecvError::Garbage(_)) => {}
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+        let (ours, theirs) = pipe::<u8, u8>().unwrap();
+        b.send(&theirs).unwrap();
+        drop(theirs);
+        let got = a.recv().unwrap();
+        got.send(&5).unwrap();
+        assert_eq!(ours.recv().unwrap(), 5);
+    });
+}
 
 /// The nearest counterpart of `test_invalid_handles` (see the module's
 /// comment): `poll` on a connection whose peer is gone does not fail
