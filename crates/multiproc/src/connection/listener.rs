@@ -514,15 +514,23 @@ impl Listener {
     }
 }
 
-/// A listener is ready when a client has connected, or an outcome is
-/// waiting; [`Listener::accept`] may then still wait for a client to finish
-/// its handshake (the one that connected may be silent).
+/// A listener is ready when a client has connected (one waiting in the
+/// backlog, or one whose handshake an earlier `accept` began and left
+/// under way), or an outcome is waiting; [`Listener::accept`] may then
+/// still wait for a client to finish its handshake (the one that connected
+/// may be silent).
 impl Waitable for Listener {
     fn wait_fd(&self) -> BorrowedFd<'_> {
         self.socket.fd()
     }
     fn ready_now(&self) -> bool {
-        self.accepting.try_lock().is_ok_and(|a| !a.done.is_empty())
+        // A handshake under way moves only inside `accept`: its client was
+        // taken out of the backlog, so the socket no longer says it is
+        // there, and waiting on the socket alone would sleep while
+        // `accept` had a connection to give.
+        self.accepting
+            .try_lock()
+            .is_ok_and(|a| !a.done.is_empty() || !a.pending.is_empty())
     }
 }
 
