@@ -16,28 +16,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, deadline, temp_path};
+use common::{LIMIT, daemon_builder, deadline, each_method, temp_path};
 use multiproc::{
-    Address, Client, Connection, Listener, Process, RecvError, RecvIntoError, StartMethod, pipe,
-    pipe_oneway,
+    Address, Client, Connection, Listener, RecvError, RecvIntoError, pipe, pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 
 const TIMEOUT1: Duration = Duration::from_millis(100);
 /// Python's `SENTINEL`: an empty message.
 const SENTINEL: &[u8] = b"";
-
-fn each_method(test: fn(StartMethod)) {
-    deadline(LIMIT, move || {
-        for method in StartMethod::ALL {
-            test(method);
-        }
-    });
-}
-
-fn builder(method: StartMethod) -> multiproc::ProcessBuilder {
-    Process::builder().start_method(method).daemon(true)
-}
 
 /// What `test_connection` sends with `send`: `[1, 2.25, None]`, and `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +53,7 @@ fn i32_bytes(values: &[i32]) -> Vec<u8> {
 fn connection() {
     each_method(|m| {
         let (conn, child_conn) = pipe::<Obj, Obj>().unwrap();
-        let p = builder(m).spawn(echo, child_conn).unwrap();
+        let p = daemon_builder(m).spawn(echo, child_conn).unwrap();
 
         let seq = Obj::Seq(1, 2.25, None);
         let msg = b"hello world";
@@ -134,7 +121,7 @@ fn connection() {
 fn spawn_close() {
     each_method(|m| {
         let (conn, child_conn) = pipe::<(), ()>().unwrap();
-        let p = builder(m).spawn(echo, child_conn).unwrap();
+        let p = daemon_builder(m).spawn(echo, child_conn).unwrap();
         conn.send_bytes(b"hello").unwrap();
         assert_eq!(conn.recv_bytes().unwrap(), b"hello", "{m}");
         conn.send_bytes(SENTINEL).unwrap();
@@ -212,7 +199,7 @@ fn listener_client() {
     each_method(|m| {
         for family in families() {
             let l = Listener::bind(&family, None).unwrap();
-            let p = builder(m)
+            let p = daemon_builder(m)
                 .spawn(client_says_hello, l.address().to_string())
                 .unwrap();
             let conn: Connection<(), String> = l.accept().unwrap();
@@ -228,7 +215,7 @@ fn listener_client() {
 fn accept_after_the_client_left() {
     each_method(|m| {
         let l = Listener::bind(&families()[0], None).unwrap();
-        let p = builder(m)
+        let p = daemon_builder(m)
             .spawn(client_says_hello, l.address().to_string())
             .unwrap();
         p.join().unwrap();
@@ -281,7 +268,7 @@ fn child_strings(conn: Connection<(), ()>) {
 fn poll_strings() {
     each_method(|m| {
         let (a, b) = pipe::<(), ()>().unwrap();
-        let p = builder(m).spawn(child_strings, b).unwrap();
+        let p = daemon_builder(m).spawn(child_strings, b).unwrap();
         for s in STRINGS {
             for _ in 0..200 {
                 if a.poll(Some(Duration::from_millis(10))).unwrap() {
@@ -313,7 +300,7 @@ fn poll_boundaries() {
             tx.send(&r).unwrap();
             (rx.recv().unwrap(), tx)
         };
-        let p = builder(m).spawn(child_boundaries, r_copy).unwrap();
+        let p = daemon_builder(m).spawn(child_boundaries, r_copy).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let l: [&[u8]; 2] = [b"first", b"second"];
         for obj in l {
@@ -340,7 +327,7 @@ fn poll_dont_merge() {
         let (a, b) = pipe::<(), ()>().unwrap();
         assert!(!a.poll(Some(Duration::ZERO)).unwrap());
         assert!(!a.poll(Some(TIMEOUT1)).unwrap());
-        let p = builder(m).spawn(child_dont_merge, b).unwrap();
+        let p = daemon_builder(m).spawn(child_dont_merge, b).unwrap();
         let one = Some(Duration::from_secs(1));
         assert_eq!(a.recv_bytes().unwrap(), b"a", "{m}");
         assert!(a.poll(one).unwrap());

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, assert_gone, deadline};
+use common::{LIMIT, assert_gone, deadline, each_method};
 use multiproc::{
     Event, ExitStatus, JoinError, JoinTimeoutError, Process, Queue, SharedSender, Signal,
     StartMethod, active_children, current_process, parent_process, pipe_shared, wait,
@@ -18,14 +18,6 @@ use multiproc::{
 
 fn builder(method: StartMethod) -> multiproc::ProcessBuilder {
     Process::builder().start_method(method)
-}
-
-fn each_method(test: fn(StartMethod)) {
-    deadline(LIMIT, move || {
-        for method in StartMethod::ALL {
-            test(method);
-        }
-    });
 }
 
 fn listed(pid: i32) -> bool {

@@ -10,26 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, deadline};
+use common::{daemon_builder, each_method};
 use multiproc::{
-    Event, GetError, GetTimeoutError, JoinableQueue, Process, PutFailure, PutTimeoutError, Queue,
-    SimpleQueue, StartMethod, TaskDoneError, TryGetError, TryPutError,
+    Event, GetError, GetTimeoutError, JoinableQueue, PutFailure, PutTimeoutError, Queue,
+    SimpleQueue, TaskDoneError, TryGetError, TryPutError,
 };
 
 const TIMEOUT1: Duration = Duration::from_millis(100);
 const TIMEOUT3: Duration = Duration::from_millis(150);
-
-fn each_method(test: fn(StartMethod)) {
-    deadline(LIMIT, move || {
-        for method in StartMethod::ALL {
-            test(method);
-        }
-    });
-}
-
-fn builder(method: StartMethod) -> multiproc::ProcessBuilder {
-    Process::builder().start_method(method).daemon(true)
-}
 
 fn take_six((queue, child_can_start, parent_can_continue): (Queue<u64>, Event, Event)) {
     child_can_start.wait();
@@ -46,7 +34,7 @@ fn put_on_a_bounded_queue() {
         const MAXSIZE: u64 = 6;
         let queue = Queue::bounded(MAXSIZE).unwrap();
         let (child_can_start, parent_can_continue) = (Event::new().unwrap(), Event::new().unwrap());
-        let proc = builder(m)
+        let proc = daemon_builder(m)
             .spawn(
                 take_six,
                 (
@@ -123,7 +111,7 @@ fn get_with_and_without_blocking() {
         let queue = Queue::new().unwrap();
         let (child_can_start, parent_can_continue) = (Event::new().unwrap(), Event::new().unwrap());
         let child_can_end = Event::new().unwrap();
-        let proc = builder(m)
+        let proc = daemon_builder(m)
             .spawn(
                 put_four,
                 (
@@ -188,7 +176,9 @@ fn a_child_puts_after_the_parent() {
         for i in 0..10 {
             queue.put(i).unwrap();
         }
-        let p = builder(m).spawn(put_ten_more, queue.clone()).unwrap();
+        let p = daemon_builder(m)
+            .spawn(put_ten_more, queue.clone())
+            .unwrap();
         for i in 0..20 {
             assert_eq!(queue.get().unwrap(), i, "{m}");
         }
@@ -225,7 +215,11 @@ fn task_done_and_join() {
     each_method(|m| {
         let queue = JoinableQueue::new().unwrap();
         let workers: Vec<_> = (0..4)
-            .map(|_| builder(m).spawn(task_done_worker, queue.clone()).unwrap())
+            .map(|_| {
+                daemon_builder(m)
+                    .spawn(task_done_worker, queue.clone())
+                    .unwrap()
+            })
             .collect();
         for i in 0..10 {
             queue.put(Some(i)).unwrap();
@@ -363,7 +357,7 @@ fn simple_queue_empty() {
     each_method(|m| {
         let queue = SimpleQueue::new().unwrap();
         let (child_can_start, parent_can_continue) = (Event::new().unwrap(), Event::new().unwrap());
-        let proc = builder(m)
+        let proc = daemon_builder(m)
             .spawn(
                 report_empty,
                 (

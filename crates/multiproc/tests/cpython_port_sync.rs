@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, deadline};
+use common::{LIMIT, daemon_builder, deadline, each_method};
 use multiproc::{
     Array, Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, Process, RLock,
     RawArray, RawValue, ReleaseError, Semaphore, StartMethod, TryLockError, Value, pipe_shared,
@@ -23,18 +23,6 @@ const TIMEOUT1: Duration = Duration::from_millis(100);
 const TIMEOUT2: Duration = Duration::from_millis(200);
 const TIMEOUT3: Duration = Duration::from_millis(150);
 const DELTA: Duration = Duration::from_millis(100);
-
-fn each_method(test: fn(StartMethod)) {
-    deadline(LIMIT, move || {
-        for method in StartMethod::ALL {
-            test(method);
-        }
-    });
-}
-
-fn builder(method: StartMethod) -> multiproc::ProcessBuilder {
-    Process::builder().start_method(method).daemon(true)
-}
 
 /// Python's `assertReachesEventually` (without its 1 s limit: a loaded
 /// machine may take longer; the deadline still fails a hang).
@@ -90,7 +78,7 @@ fn rlock() {
         let b = lock.lock().unwrap();
         let c = lock.lock().unwrap();
         assert!(
-            !builder(m)
+            !daemon_builder(m)
                 .spawn(try_rlock, lock.clone())
                 .unwrap()
                 .join()
@@ -100,7 +88,7 @@ fn rlock() {
         drop(b);
         assert!(lock.is_locked(), "{m}: released before the last guard");
         assert!(
-            !builder(m)
+            !daemon_builder(m)
                 .spawn(try_rlock, lock.clone())
                 .unwrap()
                 .join()
@@ -109,7 +97,7 @@ fn rlock() {
         drop(a);
         assert!(!lock.is_locked());
         assert!(
-            builder(m)
+            daemon_builder(m)
                 .spawn(try_rlock, lock.clone())
                 .unwrap()
                 .join()
@@ -201,7 +189,7 @@ fn start_waiters(
     let mut procs = Vec::new();
     let mut threads = Vec::new();
     for _ in 0..n {
-        procs.push(builder(m).spawn(cond_f, args.clone()).unwrap());
+        procs.push(daemon_builder(m).spawn(cond_f, args.clone()).unwrap());
         let a = args.clone();
         threads.push(std::thread::spawn(move || cond_f(a)));
     }
@@ -353,7 +341,7 @@ fn condition_wait_for() {
     each_method(|m| {
         let cond = Condition::new().unwrap();
         let state = RawValue::new(-1i32).unwrap();
-        let p = builder(m)
+        let p = daemon_builder(m)
             .spawn(waitfor_f, (cond.clone(), state.clone()))
             .unwrap();
         {
@@ -392,7 +380,7 @@ fn condition_wait_for_timeout() {
         let cond = Condition::new().unwrap();
         let state = RawValue::new(0i32).unwrap();
         let sem = Semaphore::new(0).unwrap();
-        let p = builder(m)
+        let p = daemon_builder(m)
             .spawn(
                 waitfor_timeout_f,
                 (cond.clone(), state.clone(), sem.clone()),
@@ -425,7 +413,9 @@ fn condition_wait_result() {
         assert!(!notified);
         let (g, notified) = g.wait_timeout(Duration::from_millis(100));
         assert!(!notified);
-        let p = builder(m).spawn(notify_under_lock, c.clone()).unwrap();
+        let p = daemon_builder(m)
+            .spawn(notify_under_lock, c.clone())
+            .unwrap();
         let (g, notified) = g.wait_timeout(Duration::from_secs(60));
         assert!(notified, "{m}");
         drop(g);
@@ -458,7 +448,7 @@ fn event() {
 
         event.clear();
         assert!(!event.is_set());
-        let p = builder(m).spawn(set_later, event.clone()).unwrap();
+        let p = daemon_builder(m).spawn(set_later, event.clone()).unwrap();
         event.wait();
         assert!(event.is_set());
         p.join().unwrap();
@@ -495,7 +485,7 @@ fn run_parties<A: serde::Serialize + serde::de::DeserializeOwned + Clone + Send 
     args: A,
 ) {
     let kids: Vec<_> = (0..N - 1)
-        .map(|_| builder(m).spawn(f, args.clone()).unwrap())
+        .map(|_| daemon_builder(m).spawn(f, args.clone()).unwrap())
         .collect();
     f(args);
     for k in kids {
@@ -784,7 +774,7 @@ fn barrier_thousand_with(m: StartMethod) {
     let (conn, child_conn) = pipe_shared::<u32>().unwrap();
     let kids: Vec<_> = (0..N)
         .map(|_| {
-            builder(m)
+            daemon_builder(m)
                 .spawn(
                     thousand_f,
                     (b.clone(), passes, child_conn.clone(), lock.clone()),
@@ -847,7 +837,7 @@ fn value() {
             (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
             (4343, 3.625, -232, 1 << 33, b'x')
         );
-        builder(m)
+        daemon_builder(m)
             .spawn(set_values, v.clone())
             .unwrap()
             .join()
@@ -875,7 +865,7 @@ fn raw_value() {
             (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
             (4343, 3.625, -232, 1 << 33, b'x')
         );
-        builder(m)
+        daemon_builder(m)
             .spawn(set_raw_values, v.clone())
             .unwrap()
             .join()
@@ -945,7 +935,7 @@ fn array() {
         assert_eq!(arr.to_vec(), seq);
 
         prefix_sums(&mut seq);
-        builder(m)
+        daemon_builder(m)
             .spawn(array_f, arr.clone())
             .unwrap()
             .join()
@@ -982,7 +972,7 @@ fn raw_array() {
         assert!(!arr.set(10, 0));
 
         prefix_sums(&mut seq);
-        builder(m)
+        daemon_builder(m)
             .spawn(raw_array_f, arr.clone())
             .unwrap()
             .join()

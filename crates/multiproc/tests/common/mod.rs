@@ -205,3 +205,20 @@ pub fn run_this_test_alone(name: &str, env: &str) -> (String, String) {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     (stdout, stderr)
 }
+
+/// Runs `test` under every start method, within [`LIMIT`].
+pub fn each_method(test: fn(multiproc::StartMethod)) {
+    deadline(LIMIT, move || {
+        for method in multiproc::StartMethod::ALL {
+            test(method);
+        }
+    });
+}
+
+/// A builder of daemon children (killed if a failing test drops them)
+/// started with `method`.
+pub fn daemon_builder(method: multiproc::StartMethod) -> multiproc::ProcessBuilder {
+    multiproc::Process::builder()
+        .start_method(method)
+        .daemon(true)
+}
