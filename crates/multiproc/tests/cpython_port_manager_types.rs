@@ -8,10 +8,8 @@
 //!
 //! Adapted to typed proxies: Python's `q.full()` is a `try_put` refused
 //! with `Full` (the manager's `QueueProxy` has no `is_full`), a list's
-//! `count`, `index`, `sort`, `reverse` and iteration work on `snapshot()`
-//! (`ListProxy` has none of them), `l.pop(0)` is `remove(0)`, and a
-//! dict's `popitem()` is `remove` of its only key (`DictProxy` has no
-//! `popitem`). A manager lock is released by the guard of its holder, and
+//! iteration works on `snapshot()`, `l.pop(0)` is `remove(0)`, and a
+//! dict's `popitem()` is `pop_item()`. A manager lock is released by the guard of its holder, and
 //! by the manager when its holder's process is gone (see the README);
 //! Python's parent releases the lock its child left held.
 
@@ -253,12 +251,11 @@ fn joinable_queue() {
 /// `_test_list`.
 fn child_list(obj: ListProxy<i32>) {
     assert_eq!(obj.get(0).unwrap(), Some(5));
-    let mut items = obj.snapshot().unwrap();
-    assert_eq!(items.iter().filter(|&&x| x == 5).count(), 1);
-    assert_eq!(items.iter().position(|&x| x == 5), Some(0));
-    items.sort();
-    items.reverse();
-    assert_eq!(items, [5]);
+    assert_eq!(obj.count(&5).unwrap(), 1);
+    assert_eq!(obj.index(&5).unwrap(), Some(0));
+    obj.sort().unwrap();
+    obj.reverse().unwrap();
+    assert_eq!(obj.snapshot().unwrap(), [5]);
     assert_eq!(obj.len().unwrap(), 1);
     assert_eq!(obj.remove(0).unwrap(), 5);
 }
@@ -282,7 +279,8 @@ fn child_dict(obj: DictProxy<String, i32>) {
     assert_eq!(obj.items().unwrap(), [("foo".to_string(), 5)]);
     assert_eq!(obj.keys().unwrap(), ["foo"]);
     assert_eq!(obj.values().unwrap(), [5]);
-    assert_eq!(obj.remove("foo").unwrap(), Some(5));
+    assert_eq!(obj.pop_item().unwrap(), Some(("foo".to_string(), 5)));
+    assert_eq!(obj.pop_item().unwrap(), None);
 }
 
 /// `test_dict`.

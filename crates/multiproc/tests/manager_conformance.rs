@@ -76,8 +76,15 @@ fn check_dict(d: &DictProxy<String, i64>) {
     assert_eq!(keys[..2], ["a", "e"]);
     assert_eq!(keys[2], "k90");
     assert_eq!(keys.len(), 12);
+    // `popitem`: the entry inserted last, then the one before it (the
+    // slots of removed entries are skipped).
+    assert_eq!(d.pop_item().unwrap(), Some(("k99".to_string(), 99)));
+    d.remove("k98").unwrap();
+    assert_eq!(d.pop_item().unwrap(), Some(("k97".to_string(), 97)));
+    assert_eq!(d.len().unwrap(), 9);
     d.clear().unwrap();
     assert_eq!(d.len().unwrap(), 0);
+    assert_eq!(d.pop_item().unwrap(), None);
 }
 
 fn check_list(l: &ListProxy<u32>) {
@@ -111,7 +118,20 @@ fn check_list(l: &ListProxy<u32>) {
         l.insert(4, 1),
         Err(ProxyError::Remote(RemoteError::IndexOutOfRange { .. }))
     ));
+    // Python's count, index, reverse and sort.
     l.clear().unwrap();
+    l.extend([3, 1, 3, 2]).unwrap();
+    assert_eq!(l.count(&3).unwrap(), 2);
+    assert_eq!(l.count(&7).unwrap(), 0);
+    assert_eq!(l.index(&3).unwrap(), Some(0));
+    assert_eq!(l.index(&2).unwrap(), Some(3));
+    assert_eq!(l.index(&7).unwrap(), None);
+    l.reverse().unwrap();
+    assert_eq!(l.snapshot().unwrap(), [2, 3, 1, 3]);
+    l.sort().unwrap();
+    assert_eq!(l.snapshot().unwrap(), [1, 2, 3, 3]);
+    l.clear().unwrap();
+    l.sort().unwrap();
     assert_eq!(l.pop().unwrap(), None);
 }
 
@@ -155,6 +175,30 @@ fn dict_list_and_namespace_behave_like_pythons() {
             manager.shutdown().unwrap();
             assert_gone(pid);
         }
+    });
+}
+
+/// Pushes 0..400, one at a time.
+fn push_many(l: ListProxy<u32>) {
+    for i in 0..400 {
+        l.push(i).unwrap();
+    }
+}
+
+#[test]
+fn a_sort_while_another_process_pushes_loses_nothing() {
+    deadline(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let l = manager.list::<u32>().unwrap();
+        let child = Process::spawn(push_many, l.clone()).unwrap();
+        // Sorts a copy and writes it back only if nothing changed since:
+        // a push in between makes it sort again, never drop the push.
+        while l.len().unwrap() < 400 {
+            l.sort().unwrap();
+        }
+        child.join().unwrap();
+        l.sort().unwrap();
+        assert_eq!(l.snapshot().unwrap(), (0..400).collect::<Vec<_>>());
     });
 }
 

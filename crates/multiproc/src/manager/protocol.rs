@@ -308,6 +308,8 @@ pub(crate) enum DictOp {
     Items,
     /// `Unit`.
     Clear,
+    /// `Pairs`: the entry inserted last, removed (none if empty).
+    PopItem,
 }
 
 /// List methods. Indices are positions from the front.
@@ -333,6 +335,17 @@ pub(crate) enum ListOp {
     Slice(u64, u64),
     /// `Unit`.
     Clear,
+    /// `Count`: the items whose encoding is this one.
+    Count(Blob),
+    /// `Count`: one plus the position of the first item whose encoding is
+    /// this one; 0 if there is none.
+    Index(Blob),
+    /// `Unit`.
+    Reverse,
+    /// `Bool`: replaces every item with the second list if the items are
+    /// the first one now (a compare-and-swap: a client that sorts does so
+    /// on a copy, and writes it back only if nobody changed the list).
+    ReplaceIf(Vec<Blob>, Vec<Blob>),
 }
 
 /// Array methods: the length never changes. An index at or past the

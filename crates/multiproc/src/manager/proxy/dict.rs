@@ -157,6 +157,19 @@ where
         values(self.call(DictOp::Values)?)
     }
 
+    /// Removes and returns the entry inserted last (Python: `popitem`,
+    /// which raises `KeyError` on an empty dict: `None` here).
+    pub fn pop_item(&self) -> Result<Option<(K, V)>, ProxyError> {
+        match self.call(DictOp::PopItem)? {
+            Payload::Pairs(pairs) => match pairs.as_slice() {
+                [] => Ok(None),
+                [(k, v)] => Ok(Some((dec(k)?, dec(v)?))),
+                _ => Err(unexpected(&Payload::Pairs(pairs))),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The entries, in insertion order (a snapshot to iterate).
     pub fn items(&self) -> Result<Vec<(K, V)>, ProxyError> {
         match self.call(DictOp::Items)? {

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::super::error::ProxyError;
 use super::super::protocol::{ListOp, Op, Payload};
-use super::{Handle, count, enc, maybe, proxy_type, unit, value, values};
+use super::{Handle, boolean, count, enc, maybe, proxy_type, unit, value, values};
 
 /// A list that lives in a [`Manager`](crate::Manager): every process with a
 /// proxy sees the same items.
@@ -116,5 +116,43 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Removes every item.
     pub fn clear(&self) -> Result<(), ProxyError> {
         unit(self.call(ListOp::Clear)?)
+    }
+
+    /// How many items equal `item` (Python: `count`). Items compare by
+    /// their encodings, as a [`DictProxy`](crate::DictProxy)'s keys do.
+    pub fn count(&self, item: &T) -> Result<usize, ProxyError> {
+        count(self.call(ListOp::Count(enc(item)?))?)
+    }
+
+    /// The position of the first item equal to `item`, compared as in
+    /// [`count`](Self::count); `None` if there is none (Python's `index`
+    /// raises `ValueError`).
+    pub fn index(&self, item: &T) -> Result<Option<usize>, ProxyError> {
+        Ok(count(self.call(ListOp::Index(enc(item)?))?)?.checked_sub(1))
+    }
+
+    /// Reverses the items in place (Python: `reverse`).
+    pub fn reverse(&self) -> Result<(), ProxyError> {
+        unit(self.call(ListOp::Reverse)?)
+    }
+
+    /// Sorts the items in place (Python: `sort`). The manager holds
+    /// encodings, which it cannot order: the items are sorted here, on a
+    /// copy, and written back only if the list did not change meanwhile
+    /// (else it is done again). Two round trips or more; `T: Ord` orders.
+    pub fn sort(&self) -> Result<(), ProxyError>
+    where
+        T: Ord,
+    {
+        loop {
+            let old: Vec<T> = self.snapshot()?;
+            let before = old.iter().map(enc).collect::<Result<Vec<_>, _>>()?;
+            let mut sorted = old;
+            sorted.sort();
+            let after = sorted.iter().map(enc).collect::<Result<Vec<_>, _>>()?;
+            if boolean(self.call(ListOp::ReplaceIf(before, after))?)? {
+                return Ok(());
+            }
+        }
     }
 }

@@ -89,6 +89,20 @@ impl Dict {
                 *d = Dict::default();
                 Payload::Unit
             }
+            DictOp::PopItem => {
+                let last = d
+                    .slots
+                    .iter()
+                    .rev()
+                    .flatten()
+                    .next()
+                    .map(|(k, _)| k.clone());
+                Payload::Pairs(
+                    last.and_then(|k| d.remove(&k).map(|v| (Blob(k), Blob(v))))
+                        .into_iter()
+                        .collect(),
+                )
+            }
         })
     }
 }
@@ -129,6 +143,21 @@ pub(crate) fn list(this: &Mutex<Vec<Vec<u8>>>, op: ListOp) -> Reply {
         ListOp::Clear => {
             l.clear();
             Payload::Unit
+        }
+        ListOp::Count(v) => Payload::Count(l.iter().filter(|i| **i == v.0).count() as u64),
+        ListOp::Index(v) => {
+            Payload::Count(l.iter().position(|i| *i == v.0).map_or(0, |p| p as u64 + 1))
+        }
+        ListOp::Reverse => {
+            l.reverse();
+            Payload::Unit
+        }
+        ListOp::ReplaceIf(old, new) => {
+            let same = old.len() == l.len() && old.iter().zip(l.iter()).all(|(o, i)| o.0 == *i);
+            if same {
+                *l = new.into_iter().map(|b| b.0).collect();
+            }
+            Payload::Bool(same)
         }
     })
 }
