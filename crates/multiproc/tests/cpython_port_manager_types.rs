@@ -6,8 +6,8 @@
 //! `assert!`s: a failed one panics the child, and `join` then fails, as
 //! Python's `exitcode == 0` check does.
 //!
-//! Adapted to typed proxies: Python's `q.full()` is a `try_put` refused
-//! with `Full` (the manager's `QueueProxy` has no `is_full`), a list's
+//! Adapted to typed proxies: Python's `q.full()` is `is_full()` (and a
+//! `try_put` is refused with `Full`), a list's
 //! iteration works on `snapshot()`, `l.pop(0)` is `remove(0)`, and a
 //! dict's `popitem()` is `pop_item()`. A manager lock is released by the guard of its holder, and
 //! by the manager when its holder's process is gone (see the README);
@@ -201,9 +201,11 @@ fn pool() {
 /// `_test_queue`.
 fn child_queue(obj: QueueProxy<i32>) {
     assert_eq!(obj.len().unwrap(), 2);
+    assert!(obj.is_full().unwrap());
     assert!(matches!(obj.try_put(7), Err(TryPutError::Full(7))));
     assert!(!obj.is_empty().unwrap());
     assert_eq!(obj.get().unwrap(), 5);
+    assert!(!obj.is_full().unwrap());
     assert!(!obj.is_empty().unwrap());
     assert_eq!(obj.get().unwrap(), 6);
     assert!(obj.is_empty().unwrap());
@@ -225,9 +227,11 @@ fn queue() {
 /// `_test_queue`, on a joinable queue.
 fn child_joinable_queue(obj: JoinableQueueProxy<i32>) {
     assert_eq!(obj.len().unwrap(), 2);
+    assert!(obj.is_full().unwrap());
     assert!(matches!(obj.try_put(7), Err(TryPutError::Full(7))));
     assert!(!obj.is_empty().unwrap());
     assert_eq!(obj.get().unwrap(), 5);
+    assert!(!obj.is_full().unwrap());
     assert!(!obj.is_empty().unwrap());
     assert_eq!(obj.get().unwrap(), 6);
     assert!(obj.is_empty().unwrap());

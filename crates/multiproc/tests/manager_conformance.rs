@@ -260,8 +260,12 @@ fn queues_block_time_out_and_give_values_back() {
         for (name, manager) in managers() {
             let q = manager.bounded_queue::<u64>(2).unwrap();
             q.put(1).unwrap();
+            assert!(!q.is_full().unwrap(), "{name}");
             q.put(2).unwrap();
             assert_eq!(q.len().unwrap(), 2);
+            assert!(q.is_full().unwrap(), "{name}");
+            // An unbounded queue is never full.
+            assert!(!manager.queue::<u64>().unwrap().is_full().unwrap());
             match q.try_put(3) {
                 Err(multiproc::TryPutError::Full(v)) => assert_eq!(v, 3, "{name}"),
                 other => panic!("{name}: a full queue said {other:?}"),

@@ -391,6 +391,8 @@ pub(crate) enum QueueOp {
     /// `Bool`: false if items were still unfinished at the timeout
     /// (joinable queues only).
     Join(TimeoutMs),
+    /// `Bool`: whether a bounded queue holds as many items as it may.
+    Full,
 }
 
 /// Lock methods.

@@ -166,6 +166,12 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn is_empty(&self) -> Result<bool, ProxyError> {
         Ok(self.len()? == 0)
     }
+
+    /// Whether a bounded queue holds as many values as it may (Python:
+    /// `full()`); never for an unbounded one. A hint: it may change at once.
+    pub fn is_full(&self) -> Result<bool, ProxyError> {
+        boolean(self.handle.call(Op::Queue(QueueOp::Full))?)
+    }
 }
 
 /// A [`QueueProxy`] that also counts unfinished items (Python:
@@ -302,6 +308,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// See [`QueueProxy::is_empty`].
     pub fn is_empty(&self) -> Result<bool, ProxyError> {
         self.queue.is_empty()
+    }
+
+    /// See [`QueueProxy::is_full`].
+    pub fn is_full(&self) -> Result<bool, ProxyError> {
+        self.queue.is_full()
     }
 }
 

@@ -114,6 +114,10 @@ impl QueueObject {
                 Payload::MaybeValue(item.map(Blob))
             }
             QueueOp::Len => Payload::Count(lock(&self.items).len() as u64),
+            QueueOp::Full => {
+                let max = self.max_items;
+                Payload::Bool(max != 0 && lock(&self.items).len() as u64 >= max)
+            }
             QueueOp::TaskDone | QueueOp::Join(_) if !self.joinable => {
                 return Err(RemoteError::NoSuchMethod {
                     object: "queue".into(),
