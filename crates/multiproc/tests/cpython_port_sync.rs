@@ -822,61 +822,55 @@ fn set_raw_values((i, d, h, q, c): RawValues) {
     c.set(b'y');
 }
 
-/// `test_value`, with Python's `codes_values` (`i`, `d`, `h`, `q`, `c`).
-#[test]
-fn value() {
-    each_method(|m| {
-        let v: Values = (
-            Value::new(4343).unwrap(),
-            Value::new(3.625).unwrap(),
-            Value::new(-232).unwrap(),
-            Value::new(1 << 33).unwrap(),
-            Value::new(b'x').unwrap(),
-        );
-        assert_eq!(
-            (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
-            (4343, 3.625, -232, 1 << 33, b'x')
-        );
-        daemon_builder(m)
-            .spawn(set_values, v.clone())
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(
-            (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
-            (24234, -4.25, 234, 1 << 34, b'y'),
-            "{m}"
-        );
-    });
+/// `test_value` (with Python's `codes_values`: `i`, `d`, `h`, `q`, `c`)
+/// and `test_rawvalue`: the same test over `$kind`, whose five values
+/// `$set` changes in a child.
+macro_rules! values_test {
+    ($(#[$doc:meta])* $name:ident, $kind:ident, $tuple:ty, $set:ident) => {
+        $(#[$doc])*
+        #[test]
+        fn $name() {
+            each_method(|m| {
+                let v: $tuple = (
+                    $kind::new(4343).unwrap(),
+                    $kind::new(3.625).unwrap(),
+                    $kind::new(-232).unwrap(),
+                    $kind::new(1 << 33).unwrap(),
+                    $kind::new(b'x').unwrap(),
+                );
+                assert_eq!(
+                    (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
+                    (4343, 3.625, -232, 1 << 33, b'x')
+                );
+                daemon_builder(m)
+                    .spawn($set, v.clone())
+                    .unwrap()
+                    .join()
+                    .unwrap();
+                assert_eq!(
+                    (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
+                    (24234, -4.25, 234, 1 << 34, b'y'),
+                    "{m}"
+                );
+            });
+        }
+    };
 }
 
-/// `test_rawvalue`.
-#[test]
-fn raw_value() {
-    each_method(|m| {
-        let v: RawValues = (
-            RawValue::new(4343).unwrap(),
-            RawValue::new(3.625).unwrap(),
-            RawValue::new(-232).unwrap(),
-            RawValue::new(1 << 33).unwrap(),
-            RawValue::new(b'x').unwrap(),
-        );
-        assert_eq!(
-            (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
-            (4343, 3.625, -232, 1 << 33, b'x')
-        );
-        daemon_builder(m)
-            .spawn(set_raw_values, v.clone())
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(
-            (v.0.get(), v.1.get(), v.2.get(), v.3.get(), v.4.get()),
-            (24234, -4.25, 234, 1 << 34, b'y'),
-            "{m}"
-        );
-    });
-}
+values_test!(
+    /// `test_value`.
+    value,
+    Value,
+    Values,
+    set_values
+);
+values_test!(
+    /// `test_rawvalue`.
+    raw_value,
+    RawValue,
+    RawValues,
+    set_raw_values
+);
 
 /// `test_getobj_getlock`, the part that has an equivalent: a `Value` has a
 /// lock whose guard is the object (`get_obj()`); a `RawValue` has neither
