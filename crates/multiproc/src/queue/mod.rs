@@ -121,6 +121,7 @@ impl Shared {
 
     /// Makes sure this process is in the ring's table of holders (a forked
     /// child holds the parent's handle but must register itself).
+    #[inline]
     fn register(&self) {
         self.registration.ensure(&self.ring);
     }
@@ -142,6 +143,7 @@ impl Shared {
         self.peers_alive()
     }
 
+    #[inline]
     fn put(
         &self,
         bytes: &[u8],
@@ -157,6 +159,7 @@ impl Shared {
         self.put_counted(bytes, fds, Some(deadline), false)
     }
 
+    #[inline]
     fn put_counted(
         &self,
         bytes: &[u8],
@@ -222,6 +225,7 @@ impl Shared {
         }
     }
 
+    #[inline]
     fn get<T: DeserializeOwned>(
         &self,
         policy: Policy,
@@ -651,6 +655,7 @@ impl<T> Queue<T> {
 }
 
 impl<T: Serialize> Queue<T> {
+    #[inline]
     fn put_until(&self, value: T, deadline: Option<Instant>) -> Result<(), PutTimeoutError<T>> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PutError {
@@ -716,6 +721,7 @@ impl<T: Serialize> Queue<T> {
     }
 
     /// Puts a value, waiting while the queue is full.
+    #[inline]
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         match self.put_until(value, None) {
             Ok(()) => Ok(()),
@@ -749,6 +755,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// Takes the oldest value, waiting while the queue is empty. Fails with
     /// [`GetError::Disconnected`] instead of waiting forever once no other
     /// handle, in this process or another live one, could put.
+    #[inline]
     pub fn get(&self) -> Result<T, GetError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);

@@ -346,6 +346,7 @@ impl Copied {
 }
 
 impl Drop for Copied {
+    #[inline]
     fn drop(&mut self) {
         if let Some(v) = self.big.take()
             && v.capacity() <= KEEP_COPY
@@ -1932,6 +1933,7 @@ impl Ring {
 
     /// Whether the queue was shut down (by any process holding it; a
     /// garbage word reads as shut down, which only ends gets and puts).
+    #[inline]
     pub(crate) fn is_shut_down(&self) -> bool {
         self.header().counts.shut.load(Ordering::SeqCst) != 0
     }

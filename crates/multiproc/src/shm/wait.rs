@@ -287,6 +287,7 @@ pub(crate) struct Waiter<'a> {
 
 impl<'a> Waiter<'a> {
     /// A wait that gives up at `deadline` (never, for `None`).
+    #[inline]
     pub(crate) fn new(policy: Policy, deadline: Option<Instant>) -> Waiter<'a> {
         Waiter {
             policy,
@@ -452,6 +453,7 @@ impl<'a> Waiter<'a> {
 impl Drop for Waiter<'_> {
     /// The wait is over and this side runs on: says so in its presence
     /// word, and where (it may have moved while it yielded or slept).
+    #[inline]
     fn drop(&mut self) {
         if self.round > 0 {
             self.arrive();

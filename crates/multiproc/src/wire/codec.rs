@@ -68,12 +68,17 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Encode
 }
 
 /// Decodes a `T` that must fill `bytes` exactly.
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let err = |message: String| DecodeError {
         type_name: std::any::type_name::<T>(),
         message,
     };
-    match postcard::take_from_bytes(bytes) {
+    // `postcard::take_from_bytes`, spelt out so that it inlines (see
+    // `encode_stack`).
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let taken = T::deserialize(&mut deserializer).and_then(|v| Ok((v, deserializer.finalize()?)));
+    match taken {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(err(format!("{} trailing bytes", rest.len()))),
         Err(e) => Err(err(explained(e))),
@@ -167,7 +172,10 @@ impl Stack {
 #[inline]
 pub(crate) fn encode_stack<T: Serialize + ?Sized>(value: &T, out: &mut Stack) -> bool {
     out.len = 0;
-    postcard::serialize_with_flavor(value, &mut *out).is_ok()
+    // `postcard::serialize_with_flavor`, spelt out so that it inlines: for
+    // a small value the call costs as much as the encoding.
+    let mut serializer = postcard::Serializer { output: &mut *out };
+    value.serialize(&mut serializer).is_ok()
 }
 
 /// `to.copy_from_slice(from)`, with fixed-size moves up to 16 bytes:

@@ -59,10 +59,12 @@ fn push_context(context: Context) -> PopContext {
 }
 
 /// Runs `f` as a bare encode or decode (see [`BARE`]).
+#[inline]
 fn bare<R>(f: impl FnOnce() -> R) -> R {
     /// Restores the outer level, also when `f` unwinds.
     struct Restore(usize);
     impl Drop for Restore {
+        #[inline]
         fn drop(&mut self) {
             BARE.set(self.0);
         }
@@ -140,6 +142,7 @@ pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
 /// With `small`, it first tries a buffer of [`SMALL`] bytes on the stack
 /// (no thread-local buffer to take and give back); a value that does not
 /// fit is then encoded again into the scratch buffer.
+#[inline]
 pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
     value: &T,
     small: bool,
@@ -163,6 +166,7 @@ pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
 
 /// Decodes a `T` from `bytes` that carried no handles (a handle in them is
 /// an error).
+#[inline]
 pub(crate) fn decode_bare<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     bare(|| codec::decode(bytes))
 }
