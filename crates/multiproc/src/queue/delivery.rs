@@ -385,7 +385,7 @@ impl<T> Delivery<T> {
         let value = self.value.take();
         let j = &self.shared.journal;
         let done = j.ring.journal_done(self.pos, delivery::TAKEN);
-        j.ring.journal_reclaim();
+        j.ring.journal_reclaim_lazily();
         if !done {
             return Err(AckError::NotHeld);
         }

@@ -203,6 +203,7 @@ impl<T: ShmState> ShmObject<T> {
     }
 
     /// The shared state.
+    #[inline]
     pub(crate) fn get(&self) -> &T {
         // SAFETY: the mapping is page-aligned and holds `T` at
         // `STATE_OFFSET` (a multiple of `T`'s alignment, checked in `FITS`;

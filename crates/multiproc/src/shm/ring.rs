@@ -1613,6 +1613,22 @@ impl Ring {
         self.is_empty_now()
     }
 
+    /// [`journal_reclaim`](Ring::journal_reclaim) once the journal's
+    /// records fill an eighth of it: an acknowledgement then leaves its
+    /// record to be reclaimed with a few hundred others, in one pass under
+    /// the journal's consumer lock, instead of taking that lock itself.
+    #[inline]
+    pub(crate) fn journal_reclaim_lazily(&self) {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Relaxed);
+        let tail = h.producer.pos.load(Ordering::Relaxed);
+        // Impossible positions (a peer's garbage) go to the full pass,
+        // which reports nothing but leaves them alone.
+        if tail.wrapping_sub(head) >= self.capacity / 8 {
+            self.journal_reclaim();
+        }
+    }
+
     /// Moves the journal's head past the `DONE` records (and padding) at
     /// its front, if no other process is doing it; wakes a consumer waiting
     /// for room in the journal.

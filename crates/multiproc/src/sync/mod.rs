@@ -61,6 +61,7 @@ impl<S: ShmState> Shared<S> {
         Ok(Arc::new(Shared { obj, extra }))
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> &S {
         self.obj.get()
     }
