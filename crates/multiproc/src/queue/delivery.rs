@@ -120,13 +120,13 @@ impl Journal {
     /// killed in between leaves two copies (dropped together once no
     /// record needs them), never none; so does a copy that fails (the
     /// mailbox is full: then this fails, to be tried again).
-    fn fetch(&self, pos: u64) -> io::Result<Option<Fetched>> {
+    fn fetch(&self, pos: u64, queue: &Ring) -> io::Result<Option<Fetched>> {
         let mut seen = 0usize;
         while let Some((id, fetched)) = self.mailbox.peek_first()? {
             if id == pos {
                 return Ok(Some(fetched));
             }
-            if self.ring.journal_holds(id) {
+            if self.ring.journal_holds(id, queue) {
                 self.mailbox.send_copy(id, &fetched)?;
             }
             self.mailbox.drop_first()?;
@@ -150,14 +150,14 @@ impl Journal {
     /// at a message it already moved (every one left is needed), and after
     /// some thousands (more than the mailbox holds, unless a hostile peer
     /// keeps sending, which must not keep the caller here).
-    fn purge(&self) {
+    fn purge(&self, queue: &Ring) {
         let mut moved = HashSet::new();
         for _ in 0..4096 {
             let id = match self.mailbox.first_id() {
                 Ok(Some(id)) => id,
                 _ => return,
             };
-            if !self.ring.journal_holds(id) {
+            if !self.ring.journal_holds(id, queue) {
                 let _ = self.mailbox.take_first();
                 continue;
             }
@@ -185,8 +185,8 @@ impl Journal {
     /// copy (and those behind it) in the mailbox; once enough of them fill
     /// it and no delivery is left to acknowledge, every consumer would
     /// find the journal full for good.
-    pub(crate) fn clear_stale(&self) {
-        let _ = self.ring.journal_try_exclusive(|| self.purge());
+    pub(crate) fn clear_stale(&self, queue: &Ring) {
+        let _ = self.ring.journal_try_exclusive(|| self.purge(queue));
     }
 
     /// Whether it is time to look for dead consumers' deliveries.
@@ -224,7 +224,7 @@ impl Shared {
         if entry.what == delivery::BYTES {
             return Loaded::Message(entry.bytes.clone(), Vec::new());
         }
-        match j.ring.journal_exclusive(|| j.fetch(entry.pos)) {
+        match j.ring.journal_exclusive(|| j.fetch(entry.pos, &self.ring)) {
             Some(Ok(Some(fetched))) => match fetched.finish() {
                 Ok((bytes, fds)) => Loaded::Message(bytes, fds),
                 // The stored copy stays: another try may read it.
@@ -306,7 +306,7 @@ impl Shared {
         let _ = j.ring.journal_done(entry.pos, delivery::RECOVERING);
         j.ring.journal_reclaim();
         if entry.what != delivery::BYTES {
-            let _ = j.ring.journal_exclusive(|| j.purge());
+            let _ = j.ring.journal_exclusive(|| j.purge(&self.ring));
         }
         true
     }
@@ -390,7 +390,7 @@ impl<T> Delivery<T> {
             return Err(AckError::NotHeld);
         }
         if self.elsewhere {
-            let _ = j.ring.journal_exclusive(|| j.purge());
+            let _ = j.ring.journal_exclusive(|| j.purge(&self.shared.ring));
         }
         if self.joinable {
             let _ = self.shared.ring.task_done();

@@ -308,7 +308,7 @@ impl Shared {
                     self.journal.ring.journal_reclaim();
                     // Or its mailbox is full of copies that killed
                     // consumers left behind.
-                    self.journal.clear_stale();
+                    self.journal.clear_stale(&self.ring);
                     if self.journal.scan_due()
                         && let Some((bytes, fds, pos, elsewhere)) = self.adopt_dead_delivery()
                     {

@@ -1279,15 +1279,18 @@ impl Ring {
     /// process: the message's `bytes`, or (`None`) a record whose message
     /// `elsewhere` stores under the record's position, before the record
     /// is published. `Ok(None)`: no room now (or `elsewhere` would block).
-    pub(crate) fn journal_append(
+    ///
+    /// Only [`pop_delivery`](Ring::pop_delivery) calls it, under the
+    /// consumer lock of the queue whose journal this is: that lock
+    /// serialises the journal's appenders (the journal's own producer lock
+    /// is never taken), and [`journal_holds`](Ring::journal_holds) asks it
+    /// whether an append is under way.
+    fn journal_append(
         &self,
         bytes: Option<&[u8]>,
         elsewhere: Option<&mut dyn FnMut(u64) -> io::Result<()>>,
     ) -> Result<Option<u64>, PushError> {
         let h = self.header();
-        let Some(held) = try_hold(&h.producer.lock) else {
-            return Ok(None);
-        };
         let len = JOURNAL_HEAD.saturating_add(bytes.map_or(0, <[u8]>::len));
         if len > self.max_inline() {
             return Err(PushError::Io(io::Error::new(
@@ -1338,7 +1341,6 @@ impl Ring {
             .count
             .store(put.wrapping_add(1), Ordering::Release);
         h.producer.pos.store(tail + size, Ordering::Release);
-        drop(held);
         Ok(Some(tail))
     }
 
@@ -1584,17 +1586,18 @@ impl Ring {
     /// Whether the journal holds a record not yet `DONE` at `pos`, or may
     /// be about to publish one there (for its mailbox: whether a message
     /// stored under `pos` is still needed).
-    pub(crate) fn journal_holds(&self, pos: u64) -> bool {
+    pub(crate) fn journal_holds(&self, pos: u64, queue: &Ring) -> bool {
         // A consumer stores the message of a record it appends before it
-        // publishes the record, under the journal's producer lock: a
-        // message under a position at or past the tail belongs to that
-        // record while the lock is held. Once the lock is free (or its
-        // holder dead) and the tail still short of it, its appender died
-        // before publishing: an orphan (its message is still in the queue).
+        // publishes the record, under the queue's consumer lock (see
+        // `journal_append`): a message under a position at or past the
+        // tail belongs to that record while the lock is held. Once the
+        // lock is free (or its holder dead) and the tail still short of
+        // it, its appender died before publishing: an orphan (its message
+        // is still in the queue).
         let h = self.header();
         let tail = h.producer.pos.load(Ordering::Acquire);
         if pos >= tail && pos - tail < self.capacity {
-            let Some(held) = try_hold(&h.producer.lock) else {
+            let Some(held) = try_hold(&queue.header().consumer.lock) else {
                 return true;
             };
             let tail = h.producer.pos.load(Ordering::Acquire);

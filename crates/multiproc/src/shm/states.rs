@@ -119,7 +119,6 @@ impl LockState {
 
     /// Takes the lock, waiting until `deadline`.
     #[inline]
-    #[inline]
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> Option<Acquired> {
         self.lock.lock_until(deadline).map(|l| self.outcome(l))
     }

@@ -167,7 +167,6 @@ impl Lock {
     /// Fails with [`OwnerDied`], holding nothing, while the data is marked
     /// inconsistent; [`lock_recover`](Self::lock_recover) takes it anyway.
     #[inline]
-    #[inline]
     pub fn lock(&self) -> Result<LockGuard<'_>, OwnerDied> {
         let how = self.shared.state().acquire(None).unwrap_or(Acquired::Clean);
         wrap(
