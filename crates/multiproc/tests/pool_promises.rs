@@ -133,3 +133,34 @@ fn finished_items_whose_results_died_with_their_worker_run_again() {
         runs_with_a_kill(1, false);
     });
 }
+
+/// The name of the worker that runs it.
+fn worker_name(_: u64) -> String {
+    multiproc::current_process().name
+}
+
+/// Workers are named `PoolWorker-1` to `PoolWorker-n`, counted from 1 as
+/// Python counts its processes (`ForkPoolWorker-1`, ...); a replacement
+/// takes the name of the worker it replaces.
+#[test]
+fn workers_are_named_from_one() {
+    deadline(LIMIT, || {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let want = |names: Vec<String>| {
+            let mut names = names;
+            names.sort();
+            names.dedup();
+            assert!(
+                names.iter().all(|n| n == "PoolWorker-1" || n == "PoolWorker-2"),
+                "{names:?}"
+            );
+        };
+        let names = pool.task(worker_name).chunksize(1).map(0..64u64).unwrap();
+        want(names);
+        let pids: Vec<i32> = pool.stats().iter().map(|s| s.pid).collect();
+        assert!(send_signal(pids[0], libc::SIGKILL));
+        assert_gone(pids[0]);
+        let names = pool.task(worker_name).chunksize(1).map(0..64u64).unwrap();
+        want(names);
+    });
+}
