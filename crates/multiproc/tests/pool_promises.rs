@@ -151,7 +151,9 @@ fn workers_are_named_from_one() {
             names.sort();
             names.dedup();
             assert!(
-                names.iter().all(|n| n == "PoolWorker-1" || n == "PoolWorker-2"),
+                names
+                    .iter()
+                    .all(|n| n == "PoolWorker-1" || n == "PoolWorker-2"),
                 "{names:?}"
             );
         };

@@ -186,6 +186,58 @@ fn the_forkserver_survives_a_killed_worker() {
     });
 }
 
+/// The parent, in the kernel's sense, of `pid`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// In a process of its own (its forkserver is its own, so that no other
+/// test's children are hurt): kills the forkserver from outside while one
+/// of its children sleeps. The child dies with its server, its `join`
+/// fails instead of waiting, and the next start launches a new server.
+fn kill_the_forkserver(_: ()) -> Result<(), String> {
+    let p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(sleep_ms, 600_000)
+        .map_err(|e| e.to_string())?;
+    let server = parent_of(p.pid());
+    if server == std::process::id() as i32 {
+        return Err("the child is not the forkserver's".into());
+    }
+    if !common::send_signal(server, libc::SIGKILL) {
+        return Err("could not kill the forkserver".into());
+    }
+    if !wait_dead(p.pid(), Duration::from_secs(10)) {
+        return Err("the forkserver's child outlived it".into());
+    }
+    if p.join().is_ok() {
+        return Err("the killed child returned a result".into());
+    }
+    let q = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(sleep_ms, 1)
+        .map_err(|e| format!("no start after the server died: {e}"))?;
+    match q.join() {
+        Ok(1) => Ok(()),
+        other => Err(format!("the next child: {other:?}")),
+    }
+}
+
+#[test]
+fn a_killed_forkserver_takes_its_children_and_is_replaced() {
+    deadline(LIMIT, || {
+        let got = Process::builder()
+            .start_method(StartMethod::Fork)
+            .spawn(kill_the_forkserver, ())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, Ok(()));
+    });
+}
+
 #[test]
 fn cpu_count_is_sane() {
     let n = cpu_count();
