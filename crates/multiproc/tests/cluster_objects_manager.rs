@@ -82,6 +82,21 @@ fn dict_methods() {
         assert_eq!(d.clone().len().unwrap(), 3);
         d.clear().unwrap();
         assert!(same.is_empty().unwrap());
+        // Python's popitem: some entry, until none is left.
+        assert_eq!(d.pop_item().unwrap(), None);
+        d.update([("x".to_string(), vec![1]), ("y".to_string(), vec![2])])
+            .unwrap();
+        let mut popped = vec![
+            d.pop_item().unwrap().unwrap(),
+            d.pop_item().unwrap().unwrap(),
+        ];
+        popped.sort();
+        assert_eq!(
+            popped,
+            [("x".to_string(), vec![1]), ("y".to_string(), vec![2])]
+        );
+        assert_eq!(d.pop_item().unwrap(), None);
+        assert!(d.is_empty().unwrap());
         assert!(matches!(
             m.dict::<u8, u8>("no spaces"),
             Err(ClusterError::InvalidName { .. })
@@ -195,6 +210,58 @@ fn list_methods() {
         assert_eq!(l.get(3002).unwrap().as_deref(), Some("2999"));
         l.clear().unwrap();
         assert_eq!(l.len().unwrap(), 0);
+        // Python's count, index, reverse and sort.
+        l.extend(["b", "a", "c", "a"].map(String::from)).unwrap();
+        assert_eq!(l.count(&"a".into()).unwrap(), 2);
+        assert_eq!(l.count(&"zz".into()).unwrap(), 0);
+        assert_eq!(l.index(&"c".into()).unwrap(), Some(2));
+        assert_eq!(l.index(&"a".into()).unwrap(), Some(1));
+        assert_eq!(l.index(&"zz".into()).unwrap(), None);
+        l.reverse().unwrap();
+        assert_eq!(l.snapshot().unwrap(), ["a", "c", "a", "b"]);
+        l.sort().unwrap();
+        assert_eq!(l.snapshot().unwrap(), ["a", "a", "b", "c"]);
+        l.clear().unwrap();
+        l.reverse().unwrap();
+        l.sort().unwrap();
+        assert!(l.is_empty().unwrap());
+        // Long lists go through the server's scripts in chunks.
+        let n = 5000u32;
+        let numbers = m.list::<u32>("numbers").unwrap();
+        numbers.extend((0..n).rev()).unwrap();
+        numbers.sort().unwrap();
+        assert_eq!(numbers.snapshot().unwrap(), (0..n).collect::<Vec<_>>());
+        numbers.reverse().unwrap();
+        assert_eq!(numbers.get(0).unwrap(), Some(n - 1));
+        assert_eq!(numbers.index(&0).unwrap(), Some(n as usize - 1));
+        numbers.clear().unwrap();
+    });
+}
+
+/// A sort writes back only a list that did not change meanwhile: items
+/// pushed by another client while the sorts run are all there after.
+#[test]
+fn sort_never_loses_a_concurrent_push() {
+    deadline(LIMIT, || {
+        let Some(server) = redis_server() else { return };
+        let m = Cluster::connect(&server.url()).unwrap().manager();
+        let l = m.list::<u32>("sorted").unwrap();
+        l.extend((0..200).rev()).unwrap();
+        let url = server.url();
+        let pusher = thread::spawn(move || {
+            let m = Cluster::connect(&url).unwrap().manager();
+            let l = m.list::<u32>("sorted").unwrap();
+            for i in 1000..1300 {
+                l.push(i).unwrap();
+            }
+        });
+        for _ in 0..30 {
+            l.sort().unwrap();
+        }
+        pusher.join().unwrap();
+        l.sort().unwrap();
+        let want: Vec<u32> = (0..200).chain(1000..1300).collect();
+        assert_eq!(l.snapshot().unwrap(), want);
     });
 }
 

@@ -61,6 +61,20 @@ return 1
     )
 });
 
+/// Removes some field and returns it and its value, or nil if the hash is
+/// empty. KEYS: hash.
+static POP_ITEM: LazyLock<redis::Script> = LazyLock::new(|| {
+    script(
+        r#"
+local f = redis.call('HRANDFIELD', KEYS[1])
+if not f then return nil end
+local v = redis.call('HGET', KEYS[1], f)
+redis.call('HDEL', KEYS[1], f)
+return {f, v}
+"#,
+    )
+});
+
 /// A dict named in a [`Manager`](super::Manager): a Redis hash whose
 /// fields and values are keys and values encoded with multiproc's codec.
 /// Two keys are the same key when they encode to the same bytes. The
@@ -185,6 +199,15 @@ where
         Q: Serialize + ?Sized,
     {
         Ok(self.remove(key)?.unwrap_or(default))
+    }
+
+    /// Removes and returns some entry, as one atomic step; `None` if the
+    /// dict is empty (Python's `popitem`, which raises `KeyError` then).
+    /// Python and the local dict take the entry inserted last; a Redis
+    /// hash has no order, so this takes one at random.
+    pub fn pop_item(&self) -> Result<Option<(K, V)>, ClusterError> {
+        let raw: Option<(Vec<u8>, Vec<u8>)> = self.object.script(&POP_ITEM.key(self.key()))?;
+        raw.map(|(k, v)| Ok((dec(&k)?, dec(&v)?))).transpose()
     }
 
     /// Removes `key` without fetching its value; whether it was there.

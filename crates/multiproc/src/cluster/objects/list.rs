@@ -74,6 +74,42 @@ return v
     ))
 });
 
+/// Reverses the list in place. KEYS: list.
+static REVERSE: LazyLock<redis::Script> = LazyLock::new(|| {
+    script(&format!(
+        r#"{PUSH_ALL}
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local n = #items
+for i = 1, math.floor(n / 2) do
+  items[i], items[n + 1 - i] = items[n + 1 - i], items[i]
+end
+redis.call('DEL', KEYS[1])
+push_all(KEYS[1], items)
+return n
+"#
+    ))
+});
+
+/// Replaces the list with ARGV[n + 2 ..] if it holds exactly the n items
+/// ARGV[2 .. n + 1] now (n = ARGV[1]); 1 if it did, else 0. KEYS: list.
+static REPLACE_IF: LazyLock<redis::Script> = LazyLock::new(|| {
+    script(&format!(
+        r#"{PUSH_ALL}
+local n = tonumber(ARGV[1])
+if redis.call('LLEN', KEYS[1]) ~= n then return 0 end
+local cur = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, n do
+  if cur[i] ~= ARGV[i + 1] then return 0 end
+end
+local new = {{}}
+for i = n + 2, #ARGV do new[#new + 1] = ARGV[i] end
+redis.call('DEL', KEYS[1])
+push_all(KEYS[1], new)
+return 1
+"#
+    ))
+});
+
 /// A list named in a [`Manager`](super::Manager): a Redis list of items
 /// encoded with multiproc's codec. The methods are the local
 /// [`ListProxy`](crate::ListProxy)'s; `insert` and `remove` in the middle
@@ -236,5 +272,71 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Removes every item.
     pub fn clear(&self) -> Result<(), ClusterError> {
         self.object.run(redis::cmd("DEL").arg(self.key()))
+    }
+
+    /// How many items equal `item` (Python: `count`). Items compare by
+    /// their encodings, as the dict's keys do; counted on the server.
+    pub fn count(&self, item: &T) -> Result<usize, ClusterError> {
+        let at: Vec<i64> = self.object.run(
+            redis::cmd("LPOS")
+                .arg(self.key())
+                .arg(enc(item)?)
+                .arg("COUNT")
+                .arg(0),
+        )?;
+        Ok(at.len())
+    }
+
+    /// The position of the first item equal to `item`, compared as in
+    /// [`count`](Self::count); `None` if there is none (Python's `index`
+    /// raises `ValueError`).
+    pub fn index(&self, item: &T) -> Result<Option<usize>, ClusterError> {
+        let at: Option<i64> = self
+            .object
+            .run(redis::cmd("LPOS").arg(self.key()).arg(enc(item)?))?;
+        at.map(|i| {
+            usize::try_from(i).map_err(|_| ClusterError::Corrupted(format!("LPOS answered {i}")))
+        })
+        .transpose()
+    }
+
+    /// Reverses the items in place (Python: `reverse`), on the server, as
+    /// one atomic step.
+    pub fn reverse(&self) -> Result<(), ClusterError> {
+        let _: i64 = self.object.script(&REVERSE.key(self.key()))?;
+        Ok(())
+    }
+
+    /// Sorts the items in place (Python: `sort`). The server holds
+    /// encodings, which it cannot order: the items are sorted here, on a
+    /// copy, and written back only if the list did not change meanwhile
+    /// (else it is done again), as the local manager's list does. Two
+    /// round trips or more; `T: Ord` orders.
+    pub fn sort(&self) -> Result<(), ClusterError>
+    where
+        T: Ord,
+    {
+        loop {
+            let raw: Vec<Vec<u8>> = self
+                .object
+                .run(redis::cmd("LRANGE").arg(self.key()).arg(0).arg(-1))?;
+            let mut items = raw
+                .iter()
+                .map(|b| Ok((dec::<T>(b)?, b.as_slice())))
+                .collect::<Result<Vec<_>, ClusterError>>()?;
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut call = REPLACE_IF.key(self.key());
+            call.arg(raw.len());
+            for b in &raw {
+                call.arg(b.as_slice());
+            }
+            for (_, b) in &items {
+                call.arg(*b);
+            }
+            let replaced: i64 = self.object.script(&call)?;
+            if replaced == 1 {
+                return Ok(());
+            }
+        }
     }
 }
