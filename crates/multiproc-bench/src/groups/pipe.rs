@@ -564,12 +564,19 @@ const SPIN_STOP: u64 = u64::MAX;
 /// cache line again.
 const SPIN_PARKED: usize = 16;
 
-/// Polls after which an idle spin child parks: it blocks on its wake-up
-/// pipe until the parent's next ping, so that while the other rigs take
-/// their turns it neither holds a core nor wakes up on one (a child that
-/// slept 50 µs between polls woke 20,000 times a second and preempted
-/// the rig being timed). A round trip in a batch never gets near it.
-const SPIN_POLLS: u32 = 1 << 20;
+/// How long an idle spin child spins before it parks: it blocks on its
+/// wake-up pipe until the parent's next ping, so that while the other rigs
+/// take their turns it neither holds a core nor wakes up on one (a child
+/// that slept 50 µs between polls woke 20,000 times a second and
+/// preempted the rig being timed). A round trip in a batch never gets near
+/// it. It was 2^20 polls (some 25 ms): the child then spun on one of the
+/// two cores well into the next rig's batch, the two ends of the pipe
+/// being timed shared the other, and multiproc's round trip measured
+/// 3.9 µs where, alone, it takes 0.5 µs.
+const SPIN_IDLE: Duration = Duration::from_micros(20);
+
+/// Polls between two readings of the clock by an idle spin child.
+const SPIN_CLOCK_EVERY: u32 = 256;
 
 /// How long the parent spins for an echo before it takes the child for
 /// dead.
@@ -594,7 +601,7 @@ type SpinWords<'a> = (&'a AtomicU64, &'a AtomicU64, &'a AtomicU64);
 
 /// Child of the spin floor: echoes every new ping number into the pong
 /// word, spinning on the ping word; returns at [`SPIN_STOP`] (or when its
-/// wake-up pipe closes). Idle for [`SPIN_POLLS`] polls, it parks: it says
+/// wake-up pipe closes). Idle for [`SPIN_IDLE`], it parks: it says
 /// so in the parked word, looks at the ping word once more (a ping the
 /// parent stored before it read the parked word is seen here: both are
 /// `SeqCst`), and blocks on the wake-up pipe, which the parent writes
@@ -605,6 +612,7 @@ fn spin_echo((shm, wake): (SharedMemory, Connection<(), ()>)) {
     };
     let mut last = 0;
     let mut polls = 0u32;
+    let mut idle_since = Instant::now();
     loop {
         let seen = ping.load(Ordering::SeqCst);
         if seen == SPIN_STOP {
@@ -614,8 +622,12 @@ fn spin_echo((shm, wake): (SharedMemory, Connection<(), ()>)) {
             last = seen;
             pong.store(seen, Ordering::Release);
             polls = 0;
-        } else if polls < SPIN_POLLS {
-            polls += 1;
+        } else if polls == 0 {
+            // The first idle poll: the idle time starts.
+            polls = 1;
+            idle_since = Instant::now();
+        } else if !polls.is_multiple_of(SPIN_CLOCK_EVERY) || idle_since.elapsed() < SPIN_IDLE {
+            polls = polls.wrapping_add(1).max(1);
             std::hint::spin_loop();
         } else {
             parked.store(1, Ordering::SeqCst);
