@@ -17,24 +17,6 @@ pub fn time_each_ms<E>(reps: usize, mut op: impl FnMut() -> Result<(), E>) -> Re
     Ok(samples)
 }
 
-/// How long [`settle`] waits.
-const SETTLE: Duration = Duration::from_micros(60);
-
-/// The untimed wait before each timed batch of [`per_op_us`]: the
-/// processes of the batch before get to stop spinning and sleep (the
-/// shm-spin floor's child parks after 20 µs idle), so that none of them
-/// still holds a processor when this batch starts and the two processes
-/// timed now do not have to share the other one. This process spins
-/// meanwhile, rather than sleeping, to keep its processor: after a sleep,
-/// the batch would start with a wake-up whose placement is the
-/// scheduler's guess.
-fn settle() {
-    let t0 = Instant::now();
-    while t0.elapsed() < SETTLE {
-        std::hint::spin_loop();
-    }
-}
-
 /// Times several operations in interleaved batches: each runs `warmup`
 /// times untimed, then `batches` rounds in which every operation runs one
 /// batch of `batch` times. Returns, per operation, each batch's mean time
@@ -67,7 +49,6 @@ pub fn per_op_us<F: FnMut() -> Result<(), String> + ?Sized>(
             let i = (b + k) % n;
             let (op, result) = (&mut ops[i], &mut results[i]);
             let Ok(samples) = result else { continue };
-            settle();
             let t0 = Instant::now();
             match (0..batch).try_for_each(|_| op()) {
                 Ok(()) => samples.push(t0.elapsed().as_secs_f64() * 1e6 / batch.max(1) as f64),

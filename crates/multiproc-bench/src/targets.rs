@@ -414,9 +414,18 @@ impl Target {
     }
 }
 
-/// `x` without trailing zeros: `10`, `2.5`, `0.25`.
+/// `x` without trailing zeros: `10`, `2.5`, `0.25`, `0.005` (two
+/// decimals, or more for a number below 0.1, so that a small target is
+/// not printed rounded: a 5 ms target is `0.005 s`, not `0.01 s`).
 pub fn number(x: f64) -> String {
-    let text = format!("{x:.2}");
+    let a = x.abs();
+    let decimals = if a > 0.0 && a < 0.1 {
+        // Two significant digits.
+        (-a.log10()).ceil() as usize + 1
+    } else {
+        2
+    };
+    let text = format!("{x:.decimals$}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     text.to_string()
 }
@@ -425,6 +434,17 @@ pub fn number(x: f64) -> String {
 mod tests {
     use super::*;
     use crate::report::{Impl, Measurement, add_reference, entries, pair};
+
+    #[test]
+    fn numbers_keep_their_significant_digits() {
+        assert_eq!(number(10.0), "10");
+        assert_eq!(number(2.5), "2.5");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(0.005), "0.005");
+        assert_eq!(number(0.0125), "0.013");
+        assert_eq!(number(0.0), "0");
+        assert_eq!(number(1500.0), "1500");
+    }
 
     #[test]
     fn every_target_names_a_known_group() {

@@ -569,10 +569,8 @@ const SPIN_PARKED: usize = 16;
 /// take their turns it neither holds a core nor wakes up on one (a child
 /// that slept 50 µs between polls woke 20,000 times a second and
 /// preempted the rig being timed). A round trip in a batch never gets near
-/// it. It was 2^20 polls (some 25 ms): the child then spun on one of the
-/// two cores well into the next rig's batch, the two ends of the pipe
-/// being timed shared the other, and multiproc's round trip measured
-/// 3.9 µs where, alone, it takes 0.5 µs.
+/// it. It was 2^20 polls, some 25 ms, in which the child held one of the
+/// two cores into the next rig's batch.
 const SPIN_IDLE: Duration = Duration::from_micros(20);
 
 /// Polls between two readings of the clock by an idle spin child.
