@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, assert_gone, deadline};
+use common::{LIMIT, Unencodable, assert_gone, deadline};
 use multiproc::pool::ResultTimeoutError;
 use multiproc::{Pool, PoolError, TaskError};
 
@@ -192,27 +192,12 @@ fn map_async_callbacks_run_before_wait_returns() {
     });
 }
 
-#[derive(Debug)]
-struct Unpicklable;
-
-impl serde::Serialize for Unpicklable {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("cannot pickle"))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Unpicklable {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Ok(Unpicklable)
-    }
-}
-
-fn sqr_unpicklable(_: Unpicklable) -> u64 {
+fn sqr_unpicklable(_: Unencodable) -> u64 {
     0
 }
 
-fn unpickleable_result(_: ()) -> Unpicklable {
-    Unpicklable
+fn unpickleable_result(_: ()) -> Unencodable {
+    Unencodable
 }
 
 /// `test_map_unplicklable` (Issue #19425: failure to pickle should not
@@ -222,7 +207,7 @@ fn unpickleable_result(_: ()) -> Unpicklable {
 fn unencodable_arguments_fail_the_map_and_empty_chunked_maps_return() {
     deadline(LIMIT, || {
         let pool = Pool::new(2).unwrap();
-        let items: Vec<Unpicklable> = (0..10).map(|_| Unpicklable).collect();
+        let items: Vec<Unencodable> = (0..10).map(|_| Unencodable).collect();
         let got = pool.map(sqr_unpicklable, items);
         assert!(matches!(got, Err(TaskError::ArgumentEncode(_))), "{got:?}");
         // The pool goes on.

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, assert_gone, deadline};
+use common::{LIMIT, Unencodable, assert_gone, deadline};
 use multiproc::pool::{ResultTimeoutError, as_completed, with_state};
 use multiproc::{
     Event, ExitStatus, Pool, PoolError, Process, Queue, Signal, StartMethod, TaskError,
@@ -622,23 +622,8 @@ fn drop_queue(q: Queue<u8>) -> bool {
     q.is_empty()
 }
 
-#[derive(Debug)]
-struct Refuses;
-
-impl serde::Serialize for Refuses {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("refused"))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Refuses {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Ok(Refuses)
-    }
-}
-
-fn refuse(_: u8) -> Refuses {
-    Refuses
+fn refuse(_: u8) -> Unencodable {
+    Unencodable
 }
 
 fn square_or_hang(x: u64) -> u64 {

@@ -134,35 +134,31 @@ fn finished_items_whose_results_died_with_their_worker_run_again() {
     });
 }
 
-/// The name of the worker that runs it.
-fn worker_name(_: u64) -> String {
-    multiproc::current_process().name
+/// The name and pid of the worker that runs it.
+fn worker_name(_: u64) -> (String, i32) {
+    (multiproc::current_process().name, std::process::id() as i32)
 }
 
-/// Workers are named `PoolWorker-1` to `PoolWorker-n`, counted from 1 as
-/// Python counts its processes (`ForkPoolWorker-1`, ...); a replacement
-/// takes the name of the worker it replaces.
+/// Workers are named `PoolWorker-<index>`, the index that `stats()` and
+/// `TaskError::WorkerDied` report (from 0); a replacement takes the name
+/// of the worker it replaces.
 #[test]
-fn workers_are_named_from_one() {
+fn workers_are_named_by_their_index() {
     deadline(LIMIT, || {
         let pool = Pool::builder().workers(2).build().unwrap();
-        let want = |names: Vec<String>| {
-            let mut names = names;
-            names.sort();
-            names.dedup();
-            assert!(
-                names
-                    .iter()
-                    .all(|n| n == "PoolWorker-1" || n == "PoolWorker-2"),
-                "{names:?}"
-            );
+        let check = |pool: &Pool| {
+            let seen = pool.task(worker_name).chunksize(1).map(0..64u64).unwrap();
+            let stats = pool.stats();
+            for (name, pid) in seen {
+                let index = stats.iter().find(|s| s.pid == pid).map(|s| s.index);
+                assert_eq!(Some(name), index.map(|i| format!("PoolWorker-{i}")));
+            }
         };
-        let names = pool.task(worker_name).chunksize(1).map(0..64u64).unwrap();
-        want(names);
-        let pids: Vec<i32> = pool.stats().iter().map(|s| s.pid).collect();
-        assert!(send_signal(pids[0], libc::SIGKILL));
-        assert_gone(pids[0]);
-        let names = pool.task(worker_name).chunksize(1).map(0..64u64).unwrap();
-        want(names);
+        check(&pool);
+        let first = pool.stats()[0].pid;
+        assert!(send_signal(first, libc::SIGKILL));
+        assert_gone(first);
+        check(&pool);
+        assert!(pool.stats()[0].pid != first, "worker 0 was not replaced");
     });
 }

@@ -180,7 +180,7 @@ where
                 memory_limit,
             };
             let process = Process::builder()
-                .name(format!("PoolWorker-{}", index + 1))
+                .name(format!("PoolWorker-{index}"))
                 .daemon(true)
                 .start_method(method)
                 .spawn_with_body(init, worker::worker_body::<I, S, E>, &setup)?;

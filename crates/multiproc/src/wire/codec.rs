@@ -176,6 +176,7 @@ pub(crate) fn encode_stack<T: Serialize + ?Sized>(value: &T, out: &mut Stack) ->
     // a small value the call costs as much as the encoding.
     let mut serializer = postcard::Serializer { output: &mut *out };
     value.serialize(&mut serializer).is_ok()
+        && postcard::ser_flavors::Flavor::finalize(serializer.output).is_ok()
 }
 
 /// `to.copy_from_slice(from)`, with fixed-size moves up to 16 bytes:

@@ -222,3 +222,20 @@ pub fn daemon_builder(method: multiproc::StartMethod) -> multiproc::ProcessBuild
         .start_method(method)
         .daemon(true)
 }
+
+/// A value that refuses to encode (its `Serialize` fails) and decodes
+/// from anything: an argument or result a pool or a process cannot send.
+#[derive(Debug)]
+pub struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to encode"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unencodable)
+    }
+}
