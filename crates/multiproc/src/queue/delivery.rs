@@ -362,6 +362,7 @@ pub struct Delivery<T> {
 }
 
 impl<T> Delivery<T> {
+    #[inline]
     pub(crate) fn new(
         value: T,
         shared: Arc<Shared>,
@@ -381,6 +382,7 @@ impl<T> Delivery<T> {
     /// Acknowledges the delivery: it is done, and will not be delivered
     /// again. Returns the value. On a `JoinableQueue` this is also the
     /// value's `task_done`.
+    #[inline]
     pub fn ack(mut self) -> Result<T, AckError> {
         let value = self.value.take();
         let j = &self.shared.journal;

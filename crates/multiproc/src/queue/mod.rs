@@ -276,6 +276,7 @@ impl Shared {
 impl Shared {
     /// An acknowledged get (see [`delivery`]): the value and its journal
     /// position.
+    #[inline]
     fn get_delivery<T: DeserializeOwned>(
         self: &Arc<Self>,
         deadline: Option<Instant>,
@@ -814,6 +815,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// d.ack()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn get_delivery(&self) -> Result<Delivery<T>, GetError> {
         match self.get_delivery_until(None) {
             Ok(d) => Ok(d),
@@ -829,6 +831,7 @@ impl<T: DeserializeOwned> Queue<T> {
         self.get_delivery_until(crate::shm::wait::after(timeout))
     }
 
+    #[inline]
     fn get_delivery_until(
         &self,
         deadline: Option<Instant>,
