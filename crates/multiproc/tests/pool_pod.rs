@@ -1,9 +1,12 @@
-//! `Pool::map_pod`: plain data moved as bytes, a chunk at a time. The
-//! results must be those of a serde map, item for item, and a failure must
-//! stay with its item exactly as in a serde map: a panic, a worker that
-//! exits or is killed, a timeout. A worker (user code) that forges a short
-//! answer gets a typed error for that chunk's items, never a read past the
-//! end. Every test has a deadline and checks that no worker is left.
+//! `Pool::map_pod`: plain data moved as bytes, a chunk at a time, through
+//! the pool's shared arena or (with a memory limit, for a map too large
+//! for the arena, or while another map holds it) through the task link.
+//! The results must be those of a serde map, item for item, and a failure
+//! must stay with its item exactly as in a serde map: a panic, a worker
+//! that exits or is killed, a timeout. A worker (user code) that forges a
+//! short answer gets a typed error for that chunk's items, never a read
+//! past the end. Every test has a deadline and checks that no worker is
+//! left.
 
 mod common;
 
@@ -28,6 +31,17 @@ fn pool(workers: usize, m: StartMethod) -> Pool {
     Pool::builder()
         .workers(workers)
         .start_method(m)
+        .build()
+        .unwrap()
+}
+
+/// A pool whose maps go through the task links: a memory limit (one never
+/// reached) leaves it without an arena.
+fn pool_without_arena(workers: usize, m: StartMethod) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .start_method(m)
+        .memory_limit(1 << 40)
         .build()
         .unwrap()
 }
@@ -325,7 +339,11 @@ fn running_chunk() -> u64 {
             continue;
         }
         let fd = entry.file_name().to_string_lossy().into_owned();
-        if let Ok(block) = SharedMemory::attach(&format!("multiproc-{pid}-{fd}")) {
+        // The slot block, not the arena (none with a memory limit) nor
+        // a ring.
+        if let Ok(block) = SharedMemory::attach(&format!("multiproc-{pid}-{fd}"))
+            && block.size() < 4096
+        {
             ids.push(block.as_atomic_u64()[0].load(Ordering::Acquire));
         }
     }
@@ -386,7 +404,9 @@ fn a_forged_short_answer_fails_its_chunk_with_a_typed_error() {
                     spawn,
                 })
                 .collect();
-            let pool = pool(1, m);
+            // A memory limit keeps the values in the answers (no arena),
+            // where a short answer can be forged.
+            let pool = pool_without_arena(1, m);
             let out = pool.task(forger).chunksize(4).map_pod_results(&items);
             for (i, r) in out.iter().enumerate() {
                 if i < 4 {
@@ -431,4 +451,113 @@ fn a_manager_pool_refuses_with_a_typed_error() {
 #[multiproc::task]
 fn registered_triple(x: u64) -> u64 {
     triple(x)
+}
+
+/// Whether this worker holds a shared-memory block of at least 32 MiB:
+/// the pool's arena.
+fn holds_arena(_: u8) -> u8 {
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with("/memfd:multiproc-shm")
+            && std::fs::metadata(entry.path()).is_ok_and(|m| m.len() >= 32 << 20)
+        {
+            found = 1;
+        }
+    }
+    found
+}
+
+#[test]
+fn workers_hold_the_arena_unless_the_pool_has_a_memory_limit() {
+    deadline(LIMIT, || {
+        // Spawned workers only: a forked one holds copies of the
+        // parent's descriptors, the arenas of other tests' pools among
+        // them (and so may a forkserver, forked from the parent).
+        let without = pool_without_arena(2, StartMethod::Spawn);
+        assert_eq!(without.map_pod(holds_arena, &[0; 8]).unwrap(), [0; 8]);
+        finish(without);
+        for m in StartMethod::ALL {
+            let with = pool(2, m);
+            assert_eq!(with.map_pod(holds_arena, &[0; 8]).unwrap(), [1; 8], "{m}");
+            finish(with);
+        }
+    });
+}
+
+#[test]
+fn the_arena_and_the_link_give_the_same_results_whatever_the_size() {
+    deadline(LIMIT, || {
+        let with = pool(2, StartMethod::Fork);
+        let without = pool_without_arena(2, StartMethod::Fork);
+        // Small, odd-sized and misaligned items, a map of one item, and
+        // one too large for the arena (2.2 Mi items of 8 + 8 bytes), which
+        // goes through the link.
+        let bytes: Vec<u8> = (0..100_000u32).map(|x| (x % 251) as u8).collect();
+        let big: Vec<u64> = (0..2_200_000).collect();
+        for pool in [&with, &without] {
+            let out = pool.map_pod(spread, &bytes).unwrap();
+            assert!(out.iter().zip(&bytes).all(|(o, &b)| *o == spread(b)));
+            assert_eq!(pool.map_pod(triple, &[14]).unwrap(), [42]);
+            let out = pool.map_pod(triple, &big).unwrap();
+            assert!(out.iter().enumerate().all(|(i, &o)| o == i as u64 * 3));
+        }
+        finish(with);
+        finish(without);
+    });
+}
+
+#[test]
+fn maps_from_several_threads_at_once_share_the_arena_safely() {
+    deadline(LIMIT, || {
+        let pool = pool(2, StartMethod::Fork);
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for round in 0..10u64 {
+                        let base = (t * 100 + round) << 32;
+                        let items: Vec<u64> = (base..base + 50_000).collect();
+                        let out = pool.map_pod(triple, &items).unwrap();
+                        assert!(
+                            out.iter()
+                                .zip(&items)
+                                .all(|(&o, &x)| o == x.wrapping_mul(3)),
+                            "thread {t} round {round}"
+                        );
+                    }
+                });
+            }
+        });
+        finish(pool);
+    });
+}
+
+/// Panics on item 3; takes about a microsecond on the others.
+fn fails_early(x: u64) -> u64 {
+    assert!(x != 3, "no 3");
+    let until = std::time::Instant::now() + Duration::from_micros(1);
+    while std::time::Instant::now() < until {}
+    x + 1
+}
+
+#[test]
+fn a_map_that_failed_fast_leaves_the_arena_to_no_one_until_its_chunks_are_done() {
+    deadline(LIMIT, || {
+        // The failed map returns while its other chunks still run and
+        // write their values; the next map must not get them.
+        let pool = pool(2, StartMethod::Fork);
+        let items: Vec<u64> = (0..100_000).collect();
+        for round in 0..5u64 {
+            let err = pool.map_pod(fails_early, &items).unwrap_err();
+            assert!(matches!(err, TaskError::Panicked(_)), "{err:?}");
+            let next: Vec<u64> = (0..100_000).map(|x| x + (round << 40)).collect();
+            let out = pool.map_pod(triple, &next).unwrap();
+            assert!(
+                out.iter().zip(&next).all(|(&o, &x)| o == x.wrapping_mul(3)),
+                "round {round}"
+            );
+        }
+        finish(pool);
+    });
 }

@@ -783,6 +783,7 @@ impl Core {
         };
         let chunk = Chunk {
             context: postcard::to_stdvec(&context).ok().map(Into::into),
+            arena: None,
             id: scheduler::next_id(),
             sink: Arc::clone(&sink) as Arc<dyn Sink>,
             preamble: task.entry.preamble(),

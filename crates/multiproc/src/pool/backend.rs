@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::error::TaskError;
+use super::pod::PodArena;
 use super::scheduler::{Chunk, Shared, WorkerStats};
 use crate::process::StartMethod;
 
@@ -22,6 +23,10 @@ pub(crate) trait Backend: Send + Sync {
     /// which share this executable's code, do.
     fn runs_pod(&self) -> bool {
         false
+    }
+    /// The shared block plain-data maps go through, if there is one.
+    fn pod_arena(&self) -> Option<&Arc<PodArena>> {
+        None
     }
     /// Queues chunks; an error fails all of them.
     fn submit(&self, chunks: Vec<Chunk>) -> Result<(), TaskError>;
@@ -41,6 +46,9 @@ pub(crate) struct Local {
     pub(crate) shared: Arc<Shared>,
     pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) workers: usize,
+    /// See [`PodArena`]: none with a memory limit (the arena's pages a
+    /// worker touches count in its resident memory).
+    pub(crate) arena: Option<Arc<PodArena>>,
 }
 
 impl Local {
@@ -64,6 +72,10 @@ impl Backend for Local {
 
     fn runs_pod(&self) -> bool {
         true
+    }
+
+    fn pod_arena(&self) -> Option<&Arc<PodArena>> {
+        self.arena.as_ref()
     }
 
     fn submit(&self, chunks: Vec<Chunk>) -> Result<(), TaskError> {

@@ -1,6 +1,7 @@
 //! The pool's builder: worker count, start method, initializer, limits.
 
 use super::backend::{Backend, Local};
+use super::pod::PodArena;
 use super::scheduler::{Shared, Spawner};
 use super::*;
 use crate::process::{Process, StartMethod, get_start_method};
@@ -168,6 +169,12 @@ where
         let method = self.method.unwrap_or_else(get_start_method);
         let (init, arg) = (self.initializer, self.init_arg);
         let (max_tasks, memory_limit) = (self.max_tasks_per_child, self.memory_limit);
+        // Without one, `map_pod` goes through the link (see `PodArena`).
+        let arena = match memory_limit {
+            None => PodArena::new().ok().map(Arc::new),
+            Some(_) => None,
+        };
+        let block = arena.as_ref().map(|a| a.block().clone());
         let spawner: Spawner = Box::new(move |index, slots| {
             let (ours, link) = CallLink::pair()?;
             // Recorded before the fork, so a forked worker closes it.
@@ -178,6 +185,7 @@ where
                 init: &arg,
                 max_tasks,
                 memory_limit,
+                arena: block.clone(),
             };
             let process = Process::builder()
                 .name(format!("PoolWorker-{index}"))
@@ -196,6 +204,7 @@ where
             shared,
             thread: std::sync::Mutex::new(Some(thread)),
             workers,
+            arena,
         };
         if let Err(e) = local.shared.wait_started() {
             local.terminate();

@@ -248,6 +248,14 @@ impl Pool {
     /// fails with [`TaskError::Unsupported`] (they run registered serde
     /// tasks, by name).
     ///
+    /// The bytes go through a 32 MiB block of shared memory that the pool
+    /// keeps for these maps (its pages are taken as maps touch them, and
+    /// kept until the pool is dropped), one map at a time. A map whose
+    /// arguments and results do not fit, one that runs while another holds
+    /// the block, and every map of a pool with a
+    /// [`memory_limit`](PoolBuilder::memory_limit) go through the workers'
+    /// task links instead: the same results, more slowly.
+    ///
     /// Why a method of its own rather than a fast path inside `map`: `map`
     /// cannot tell a `Pod` type from its type without specialization,
     /// which stable Rust lacks, and a type can be both `Pod` and

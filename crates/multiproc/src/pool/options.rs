@@ -332,6 +332,7 @@ where
                     ends: Ends::Each(ends),
                     timeout: self.timeout,
                     context: None,
+                    arena: None,
                 });
                 self.next += count;
             }

@@ -14,8 +14,22 @@
 //!   checked their length. Every byte a worker sends is untrusted: a short
 //!   or misshapen answer fails that chunk's items with
 //!   [`TaskError::ResultDecode`], never a read past the end.
+//!
+//! A local pool without a memory limit also has a [`PodArena`]: one shared
+//! block that every worker maps when it starts. A map whose arguments and
+//! results fit in it, while no other map holds it, goes through it
+//! instead of the link: the caller copies each chunk's arguments into the
+//! arena, the task names only where they are, the worker copies them out,
+//! writes its values back into the arena and answers with just its
+//! header (and any tagged outcomes), and the results are copied from the
+//! arena into the output vector. Each byte crosses once each way, with no
+//! system call per byte and no copy through a socket. The arena is the
+//! map's until its job is dropped, which is after the last of its chunks
+//! has left the scheduler (answered, or its worker dead): no worker can
+//! still write a result into it when the next map takes it.
 
 use super::progress::Progress;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,11 +38,72 @@ use bytemuck::Pod;
 
 use super::chunking;
 use super::job::Sink;
-use super::scheduler::{self, Chunk, Ends};
+use super::scheduler::{self, ArenaSpan, Chunk, Ends};
 use super::worker::{self, Outcome};
 use super::{TaskError, TaskOptions};
+use crate::SharedMemory;
 use crate::sys::code::EntryId;
 use crate::wire::{DecodeError, codec};
+
+/// Bytes of a pool's [`PodArena`]: a map of up to 2 Mi items of 8-byte
+/// arguments and results fits. Memory is taken as the maps touch it, and
+/// kept until the pool is dropped.
+pub(crate) const ARENA_BYTES: usize = 32 << 20;
+
+/// Where the results begin after `args` bytes of arguments.
+const RESULTS_ALIGN: usize = 64;
+
+/// A local pool's block of shared memory for plain-data maps, mapped by
+/// every worker at its start (see the module's documentation); one map
+/// uses it at a time.
+#[derive(Debug)]
+pub(crate) struct PodArena {
+    block: SharedMemory,
+    busy: AtomicBool,
+}
+
+impl PodArena {
+    /// A new arena of [`ARENA_BYTES`].
+    pub(crate) fn new() -> io::Result<PodArena> {
+        Ok(PodArena {
+            block: SharedMemory::create(ARENA_BYTES)?,
+            busy: AtomicBool::new(false),
+        })
+    }
+
+    /// The block, for the workers.
+    pub(crate) fn block(&self) -> &SharedMemory {
+        &self.block
+    }
+
+    /// The arena for a map of `args` bytes of arguments and `results`
+    /// bytes of results, if they fit and no other map holds it.
+    fn lease(self: &Arc<Self>, args: usize, results: usize) -> Option<Lease> {
+        let at = args.checked_next_multiple_of(RESULTS_ALIGN)?;
+        let end = at.checked_add(results)?;
+        if end > self.block.size() || self.busy.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        Some(Lease {
+            arena: Arc::clone(self),
+            results: at,
+        })
+    }
+}
+
+/// A map's hold on the arena: arguments from offset 0, results from
+/// `results`. Dropped with the map's job.
+#[derive(Debug)]
+struct Lease {
+    arena: Arc<PodArena>,
+    results: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.arena.busy.store(false, Ordering::Release);
+    }
+}
 
 impl<A, R> TaskOptions<'_, A, R>
 where
@@ -84,9 +159,14 @@ where
         if let Some(p) = &self.progress {
             p.set_total(len as u64);
         }
-        let job = Arc::new(PodJob::new(len, fail_fast, self.progress));
         let size_a = std::mem::size_of::<A>();
-        let item_bytes = size_a.max(std::mem::size_of::<R>());
+        let size_r = std::mem::size_of::<R>();
+        let lease = backend
+            .pod_arena()
+            .filter(|_| size_a > 0 && size_r > 0)
+            .and_then(|arena| arena.lease(len.checked_mul(size_a)?, len.checked_mul(size_r)?));
+        let job = Arc::new(PodJob::new(len, fail_fast, self.progress, lease));
+        let item_bytes = size_a.max(size_r);
         let size = chunking::pod_size(self.chunksize, len, backend.workers(), item_bytes);
         let preamble = EntryId::new(self.f, worker::pod_chunk_body::<A, R>).preamble();
         let sink = Arc::clone(&job) as Arc<dyn Sink>;
@@ -99,18 +179,34 @@ where
                 break;
             }
             let count = size.min(len - first);
+            let args = &bytes[first * size_a..(first + count) * size_a];
+            let (items, arena) = match &job.arena {
+                Some(lease) => {
+                    let span = ArenaSpan {
+                        args: (first * size_a) as u64,
+                        results: (lease.results + first * size_r) as u64,
+                        arg_size: size_a as u64,
+                        result_size: size_r as u64,
+                    };
+                    // In bounds: the lease was sized for every item.
+                    let _ = lease.arena.block.write(first * size_a, args);
+                    (span.bytes(), Some(span))
+                }
+                None => (args.to_vec(), None),
+            };
             let chunk = Chunk {
                 id: scheduler::next_id(),
                 sink: Arc::clone(&sink),
                 preamble,
                 first,
-                items: bytes[first * size_a..(first + count) * size_a].to_vec(),
+                items,
                 ends: Ends::Fixed {
                     size: size_a,
                     count,
                 },
                 timeout: self.timeout,
                 context: None,
+                arena,
             };
             if let Err(e) = backend.submit(vec![chunk]) {
                 for i in first..len {
@@ -133,6 +229,9 @@ pub(crate) struct PodJob<R> {
     cv: Condvar,
     abandoned: AtomicBool,
     progress: Option<Arc<dyn Progress>>,
+    /// The arena, if the map goes through it: the bare values of each
+    /// answer are there, not in the answer.
+    arena: Option<Lease>,
 }
 
 struct PodState<R> {
@@ -148,7 +247,12 @@ struct PodState<R> {
 }
 
 impl<R: Pod> PodJob<R> {
-    fn new(len: usize, fail_fast: bool, progress: Option<Arc<dyn Progress>>) -> Self {
+    fn new(
+        len: usize,
+        fail_fast: bool,
+        progress: Option<Arc<dyn Progress>>,
+        arena: Option<Lease>,
+    ) -> Self {
         PodJob {
             len,
             fail_fast,
@@ -164,6 +268,7 @@ impl<R: Pod> PodJob<R> {
             cv: Condvar::new(),
             abandoned: AtomicBool::new(false),
             progress,
+            arena,
         }
     }
 
@@ -228,18 +333,21 @@ fn decode_error<R>(message: String) -> TaskError {
 type Tagged<R> = Vec<(usize, Result<R, TaskError>)>;
 
 /// The outcomes a worker sent for `count` items: the first `plain` are `R`'s
-/// bytes back to back (returned as a byte slice, checked for length), the
-/// rest tagged outcomes. Every length is the worker's word: checked.
+/// bytes back to back (returned as a byte slice, checked for length; empty
+/// when they are in the arena, `inline` false), the rest tagged outcomes.
+/// Every length is the worker's word: checked.
 fn split_reply<R: Pod>(
     first: usize,
     count: usize,
     plain: usize,
     bytes: &[u8],
+    inline: bool,
 ) -> Result<(&[u8], Tagged<R>), TaskError> {
     let size = std::mem::size_of::<R>();
     let bare = (plain <= count)
         .then(|| plain.checked_mul(size))
         .flatten()
+        .map(|n| if inline { n } else { 0 })
         .filter(|&n| n <= bytes.len())
         .ok_or_else(|| {
             decode_error::<R>(format!(
@@ -277,16 +385,20 @@ fn split_reply<R: Pod>(
 impl<R: Pod + Send> Sink for PodJob<R> {
     fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration) {
         // Checked and decoded before the lock: only the copy is under it.
-        let split = split_reply::<R>(first, count, plain, bytes);
+        let split = split_reply::<R>(first, count, plain, bytes, self.arena.is_none());
         let mut st = self.lock();
         st.measured.0 = st.measured.0.saturating_add(count);
         st.measured.1 = st.measured.1.saturating_add(busy);
         st.chunks = st.chunks.saturating_add(1);
         match split {
             Ok((values, rest)) => {
-                let n = values.len().checked_div(std::mem::size_of::<R>());
-                // Zero-sized results: `plain` of them, all alike.
-                let n = n.unwrap_or(plain);
+                let size = std::mem::size_of::<R>();
+                // Zero-sized results: `plain` of them, all alike (never
+                // in the arena).
+                let n = match &self.arena {
+                    Some(_) => plain,
+                    None => values.len().checked_div(size).unwrap_or(plain),
+                };
                 if let Some(out) = first
                     .checked_add(n)
                     .and_then(|end| st.out.get_mut(first..end))
@@ -294,7 +406,15 @@ impl<R: Pod + Send> Sink for PodJob<R> {
                     // An aligned, correctly sized destination, viewed as
                     // bytes: the values are copied, never reinterpreted
                     // where they lie.
-                    bytemuck::cast_slice_mut::<R, u8>(out).copy_from_slice(values);
+                    let out = bytemuck::cast_slice_mut::<R, u8>(out);
+                    match &self.arena {
+                        // In bounds: the lease holds every item's result
+                        // (`first + n <= len`, checked just above).
+                        Some(lease) => {
+                            let _ = lease.arena.block.read(lease.results + first * size, out);
+                        }
+                        None => out.copy_from_slice(values),
+                    }
                 }
                 st.finished += n;
                 for (index, outcome) in rest {
@@ -346,7 +466,7 @@ mod tests {
 
     #[test]
     fn values_are_copied_into_place() {
-        let job = PodJob::<u64>::new(6, false, None);
+        let job = PodJob::<u64>::new(6, false, None, None);
         job.deliver(2, 3, 3, &reply(&[7, 8, 9]), Duration::ZERO);
         job.deliver(0, 2, 2, &reply(&[5, 6]), Duration::ZERO);
         job.deliver(5, 1, 1, &reply(&[10]), Duration::ZERO);
@@ -357,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_short_or_lying_answer_fails_its_items_only() {
-        let job = PodJob::<u64>::new(8, false, None);
+        let job = PodJob::<u64>::new(8, false, None, None);
         // Three values announced, two sent (and an odd byte).
         let mut short = reply(&[1, 2]);
         short.push(0);
@@ -383,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_tagged_value_of_the_wrong_length_is_an_error() {
-        let job = PodJob::<u64>::new(3, false, None);
+        let job = PodJob::<u64>::new(3, false, None, None);
         let mut bytes = reply(&[1]);
         let mut enc_out = Vec::new();
         let mut enc = codec::Encoder::new(&mut enc_out);
@@ -402,7 +522,7 @@ mod tests {
 
     #[test]
     fn a_late_answer_after_the_values_were_taken_is_ignored() {
-        let job = PodJob::<u32>::new(2, true, None);
+        let job = PodJob::<u32>::new(2, true, None, None);
         job.deliver(0, 1, 1, &7u32.to_le_bytes(), Duration::ZERO);
         job.fail(1, TaskError::Cancelled);
         let mut st = job.wait();
@@ -414,7 +534,7 @@ mod tests {
 
     #[test]
     fn zero_sized_results_count() {
-        let job = PodJob::<()>::new(4, false, None);
+        let job = PodJob::<()>::new(4, false, None, None);
         job.deliver(0, 4, 4, &[], Duration::ZERO);
         let st = job.wait();
         assert_eq!(st.finished, 4);

@@ -16,7 +16,7 @@ use super::error::{PoolError, TaskError};
 use super::job::Sink;
 use super::link::{self, LinkReader};
 use super::worker::{
-    FLAG_CONTEXT, FLAG_QUICK, FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START,
+    self, FLAG_CONTEXT, FLAG_QUICK, FLAG_TIMED, REPLY_HEADER, RETIRE_NONE, SLOT_ITEM, SLOT_START,
     SLOT_TASK, SLOT_WORDS, TASK_HEADER,
 };
 use crate::connection::Waitable;
@@ -54,6 +54,44 @@ pub(crate) struct Chunk {
     pub timeout: Option<Duration>,
     /// Bytes the task can read while it runs (see `FLAG_CONTEXT`).
     pub context: Option<Arc<[u8]>>,
+    /// For a plain-data chunk in the pool's arena: where its items are
+    /// (then `items` is that span's [`ArenaSpan::bytes`]).
+    pub arena: Option<ArenaSpan>,
+}
+
+/// Where a plain-data chunk's arguments and results are in the pool's
+/// arena (see `FLAG_ARENA`): offsets of its first item's, and each
+/// item's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArenaSpan {
+    /// Offset of the first argument.
+    pub args: u64,
+    /// Offset of the first result.
+    pub results: u64,
+    /// Bytes of an argument.
+    pub arg_size: u64,
+    /// Bytes of a result.
+    pub result_size: u64,
+}
+
+impl ArenaSpan {
+    /// The span of the items from the `k`-th on.
+    fn skip(self, k: usize) -> ArenaSpan {
+        let k = k as u64;
+        ArenaSpan {
+            args: self.args + k * self.arg_size,
+            results: self.results + k * self.result_size,
+            ..self
+        }
+    }
+
+    /// The task's items: the two offsets.
+    pub(crate) fn bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(worker::ARENA_SPAN);
+        out.extend_from_slice(&self.args.to_le_bytes());
+        out.extend_from_slice(&self.results.to_le_bytes());
+        out
+    }
 }
 
 /// Where the items of a chunk end in its bytes.
@@ -132,17 +170,32 @@ impl Chunk {
 
     /// The items from `k` on, as a chunk of their own.
     fn rest(&self, k: usize, id: u64) -> Chunk {
-        let start = self.ends.start(k);
+        let arena = self.arena.map(|span| span.skip(k));
+        let items = match arena {
+            Some(span) => span.bytes(),
+            None => self.items[self.ends.start(k)..].to_vec(),
+        };
         Chunk {
             id,
             sink: Arc::clone(&self.sink),
             preamble: self.preamble,
             first: self.first + k,
-            items: self.items[start..].to_vec(),
+            items,
             ends: self.ends.from(k),
             timeout: self.timeout,
             context: self.context.clone(),
+            arena,
         }
+    }
+
+    /// The first `k` items, as a chunk of their own.
+    fn first_items(&self, k: usize) -> Chunk {
+        let mut head = self.rest(0, 0);
+        head.ends.truncate(k);
+        if head.arena.is_none() {
+            head.items.truncate(self.ends.start(k));
+        }
+        head
     }
 
     /// Bytes of its task frame.
@@ -183,6 +236,9 @@ impl Chunk {
         }
         if self.context.is_some() {
             task[12] |= FLAG_CONTEXT;
+        }
+        if self.arena.is_some() {
+            task[12] |= worker::FLAG_ARENA;
         }
         head
     }
@@ -895,9 +951,7 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
                 chunk.sink.fail(chunk.first + it, error);
                 // The items before it finished, but their results died
                 // with the worker: they run again, as do those after it.
-                let mut before = chunk.rest(0, 0);
-                before.ends.truncate(it);
-                before.items.truncate(chunk.ends.start(it));
+                let before = chunk.first_items(it);
                 if it > 0 {
                     requeue.push(before);
                 }

@@ -47,6 +47,15 @@ pub(crate) const FLAG_QUICK: u8 = 2;
 /// task can read while it runs (a cluster task's id and delivery count).
 pub(crate) const FLAG_CONTEXT: u8 = 4;
 
+/// Task header flag: a plain-data task whose items are in the pool's
+/// arena (see `pod::PodArena`): instead of the items, [`ARENA_SPAN`]
+/// bytes say where its arguments start in the arena (u64) and where its
+/// results go (u64); the reply then holds only the tagged outcomes.
+pub(crate) const FLAG_ARENA: u8 = 8;
+
+/// Bytes of an arena task's items: two u64 offsets (see [`FLAG_ARENA`]).
+pub(crate) const ARENA_SPAN: usize = 16;
+
 /// Length of the task header that follows the entry preamble:
 /// id (u64), item count (u32), flags (u8).
 pub(crate) const TASK_HEADER: usize = 13;
@@ -76,6 +85,8 @@ pub(crate) struct Setup<I> {
     pub init: I,
     pub max_tasks: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// The pool's plain-data arena, if it has one (see `pod::PodArena`).
+    pub arena: Option<SharedMemory>,
 }
 
 /// One item's outcome as the worker sends it.
@@ -101,6 +112,7 @@ struct Context {
     slots: SharedMemory,
     tasks_left: Option<u64>,
     memory_limit: Option<u64>,
+    arena: Option<SharedMemory>,
     retire: u8,
     state: Option<Box<dyn Any>>,
 }
@@ -111,6 +123,11 @@ thread_local! {
     static TASK_CONTEXT: RefCell<Option<TaskContext>> = const { RefCell::new(None) };
     /// Items of the running chunk done so far.
     static TASK_DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The arguments of the last arena task (see `FLAG_ARENA`), kept for
+    /// the next: a fresh buffer each time cost a page fault per page.
+    static ARENA_ITEMS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Likewise, the values of the last arena task.
+    static ARENA_RESULTS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The running item's job index and its chunk's context bytes, inside a
@@ -212,6 +229,7 @@ where
             slots: setup.slots,
             tasks_left: setup.max_tasks,
             memory_limit: setup.memory_limit,
+            arena: setup.arena,
             retire: RETIRE_NONE,
             state: Some(Box::new(state)),
         })
@@ -577,6 +595,53 @@ impl<A: bytemuck::Pod, R: bytemuck::Pod> PodRun<'_, A, R> {
     }
 }
 
+/// Copies an arena task's `count` arguments of `size` bytes out of
+/// `arena` into `fetched`, as its [`ARENA_SPAN`] bytes `span` say; returns
+/// where its results go.
+fn arena_items(
+    arena: Option<&SharedMemory>,
+    span: &[u8],
+    count: usize,
+    size: usize,
+    fetched: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let arena = arena.ok_or("this worker has no plain-data arena")?;
+    let span: &[u8; ARENA_SPAN] = span
+        .try_into()
+        .map_err(|_| format!("an arena task of {} bytes", span.len()))?;
+    let (args, results) = span.split_at(8);
+    let word = |b: &[u8]| usize::try_from(u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let (Ok(args), Ok(results)) = (word(args), word(results)) else {
+        return Err("an arena offset past the address space".into());
+    };
+    // Checked against the arena before anything is allocated.
+    let len = count
+        .checked_mul(size)
+        .filter(|&len| args.checked_add(len).is_some_and(|end| end <= arena.size()))
+        .ok_or_else(|| format!("{count} items of {size} bytes at {args} overrun the arena"))?;
+    // Reused from task to task: only growth is zeroed (the read
+    // overwrites the rest).
+    fetched.resize(len, 0);
+    arena.read(args, fetched).map_err(|e| e.to_string())?;
+    Ok(results)
+}
+
+/// The reply of an arena task that cannot run: each of its `count` items
+/// fails with an argument error saying `why`.
+fn arena_refused(id: u64, count: usize, why: &str) -> Reply {
+    let mut out = vec![0; REPLY_HEADER];
+    out[..8].copy_from_slice(&id.to_le_bytes());
+    let mut enc = codec::Encoder::new(&mut out);
+    for _ in 0..count {
+        encode_outcome::<[u8]>(&mut enc, &OutcomeRef::ArgumentDecode(why));
+    }
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    out[8..12].copy_from_slice(&count.to_le_bytes());
+    out[20] = RETIRE_NONE;
+    // No bare values: `plain` (bytes 21..25) stays 0.
+    (link::RESULT, out, Vec::new())
+}
+
 /// The body of one plain-data task (`map_pod`): the items are `A`'s bytes
 /// back to back, read unaligned, no decoding; while every item succeeds
 /// the reply holds `R`'s bytes back to back, no encoding. An item that
@@ -606,15 +671,17 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     TASK_DONE.with(|d| d.set(0));
     let size_a = std::mem::size_of::<A>();
     let size_r = std::mem::size_of::<R>();
-    // The parent's word, checked all the same: a short buffer is never read
-    // as items.
-    let args_ok = count.checked_mul(size_a) == Some(items.len());
     let mut out = Vec::new();
     let started = sys::process::monotonic_ns();
-    let Some((slots, tasks_left, memory_limit)) = CONTEXT.with(|c| {
+    let Some((slots, tasks_left, memory_limit, arena)) = CONTEXT.with(|c| {
         let c = c.borrow();
         let ctx = c.as_ref()?;
-        Some((ctx.slots.clone(), ctx.tasks_left, ctx.memory_limit))
+        Some((
+            ctx.slots.clone(),
+            ctx.tasks_left,
+            ctx.memory_limit,
+            ctx.arena.clone(),
+        ))
     }) else {
         out.resize(REPLY_HEADER, 0);
         out[..8].copy_from_slice(&id.to_le_bytes());
@@ -623,6 +690,22 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     let Some(slot) = slots.as_atomic_u64().get(..SLOT_WORDS) else {
         return empty();
     };
+    // An arena task's items are copied out of the arena (a shared block:
+    // never read in place), and its results go back there.
+    let mut fetched = ARENA_ITEMS.with(RefCell::take);
+    let (items, results_at) = if flags & FLAG_ARENA != 0 {
+        match arena_items(arena.as_ref(), items, count, size_a, &mut fetched) {
+            Ok(results_at) => (&fetched[..], Some(results_at)),
+            Err(why) => return arena_refused(id, count, &why),
+        }
+    } else {
+        (items, None)
+    };
+    // The parent's word, checked all the same: a short buffer is never read
+    // as items.
+    let args_ok = count.checked_mul(size_a) == Some(items.len());
+    let mut scratch = results_at.map(|_| ARENA_RESULTS.with(RefCell::take));
+    let mut bare_in_scratch = false;
     // Items it may run before it retires (`max_tasks_per_child`): one at
     // least, as `chunk_body` runs one before it counts.
     let limit = tasks_left.map_or(count, |left| count.min(left.max(1) as usize));
@@ -673,12 +756,38 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
         // the memory limit.
         let fits = limit.checked_mul(size_r) == Some(values);
         if fits {
-            out.resize(REPLY_HEADER + values, 0);
-            let dst = &mut out[REPLY_HEADER..];
+            // An arena task's values go to the arena: they are made in a
+            // buffer kept from task to task, not in the reply.
+            let dst = match scratch.as_mut() {
+                Some(buf) => {
+                    bare_in_scratch = true;
+                    buf.resize(values, 0);
+                    &mut buf[..]
+                }
+                None => {
+                    out.resize(REPLY_HEADER + values, 0);
+                    &mut out[REPLY_HEADER..]
+                }
+            };
             // The item running, for a panic to be pinned on: a store per
             // item, as cheap as it gets.
             let reached = std::cell::Cell::new(0usize);
             let caught = child::catch(|| {
+                if !run.timed && run.memory_limit.is_none() && size_a > 0 && size_r > 0 {
+                    // The common case, in a loop whose state stays in
+                    // registers across the call of `f`: no start times,
+                    // no memory checks, no bounds checks.
+                    let (f, running) = (run.f, &run.slot[SLOT_ITEM]);
+                    let args = run.items[..limit * size_a].chunks_exact(size_a);
+                    let outs = dst[..limit * size_r].chunks_exact_mut(size_r);
+                    for (i, (arg, out)) in args.zip(outs).enumerate() {
+                        reached.set(i);
+                        running.store(i as u64, Ordering::Relaxed);
+                        let value = f(bytemuck::pod_read_unaligned(arg));
+                        out.copy_from_slice(bytemuck::bytes_of(&value));
+                    }
+                    return (limit, false);
+                }
                 let mut i = 0;
                 while i < limit {
                     reached.set(i);
@@ -752,9 +861,31 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     // `count` came as a u32: so do `done` and `plain`, which never pass it.
     let done = u32::try_from(done).unwrap_or(u32::MAX);
     let plain = plain.map_or(done, |p| u32::try_from(p).unwrap_or(u32::MAX));
+    if let Some(at) = results_at {
+        // The bare values go to the arena; the reply keeps the rest.
+        let n = plain as usize * size_r;
+        let values = if bare_in_scratch {
+            scratch.as_deref().and_then(|buf| buf.get(..n))
+        } else {
+            out.get(REPLY_HEADER..REPLY_HEADER + n)
+        };
+        let stored = values.is_some_and(|v| arena.as_ref().is_some_and(|a| a.write(at, v).is_ok()));
+        if !stored {
+            // Unreachable with a sane parent (it sized the arena): an
+            // empty reply, which the parent takes for a protocol error.
+            return empty();
+        }
+        if !bare_in_scratch {
+            out.drain(REPLY_HEADER..REPLY_HEADER + n);
+        }
+    }
+    if let Some(buf) = scratch {
+        ARENA_RESULTS.with(|b| *b.borrow_mut() = buf);
+    }
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());
     out[20] = retire;
     out[21..25].copy_from_slice(&plain.to_le_bytes());
+    ARENA_ITEMS.with(|b| *b.borrow_mut() = fetched);
     (link::RESULT, out, Vec::new())
 }

@@ -392,6 +392,7 @@ impl PoolObject {
                         ends: Ends::Each(c.ends.iter().map(|&e| e as usize).collect()),
                         timeout: c.timeout_ns.map(Duration::from_nanos),
                         context: None,
+                        arena: None,
                     }),
                     Err(e) => refused.push((sink, c.first, count, e)),
                 }
