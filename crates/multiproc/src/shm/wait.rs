@@ -198,6 +198,13 @@ fn try_yield(busy: Busy) -> bool {
     true
 }
 
+/// How often at most a process moves itself away from a peer that shares
+/// its processor (see [`Waiter::move_apart`]).
+const MOVE_EVERY: Duration = Duration::from_millis(1);
+
+/// When (monotonic ns) this process last did.
+static MOVED_AT: AtomicU64 = AtomicU64::new(0);
+
 /// What the caller should do after a check of its condition failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -257,6 +264,20 @@ impl Presence<'_> {
     /// Publishes that this process is yielding or asleep.
     pub(crate) fn leave(&self) {
         self.mine.store(AWAY, Ordering::Relaxed);
+    }
+
+    /// Publishes that this process yields the processor `here` names: it
+    /// stays runnable there.
+    fn leave_yielding(&self, here: u64) {
+        self.mine
+            .store(AWAY | (here & (RUNNING - 1)), Ordering::Relaxed);
+    }
+
+    /// Whether the peer runs, or yields, on this side's processor `here`
+    /// (a process that runs itself, `here`, is running).
+    fn together(&self, here: u64) -> bool {
+        let peer = self.theirs.load(Ordering::Relaxed);
+        here & RUNNING != 0 && (peer == here || peer == AWAY | (here & (RUNNING - 1)))
     }
 
     /// Whether the peer may run on another processor than `here`: it said
@@ -333,6 +354,43 @@ impl<'a> Waiter<'a> {
         self.presence.as_ref().is_none_or(|p| p.apart(self.here))
     }
 
+    /// If the peer shares this side's processor (as its presence word
+    /// says) while another processor idles: moves this process there, at
+    /// most once per [`MOVE_EVERY`] in this process, and starts the wait's
+    /// spinning again. Two peers that wake each other through a socket
+    /// tend to end up on one processor, and a round trip of theirs then
+    /// takes a yield each way, several microseconds, where apart they spin
+    /// and answer in under one; the scheduler seldom separates them, as
+    /// each is always runnable. The side that runs while the other yields
+    /// to it moves; it says it is away first, so that the other, running
+    /// next on the processor it left, does not move too.
+    fn move_apart(&mut self) -> bool {
+        let Some(p) = self.presence else {
+            return false;
+        };
+        if !p.together(self.here) {
+            return false;
+        }
+        let now = clock_ns();
+        if now < YIELDS_OFF_UNTIL.load(Ordering::Relaxed)
+            || now.saturating_sub(MOVED_AT.load(Ordering::Relaxed)) < MOVE_EVERY.as_nanos() as u64
+        {
+            return false;
+        }
+        MOVED_AT.store(now, Ordering::Relaxed);
+        // Away first, so that the peer, running on the processor this
+        // side leaves, does not take it for still being there.
+        p.leave();
+        let cpu = (self.here & (RUNNING - 1)) as usize;
+        let moved = crate::sys::process::move_off_cpu(cpu);
+        self.arrive();
+        if moved {
+            self.yielding = false;
+            self.started = None;
+        }
+        moved
+    }
+
     /// Whether the deadline has passed.
     pub(crate) fn passed(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
@@ -400,7 +458,12 @@ impl<'a> Waiter<'a> {
                     return Next::TimedOut;
                 }
                 if self.started.is_some_and(|s| s.elapsed() < yields) {
-                    self.leave();
+                    if self.move_apart() {
+                        return Next::Check;
+                    }
+                    if let Some(p) = &self.presence {
+                        p.leave_yielding(self.here);
+                    }
                     let yielded = if yield_when_busy {
                         futex::yield_now();
                         true
@@ -487,6 +550,33 @@ mod tests {
                 other => return other,
             }
         }
+    }
+
+    #[test]
+    fn a_peer_is_together_with_this_side_only_running_or_yielding_on_its_processor() {
+        let (mine, theirs) = (AtomicU64::new(0), AtomicU64::new(0));
+        let p = Presence {
+            mine: &mine,
+            theirs: &theirs,
+        };
+        let here = RUNNING | 3;
+        for (peer, together) in [
+            (here, true),
+            (AWAY | 3, true),
+            (AWAY, false),
+            (RUNNING | 4, false),
+            (AWAY | 4, false),
+            (0, false),
+            (u64::MAX, false),
+        ] {
+            theirs.store(peer, Ordering::Relaxed);
+            assert_eq!(p.together(here), together, "{peer:#x}");
+        }
+        // A side that is not running itself is together with no one.
+        theirs.store(AWAY, Ordering::Relaxed);
+        assert!(!p.together(AWAY));
+        p.leave_yielding(here);
+        assert_eq!(mine.load(Ordering::Relaxed), AWAY | 3);
     }
 
     #[test]

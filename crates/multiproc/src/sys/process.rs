@@ -424,6 +424,51 @@ pub(crate) unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(owned)
 }
 
+/// Threads runnable on the whole machine now (the fourth field of
+/// `/proc/loadavg`, before its slash), if it can be read.
+fn runnable_now() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Moves the calling thread off processor `cpu`, which it shares with a
+/// peer (both runnable there), to the next processor its affinity allows,
+/// if the machine has one to spare: no more runnable threads than
+/// processors, counting these two, so that one processor at least idles.
+/// Restores the affinity at once (the scheduler leaves a thread where it
+/// runs). True if it moved.
+pub(crate) fn move_off_cpu(cpu: usize) -> bool {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if runnable_now().is_none_or(|n| n > online) {
+        return false;
+    }
+    let Ok(mask) = sched_getaffinity(None) else {
+        return false;
+    };
+    let Some(to) = (1..CpuSet::MAX_CPU)
+        .map(|i| (cpu + i) % CpuSet::MAX_CPU)
+        .find(|&c| mask.is_set(c))
+        .filter(|&c| c != cpu)
+    else {
+        return false;
+    };
+    let mut one = CpuSet::new();
+    one.set(to);
+    if sched_setaffinity(None, &one).is_err() {
+        return false;
+    }
+    // If the mask cannot be restored (a cpuset changed meanwhile), the
+    // thread stays on `to` rather than nowhere.
+    let _ = sched_setaffinity(None, &mask);
+    true
+}
+
 /// Number of CPUs this process may use: the affinity mask, capped by a cgroup
 /// CPU quota when one is set (what the standard library computes).
 pub(crate) fn cpu_count() -> usize {
