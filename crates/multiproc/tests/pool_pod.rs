@@ -561,3 +561,54 @@ fn a_map_that_failed_fast_leaves_the_arena_to_no_one_until_its_chunks_are_done()
         finish(pool);
     });
 }
+
+/// Tries to change the pool's arena from inside a worker, through the
+/// descriptor it holds: a write, and a shared writable mapping. 1 if
+/// either worked.
+fn writes_arena(_: u8) -> u8 {
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("/memfd:multiproc-shm")
+            || !std::fs::metadata(entry.path()).is_ok_and(|m| m.len() >= 32 << 20)
+        {
+            continue;
+        }
+        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        let byte = [0xffu8];
+        // SAFETY: pwrite(2) of a live one-byte buffer.
+        if unsafe { libc::pwrite(fd, byte.as_ptr().cast(), 1, 0) } == 1 {
+            return 1;
+        }
+        // SAFETY: a fresh mapping chosen by the kernel, unmapped at once.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            // SAFETY: the mapping made just above.
+            unsafe { libc::munmap(p, 4096) };
+            return 1;
+        }
+    }
+    0
+}
+
+#[test]
+fn no_worker_can_write_the_arena() {
+    deadline(LIMIT, || {
+        // A stray write in a worker faults there; it cannot change the
+        // arguments another worker is about to read.
+        for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+            let pool = pool(2, m);
+            assert_eq!(pool.map_pod(holds_arena, &[0; 4]).unwrap(), [1; 4], "{m}");
+            assert_eq!(pool.map_pod(writes_arena, &[0; 4]).unwrap(), [0; 4], "{m}");
+            finish(pool);
+        }
+    });
+}

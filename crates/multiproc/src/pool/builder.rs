@@ -1,7 +1,7 @@
 //! The pool's builder: worker count, start method, initializer, limits.
 
 use super::backend::{Backend, Local};
-use super::pod::PodArena;
+use super::pod::{ArenaHandle, PodArena};
 use super::scheduler::{Shared, Spawner};
 use super::*;
 use crate::process::{Process, StartMethod, get_start_method};
@@ -174,7 +174,7 @@ where
             None => PodArena::new().ok().map(Arc::new),
             Some(_) => None,
         };
-        let block = arena.as_ref().map(|a| a.block().clone());
+        let to_workers = arena.clone();
         let spawner: Spawner = Box::new(move |index, slots| {
             let (ours, link) = CallLink::pair()?;
             // Recorded before the fork, so a forked worker closes it.
@@ -185,7 +185,7 @@ where
                 init: &arg,
                 max_tasks,
                 memory_limit,
-                arena: block.clone(),
+                arena: to_workers.clone().map(ArenaHandle::Writer),
             };
             let process = Process::builder()
                 .name(format!("PoolWorker-{index}"))
@@ -194,7 +194,20 @@ where
                 .spawn_with_body(init, worker::worker_body::<I, S, E>, &setup)?;
             Ok((process, ours))
         });
-        let shared = Shared::new(workers, DEPTH, self.max_failed_starts, method, spawner)?;
+        // Plain-data values come back through each worker's return area
+        // too, unless the pool has a memory limit (see `PodArena`).
+        let return_bytes = match memory_limit {
+            None => worker::RETURN_BYTES,
+            Some(_) => 0,
+        };
+        let shared = Shared::new(
+            workers,
+            DEPTH,
+            self.max_failed_starts,
+            method,
+            spawner,
+            return_bytes,
+        )?;
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("multiproc-pool".into())

@@ -14,12 +14,42 @@ use super::progress::Progress;
 use super::worker::Outcome;
 use crate::wire::{DecodeError, codec};
 
+/// A reply whose bare values are in a worker's return area (see
+/// `worker::SLOT_RETURN`).
+pub(crate) struct Returned<'a> {
+    /// Job index of the first item.
+    pub first: usize,
+    /// Items with an outcome.
+    pub count: usize,
+    /// Leading bare values, in the area.
+    pub plain: usize,
+    /// The tagged outcomes after them, from the reply.
+    pub tagged: &'a [u8],
+    /// The worker's slot block.
+    pub block: &'a crate::SharedMemory,
+    /// Where the values begin in it.
+    pub at: usize,
+}
+
 /// The scheduler's view of a job, without its result type.
 pub(crate) trait Sink: Send + Sync {
     /// Decodes the outcomes of `count` items, the first of which has index
     /// `first` in the job.
     /// The first `plain` are bare values; the rest are tagged outcomes.
     fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration);
+    /// As [`deliver`](Self::deliver), the bare values being in a worker's
+    /// return area (`block` from offset `at`) rather than in `bytes`. Only
+    /// plain-data jobs take them; for any other, a worker that says so
+    /// broke the protocol, and the items fail.
+    fn deliver_returned(&self, returned: Returned<'_>, busy: Duration) {
+        let _ = busy;
+        for i in 0..returned.count {
+            self.fail(
+                returned.first + i,
+                TaskError::Protocol("values in a return area for a serde task".into()),
+            );
+        }
+    }
     /// Item `index` failed.
     fn fail(&self, index: usize, error: TaskError);
     /// Nobody wants the rest: queued chunks are dropped.

@@ -248,11 +248,12 @@ impl Pool {
     /// fails with [`TaskError::Unsupported`] (they run registered serde
     /// tasks, by name).
     ///
-    /// The bytes go through a 32 MiB block of shared memory that the pool
-    /// keeps for these maps (its pages are taken as maps touch them, and
-    /// kept until the pool is dropped), one map at a time. A map whose
-    /// arguments and results do not fit, one that runs while another holds
-    /// the block, and every map of a pool with a
+    /// The bytes go through shared memory that the pool keeps for these
+    /// maps: a 32 MiB block for the arguments, one map at a time, which the
+    /// workers can only read, and a 1 MiB area per worker for its results
+    /// (pages are taken as maps touch them, and kept until the pool or the
+    /// worker goes). A map whose arguments do not fit, one that runs while
+    /// another holds the block, and every map of a pool with a
     /// [`memory_limit`](PoolBuilder::memory_limit) go through the workers'
     /// task links instead: the same results, more slowly.
     ///

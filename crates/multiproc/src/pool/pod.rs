@@ -15,18 +15,28 @@
 //!   or misshapen answer fails that chunk's items with
 //!   [`TaskError::ResultDecode`], never a read past the end.
 //!
-//! A local pool without a memory limit also has a [`PodArena`]: one shared
-//! block that every worker maps when it starts. A map whose arguments and
-//! results fit in it, while no other map holds it, goes through it
-//! instead of the link: the caller copies each chunk's arguments into the
-//! arena, the task names only where they are, the worker copies them out,
-//! writes its values back into the arena and answers with just its
-//! header (and any tagged outcomes), and the results are copied from the
-//! arena into the output vector. Each byte crosses once each way, with no
-//! system call per byte and no copy through a socket. The arena is the
-//! map's until its job is dropped, which is after the last of its chunks
-//! has left the scheduler (answered, or its worker dead): no worker can
-//! still write a result into it when the next map takes it.
+//! A local pool without a memory limit moves the bytes through shared
+//! memory instead of the link, in both directions, so that no worker can
+//! write where another's data is:
+//!
+//! * arguments: a [`PodArena`], one block that the parent alone writes and
+//!   every worker maps read-only when it starts (sealed with
+//!   `F_SEAL_FUTURE_WRITE`: a worker's stray write faults in that worker).
+//!   A map whose arguments fit, while no other map holds the arena, copies
+//!   each chunk's arguments there; the task names only where they start,
+//!   and the worker copies them out. The arena is the map's until its job
+//!   is dropped, after the last of its chunks has left the scheduler, so a
+//!   map never overwrites arguments a worker of another map has yet to
+//!   read;
+//! * results: each worker's own slot block has a return area
+//!   (`worker::SLOT_RETURN`) that it alone writes. A worker that finds it
+//!   free when a chunk ends copies the chunk's bare values there and says
+//!   so in its reply; the parent copies them into place, then frees the
+//!   area. A worker that finds it still full answers through the link.
+//!
+//! Each byte so crosses once each way, with no system call per byte; and
+//! what a worker writes, stray or forged, reaches only its own results,
+//! as through the link.
 
 use super::progress::Progress;
 use std::io;
@@ -41,24 +51,23 @@ use super::job::Sink;
 use super::scheduler::{self, ArenaSpan, Chunk, Ends};
 use super::worker::{self, Outcome};
 use super::{TaskError, TaskOptions};
-use crate::SharedMemory;
+use crate::shm::segment::{ReadSegment, Segment};
 use crate::sys::code::EntryId;
+use crate::wire::handles::{self, FdRef};
 use crate::wire::{DecodeError, codec};
+use serde::{Deserialize, Serialize};
 
-/// Bytes of a pool's [`PodArena`]: a map of up to 2 Mi items of 8-byte
-/// arguments and results fits. Memory is taken as the maps touch it, and
-/// kept until the pool is dropped.
+/// Bytes of a pool's [`PodArena`]: the arguments of a map of up to 4 Mi
+/// items of 8 bytes fit. Memory is taken as the maps touch it, and kept
+/// until the pool is dropped.
 pub(crate) const ARENA_BYTES: usize = 32 << 20;
 
-/// Where the results begin after `args` bytes of arguments.
-const RESULTS_ALIGN: usize = 64;
-
-/// A local pool's block of shared memory for plain-data maps, mapped by
-/// every worker at its start (see the module's documentation); one map
-/// uses it at a time.
+/// A local pool's block of shared memory for the arguments of plain-data
+/// maps: written by the parent only, mapped read-only by every worker at
+/// its start (see the module's documentation); one map uses it at a time.
 #[derive(Debug)]
 pub(crate) struct PodArena {
-    block: SharedMemory,
+    block: Segment,
     busy: AtomicBool,
 }
 
@@ -66,37 +75,66 @@ impl PodArena {
     /// A new arena of [`ARENA_BYTES`].
     pub(crate) fn new() -> io::Result<PodArena> {
         Ok(PodArena {
-            block: SharedMemory::create(ARENA_BYTES)?,
+            block: Segment::create_sole_writer(ARENA_BYTES)?,
             busy: AtomicBool::new(false),
         })
     }
 
-    /// The block, for the workers.
-    pub(crate) fn block(&self) -> &SharedMemory {
-        &self.block
-    }
-
-    /// The arena for a map of `args` bytes of arguments and `results`
-    /// bytes of results, if they fit and no other map holds it.
-    fn lease(self: &Arc<Self>, args: usize, results: usize) -> Option<Lease> {
-        let at = args.checked_next_multiple_of(RESULTS_ALIGN)?;
-        let end = at.checked_add(results)?;
-        if end > self.block.size() || self.busy.swap(true, Ordering::Acquire) {
+    /// The arena for a map of `args` bytes of arguments, if they fit and
+    /// no other map holds it.
+    fn lease(self: &Arc<Self>, args: usize) -> Option<Lease> {
+        if args > self.block.len() || self.busy.swap(true, Ordering::Acquire) {
             return None;
         }
         Some(Lease {
             arena: Arc::clone(self),
-            results: at,
         })
     }
 }
 
-/// A map's hold on the arena: arguments from offset 0, results from
-/// `results`. Dropped with the map's job.
+/// The arena as it goes to a worker in its setup: its memfd, which the
+/// worker maps read-only ([`ArenaHandle::into_view`]).
+#[derive(Debug)]
+pub(crate) enum ArenaHandle {
+    /// The parent's, to send.
+    Writer(Arc<PodArena>),
+    /// A worker's.
+    Reader(ReadSegment),
+}
+
+impl ArenaHandle {
+    /// The worker's read-only view.
+    pub(crate) fn into_view(self) -> Option<ReadSegment> {
+        match self {
+            ArenaHandle::Writer(_) => None,
+            ArenaHandle::Reader(view) => Some(view),
+        }
+    }
+}
+
+impl Serialize for ArenaHandle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ArenaHandle::Writer(arena) => FdRef(arena.block.fd()).serialize(s),
+            ArenaHandle::Reader(view) => FdRef(view.fd()).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ArenaHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = handles::deserialize_fd(d)?;
+        ReadSegment::attach(fd)
+            .map(ArenaHandle::Reader)
+            .map_err(codec::custom)
+    }
+}
+
+/// A map's hold on the arena (its arguments from offset 0). Dropped with
+/// the map's job.
 #[derive(Debug)]
 struct Lease {
     arena: Arc<PodArena>,
-    results: usize,
 }
 
 impl Drop for Lease {
@@ -164,7 +202,7 @@ where
         let lease = backend
             .pod_arena()
             .filter(|_| size_a > 0 && size_r > 0)
-            .and_then(|arena| arena.lease(len.checked_mul(size_a)?, len.checked_mul(size_r)?));
+            .and_then(|arena| arena.lease(len.checked_mul(size_a)?));
         let job = Arc::new(PodJob::new(len, fail_fast, self.progress, lease));
         let item_bytes = size_a.max(size_r);
         let size = chunking::pod_size(self.chunksize, len, backend.workers(), item_bytes);
@@ -184,9 +222,7 @@ where
                 Some(lease) => {
                     let span = ArenaSpan {
                         args: (first * size_a) as u64,
-                        results: (lease.results + first * size_r) as u64,
                         arg_size: size_a as u64,
-                        result_size: size_r as u64,
                     };
                     // In bounds: the lease was sized for every item.
                     let _ = lease.arena.block.write(first * size_a, args);
@@ -229,8 +265,8 @@ pub(crate) struct PodJob<R> {
     cv: Condvar,
     abandoned: AtomicBool,
     progress: Option<Arc<dyn Progress>>,
-    /// The arena, if the map goes through it: the bare values of each
-    /// answer are there, not in the answer.
+    /// The arena, if the map's arguments go through it: held until the
+    /// job is dropped.
     arena: Option<Lease>,
 }
 
@@ -334,8 +370,8 @@ type Tagged<R> = Vec<(usize, Result<R, TaskError>)>;
 
 /// The outcomes a worker sent for `count` items: the first `plain` are `R`'s
 /// bytes back to back (returned as a byte slice, checked for length; empty
-/// when they are in the arena, `inline` false), the rest tagged outcomes.
-/// Every length is the worker's word: checked.
+/// when they are in a return area, `inline` false), the rest tagged
+/// outcomes. Every length is the worker's word: checked.
 fn split_reply<R: Pod>(
     first: usize,
     count: usize,
@@ -385,52 +421,18 @@ fn split_reply<R: Pod>(
 impl<R: Pod + Send> Sink for PodJob<R> {
     fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration) {
         // Checked and decoded before the lock: only the copy is under it.
-        let split = split_reply::<R>(first, count, plain, bytes, self.arena.is_none());
-        let mut st = self.lock();
-        st.measured.0 = st.measured.0.saturating_add(count);
-        st.measured.1 = st.measured.1.saturating_add(busy);
-        st.chunks = st.chunks.saturating_add(1);
-        match split {
-            Ok((values, rest)) => {
-                let size = std::mem::size_of::<R>();
-                // Zero-sized results: `plain` of them, all alike (never
-                // in the arena).
-                let n = match &self.arena {
-                    Some(_) => plain,
-                    None => values.len().checked_div(size).unwrap_or(plain),
-                };
-                if let Some(out) = first
-                    .checked_add(n)
-                    .and_then(|end| st.out.get_mut(first..end))
-                {
-                    // An aligned, correctly sized destination, viewed as
-                    // bytes: the values are copied, never reinterpreted
-                    // where they lie.
-                    let out = bytemuck::cast_slice_mut::<R, u8>(out);
-                    match &self.arena {
-                        // In bounds: the lease holds every item's result
-                        // (`first + n <= len`, checked just above).
-                        Some(lease) => {
-                            let _ = lease.arena.block.read(lease.results + first * size, out);
-                        }
-                        None => out.copy_from_slice(values),
-                    }
-                }
-                st.finished += n;
-                for (index, outcome) in rest {
-                    self.store(&mut st, index, outcome);
-                }
-            }
-            Err(e) => {
-                for i in 0..count {
-                    self.store(&mut st, first + i, Err(e.clone()));
-                }
-            }
-        }
-        if let Some(p) = &self.progress {
-            p.advance(count as u64);
-        }
-        self.woken(&st);
+        self.take(first, count, plain, bytes, None, busy);
+    }
+
+    fn deliver_returned(&self, r: super::job::Returned<'_>, busy: Duration) {
+        self.take(
+            r.first,
+            r.count,
+            r.plain,
+            r.tagged,
+            Some((r.block, r.at)),
+            busy,
+        );
     }
 
     fn fail(&self, index: usize, error: TaskError) {
@@ -453,6 +455,77 @@ impl<R: Pod + Send> Sink for PodJob<R> {
     fn typical_chunk(&self) -> Option<Duration> {
         let st = self.lock();
         (st.chunks >= 2).then(|| st.measured.1 / st.chunks)
+    }
+}
+
+impl<R: Pod + Send> PodJob<R> {
+    /// A chunk's outcomes: its bare values from `bytes`, or from a
+    /// worker's return area (`returned`: its block and where they begin),
+    /// then the tagged ones from `bytes`.
+    fn take(
+        &self,
+        first: usize,
+        count: usize,
+        plain: usize,
+        bytes: &[u8],
+        returned: Option<(&crate::SharedMemory, usize)>,
+        busy: Duration,
+    ) {
+        // Checked and decoded before the lock: only the copy is under it.
+        let split = split_reply::<R>(first, count, plain, bytes, returned.is_none());
+        let mut st = self.lock();
+        st.measured.0 = st.measured.0.saturating_add(count);
+        st.measured.1 = st.measured.1.saturating_add(busy);
+        st.chunks = st.chunks.saturating_add(1);
+        match split {
+            Ok((values, rest)) => {
+                let size = std::mem::size_of::<R>();
+                // Zero-sized results: `plain` of them, all alike (never
+                // in a return area).
+                let n = match returned {
+                    Some(_) => plain,
+                    None => values.len().checked_div(size).unwrap_or(plain),
+                };
+                let mut short = false;
+                if let Some(out) = first
+                    .checked_add(n)
+                    .and_then(|end| st.out.get_mut(first..end))
+                {
+                    // An aligned, correctly sized destination, viewed as
+                    // bytes: the values are copied, never reinterpreted
+                    // where they lie.
+                    let out = bytemuck::cast_slice_mut::<R, u8>(out);
+                    match returned {
+                        // Bounds checked by the block: a worker that says
+                        // it returned more than its area holds fails them.
+                        Some((block, at)) => short = block.read(at, out).is_err(),
+                        None => out.copy_from_slice(values),
+                    }
+                }
+                if short {
+                    let e = decode_error::<R>(format!(
+                        "a worker returned {n} values of {size} bytes, more than its area holds"
+                    ));
+                    for i in 0..n {
+                        self.store(&mut st, first + i, Err(e.clone()));
+                    }
+                } else {
+                    st.finished += n;
+                }
+                for (index, outcome) in rest {
+                    self.store(&mut st, index, outcome);
+                }
+            }
+            Err(e) => {
+                for i in 0..count {
+                    self.store(&mut st, first + i, Err(e.clone()));
+                }
+            }
+        }
+        if let Some(p) = &self.progress {
+            p.advance(count as u64);
+        }
+        self.woken(&st);
     }
 }
 

@@ -54,43 +54,34 @@ pub(crate) struct Chunk {
     pub timeout: Option<Duration>,
     /// Bytes the task can read while it runs (see `FLAG_CONTEXT`).
     pub context: Option<Arc<[u8]>>,
-    /// For a plain-data chunk in the pool's arena: where its items are
-    /// (then `items` is that span's [`ArenaSpan::bytes`]).
+    /// For a plain-data chunk whose arguments are in the pool's arena:
+    /// where (then `items` is that span's [`ArenaSpan::bytes`]).
     pub arena: Option<ArenaSpan>,
 }
 
-/// Where a plain-data chunk's arguments and results are in the pool's
-/// arena (see `FLAG_ARENA`): offsets of its first item's, and each
-/// item's sizes.
+/// Where a plain-data chunk's arguments are in the pool's arena (see
+/// `FLAG_ARENA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ArenaSpan {
     /// Offset of the first argument.
     pub args: u64,
-    /// Offset of the first result.
-    pub results: u64,
     /// Bytes of an argument.
     pub arg_size: u64,
-    /// Bytes of a result.
-    pub result_size: u64,
 }
 
 impl ArenaSpan {
     /// The span of the items from the `k`-th on.
     fn skip(self, k: usize) -> ArenaSpan {
-        let k = k as u64;
         ArenaSpan {
-            args: self.args + k * self.arg_size,
-            results: self.results + k * self.result_size,
+            args: self.args + k as u64 * self.arg_size,
             ..self
         }
     }
 
-    /// The task's items: the two offsets.
+    /// The task's items: the offset.
     pub(crate) fn bytes(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(worker::ARENA_SPAN);
-        out.extend_from_slice(&self.args.to_le_bytes());
-        out.extend_from_slice(&self.results.to_le_bytes());
-        out
+        let bytes: [u8; worker::ARENA_SPAN] = self.args.to_le_bytes();
+        bytes.to_vec()
     }
 }
 
@@ -351,6 +342,9 @@ pub(crate) struct State {
     /// initializer) and still be replaced; one more breaks the pool.
     max_failed_starts: u32,
     spawner: Spawner,
+    /// Bytes of each worker's return area (`worker::SLOT_RETURN`), 0 for
+    /// none.
+    return_bytes: usize,
 }
 
 pub(crate) struct Shared {
@@ -368,6 +362,7 @@ impl Shared {
         max_failed_starts: u32,
         method: StartMethod,
         spawner: Spawner,
+        return_bytes: usize,
     ) -> Result<Arc<Shared>, PoolError> {
         let (wake_tx, wake_rx) = sys::socket::stream_pair()?;
         let shared = Arc::new(Shared {
@@ -381,6 +376,7 @@ impl Shared {
                 start_error: None,
                 max_failed_starts,
                 spawner,
+                return_bytes,
             }),
             changed: Condvar::new(),
             wake_tx: TrackedFd::new(wake_tx),
@@ -731,7 +727,11 @@ fn start_worker(st: &mut State, index: usize) -> Result<(), PoolError> {
     // A fresh block for each process: whatever a dead predecessor (or a
     // process it passed the block to) writes into its old one, nobody
     // reads it any more.
-    let mut slot = SharedMemory::create(SLOT_WORDS * 8)?;
+    let len = match st.return_bytes {
+        0 => SLOT_WORDS * 8,
+        n => worker::RETURN_AT + n,
+    };
+    let mut slot = SharedMemory::create(len)?;
     slot.unlink();
     let (process, link) = (st.spawner)(index, &slot)?;
     let pidfd = sys::socket::dup(process.wait_fd())?;
@@ -827,15 +827,45 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                     u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
                 let mut busy = [0u8; 8];
                 busy.copy_from_slice(&payload[12..20]);
-                let retire = payload[20];
+                let returned = payload[20] & worker::RETURNED != 0;
+                let retire = payload[20] & !worker::RETURNED;
                 let plain = u32::from_le_bytes([payload[21], payload[22], payload[23], payload[24]])
                     as usize;
                 let done = done.min(chunk.count());
                 let busy = Duration::from_nanos(u64::from_le_bytes(busy));
+                let tagged = &payload[REPLY_HEADER..];
+                let area = w.slot.as_ref().filter(|_| returned);
                 if !chunk.sink.abandoned() {
-                    chunk
-                        .sink
-                        .deliver(chunk.first, done, plain, &payload[REPLY_HEADER..], busy);
+                    match area {
+                        None => chunk.sink.deliver(chunk.first, done, plain, tagged, busy),
+                        // The area holds this chunk's values (the worker
+                        // says so in its slot word as well as its reply).
+                        Some(block)
+                            if slot_words(block).is_some_and(|s| {
+                                s[worker::SLOT_RETURN].load(Ordering::Acquire) == chunk.id
+                            }) =>
+                        {
+                            let r = super::job::Returned {
+                                first: chunk.first,
+                                count: done,
+                                plain,
+                                tagged,
+                                block,
+                                at: worker::RETURN_AT,
+                            };
+                            chunk.sink.deliver_returned(r, busy);
+                        }
+                        Some(_) => {
+                            let e = TaskError::Protocol("values returned for another task".into());
+                            for i in 0..done {
+                                chunk.sink.fail(chunk.first + i, e.clone());
+                            }
+                        }
+                    }
+                }
+                if let Some(words) = area.and_then(slot_words) {
+                    // Copied out: the worker may use the area again.
+                    words[worker::SLOT_RETURN].store(0, Ordering::Release);
                 }
                 w.tasks_done += done as u64;
                 // Both are the worker's words: saturating, never a panic.

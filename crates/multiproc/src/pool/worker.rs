@@ -11,16 +11,18 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::chunking;
 use super::link::{self, LinkReader, Outbox};
+use super::pod::ArenaHandle;
 use crate::SharedMemory;
 use crate::process::PanicReport;
 use crate::process::child;
+use crate::shm::segment::ReadSegment;
 use crate::sys;
 use crate::sys::code::{CallLink, Reply};
 use crate::wire::{codec, handles};
@@ -33,6 +35,24 @@ pub(crate) const SLOT_TASK: usize = 0;
 pub(crate) const SLOT_ITEM: usize = 1;
 /// Slot word: when the running item started (`monotonic_ns`), if timed.
 pub(crate) const SLOT_START: usize = 2;
+/// Slot word: the id of the plain-data task whose bare values the slot
+/// block's return area holds, 0 while it is free. The worker sets it,
+/// once it has written the values there, only while it is 0; the parent
+/// clears it once it has copied them.
+pub(crate) const SLOT_RETURN: usize = 3;
+
+/// Where a slot block's return area begins: a slot block longer than this
+/// lets plain-data tasks return their values through it rather than the
+/// link (see `pod_chunk_body`).
+pub(crate) const RETURN_AT: usize = 64;
+
+/// Bytes of a slot block's return area, when the pool has one: a default
+/// plain-data chunk's values (512 KiB at most) fit.
+pub(crate) const RETURN_BYTES: usize = 1 << 20;
+
+/// Reply flag, in the retiring byte: the task's bare values are in the
+/// slot block's return area, not in the reply.
+pub(crate) const RETURNED: u8 = 0x80;
 
 /// Task header flag: record each item's start time (the task has a
 /// timeout).
@@ -47,14 +67,13 @@ pub(crate) const FLAG_QUICK: u8 = 2;
 /// task can read while it runs (a cluster task's id and delivery count).
 pub(crate) const FLAG_CONTEXT: u8 = 4;
 
-/// Task header flag: a plain-data task whose items are in the pool's
+/// Task header flag: a plain-data task whose arguments are in the pool's
 /// arena (see `pod::PodArena`): instead of the items, [`ARENA_SPAN`]
-/// bytes say where its arguments start in the arena (u64) and where its
-/// results go (u64); the reply then holds only the tagged outcomes.
+/// bytes say where they start in the arena (u64).
 pub(crate) const FLAG_ARENA: u8 = 8;
 
-/// Bytes of an arena task's items: two u64 offsets (see [`FLAG_ARENA`]).
-pub(crate) const ARENA_SPAN: usize = 16;
+/// Bytes of an arena task's items: one u64 offset (see [`FLAG_ARENA`]).
+pub(crate) const ARENA_SPAN: usize = 8;
 
 /// Length of the task header that follows the entry preamble:
 /// id (u64), item count (u32), flags (u8).
@@ -86,7 +105,7 @@ pub(crate) struct Setup<I> {
     pub max_tasks: Option<u64>,
     pub memory_limit: Option<u64>,
     /// The pool's plain-data arena, if it has one (see `pod::PodArena`).
-    pub arena: Option<SharedMemory>,
+    pub arena: Option<ArenaHandle>,
 }
 
 /// One item's outcome as the worker sends it.
@@ -112,7 +131,7 @@ struct Context {
     slots: SharedMemory,
     tasks_left: Option<u64>,
     memory_limit: Option<u64>,
-    arena: Option<SharedMemory>,
+    arena: Option<Arc<ReadSegment>>,
     retire: u8,
     state: Option<Box<dyn Any>>,
 }
@@ -126,8 +145,8 @@ thread_local! {
     /// The arguments of the last arena task (see `FLAG_ARENA`), kept for
     /// the next: a fresh buffer each time cost a page fault per page.
     static ARENA_ITEMS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Likewise, the values of the last arena task.
-    static ARENA_RESULTS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Likewise, the values of the last task that used the return area.
+    static RETURN_VALUES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The running item's job index and its chunk's context bytes, inside a
@@ -229,7 +248,7 @@ where
             slots: setup.slots,
             tasks_left: setup.max_tasks,
             memory_limit: setup.memory_limit,
-            arena: setup.arena,
+            arena: setup.arena.and_then(ArenaHandle::into_view).map(Arc::new),
             retire: RETIRE_NONE,
             state: Some(Box::new(state)),
         })
@@ -596,34 +615,32 @@ impl<A: bytemuck::Pod, R: bytemuck::Pod> PodRun<'_, A, R> {
 }
 
 /// Copies an arena task's `count` arguments of `size` bytes out of
-/// `arena` into `fetched`, as its [`ARENA_SPAN`] bytes `span` say; returns
-/// where its results go.
+/// `arena` into `fetched`, from where its [`ARENA_SPAN`] bytes `span` say.
 fn arena_items(
-    arena: Option<&SharedMemory>,
+    arena: Option<&ReadSegment>,
     span: &[u8],
     count: usize,
     size: usize,
     fetched: &mut Vec<u8>,
-) -> Result<usize, String> {
+) -> Result<(), String> {
     let arena = arena.ok_or("this worker has no plain-data arena")?;
-    let span: &[u8; ARENA_SPAN] = span
+    let span: [u8; ARENA_SPAN] = span
         .try_into()
         .map_err(|_| format!("an arena task of {} bytes", span.len()))?;
-    let (args, results) = span.split_at(8);
-    let word = |b: &[u8]| usize::try_from(u64::from_le_bytes(b.try_into().unwrap_or_default()));
-    let (Ok(args), Ok(results)) = (word(args), word(results)) else {
-        return Err("an arena offset past the address space".into());
-    };
+    let args = usize::try_from(u64::from_le_bytes(span))
+        .map_err(|_| "an arena offset past the address space".to_string())?;
     // Checked against the arena before anything is allocated.
     let len = count
         .checked_mul(size)
-        .filter(|&len| args.checked_add(len).is_some_and(|end| end <= arena.size()))
+        .filter(|&len| args.checked_add(len).is_some_and(|end| end <= arena.len()))
         .ok_or_else(|| format!("{count} items of {size} bytes at {args} overrun the arena"))?;
     // Reused from task to task: only growth is zeroed (the read
     // overwrites the rest).
     fetched.resize(len, 0);
-    arena.read(args, fetched).map_err(|e| e.to_string())?;
-    Ok(results)
+    if !arena.read(args, fetched) {
+        return Err("the arena's arguments are out of its bounds".into());
+    }
+    Ok(())
 }
 
 /// The reply of an arena task that cannot run: each of its `count` items
@@ -690,22 +707,27 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     let Some(slot) = slots.as_atomic_u64().get(..SLOT_WORDS) else {
         return empty();
     };
+    // With a return area, the values are made in a buffer kept from task
+    // to task, then copied there at the end (if the parent has copied out
+    // what it last held by then; into the reply if not).
+    let returns = slots.size().saturating_sub(RETURN_AT);
+    let mut scratch = (returns > 0).then(|| RETURN_VALUES.with(RefCell::take));
+    let mut in_scratch = false;
     // An arena task's items are copied out of the arena (a shared block:
     // never read in place), and its results go back there.
     let mut fetched = ARENA_ITEMS.with(RefCell::take);
-    let (items, results_at) = if flags & FLAG_ARENA != 0 {
-        match arena_items(arena.as_ref(), items, count, size_a, &mut fetched) {
-            Ok(results_at) => (&fetched[..], Some(results_at)),
-            Err(why) => return arena_refused(id, count, &why),
+    let items = if flags & FLAG_ARENA != 0 {
+        if let Err(why) = arena_items(arena.as_deref(), items, count, size_a, &mut fetched) {
+            ARENA_ITEMS.with(|b| *b.borrow_mut() = fetched);
+            return arena_refused(id, count, &why);
         }
+        &fetched[..]
     } else {
-        (items, None)
+        items
     };
     // The parent's word, checked all the same: a short buffer is never read
     // as items.
     let args_ok = count.checked_mul(size_a) == Some(items.len());
-    let mut scratch = results_at.map(|_| ARENA_RESULTS.with(RefCell::take));
-    let mut bare_in_scratch = false;
     // Items it may run before it retires (`max_tasks_per_child`): one at
     // least, as `chunk_body` runs one before it counts.
     let limit = tasks_left.map_or(count, |left| count.min(left.max(1) as usize));
@@ -756,11 +778,9 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
         // the memory limit.
         let fits = limit.checked_mul(size_r) == Some(values);
         if fits {
-            // An arena task's values go to the arena: they are made in a
-            // buffer kept from task to task, not in the reply.
-            let dst = match scratch.as_mut() {
+            let dst = match scratch.as_mut().filter(|_| values <= returns) {
                 Some(buf) => {
-                    bare_in_scratch = true;
+                    in_scratch = true;
                     buf.resize(values, 0);
                     &mut buf[..]
                 }
@@ -861,26 +881,26 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     // `count` came as a u32: so do `done` and `plain`, which never pass it.
     let done = u32::try_from(done).unwrap_or(u32::MAX);
     let plain = plain.map_or(done, |p| u32::try_from(p).unwrap_or(u32::MAX));
-    if let Some(at) = results_at {
-        // The bare values go to the arena; the reply keeps the rest.
+    if in_scratch {
+        // The bare values go to the return area, or (if it will not take
+        // them) into the reply after all.
         let n = plain as usize * size_r;
-        let values = if bare_in_scratch {
-            scratch.as_deref().and_then(|buf| buf.get(..n))
+        let values = scratch
+            .as_deref()
+            .and_then(|buf| buf.get(..n))
+            .unwrap_or_default();
+        if n > 0
+            && slot[SLOT_RETURN].load(Ordering::Acquire) == 0
+            && slots.write(RETURN_AT, values).is_ok()
+        {
+            slot[SLOT_RETURN].store(id, Ordering::Release);
+            retire |= RETURNED;
         } else {
-            out.get(REPLY_HEADER..REPLY_HEADER + n)
-        };
-        let stored = values.is_some_and(|v| arena.as_ref().is_some_and(|a| a.write(at, v).is_ok()));
-        if !stored {
-            // Unreachable with a sane parent (it sized the arena): an
-            // empty reply, which the parent takes for a protocol error.
-            return empty();
-        }
-        if !bare_in_scratch {
-            out.drain(REPLY_HEADER..REPLY_HEADER + n);
+            out.splice(REPLY_HEADER..REPLY_HEADER, values.iter().copied());
         }
     }
     if let Some(buf) = scratch {
-        ARENA_RESULTS.with(|b| *b.borrow_mut() = buf);
+        RETURN_VALUES.with(|b| *b.borrow_mut() = buf);
     }
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());

@@ -53,7 +53,16 @@ fn invalid(msg: String) -> io::Error {
 /// Maps `len` bytes of `fd` read-write at an address that is a multiple of
 /// `align` (a power of two; page alignment is always given).
 fn map(fd: BorrowedFd<'_>, len: usize, align: usize) -> io::Result<NonNull<u8>> {
-    let prot = ProtFlags::READ | ProtFlags::WRITE;
+    map_with(fd, len, align, ProtFlags::READ | ProtFlags::WRITE)
+}
+
+/// [`map`] with the protection `prot`.
+fn map_with(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    align: usize,
+    prot: ProtFlags,
+) -> io::Result<NonNull<u8>> {
     let page = rustix::param::page_size();
     if !align.is_power_of_two() {
         return Err(io::Error::new(
@@ -151,6 +160,31 @@ impl Mapping {
         Ok(Mapping { ptr, len, fd })
     }
 
+    /// As [`create`](Self::create), then sealed against writes by any
+    /// other mapping or descriptor (`F_SEAL_FUTURE_WRITE`): this mapping
+    /// is the only writer there will ever be, and another process can only
+    /// map it read-only ([`ReadMapping::attach`]).
+    pub(crate) fn create_sole_writer(name: &str, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty shared memory",
+            ));
+        }
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        let size = u64::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large"))?;
+        rustix::fs::ftruncate(&fd, size)?;
+        // Mapped before the write seal, which spares existing mappings.
+        let ptr = map(fd.as_fd(), len, 1)?;
+        let mapping = Mapping { ptr, len, fd };
+        rustix::fs::fcntl_add_seals(
+            &mapping.fd,
+            SIZE_SEALS | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
+        )?;
+        Ok(mapping)
+    }
+
     /// Maps the whole memfd `fd` (received from another process). Refused
     /// (`InvalidData`) unless its size is sealed.
     pub(crate) fn attach(fd: OwnedFd) -> io::Result<Mapping> {
@@ -227,6 +261,83 @@ impl Mapping {
         // SAFETY: as in `read`.
         unsafe { copy_in(self.as_ptr().add(offset), data) };
         true
+    }
+}
+
+/// A read-only shared mapping of a whole memfd whose size is sealed: how a
+/// process maps a block another one writes (see
+/// [`Mapping::create_sole_writer`]). It offers reads only.
+#[derive(Debug)]
+pub(crate) struct ReadMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: as for `Mapping`: shared memory, read only through atomic loads.
+unsafe impl Send for ReadMapping {}
+// SAFETY: as above.
+unsafe impl Sync for ReadMapping {}
+
+impl ReadMapping {
+    /// Maps the whole memfd `fd` read-only. Refused (`InvalidData`)
+    /// unless its size is sealed.
+    pub(crate) fn attach(fd: OwnedFd) -> io::Result<ReadMapping> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
+            invalid(format!(
+                "refusing to map a descriptor that is not a sealable memfd ({e})"
+            ))
+        })?;
+        if !seals.contains(SIZE_SEALS) {
+            return Err(invalid(
+                "refusing to map shared memory that is not sealed against shrinking and \
+                 growing: another holder could truncate it under the mapping"
+                    .into(),
+            ));
+        }
+        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+            .map_err(|_| invalid("negative shared memory size".into()))?;
+        if len == 0 {
+            return Err(invalid("empty shared memory".into()));
+        }
+        let ptr = map_with(fd.as_fd(), len, 1, ProtFlags::READ)?;
+        Ok(ReadMapping { ptr, len, fd })
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The memfd behind it.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out` with atomic loads
+    /// (the writer may write meanwhile); false (and nothing copied) if out
+    /// of bounds.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return false;
+        }
+        // SAFETY: `offset..offset + out.len()` is inside the mapping
+        // (checked), whose size no process can change (sealed), and which
+        // lives as long as `self`; `copy_out` only loads, which a
+        // read-only mapping allows.
+        unsafe { copy_out(self.ptr.as_ptr().add(offset), out) };
+        true
+    }
+}
+
+impl Drop for ReadMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `attach` with this length and is
+        // referenced by nothing once its owner is dropped.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -570,5 +681,31 @@ mod tests {
             assert_eq!(&out[21..24], &[0; 3], "split {split}: padding");
             assert_eq!(&out[24..40], &[0xee; 16], "split {split}: after");
         }
+    }
+
+    #[test]
+    fn a_sole_writer_is_the_only_one_and_others_read_what_it_writes() {
+        let m = Mapping::create_sole_writer("multiproc-test", 10_000).unwrap();
+        assert!(m.write(100, b"only mine"));
+        let dup = || m.fd().try_clone_to_owned().unwrap();
+        // No other writable mapping, no write through the descriptor.
+        assert!(Mapping::attach(dup()).is_err());
+        assert!(rustix::io::pwrite(m.fd(), b"x", 0).is_err());
+        let r = ReadMapping::attach(dup()).unwrap();
+        assert_eq!(r.len(), 10_000);
+        let mut out = [0u8; 9];
+        assert!(r.read(100, &mut out));
+        assert_eq!(&out, b"only mine");
+        // Later writes show; reads out of bounds copy nothing.
+        assert!(m.write(100, b"ONLY"));
+        assert!(r.read(100, &mut out));
+        assert_eq!(&out, b"ONLY mine");
+        let mut edge = [7u8; 2];
+        assert!(!r.read(9_999, &mut edge));
+        assert!(!r.read(usize::MAX, &mut edge));
+        assert_eq!(edge, [7, 7]);
+        assert!(r.read(9_998, &mut edge));
+        // Its size is sealed like any other's.
+        assert!(rustix::fs::ftruncate(m.fd(), 4096).is_err());
     }
 }
