@@ -51,8 +51,9 @@ use super::job::Sink;
 use super::scheduler::{self, ArenaSpan, Chunk, Ends};
 use super::worker::{self, Outcome};
 use super::{TaskError, TaskOptions};
-use crate::shm::segment::{ReadSegment, Segment};
+use crate::shm::segment::Segment;
 use crate::sys::code::EntryId;
+use crate::sys::shm::ReadMapping;
 use crate::wire::handles::{self, FdRef};
 use crate::wire::{DecodeError, codec};
 use serde::{Deserialize, Serialize};
@@ -99,12 +100,12 @@ pub(crate) enum ArenaHandle {
     /// The parent's, to send.
     Writer(Arc<PodArena>),
     /// A worker's.
-    Reader(ReadSegment),
+    Reader(ReadMapping),
 }
 
 impl ArenaHandle {
     /// The worker's read-only view.
-    pub(crate) fn into_view(self) -> Option<ReadSegment> {
+    pub(crate) fn into_view(self) -> Option<ReadMapping> {
         match self {
             ArenaHandle::Writer(_) => None,
             ArenaHandle::Reader(view) => Some(view),
@@ -124,7 +125,7 @@ impl Serialize for ArenaHandle {
 impl<'de> Deserialize<'de> for ArenaHandle {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let fd = handles::deserialize_fd(d)?;
-        ReadSegment::attach(fd)
+        ReadMapping::attach(fd)
             .map(ArenaHandle::Reader)
             .map_err(codec::custom)
     }

@@ -22,9 +22,9 @@ use super::pod::ArenaHandle;
 use crate::SharedMemory;
 use crate::process::PanicReport;
 use crate::process::child;
-use crate::shm::segment::ReadSegment;
 use crate::sys;
 use crate::sys::code::{CallLink, Reply};
+use crate::sys::shm::ReadMapping;
 use crate::wire::{codec, handles};
 
 /// Words per worker in the slot table.
@@ -131,7 +131,7 @@ struct Context {
     slots: SharedMemory,
     tasks_left: Option<u64>,
     memory_limit: Option<u64>,
-    arena: Option<Arc<ReadSegment>>,
+    arena: Option<Arc<ReadMapping>>,
     retire: u8,
     state: Option<Box<dyn Any>>,
 }
@@ -617,7 +617,7 @@ impl<A: bytemuck::Pod, R: bytemuck::Pod> PodRun<'_, A, R> {
 /// Copies an arena task's `count` arguments of `size` bytes out of
 /// `arena` into `fetched`, from where its [`ARENA_SPAN`] bytes `span` say.
 fn arena_items(
-    arena: Option<&ReadSegment>,
+    arena: Option<&ReadMapping>,
     span: &[u8],
     count: usize,
     size: usize,

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
 
-use crate::sys::shm::{Mapping, ReadMapping};
+use crate::sys::shm::Mapping;
 
 /// Bytes of shared memory with bounds-checked, race-tolerant access.
 #[derive(Debug)]
@@ -39,7 +39,8 @@ impl Segment {
     }
 
     /// A new zeroed segment of `len` bytes that only this mapping can
-    /// ever write: other processes map it as a [`ReadSegment`].
+    /// ever write: other processes map it read-only
+    /// ([`ReadMapping`](crate::sys::shm::ReadMapping)).
     pub(crate) fn create_sole_writer(len: usize) -> io::Result<Segment> {
         Ok(Segment {
             map: Mapping::create_sole_writer("multiproc-shm", len.max(1))?,
@@ -75,36 +76,4 @@ impl Segment {
     }
 
     atomic_view!(atomic_u64, AtomicU64);
-}
-
-/// A segment another process writes (see [`Segment::create_sole_writer`]),
-/// mapped read-only: a stray write into it is a fault in the process that
-/// makes it, never a change another process sees.
-#[derive(Debug)]
-pub(crate) struct ReadSegment {
-    map: ReadMapping,
-}
-
-impl ReadSegment {
-    /// Maps a segment from its memfd, read-only.
-    pub(crate) fn attach(fd: OwnedFd) -> io::Result<ReadSegment> {
-        Ok(ReadSegment {
-            map: ReadMapping::attach(fd)?,
-        })
-    }
-
-    /// Its size in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// The memfd.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.map.fd()
-    }
-
-    /// Copies bytes out from `offset`; false if out of bounds.
-    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
-        self.map.read(offset, out)
-    }
 }

@@ -50,6 +50,46 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// A new sealable memfd of `len` bytes (at least 1), not sealed yet.
+fn sized_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty shared memory",
+        ));
+    }
+    let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let size = u64::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large"))?;
+    rustix::fs::ftruncate(&fd, size)?;
+    Ok(fd)
+}
+
+/// The size of a received memfd, for good: refused (`InvalidData`) unless
+/// it is sealed against shrinking and growing, or if it is empty.
+fn sealed_len(fd: &OwnedFd) -> io::Result<usize> {
+    // The seals first: once they are there, no process can remove them,
+    // so the size read next is the size for good.
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+        invalid(format!(
+            "refusing to map a descriptor that is not a sealable memfd ({e})"
+        ))
+    })?;
+    if !seals.contains(SIZE_SEALS) {
+        return Err(invalid(
+            "refusing to map shared memory that is not sealed against shrinking and \
+             growing: another holder could truncate it under the mapping"
+                .into(),
+        ));
+    }
+    let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
+        .map_err(|_| invalid("negative shared memory size".into()))?;
+    if len == 0 {
+        return Err(invalid("empty shared memory".into()));
+    }
+    Ok(len)
+}
+
 /// Maps `len` bytes of `fd` read-write at an address that is a multiple of
 /// `align` (a power of two; page alignment is always given).
 fn map(fd: BorrowedFd<'_>, len: usize, align: usize) -> io::Result<NonNull<u8>> {
@@ -145,16 +185,7 @@ impl Mapping {
     /// power of two) in this process. Use [`attach_aligned`](Self::attach_aligned)
     /// with the same `align` in the others.
     pub(crate) fn create_aligned(name: &str, len: usize, align: usize) -> io::Result<Mapping> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "empty shared memory",
-            ));
-        }
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        let size = u64::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large"))?;
-        rustix::fs::ftruncate(&fd, size)?;
+        let fd = sized_memfd(name, len)?;
         rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL)?;
         let ptr = map(fd.as_fd(), len, align.max(1))?;
         Ok(Mapping { ptr, len, fd })
@@ -165,16 +196,7 @@ impl Mapping {
     /// is the only writer there will ever be, and another process can only
     /// map it read-only ([`ReadMapping::attach`]).
     pub(crate) fn create_sole_writer(name: &str, len: usize) -> io::Result<Mapping> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "empty shared memory",
-            ));
-        }
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        let size = u64::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large"))?;
-        rustix::fs::ftruncate(&fd, size)?;
+        let fd = sized_memfd(name, len)?;
         // Mapped before the write seal, which spares existing mappings.
         let ptr = map(fd.as_fd(), len, 1)?;
         let mapping = Mapping { ptr, len, fd };
@@ -193,25 +215,7 @@ impl Mapping {
 
     /// As [`attach`](Self::attach), mapped at a multiple of `align`.
     pub(crate) fn attach_aligned(fd: OwnedFd, align: usize) -> io::Result<Mapping> {
-        // The seals first: once they are there, no process can remove them,
-        // so the size read next is the size for good.
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
-            invalid(format!(
-                "refusing to map a descriptor that is not a sealable memfd ({e})"
-            ))
-        })?;
-        if !seals.contains(SIZE_SEALS) {
-            return Err(invalid(
-                "refusing to map shared memory that is not sealed against shrinking and \
-                 growing: another holder could truncate it under the mapping"
-                    .into(),
-            ));
-        }
-        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
-            .map_err(|_| invalid("negative shared memory size".into()))?;
-        if len == 0 {
-            return Err(invalid("empty shared memory".into()));
-        }
+        let len = sealed_len(&fd)?;
         let ptr = map(fd.as_fd(), len, align.max(1))?;
         Ok(Mapping { ptr, len, fd })
     }
@@ -283,23 +287,7 @@ impl ReadMapping {
     /// Maps the whole memfd `fd` read-only. Refused (`InvalidData`)
     /// unless its size is sealed.
     pub(crate) fn attach(fd: OwnedFd) -> io::Result<ReadMapping> {
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
-            invalid(format!(
-                "refusing to map a descriptor that is not a sealable memfd ({e})"
-            ))
-        })?;
-        if !seals.contains(SIZE_SEALS) {
-            return Err(invalid(
-                "refusing to map shared memory that is not sealed against shrinking and \
-                 growing: another holder could truncate it under the mapping"
-                    .into(),
-            ));
-        }
-        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
-            .map_err(|_| invalid("negative shared memory size".into()))?;
-        if len == 0 {
-            return Err(invalid("empty shared memory".into()));
-        }
+        let len = sealed_len(&fd)?;
         let ptr = map_with(fd.as_fd(), len, 1, ProtFlags::READ)?;
         Ok(ReadMapping { ptr, len, fd })
     }
