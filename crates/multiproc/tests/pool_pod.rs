@@ -604,10 +604,50 @@ fn no_worker_can_write_the_arena() {
     deadline(LIMIT, || {
         // A stray write in a worker faults there; it cannot change the
         // arguments another worker is about to read.
-        for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for m in StartMethod::ALL {
             let pool = pool(2, m);
             assert_eq!(pool.map_pod(holds_arena, &[0; 4]).unwrap(), [1; 4], "{m}");
             assert_eq!(pool.map_pod(writes_arena, &[0; 4]).unwrap(), [0; 4], "{m}");
+            finish(pool);
+        }
+    });
+}
+
+/// How many blocks of shared memory of 1 to 32 MiB (an arena, a return
+/// area) this worker can write through a mapping.
+fn writable_blocks(_: u8) -> u8 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut n = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        let (lo, hi) = range.split_once('-').unwrap();
+        let size = u64::from_str_radix(hi, 16).unwrap() - u64::from_str_radix(lo, 16).unwrap();
+        if line.contains("memfd:multiproc-shm")
+            && perms.starts_with("rw")
+            && (1 << 20..=32 << 20).contains(&size)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_forked_worker_can_write_its_own_return_area_only() {
+    deadline(LIMIT, || {
+        // The parent's mappings of the arena and of every worker's return
+        // area are kept from forks: a forked worker has only its own.
+        for m in StartMethod::ALL {
+            let pool = pool(2, m);
+            let items: Vec<u64> = (0..100_000).collect();
+            assert_eq!(pool.map_pod(triple, &items).unwrap()[99_999], 299_997);
+            let out = pool
+                .task(writable_blocks)
+                .chunksize(1)
+                .map_pod(&[0; 8])
+                .unwrap();
+            assert_eq!(out, [1; 8], "{m}");
             finish(pool);
         }
     });

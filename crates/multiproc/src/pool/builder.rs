@@ -1,7 +1,7 @@
 //! The pool's builder: worker count, start method, initializer, limits.
 
 use super::backend::{Backend, Local};
-use super::pod::{ArenaHandle, PodArena};
+use super::pod::{Block, PodArena};
 use super::scheduler::{Shared, Spawner};
 use super::*;
 use crate::process::{Process, StartMethod, get_start_method};
@@ -175,7 +175,7 @@ where
             Some(_) => None,
         };
         let to_workers = arena.clone();
-        let spawner: Spawner = Box::new(move |index, slots| {
+        let spawner: Spawner = Box::new(move |index, slots, returns| {
             let (ours, link) = CallLink::pair()?;
             // Recorded before the fork, so a forked worker closes it.
             let ours = TrackedFd::new(ours);
@@ -185,7 +185,8 @@ where
                 init: &arg,
                 max_tasks,
                 memory_limit,
-                arena: to_workers.clone().map(ArenaHandle::Writer),
+                arena: to_workers.as_ref().map(|a| a.to_worker()),
+                returns: returns.map(|block| Block::Sent(Arc::clone(block))),
             };
             let process = Process::builder()
                 .name(format!("PoolWorker-{index}"))

@@ -25,10 +25,8 @@ pub(crate) struct Returned<'a> {
     pub plain: usize,
     /// The tagged outcomes after them, from the reply.
     pub tagged: &'a [u8],
-    /// The worker's slot block.
-    pub block: &'a crate::SharedMemory,
-    /// Where the values begin in it.
-    pub at: usize,
+    /// The worker's return area (the values begin at its start).
+    pub area: &'a crate::shm::segment::Segment,
 }
 
 /// The scheduler's view of a job, without its result type.
@@ -38,7 +36,7 @@ pub(crate) trait Sink: Send + Sync {
     /// The first `plain` are bare values; the rest are tagged outcomes.
     fn deliver(&self, first: usize, count: usize, plain: usize, bytes: &[u8], busy: Duration);
     /// As [`deliver`](Self::deliver), the bare values being in a worker's
-    /// return area (`block` from offset `at`) rather than in `bytes`. Only
+    /// return area rather than in the reply. Only
     /// plain-data jobs take them; for any other, a worker that says so
     /// broke the protocol, and the items fail.
     fn deliver_returned(&self, returned: Returned<'_>, busy: Duration) {

@@ -28,15 +28,16 @@
 //!   is dropped, after the last of its chunks has left the scheduler, so a
 //!   map never overwrites arguments a worker of another map has yet to
 //!   read;
-//! * results: each worker's own slot block has a return area
-//!   (`worker::SLOT_RETURN`) that it alone writes. A worker that finds it
-//!   free when a chunk ends copies the chunk's bare values there and says
-//!   so in its reply; the parent copies them into place, then frees the
-//!   area. A worker that finds it still full answers through the link.
+//! * results: each worker has a return area of its own
+//!   (`worker::SLOT_RETURN`). A worker that finds it free when a chunk
+//!   ends copies the chunk's bare values there and says so in its reply;
+//!   the parent copies them into place, then frees the area. A worker that
+//!   finds it still full answers through the link.
 //!
 //! Each byte so crosses once each way, with no system call per byte; and
 //! what a worker writes, stray or forged, reaches only its own results,
-//! as through the link.
+//! as through the link. The parent's mappings of these blocks are kept out
+//! of forked children, so that holds for workers started by fork too.
 
 use super::progress::Progress;
 use std::io;
@@ -68,7 +69,7 @@ pub(crate) const ARENA_BYTES: usize = 32 << 20;
 /// its start (see the module's documentation); one map uses it at a time.
 #[derive(Debug)]
 pub(crate) struct PodArena {
-    block: Segment,
+    block: Arc<Segment>,
     busy: AtomicBool,
 }
 
@@ -76,9 +77,14 @@ impl PodArena {
     /// A new arena of [`ARENA_BYTES`].
     pub(crate) fn new() -> io::Result<PodArena> {
         Ok(PodArena {
-            block: Segment::create_sole_writer(ARENA_BYTES)?,
+            block: Arc::new(Segment::create_sole_writer(ARENA_BYTES)?),
             busy: AtomicBool::new(false),
         })
+    }
+
+    /// The block, to send to a worker.
+    pub(crate) fn to_worker(&self) -> Block<ReadMapping> {
+        Block::Sent(Arc::clone(&self.block))
     }
 
     /// The arena for a map of `args` bytes of arguments, if they fit and
@@ -93,41 +99,51 @@ impl PodArena {
     }
 }
 
-/// The arena as it goes to a worker in its setup: its memfd, which the
-/// worker maps read-only ([`ArenaHandle::into_view`]).
+/// A shared block as it goes to a worker in its setup: the parent's, sent
+/// as its memfd; the worker's, mapped as `T` (read-only for the arena,
+/// read-write for the worker's return area).
 #[derive(Debug)]
-pub(crate) enum ArenaHandle {
+pub(crate) enum Block<T> {
     /// The parent's, to send.
-    Writer(Arc<PodArena>),
-    /// A worker's.
-    Reader(ReadMapping),
+    Sent(Arc<Segment>),
+    /// The worker's mapping of it.
+    Got(T),
 }
 
-impl ArenaHandle {
-    /// The worker's read-only view.
-    pub(crate) fn into_view(self) -> Option<ReadMapping> {
+impl<T> Block<T> {
+    /// The worker's mapping.
+    pub(crate) fn into_mapped(self) -> Option<T> {
         match self {
-            ArenaHandle::Writer(_) => None,
-            ArenaHandle::Reader(view) => Some(view),
+            Block::Sent(_) => None,
+            Block::Got(mapped) => Some(mapped),
         }
     }
 }
 
-impl Serialize for ArenaHandle {
+impl<T> Serialize for Block<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            ArenaHandle::Writer(arena) => FdRef(arena.block.fd()).serialize(s),
-            ArenaHandle::Reader(view) => FdRef(view.fd()).serialize(s),
+            Block::Sent(block) => FdRef(block.fd()).serialize(s),
+            Block::Got(_) => Err(serde::ser::Error::custom(
+                "a worker's mapping of a block is not sent on",
+            )),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for ArenaHandle {
+impl<'de> Deserialize<'de> for Block<ReadMapping> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let fd = handles::deserialize_fd(d)?;
         ReadMapping::attach(fd)
-            .map(ArenaHandle::Reader)
+            .map(Block::Got)
             .map_err(codec::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Block<Segment> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = handles::deserialize_fd(d)?;
+        Segment::attach(fd).map(Block::Got).map_err(codec::custom)
     }
 }
 
@@ -426,14 +442,7 @@ impl<R: Pod + Send> Sink for PodJob<R> {
     }
 
     fn deliver_returned(&self, r: super::job::Returned<'_>, busy: Duration) {
-        self.take(
-            r.first,
-            r.count,
-            r.plain,
-            r.tagged,
-            Some((r.block, r.at)),
-            busy,
-        );
+        self.take(r.first, r.count, r.plain, r.tagged, Some(r.area), busy);
     }
 
     fn fail(&self, index: usize, error: TaskError) {
@@ -461,15 +470,15 @@ impl<R: Pod + Send> Sink for PodJob<R> {
 
 impl<R: Pod + Send> PodJob<R> {
     /// A chunk's outcomes: its bare values from `bytes`, or from a
-    /// worker's return area (`returned`: its block and where they begin),
-    /// then the tagged ones from `bytes`.
+    /// worker's return area (`returned`), then the tagged ones from
+    /// `bytes`.
     fn take(
         &self,
         first: usize,
         count: usize,
         plain: usize,
         bytes: &[u8],
-        returned: Option<(&crate::SharedMemory, usize)>,
+        returned: Option<&Segment>,
         busy: Duration,
     ) {
         // Checked and decoded before the lock: only the copy is under it.
@@ -499,7 +508,7 @@ impl<R: Pod + Send> PodJob<R> {
                     match returned {
                         // Bounds checked by the block: a worker that says
                         // it returned more than its area holds fails them.
-                        Some((block, at)) => short = block.read(at, out).is_err(),
+                        Some(area) => short = !area.read(0, out),
                         None => out.copy_from_slice(values),
                     }
                 }

@@ -21,14 +21,22 @@ use super::worker::{
 };
 use crate::connection::Waitable;
 use crate::process::{ExitStatus, Process, StartMethod};
+use crate::shm::segment::Segment;
 use crate::wire::frame;
 use crate::wire::handles::TrackedFd;
 use crate::{SharedMemory, sys};
 
 /// Starts worker `index` with its own slot block: its process and the
 /// parent's end of its link.
-pub(crate) type Spawner =
-    Box<dyn Fn(usize, &SharedMemory) -> Result<(Process<()>, TrackedFd), PoolError> + Send + Sync>;
+pub(crate) type Spawner = Box<
+    dyn Fn(
+            usize,
+            &SharedMemory,
+            Option<&Arc<Segment>>,
+        ) -> Result<(Process<()>, TrackedFd), PoolError>
+        + Send
+        + Sync,
+>;
 
 /// Most unanswered task bytes a busy worker may hold: well under a Unix
 /// socket's buffer, so a write to it never blocks.
@@ -266,6 +274,8 @@ struct Worker {
     /// code and may write anything there) can mislead the scheduler only
     /// about itself, never about another worker.
     slot: Option<SharedMemory>,
+    /// Its return area (see `worker::SLOT_RETURN`), if the pool gives one.
+    returns: Option<Arc<Segment>>,
     pidfd: Option<Arc<TrackedFd>>,
     link: Option<Arc<TrackedFd>>,
     reader: LinkReader,
@@ -293,6 +303,7 @@ impl Worker {
         Worker {
             process: None,
             slot: None,
+            returns: None,
             pidfd: None,
             link: None,
             reader: LinkReader::default(),
@@ -727,16 +738,19 @@ fn start_worker(st: &mut State, index: usize) -> Result<(), PoolError> {
     // A fresh block for each process: whatever a dead predecessor (or a
     // process it passed the block to) writes into its old one, nobody
     // reads it any more.
-    let len = match st.return_bytes {
-        0 => SLOT_WORDS * 8,
-        n => worker::RETURN_AT + n,
-    };
-    let mut slot = SharedMemory::create(len)?;
+    let mut slot = SharedMemory::create(SLOT_WORDS * 8)?;
     slot.unlink();
-    let (process, link) = (st.spawner)(index, &slot)?;
+    // Its return area, kept out of processes forked from this one (a
+    // worker started by fork must not be able to write another's).
+    let returns = match st.return_bytes {
+        0 => None,
+        n => Some(Arc::new(Segment::create_kept_from_forks(n)?)),
+    };
+    let (process, link) = (st.spawner)(index, &slot, returns.as_ref())?;
     let pidfd = sys::socket::dup(process.wait_fd())?;
     let w = &mut st.workers[index];
     w.slot = Some(slot);
+    w.returns = returns;
     w.pidfd = Some(Arc::new(TrackedFd::new(pidfd)));
     w.link = Some(Arc::new(link));
     w.process = Some(process);
@@ -834,28 +848,25 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                 let done = done.min(chunk.count());
                 let busy = Duration::from_nanos(u64::from_le_bytes(busy));
                 let tagged = &payload[REPLY_HEADER..];
-                let area = w.slot.as_ref().filter(|_| returned);
+                let words = w.slot.as_ref().and_then(slot_words).filter(|_| returned);
                 if !chunk.sink.abandoned() {
-                    match area {
-                        None => chunk.sink.deliver(chunk.first, done, plain, tagged, busy),
+                    match (words, &w.returns) {
+                        (None, _) => chunk.sink.deliver(chunk.first, done, plain, tagged, busy),
                         // The area holds this chunk's values (the worker
                         // says so in its slot word as well as its reply).
-                        Some(block)
-                            if slot_words(block).is_some_and(|s| {
-                                s[worker::SLOT_RETURN].load(Ordering::Acquire) == chunk.id
-                            }) =>
+                        (Some(words), Some(area))
+                            if words[worker::SLOT_RETURN].load(Ordering::Acquire) == chunk.id =>
                         {
                             let r = super::job::Returned {
                                 first: chunk.first,
                                 count: done,
                                 plain,
                                 tagged,
-                                block,
-                                at: worker::RETURN_AT,
+                                area,
                             };
                             chunk.sink.deliver_returned(r, busy);
                         }
-                        Some(_) => {
+                        (Some(_), _) => {
                             let e = TaskError::Protocol("values returned for another task".into());
                             for i in 0..done {
                                 chunk.sink.fail(chunk.first + i, e.clone());
@@ -863,7 +874,7 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                         }
                     }
                 }
-                if let Some(words) = area.and_then(slot_words) {
+                if let Some(words) = words {
                     // Copied out: the worker may use the area again.
                     words[worker::SLOT_RETURN].store(0, Ordering::Release);
                 }

@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::chunking;
 use super::link::{self, LinkReader, Outbox};
-use super::pod::ArenaHandle;
+use super::pod::Block;
 use crate::SharedMemory;
 use crate::process::PanicReport;
 use crate::process::child;
+use crate::shm::segment::Segment;
 use crate::sys;
 use crate::sys::code::{CallLink, Reply};
 use crate::sys::shm::ReadMapping;
@@ -35,23 +36,19 @@ pub(crate) const SLOT_TASK: usize = 0;
 pub(crate) const SLOT_ITEM: usize = 1;
 /// Slot word: when the running item started (`monotonic_ns`), if timed.
 pub(crate) const SLOT_START: usize = 2;
-/// Slot word: the id of the plain-data task whose bare values the slot
-/// block's return area holds, 0 while it is free. The worker sets it,
-/// once it has written the values there, only while it is 0; the parent
-/// clears it once it has copied them.
+/// Slot word: the id of the plain-data task whose bare values the
+/// worker's return area holds, 0 while it is free. A worker with a return
+/// area (a block of its own, beside its slot block) sets it, once it has
+/// written the values there, only while it is 0; the parent clears it
+/// once it has copied them.
 pub(crate) const SLOT_RETURN: usize = 3;
 
-/// Where a slot block's return area begins: a slot block longer than this
-/// lets plain-data tasks return their values through it rather than the
-/// link (see `pod_chunk_body`).
-pub(crate) const RETURN_AT: usize = 64;
-
-/// Bytes of a slot block's return area, when the pool has one: a default
+/// Bytes of a worker's return area, when the pool gives it one: a default
 /// plain-data chunk's values (512 KiB at most) fit.
 pub(crate) const RETURN_BYTES: usize = 1 << 20;
 
 /// Reply flag, in the retiring byte: the task's bare values are in the
-/// slot block's return area, not in the reply.
+/// worker's return area, not in the reply.
 pub(crate) const RETURNED: u8 = 0x80;
 
 /// Task header flag: record each item's start time (the task has a
@@ -105,7 +102,10 @@ pub(crate) struct Setup<I> {
     pub max_tasks: Option<u64>,
     pub memory_limit: Option<u64>,
     /// The pool's plain-data arena, if it has one (see `pod::PodArena`).
-    pub arena: Option<ArenaHandle>,
+    pub arena: Option<Block<ReadMapping>>,
+    /// This worker's return area, if the pool gives it one (see
+    /// [`SLOT_RETURN`]).
+    pub returns: Option<Block<Segment>>,
 }
 
 /// One item's outcome as the worker sends it.
@@ -132,6 +132,7 @@ struct Context {
     tasks_left: Option<u64>,
     memory_limit: Option<u64>,
     arena: Option<Arc<ReadMapping>>,
+    returns: Option<Arc<Segment>>,
     retire: u8,
     state: Option<Box<dyn Any>>,
 }
@@ -248,7 +249,8 @@ where
             slots: setup.slots,
             tasks_left: setup.max_tasks,
             memory_limit: setup.memory_limit,
-            arena: setup.arena.and_then(ArenaHandle::into_view).map(Arc::new),
+            arena: setup.arena.and_then(Block::into_mapped).map(Arc::new),
+            returns: setup.returns.and_then(Block::into_mapped).map(Arc::new),
             retire: RETIRE_NONE,
             state: Some(Box::new(state)),
         })
@@ -690,7 +692,7 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     let size_r = std::mem::size_of::<R>();
     let mut out = Vec::new();
     let started = sys::process::monotonic_ns();
-    let Some((slots, tasks_left, memory_limit, arena)) = CONTEXT.with(|c| {
+    let Some((slots, tasks_left, memory_limit, arena, return_area)) = CONTEXT.with(|c| {
         let c = c.borrow();
         let ctx = c.as_ref()?;
         Some((
@@ -698,6 +700,7 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
             ctx.tasks_left,
             ctx.memory_limit,
             ctx.arena.clone(),
+            ctx.returns.clone(),
         ))
     }) else {
         out.resize(REPLY_HEADER, 0);
@@ -710,7 +713,7 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     // With a return area, the values are made in a buffer kept from task
     // to task, then copied there at the end (if the parent has copied out
     // what it last held by then; into the reply if not).
-    let returns = slots.size().saturating_sub(RETURN_AT);
+    let returns = return_area.as_ref().map_or(0, |area| area.len());
     let mut scratch = (returns > 0).then(|| RETURN_VALUES.with(RefCell::take));
     let mut in_scratch = false;
     // An arena task's items are copied out of the arena (a shared block:
@@ -891,7 +894,9 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
             .unwrap_or_default();
         if n > 0
             && slot[SLOT_RETURN].load(Ordering::Acquire) == 0
-            && slots.write(RETURN_AT, values).is_ok()
+            && return_area
+                .as_ref()
+                .is_some_and(|area| area.write(0, values))
         {
             slot[SLOT_RETURN].store(id, Ordering::Release);
             retire |= RETURNED;

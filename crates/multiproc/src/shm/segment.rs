@@ -47,6 +47,15 @@ impl Segment {
         })
     }
 
+    /// A new zeroed segment of `len` bytes kept out of children forked
+    /// from this process (see [`Mapping::keep_from_forks`]): a child forked
+    /// with a copy of it reads and writes nothing through it.
+    pub(crate) fn create_kept_from_forks(len: usize) -> io::Result<Segment> {
+        let mut map = Mapping::create("multiproc-shm", len.max(1))?;
+        map.keep_from_forks()?;
+        Ok(Segment { map })
+    }
+
     /// Maps a segment from its memfd.
     pub(crate) fn attach(fd: OwnedFd) -> io::Result<Segment> {
         Ok(Segment {

@@ -463,9 +463,12 @@ pub(crate) fn move_off_cpu(cpu: usize) -> bool {
     if sched_setaffinity(None, &one).is_err() {
         return false;
     }
-    // If the mask cannot be restored (a cpuset changed meanwhile), the
-    // thread stays on `to` rather than nowhere.
-    let _ = sched_setaffinity(None, &mask);
+    // Restored only if nobody changed it meanwhile (another thread, or
+    // `taskset`): theirs stands. If it cannot be restored (a cpuset
+    // changed), the kernel has put the thread where its cpuset allows.
+    if sched_getaffinity(None).is_ok_and(|now| now == one) {
+        let _ = sched_setaffinity(None, &mask);
+    }
     true
 }
 

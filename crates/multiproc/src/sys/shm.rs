@@ -36,6 +36,10 @@ pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     fd: OwnedFd,
+    /// For a mapping kept from forks ([`Mapping::keep_from_forks`]): the
+    /// process that has it. In any other (a child forked with a copy of
+    /// this handle), the handle reads, writes and unmaps nothing.
+    owner: Option<u32>,
 }
 
 // SAFETY: the mapping is plain shared memory; every access to it goes
@@ -188,7 +192,12 @@ impl Mapping {
         let fd = sized_memfd(name, len)?;
         rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL)?;
         let ptr = map(fd.as_fd(), len, align.max(1))?;
-        Ok(Mapping { ptr, len, fd })
+        Ok(Mapping {
+            ptr,
+            len,
+            fd,
+            owner: None,
+        })
     }
 
     /// As [`create`](Self::create), then sealed against writes by any
@@ -199,12 +208,46 @@ impl Mapping {
         let fd = sized_memfd(name, len)?;
         // Mapped before the write seal, which spares existing mappings.
         let ptr = map(fd.as_fd(), len, 1)?;
-        let mapping = Mapping { ptr, len, fd };
+        let mut mapping = Mapping {
+            ptr,
+            len,
+            fd,
+            owner: None,
+        };
         rustix::fs::fcntl_add_seals(
             &mapping.fd,
             SIZE_SEALS | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
         )?;
+        // Nor may a forked child write it through a copy of this mapping.
+        mapping.keep_from_forks()?;
         Ok(mapping)
+    }
+
+    /// Keeps this mapping out of children forked from this process
+    /// (`MADV_DONTFORK`): they get no copy of it, so they cannot write
+    /// through it, and a copy of this handle in one of them reads, writes
+    /// and unmaps nothing ([`read`](Self::read) and [`write`](Self::write)
+    /// fail there). Such a mapping must be used through those methods
+    /// only, never through [`as_ptr`](Self::as_ptr).
+    pub(crate) fn keep_from_forks(&mut self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping's, which `self` owns;
+        // the advice changes what a fork copies, not what is mapped here.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxDontFork,
+            )?;
+        }
+        self.owner = Some(crate::sys::futex::pid());
+        Ok(())
+    }
+
+    /// Whether the mapping exists in the calling process (see
+    /// [`keep_from_forks`](Self::keep_from_forks)).
+    #[inline]
+    fn mapped_here(&self) -> bool {
+        self.owner.is_none_or(|pid| pid == crate::sys::futex::pid())
     }
 
     /// Maps the whole memfd `fd` (received from another process). Refused
@@ -217,7 +260,12 @@ impl Mapping {
     pub(crate) fn attach_aligned(fd: OwnedFd, align: usize) -> io::Result<Mapping> {
         let len = sealed_len(&fd)?;
         let ptr = map(fd.as_fd(), len, align.max(1))?;
-        Ok(Mapping { ptr, len, fd })
+        Ok(Mapping {
+            ptr,
+            len,
+            fd,
+            owner: None,
+        })
     }
 
     /// The mapping's first byte.
@@ -237,7 +285,7 @@ impl Mapping {
 
     #[inline]
     fn in_bounds(&self, offset: usize, len: usize) -> bool {
-        offset.checked_add(len).is_some_and(|end| end <= self.len)
+        offset.checked_add(len).is_some_and(|end| end <= self.len) && self.mapped_here()
     }
 
     /// Copies `out.len()` bytes from `offset` into `out` with atomic
@@ -275,7 +323,9 @@ impl Mapping {
 pub(crate) struct ReadMapping {
     ptr: NonNull<u8>,
     len: usize,
-    fd: OwnedFd,
+    /// Held while it is mapped, so that the block shows among the
+    /// process's descriptors.
+    _fd: OwnedFd,
 }
 
 // SAFETY: as for `Mapping`: shared memory, read only through atomic loads.
@@ -289,17 +339,12 @@ impl ReadMapping {
     pub(crate) fn attach(fd: OwnedFd) -> io::Result<ReadMapping> {
         let len = sealed_len(&fd)?;
         let ptr = map_with(fd.as_fd(), len, 1, ProtFlags::READ)?;
-        Ok(ReadMapping { ptr, len, fd })
+        Ok(ReadMapping { ptr, len, _fd: fd })
     }
 
     /// Its length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// The memfd behind it.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// Copies `out.len()` bytes from `offset` into `out` with atomic loads
@@ -493,6 +538,11 @@ pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<It
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if !self.mapped_here() {
+            // A forked child's copy of a mapping kept from forks: nothing
+            // of it is mapped here (the range may hold something else).
+            return;
+        }
         // SAFETY: `ptr`/`len` are exactly what `mmap` returned, and no
         // reference into the mapping outlives `self` (the structures in
         // `shm` borrow from it).
