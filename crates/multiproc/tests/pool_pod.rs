@@ -281,6 +281,9 @@ struct Forge {
     parent: u64,
     /// 1 if the pool starts its workers with spawn.
     spawn: u64,
+    /// What item 1 forges: 0 a short answer, 1 an answer whose values are
+    /// said to be in two parts of the return area at once.
+    lie: u64,
 }
 
 /// This worker's task link. A spawn or forkserver worker holds two
@@ -352,9 +355,11 @@ fn running_chunk() -> u64 {
 }
 
 /// Item 1 answers its chunk itself, before the worker does: a result frame
-/// that announces four values of 8 bytes and holds 12 bytes. Once the
-/// parent took it (it sends the next chunk), the worker exits before its
-/// real answer: the chunk it then holds was not started, and runs again.
+/// that announces four values of 8 bytes and holds 12 bytes (`lie` 0), or
+/// holds none and flags two parts of the return area (`lie` 1). Once
+/// the parent took it (it sends the next chunk), the worker exits before
+/// its real answer: the chunk it then holds was not started, and runs
+/// again.
 fn forger(item: Forge) -> u64 {
     if item.value == 1 {
         let link = link_to(item.parent as i32, item.spawn == 1);
@@ -363,9 +368,14 @@ fn forger(item: Forge) -> u64 {
         payload.extend_from_slice(&id.to_le_bytes());
         payload.extend_from_slice(&4u32.to_le_bytes()); // items done
         payload.extend_from_slice(&0u64.to_le_bytes()); // busy
-        payload.push(0); // not retiring
-        payload.extend_from_slice(&4u32.to_le_bytes()); // all plain
-        payload.extend_from_slice(&[7u8; 12]);
+        if item.lie == 0 {
+            payload.push(0); // not retiring
+            payload.extend_from_slice(&4u32.to_le_bytes()); // all plain
+            payload.extend_from_slice(&[7u8; 12]);
+        } else {
+            payload.push(0x80 | 0x20); // in two parts
+            payload.extend_from_slice(&4u32.to_le_bytes()); // all plain
+        }
         let mut frame = Vec::new();
         frame.extend_from_slice(b"MP");
         frame.push(1); // the wire version
@@ -389,39 +399,57 @@ fn forger(item: Forge) -> u64 {
     item.value * 10
 }
 
+/// Maps 12 `Forge` items of which item 1 lies (`lie`), in chunks of 4 on
+/// one worker: the first chunk's items fail as `expected` says, the others
+/// are right, and the lying worker was replaced once.
+fn forged(lie: u64, expected: fn(&TaskError) -> bool) {
+    let parent = u64::from(std::process::id());
+    // A forkserver or spawn worker holds only its own link and slot
+    // block; a forked one holds copies of whatever its parent had.
+    for m in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let spawn = u64::from(m == StartMethod::Spawn);
+        let items: Vec<Forge> = (0..12)
+            .map(|value| Forge {
+                value,
+                parent,
+                spawn,
+                lie,
+            })
+            .collect();
+        // A memory limit keeps the values in the answers (no arena),
+        // where a short answer can be forged.
+        let pool = match lie {
+            0 => pool_without_arena(1, m),
+            _ => pool(1, m),
+        };
+        let out = pool.task(forger).chunksize(4).map_pod_results(&items);
+        for (i, r) in out.iter().enumerate() {
+            if i < 4 {
+                assert!(r.as_ref().is_err_and(expected), "{m}: item {i}: {r:?}");
+            } else {
+                assert_eq!(r, &Ok(i as u64 * 10), "{m}: item {i}");
+            }
+        }
+        let restarts: u64 = pool.stats().iter().map(|s| s.restarts).sum();
+        assert_eq!(restarts, 1, "{m}");
+        finish(pool);
+    }
+}
+
 #[test]
 fn a_forged_short_answer_fails_its_chunk_with_a_typed_error() {
     deadline(LIMIT, || {
-        let parent = u64::from(std::process::id());
-        // A forkserver or spawn worker holds only its own link and slot
-        // block; a forked one holds copies of whatever its parent had.
-        for m in [StartMethod::ForkServer, StartMethod::Spawn] {
-            let spawn = u64::from(m == StartMethod::Spawn);
-            let items: Vec<Forge> = (0..12)
-                .map(|value| Forge {
-                    value,
-                    parent,
-                    spawn,
-                })
-                .collect();
-            // A memory limit keeps the values in the answers (no arena),
-            // where a short answer can be forged.
-            let pool = pool_without_arena(1, m);
-            let out = pool.task(forger).chunksize(4).map_pod_results(&items);
-            for (i, r) in out.iter().enumerate() {
-                if i < 4 {
-                    assert!(
-                        matches!(r, Err(TaskError::ResultDecode(d)) if d.type_name == "u64"),
-                        "{m}: item {i}: {r:?}"
-                    );
-                } else {
-                    assert_eq!(r, &Ok(i as u64 * 10), "{m}: item {i}");
-                }
-            }
-            let restarts: u64 = pool.stats().iter().map(|s| s.restarts).sum();
-            assert_eq!(restarts, 1, "{m}");
-            finish(pool);
-        }
+        forged(
+            0,
+            |e| matches!(e, TaskError::ResultDecode(d) if d.type_name == "u64"),
+        );
+    });
+}
+
+#[test]
+fn an_answer_in_two_parts_of_the_return_area_fails_its_chunk() {
+    deadline(LIMIT, || {
+        forged(1, |e| matches!(e, TaskError::Protocol(_)));
     });
 }
 

@@ -14,8 +14,8 @@ use super::progress::Progress;
 use super::worker::Outcome;
 use crate::wire::{DecodeError, codec};
 
-/// A reply whose bare values are in a worker's return area (see
-/// `worker::SLOT_RETURN`).
+/// A reply whose bare values are in a part of a worker's return area (see
+/// `worker::SLOT_RETURNS`).
 pub(crate) struct Returned<'a> {
     /// Job index of the first item.
     pub first: usize,
@@ -25,8 +25,12 @@ pub(crate) struct Returned<'a> {
     pub plain: usize,
     /// The tagged outcomes after them, from the reply.
     pub tagged: &'a [u8],
-    /// The worker's return area (the values begin at its start).
+    /// The worker's return area.
     pub area: &'a crate::shm::segment::Segment,
+    /// Where the values begin in it: the start of their part.
+    pub at: usize,
+    /// The bytes of that part: the values never pass its end.
+    pub room: usize,
 }
 
 /// The scheduler's view of a job, without its result type.

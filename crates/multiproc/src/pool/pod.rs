@@ -28,11 +28,12 @@
 //!   is dropped, after the last of its chunks has left the scheduler, so a
 //!   map never overwrites arguments a worker of another map has yet to
 //!   read;
-//! * results: each worker has a return area of its own
-//!   (`worker::SLOT_RETURN`). A worker that finds it free when a chunk
-//!   ends copies the chunk's bare values there and says so in its reply;
-//!   the parent copies them into place, then frees the area. A worker that
-//!   finds it still full answers through the link.
+//! * results: each worker has a return area of its own, in four parts
+//!   (`worker::SLOT_RETURNS`). A worker that finds a part free when a
+//!   chunk ends copies the chunk's bare values there and says which in its
+//!   reply; the parent copies them into place, then frees the part. So a
+//!   worker may end chunks while the parent still copies the ones before.
+//!   A worker that finds every part full answers through the link.
 //!
 //! Each byte so crosses once each way, with no system call per byte; and
 //! what a worker writes, stray or forged, reaches only its own results,
@@ -172,7 +173,7 @@ where
         if let Some(e) = st.first_error.clone() {
             return Err(e);
         }
-        let out = std::mem::take(&mut st.out);
+        let out = std::mem::take(job.output(&mut st));
         drop(st);
         job.finish_progress();
         Ok(out)
@@ -185,7 +186,7 @@ where
             Err(e) => return vec![Err(e); items.len()],
         };
         let mut st = job.wait();
-        let values = std::mem::take(&mut st.out);
+        let values = std::mem::take(job.output(&mut st));
         let errors = std::mem::take(&mut st.errors);
         drop(st);
         job.finish_progress();
@@ -227,7 +228,13 @@ where
         let sink = Arc::clone(&job) as Arc<dyn Sink>;
         let bytes: &[u8] = bytemuck::cast_slice(items);
         let mut first = 0;
+        let mut submitted = 0;
         while first < len {
+            if submitted == backend.workers() {
+                // Every worker has a chunk: the output is made while they
+                // run them, rather than before they start.
+                job.make_output();
+            }
             if job.abandoned() {
                 // Fail-fast and failed already (the job has settled): the
                 // rest is not sent.
@@ -268,6 +275,7 @@ where
                 break;
             }
             first += count;
+            submitted += 1;
         }
         Ok(job)
     }
@@ -288,8 +296,12 @@ pub(crate) struct PodJob<R> {
 }
 
 struct PodState<R> {
-    /// Every item's value (zero until it arrives).
+    /// Every item's value (zero until it arrives), once `made`.
     out: Vec<R>,
+    /// Whether `out` was made (see [`PodJob::make_output`]); it stays
+    /// true once the values are taken, so that a late answer finds no
+    /// room.
+    made: bool,
     /// Failed items, in the order they failed.
     errors: Vec<(usize, TaskError)>,
     /// Items with an outcome.
@@ -310,8 +322,8 @@ impl<R: Pod> PodJob<R> {
             len,
             fail_fast,
             state: Mutex::new(PodState {
-                // Zeroed by the allocator: fresh pages, not a pass over them.
-                out: bytemuck::zeroed_vec(len),
+                out: Vec::new(),
+                made: false,
                 errors: Vec::new(),
                 finished: 0,
                 first_error: None,
@@ -323,6 +335,32 @@ impl<R: Pod> PodJob<R> {
             progress,
             arena,
         }
+    }
+
+    /// Makes the output (zeroing 8 bytes a value costs about as much as
+    /// copying them in), outside the lock, unless it is made already.
+    /// Whoever needs it first makes it: the caller once every worker has
+    /// a chunk, or the first outcome to come.
+    fn make_output(&self) {
+        if self.lock().made {
+            return;
+        }
+        let fresh = bytemuck::zeroed_vec(self.len);
+        let mut st = self.lock();
+        if !st.made {
+            st.out = fresh;
+            st.made = true;
+        }
+    }
+
+    /// The output, made if it is not yet (under the lock: only when an
+    /// outcome comes before the caller made it).
+    fn output<'a>(&self, st: &'a mut PodState<R>) -> &'a mut Vec<R> {
+        if !st.made {
+            st.out = bytemuck::zeroed_vec(self.len);
+            st.made = true;
+        }
+        &mut st.out
     }
 
     fn lock(&self) -> MutexGuard<'_, PodState<R>> {
@@ -346,7 +384,7 @@ impl<R: Pod> PodJob<R> {
         st.finished += 1;
         match outcome {
             Ok(v) => {
-                if let Some(slot) = st.out.get_mut(index) {
+                if let Some(slot) = self.output(st).get_mut(index) {
                     *slot = v;
                 }
             }
@@ -442,7 +480,14 @@ impl<R: Pod + Send> Sink for PodJob<R> {
     }
 
     fn deliver_returned(&self, r: super::job::Returned<'_>, busy: Duration) {
-        self.take(r.first, r.count, r.plain, r.tagged, Some(r.area), busy);
+        self.take(
+            r.first,
+            r.count,
+            r.plain,
+            r.tagged,
+            Some((r.area, r.at, r.room)),
+            busy,
+        );
     }
 
     fn fail(&self, index: usize, error: TaskError) {
@@ -478,7 +523,7 @@ impl<R: Pod + Send> PodJob<R> {
         count: usize,
         plain: usize,
         bytes: &[u8],
-        returned: Option<&Segment>,
+        returned: Option<(&Segment, usize, usize)>,
         busy: Duration,
     ) {
         // Checked and decoded before the lock: only the copy is under it.
@@ -499,22 +544,24 @@ impl<R: Pod + Send> PodJob<R> {
                 let mut short = false;
                 if let Some(out) = first
                     .checked_add(n)
-                    .and_then(|end| st.out.get_mut(first..end))
+                    .and_then(|end| self.output(&mut st).get_mut(first..end))
                 {
                     // An aligned, correctly sized destination, viewed as
                     // bytes: the values are copied, never reinterpreted
                     // where they lie.
                     let out = bytemuck::cast_slice_mut::<R, u8>(out);
                     match returned {
-                        // Bounds checked by the block: a worker that says
-                        // it returned more than its area holds fails them.
-                        Some(area) => short = !area.read(0, out),
+                        // A worker that says it returned more than its
+                        // part holds fails them.
+                        Some((area, at, room)) => {
+                            short = out.len() > room || !area.read(at, out);
+                        }
                         None => out.copy_from_slice(values),
                     }
                 }
                 if short {
                     let e = decode_error::<R>(format!(
-                        "a worker returned {n} values of {size} bytes, more than its area holds"
+                        "a worker returned {n} values of {size} bytes, more than a part of its area holds"
                     ));
                     for i in 0..n {
                         self.store(&mut st, first + i, Err(e.clone()));
@@ -613,6 +660,39 @@ mod tests {
         st.out = Vec::new();
         drop(st);
         job.deliver(1, 1, 1, &8u32.to_le_bytes(), Duration::ZERO);
+    }
+
+    #[test]
+    fn returned_values_are_read_from_their_part_and_never_past_it() {
+        let area = Segment::create(64).unwrap();
+        // The second part (bytes 32..64) holds two values.
+        assert!(area.write(32, &reply(&[41, 42])));
+        let job = PodJob::<u64>::new(7, false, None, None);
+        let returned = |first, count, plain| super::super::job::Returned {
+            first,
+            count,
+            plain,
+            tagged: &[],
+            area: &area,
+            at: 32,
+            room: 32,
+        };
+        job.deliver_returned(returned(0, 2, 2), Duration::ZERO);
+        // Five values of 8 bytes do not fit the part's 32 bytes, though
+        // the block would hold them past its end: they fail.
+        let mut lying = returned(2, 5, 5);
+        lying.at = 0;
+        job.deliver_returned(lying, Duration::ZERO);
+        let st = job.wait();
+        assert_eq!(st.out[..2], [41, 42]);
+        let mut failed: Vec<usize> = st.errors.iter().map(|(i, _)| *i).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, [2, 3, 4, 5, 6]);
+        assert!(
+            st.errors
+                .iter()
+                .all(|(_, e)| matches!(e, TaskError::ResultDecode(_)))
+        );
     }
 
     #[test]

@@ -274,7 +274,7 @@ struct Worker {
     /// code and may write anything there) can mislead the scheduler only
     /// about itself, never about another worker.
     slot: Option<SharedMemory>,
-    /// Its return area (see `worker::SLOT_RETURN`), if the pool gives one.
+    /// Its return area (see `worker::SLOT_RETURNS`), if the pool gives one.
     returns: Option<Arc<Segment>>,
     pidfd: Option<Arc<TrackedFd>>,
     link: Option<Arc<TrackedFd>>,
@@ -353,7 +353,7 @@ pub(crate) struct State {
     /// initializer) and still be replaced; one more breaks the pool.
     max_failed_starts: u32,
     spawner: Spawner,
-    /// Bytes of each worker's return area (`worker::SLOT_RETURN`), 0 for
+    /// Bytes of each worker's return area (`worker::SLOT_RETURNS`), 0 for
     /// none.
     return_bytes: usize,
 }
@@ -841,32 +841,44 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                     u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
                 let mut busy = [0u8; 8];
                 busy.copy_from_slice(&payload[12..20]);
-                let returned = payload[20] & worker::RETURNED != 0;
-                let retire = payload[20] & !worker::RETURNED;
+                // Which part of the return area holds the values, if any
+                // (one flag at most).
+                let flags = payload[20] & worker::RETURNED_ANY;
+                let returned = (flags != 0).then(|| {
+                    worker::RETURNED
+                        .iter()
+                        .position(|&flag| flag == flags)
+                        .ok_or(())
+                });
+                let retire = payload[20] & !worker::RETURNED_ANY;
                 let plain = u32::from_le_bytes([payload[21], payload[22], payload[23], payload[24]])
                     as usize;
                 let done = done.min(chunk.count());
                 let busy = Duration::from_nanos(u64::from_le_bytes(busy));
                 let tagged = &payload[REPLY_HEADER..];
-                let words = w.slot.as_ref().and_then(slot_words).filter(|_| returned);
+                let words = w.slot.as_ref().and_then(slot_words);
                 if !chunk.sink.abandoned() {
-                    match (words, &w.returns) {
-                        (None, _) => chunk.sink.deliver(chunk.first, done, plain, tagged, busy),
-                        // The area holds this chunk's values (the worker
+                    match (returned, words, &w.returns) {
+                        (None, ..) => chunk.sink.deliver(chunk.first, done, plain, tagged, busy),
+                        // The part holds this chunk's values (the worker
                         // says so in its slot word as well as its reply).
-                        (Some(words), Some(area))
-                            if words[worker::SLOT_RETURN].load(Ordering::Acquire) == chunk.id =>
+                        (Some(Ok(part)), Some(words), Some(area))
+                            if words[worker::SLOT_RETURNS[part]].load(Ordering::Acquire)
+                                == chunk.id =>
                         {
+                            let room = area.len() / worker::SLOT_RETURNS.len();
                             let r = super::job::Returned {
                                 first: chunk.first,
                                 count: done,
                                 plain,
                                 tagged,
                                 area,
+                                at: part * room,
+                                room,
                             };
                             chunk.sink.deliver_returned(r, busy);
                         }
-                        (Some(_), _) => {
+                        (Some(_), ..) => {
                             let e = TaskError::Protocol("values returned for another task".into());
                             for i in 0..done {
                                 chunk.sink.fail(chunk.first + i, e.clone());
@@ -874,9 +886,9 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                         }
                     }
                 }
-                if let Some(words) = words {
-                    // Copied out: the worker may use the area again.
-                    words[worker::SLOT_RETURN].store(0, Ordering::Release);
+                if let (Some(Ok(part)), Some(words)) = (returned, words) {
+                    // Copied out: the worker may use that part again.
+                    words[worker::SLOT_RETURNS[part]].store(0, Ordering::Release);
                 }
                 w.tasks_done += done as u64;
                 // Both are the worker's words: saturating, never a panic.

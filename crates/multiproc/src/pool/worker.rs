@@ -29,27 +29,36 @@ use crate::sys::shm::ReadMapping;
 use crate::wire::{codec, handles};
 
 /// Words per worker in the slot table.
-pub(crate) const SLOT_WORDS: usize = 4;
+pub(crate) const SLOT_WORDS: usize = 7;
 /// Slot word: the running task's id, 0 when none.
 pub(crate) const SLOT_TASK: usize = 0;
 /// Slot word: the index, within its task, of the running item.
 pub(crate) const SLOT_ITEM: usize = 1;
 /// Slot word: when the running item started (`monotonic_ns`), if timed.
 pub(crate) const SLOT_START: usize = 2;
-/// Slot word: the id of the plain-data task whose bare values the
-/// worker's return area holds, 0 while it is free. A worker with a return
-/// area (a block of its own, beside its slot block) sets it, once it has
-/// written the values there, only while it is 0; the parent clears it
-/// once it has copied them.
-pub(crate) const SLOT_RETURN: usize = 3;
+/// Slot words, one per part of the worker's return area (its four equal
+/// parts, in order): the id of the plain-data task whose bare values that
+/// part holds, 0 while it is free. A worker with a return area (a block of
+/// its own, beside its slot block) sets one, once it has written the
+/// values in its part, only while it is 0; the parent clears it once it
+/// has copied them. Several parts, so that a worker may end chunks while
+/// the parent, short of a processor, still copies the ones before: with
+/// one, a third of a trivial map's chunks found it full and went through
+/// the link.
+pub(crate) const SLOT_RETURNS: [usize; 4] = [3, 4, 5, 6];
 
 /// Bytes of a worker's return area, when the pool gives it one: a default
-/// plain-data chunk's values (512 KiB at most) fit.
-pub(crate) const RETURN_BYTES: usize = 1 << 20;
+/// plain-data chunk's values (512 KiB at most) fit in each part. Memory
+/// is taken as parts are used.
+pub(crate) const RETURN_BYTES: usize = 2 << 20;
 
-/// Reply flag, in the retiring byte: the task's bare values are in the
-/// worker's return area, not in the reply.
-pub(crate) const RETURNED: u8 = 0x80;
+/// Reply flags, in the retiring byte, one per part of the return area
+/// (as [`SLOT_RETURNS`]): the task's bare values are in that part, not in
+/// the reply.
+pub(crate) const RETURNED: [u8; 4] = [0x80, 0x40, 0x20, 0x10];
+
+/// Every flag of [`RETURNED`].
+pub(crate) const RETURNED_ANY: u8 = 0xf0;
 
 /// Task header flag: record each item's start time (the task has a
 /// timeout).
@@ -104,7 +113,7 @@ pub(crate) struct Setup<I> {
     /// The pool's plain-data arena, if it has one (see `pod::PodArena`).
     pub arena: Option<Block<ReadMapping>>,
     /// This worker's return area, if the pool gives it one (see
-    /// [`SLOT_RETURN`]).
+    /// [`SLOT_RETURNS`]).
     pub returns: Option<Block<Segment>>,
 }
 
@@ -392,9 +401,18 @@ fn serve_with(link: &CallLink, posted: &Posted, mut holding: impl FnMut()) {
             }
         }
         let (_, reply, _) = entry.call(&payload[sys::code::PREAMBLE..], Vec::new());
-        if posted.out().push(link.fd(), link::RESULT, reply).is_err() {
+        // Values in a part of the return area go at once, even a quick
+        // task's: the parent frees the part only once it has the answer.
+        let returned = reply
+            .get(20)
+            .is_some_and(|&flags| flags & RETURNED_ANY != 0);
+        let mut out = posted.out();
+        if out.push(link.fd(), link::RESULT, reply).is_err()
+            || (returned && out.flush(link.fd()).is_err())
+        {
             return;
         }
+        drop(out);
         if retiring() {
             let _ = posted.out().flush(link.fd());
             return;
@@ -713,7 +731,10 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     // With a return area, the values are made in a buffer kept from task
     // to task, then copied there at the end (if the parent has copied out
     // what it last held by then; into the reply if not).
-    let returns = return_area.as_ref().map_or(0, |area| area.len());
+    // The room in each part of the return area.
+    let returns = return_area
+        .as_ref()
+        .map_or(0, |area| area.len() / SLOT_RETURNS.len());
     let mut scratch = (returns > 0).then(|| RETURN_VALUES.with(RefCell::take));
     let mut in_scratch = false;
     // An arena task's items are copied out of the arena (a shared block:
@@ -892,16 +913,24 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
             .as_deref()
             .and_then(|buf| buf.get(..n))
             .unwrap_or_default();
-        if n > 0
-            && slot[SLOT_RETURN].load(Ordering::Acquire) == 0
-            && return_area
-                .as_ref()
-                .is_some_and(|area| area.write(0, values))
-        {
-            slot[SLOT_RETURN].store(id, Ordering::Release);
-            retire |= RETURNED;
-        } else {
-            out.splice(REPLY_HEADER..REPLY_HEADER, values.iter().copied());
+        let free = SLOT_RETURNS
+            .iter()
+            .position(|&word| slot[word].load(Ordering::Acquire) == 0);
+        let placed = free.filter(|&part| {
+            n > 0
+                && n <= returns
+                && return_area
+                    .as_ref()
+                    .is_some_and(|area| area.write(part * returns, values))
+        });
+        match placed {
+            Some(part) => {
+                slot[SLOT_RETURNS[part]].store(id, Ordering::Release);
+                retire |= RETURNED[part];
+            }
+            None => {
+                out.splice(REPLY_HEADER..REPLY_HEADER, values.iter().copied());
+            }
         }
     }
     if let Some(buf) = scratch {
