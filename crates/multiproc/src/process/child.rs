@@ -255,6 +255,11 @@ pub(crate) fn forked_body<A, R>(
 pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) -> i32 {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
     let _ = frame::write(channel, kind, &payload, &borrowed);
+    // The child exits next, which frees and closes them: a free here would
+    // only write to heap pages it shares with its parent (under fork, each
+    // a copy-on-write fault).
+    std::mem::forget(borrowed);
+    std::mem::forget((payload, fds));
     if kind == kind::OK { 0 } else { 1 }
 }
 
