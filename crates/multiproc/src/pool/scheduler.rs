@@ -663,7 +663,9 @@ fn dispatch(st: &mut State) {
             .collect();
         let link = w.link.as_ref().expect("eligible");
         if sys::socket::send_all(link.as_fd(), &slices, &[]).is_err() {
-            // The worker is dying; its exit handler requeues what it held.
+            // The worker is dying (or already dead, not yet reaped): it gets
+            // nothing more, and its exit handler blames the item its slot
+            // names and requeues the rest of what it held.
             w.retiring = true;
         }
     }
@@ -966,7 +968,7 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
     w.ready = false;
     let killed = w.killed.take();
     let last_words = w.last_words.take();
-    let retiring = std::mem::take(&mut w.retiring);
+    w.retiring = false;
     let held: Vec<Chunk> = w.inflight.drain(..).collect();
     let status = status.unwrap_or(ExitStatus::Signaled {
         signal: crate::Signal::KILL,
@@ -980,7 +982,11 @@ fn worker_exited(st: &mut State, index: usize, changed: &Condvar) {
         }
         let blamed = match &killed {
             Some((id, it, error)) if *id == chunk.id => Some((*it, error.clone())),
-            _ if chunk.id == running && !retiring => Some((
+            // The chunk its slot names was running, whether or not it was
+            // retiring: a worker that retires clears the word before it
+            // says so, and a worker we could no longer write to (marked
+            // retiring by `dispatch`) may have died of this very item.
+            _ if chunk.id == running => Some((
                 item,
                 match &last_words {
                     Some(report) => TaskError::Panicked(report.clone()),
