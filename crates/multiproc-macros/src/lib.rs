@@ -18,7 +18,9 @@ use syn::{ItemFn, LitStr, parse_macro_input};
 ///
 /// `#[multiproc::task]` names it `module::path::function`;
 /// `#[multiproc::task(name = "render.tile")]` gives the name. The function
-/// must take exactly one argument and have no generic parameters.
+/// must take exactly one argument and have no generic parameters. It is
+/// never inlined (the attribute adds `#[inline(never)]` and refuses
+/// `#[inline]`): a pool finds it by its address, which must be one.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut name: Option<LitStr> = None;
@@ -33,9 +35,18 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(e) = parser.parse(attr) {
         return e.to_compile_error().into();
     }
-    let func = parse_macro_input!(item as ItemFn);
+    let mut func = parse_macro_input!(item as ItemFn);
     if let Err(e) = check(&func) {
         return e.to_compile_error().into();
+    }
+    // One function, one address. The pool finds a task by the address of
+    // the function it is given; but an optimised build may give a small
+    // function a copy of its own in every codegen unit (and every crate)
+    // that uses it, each at another address, so the address taken here
+    // would not be the one a caller passes elsewhere. A function never
+    // inlined has one definition, which every caller's pointer names.
+    if !func.attrs.iter().any(|a| a.path().is_ident("inline")) {
+        func.attrs.push(syn::parse_quote!(#[inline(never)]));
     }
     let ident = &func.sig.ident;
     let name = match name {
@@ -62,7 +73,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Refuses what a pool cannot run: a generic function (no single
-/// instantiation to register), or one that does not take one argument.
+/// instantiation to register), one that does not take one argument, or one
+/// asked to be inlined (no single address to find it by).
 fn check(func: &ItemFn) -> syn::Result<()> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
@@ -84,6 +96,18 @@ fn check(func: &ItemFn) -> syn::Result<()> {
             "#[multiproc::task] cannot register a method",
         ));
     }
+    if let Some(a) = func.attrs.iter().find(|a| a.path().is_ident("inline")) {
+        let never = a
+            .parse_args::<syn::Ident>()
+            .is_ok_and(|word| word == "never");
+        if !never {
+            return Err(syn::Error::new_spanned(
+                a,
+                "#[multiproc::task] functions are never inlined: a pool finds them by \
+                 address, and an inlined function has a copy (an address) per call site",
+            ));
+        }
+    }
     if sig.asyncness.is_some() || sig.unsafety.is_some() {
         return Err(syn::Error::new_spanned(
             sig,
@@ -91,4 +115,40 @@ fn check(func: &ItemFn) -> syn::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn an_inlined_task_is_refused() {
+        let f: syn::ItemFn = syn::parse_quote!(
+            #[inline]
+            fn f(x: u64) -> u64 {
+                x
+            }
+        );
+        assert!(check(&f).is_err());
+        let f: syn::ItemFn = syn::parse_quote!(
+            #[inline(always)]
+            fn f(x: u64) -> u64 {
+                x
+            }
+        );
+        assert!(check(&f).is_err());
+        let f: syn::ItemFn = syn::parse_quote!(
+            #[inline(never)]
+            fn f(x: u64) -> u64 {
+                x
+            }
+        );
+        assert!(check(&f).is_ok());
+        let f: syn::ItemFn = syn::parse_quote!(
+            fn f(x: u64) -> u64 {
+                x
+            }
+        );
+        assert!(check(&f).is_ok());
+    }
 }

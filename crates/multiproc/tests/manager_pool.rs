@@ -57,6 +57,42 @@ fn unregistered(x: u64) -> u64 {
     x
 }
 
+/// As small as a function gets: an optimised build may give such a
+/// function a copy in every codegen unit that names it, each at its own
+/// address, and the pool finds a task by address.
+#[multiproc::task]
+fn increment(x: u64) -> u64 {
+    x + 1
+}
+
+/// Other call sites of `increment`, in another module (and so, likely,
+/// another codegen unit) than the test's.
+mod elsewhere {
+    use multiproc::PoolProxy;
+
+    pub fn map_increment(pool: &PoolProxy) -> Vec<u64> {
+        pool.map(super::increment, [1, 2]).unwrap()
+    }
+
+    pub fn map_through(pool: &PoolProxy, f: fn(u64) -> u64) -> Vec<u64> {
+        pool.map(f, [1, 2]).unwrap()
+    }
+}
+
+#[test]
+fn a_small_task_is_found_from_every_call_site() {
+    deadline(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let pool = manager.pool(1).unwrap();
+        assert_eq!(pool.map(increment, [1, 2]).unwrap(), [2, 3]);
+        assert_eq!(pool.apply(increment, 1).unwrap(), 2);
+        assert_eq!(elsewhere::map_increment(&pool), [2, 3]);
+        assert_eq!(elsewhere::map_through(&pool, increment), [2, 3]);
+        drop(pool);
+        manager.shutdown().unwrap();
+    });
+}
+
 #[test]
 fn every_pool_method_runs_in_the_managers_pool_under_every_start_method() {
     deadline(LIMIT, || {
