@@ -59,6 +59,10 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     quote! {
         #func
+        // The table entry is a `link_section` static (linkme's), which the
+        // `unsafe_code` lint flags though it is no unsafe code of the
+        // user's: a crate that denies it can register tasks all the same.
+        #[allow(unsafe_code)]
         const _: () = {
             fn __multiproc_resolve() -> ::multiproc::__private::Resolved {
                 ::multiproc::__private::Resolved::new(#ident as fn(_) -> _)

@@ -199,3 +199,21 @@ pub fn wedge_queue_lock<T>(q: &crate::Queue<T>, consumer: bool) {
 pub fn bare_fork_exit_wait() -> io::Result<()> {
     sys::process::bare_fork_exit_wait()
 }
+
+/// Tasks registered by this library, for a test to map from its own crate:
+/// a pool's caller in another crate than the registration, as when a
+/// program maps the tasks of a library it uses. (This crate denies
+/// `unsafe_code`: these also show that such a crate can register tasks.)
+pub mod tasks {
+    /// Adds one: as small as a task gets.
+    #[multiproc::task(name = "multiproc.bench.increment")]
+    pub fn increment(x: u64) -> u64 {
+        x + 1
+    }
+
+    /// Upper case, and the length.
+    #[multiproc::task(name = "multiproc.bench.shout")]
+    pub fn shout(s: String) -> String {
+        format!("{}!{}", s.to_uppercase(), s.len())
+    }
+}

@@ -331,6 +331,10 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+// `#[multiproc::task]` names this crate `::multiproc`: for the tasks of
+// `__bench`.
+#[cfg(feature = "bench-internals")]
+extern crate self as multiproc;
 mod aio;
 
 /// What `#[multiproc::task]` expands to refers to these; not an API.

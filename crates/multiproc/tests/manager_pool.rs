@@ -409,3 +409,24 @@ fn a_client_of_another_build_is_refused() {
         assert!(!socket.exists());
     });
 }
+
+/// Tasks registered in another crate (the library) than the one that maps
+/// them (this test): an optimised build gives each crate its own copies of
+/// the generic functions a pool names a task by, so the test's differ from
+/// the ones the library registered.
+#[cfg(feature = "bench-internals")]
+#[test]
+fn a_task_of_another_crate_is_found() {
+    use multiproc::__bench::tasks;
+    deadline(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let pool = manager.pool(1).unwrap();
+        assert_eq!(pool.map(tasks::increment, [1, 2]).unwrap(), [2, 3]);
+        assert_eq!(pool.apply(tasks::increment, 41).unwrap(), 42);
+        assert_eq!(
+            pool.map(tasks::shout, ["ab".to_owned(), "xyz".to_owned()])
+                .unwrap(),
+            ["AB!2", "XYZ!3"]
+        );
+    });
+}

@@ -336,7 +336,7 @@ impl Dispatch {
     /// The entry for `chunk`, or the error every one of its items gets.
     fn entry(&self, chunk: &Chunk, seq: u64) -> Result<TaskEntry, TaskError> {
         let task = registry::registry()
-            .by_entry(&chunk.preamble)
+            .by_entry(&chunk.preamble, chunk.key)
             .map_err(|e| match e {
                 Lookup::NotRegistered => TaskError::NotRegistered(
                     "no #[multiproc::task] names this function (with these argument and result \

@@ -787,6 +787,7 @@ impl Core {
             id: scheduler::next_id(),
             sink: Arc::clone(&sink) as Arc<dyn Sink>,
             preamble: task.entry.preamble(),
+            key: None,
             first: entry.first as usize,
             items,
             ends: Ends::Each(entry.ends.iter().map(|&e| e as usize).collect()),

@@ -5,6 +5,7 @@ use super::backend::Backend;
 use super::chunking::Chunker;
 use super::job::{Job, Sink};
 use super::progress::{Bar, Progress};
+use super::registry::TaskKey;
 use super::scheduler::{Chunk, Ends};
 use super::*;
 use super::{handle::*, imap::*, map_handle::*};
@@ -122,6 +123,7 @@ where
         Feeder {
             backend: Arc::clone(&self.pool.backend),
             preamble: EntryId::new(self.f, worker::chunk_body::<A, R>).preamble(),
+            key: TaskKey::of(self.f),
             chunker: Chunker::new(
                 self.chunksize,
                 len,
@@ -262,6 +264,7 @@ pub(super) fn finish_progress<R>(job: &Job<R>) {
 pub(super) struct Feeder<R, It: Iterator> {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) preamble: [u8; PREAMBLE],
+    pub(super) key: TaskKey,
     pub(super) chunker: Chunker,
     pub(super) timeout: Option<Duration>,
     pub(super) items: std::iter::Fuse<It>,
@@ -327,6 +330,7 @@ where
                     id: scheduler::next_id(),
                     sink: Arc::clone(&self.sink),
                     preamble: self.preamble,
+                    key: Some(self.key),
                     first: self.next,
                     items: bytes,
                     ends: Ends::Each(ends),

@@ -258,6 +258,8 @@ where
                 id: scheduler::next_id(),
                 sink: Arc::clone(&sink),
                 preamble,
+                // Not a serde task: no registry runs it.
+                key: None,
                 first,
                 items,
                 ends: Ends::Fixed {

@@ -13,7 +13,18 @@
 //! network is ever turned into an address. A signature (name and type names) and a build
 //! fingerprint (the executable's GNU build id, or a SHA-256 of it) check
 //! that both sides mean the same function.
+//!
+//! The producer's address lookup cannot rest on the whole entry preamble
+//! alone. The preamble names the target and two generic functions
+//! instantiated for its types (`sys::code::shim` and the body); an
+//! optimised build instantiates those again in every crate that names
+//! them, so a task defined in a library and mapped from a binary comes
+//! with the binary's copies, at other addresses than the ones its
+//! registration (in the library) recorded. So a chunk also carries a
+//! [`TaskKey`], the target's offset and its types, found in the table
+//! when the preamble is not.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -45,6 +56,7 @@ impl TaskEntry {
 #[derive(Debug, Clone, Copy)]
 pub struct Resolved {
     entry: EntryId,
+    key: TaskKey,
     arg: &'static str,
     ret: &'static str,
 }
@@ -58,8 +70,37 @@ impl Resolved {
     {
         Resolved {
             entry: EntryId::new(f, chunk_body::<A, R>),
+            key: TaskKey::of(f),
             arg: std::any::type_name::<A>(),
             ret: std::any::type_name::<R>(),
+        }
+    }
+}
+
+/// A function by what every crate of the executable that names it agrees
+/// on: its own offset (one definition: the macro never inlines a task) and
+/// its argument and result types. What a pool's chunk names its task by
+/// when its preamble, made with another crate's instantiations of the shim
+/// and the body, is not the one registered.
+///
+/// The types are a [`TypeId`], not the type names a signature hashes: two
+/// types may have one name (two versions of a crate in one program), and
+/// two functions of such types may share one address (identical code is
+/// folded). Made for serde tasks only (the body `chunk_body`): a chunk of
+/// another body (plain data) carries none, and so never finds a task by
+/// its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TaskKey {
+    target: i64,
+    types: TypeId,
+}
+
+impl TaskKey {
+    /// The key of `f`, run through `chunk_body::<A, R>`.
+    pub(crate) fn of<A: 'static, R: 'static>(f: fn(A) -> R) -> TaskKey {
+        TaskKey {
+            target: EntryId::target_offset(f),
+            types: TypeId::of::<fn(A) -> R>(),
         }
     }
 }
@@ -76,6 +117,9 @@ pub(crate) struct Task {
 pub(crate) struct Registry {
     /// By the local entry id's bytes: what a pool's chunks carry.
     by_entry: HashMap<[u8; PREAMBLE], usize>,
+    /// By target and types: every task of each key (more than one if
+    /// identical code was folded to one address).
+    by_key: HashMap<TaskKey, Vec<usize>>,
     by_name: HashMap<&'static str, usize>,
     tasks: Vec<Task>,
     /// Names registered twice: refused on both sides.
@@ -91,28 +135,9 @@ pub(crate) fn registry() -> &'static Registry {
     if let Some(r) = REGISTRY.get() {
         return r;
     }
-    let mut reg = Registry {
-        by_entry: HashMap::new(),
-        by_name: HashMap::new(),
-        tasks: Vec::new(),
-        duplicates: Vec::new(),
-    };
-    for e in TASKS.iter() {
-        let r = (e.resolve)();
-        let index = reg.tasks.len();
-        reg.tasks.push(Task {
-            name: e.name,
-            entry: r.entry,
-            signature: signature(e.name, r.arg, r.ret),
-        });
-        if reg.by_name.insert(e.name, index).is_some() {
-            reg.duplicates.push(e.name);
-        }
-        // Identical-code folding may give two functions one address:
-        // their code is then the same, so either name runs it.
-        reg.by_entry.entry(r.entry.preamble()).or_insert(index);
-    }
-    let _ = REGISTRY.set(reg);
+    let _ = REGISTRY.set(Registry::build(
+        TASKS.iter().map(|e| (e.name, (e.resolve)())),
+    ));
     REGISTRY.get_or_init(|| unreachable!("set above"))
 }
 
@@ -126,15 +151,51 @@ pub(crate) enum Lookup {
 }
 
 impl Registry {
-    /// The task registered for the function a pool chunk names by its
-    /// local entry preamble (function, body and shim: the types too).
-    pub(crate) fn by_entry(&self, preamble: &[u8; PREAMBLE]) -> Result<&Task, Lookup> {
-        let task = self
-            .by_entry
-            .get(preamble)
-            .map(|&i| &self.tasks[i])
-            .ok_or(Lookup::NotRegistered)?;
-        self.unique(task)
+    fn build(tasks: impl Iterator<Item = (&'static str, Resolved)>) -> Registry {
+        let mut reg = Registry {
+            by_entry: HashMap::new(),
+            by_key: HashMap::new(),
+            by_name: HashMap::new(),
+            tasks: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        for (name, r) in tasks {
+            let index = reg.tasks.len();
+            reg.tasks.push(Task {
+                name,
+                entry: r.entry,
+                signature: signature(name, r.arg, r.ret),
+            });
+            if reg.by_name.insert(name, index).is_some() {
+                reg.duplicates.push(name);
+            }
+            // Identical-code folding may give two functions one address:
+            // their code is then the same, so either name runs it.
+            reg.by_entry.entry(r.entry.preamble()).or_insert(index);
+            reg.by_key.entry(r.key).or_default().push(index);
+        }
+        reg
+    }
+
+    /// The task registered for the function a pool chunk names: by its
+    /// local entry preamble (function, body and shim: the types too), else
+    /// by its key (function and types), if it has one and exactly one
+    /// task has that key.
+    pub(crate) fn by_entry(
+        &self,
+        preamble: &[u8; PREAMBLE],
+        key: Option<TaskKey>,
+    ) -> Result<&Task, Lookup> {
+        if let Some(&i) = self.by_entry.get(preamble) {
+            return self.unique(&self.tasks[i]);
+        }
+        // The shim or the body are another crate's copies. Two tasks of
+        // one key (identical code folded to one address) are ambiguous:
+        // neither is taken.
+        match key.and_then(|k| self.by_key.get(&k)).map(Vec::as_slice) {
+            Some(&[i]) => self.unique(&self.tasks[i]),
+            _ => Err(Lookup::NotRegistered),
+        }
     }
 
     /// The task registered under `name`.
@@ -314,6 +375,136 @@ mod tests {
         fake[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         fake[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
         assert_eq!(gnu_build_id(&fake), None);
+    }
+
+    fn find(
+        reg: &Registry,
+        preamble: &[u8; PREAMBLE],
+        key: Option<TaskKey>,
+    ) -> Result<&'static str, Lookup> {
+        reg.by_entry(preamble, key).map(|t| t.name)
+    }
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    fn shout(s: String) -> String {
+        s.to_uppercase()
+    }
+
+    /// Another body than the registered one: what a chunk made in another
+    /// crate names (its own instantiation of `chunk_body`).
+    fn elsewhere<A, R>(
+        _: fn(A) -> R,
+        _: &[u8],
+        _: Vec<std::os::fd::OwnedFd>,
+    ) -> crate::sys::code::Reply {
+        unreachable!("never called")
+    }
+
+    /// The preamble and key another crate's pool would send for `f`.
+    fn from_elsewhere<A: 'static, R: 'static>(f: fn(A) -> R) -> ([u8; PREAMBLE], TaskKey) {
+        (
+            EntryId::new(f, elsewhere::<A, R>).preamble(),
+            TaskKey::of(f),
+        )
+    }
+
+    #[test]
+    fn a_task_is_found_by_its_preamble_or_else_by_its_key() {
+        let reg = Registry::build(
+            [
+                ("double", Resolved::new(double as fn(u64) -> u64)),
+                ("shout", Resolved::new(shout as fn(String) -> String)),
+            ]
+            .into_iter(),
+        );
+        let local = EntryId::new(double as fn(u64) -> u64, chunk_body::<u64, u64>).preamble();
+        assert_eq!(find(&reg, &local, None).unwrap(), "double");
+        let (preamble, key) = from_elsewhere(double as fn(u64) -> u64);
+        assert_ne!(preamble, local);
+        assert_eq!(find(&reg, &preamble, Some(key)).unwrap(), "double");
+        let (preamble, key) = from_elsewhere(shout as fn(String) -> String);
+        assert_eq!(find(&reg, &preamble, Some(key)).unwrap(), "shout");
+        // Without a key (a plain-data chunk), only the preamble counts.
+        assert_eq!(find(&reg, &preamble, None), Err(Lookup::NotRegistered));
+        // An unregistered function has no key in the table.
+        let (preamble, key) = from_elsewhere(unregistered as fn(u64) -> u64);
+        assert_eq!(find(&reg, &preamble, Some(key)), Err(Lookup::NotRegistered));
+    }
+
+    fn unregistered(x: u64) -> u64 {
+        x + 7
+    }
+
+    /// `at` resolved as if it took `A` and returned `R`: what one of two
+    /// functions of other types, folded to one address, would register.
+    fn folded<A, R>(at: fn(u64) -> u64) -> Resolved
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let r = Resolved::new(at);
+        Resolved {
+            key: TaskKey {
+                target: r.key.target,
+                types: TypeId::of::<fn(A) -> R>(),
+            },
+            arg: std::any::type_name::<A>(),
+            ret: std::any::type_name::<R>(),
+            ..r
+        }
+    }
+
+    #[test]
+    fn one_address_with_other_types_is_another_task() {
+        let reg = Registry::build(
+            [
+                ("u64", Resolved::new(double as fn(u64) -> u64)),
+                ("u32", folded::<u32, u32>(double)),
+            ]
+            .into_iter(),
+        );
+        let (preamble, key) = from_elsewhere(double as fn(u64) -> u64);
+        assert_eq!(find(&reg, &preamble, Some(key)).unwrap(), "u64");
+        let key32 = TaskKey {
+            types: TypeId::of::<fn(u32) -> u32>(),
+            ..key
+        };
+        assert_eq!(find(&reg, &preamble, Some(key32)).unwrap(), "u32");
+        let key16 = TaskKey {
+            types: TypeId::of::<fn(u16) -> u16>(),
+            ..key
+        };
+        assert_eq!(
+            find(&reg, &preamble, Some(key16)),
+            Err(Lookup::NotRegistered)
+        );
+    }
+
+    #[test]
+    fn one_key_twice_is_ambiguous_and_a_duplicate_name_is_refused() {
+        let f = double as fn(u64) -> u64;
+        let reg = Registry::build([("a", Resolved::new(f)), ("b", Resolved::new(f))].into_iter());
+        // The preamble registered first is found (the same code either way)...
+        let local = EntryId::new(f, chunk_body::<u64, u64>).preamble();
+        assert_eq!(find(&reg, &local, None).unwrap(), "a");
+        // ...but by key, two tasks are candidates: neither is taken.
+        let (preamble, key) = from_elsewhere(f);
+        assert_eq!(find(&reg, &preamble, Some(key)), Err(Lookup::NotRegistered));
+        let reg = Registry::build(
+            [
+                ("same", Resolved::new(f)),
+                ("same", Resolved::new(shout as fn(String) -> String)),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            find(&reg, &preamble, Some(key)),
+            Err(Lookup::Duplicate("same"))
+        );
+        assert_eq!(find(&reg, &local, None), Err(Lookup::Duplicate("same")));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub(crate) struct Chunk {
     pub id: u64,
     pub sink: Arc<dyn Sink>,
     pub preamble: [u8; sys::code::PREAMBLE],
+    /// What a task registry finds the task by when it does not know the
+    /// preamble (see [`TaskKey`](super::registry::TaskKey)): set for a
+    /// serde task only.
+    pub key: Option<super::registry::TaskKey>,
     /// Job index of the first item.
     pub first: usize,
     /// The items' encodings, back to back.
@@ -178,6 +182,7 @@ impl Chunk {
             id,
             sink: Arc::clone(&self.sink),
             preamble: self.preamble,
+            key: self.key,
             first: self.first + k,
             items,
             ends: self.ends.from(k),

@@ -77,9 +77,18 @@ impl EntryId {
     pub(crate) fn new<A, R>(target: fn(A) -> R, body: Body<A, R>) -> Self {
         EntryId {
             shim: offset_of(shim::<A, R> as Shim as usize),
-            target: offset_of(target as usize),
+            target: Self::target_offset(target),
             body: offset_of(body as usize),
         }
+    }
+
+    /// The offset [`new`](Self::new) records for `target`. The same in
+    /// every crate of the executable that names a function with one
+    /// definition, whereas `shim` and a body are generic: an optimised
+    /// build instantiates them again in each crate that names them, each
+    /// copy at its own address.
+    pub(crate) fn target_offset<A, R>(target: fn(A) -> R) -> i64 {
+        offset_of(target as usize)
     }
 
     /// The id as the 32-byte preamble that opens a start channel.

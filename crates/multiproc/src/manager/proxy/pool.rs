@@ -557,7 +557,7 @@ impl Remote {
 
     /// The wire form of a chunk, or the error all its items get.
     fn wire_chunk(chunk: Chunk) -> Result<PoolChunk, TaskError> {
-        let task = match registry::registry().by_entry(&chunk.preamble) {
+        let task = match registry::registry().by_entry(&chunk.preamble, chunk.key) {
             Ok(t) => t,
             Err(Lookup::NotRegistered) => {
                 return Err(TaskError::NotRegistered(

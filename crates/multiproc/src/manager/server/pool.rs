@@ -387,6 +387,7 @@ impl PoolObject {
                         id: scheduler::next_id(),
                         sink: sink as Arc<dyn Sink>,
                         preamble,
+                        key: None,
                         first: c.first as usize,
                         items: c.items.0,
                         ends: Ends::Each(c.ends.iter().map(|&e| e as usize).collect()),
