@@ -37,6 +37,11 @@ fn reachable_slot_blocks() -> Vec<SharedMemory> {
     blocks
 }
 
+/// Slot words (a block per worker): the running item's index, and when
+/// it started.
+const ITEM: usize = 1;
+const START: usize = 2;
+
 /// Item 0 writes an impossible item index (and start time) into every slot
 /// word it can reach, keeping the task word, then dies.
 fn corrupt_then_die(x: u64) -> u64 {
@@ -44,9 +49,10 @@ fn corrupt_then_die(x: u64) -> u64 {
         let blocks = reachable_slot_blocks();
         assert!(!blocks.is_empty(), "no slot block reachable");
         for block in &blocks {
-            // Slot words: task, item, start, spare (per worker).
+            // A worker's slot words: task, item, start, then one per part
+            // of its return area.
             for (i, word) in block.as_atomic_u64().iter().enumerate() {
-                if i % 4 == 1 || i % 4 == 2 {
+                if i == ITEM || i == START {
                     word.store(u64::MAX, Ordering::Release);
                 }
             }
@@ -98,7 +104,7 @@ fn victim_or_attacker((role, marker): (u8, String)) -> u8 {
     }
     for block in reachable_slot_blocks() {
         for (i, word) in block.as_atomic_u64().iter().enumerate() {
-            if i % 4 == 2 {
+            if i == START {
                 word.store(1, Ordering::Release);
             }
         }

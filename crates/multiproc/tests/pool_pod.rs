@@ -281,8 +281,10 @@ struct Forge {
     parent: u64,
     /// 1 if the pool starts its workers with spawn.
     spawn: u64,
-    /// What item 1 forges: 0 a short answer, 1 an answer whose values are
-    /// said to be in two parts of the return area at once.
+    /// What item 1 forges: 0 a short answer; with a return area, 1 an
+    /// answer whose values are said to be in two parts of it at once, 2
+    /// one that names a part whose slot word it left free, 3 one that
+    /// names a part whose word names another chunk.
     lie: u64,
 }
 
@@ -331,32 +333,37 @@ fn link_to(parent: i32, spawn: bool) -> i32 {
     }
 }
 
-/// The id of the chunk this worker runs, from its own slot block (the
-/// only one a spawn or forkserver worker of a one-worker pool can reach).
+/// The id of the chunk this worker runs, from its own slot block.
 fn running_chunk() -> u64 {
+    slot_block().as_atomic_u64()[0].load(Ordering::Acquire)
+}
+
+/// This worker's own slot block (the only one a spawn or forkserver worker
+/// of a one-worker pool can reach).
+fn slot_block() -> SharedMemory {
     let pid = std::process::id();
-    let mut ids = Vec::new();
+    let mut blocks = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
         if !target.to_string_lossy().starts_with("/memfd:multiproc-shm") {
             continue;
         }
         let fd = entry.file_name().to_string_lossy().into_owned();
-        // The slot block, not the arena (none with a memory limit) nor
-        // a ring.
+        // The slot block, not the arena nor the return area (none with a
+        // memory limit) nor a ring.
         if let Ok(block) = SharedMemory::attach(&format!("multiproc-{pid}-{fd}"))
             && block.size() < 4096
         {
-            ids.push(block.as_atomic_u64()[0].load(Ordering::Acquire));
+            blocks.push(block);
         }
     }
-    assert_eq!(ids.len(), 1, "slot blocks: {ids:?}");
-    ids[0]
+    assert_eq!(blocks.len(), 1, "slot blocks: {}", blocks.len());
+    blocks.pop().expect("checked")
 }
 
 /// Item 1 answers its chunk itself, before the worker does: a result frame
 /// that announces four values of 8 bytes and holds 12 bytes (`lie` 0), or
-/// holds none and flags two parts of the return area (`lie` 1). Once
+/// holds none and names parts of the return area as `lie` says. Once
 /// the parent took it (it sends the next chunk), the worker exits before
 /// its real answer: the chunk it then holds was not started, and runs
 /// again.
@@ -373,7 +380,17 @@ fn forger(item: Forge) -> u64 {
             payload.extend_from_slice(&4u32.to_le_bytes()); // all plain
             payload.extend_from_slice(&[7u8; 12]);
         } else {
-            payload.push(0x80 | 0x20); // in two parts
+            let words = slot_block();
+            // Part 1's slot word, after the task, item and start words.
+            let part_1 = &words.as_atomic_u64()[4];
+            match item.lie {
+                1 => payload.push(0x80 | 0x20), // in two parts
+                2 => payload.push(0x40),        // in part 1, its word free
+                _ => {
+                    part_1.store(id + 1, Ordering::Release);
+                    payload.push(0x40); // in part 1, its word another's
+                }
+            }
             payload.extend_from_slice(&4u32.to_le_bytes()); // all plain
         }
         let mut frame = Vec::new();
@@ -450,6 +467,15 @@ fn a_forged_short_answer_fails_its_chunk_with_a_typed_error() {
 fn an_answer_in_two_parts_of_the_return_area_fails_its_chunk() {
     deadline(LIMIT, || {
         forged(1, |e| matches!(e, TaskError::Protocol(_)));
+    });
+}
+
+#[test]
+fn an_answer_naming_a_part_its_slot_word_does_not_fails_its_chunk() {
+    deadline(LIMIT, || {
+        // The word left free, then naming another chunk.
+        forged(2, |e| matches!(e, TaskError::Protocol(_)));
+        forged(3, |e| matches!(e, TaskError::Protocol(_)));
     });
 }
 

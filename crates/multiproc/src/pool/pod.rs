@@ -230,15 +230,15 @@ where
         let mut first = 0;
         let mut submitted = 0;
         while first < len {
-            if submitted == backend.workers() {
-                // Every worker has a chunk: the output is made while they
-                // run them, rather than before they start.
-                job.make_output();
-            }
             if job.abandoned() {
                 // Fail-fast and failed already (the job has settled): the
                 // rest is not sent.
                 break;
+            }
+            if submitted == backend.workers() {
+                // Every worker has a chunk: the output is made while they
+                // run them, rather than before they start.
+                job.make_output();
             }
             let count = size.min(len - first);
             let args = &bytes[first * size_a..(first + count) * size_a];
