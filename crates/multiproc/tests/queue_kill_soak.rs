@@ -23,7 +23,8 @@
 //! stays busy (a consumer that finds it full takes one over). The seed of the kill schedule is printed;
 //! `MULTIPROC_SOAK_SEED` replays it (the instants of the kills, not where
 //! they land), `MULTIPROC_SOAK_MESSAGES` sets how many messages move (per
-//! variant; 2,000,000 in all by default, and 60,000 out-of-line ones),
+//! variant; 2,000,000 in all by default, and 60,000 out-of-line ones; more in
+//! an optimised build, whose producers are that much faster),
 //! `MULTIPROC_SOAK_VERBOSE` prints progress.
 
 mod common;
@@ -194,6 +195,10 @@ struct Variant {
     name: &'static str,
     /// Messages in all (both producers).
     messages: u64,
+    /// How many times more in an optimised build, whose producers would
+    /// otherwise put them all before the kills find them at work (an
+    /// unbounded queue's puts never wait for the consumers).
+    optimised: u64,
     /// Payload bytes per message.
     payload: usize,
     /// One message in this many is worked on before its acknowledgement.
@@ -220,7 +225,12 @@ fn soak<Q: Handle>(q: Q, v: Variant) -> Outcome {
             .as_nanos() as u64
             | 1
     });
-    let messages = env_u64("MULTIPROC_SOAK_MESSAGES").unwrap_or(v.messages) & !1;
+    let scale = if cfg!(debug_assertions) {
+        1
+    } else {
+        v.optimised
+    };
+    let messages = env_u64("MULTIPROC_SOAK_MESSAGES").unwrap_or(v.messages * scale) & !1;
     eprintln!(
         "{}: {messages} messages of {} bytes, seed {seed} (MULTIPROC_SOAK_SEED={seed} replays it)",
         v.name, v.payload
@@ -516,6 +526,7 @@ fn acknowledged_gets_on_an_unbounded_queue_survive_random_kills() {
             Variant {
                 name: "unbounded",
                 messages: 1_000_000,
+                optimised: 4,
                 payload: 0,
                 work_every: 256,
             },
@@ -533,6 +544,7 @@ fn acknowledged_gets_on_a_bounded_queue_survive_random_kills() {
             Variant {
                 name: "bounded",
                 messages: 800_000,
+                optimised: 1,
                 payload: 0,
                 work_every: 256,
             },
@@ -550,6 +562,7 @@ fn acknowledged_gets_on_a_joinable_queue_survive_random_kills() {
             Variant {
                 name: "joinable",
                 messages: 200_000,
+                optimised: 10,
                 payload: 0,
                 work_every: 256,
             },
@@ -570,6 +583,7 @@ fn acknowledged_gets_of_out_of_line_messages_survive_random_kills() {
             Variant {
                 name: "out of line",
                 messages: 60_000,
+                optimised: 1,
                 payload: 3000,
                 work_every: 16,
             },
