@@ -250,9 +250,9 @@ impl Pool {
     ///
     /// The bytes go through shared memory that the pool keeps for these
     /// maps: a 32 MiB block for the arguments, one map at a time, which the
-    /// workers can only read, and a 1 MiB area per worker for its results
-    /// (pages are taken as maps touch them, and kept until the pool or the
-    /// worker goes). A map whose arguments do not fit, one that runs while
+    /// workers can only read, and a 2 MiB area per worker for its results,
+    /// in four parts (pages are taken as maps touch them, and kept until
+    /// the pool or the worker goes). A map whose arguments do not fit, one that runs while
     /// another holds the block, and every map of a pool with a
     /// [`memory_limit`](PoolBuilder::memory_limit) go through the workers'
     /// task links instead: the same results, more slowly.

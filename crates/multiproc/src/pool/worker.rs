@@ -729,16 +729,15 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
         return empty();
     };
     // With a return area, the values are made in a buffer kept from task
-    // to task, then copied there at the end (if the parent has copied out
-    // what it last held by then; into the reply if not).
-    // The room in each part of the return area.
+    // to task, then copied into a free part of it at the end (into the
+    // reply if no part is free). `returns`: the room in each part.
     let returns = return_area
         .as_ref()
         .map_or(0, |area| area.len() / SLOT_RETURNS.len());
     let mut scratch = (returns > 0).then(|| RETURN_VALUES.with(RefCell::take));
     let mut in_scratch = false;
     // An arena task's items are copied out of the arena (a shared block:
-    // never read in place), and its results go back there.
+    // never read in place).
     let mut fetched = ARENA_ITEMS.with(RefCell::take);
     let items = if flags & FLAG_ARENA != 0 {
         if let Err(why) = arena_items(arena.as_deref(), items, count, size_a, &mut fetched) {
@@ -765,7 +764,13 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     } else {
         0
     };
-    out.reserve_exact(REPLY_HEADER + values);
+    // Values bound for the return area are made in `scratch`, not here.
+    let in_reply = if scratch.is_some() && values <= returns {
+        0
+    } else {
+        values
+    };
+    out.reserve_exact(REPLY_HEADER + in_reply);
     out.resize(REPLY_HEADER, 0);
     out[..8].copy_from_slice(&id.to_le_bytes());
     slot[SLOT_START].store(0, Ordering::Release);

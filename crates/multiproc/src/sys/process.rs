@@ -444,8 +444,7 @@ fn runnable_now() -> Option<usize> {
 /// runs). True if it moved.
 pub(crate) fn move_off_cpu(cpu: usize) -> bool {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if runnable_now().is_none_or(|n| n > online) {
+    if runnable_now().is_none_or(|n| n > cpu_count()) {
         return false;
     }
     let Ok(mask) = sched_getaffinity(None) else {
