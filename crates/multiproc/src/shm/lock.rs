@@ -78,15 +78,6 @@ pub(crate) struct RawLock {
     owner: AtomicU64,
 }
 
-/// Why [`RawLock::lock_until_unless`] did not take the lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gave {
-    /// The deadline passed.
-    TimedOut,
-    /// The caller's `bail` said to stop.
-    Up,
-}
-
 /// How [`RawLock::lock`] got the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a recovered lock means the protected data may need repair"]
@@ -139,22 +130,15 @@ impl RawLock {
     /// (meant for one sleeper) ended the sleep: a caller whose task no
     /// longer wants it passes it on ([`wake_one`](RawLock::wake_one)).
     pub(crate) fn wait_free(&self, until: Instant) -> bool {
-        self.wait_free_unless(until, &|| false)
-    }
-
-    /// [`wait_free`](RawLock::wait_free) that does not sleep if `bail`
-    /// says so once the word is marked contended (see
-    /// [`lock_until_unless`](RawLock::lock_until_unless)).
-    pub(crate) fn wait_free_unless(&self, until: Instant, bail: &dyn Fn() -> bool) -> bool {
         let cur = self.word.load(Ordering::Relaxed);
         if cur == 0 {
             return false;
         }
-        if self
-            .word
-            .compare_exchange(cur, cur | WAITERS, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-            || bail()
+        if cur & WAITERS == 0
+            && self
+                .word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             return false;
         }
@@ -194,7 +178,6 @@ impl RawLock {
     }
 
     /// Whether this process holds the lock.
-    #[inline]
     pub(crate) fn held_by_this_process(&self) -> bool {
         let (pid, me) = liveness::current();
         self.word.load(Ordering::Relaxed) & PID == pid
@@ -228,14 +211,7 @@ impl RawLock {
         if self.take_free() {
             return Some(Locked::Clean);
         }
-        self.lock_inner(deadline, policy, &|| false).ok()
-    }
-
-    /// Takes the lock if it is free now: one compare-and-swap, nothing
-    /// else (no look at a holder's liveness).
-    #[inline]
-    pub(crate) fn try_free(&self) -> bool {
-        self.take_free()
+        self.lock_inner(deadline, policy)
     }
 
     /// The free case of every lock call, inline: one compare-and-swap,
@@ -309,31 +285,9 @@ impl RawLock {
         false
     }
 
-    /// [`lock_until`](RawLock::lock_until) that gives up
-    /// ([`Gave::Up`]) as soon as `bail` says so: `bail` is asked before
-    /// every wait, and (`SeqCst`) after the word is marked contended and
-    /// before each sleep. For a biased lock (`super::biased`), whose
-    /// holder may keep the word rather than release it: a releaser that
-    /// stores its bias, fences, and reads the word (`SeqCst`) either sees
-    /// the mark or this locker's `bail` sees the bias.
-    pub(crate) fn lock_until_unless(
-        &self,
-        deadline: Option<Instant>,
-        bail: &dyn Fn() -> bool,
-    ) -> Result<Locked, Gave> {
-        // No compare-and-swap first: the caller's own failed (a second
-        // one would take the word's line from its holder for nothing).
-        self.lock_inner(deadline, Policy::backoff(SPINS, BACKOFF, YIELDS), bail)
-    }
-
     #[cold]
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
-    fn lock_inner(
-        &self,
-        deadline: Option<Instant>,
-        policy: Policy,
-        bail: &dyn Fn() -> bool,
-    ) -> Result<Locked, Gave> {
+    fn lock_inner(&self, deadline: Option<Instant>, policy: Policy) -> Option<Locked> {
         let (me, my_id) = liveness::current();
         let mut waiter = Waiter::new(policy, deadline);
         // Once this locker has slept, others may sleep too: it takes the
@@ -349,97 +303,38 @@ impl RawLock {
                     .is_ok()
                 {
                     self.owner.store(my_id.0, Ordering::Relaxed);
-                    return Ok(Locked::Clean);
+                    return Some(Locked::Clean);
                 }
                 continue;
-            }
-            if bail() {
-                return Err(Gave::Up);
             }
             match waiter.pause() {
                 Next::Check => continue,
                 Next::TimedOut => {
-                    return self.take_over_or(cur, Gave::TimedOut);
+                    return self.take_over(cur).then_some(Locked::Recovered);
                 }
                 Next::Sleep => {}
             }
-            // Marked contended by a `SeqCst` read-modify-write even when
-            // the mark is there already: see `lock_until_unless`.
-            if self
-                .word
-                .compare_exchange(cur, cur | WAITERS, Ordering::SeqCst, Ordering::Relaxed)
-                .is_err()
+            if cur & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
             {
                 continue;
-            }
-            if bail() {
-                return Err(Gave::Up);
             }
             slept = true;
             match waiter.sleep(&self.word, cur | WAITERS, None, || true) {
                 Slept::Woken => {}
                 Slept::Recheck => {
                     if self.take_over(cur | WAITERS) {
-                        return Ok(Locked::Recovered);
+                        return Some(Locked::Recovered);
                     }
                 }
                 Slept::TimedOut => {
-                    return self.take_over_or(cur | WAITERS, Gave::TimedOut);
+                    return self.take_over(cur | WAITERS).then_some(Locked::Recovered);
                 }
             }
         }
-    }
-
-    /// Takes over from the dead holder named by `cur`, or gives up with
-    /// `gave`.
-    fn take_over_or(&self, cur: u32, gave: Gave) -> Result<Locked, Gave> {
-        if self.take_over(cur) {
-            Ok(Locked::Recovered)
-        } else {
-            Err(gave)
-        }
-    }
-
-    /// The holder the word names now: its process id and recorded
-    /// identity (`None` while free).
-    pub(crate) fn holder(&self) -> Option<(u32, Identity)> {
-        let cur = self.word.load(Ordering::SeqCst);
-        (cur != 0).then(|| (cur & PID, Identity(self.owner.load(Ordering::SeqCst))))
-    }
-
-    /// Releases the lock on behalf of holder `pid` (another process, or
-    /// another thread of this one) whose hold the caller knows to be
-    /// unused: a biased lock's holder that has left and will not come
-    /// back in (`super::biased`). Does nothing if the word names anyone
-    /// else by now (a dead holder taken over meanwhile). Wakes one
-    /// sleeper if there is one. `SeqCst`, as [`unlock`](RawLock::unlock).
-    pub(crate) fn release_for(&self, pid: u32, owner: Identity) {
-        let mut cur = self.word.load(Ordering::SeqCst);
-        while cur != 0 && cur & PID == pid {
-            // Forget the identity only if it is still the holder's, so that
-            // a taker that got in meanwhile keeps its own.
-            let _ = self
-                .owner
-                .compare_exchange(owner.0, 0, Ordering::SeqCst, Ordering::Relaxed);
-            match self
-                .word
-                .compare_exchange(cur, 0, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    if cur & WAITERS != 0 {
-                        crate::sys::futex::wake(&self.word, 1);
-                    }
-                    return;
-                }
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Whether the word is marked contended (`SeqCst`: see
-    /// [`lock_until_unless`](RawLock::lock_until_unless)).
-    pub(crate) fn has_sleepers(&self) -> bool {
-        self.word.load(Ordering::SeqCst) & WAITERS != 0
     }
 
     /// Releases the lock if the word names this process, and wakes one

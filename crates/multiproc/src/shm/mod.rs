@@ -1,8 +1,6 @@
 //! Structures that live in shared memory, and the only code besides the OS
 //! layer allowed to use `unsafe`.
 //!
-//! * [`biased`]: that lock biased to the one thread that keeps taking it
-//!   (`Lock`, `RLock` and the locked shared objects);
 //! * [`lock`]: a futex lock whose word names its holder, so that a holder
 //!   that died is detected and the lock recovered, never held forever;
 //! * [`ring`]: the multi-producer, multi-consumer byte ring behind `Queue`;
@@ -12,7 +10,6 @@
 //! Design notes: `docs/shm-ring.md`.
 #![allow(unsafe_code)]
 
-pub(crate) mod biased;
 pub(crate) mod lock;
 pub(crate) mod object;
 pub(crate) mod ring;

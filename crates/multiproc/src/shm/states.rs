@@ -11,7 +11,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::biased::{self, Bias};
 use super::lock::{Locked, RawLock};
 use super::object::ShmState;
 use super::wait::{self, Next, Policy, Slept, Waiter};
@@ -83,16 +82,13 @@ pub(crate) struct LockState {
     /// is re-entered by that thread only.
     thread: AtomicU32,
     lock: RawLock,
-    /// The lock's bias to the thread that keeps taking it (see
-    /// [`biased`]).
-    bias: Bias,
 }
 
 // SAFETY: a `#[repr(C)]` struct of atomics and nothing else: valid at every
 // bit pattern (so whatever a peer writes into it, not only at zero), no
 // pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for LockState {
-    const MAGIC: u32 = 0x4d50_4c42;
+    const MAGIC: u32 = 0x4d50_4c4b;
     fn magic(&self) -> &AtomicU32 {
         &self.magic
     }
@@ -124,23 +120,23 @@ impl LockState {
     /// Takes the lock, waiting until `deadline`.
     #[inline]
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> Option<Acquired> {
-        biased::lock(&self.lock, &self.bias, deadline).map(|l| self.outcome(l))
+        self.lock.lock_until(deadline).map(|l| self.outcome(l))
     }
 
     /// Takes the lock if that needs no waiting.
     pub(crate) fn try_acquire(&self) -> Option<Acquired> {
-        biased::try_lock(&self.lock, &self.bias).map(|l| self.outcome(l))
+        self.lock.try_lock().map(|l| self.outcome(l))
     }
 
     /// [`try_acquire`](Self::try_acquire) for an async locker that has
     /// slept (see [`RawLock::try_lock_marked`]).
     pub(crate) fn try_acquire_marked(&self) -> Option<Acquired> {
-        biased::try_lock_marked(&self.lock, &self.bias).map(|l| self.outcome(l))
+        self.lock.try_lock_marked().map(|l| self.outcome(l))
     }
 
-    /// The readiness wait of an async locker (see [`biased::wait_free`]).
+    /// The readiness wait of an async locker (see [`RawLock::wait_free`]).
     pub(crate) fn wait_free(&self, until: Instant) -> bool {
-        biased::wait_free(&self.lock, &self.bias, until)
+        self.lock.wait_free(until)
     }
 
     /// Passes on a wake-up that a dropped async locker was given.
@@ -157,7 +153,7 @@ impl LockState {
     /// Takes the lock again if the calling thread holds it (an `RLock`);
     /// returns false if it does not (or the depth would overflow).
     pub(crate) fn reenter(&self) -> bool {
-        if self.held_by_this_process() && self.thread.load(Ordering::Relaxed) == futex::tid() {
+        if self.lock.held_by_this_process() && self.thread.load(Ordering::Relaxed) == futex::tid() {
             let depth = self.depth.load(Ordering::Relaxed);
             if let Some(next) = depth.checked_add(1) {
                 self.depth.store(next, Ordering::Relaxed);
@@ -183,14 +179,13 @@ impl LockState {
             if self.thread.load(Ordering::Relaxed) != 0 {
                 self.thread.store(0, Ordering::Relaxed);
             }
-            biased::unlock(&self.lock, &self.bias, true);
+            self.lock.release_named();
         }
     }
 
-    /// Whether this process holds the lock (a lock biased to a thread of
-    /// this process is held only while that thread is inside).
+    /// Whether this process holds the lock.
     pub(crate) fn held_by_this_process(&self) -> bool {
-        biased::held_here(&self.lock, &self.bias)
+        self.lock.held_by_this_process()
     }
 
     /// Whether the lock word names this process (see
@@ -203,19 +198,19 @@ impl LockState {
     /// Releases the lock whatever its depth (a `Condition` wait), if this
     /// process holds it; returns the depth to restore.
     fn release_all(&self) -> u32 {
-        if !self.held_by_this_process() {
+        if !self.lock.held_by_this_process() {
             return 0;
         }
         let depth = self.depth.swap(0, Ordering::Relaxed);
         self.thread.store(0, Ordering::Relaxed);
-        biased::unlock(&self.lock, &self.bias, true);
+        self.lock.release_named();
         depth
     }
 
     /// Whether any process holds the lock now (a hint: it may change at
     /// once).
     pub(crate) fn is_held(&self) -> bool {
-        biased::held(&self.lock, &self.bias)
+        self.lock.is_held()
     }
 
     /// Whether a holder died with the lock and nobody has declared the

@@ -87,7 +87,6 @@ pub(crate) fn generation_unchecked() -> u32 {
 
 /// The calling thread's id. Cached: asking the kernel on every lock was
 /// half the cost of a queue operation.
-#[inline]
 pub(crate) fn tid() -> u32 {
     TID.with(|c| {
         let (cached_g, tid) = c.get();

@@ -6,7 +6,6 @@
 //! why it is sound in a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
-pub(crate) mod barrier;
 pub(crate) mod boot;
 pub(crate) mod code;
 pub(crate) mod fork_local;
