@@ -850,14 +850,14 @@ fn handle_frames(st: &mut State, index: usize, changed: &Condvar) {
                 busy.copy_from_slice(&payload[12..20]);
                 // Which part of the return area holds the values, if any
                 // (one flag at most).
-                let flags = payload[20] & worker::RETURNED_ANY;
+                let flags = payload[worker::REPLY_RETIRING] & worker::RETURNED_ANY;
                 let returned = (flags != 0).then(|| {
                     worker::RETURNED
                         .iter()
                         .position(|&flag| flag == flags)
                         .ok_or(())
                 });
-                let retire = payload[20] & !worker::RETURNED_ANY;
+                let retire = payload[worker::REPLY_RETIRING] & !worker::RETURNED_ANY;
                 let plain = u32::from_le_bytes([payload[21], payload[22], payload[23], payload[24]])
                     as usize;
                 let done = done.min(chunk.count());

@@ -91,6 +91,10 @@ pub(crate) const TASK_HEADER: usize = 13;
 /// outcomes.
 pub(crate) const REPLY_HEADER: usize = 25;
 
+/// Offset in the reply header of the retiring byte (with the
+/// [`RETURNED`] flags).
+pub(crate) const REPLY_RETIRING: usize = 20;
+
 /// Why a worker stops taking tasks after the current one.
 pub(crate) const RETIRE_NONE: u8 = 0;
 /// It has run its `max_tasks_per_child` items.
@@ -404,7 +408,7 @@ fn serve_with(link: &CallLink, posted: &Posted, mut holding: impl FnMut()) {
         // Values in a part of the return area go at once, even a quick
         // task's: the parent frees the part only once it has the answer.
         let returned = reply
-            .get(20)
+            .get(REPLY_RETIRING)
             .is_some_and(|&flags| flags & RETURNED_ANY != 0);
         let mut out = posted.out();
         if out.push(link.fd(), link::RESULT, reply).is_err()
@@ -566,7 +570,7 @@ pub(crate) fn chunk_body<A: DeserializeOwned, R: Serialize>(
     let busy = sys::process::monotonic_ns().saturating_sub(started);
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());
-    out[20] = retire;
+    out[REPLY_RETIRING] = retire;
     out[21..25].copy_from_slice(&plain.unwrap_or(done).to_le_bytes());
     (link::RESULT, out, Vec::new())
 }
@@ -674,7 +678,7 @@ fn arena_refused(id: u64, count: usize, why: &str) -> Reply {
     }
     let count = u32::try_from(count).unwrap_or(u32::MAX);
     out[8..12].copy_from_slice(&count.to_le_bytes());
-    out[20] = RETIRE_NONE;
+    out[REPLY_RETIRING] = RETIRE_NONE;
     // No bare values: `plain` (bytes 21..25) stays 0.
     (link::RESULT, out, Vec::new())
 }
@@ -943,7 +947,7 @@ pub(crate) fn pod_chunk_body<A: bytemuck::Pod, R: bytemuck::Pod>(
     }
     out[8..12].copy_from_slice(&done.to_le_bytes());
     out[12..20].copy_from_slice(&busy.to_le_bytes());
-    out[20] = retire;
+    out[REPLY_RETIRING] = retire;
     out[21..25].copy_from_slice(&plain.to_le_bytes());
     ARENA_ITEMS.with(|b| *b.borrow_mut() = fetched);
     (link::RESULT, out, Vec::new())
