@@ -350,3 +350,81 @@ fn an_argument_that_cannot_be_encoded_starts_nothing() {
 fn take_unserializable_arg(_: Unserializable) -> u32 {
     1
 }
+
+/// A child's reply goes inline up to 2 KiB (frame header included) and in
+/// a memfd beyond, so that a child never waits for its parent to read:
+/// results of every size across that limit arrive whole.
+#[test]
+fn results_on_both_sides_of_the_inline_limit() {
+    each_method(|m| {
+        for len in (1990..2060).chain([4096, 100_000, 3 << 20]) {
+            let got = builder(m).spawn(make_big, len).unwrap().join().unwrap();
+            assert_eq!(got, make_big(len), "{m}: {len} bytes");
+        }
+    });
+}
+
+/// A large result and a handle, in one reply: the handle still works.
+fn big_and_a_pipe(len: usize) -> (Vec<u8>, multiproc::Connection<u32, u32>) {
+    let (ours, theirs) = multiproc::pipe::<u32, u32>().unwrap();
+    ours.send(&41).unwrap();
+    (make_big(len), theirs)
+}
+
+#[test]
+fn a_large_result_brings_its_handles() {
+    each_method(|m| {
+        let (bytes, conn) = builder(m)
+            .spawn(big_and_a_pipe, 50_000)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(bytes, make_big(50_000), "{m}");
+        assert_eq!(
+            conn.recv_timeout(Duration::from_secs(5)).unwrap(),
+            41,
+            "{m}"
+        );
+        // The child, which held the other end, has exited.
+        assert!(conn.recv_timeout(Duration::from_secs(5)).is_err(), "{m}");
+    });
+}
+
+fn long_panic(len: usize) {
+    panic!("{}", "p".repeat(len));
+}
+
+/// A panic report larger than the inline limit (a long message, or a
+/// backtrace) arrives whole.
+#[test]
+fn a_long_panic_report_arrives_whole() {
+    each_method(
+        |m| match builder(m).spawn(long_panic, 3_000).unwrap().join() {
+            Err(JoinError::Panicked(r)) => assert_eq!(r.message, "p".repeat(3_000), "{m}"),
+            other => panic!("{m}: {other:?}"),
+        },
+    );
+}
+
+/// The reply of a finished child is taken by `try_join` and by
+/// `join_async` as by `join`, whatever its size.
+#[test]
+fn try_join_and_join_async_take_large_replies() {
+    each_method(|m| {
+        let mut p = builder(m).spawn(make_big, 300_000).unwrap();
+        let got = loop {
+            match p.try_join() {
+                Ok(v) => break v,
+                Err(TryJoinError::Running(back)) => {
+                    p = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("{m}: {e:?}"),
+            }
+        };
+        assert_eq!(got, make_big(300_000), "{m}");
+        let p = builder(m).spawn(make_big, 300_000).unwrap();
+        let got = futures::executor::block_on(p.join_async()).unwrap();
+        assert_eq!(got, make_big(300_000), "{m}");
+    });
+}

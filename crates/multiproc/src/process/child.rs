@@ -37,7 +37,28 @@ pub(crate) mod kind {
     pub const RESULT_ENCODE: u8 = 18;
     /// Child → parent: why the argument could not be decoded.
     pub const ARG_DECODE: u8 = 19;
+    /// Child → parent: a reply too large to send inline
+    /// ([`INLINE_REPLY`](super::INLINE_REPLY)). Its payload is the reply's
+    /// kind (one byte), its descriptors the reply's; a [`BODY`] frame
+    /// follows.
+    pub const DETACHED: u8 = 20;
+    /// Child → parent: after [`DETACHED`], no payload and one descriptor,
+    /// a memfd holding the reply's payload.
+    pub const BODY: u8 = 21;
 }
+
+/// The largest reply frame (header included) a child sends inline.
+///
+/// The parent waits for the child's exit before it reads the reply (one
+/// wake-up per join, not one for the reply and one for the exit), so a
+/// child must never wait for the parent to read. On a Unix stream socket
+/// whose sender has nothing unread, the kernel takes a first message of up
+/// to half the send buffer less 64 bytes as one buffer without waiting,
+/// whatever the buffer's size; the smallest send buffer it allows is 4608
+/// bytes, so 2048 bytes always fit, and a second such message (the
+/// [`kind::BODY`] after a [`kind::DETACHED`]) does too. A larger reply
+/// travels in a memfd.
+pub(crate) const INLINE_REPLY: usize = 2048;
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
@@ -69,7 +90,7 @@ fn send_last_words(report: &PanicReport) {
         return;
     };
     if let Some((fd, kind)) = &*guard {
-        let _ = frame::write(
+        send_reply(
             fd.as_fd(),
             *kind,
             &codec::encode(report).unwrap_or_default(),
@@ -254,13 +275,106 @@ pub(crate) fn forked_body<A, R>(
 /// child simply exits.
 pub(crate) fn reply(channel: BorrowedFd<'_>, (kind, payload, fds): Reply) -> i32 {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-    let _ = frame::write(channel, kind, &payload, &borrowed);
+    let sent = send_reply(channel, kind, &payload, &borrowed);
     // The child exits next, which frees and closes them: a free here would
     // only write to heap pages it shares with its parent (under fork, each
     // a copy-on-write fault).
     std::mem::forget(borrowed);
     std::mem::forget((payload, fds));
-    if kind == kind::OK { 0 } else { 1 }
+    if sent == kind::OK { 0 } else { 1 }
+}
+
+/// Sends a reply without ever waiting for the parent to read it (see
+/// [`INLINE_REPLY`]): inline if it fits, else as a [`kind::DETACHED`]
+/// frame and a [`kind::BODY`] frame with the payload in a memfd. Returns
+/// the kind sent: a reply whose memfd cannot be made becomes a
+/// [`kind::RESULT_ENCODE`] saying so.
+fn send_reply(channel: BorrowedFd<'_>, kind: u8, payload: &[u8], fds: &[BorrowedFd<'_>]) -> u8 {
+    if frame::HEADER + payload.len() <= INLINE_REPLY {
+        let _ = frame::write(channel, kind, payload, fds);
+        return kind;
+    }
+    match sys::shm::memfd_with("multiproc-reply", &[payload]) {
+        Ok(memfd) => {
+            let _ = frame::write(channel, kind::DETACHED, &[kind], fds);
+            let _ = frame::write(channel, kind::BODY, &[], &[memfd.as_fd()]);
+            std::mem::forget(memfd);
+            kind
+        }
+        Err(e) => {
+            let what = if kind == kind::OK {
+                "result"
+            } else {
+                "failure report"
+            };
+            let (kind, message, _) = failure(
+                kind::RESULT_ENCODE,
+                &format!(
+                    "the {what} ({} bytes) could not be handed to the parent: {e}",
+                    payload.len()
+                ),
+            );
+            let _ = frame::write(channel, kind, &message, &[]);
+            kind
+        }
+    }
+}
+
+/// Reads a child's reply (after its exit, see [`INLINE_REPLY`]): one
+/// frame, or a [`kind::DETACHED`] frame and its [`kind::BODY`] put back
+/// together. The memfd is copied out, never mapped: the child may still
+/// change it.
+pub(crate) fn read_reply(
+    reader: &mut frame::Reader,
+    channel: BorrowedFd<'_>,
+    extra: &[BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> Result<frame::Step, crate::wire::FrameError> {
+    use crate::wire::FrameError;
+    let head = match reader.read(channel, extra, deadline)? {
+        frame::Step::Frame(f) if f.kind == kind::DETACHED => f,
+        other => return Ok(other),
+    };
+    let [inner] = head.payload[..] else {
+        return Err(FrameError::Garbage(format!(
+            "a detached reply with {} bytes where its kind (1 byte) was due",
+            head.payload.len()
+        )));
+    };
+    if inner == kind::DETACHED || inner == kind::BODY {
+        return Err(FrameError::Garbage(format!(
+            "a detached reply of kind {inner}"
+        )));
+    }
+    let body = match reader.read(channel, extra, deadline)? {
+        frame::Step::Frame(f) => f,
+        // The child has exited: the body is there or never comes.
+        frame::Step::TimedOut => {
+            return Err(FrameError::Garbage(
+                "a detached reply without its body".into(),
+            ));
+        }
+    };
+    let [memfd] = &body.fds[..] else {
+        return Err(FrameError::Garbage(format!(
+            "a reply body with {} descriptors where one memfd was due",
+            body.fds.len()
+        )));
+    };
+    if body.kind != kind::BODY || !body.payload.is_empty() {
+        return Err(FrameError::Garbage(format!(
+            "a frame of kind {} with {} bytes where a reply body was due",
+            body.kind,
+            body.payload.len()
+        )));
+    }
+    let payload = sys::shm::read_memfd(memfd.as_fd())
+        .map_err(|e| FrameError::Garbage(format!("the reply's memfd could not be read: {e}")))?;
+    Ok(frame::Step::Frame(frame::Frame {
+        kind: inner,
+        payload,
+        fds: head.fds,
+    }))
 }
 
 /// Serves a start channel in a spawn or forkserver child; never returns.
@@ -302,4 +416,127 @@ pub(crate) fn serve(entry: Option<Entry>, channel: OwnedFd, parent: i32) -> ! {
     let code = reply(channel.as_fd(), out);
     sys::process::flush_std_streams();
     sys::process::exit_now(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FrameError;
+    use std::time::{Duration, Instant};
+
+    fn read(ours: &OwnedFd) -> Result<frame::Frame, FrameError> {
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        match read_reply(
+            &mut frame::Reader::new(u64::MAX),
+            ours.as_fd(),
+            &[],
+            deadline,
+        )? {
+            frame::Step::Frame(f) => Ok(f),
+            frame::Step::TimedOut => panic!("timed out"),
+        }
+    }
+
+    /// A frame as a child writes it: kind, payload, descriptors.
+    type Forged<'a> = (u8, &'a [u8], &'a [BorrowedFd<'a>]);
+
+    /// Writes `frames` as a child would, closes its end, and reads the reply.
+    fn forged(frames: &[Forged<'_>]) -> Result<frame::Frame, FrameError> {
+        let (ours, theirs) = sys::socket::stream_pair().unwrap();
+        for (kind, payload, fds) in frames {
+            frame::write(theirs.as_fd(), *kind, payload, fds).unwrap();
+        }
+        drop(theirs);
+        read(&ours)
+    }
+
+    #[test]
+    fn replies_of_every_size_come_back_whole_and_never_wait() {
+        let (_, extra) = sys::socket::stream_pair().unwrap();
+        for len in [0, 1, INLINE_REPLY - frame::HEADER, INLINE_REPLY, 1 << 20] {
+            let (ours, theirs) = sys::socket::stream_pair().unwrap();
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            // Nobody reads while the child sends: a reply that waited for
+            // a reader would hang here.
+            let sent = send_reply(theirs.as_fd(), kind::OK, &payload, &[extra.as_fd()]);
+            assert_eq!(sent, kind::OK);
+            drop(theirs);
+            let f = read(&ours).unwrap();
+            assert_eq!((f.kind, f.payload.len(), f.fds.len()), (kind::OK, len, 1));
+            assert_eq!(f.payload, payload);
+        }
+    }
+
+    #[test]
+    fn forged_detached_replies_are_garbage() {
+        let memfd = sys::shm::memfd_with("multiproc-test", &[b"hello"]).unwrap();
+        let (pipe_r, _pipe_w) = sys::socket::stream_pair().unwrap();
+        /// What a case is, and its frames (with owned descriptor lists).
+        type Case<'a> = (&'static str, Vec<(u8, &'a [u8], Vec<BorrowedFd<'a>>)>);
+        let cases: Vec<Case<'_>> = vec![
+            ("two kind bytes", vec![(kind::DETACHED, &[16, 16], vec![])]),
+            ("no kind byte", vec![(kind::DETACHED, &[], vec![])]),
+            (
+                "a detached body",
+                vec![
+                    (kind::DETACHED, &[kind::BODY], vec![]),
+                    (kind::BODY, &[], vec![memfd.as_fd()]),
+                ],
+            ),
+            (
+                "a body without its memfd",
+                vec![
+                    (kind::DETACHED, &[kind::OK], vec![]),
+                    (kind::BODY, &[], vec![]),
+                ],
+            ),
+            (
+                "a body with bytes",
+                vec![
+                    (kind::DETACHED, &[kind::OK], vec![]),
+                    (kind::BODY, b"x", vec![memfd.as_fd()]),
+                ],
+            ),
+            (
+                "a body with two descriptors",
+                vec![
+                    (kind::DETACHED, &[kind::OK], vec![]),
+                    (kind::BODY, &[], vec![memfd.as_fd(), memfd.as_fd()]),
+                ],
+            ),
+            (
+                "another kind where the body was due",
+                vec![
+                    (kind::DETACHED, &[kind::OK], vec![]),
+                    (kind::OK, &[], vec![memfd.as_fd()]),
+                ],
+            ),
+            (
+                "a socket where the memfd was due",
+                vec![
+                    (kind::DETACHED, &[kind::OK], vec![]),
+                    (kind::BODY, &[], vec![pipe_r.as_fd()]),
+                ],
+            ),
+        ];
+        for (what, frames) in cases {
+            let frames: Vec<Forged<'_>> = frames.iter().map(|(k, p, f)| (*k, *p, &f[..])).collect();
+            match forged(&frames) {
+                Err(FrameError::Garbage(_)) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // A child that died between its two frames: no result.
+        match forged(&[(kind::DETACHED, &[kind::OK], &[])]) {
+            Err(FrameError::Closed) => {}
+            other => panic!("a detached reply without its body: {other:?}"),
+        }
+        // The well-formed pair, for contrast.
+        let f = forged(&[
+            (kind::DETACHED, &[kind::PANIC], &[]),
+            (kind::BODY, &[], &[memfd.as_fd()]),
+        ])
+        .unwrap();
+        assert_eq!((f.kind, &f.payload[..]), (kind::PANIC, &b"hello"[..]));
+    }
 }

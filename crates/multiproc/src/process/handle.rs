@@ -500,7 +500,15 @@ impl<R> Process<R> {
             ..
         } = &mut *inner;
         if outcome.is_none() {
-            match reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline) {
+            // The child sends its reply without waiting for it to be read
+            // (`child::INLINE_REPLY`): the reply is read once the child has
+            // exited, which wakes this thread once per join, not twice.
+            if exit.is_none() && !sys::socket::wait_readable(&[started.pidfd.as_fd()], deadline)?[0]
+            {
+                return Ok(false);
+            }
+            let extra = [started.pidfd.as_fd()];
+            match child::read_reply(reader, started.channel.as_fd(), &extra, deadline) {
                 Ok(frame::Step::Frame(f)) => *outcome = Some(Ok(f)),
                 Ok(frame::Step::TimedOut) => return Ok(false),
                 Err(FrameError::Io(e)) => return Err(JoinError::Io(e)),
@@ -598,13 +606,15 @@ impl<R> Process<R> {
 
 impl<R> Process<R> {
     /// Copies of the descriptors that become readable when a `try_join`
-    /// may get further: the result channel until the result is read, then
-    /// what tells the exit (the pidfd, or the forkserver's socket).
+    /// may get further: the pidfd until the child has exited (its reply is
+    /// read after that), then what tells the exit status (the pidfd, or
+    /// the forkserver's socket).
     fn readiness_fds(&self) -> Vec<std::os::fd::OwnedFd> {
         let inner = self.lock();
         let started = &inner.started;
         let fds: Vec<std::os::fd::BorrowedFd<'_>> = if inner.outcome.is_none() {
-            vec![started.channel.as_fd(), started.pidfd.as_fd()]
+            // The reply is read after the exit.
+            vec![started.pidfd.as_fd()]
         } else {
             match &started.reaper {
                 start::Reaper::Direct => vec![started.pidfd.as_fd()],
@@ -687,17 +697,9 @@ impl<R> Drop for Process<R> {
             None
         };
         let mut inner = self.lock();
-        let Inner {
-            started,
-            reader,
-            outcome,
-            exit,
-            ..
-        } = &mut *inner;
-        if outcome.is_none() {
-            // Drain the result so a child blocked on a large write can exit.
-            let _ = reader.read(started.channel.as_fd(), &[started.pidfd.as_fd()], deadline);
-        }
+        let Inner { started, exit, .. } = &mut *inner;
+        // No reply to drain first: a child never waits for its reply to be
+        // read (`child::INLINE_REPLY`).
         if exit.is_none()
             && let Ok(None) = started.reaper.wait(started.pidfd.as_fd(), deadline)
         {

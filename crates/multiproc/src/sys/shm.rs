@@ -575,8 +575,15 @@ pub(crate) fn memfd_with(name: &str, parts: &[&[u8]]) -> io::Result<OwnedFd> {
 /// comes from another process and is never mapped, so a sender that
 /// truncates it meanwhile causes an error (`UnexpectedEof`), never a bus
 /// error; a size this process cannot allocate is an error too
-/// (`OutOfMemory`), not an abort.
+/// (`OutOfMemory`), not an abort. A descriptor that is not a memfd (a
+/// socket, a pipe, a file: only memfds and shared memory files answer
+/// `F_GET_SEALS`) is refused (`InvalidData`) before anything is read.
 pub(crate) fn read_memfd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+        invalid(format!(
+            "refusing to read a descriptor that is not a memfd ({e})"
+        ))
+    })?;
     let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))?;
     read_memfd_len(fd, len)
