@@ -15,6 +15,13 @@ fn boom(x: u32) -> u32 {
     x
 }
 
+/// The same with a report larger than a reply frame sent inline (2 KiB):
+/// it travels in a memfd from a process, on the link from a pool worker.
+fn boom_long(x: u32) -> u32 {
+    assert!(x != 3, "{}", "L".repeat(3000));
+    x
+}
+
 fn main() {
     println!(
         "panic strategy: {}",
@@ -37,12 +44,29 @@ fn main() {
             Err(JoinError::Panicked(report)) => println!("{method}: panicked: {}", report.message),
             other => println!("{method}: {other:?}"),
         }
+        let child = Process::builder()
+            .start_method(method)
+            .spawn(boom_long, 3)
+            .unwrap();
+        match child.join() {
+            Err(JoinError::Panicked(report)) => {
+                println!("{method} long: panicked: {} bytes", report.message.len())
+            }
+            other => println!("{method} long: {other:?}"),
+        }
     }
     let pool = Pool::new(2).unwrap();
     let out = pool.task(boom).chunksize(1).map_results(1..=5);
     match &out[2] {
         Err(TaskError::Panicked(report)) => println!("pool: panicked: {}", report.message),
         other => println!("pool: {other:?}"),
+    }
+    let long = pool.task(boom_long).chunksize(1).map_results(1..=5);
+    match &long[2] {
+        Err(TaskError::Panicked(report)) => {
+            println!("pool long: panicked: {} bytes", report.message.len())
+        }
+        other => println!("pool long: {other:?}"),
     }
     let fine = out.iter().filter(|r| r.is_ok()).count();
     println!(

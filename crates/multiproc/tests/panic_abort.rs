@@ -44,30 +44,48 @@ fn a_panic_under_abort_is_reported_with_its_message() {
             status.success(),
             "building the example with panic = abort failed"
         );
-        let out = Command::new(target.join("panic-abort/examples/abort_report"))
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(stdout.contains("panic strategy: abort"), "{stdout}");
-        for method in ["fork", "forkserver", "spawn"] {
-            assert!(
-                stdout.contains(&format!("{method}: panicked: three is not allowed")),
-                "{stdout}"
-            );
+        // With a backtrace, every report is larger than a reply frame sent
+        // inline (2 KiB): it must arrive all the same.
+        for backtrace in ["0", "1"] {
+            check_abort_report(&target, backtrace);
         }
-        assert!(
-            stdout.contains("pool: panicked: three is not allowed"),
-            "{stdout}"
-        );
-        assert!(
-            stdout.contains("pool: 4 of 5 fine, and it still works: [7]"),
-            "{stdout}"
-        );
     });
+}
+
+/// Runs the example with `RUST_BACKTRACE=backtrace` and checks every
+/// report it prints.
+fn check_abort_report(target: &std::path::Path, backtrace: &str) {
+    let out = Command::new(target.join("panic-abort/examples/abort_report"))
+        .env("RUST_BACKTRACE", backtrace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("panic strategy: abort"), "{stdout}");
+    for method in ["fork", "forkserver", "spawn"] {
+        assert!(
+            stdout.contains(&format!("{method}: panicked: three is not allowed")),
+            "RUST_BACKTRACE={backtrace}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("{method} long: panicked: 3000 bytes")),
+            "RUST_BACKTRACE={backtrace}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("pool: panicked: three is not allowed"),
+        "RUST_BACKTRACE={backtrace}: {stdout}"
+    );
+    assert!(
+        stdout.contains("pool long: panicked: 3000 bytes"),
+        "RUST_BACKTRACE={backtrace}: {stdout}"
+    );
+    assert!(
+        stdout.contains("pool: 4 of 5 fine, and it still works: [7]"),
+        "{stdout}"
+    );
 }

@@ -428,3 +428,45 @@ fn try_join_and_join_async_take_large_replies() {
         assert_eq!(got, make_big(300_000), "{m}");
     });
 }
+
+/// A reply over 2 KiB needs one free descriptor in the child (its memfd):
+/// a child at its descriptor limit gets a typed error naming the cause,
+/// never a hang; a smaller result still arrives.
+fn at_the_descriptor_limit(len: usize) -> Vec<u8> {
+    let limit = rustix::process::Rlimit {
+        current: Some(64),
+        maximum: Some(64),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
+    let mut held = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        held.push(f);
+    }
+    std::mem::forget(held);
+    make_big(len)
+}
+
+#[test]
+fn a_child_out_of_descriptors_reports_why_its_large_result_did_not_come() {
+    each_method(|m| {
+        let got = builder(m)
+            .spawn(at_the_descriptor_limit, 1000)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, make_big(1000), "{m}");
+        match builder(m)
+            .spawn(at_the_descriptor_limit, 10_000)
+            .unwrap()
+            .join()
+        {
+            Err(JoinError::ResultEncode(why)) => {
+                assert!(
+                    why.contains("could not be handed to the parent"),
+                    "{m}: {why}"
+                )
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+    });
+}

@@ -3,10 +3,11 @@
 //! A spawn or forkserver child reads, on its start channel: the 32-byte
 //! preamble naming the function (read by the OS layer), a `META` frame with
 //! its lineage, and an `ARGS` frame with the encoded argument. A fork child
-//! has its closure already. Every child then sends back exactly one frame:
-//! `OK` with the encoded result, or `PANIC`, `RESULT_ENCODE` or
-//! `ARG_DECODE` with what went wrong, and exits: with code 0 after `OK`,
-//! with code 1 otherwise, as a Python child whose target raised does.
+//! has its closure already. Every child then sends back one reply: `OK`
+//! with the encoded result, or `PANIC`, `RESULT_ENCODE` or `ARG_DECODE`
+//! with what went wrong (one frame, or two when it is larger than
+//! [`INLINE_REPLY`]), and exits: with code 0 after `OK`, with code 1
+//! otherwise, as a Python child whose target raised does.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -90,12 +91,14 @@ fn send_last_words(report: &PanicReport) {
         return;
     };
     if let Some((fd, kind)) = &*guard {
-        send_reply(
-            fd.as_fd(),
-            *kind,
-            &codec::encode(report).unwrap_or_default(),
-            &[],
-        );
+        let report = codec::encode(report).unwrap_or_default();
+        if *kind == kind::PANIC {
+            // A process's reply channel, read after the exit.
+            send_reply(fd.as_fd(), *kind, &report, &[]);
+        } else {
+            // A pool worker's link, which its scheduler reads throughout.
+            let _ = frame::write(fd.as_fd(), *kind, &report, &[]);
+        }
     }
 }
 
@@ -320,7 +323,7 @@ fn send_reply(channel: BorrowedFd<'_>, kind: u8, payload: &[u8], fds: &[Borrowed
     }
 }
 
-/// Reads a child's reply (after its exit, see [`INLINE_REPLY`]): one
+/// Reads a child's reply, once it has exited (see [`INLINE_REPLY`]): one
 /// frame, or a [`kind::DETACHED`] frame and its [`kind::BODY`] put back
 /// together. The memfd is copied out, never mapped: the child may still
 /// change it.
@@ -331,7 +334,12 @@ pub(crate) fn read_reply(
     deadline: Option<std::time::Instant>,
 ) -> Result<frame::Step, crate::wire::FrameError> {
     use crate::wire::FrameError;
-    let head = match reader.read(channel, extra, deadline)? {
+    // The child has exited: its frames are there, read them before polling.
+    let next = |reader: &mut frame::Reader| match reader.read_now(channel)? {
+        Some(f) => Ok(frame::Step::Frame(f)),
+        None => reader.read(channel, extra, deadline),
+    };
+    let head = match next(reader)? {
         frame::Step::Frame(f) if f.kind == kind::DETACHED => f,
         other => return Ok(other),
     };
@@ -346,7 +354,7 @@ pub(crate) fn read_reply(
             "a detached reply of kind {inner}"
         )));
     }
-    let body = match reader.read(channel, extra, deadline)? {
+    let body = match next(reader)? {
         frame::Step::Frame(f) => f,
         // The child has exited: the body is there or never comes.
         frame::Step::TimedOut => {
@@ -525,6 +533,17 @@ mod tests {
                 Err(FrameError::Garbage(_)) => {}
                 other => panic!("{what}: {other:?}"),
             }
+        }
+        // A memfd of holes (size set, nothing written): refused before
+        // anything is allocated for it.
+        let sparse = sys::shm::memfd_with("multiproc-test", &[]).unwrap();
+        rustix::fs::ftruncate(&sparse, 1 << 30).unwrap();
+        match forged(&[
+            (kind::DETACHED, &[kind::OK], &[]),
+            (kind::BODY, &[], &[sparse.as_fd()]),
+        ]) {
+            Err(FrameError::Garbage(_)) => {}
+            other => panic!("a sparse memfd: {other:?}"),
         }
         // A child that died between its two frames: no result.
         match forged(&[(kind::DETACHED, &[kind::OK], &[])]) {

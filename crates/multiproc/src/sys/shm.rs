@@ -575,17 +575,28 @@ pub(crate) fn memfd_with(name: &str, parts: &[&[u8]]) -> io::Result<OwnedFd> {
 /// comes from another process and is never mapped, so a sender that
 /// truncates it meanwhile causes an error (`UnexpectedEof`), never a bus
 /// error; a size this process cannot allocate is an error too
-/// (`OutOfMemory`), not an abort. A descriptor that is not a memfd (a
-/// socket, a pipe, a file: only memfds and shared memory files answer
-/// `F_GET_SEALS`) is refused (`InvalidData`) before anything is read.
+/// (`OutOfMemory`), not an abort. Refused (`InvalidData`) before anything
+/// is read or allocated: a descriptor that is not a memfd (a socket, a
+/// pipe, a file: only memfds and shared memory files answer
+/// `F_GET_SEALS`), and a memfd with holes (its size set by `ftruncate`
+/// without the pages written, as [`memfd_with`] writes every byte), which
+/// would make this process allocate and zero memory its sender never
+/// spent.
 pub(crate) fn read_memfd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     rustix::fs::fcntl_get_seals(fd).map_err(|e| {
         invalid(format!(
             "refusing to read a descriptor that is not a memfd ({e})"
         ))
     })?;
-    let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))?;
+    let st = rustix::fs::fstat(fd)?;
+    let len = u64::try_from(st.st_size).map_err(|_| invalid("negative size".into()))?;
+    let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+    if allocated < len {
+        return Err(invalid(format!(
+            "refusing a memfd of {len} bytes with only {allocated} bytes written"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| invalid(format!("a memfd of {len} bytes")))?;
     read_memfd_len(fd, len)
 }
 
@@ -621,6 +632,25 @@ pub(crate) fn read_memfd_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_memfd_refuses_holes_and_other_descriptors() {
+        let fd = memfd_with("multiproc-test", &[b"abc", &[7; 10_000]]).unwrap();
+        let got = read_memfd(fd.as_fd()).unwrap();
+        assert_eq!((&got[..3], got.len()), (&b"abc"[..], 10_003));
+        // A gigabyte of holes: refused at once, nothing allocated.
+        let sparse = memfd_create("multiproc-test", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&sparse, 1 << 30).unwrap();
+        let e = read_memfd(sparse.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // Not a memfd.
+        let (a, _b) = crate::sys::socket::stream_pair().unwrap();
+        let e = read_memfd(a.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // Empty is fine.
+        let empty = memfd_with("multiproc-test", &[]).unwrap();
+        assert!(read_memfd(empty.as_fd()).unwrap().is_empty());
+    }
 
     #[test]
     fn created_mappings_cannot_be_resized() {

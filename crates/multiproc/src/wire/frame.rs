@@ -188,6 +188,12 @@ impl Reader {
         }
     }
 
+    /// Reads what has already arrived, without waiting: a frame once
+    /// whole, `None` if more is to come (or nothing is there yet).
+    pub(crate) fn read_now(&mut self, sock: BorrowedFd<'_>) -> Result<Option<Frame>, FrameError> {
+        self.pump(sock)
+    }
+
     /// A frame carries at most `MAX_FDS` descriptors (a writer attaches
     /// them once, to its first bytes). More, a few with each piece, is a
     /// peer trying to fill our descriptor table: they are closed, and the
