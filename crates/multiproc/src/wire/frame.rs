@@ -185,6 +185,11 @@ impl Reader {
             if let Some(frame) = self.pump(sock)? {
                 return Ok(Step::Frame(frame));
             }
+            // A peer that keeps writing never lets the socket run dry:
+            // the deadline is checked between pieces, not only when idle.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Step::TimedOut);
+            }
         }
     }
 
@@ -224,8 +229,11 @@ impl Reader {
         }
     }
 
-    /// Reads what is available without blocking; returns a frame once whole.
+    /// Reads what is available without blocking, at most about [`CHUNK`]
+    /// bytes of payload (so that a caller gets to check its deadline);
+    /// returns a frame once whole.
     fn pump(&mut self, sock: BorrowedFd<'_>) -> Result<Option<Frame>, FrameError> {
+        let mut budget = CHUNK;
         loop {
             match self.expected {
                 None => {
@@ -279,6 +287,10 @@ impl Reader {
                         Ok(n) => {
                             self.payload.truncate(have + n);
                             self.check_fds()?;
+                            budget = budget.saturating_sub(n);
+                            if budget == 0 && self.payload.len() < len {
+                                return Ok(None);
+                            }
                         }
                         Err(e) => {
                             self.payload.truncate(have);
@@ -332,5 +344,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_peer_that_never_stops_writing_does_not_hold_a_reader_past_its_deadline() {
+        let (a, b) = socket::stream_pair().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                // One frame of 64 GiB announced, its bytes sent as fast as
+                // they are read.
+                let piece = vec![0u8; 1 << 16];
+                let _ = socket::send_some(a.as_fd(), &[&header(7, 64 << 30)], &[], false);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if socket::send_some(a.as_fd(), &[&piece], &[], false).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let mut r = Reader::new(u64::MAX);
+        let t0 = Instant::now();
+        let step = r.read(b.as_fd(), &[], Some(t0 + Duration::from_millis(200)));
+        let took = t0.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(b);
+        writer.join().unwrap();
+        assert!(matches!(step, Ok(Step::TimedOut)), "{step:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }
