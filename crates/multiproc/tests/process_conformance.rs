@@ -470,3 +470,31 @@ fn a_child_out_of_descriptors_reports_why_its_large_result_did_not_come() {
         }
     });
 }
+
+fn panics_at_the_descriptor_limit(len: usize) -> Vec<u8> {
+    let _ = at_the_descriptor_limit(0);
+    panic!("{}", "P".repeat(len));
+}
+
+/// A panic stays `Panicked` when its report cannot travel whole: cut to
+/// fit inline, saying why.
+#[test]
+fn a_panic_at_the_descriptor_limit_is_still_a_panic() {
+    each_method(|m| {
+        match builder(m)
+            .spawn(panics_at_the_descriptor_limit, 3000)
+            .unwrap()
+            .join()
+        {
+            Err(JoinError::Panicked(r)) => {
+                assert!(
+                    r.message.starts_with(&"P".repeat(1000)),
+                    "{m}: {}",
+                    r.message
+                );
+                assert!(r.message.contains("[cut: "), "{m}: {}", r.message);
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+    });
+}

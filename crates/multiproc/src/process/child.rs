@@ -305,22 +305,63 @@ fn send_reply(channel: BorrowedFd<'_>, kind: u8, payload: &[u8], fds: &[Borrowed
             kind
         }
         Err(e) => {
-            let what = if kind == kind::OK {
-                "result"
-            } else {
-                "failure report"
-            };
-            let (kind, message, _) = failure(
-                kind::RESULT_ENCODE,
-                &format!(
-                    "the {what} ({} bytes) could not be handed to the parent: {e}",
-                    payload.len()
-                ),
+            let why = format!(
+                "the {} ({} bytes) could not be handed to the parent: {e}",
+                if kind == kind::OK {
+                    "result"
+                } else {
+                    "failure report"
+                },
+                payload.len()
             );
+            // A panic stays a panic: its report, cut to fit inline.
+            let (kind, message) = match codec::decode::<PanicReport>(payload) {
+                Ok(report) if kind == kind::PANIC => (kind::PANIC, cut_to_fit(report, &why)),
+                _ => {
+                    let (kind, message, _) = failure(kind::RESULT_ENCODE, &why);
+                    (kind, message)
+                }
+            };
             let _ = frame::write(channel, kind, &message, &[]);
             kind
         }
     }
+}
+
+/// A panic report without its backtrace, its message cut (at a character
+/// boundary) so that the encoded report fits an inline reply, saying why.
+fn cut_to_fit(report: PanicReport, why: &str) -> Vec<u8> {
+    /// Longest location and reason kept (a location is `file:line:col`).
+    const SHORT: usize = 256;
+    /// The encoding's lengths and tags, and the " [cut: ]" around `why`.
+    const OVERHEAD: usize = 64;
+    let location = report.location.filter(|l| l.len() <= SHORT);
+    let why: String = why.chars().take(SHORT / 4).collect();
+    let budget = INLINE_REPLY
+        - frame::HEADER
+        - OVERHEAD
+        - location.as_ref().map_or(0, String::len)
+        - why.len();
+    let mut message = report.message;
+    if message.len() > budget {
+        let mut end = budget;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    codec::encode(&PanicReport {
+        message: format!("{message} [cut: {why}]"),
+        location,
+        backtrace: None,
+    })
+    .unwrap_or_default()
+}
+
+/// The reader of a child's replies: a child sends no frame larger than
+/// [`INLINE_REPLY`], so a longer one is refused at its header.
+pub(crate) fn reply_reader() -> frame::Reader {
+    frame::Reader::new((INLINE_REPLY - frame::HEADER) as u64)
 }
 
 /// Reads a child's reply, once it has exited (see [`INLINE_REPLY`]): one
@@ -434,12 +475,7 @@ mod tests {
 
     fn read(ours: &OwnedFd) -> Result<frame::Frame, FrameError> {
         let deadline = Some(Instant::now() + Duration::from_secs(5));
-        match read_reply(
-            &mut frame::Reader::new(u64::MAX),
-            ours.as_fd(),
-            &[],
-            deadline,
-        )? {
+        match read_reply(&mut reply_reader(), ours.as_fd(), &[], deadline)? {
             frame::Step::Frame(f) => Ok(f),
             frame::Step::TimedOut => panic!("timed out"),
         }
@@ -472,6 +508,34 @@ mod tests {
             let f = read(&ours).unwrap();
             assert_eq!((f.kind, f.payload.len(), f.fds.len()), (kind::OK, len, 1));
             assert_eq!(f.payload, payload);
+        }
+    }
+
+    #[test]
+    fn a_panic_report_cut_to_fit_stays_a_panic_inline() {
+        for (message, location) in [
+            ("é".repeat(5000), Some("src/x.rs:1:2".to_string())),
+            ("short".to_string(), Some("l".repeat(10_000))),
+            (String::new(), None),
+        ] {
+            let bytes = cut_to_fit(
+                PanicReport {
+                    message: message.clone(),
+                    location,
+                    backtrace: Some("b".repeat(50_000)),
+                },
+                &"w".repeat(1000),
+            );
+            assert!(
+                frame::HEADER + bytes.len() <= INLINE_REPLY,
+                "{}",
+                bytes.len()
+            );
+            let back: PanicReport = codec::decode(&bytes).unwrap();
+            assert!(back.backtrace.is_none());
+            assert!(back.message.contains("[cut: "), "{}", back.message);
+            let kept = back.message.split(" [cut: ").next().unwrap();
+            assert!(message.starts_with(kept));
         }
     }
 
@@ -544,6 +608,12 @@ mod tests {
         ]) {
             Err(FrameError::Garbage(_)) => {}
             other => panic!("a sparse memfd: {other:?}"),
+        }
+        // An inline frame longer than a child ever sends: refused at its
+        // header, before its bytes are read.
+        match forged(&[(kind::OK, &[0; INLINE_REPLY], &[])]) {
+            Err(FrameError::TooLarge { .. }) => {}
+            other => panic!("a long inline reply: {other:?}"),
         }
         // A child that died between its two frames: no result.
         match forged(&[(kind::DETACHED, &[kind::OK], &[])]) {

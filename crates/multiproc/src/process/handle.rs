@@ -410,7 +410,7 @@ impl<R> Process<R> {
         Process {
             inner: Box::new(Mutex::new(Inner {
                 started,
-                reader: frame::Reader::new(u64::MAX),
+                reader: child::reply_reader(),
                 outcome: None,
                 exit: None,
                 finished: false,
