@@ -1,7 +1,8 @@
 //! A lock for shared memory that survives the death of its holder.
 //!
-//! The 32-bit futex word holds the holder's *process* id (0 when free) and
-//! a `WAITERS` bit; beside it, the holder records its
+//! The 32-bit word holds the holder's *process* id (0 when free); beside
+//! it, a waiter flag (the futex that lockers sleep on) says that a locker
+//! may be sleeping, and the holder records its
 //! [`Identity`](crate::sys::liveness::Identity) (start time and PID
 //! namespace), so that a reused id or an id from another namespace is never
 //! taken for the holder. Ownership belongs to the process, not to a thread:
@@ -15,29 +16,36 @@
 //! with the lock still held, it asks [`liveness`] whether the holder lives.
 //! A holder that died is replaced by the caller, who learns so from
 //! [`Locked::Recovered`] and repairs what the holder may have left half
-//! done. Unlock wakes one sleeper only if the `WAITERS` bit says there is
-//! one: no system call on the uncontended path; and it releases only a lock
-//! this process holds (a forked child that inherited a guard releases
+//! done. Unlock wakes one sleeper only if the waiter flag says there may
+//! be one: no system call on the uncontended path; and it releases only a
+//! lock this process holds (a forked child that inherited a guard releases
 //! nothing).
+//!
+//! The release of a user's lock ([`release_named`](RawLock::release_named))
+//! is a plain store of the word and a load of the flag, with no locked
+//! instruction: a locker about to sleep raises the flag and makes the
+//! fence for both sides ([`crate::sys::membarrier`]), then looks at the
+//! word once more. [`unlock`](RawLock::unlock) stays a `SeqCst` swap for
+//! the queue ring, which counts on it as a fence (see
+//! [`observe`](RawLock::observe)).
 //!
 //! The kernel's robust-futex list would report a dead holder without the
 //! periodic re-check; it is tied to glibc's per-thread list, which a library
 //! cannot share safely, and to threads, not processes.
 //!
-//! What a corrupt peer can do: write any word and identity. The lock then
-//! excludes nothing for that structure (typed errors or lost data there),
-//! and a wait on it still ends by its deadline; nothing here hands out
-//! memory on the strength of the word alone (see `docs/safety.md`).
+//! What a corrupt peer can do: write any word, flag and identity. The lock
+//! then excludes nothing for that structure (typed errors or lost data
+//! there), and a wait on it still ends by its deadline; a flag it keeps
+//! raised costs each release a wake-up call, one it clears leaves a
+//! sleeper asleep until its re-check. Nothing here hands out memory on the
+//! strength of the word alone (see `docs/safety.md`).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
+use std::time::{Duration, Instant};
 
-use super::wait::{Next, Policy, Slept, Waiter};
-use crate::sys::futex;
+use super::wait::{Next, Policy, RECHECK, Slept, Waiter};
 use crate::sys::liveness::{self, Identity};
-
-const WAITERS: u32 = 1 << 31;
-const PID: u32 = !WAITERS;
+use crate::sys::{futex, membarrier};
 
 /// Checks of a held lock, separated by pauses, before the first yield.
 const SPINS: u32 = 16;
@@ -54,6 +62,10 @@ const SPINS: u32 = 16;
 const BACKOFF: u32 = 32;
 /// Yields before the first sleep.
 const YIELDS: u32 = 4;
+/// The longest sleep of a locker whose fence the kernel refused
+/// ([`membarrier::heavy`]): a plain release it cannot see would leave it
+/// asleep until then.
+const UNFENCED_RECHECK: Duration = Duration::from_millis(1);
 
 /// A marker for guards of a process-owned lock: `!Send`, like
 /// `std::sync::MutexGuard`, so that a guard stays with the thread that took
@@ -67,15 +79,30 @@ pub(crate) struct NotSend(std::marker::PhantomData<*const ()>);
 // gives access to nothing.
 unsafe impl Sync for NotSend {}
 
-/// A lock in shared memory: the futex word and the holder's identity.
+/// A lock in shared memory: the word, the waiter flag and the holder's
+/// identity.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct RawLock {
     word: AtomicU32,
-    _pad: u32,
+    /// Non-zero while a locker may be sleeping (on this word, a futex):
+    /// the releaser that finds it set clears it and wakes one.
+    waiters: AtomicU32,
     /// The holder's [`Identity`]; 0 while free, and for a moment after a
     /// holder takes the lock (it reads as alive then).
     owner: AtomicU64,
+}
+
+/// How the holders of a lock release it, which decides what a locker
+/// must do before it sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Releases {
+    /// Only by [`unlock`](RawLock::unlock), a locked swap that orders
+    /// itself: a sleeper needs no more than its own `SeqCst` accesses.
+    Fenced,
+    /// By [`release_named`](RawLock::release_named) too, a plain store:
+    /// every sleeper makes the fence for it ([`membarrier::heavy`]).
+    Plain,
 }
 
 /// How [`RawLock::lock`] got the lock.
@@ -92,7 +119,8 @@ impl RawLock {
     /// Takes the lock, waiting as long as needed (but never for a dead
     /// holder).
     pub(crate) fn lock(&self) -> Locked {
-        self.lock_until(None).unwrap_or(Locked::Clean)
+        self.lock_until(None, Releases::Fenced)
+            .unwrap_or(Locked::Clean)
     }
 
     /// Takes the lock if it is free, or held by a process that died.
@@ -108,43 +136,55 @@ impl RawLock {
     }
 
     /// [`try_lock`](RawLock::try_lock) for an async locker that has
-    /// slept ([`wait_free`](RawLock::wait_free)): it takes the word marked
-    /// contended, as a blocking locker that slept does, so that its unlock
-    /// wakes the next sleeper.
+    /// slept ([`wait_free`](RawLock::wait_free)): it raises the waiter flag
+    /// once it holds the lock, as a blocking locker that slept does, so
+    /// that its unlock wakes the next sleeper.
     pub(crate) fn try_lock_marked(&self) -> Option<Locked> {
-        let (pid, me) = liveness::current();
-        if self
-            .word
-            .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.owner.store(me.0, Ordering::Relaxed);
-            return Some(Locked::Clean);
+        let taken = self.try_lock();
+        if taken.is_some() {
+            self.waiters.store(1, Ordering::Relaxed);
         }
-        self.try_lock()
+        taken
     }
 
     /// The readiness wait of an async locker (`crate::aio`): sleeps, as a
-    /// blocking locker does (the word marked contended), until the lock
-    /// is released or `until`; takes nothing. True if an unlock's wake-up
-    /// (meant for one sleeper) ended the sleep: a caller whose task no
-    /// longer wants it passes it on ([`wake_one`](RawLock::wake_one)).
+    /// blocking locker does (the waiter flag raised), until the lock is
+    /// released or `until`; takes nothing. True if the sleep ended by a
+    /// wake-up (perhaps an unlock's, meant for one sleeper): a caller whose
+    /// task no longer wants it passes it on ([`wake_one`](RawLock::wake_one)).
     pub(crate) fn wait_free(&self, until: Instant) -> bool {
         let cur = self.word.load(Ordering::Relaxed);
         if cur == 0 {
             return false;
         }
-        if cur & WAITERS == 0
-            && self
-                .word
-                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        // Only a user's lock has async lockers, and it is released plainly.
+        let Some(cap) = self.before_sleep(cur, Releases::Plain) else {
             return false;
-        }
+        };
         let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
-        waiter.sleep(&self.word, cur | WAITERS, None, || true) == Slept::Woken
-            && self.word.load(Ordering::Relaxed) != cur | WAITERS
+        waiter.sleep_at_most(&self.waiters, 1, None, cap, || true) == Slept::Woken
+    }
+
+    /// Before a sleep while the word holds `cur`: raises the waiter flag,
+    /// makes the fence that a plain release leaves to its sleepers
+    /// ([`membarrier::heavy`]: every releaser has either made its store of
+    /// the word visible by now, or will see the flag and wake one), and
+    /// reads the word again. The longest sleep allowed, or `None` if the
+    /// word changed (do not sleep).
+    ///
+    /// The sleep is on the flag, while it holds 1, not on the word: a
+    /// release clears the flag when it wakes, so a sleeper whose wake-up
+    /// came before it slept does not sleep. On the word, it would: the
+    /// holder may have taken the lock again, and the word would hold
+    /// `cur` again, with the flag cleared and no one left to wake it.
+    fn before_sleep(&self, cur: u32, releases: Releases) -> Option<Duration> {
+        self.waiters.swap(1, Ordering::SeqCst);
+        let cap = if releases == Releases::Fenced || membarrier::heavy() {
+            RECHECK
+        } else {
+            UNFENCED_RECHECK
+        };
+        (self.word.load(Ordering::SeqCst) == cur).then_some(cap)
     }
 
     /// Whether any process holds the lock now (a hint: it may change at
@@ -153,9 +193,9 @@ impl RawLock {
         self.word.load(Ordering::Relaxed) != 0
     }
 
-    /// Wakes one locker sleeping on the word.
+    /// Wakes one sleeping locker.
     pub(crate) fn wake_one(&self) {
-        futex::wake(&self.word, 1);
+        futex::wake(&self.waiters, 1);
     }
 
     /// Synchronises with the lock's holders without taking it, for a
@@ -180,7 +220,7 @@ impl RawLock {
     /// Whether this process holds the lock.
     pub(crate) fn held_by_this_process(&self) -> bool {
         let (pid, me) = liveness::current();
-        self.word.load(Ordering::Relaxed) & PID == pid
+        self.word.load(Ordering::Relaxed) == pid
             && Identity(self.owner.load(Ordering::Relaxed)) == me
     }
 
@@ -189,7 +229,7 @@ impl RawLock {
     /// compares identities; enough to tell a forked child from its parent).
     #[inline]
     pub(crate) fn names_this_process(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & PID == liveness::pid()
+        self.word.load(Ordering::Relaxed) == liveness::pid()
     }
 
     /// Takes the lock like [`lock`](RawLock::lock), checking it only
@@ -201,17 +241,23 @@ impl RawLock {
     /// It keeps yielding on a busy machine (a queue ring's side locks:
     /// their holders are the processes a yield hands the processor to).
     pub(crate) fn lock_with(&self, spins: u32) -> Locked {
-        self.lock_with_until(Policy::backoff_yielding(spins, BACKOFF, YIELDS), None)
+        let policy = Policy::backoff_yielding(spins, BACKOFF, YIELDS);
+        self.lock_with_until(policy, None, Releases::Fenced)
             .unwrap_or(Locked::Clean)
     }
 
     /// Takes the lock with `policy`, giving up at `deadline`.
     #[inline]
-    fn lock_with_until(&self, policy: Policy, deadline: Option<Instant>) -> Option<Locked> {
+    fn lock_with_until(
+        &self,
+        policy: Policy,
+        deadline: Option<Instant>,
+        releases: Releases,
+    ) -> Option<Locked> {
         if self.take_free() {
             return Some(Locked::Clean);
         }
-        self.lock_inner(deadline, policy)
+        self.lock_inner(deadline, policy, releases)
     }
 
     /// The free case of every lock call, inline: one compare-and-swap,
@@ -229,16 +275,21 @@ impl RawLock {
         ok
     }
 
-    /// Takes the lock, or gives up at `deadline` (`None` then).
+    /// Takes the lock, or gives up at `deadline` (`None` then). `releases`
+    /// says how its holders release it.
     #[inline]
-    pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<Locked> {
-        self.lock_with_until(Policy::backoff(SPINS, BACKOFF, YIELDS), deadline)
+    pub(crate) fn lock_until(
+        &self,
+        deadline: Option<Instant>,
+        releases: Releases,
+    ) -> Option<Locked> {
+        self.lock_with_until(Policy::backoff(SPINS, BACKOFF, YIELDS), deadline, releases)
     }
 
     /// Takes over the lock from the holder named by word `cur`, if that
     /// process is certainly gone. True if the caller now holds it.
     fn take_over(&self, cur: u32) -> bool {
-        let pid = cur & PID;
+        let pid = cur;
         let (my_pid, my_id) = liveness::current();
         let owner = Identity(self.owner.load(Ordering::SeqCst));
         if pid == my_pid && (owner == my_id || owner == Identity::UNKNOWN) {
@@ -273,10 +324,9 @@ impl RawLock {
         // Forget the dead holder's identity before the word names us, so
         // that whoever reads the word as ours reads 0 or ours.
         self.owner.store(0, Ordering::SeqCst);
-        let me = my_pid | (cur & WAITERS);
         if self
             .word
-            .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(cur, my_pid, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             self.owner.store(my_id.0, Ordering::SeqCst);
@@ -287,22 +337,30 @@ impl RawLock {
 
     #[cold]
     /// The contended case, after [`take_free`](RawLock::take_free) failed.
-    fn lock_inner(&self, deadline: Option<Instant>, policy: Policy) -> Option<Locked> {
+    fn lock_inner(
+        &self,
+        deadline: Option<Instant>,
+        policy: Policy,
+        releases: Releases,
+    ) -> Option<Locked> {
         let (me, my_id) = liveness::current();
         let mut waiter = Waiter::new(policy, deadline);
-        // Once this locker has slept, others may sleep too: it takes the
-        // lock marked contended, so that its unlock wakes the next one.
+        // Once this locker has slept, others may sleep too (a release
+        // wakes one, and clears the flag): it raises the flag again when
+        // it takes the lock, so that its unlock wakes the next one.
         let mut slept = false;
         loop {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
-                let new = if slept { me | WAITERS } else { me };
                 if self
                     .word
-                    .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     self.owner.store(my_id.0, Ordering::Relaxed);
+                    if slept {
+                        self.waiters.store(1, Ordering::Relaxed);
+                    }
                     return Some(Locked::Clean);
                 }
                 continue;
@@ -314,24 +372,25 @@ impl RawLock {
                 }
                 Next::Sleep => {}
             }
-            if cur & WAITERS == 0
-                && self
-                    .word
-                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
+            let Some(cap) = self.before_sleep(cur, releases) else {
                 continue;
-            }
+            };
             slept = true;
-            match waiter.sleep(&self.word, cur | WAITERS, None, || true) {
+            #[cfg(test)]
+            tests::SLEEPS.with(|n| n.set(n.get() + 1));
+            match waiter.sleep_at_most(&self.waiters, 1, None, cap, || true) {
                 Slept::Woken => {}
                 Slept::Recheck => {
-                    if self.take_over(cur | WAITERS) {
+                    #[cfg(test)]
+                    if cap == RECHECK {
+                        tests::RECHECKS.with(|n| n.set(n.get() + 1));
+                    }
+                    if self.take_over(cur) {
                         return Some(Locked::Recovered);
                     }
                 }
                 Slept::TimedOut => {
-                    return self.take_over(cur | WAITERS).then_some(Locked::Recovered);
+                    return self.take_over(cur).then_some(Locked::Recovered);
                 }
             }
         }
@@ -342,33 +401,212 @@ impl RawLock {
     /// guard inherited through a fork (the child's id differs), or a word a
     /// corrupt peer overwrote.
     ///
-    /// The swap is `SeqCst`, for [`observe`](RawLock::observe): a holder
-    /// that reads a waiter count (`SeqCst`) after unlocking sees every
-    /// count raised before an `observe` that found the lock held by it.
+    /// The release is a `SeqCst` swap, for [`observe`](RawLock::observe):
+    /// a holder that reads a waiter count (`SeqCst`) after unlocking sees
+    /// every count raised before an `observe` that found the lock held by
+    /// it.
     #[inline]
     pub(crate) fn unlock(&self) -> bool {
         if !self.names_this_process() {
             return false;
         }
-        self.release_named();
+        self.owner.store(0, Ordering::Relaxed);
+        self.word.swap(0, Ordering::SeqCst);
+        self.wake_if_waiting();
         true
     }
 
-    /// Releases a lock whose word the caller found naming this process.
-    /// (Between that check and the swap only a sleeper's `WAITERS` bit can
-    /// change the word: no one else takes a lock held by a live process.)
+    /// Releases a lock whose word the caller found naming this process (no
+    /// one else takes a lock held by a live process), with a plain store
+    /// when this process is [`membarrier::registered`]: no fence, so it
+    /// orders nothing for a caller beyond the lock's own data. Every
+    /// locker of such a lock says [`Releases::Plain`].
     #[inline]
     pub(crate) fn release_named(&self) {
         self.owner.store(0, Ordering::Relaxed);
-        if self.word.swap(0, Ordering::SeqCst) & WAITERS != 0 {
-            crate::sys::futex::wake(&self.word, 1);
+        if membarrier::registered() {
+            self.word.store(0, Ordering::Release);
+            // The store, then the flag's load, in program order: a
+            // sleeper's barrier falls between two instructions of ours
+            // and orders them (see `before_sleep`).
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            self.word.swap(0, Ordering::SeqCst);
+        }
+        self.wake_if_waiting();
+    }
+
+    /// After a release: wakes one sleeper if the waiter flag is raised,
+    /// clearing it. A woken locker that sleeps again, or takes the lock
+    /// after sleeping, raises it again (so the next release wakes the
+    /// next sleeper); a locker killed asleep leaves it raised, which costs
+    /// one wake-up of nobody.
+    #[inline]
+    fn wake_if_waiting(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.wake_one_waiting();
+        }
+    }
+
+    #[cold]
+    fn wake_one_waiting(&self) {
+        if self.waiters.swap(0, Ordering::SeqCst) != 0 {
+            futex::wake(&self.waiters, 1);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Sleeps of this thread's lockers that lasted until their
+        /// re-check: no release woke them.
+        pub(super) static RECHECKS: Cell<u32> = const { Cell::new(0) };
+        /// Sleeps of this thread's lockers.
+        pub(super) static SLEEPS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// What the parent and its forked child share in
+    /// [`every_plain_release_by_another_process_wakes_the_sleeping_locker`].
+    #[repr(C)]
+    #[derive(Default)]
+    struct Handoff {
+        lock: RawLock,
+        /// Set by the child when it is done.
+        done: AtomicU32,
+        /// The child's longest hold, in microseconds.
+        longest_hold_us: AtomicU32,
+    }
+
+    /// The child: takes the lock `rounds` times, holding it for 0 to 200
+    /// us and, more often than not, taking it again at once (the same word
+    /// again: a sleeper must be woken all the same), and releases it the
+    /// way a `Lock` does (a plain store once registered). Touches only
+    /// atomics and makes raw system calls: it runs in a fork of a threaded
+    /// test binary, where the allocator's lock may be held by a thread
+    /// that is not there.
+    fn holder(h: &Handoff, rounds: u32, deadline: Instant) -> i32 {
+        let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        if !membarrier::registered() {
+            return 3;
+        }
+        let spin = |until: Instant| {
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
+        for round in 1..=rounds {
+            while h
+                .lock
+                .word
+                .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                if Instant::now() >= deadline {
+                    return 1;
+                }
+                std::hint::spin_loop();
+            }
+            let taken = Instant::now();
+            let mix = round.wrapping_mul(2_654_435_761);
+            spin(taken + Duration::from_nanos(u64::from(mix % 200_000)));
+            let held = taken.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            h.longest_hold_us.fetch_max(held, Ordering::SeqCst);
+            h.lock.release_named();
+            if mix % 3 == 0 {
+                // A pause without the lock, for the parent to take it.
+                spin(Instant::now() + Duration::from_micros(20));
+            }
+        }
+        h.done.store(1, Ordering::SeqCst);
+        0
+    }
+
+    #[test]
+    fn every_plain_release_by_another_process_wakes_the_sleeping_locker() {
+        const ROUNDS: u32 = 3000;
+        let len = std::mem::size_of::<Handoff>();
+        // SAFETY: a fresh anonymous shared mapping of `len` bytes, zeroed
+        // by the kernel; unmapped below only after the child has exited.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+            )
+        }
+        .expect("mmap");
+        // SAFETY: the mapping is page-aligned, `len` bytes long and zeroed,
+        // and `Handoff` is atomics only, valid at all zeroes.
+        let h: &Handoff = unsafe { &*ptr.cast::<Handoff>() };
+        // The parent registers the fork handler that bumps the child's
+        // generation (so the child registers itself again).
+        let _ = membarrier::registered();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // SAFETY: the child touches only the shared atomics and makes raw
+        // system calls (no allocation, no lock another thread could hold),
+        // then ends with `_exit`, never returning into the test harness.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let code = holder(h, ROUNDS, deadline);
+            // SAFETY: ends the forked child at once, running nothing of
+            // the parent's (no destructors, no atexit handlers).
+            unsafe { libc::_exit(code) };
+        }
+        let before = (RECHECKS.with(Cell::get), SLEEPS.with(Cell::get));
+        let mut taken = 0u32;
+        while h.done.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            let got = h.lock.lock_until(Some(deadline), Releases::Plain);
+            assert_eq!(got, Some(Locked::Clean), "after {taken} takes");
+            taken += 1;
+            h.lock.release_named();
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
+        let longest = h.longest_hold_us.load(Ordering::SeqCst);
+        // SAFETY: the mapping made above; the child is gone and `h` is not
+        // used again.
+        unsafe { rustix::mm::munmap(ptr, len) }.expect("munmap");
+        let rechecks = RECHECKS.with(Cell::get) - before.0;
+        let sleeps = SLEEPS.with(Cell::get) - before.1;
+        // A sleep that lasts until its 50 ms re-check was woken by no
+        // release: only a hold as long as that (the child preempted while
+        // it held the lock) excuses one.
+        assert!(
+            rechecks == 0 || u128::from(longest) >= RECHECK.as_micros() / 2,
+            "{rechecks} of {sleeps} sleeps were woken by no release (longest hold {longest} us)"
+        );
+        assert!(sleeps >= ROUNDS / 10, "only {sleeps} sleeps, {taken} takes");
+    }
+
+    #[test]
+    fn the_waiter_flag_is_cleared_by_the_release_that_wakes_and_raised_by_a_locker_that_slept() {
+        let lock = RawLock::default();
+        // A sleeper killed asleep left the flag raised: the next release
+        // clears it (one wake-up of nobody), and the one after makes no
+        // system call.
+        lock.waiters.store(1, Ordering::SeqCst);
+        assert_eq!(lock.try_lock(), Some(Locked::Clean));
+        lock.release_named();
+        assert_eq!(lock.waiters.load(Ordering::SeqCst), 0);
+        // An async locker that slept raises it when it takes the lock.
+        assert_eq!(lock.try_lock_marked(), Some(Locked::Clean));
+        assert_eq!(lock.waiters.load(Ordering::SeqCst), 1);
+        assert!(lock.unlock());
+        assert_eq!(lock.waiters.load(Ordering::SeqCst), 0);
+        assert!(!lock.is_held());
+    }
 
     #[test]
     fn a_lock_held_by_this_process_is_never_recovered_even_after_its_thread_ended() {
@@ -381,7 +619,7 @@ mod tests {
         assert_eq!(lock.try_lock(), None);
         let start = Instant::now();
         let deadline = start + std::time::Duration::from_millis(150);
-        assert_eq!(lock.lock_until(Some(deadline)), None);
+        assert_eq!(lock.lock_until(Some(deadline), Releases::Plain), None);
         assert!(start.elapsed() >= std::time::Duration::from_millis(150));
         assert!(lock.unlock());
         assert_eq!(lock.try_lock(), Some(Locked::Clean));

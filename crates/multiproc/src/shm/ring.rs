@@ -36,7 +36,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::lock::RawLock;
+use super::lock::{RawLock, Releases};
 use super::wait::{Next, Policy, Slept, Waiter};
 use crate::sys::futex;
 use crate::sys::liveness::{self, Identity};
@@ -268,7 +268,7 @@ fn hold(lock: &RawLock, deadline: Option<Instant>) -> Option<Held<'_>> {
                 if Instant::now() >= d {
                     return None;
                 }
-                let _ = lock.lock_until(Some(d))?;
+                let _ = lock.lock_until(Some(d), Releases::Fenced)?;
             }
         }
     }

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::lock::{Locked, RawLock};
+use super::lock::{Locked, RawLock, Releases};
 use super::object::ShmState;
 use super::wait::{self, Next, Policy, Slept, Waiter};
 use crate::sys::futex;
@@ -120,7 +120,9 @@ impl LockState {
     /// Takes the lock, waiting until `deadline`.
     #[inline]
     pub(crate) fn acquire(&self, deadline: Option<Instant>) -> Option<Acquired> {
-        self.lock.lock_until(deadline).map(|l| self.outcome(l))
+        self.lock
+            .lock_until(deadline, Releases::Plain)
+            .map(|l| self.outcome(l))
     }
 
     /// Takes the lock if that needs no waiting.
@@ -925,7 +927,7 @@ impl BarrierState {
         action: Option<&dyn Fn() -> bool>,
     ) -> Result<u32, BarrierFailure> {
         let (index, generation) = loop {
-            if self.lock.lock_until(deadline).is_none() {
+            if self.lock.lock_until(deadline, Releases::Fenced).is_none() {
                 return Err(BarrierFailure::TimedOut);
             }
             if self.is_broken() {
@@ -1011,7 +1013,11 @@ impl BarrierState {
         // holds it, the barrier is marked broken without it (its other
         // waiters see that at their own deadlines) and this wait returns.
         let grace = Instant::now() + std::time::Duration::from_millis(20);
-        if self.lock.lock_until(Some(grace)).is_none() {
+        if self
+            .lock
+            .lock_until(Some(grace), Releases::Fenced)
+            .is_none()
+        {
             self.broken.store(1, Ordering::SeqCst);
             return Err(BarrierFailure::TimedOut);
         }

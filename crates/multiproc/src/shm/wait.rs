@@ -492,11 +492,23 @@ impl<'a> Waiter<'a> {
         sleepers: Option<&AtomicU32>,
         blocked: impl FnOnce() -> bool,
     ) -> Slept {
+        self.sleep_at_most(word, seen, sleepers, RECHECK, blocked)
+    }
+
+    /// [`sleep`](Self::sleep) for at most `cap` instead of [`RECHECK`].
+    pub(crate) fn sleep_at_most(
+        &self,
+        word: &AtomicU32,
+        seen: u32,
+        sleepers: Option<&AtomicU32>,
+        cap: Duration,
+        blocked: impl FnOnce() -> bool,
+    ) -> Slept {
         if let Some(s) = sleepers {
             s.fetch_add(1, Ordering::SeqCst);
         }
         let woke = if blocked() {
-            let recheck = Instant::now() + RECHECK;
+            let recheck = Instant::now() + cap;
             let until = self.deadline.map_or(recheck, |d| d.min(recheck));
             futex::wait(word, seen, Some(until))
         } else {

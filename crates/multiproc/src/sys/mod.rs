@@ -11,6 +11,7 @@ pub(crate) mod code;
 pub(crate) mod fork_local;
 pub(crate) mod futex;
 pub(crate) mod liveness;
+pub(crate) mod membarrier;
 pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod socket;
