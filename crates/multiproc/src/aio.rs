@@ -263,7 +263,7 @@ impl Drop for Waiting {
 
 impl Waiting {
     /// Whether this wait has handed a readiness wait to a waiter thread
-    /// (a locker then takes the lock marked contended).
+    /// (a locker then raises the lock's waiter flag as it takes it).
     pub(crate) fn has_slept(&self) -> bool {
         self.signal.is_some()
     }
@@ -283,6 +283,40 @@ where
         Some(v) => Poll::Ready(v),
         None => waiting.pending(cx, &mut ready),
     })
+}
+
+/// Runs its action if dropped while armed. The future of an async locker
+/// holds one: its readiness wait may have taken a wake-up meant for a
+/// single sleeper (an unlock wakes one) and woken the task, and if the
+/// future is then dropped before it looks again, that wake-up would be
+/// lost; the action passes it on. A spare one costs a sleeper one look.
+pub(crate) struct PassOn<F: FnMut()> {
+    action: F,
+    armed: bool,
+}
+
+impl<F: FnMut()> PassOn<F> {
+    /// Disarmed.
+    pub(crate) fn new(action: F) -> PassOn<F> {
+        PassOn {
+            action,
+            armed: false,
+        }
+    }
+
+    /// Armed after each failed attempt (a readiness wait may follow),
+    /// disarmed by the one that succeeds.
+    pub(crate) fn arm(&mut self, armed: bool) {
+        self.armed = armed;
+    }
+}
+
+impl<F: FnMut()> Drop for PassOn<F> {
+    fn drop(&mut self) {
+        if self.armed {
+            (self.action)();
+        }
+    }
 }
 
 /// Says when a wait has gone a [`SLICE`] without success since it last

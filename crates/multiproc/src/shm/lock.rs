@@ -152,13 +152,12 @@ impl RawLock {
     /// released or `until`; takes nothing. True if the sleep ended by a
     /// wake-up (perhaps an unlock's, meant for one sleeper): a caller whose
     /// task no longer wants it passes it on ([`wake_one`](RawLock::wake_one)).
-    pub(crate) fn wait_free(&self, until: Instant) -> bool {
+    pub(crate) fn wait_free(&self, until: Instant, releases: Releases) -> bool {
         let cur = self.word.load(Ordering::Relaxed);
         if cur == 0 {
             return false;
         }
-        // Only a user's lock has async lockers, and it is released plainly.
-        let Some(cap) = self.before_sleep(cur, Releases::Plain) else {
+        let Some(cap) = self.before_sleep(cur, releases) else {
             return false;
         };
         let waiter = Waiter::new(Policy::counted(0, 0), Some(until));
@@ -349,7 +348,10 @@ impl RawLock {
         // wakes one, and clears the flag): it raises the flag again when
         // it takes the lock, so that its unlock wakes the next one.
         let mut slept = false;
-        loop {
+        // The last sleep ended by a wake-up, perhaps a release's only one:
+        // a locker that leaves without the lock passes it on.
+        let mut woken = false;
+        let taken = loop {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
                 if self
@@ -358,42 +360,42 @@ impl RawLock {
                     .is_ok()
                 {
                     self.owner.store(my_id.0, Ordering::Relaxed);
-                    if slept {
-                        self.waiters.store(1, Ordering::Relaxed);
-                    }
-                    return Some(Locked::Clean);
+                    break Some(Locked::Clean);
                 }
                 continue;
             }
             match waiter.pause() {
                 Next::Check => continue,
-                Next::TimedOut => {
-                    return self.take_over(cur).then_some(Locked::Recovered);
-                }
+                Next::TimedOut => break self.take_over(cur).then_some(Locked::Recovered),
                 Next::Sleep => {}
             }
             let Some(cap) = self.before_sleep(cur, releases) else {
                 continue;
             };
             slept = true;
+            woken = false;
             #[cfg(test)]
             tests::SLEEPS.with(|n| n.set(n.get() + 1));
             match waiter.sleep_at_most(&self.waiters, 1, None, cap, || true) {
-                Slept::Woken => {}
+                Slept::Woken => woken = true,
                 Slept::Recheck => {
                     #[cfg(test)]
                     if cap == RECHECK {
                         tests::RECHECKS.with(|n| n.set(n.get() + 1));
                     }
                     if self.take_over(cur) {
-                        return Some(Locked::Recovered);
+                        break Some(Locked::Recovered);
                     }
                 }
-                Slept::TimedOut => {
-                    return self.take_over(cur).then_some(Locked::Recovered);
-                }
+                Slept::TimedOut => break self.take_over(cur).then_some(Locked::Recovered),
             }
+        };
+        if taken.is_some() && slept {
+            self.waiters.store(1, Ordering::Relaxed);
+        } else if taken.is_none() && woken {
+            self.wake_one();
         }
+        taken
     }
 
     /// Releases the lock if the word names this process, and wakes one
@@ -424,7 +426,8 @@ impl RawLock {
     #[inline]
     pub(crate) fn release_named(&self) {
         self.owner.store(0, Ordering::Relaxed);
-        if membarrier::registered() {
+        let plain = membarrier::registered();
+        if plain {
             self.word.store(0, Ordering::Release);
             // The store, then the flag's load, in program order: a
             // sleeper's barrier falls between two instructions of ours
@@ -434,6 +437,11 @@ impl RawLock {
             self.word.swap(0, Ordering::SeqCst);
         }
         self.wake_if_waiting();
+        if !plain {
+            // After the release, never while holding: the registration
+            // may take milliseconds.
+            membarrier::register_soon();
+        }
     }
 
     /// After a release: wakes one sleeper if the waiter flag is raised,
@@ -475,22 +483,22 @@ pub(super) mod tests {
     #[derive(Default)]
     struct Handoff {
         lock: RawLock,
-        /// Set by the child when it is done.
-        done: AtomicU32,
+        /// Set by the parent when it has slept enough.
+        stop: AtomicU32,
         /// The child's longest hold, in microseconds.
         longest_hold_us: AtomicU32,
     }
 
-    /// The child: takes the lock `rounds` times, holding it for 0 to 200
-    /// us and, more often than not, taking it again at once (the same word
-    /// again: a sleeper must be woken all the same), and releases it the
-    /// way a `Lock` does (a plain store once registered). Touches only
+    /// The child: takes the lock until told to stop, holding it for 0 to
+    /// 200 us and, more often than not, taking it again at once (the same
+    /// word again: a sleeper must be woken all the same), and releases it
+    /// the way a `Lock` does (a plain store, once registered). Touches only
     /// atomics and makes raw system calls: it runs in a fork of a threaded
     /// test binary, where the allocator's lock may be held by a thread
     /// that is not there.
-    fn holder(h: &Handoff, rounds: u32, deadline: Instant) -> i32 {
+    fn holder(h: &Handoff, deadline: Instant) -> i32 {
         let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-        if !membarrier::registered() {
+        if !membarrier::register_now() {
             return 3;
         }
         let spin = |until: Instant| {
@@ -498,9 +506,9 @@ pub(super) mod tests {
                 std::hint::spin_loop();
             }
         };
-        for round in 1..=rounds {
-            while h
-                .lock
+        let mut round = 0u32;
+        while h.stop.load(Ordering::SeqCst) == 0 {
+            if h.lock
                 .word
                 .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
@@ -509,25 +517,26 @@ pub(super) mod tests {
                     return 1;
                 }
                 std::hint::spin_loop();
+                continue;
             }
+            round = round.wrapping_add(1);
             let taken = Instant::now();
             let mix = round.wrapping_mul(2_654_435_761);
             spin(taken + Duration::from_nanos(u64::from(mix % 200_000)));
             let held = taken.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
             h.longest_hold_us.fetch_max(held, Ordering::SeqCst);
             h.lock.release_named();
-            if mix % 3 == 0 {
+            if mix.is_multiple_of(3) {
                 // A pause without the lock, for the parent to take it.
                 spin(Instant::now() + Duration::from_micros(20));
             }
         }
-        h.done.store(1, Ordering::SeqCst);
         0
     }
 
     #[test]
     fn every_plain_release_by_another_process_wakes_the_sleeping_locker() {
-        const ROUNDS: u32 = 3000;
+        const SLEEPS_WANTED: u32 = 2000;
         let len = std::mem::size_of::<Handoff>();
         // SAFETY: a fresh anonymous shared mapping of `len` bytes, zeroed
         // by the kernel; unmapped below only after the child has exited.
@@ -545,7 +554,7 @@ pub(super) mod tests {
         let h: &Handoff = unsafe { &*ptr.cast::<Handoff>() };
         // The parent registers the fork handler that bumps the child's
         // generation (so the child registers itself again).
-        let _ = membarrier::registered();
+        let _ = futex::generation();
         let deadline = Instant::now() + Duration::from_secs(60);
         // SAFETY: the child touches only the shared atomics and makes raw
         // system calls (no allocation, no lock another thread could hold),
@@ -553,19 +562,33 @@ pub(super) mod tests {
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork failed");
         if child == 0 {
-            let code = holder(h, ROUNDS, deadline);
+            let code = holder(h, deadline);
             // SAFETY: ends the forked child at once, running nothing of
             // the parent's (no destructors, no atexit handlers).
             unsafe { libc::_exit(code) };
         }
         let before = (RECHECKS.with(Cell::get), SLEEPS.with(Cell::get));
+        let me = liveness::pid();
         let mut taken = 0u32;
-        while h.done.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        // Until the parent has slept enough (on a loaded machine the child
+        // runs less, and it takes longer), or half a minute.
+        let enough = Instant::now() + Duration::from_secs(30);
+        while SLEEPS.with(Cell::get) - before.1 < SLEEPS_WANTED && Instant::now() < enough {
             let got = h.lock.lock_until(Some(deadline), Releases::Plain);
             assert_eq!(got, Some(Locked::Clean), "after {taken} takes");
             taken += 1;
             h.lock.release_named();
+            // Leave the child a chance to take it: up to 50 us.
+            let until = Instant::now() + Duration::from_micros(50);
+            while Instant::now() < until {
+                let word = h.lock.word.load(Ordering::SeqCst);
+                if word != 0 && word != me {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
         }
+        h.stop.store(1, Ordering::SeqCst);
         let mut status = 0;
         // SAFETY: waits for our own child; `status` is a valid out-pointer.
         let waited = unsafe { libc::waitpid(child, &mut status, 0) };
@@ -587,7 +610,10 @@ pub(super) mod tests {
             rechecks == 0 || u128::from(longest) >= RECHECK.as_micros() / 2,
             "{rechecks} of {sleeps} sleeps were woken by no release (longest hold {longest} us)"
         );
-        assert!(sleeps >= ROUNDS / 10, "only {sleeps} sleeps, {taken} takes");
+        assert!(
+            sleeps >= SLEEPS_WANTED,
+            "only {sleeps} sleeps in 30 s ({taken} takes)"
+        );
     }
 
     #[test]

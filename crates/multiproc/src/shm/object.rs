@@ -34,7 +34,11 @@ use crate::sys::shm::Mapping;
 /// in one process, and must tolerate being accessed concurrently by other
 /// processes: in practice, `#[repr(C)]` structs of atomics.
 pub(crate) unsafe trait ShmState: Sync {
-    /// A number identifying the type, checked when a process attaches.
+    /// A number identifying the type, checked when a process attaches;
+    /// changed whenever the type's layout or protocol changes, so that a
+    /// process built from another version refuses it instead of
+    /// misreading it (the lock's move of its waiter bit out of the word
+    /// changed those of every state holding a lock, and the ring's).
     const MAGIC: u32;
     /// Where the magic lives: the state's first field.
     fn magic(&self) -> &AtomicU32;
@@ -375,7 +379,8 @@ impl ShmObject<super::states::LockState> {
     }
 
     /// [`lock_slice`](Self::lock_slice) for an async locker: `try_only`,
-    /// taking the lock marked contended once the locker has slept (see
+    /// raising the lock's waiter flag as it takes it once the locker has
+    /// slept (see
     /// `RawLock::try_lock_marked`).
     pub(crate) fn try_lock_slice<U: bytemuck::Pod>(
         &self,

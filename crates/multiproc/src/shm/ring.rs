@@ -42,7 +42,7 @@ use crate::sys::futex;
 use crate::sys::liveness::{self, Identity};
 use crate::sys::shm::{self, Mapping};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
+const MAGIC: u64 = u64::from_le_bytes(*b"MPRING04");
 /// Bytes before the data area (one page).
 const DATA_OFFSET: usize = 4096;
 /// Record kinds.
@@ -1885,7 +1885,7 @@ impl Ring {
             return;
         }
         if !self.is_empty_now() {
-            if h.consumer.lock.wait_free(until) && !wanted() {
+            if h.consumer.lock.wait_free(until, Releases::Fenced) && !wanted() {
                 h.consumer.lock.wake_one();
             }
             return;
@@ -1912,7 +1912,7 @@ impl Ring {
             return;
         }
         if !full() {
-            if h.producer.lock.wait_free(until) && !wanted() {
+            if h.producer.lock.wait_free(until, Releases::Fenced) && !wanted() {
                 h.producer.lock.wake_one();
             }
             return;

@@ -88,7 +88,7 @@ pub(crate) struct LockState {
 // bit pattern (so whatever a peer writes into it, not only at zero), no
 // pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for LockState {
-    const MAGIC: u32 = 0x4d50_4c4b;
+    const MAGIC: u32 = 0x4d50_4c32;
     fn magic(&self) -> &AtomicU32 {
         &self.magic
     }
@@ -138,7 +138,7 @@ impl LockState {
 
     /// The readiness wait of an async locker (see [`RawLock::wait_free`]).
     pub(crate) fn wait_free(&self, until: Instant) -> bool {
-        self.lock.wait_free(until)
+        self.lock.wait_free(until, Releases::Plain)
     }
 
     /// Passes on a wake-up that a dropped async locker was given.
@@ -416,7 +416,7 @@ pub(crate) struct ConditionState {
 // bit pattern (so whatever a peer writes into it, not only at zero), no
 // pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for ConditionState {
-    const MAGIC: u32 = 0x4d50_4356;
+    const MAGIC: u32 = 0x4d50_4332;
     fn magic(&self) -> &AtomicU32 {
         &self.magic
     }
@@ -629,7 +629,7 @@ const ROUNDS: usize = 32;
 // bit pattern (so whatever a peer writes into it, not only at zero), no
 // pointers, and every access, ours or a peer's, is atomic.
 unsafe impl ShmState for BarrierState {
-    const MAGIC: u32 = 0x4d50_4252;
+    const MAGIC: u32 = 0x4d50_4232;
     fn magic(&self) -> &AtomicU32 {
         &self.magic
     }
@@ -865,7 +865,7 @@ impl BarrierState {
         if self.acting_in(g) {
             let _ = sleep_while(&self.generation, g, &self.sleepers, until);
         } else {
-            let _ = self.lock.wait_free(until);
+            let _ = self.lock.wait_free(until, Releases::Fenced);
         }
     }
 

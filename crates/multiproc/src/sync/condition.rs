@@ -143,6 +143,10 @@ impl<'a> ConditionGuard<'a> {
             on: depth.is_some(),
         };
         let mut waiting = crate::aio::Waiting::new();
+        let mut relock = {
+            let shared = Arc::clone(&cond.shared);
+            crate::aio::PassOn::new(move || shared.state().lock.wake_one())
+        };
         std::future::poll_fn(move |cx| {
             // The whole guard moves into the closure (not a copy of its
             // field), so that dropping the future drops it.
@@ -171,6 +175,7 @@ impl<'a> ConditionGuard<'a> {
             } else {
                 state.lock.try_acquire()
             };
+            relock.arm(taken.is_none());
             match taken {
                 Some(how) => {
                     state.wait_relocked(depth, how);

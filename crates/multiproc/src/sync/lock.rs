@@ -397,8 +397,16 @@ fn lock_async_with<G>(
     shared: &Arc<Shared<LockState>>,
     mut attempt: impl FnMut(bool) -> Option<Result<G, OwnerDied>>,
 ) -> impl Future<Output = Result<G, OwnerDied>> {
+    let mut pass_on = {
+        let shared = Arc::clone(shared);
+        crate::aio::PassOn::new(move || shared.state().wake_one())
+    };
     crate::aio::retry(
-        move |w| attempt(w.has_slept()),
+        move |w| {
+            let got = attempt(w.has_slept());
+            pass_on.arm(got.is_none());
+            got
+        },
         move || {
             let shared = Arc::clone(shared);
             move |until: Instant, ticket: &crate::aio::Ticket| {

@@ -32,6 +32,13 @@ fn lock<T: Pod>(shared: &Shared<LockState>) -> (LockedSlice<'_, T>, Acquired) {
         .expect("the tag was checked to describe `T`s when the handle was made")
 }
 
+/// What an async `get_lock` passes on if dropped while it waits (see
+/// [`crate::aio::PassOn`]).
+fn pass_on(shared: &Arc<Shared<LockState>>) -> crate::aio::PassOn<impl FnMut() + use<>> {
+    let shared = Arc::clone(shared);
+    crate::aio::PassOn::new(move || shared.state().wake_one())
+}
+
 /// The readiness wait of an async `get_lock` (see [`crate::aio`]).
 fn lock_ready(
     shared: &Arc<Shared<LockState>>,
@@ -230,9 +237,12 @@ impl<T: Pod> Value<T> {
     where
         T: Sync,
     {
+        let mut pass_on = pass_on(&self.shared);
         crate::aio::retry(
             move |w| {
-                let (slice, how) = self.shared.object().try_lock_slice::<T>(w.has_slept())?;
+                let taken = self.shared.object().try_lock_slice::<T>(w.has_slept());
+                pass_on.arm(taken.is_none());
+                let (slice, how) = taken?;
                 Some(self.guard(slice, how))
             },
             move || lock_ready(&self.shared),
@@ -475,9 +485,12 @@ impl<T: Pod> Array<T> {
     where
         T: Sync,
     {
+        let mut pass_on = pass_on(&self.shared);
         crate::aio::retry(
             move |w| {
-                let (slice, how) = self.shared.object().try_lock_slice::<T>(w.has_slept())?;
+                let taken = self.shared.object().try_lock_slice::<T>(w.has_slept());
+                pass_on.arm(taken.is_none());
+                let (slice, how) = taken?;
                 Some(self.guard(slice, how))
             },
             move || lock_ready(&self.shared),
