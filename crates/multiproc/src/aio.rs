@@ -244,6 +244,13 @@ impl Waiting {
         Poll::Pending
     }
 
+    /// Whether the next [`pending`](Self::pending) hands a readiness wait
+    /// to a waiter thread (the eager phase is over), or one was handed
+    /// already: a wait that may have taken a wake-up meant for one.
+    pub(crate) fn may_sleep(&self) -> bool {
+        self.eager >= EAGER_POLLS || self.signal.is_some()
+    }
+
     /// The operation succeeded: the next one (a stream's next item) starts
     /// eager again.
     pub(crate) fn done(&mut self) {
@@ -304,8 +311,8 @@ impl<F: FnMut()> PassOn<F> {
         }
     }
 
-    /// Armed after each failed attempt (a readiness wait may follow),
-    /// disarmed by the one that succeeds.
+    /// Armed after each failed attempt that a readiness wait follows (see
+    /// [`Waiting::may_sleep`]), disarmed by the one that succeeds.
     pub(crate) fn arm(&mut self, armed: bool) {
         self.armed = armed;
     }

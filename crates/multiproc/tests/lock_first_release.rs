@@ -13,16 +13,24 @@ fn the_first_release_in_a_threaded_process_does_not_hold_the_lock_for_millisecon
     let t = std::thread::spawn(move || rx.recv());
     std::thread::scope(|s| {
         let guard = lock.lock().unwrap();
-        let waiter = s.spawn(|| {
-            let g = lock.lock().unwrap();
-            let got = Instant::now();
-            drop(g);
-            got
+        // Spins on `try_lock`: it sees the word freed within microseconds
+        // of the release, whatever a sleeper's wake-up would cost.
+        let spinner = s.spawn(|| {
+            let give_up = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(g) = lock.try_lock() {
+                    let got = Instant::now();
+                    drop(g);
+                    return got;
+                }
+                assert!(Instant::now() < give_up, "the lock was never released");
+                std::hint::spin_loop();
+            }
         });
         std::thread::sleep(Duration::from_millis(5));
         let released = Instant::now();
         drop(guard);
-        let spent = waiter.join().unwrap().saturating_duration_since(released);
+        let spent = spinner.join().unwrap().saturating_duration_since(released);
         assert!(
             spent < Duration::from_millis(5),
             "the first release kept the lock about {spent:?} longer"

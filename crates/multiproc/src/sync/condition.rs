@@ -175,7 +175,7 @@ impl<'a> ConditionGuard<'a> {
             } else {
                 state.lock.try_acquire()
             };
-            relock.arm(taken.is_none());
+            relock.arm(taken.is_none() && waiting.may_sleep());
             match taken {
                 Some(how) => {
                     state.wait_relocked(depth, how);

@@ -404,7 +404,7 @@ fn lock_async_with<G>(
     crate::aio::retry(
         move |w| {
             let got = attempt(w.has_slept());
-            pass_on.arm(got.is_none());
+            pass_on.arm(got.is_none() && w.may_sleep());
             got
         },
         move || {

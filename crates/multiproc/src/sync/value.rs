@@ -241,7 +241,7 @@ impl<T: Pod> Value<T> {
         crate::aio::retry(
             move |w| {
                 let taken = self.shared.object().try_lock_slice::<T>(w.has_slept());
-                pass_on.arm(taken.is_none());
+                pass_on.arm(taken.is_none() && w.may_sleep());
                 let (slice, how) = taken?;
                 Some(self.guard(slice, how))
             },
@@ -489,7 +489,7 @@ impl<T: Pod> Array<T> {
         crate::aio::retry(
             move |w| {
                 let taken = self.shared.object().try_lock_slice::<T>(w.has_slept());
-                pass_on.arm(taken.is_none());
+                pass_on.arm(taken.is_none() && w.may_sleep());
                 let (slice, how) = taken?;
                 Some(self.guard(slice, how))
             },

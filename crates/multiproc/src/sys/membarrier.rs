@@ -17,8 +17,9 @@
 //! Only a process registered before its first plain release is covered.
 //! Registering can take milliseconds (in a process with threads the kernel
 //! waits for an RCU grace period: 6 to 14 ms measured here), so it is never
-//! made by a releaser: the first release in each process (and fork
-//! generation) starts it on a thread of its own ([`register_soon`]), and
+//! made by a releaser while it holds the lock: the first release in each
+//! process (and fork generation) starts it after releasing, on a thread of
+//! its own if the process has others ([`register_soon`]), and
 //! releases stay locked swaps, which need nothing from the locker, until
 //! [`registered`] says it is done; where the kernel refuses, they stay
 //! swaps.
@@ -47,10 +48,10 @@ pub(crate) fn registered() -> bool {
     s as u32 == futex::generation_unchecked() && s >> 32 == REGISTERED
 }
 
-/// Starts the registration of this process, on a thread of its own, unless
-/// it has started already in this fork generation (a forked child starts
-/// its own). A process that cannot make a thread registers on the calling
-/// one.
+/// Starts the registration of this process, unless it has started already
+/// in this fork generation (a forked child starts its own): on the calling
+/// thread if it is the process's only one (the kernel is quick then), else
+/// on a thread of its own (or on the calling one, if none can be made).
 #[cold]
 pub(crate) fn register_soon() {
     let generation = futex::generation();
@@ -65,8 +66,16 @@ pub(crate) fn register_soon() {
     {
         return;
     }
+    // Alone in its process, the kernel registers at once (microseconds),
+    // and a thread made for it would end glibc's single-threaded mode for
+    // good (which the fork start method reads).
+    if super::process::surely_single_threaded() {
+        register(generation);
+        return;
+    }
     let started = std::thread::Builder::new()
         .name("multiproc-membarrier".into())
+        .stack_size(128 * 1024)
         .spawn(move || register(generation));
     if started.is_err() {
         register(generation);
