@@ -426,22 +426,28 @@ impl RawLock {
     #[inline]
     pub(crate) fn release_named(&self) {
         self.owner.store(0, Ordering::Relaxed);
-        let plain = membarrier::registered();
-        if plain {
+        if membarrier::registered() {
             self.word.store(0, Ordering::Release);
             // The store, then the flag's load, in program order: a
             // sleeper's barrier falls between two instructions of ours
             // and orders them (see `before_sleep`).
             compiler_fence(Ordering::SeqCst);
+            self.wake_if_waiting();
         } else {
-            self.word.swap(0, Ordering::SeqCst);
+            self.release_unregistered();
         }
+    }
+
+    /// [`release_named`](RawLock::release_named) in a process not yet
+    /// registered: a swap, then the registration is started (after the
+    /// release, never while holding: it may take milliseconds). Out of
+    /// line, so that the plain release stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn release_unregistered(&self) {
+        self.word.swap(0, Ordering::SeqCst);
         self.wake_if_waiting();
-        if !plain {
-            // After the release, never while holding: the registration
-            // may take milliseconds.
-            membarrier::register_soon();
-        }
+        membarrier::register_soon();
     }
 
     /// After a release: wakes one sleeper if the waiter flag is raised,
