@@ -260,9 +260,11 @@ impl RawLock {
     }
 
     /// The free case of every lock call, inline: one compare-and-swap,
-    /// then the holder records its identity.
+    /// then the holder records its identity. False if anybody holds the
+    /// lock (even a dead process: [`try_lock`](RawLock::try_lock) takes
+    /// over from those).
     #[inline]
-    fn take_free(&self) -> bool {
+    pub(crate) fn take_free(&self) -> bool {
         let (pid, me) = liveness::current();
         let ok = self
             .word

@@ -536,6 +536,59 @@ pub(crate) unsafe fn copy_words_in<'a>(dst: *mut u8, parts: impl IntoIterator<It
     }
 }
 
+/// The little-endian word of `bytes` (at most 8 of them), completed with
+/// zero bytes: read with at most three loads, whatever the length.
+#[inline]
+fn partial_word(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    if n >= 4 {
+        // Two 4-byte halves that overlap when `n < 8`: the overlapping
+        // bytes are the same, so or-ing them in twice changes nothing.
+        let lo = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let hi = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]);
+        u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+    } else if n > 0 {
+        // The first, middle and last bytes cover every length from 1 to 3.
+        u64::from(bytes[0])
+            | u64::from(bytes[n / 2]) << (8 * (n / 2))
+            | u64::from(bytes[n - 1]) << (8 * (n - 1))
+    } else {
+        0
+    }
+}
+
+/// Writes a record of one `header` word and `payload`, as whole words from
+/// the 8-aligned `dst`, the last word completed with zero bytes: what
+/// [`copy_words_in`] does for `[header, payload]`, without its byte loop.
+/// Relaxed 64-bit atomic stores only.
+///
+/// # Safety
+/// As [`copy_words_in`]: the words from `dst` up to `8 + payload.len()`
+/// rounded up to 8 must be mapped and writable for the whole call, and
+/// accessed only atomically by this process.
+#[inline(always)]
+pub(crate) unsafe fn copy_record_in(dst: *mut u8, header: u64, payload: &[u8]) {
+    debug_assert!((dst as usize).is_multiple_of(WORD));
+    let store = |at: usize, value: u64| {
+        // SAFETY: `dst + at` is 8-aligned (`at` is a multiple of 8) and
+        // inside the range the caller vouches for: `at` is 0 or the offset
+        // of a word holding payload bytes.
+        unsafe { AtomicU64::from_ptr(dst.add(at).cast::<u64>()) }
+            .store(u64::from_ne_bytes(value.to_le_bytes()), Ordering::Relaxed);
+    };
+    store(0, header);
+    let mut words = payload.chunks_exact(WORD);
+    let mut at = WORD;
+    for w in &mut words {
+        store(at, u64::from_le_bytes(w.try_into().expect("a word")));
+        at += WORD;
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        store(at, partial_word(rest));
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         if !self.mapped_here() {
@@ -755,6 +808,31 @@ mod tests {
             assert_eq!(&out[8..21], &data[..], "split {split}");
             assert_eq!(&out[21..24], &[0; 3], "split {split}: padding");
             assert_eq!(&out[24..40], &[0xee; 16], "split {split}: after");
+        }
+    }
+
+    #[test]
+    fn a_record_write_is_a_word_write_of_the_header_and_the_payload() {
+        let map = Mapping::create("multiproc-test", 4096).unwrap();
+        let data: Vec<u8> = (1..=41u8).collect();
+        for len in 0..=data.len() {
+            let payload = &data[..len];
+            let header = 0x0102_0304_0506_0708u64.wrapping_mul(len as u64 + 1);
+            let mut want = [0u8; 64];
+            assert!(map.write(0, &[0xee; 128]));
+            // SAFETY: offset 8 of a 4096-byte mapping is 8-aligned, and
+            // the words written (at most 56 bytes) are inside it.
+            unsafe { copy_words_in(map.as_ptr().add(8), [&header.to_le_bytes()[..], payload]) };
+            assert!(map.read(8, &mut want));
+            let mut got = [0u8; 64];
+            assert!(map.write(0, &[0xee; 128]));
+            // SAFETY: as above.
+            unsafe { copy_record_in(map.as_ptr().add(8), header, payload) };
+            assert!(map.read(8, &mut got));
+            assert_eq!(got, want, "length {len}");
+            let mut before = [0u8; 8];
+            assert!(map.read(0, &mut before));
+            assert_eq!(before, [0xee; 8], "length {len}: before");
         }
     }
 
