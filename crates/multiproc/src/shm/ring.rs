@@ -603,6 +603,9 @@ impl Ring {
     /// record would not lie inside the data area.
     #[inline]
     fn write_at(&self, pos: u64, header: u64, parts: &[&[u8]]) -> bool {
+        if let [part] = parts {
+            return self.write_record_at(pos, header, part);
+        }
         let total = parts.iter().fold(8usize, |n, p| n.saturating_add(p.len()));
         let Some(dst) = self.record_dst(pos, total) else {
             return false;
@@ -880,13 +883,20 @@ impl Ring {
     fn pop_fast(&self, out: &mut Copied) -> bool {
         let h = self.header();
         let head = h.consumer.pos.load(Ordering::Relaxed);
+        // A buffer holding a large copy goes back to this thread's cache
+        // in `copy_out`, which may panic while the thread is torn down:
+        // not under a lock released by hand.
+        if out.big.is_some() {
+            return false;
+        }
         if h.consumer.peer.load(Ordering::Relaxed) == head
             && h.producer.pos.load(Ordering::Acquire) == head
         {
             // Empty: the general path waits.
             return false;
         }
-        // Released by hand, as in `push_fast`.
+        // Released by hand, as in `push_fast` (with `out.big` empty,
+        // `copy_out` touches no thread-local and cannot unwind either).
         if !h.consumer.lock.take_free() {
             return false;
         }
