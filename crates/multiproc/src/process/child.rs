@@ -238,7 +238,7 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
     })
 }
 
-fn failure(kind: u8, message: &str) -> Reply {
+pub(crate) fn failure(kind: u8, message: &str) -> Reply {
     (kind, codec::encode(message).unwrap_or_default(), Vec::new())
 }
 

@@ -218,14 +218,19 @@ impl ProcessBuilder {
                 // The child has a copy of the encoded argument from birth:
                 // nothing to send, no frame to read (three system calls
                 // fewer per start).
-                let body: start::fork::Body = Box::new(move |_| body(f, &args, Vec::new()));
+                let body = start::fork::body(move |_| {
+                    let reply = body(f, &args, Vec::new());
+                    // The child exits next: no free (see `fork::body`).
+                    std::mem::forget(args);
+                    reply
+                });
                 let started = start::fork::start(lineage, body, true)?;
                 return Ok(Process::new(started, name, self.daemon, method));
             }
             StartMethod::Fork => {
                 // Its handles travel over the channel, so that the child
                 // receives them as new descriptors of its own.
-                let body: start::fork::Body = Box::new(move |ch| child::forked_body(f, body, ch));
+                let body = start::fork::body(move |ch| child::forked_body(f, body, ch));
                 start::fork::start(lineage, body, true)?
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
@@ -293,7 +298,7 @@ where
     R: Serialize + 'static,
 {
     // `R` need not be `Send`: it is made and encoded inside the child.
-    Box::new(move |_| child::encode_outcome(f))
+    start::fork::body(move |_| child::encode_outcome(f))
 }
 
 #[derive(Debug)]

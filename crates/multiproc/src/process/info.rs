@@ -233,8 +233,20 @@ impl ForkGuards {
     /// In the forked child: records who it is, forgets the parent's
     /// children, and releases the locks.
     pub(crate) fn become_child(mut self, lineage: Lineage) {
-        *self.current = Some(child_state(lineage, true));
-        self.children.clear();
+        // The parent's values are forgotten, not dropped: their frees (and
+        // the weak counts of its children's records) would write to heap
+        // pages the child shares with its parent, each write a
+        // copy-on-write fault on the way to the child's exit. Only the
+        // descriptor on the parent's own parent is dropped (closed unless
+        // shared), as before.
+        let mut parents = self.current.replace(child_state(lineage, true));
+        let pidfd = parents
+            .as_mut()
+            .and_then(|c| c.parent.as_mut())
+            .and_then(|p| p.pidfd.take());
+        std::mem::forget(parents);
+        drop(pidfd);
+        std::mem::forget(std::mem::take(&mut *self.children));
     }
 }
 

@@ -22,8 +22,21 @@ use crate::sys::code::Reply;
 use crate::wire::handles;
 
 /// The code a fork child runs: it gets its end of the channel (to read its
-/// argument from, if it has one) and makes the result frame.
-pub(crate) type Body = Box<dyn FnOnce(BorrowedFd<'_>) -> Reply + Send>;
+/// argument from, if it has one) and makes the result frame. Called once
+/// (see [`body`]); an `FnMut` so that the child can call it without
+/// freeing its box.
+pub(crate) type Body = Box<dyn FnMut(BorrowedFd<'_>) -> Reply + Send>;
+
+/// The [`Body`] that runs `f`. The child leaks the box rather than free
+/// it: a free writes to heap pages the child shares with its parent, each
+/// write a copy-on-write fault on the way to its exit.
+pub(crate) fn body(f: impl FnOnce(BorrowedFd<'_>) -> Reply + Send + 'static) -> Body {
+    let mut once = Some(f);
+    Box::new(move |channel| match once.take() {
+        Some(f) => f(channel),
+        None => child::failure(child::kind::ARG_DECODE, "the child's body ran twice"),
+    })
+}
 
 /// Forks a child that records `lineage`, runs `body` and sends back the
 /// result frame it makes. With `close_handles`, the child first releases
@@ -48,6 +61,13 @@ pub(crate) fn start(
         // at least two threads: no need to count them.
         let single_threaded =
             sys::process::is_main_thread() && sys::process::surely_single_threaded();
+        if single_threaded {
+            // The child flushes standard output before it exits: made here
+            // (once per process), so that the child does not make it (an
+            // allocation and writes to pages it shares with its parent,
+            // each a copy-on-write fault) only to flush nothing.
+            let _ = std::io::stdout();
+        }
         sys::process::fork_child(move || {
             guards.become_child(lineage);
             if close_handles {
@@ -59,7 +79,7 @@ pub(crate) fn start(
                 child::forked_from_threads();
             }
             child::set_last_words(theirs.as_fd(), child::kind::PANIC);
-            let code = child::reply(theirs.as_fd(), body(theirs.as_fd()));
+            let code = child::reply(theirs.as_fd(), Box::leak(body)(theirs.as_fd()));
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
                 // standard streams' locks.
