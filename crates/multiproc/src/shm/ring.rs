@@ -881,20 +881,10 @@ impl Ring {
     /// other case, which the general path handles.
     #[inline]
     fn pop_fast(&self, out: &mut Copied) -> bool {
+        if !self.fast_take_possible(out) {
+            return false;
+        }
         let h = self.header();
-        let head = h.consumer.pos.load(Ordering::Relaxed);
-        // A buffer holding a large copy goes back to this thread's cache
-        // in `copy_out`, which may panic while the thread is torn down:
-        // not under a lock released by hand.
-        if out.big.is_some() {
-            return false;
-        }
-        if h.consumer.peer.load(Ordering::Relaxed) == head
-            && h.producer.pos.load(Ordering::Acquire) == head
-        {
-            // Empty: the general path waits.
-            return false;
-        }
         // Released by hand, as in `push_fast` (with `out.big` empty,
         // `copy_out` touches no thread-local and cannot unwind either).
         if !h.consumer.lock.take_free() {
@@ -905,34 +895,87 @@ impl Ring {
         done
     }
 
+    /// Whether a fast take is worth the consumer lock: the ring is not
+    /// empty (by the cached `tail`, or by `tail` itself), and `out` holds
+    /// no large buffer (which `copy_out` would give back to this thread's
+    /// cache, a thread-local access that may panic while the thread is
+    /// torn down).
+    #[inline(always)]
+    fn fast_take_possible(&self, out: &Copied) -> bool {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Relaxed);
+        out.big.is_none()
+            && (h.consumer.peer.load(Ordering::Relaxed) != head
+                || h.producer.pos.load(Ordering::Acquire) != head)
+    }
+
     /// Under the consumer lock: [`pop_fast`](Ring::pop_fast)'s take.
     #[inline(always)]
     fn take_fast(&self, out: &mut Copied) -> bool {
-        let h = self.header();
-        let head = h.consumer.pos.load(Ordering::Relaxed);
-        let Some(used) = self.published(head) else {
+        let Some(slot) = self.small_at_head() else {
             return false;
         };
+        self.copy_out(&slot, out);
+        // No overflow: `head < tail <= POS_MAX`.
+        self.retire_locked(slot.head + slot.size, 1);
+        true
+    }
+
+    /// Under the consumer lock: the record at `head`, if it is a small
+    /// inline one ([`FAST_PAYLOAD`]) that lies inside what was published
+    /// and before the end of the data area.
+    #[inline(always)]
+    fn small_at_head(&self) -> Option<Slot> {
+        let h = self.header();
+        let head = h.consumer.pos.load(Ordering::Relaxed);
+        let used = self.published(head)?;
         // `head` is a multiple of 8 (validated by `span`).
         let (kind, len, off) = self.header_at(head);
         let size = record_size(len);
-        if kind != INLINE || len > FAST_PAYLOAD || size > used || size > self.capacity - off as u64
-        {
-            return false;
+        let fits = kind == INLINE
+            && len <= FAST_PAYLOAD
+            && size <= used
+            && size <= self.capacity - off as u64;
+        fits.then_some(Slot {
+            head,
+            off,
+            kind,
+            len,
+            size,
+        })
+    }
+
+    /// [`pop_fast`](Ring::pop_fast) for an acknowledged delivery: the small
+    /// inline record at `head` is copied into a new `journal` record before
+    /// it leaves this ring, as [`pop_delivery`](Ring::pop_delivery) does.
+    /// `None` (nothing taken) in every case it does not cover, and when
+    /// the journal has no room now: the general path handles those.
+    #[inline]
+    fn pop_delivery_fast<L>(&self, out: &mut Copied, journal: &Ring) -> Option<Journaled<L>> {
+        if !self.fast_take_possible(out) {
+            return None;
         }
-        self.copy_out(
-            &Slot {
-                head,
-                off,
-                kind,
-                len,
-                size,
-            },
-            out,
-        );
-        // No overflow: `head < tail <= POS_MAX`.
-        self.retire_locked(head + size, 1);
-        true
+        let h = self.header();
+        // A guard this time: the journal's append reads thread-locals.
+        let held = h
+            .consumer
+            .lock
+            .take_free()
+            .then_some(Held(&h.consumer.lock))?;
+        let slot = self.small_at_head()?;
+        if slot.len > journal.max_inline().saturating_sub(JOURNAL_HEAD) {
+            return None;
+        }
+        self.copy_out(&slot, out);
+        let taken = match journal.journal_append(Some(out.bytes()), None) {
+            Ok(Some(pos)) => Ok((Taken::Inline, pos)),
+            Ok(None) => return None,
+            // As the general path: the record goes, and the error says why.
+            Err(e) => Err(e),
+        };
+        self.retire_locked(slot.head + slot.size, 1);
+        drop(held);
+        Some(taken)
     }
 
     /// Under the consumer lock: the bytes published after `head`, from
@@ -1066,6 +1109,10 @@ impl Ring {
         mut elsewhere: impl FnMut(u64, Source<'_>) -> io::Result<Option<L>>,
         mut commit: impl FnMut(Source<'_>),
     ) -> Result<Option<Journaled<L>>, PopError> {
+        if let Some(taken) = self.pop_delivery_fast(out, journal) {
+            self.wake_producer();
+            return Ok(Some(taken));
+        }
         self.pop_if(WAIT, deadline, connected, |ring, slot| {
             let room = journal.max_inline().saturating_sub(JOURNAL_HEAD);
             let source = if slot.kind == LARGE {
@@ -2258,6 +2305,45 @@ mod tests {
             };
             Some((pushed, popped))
         });
+    }
+
+    /// The same with acknowledged pops (whose fast path copies the small
+    /// records into the journal), each acknowledged at once.
+    #[test]
+    fn push_and_acknowledged_pop_on_a_garbled_ring_give_typed_results() {
+        let journal = Ring::create(64 << 10, 0).unwrap();
+        garbled(|ring, payload| {
+            let now = Some(Instant::now());
+            let pushed = match ring.push(&[payload], None, now, &|| true, false) {
+                Ok(()) => true,
+                Err(super::PushError::Full) => false,
+                Err(super::PushError::Corrupted(_)) => return None,
+                Err(e) => panic!("push: {e:?}"),
+            };
+            let mut out = super::Copied::new();
+            let popped = ring.pop_delivery(
+                now,
+                &|| true,
+                &mut out,
+                &journal,
+                |_, _| Ok(Some(())),
+                |_| {},
+            );
+            let popped = match popped {
+                Ok(Some(Ok((_, pos)))) => {
+                    assert!(journal.journal_done(pos, super::delivery::TAKEN));
+                    journal.journal_reclaim_lazily();
+                    true
+                }
+                Ok(None) | Err(super::PopError::Empty) => false,
+                Ok(Some(Err(super::PushError::Corrupted(_))))
+                | Err(super::PopError::Corrupted(_)) => return None,
+                Ok(Some(Err(e))) => panic!("journal: {e:?}"),
+                Err(e) => panic!("pop_delivery: {e:?}"),
+            };
+            Some((pushed, popped))
+        });
+        assert!(journal.journal_is_empty() || journal.len() < 64);
     }
 
     /// Runs `step` (a push and a pop of the payload given, `None` if one
