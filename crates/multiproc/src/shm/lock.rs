@@ -542,6 +542,32 @@ pub(super) mod tests {
         0
     }
 
+    /// Stops and reaps a forked child when dropped, unless the test has
+    /// reaped it already.
+    struct Reap<'a> {
+        stop: &'a AtomicU32,
+        child: i32,
+        reaped: bool,
+    }
+
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            if self.reaped {
+                return;
+            }
+            self.stop.store(1, Ordering::SeqCst);
+            // SAFETY: `child` is a child of this process that has not been
+            // reaped, so its pid cannot have been reused: the signal and
+            // the wait reach that child and nothing else; `status` is a
+            // valid out-pointer.
+            unsafe {
+                libc::kill(self.child, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(self.child, &mut status, 0);
+            }
+        }
+    }
+
     #[test]
     fn every_plain_release_by_another_process_wakes_the_sleeping_locker() {
         const SLEEPS_WANTED: u32 = 2000;
@@ -575,6 +601,14 @@ pub(super) mod tests {
             // the parent's (no destructors, no atexit handlers).
             unsafe { libc::_exit(code) };
         }
+        // A failed assertion below unwinds through this guard, which stops
+        // the child and reaps it: no child spinning on to its deadline
+        // after the test.
+        let mut reap = Reap {
+            stop: &h.stop,
+            child,
+            reaped: false,
+        };
         let before = (RECHECKS.with(Cell::get), SLEEPS.with(Cell::get));
         let me = liveness::pid();
         let mut taken = 0u32;
@@ -600,6 +634,7 @@ pub(super) mod tests {
         let mut status = 0;
         // SAFETY: waits for our own child; `status` is a valid out-pointer.
         let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        reap.reaped = waited == child;
         assert_eq!(waited, child);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
