@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{LIMIT, deadline};
 use multiproc::{
-    Connection, GetError, GetTimeoutError, JoinableQueue, Process, PutFailure, PutTimeoutError,
-    Queue, SimpleQueue, StartMethod, TryGetError, TryPutError, pipe,
+    Connection, GetError, GetTimeoutError, JoinError, JoinTimeoutError, JoinableQueue, Process,
+    PutFailure, PutTimeoutError, Queue, Signal, SimpleQueue, StartMethod, TryGetError, TryPutError,
+    pipe,
 };
 use serde_bytes::ByteBuf;
 
@@ -238,6 +239,63 @@ fn get_with_nobody_left_is_disconnected() {
             assert!(matches!(q.get(), Err(GetError::Disconnected)), "{m}");
             assert!(t.elapsed() < Duration::from_secs(5), "{m}");
         }
+    });
+}
+
+/// Burns its processor until killed (or for 60 s at most).
+fn hog(_: ()) {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
+#[test]
+fn on_a_busy_machine_a_get_nobody_can_answer_still_ends_within_tens_of_milliseconds() {
+    deadline(LIMIT, || {
+        // A CPU-bound process more than there are processors: every yield
+        // of the waiting get may hand the processor away for a whole time
+        // slice (500 of them used to hold off the sleep whose re-check
+        // finds nobody left for seconds, past this timeout).
+        let hogs: Vec<Process<()>> = (0..=std::thread::available_parallelism()
+            .map_or(1, |n| n.get()))
+            .map(|_| {
+                common::daemon_builder(StartMethod::Fork)
+                    .spawn(hog, ())
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let q = Queue::<u8>::new().unwrap();
+        let mut took = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let got = q.get_timeout(Duration::from_secs(3));
+            took.push(t.elapsed());
+            assert!(
+                matches!(got, Err(GetTimeoutError::Failed(GetError::Disconnected))),
+                "{got:?} after {took:?}"
+            );
+        }
+        for h in hogs {
+            h.kill().unwrap();
+            match h.join_timeout(Duration::from_secs(10)) {
+                Err(JoinTimeoutError::Failed(JoinError::Signaled { signal, .. })) => {
+                    assert_eq!(signal, Signal::KILL)
+                }
+                other => panic!(
+                    "a hog ended otherwise: {:?}",
+                    other.map_err(|e| e.to_string())
+                ),
+            }
+        }
+        // The sleep re-checks every 50 ms (about 60 ms each here; 750 ms
+        // when the yields had no bound of time): allow for the load.
+        assert!(
+            took.iter().all(|t| *t < Duration::from_millis(400)),
+            "{took:?}"
+        );
     });
 }
 

@@ -59,7 +59,9 @@ const ATTACH_SLOTS: usize = 288;
 /// Yields of the processor, each followed by a check, before a side that
 /// finds the ring empty (or full) sleeps: about 350 µs when nothing else
 /// wants the processor, for a stream with gaps, and the processor goes at
-/// once to whoever wants it. There is no spinning with `pause` first: a
+/// once to whoever wants it (on a busy machine, where each yield may last
+/// a time slice, the yields end after 5 ms whatever their count: see
+/// `wait::YIELDING_AT_MOST`). There is no spinning with `pause` first: a
 /// side that re-checks every few nanoseconds takes the cache lines of
 /// `tail` and of the newest record away from the other side after every
 /// message, and on this project's 2-core machines it halved throughput

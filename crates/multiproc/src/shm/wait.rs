@@ -8,12 +8,12 @@
 //! counting protocol.
 //!
 //! A waiter first re-checks its condition a few times with a `pause`
-//! between checks (spins), then a number of times giving the processor away
-//! between checks (yields), then sleeps on a futex word. On a busy machine
-//! (a yield lately kept the processor away for long: see [`try_yield`])
-//! the yields are skipped, except by a queue's ring (and its side locks)
-//! and the pipe, whose peers are the processes a yield would hand the
-//! processor to. A waiter given a
+//! between checks (spins), then a number of times giving the processor
+//! away between checks (yields, for a few milliseconds at most), then
+//! sleeps on a futex word. On a busy machine (a yield lately kept the
+//! processor away for long: see [`try_yield`]) the yields are skipped,
+//! except by a queue's ring (and its side locks) and the pipe, whose peers
+//! are the processes a yield would hand the processor to. A waiter given a
 //! [`Presence`] (two words where it and its peer say whether they run, and
 //! where) spins only while the peer runs on another processor: a peer on
 //! the same processor, or one not running, cannot answer before this side
@@ -120,6 +120,14 @@ impl Policy {
         }
     }
 }
+
+/// How long the yields of a [`Policy::Counted`] wait last at most,
+/// whatever their count: a yield that hands the processor to a CPU-bound
+/// process can take its whole time slice (milliseconds), and 500 of them
+/// (a queue's ring) would hold off for seconds the sleep whose re-checks
+/// look for a dead peer (a queue nobody else holds says `Disconnected`
+/// within some tens of milliseconds).
+const YIELDING_AT_MOST: Duration = Duration::from_millis(5);
 
 /// Spins between two readings of the clock, for [`Policy::Timed`].
 const CLOCK_EVERY: u32 = 32;
@@ -302,6 +310,7 @@ pub(crate) struct Waiter<'a> {
     here: u64,
     /// For [`Policy::Timed`]: when the spinning began (at the first failed
     /// check), then when the yields began; and whether the spinning is over.
+    /// For [`Policy::Counted`]: when the yields began.
     started: Option<Instant>,
     yielding: bool,
 }
@@ -420,7 +429,9 @@ impl<'a> Waiter<'a> {
                 if self.passed() {
                     return Next::TimedOut;
                 }
-                if round < spins.saturating_add(yields) {
+                let yielding = round < spins.saturating_add(yields)
+                    && self.started.get_or_insert_with(Instant::now).elapsed() < YIELDING_AT_MOST;
+                if yielding {
                     if yield_when_busy {
                         futex::yield_now();
                         return Next::Check;
@@ -646,6 +657,23 @@ mod tests {
             _ => None,
         })
         .count()
+    }
+
+    #[test]
+    fn the_yields_of_a_counted_wait_end_after_a_few_milliseconds_whatever_their_count() {
+        // However slow each yield (on a busy machine, a time slice), the
+        // wait reaches its sleep, where a caller looks for dead peers,
+        // well before a deadline of seconds.
+        for policy in [
+            Policy::counted_yielding(3, u32::MAX),
+            Policy::counted(3, u32::MAX),
+        ] {
+            let start = Instant::now();
+            let mut w = Waiter::new(policy, Some(start + Duration::from_secs(5)));
+            assert_eq!(pause_until_not_check(&mut w), Next::Sleep, "{policy:?}");
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(2), "{policy:?}: {took:?}");
+        }
     }
 
     #[test]
