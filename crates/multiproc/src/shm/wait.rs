@@ -57,10 +57,11 @@ pub(crate) enum Policy {
         yield_when_busy: bool,
     },
     /// Checks separated by a `pause` for `spin` (the clock is read every
-    /// [`CLOCK_EVERY`] spins), then separated by yields for `yields`: for a
-    /// peer that answers within microseconds when it runs (the pipe's round
-    /// trip). With a [`Presence`], the spinning lasts only while the peer
-    /// runs on another processor.
+    /// [`CLOCK_EVERY`] spins, from the [`CLOCK_EVERY`]-th), then separated
+    /// by yields for `yields`: for a peer that answers within microseconds
+    /// when it runs (the pipe's round trip, an event's ping-pong). With a
+    /// [`Presence`], the spinning lasts only while the peer runs on another
+    /// processor.
     Timed {
         /// How long to spin.
         spin: Duration,
@@ -243,6 +244,13 @@ const RUNNING: u64 = 1 << 31;
 /// for a peer that has never waited; it is taken for running elsewhere.)
 const AWAY: u64 = 1 << 32;
 
+/// The presence word of a process that runs, here: [`RUNNING`] and its
+/// processor. An event's setter leaves it in the event, for the waiters
+/// that follow (see [`Presence`]).
+pub(crate) fn running_here() -> u64 {
+    RUNNING | (u64::from(rustix::thread::sched_getcpu() as u32) & (RUNNING - 1))
+}
+
 /// Two words in shared memory where two peers say whether they run, and on
 /// which processor: `mine`, written by this side, and `theirs`. A waiter
 /// with a presence spins only while the peer runs on another processor,
@@ -264,7 +272,7 @@ pub(crate) struct Presence<'a> {
 impl Presence<'_> {
     /// Publishes that this process runs, and where; returns the word.
     pub(crate) fn arrive(&self) -> u64 {
-        let here = RUNNING | (u64::from(rustix::thread::sched_getcpu() as u32) & (RUNNING - 1));
+        let here = running_here();
         self.mine.store(here, Ordering::Relaxed);
         here
     }
@@ -452,7 +460,11 @@ impl<'a> Waiter<'a> {
                 }
                 if !self.yielding {
                     let apart = self.apart();
-                    if apart && !round.is_multiple_of(CLOCK_EVERY) {
+                    // The clock is first read after CLOCK_EVERY spins: a
+                    // wait that ends sooner (most, between two running
+                    // peers) reads it not at all.
+                    let untimed = round < CLOCK_EVERY || !round.is_multiple_of(CLOCK_EVERY);
+                    if apart && untimed && !spin.is_zero() {
                         std::hint::spin_loop();
                         return Next::Check;
                     }
