@@ -69,7 +69,9 @@ pub(crate) enum Policy {
         yields: Duration,
         /// Yield even when the machine is busy (see [`try_yield`]), as
         /// for [`Policy::Counted`]: the pipe, whose peer is often the
-        /// process a yield lets run. Without it, once a yield has lost a
+        /// process a yield lets run; but not when a [`Presence`] says the
+        /// peer is on another processor (or asleep) and a yield lately
+        /// lost a whole time slice ([`slices_off`]). Without it, once a yield has lost a
         /// whole time slice ([`Busy::Slice`]) the waiter sleeps at once
         /// (the manager's local path: a yield there handed the processor
         /// to a CPU-bound process for its whole slice, milliseconds per
@@ -185,14 +187,25 @@ fn clock_ns() -> u64 {
 /// every such wait of this process sleeps at once for [`YIELDS_OFF_FOR`],
 /// then tries yielding again.
 fn try_yield(busy: Busy) -> bool {
-    let now = clock_ns();
     let off = match busy {
         Busy::Yield => &YIELDS_OFF_UNTIL,
         Busy::Slice => &SLICES_OFF_UNTIL,
     };
-    if now < off.load(Ordering::Relaxed) {
+    if clock_ns() < off.load(Ordering::Relaxed) {
         return false;
     }
+    let took = timed_yield();
+    if took > SLOW_YIELD.as_nanos() as u64 {
+        return busy == Busy::Slice && took <= SLICE_YIELD.as_nanos() as u64;
+    }
+    true
+}
+
+/// Yields the processor; notes a slow yield for [`try_yield`] and
+/// [`slices_off`]. Returns how long the yield kept the processor away, in
+/// nanoseconds.
+fn timed_yield() -> u64 {
+    let now = clock_ns();
     futex::yield_now();
     let after = clock_ns();
     let took = after.saturating_sub(now);
@@ -202,9 +215,14 @@ fn try_yield(busy: Busy) -> bool {
     }
     if took > SLOW_YIELD.as_nanos() as u64 {
         YIELDS_OFF_UNTIL.store(until, Ordering::Relaxed);
-        return busy == Busy::Slice && took <= SLICE_YIELD.as_nanos() as u64;
     }
-    true
+    took
+}
+
+/// Whether a yield of this process lately lost a whole time slice (see
+/// [`Busy::Slice`]).
+fn slices_off() -> bool {
+    clock_ns() < SLICES_OFF_UNTIL.load(Ordering::Relaxed)
 }
 
 /// How often at most a process moves itself away from a peer that shares
@@ -243,6 +261,10 @@ const RUNNING: u64 = 1 << 31;
 /// A presence word: the process yields or sleeps. (Zero: nothing known, as
 /// for a peer that has never waited; it is taken for running elsewhere.)
 const AWAY: u64 = 1 << 32;
+/// With [`AWAY`]: the process yields, and stays runnable on the processor
+/// in the low bits (without it, it sleeps: a sleeper on processor 0 is
+/// not taken for a yielder there).
+const YIELDING: u64 = 1 << 33;
 
 /// The presence word of a process that runs, here: [`RUNNING`] and its
 /// processor. An event's setter leaves it in the event, for the waiters
@@ -286,14 +308,14 @@ impl Presence<'_> {
     /// stays runnable there.
     fn leave_yielding(&self, here: u64) {
         self.mine
-            .store(AWAY | (here & (RUNNING - 1)), Ordering::Relaxed);
+            .store(AWAY | YIELDING | (here & (RUNNING - 1)), Ordering::Relaxed);
     }
 
     /// Whether the peer runs, or yields, on this side's processor `here`
     /// (a process that runs itself, `here`, is running).
     fn together(&self, here: u64) -> bool {
         let peer = self.theirs.load(Ordering::Relaxed);
-        here & RUNNING != 0 && (peer == here || peer == AWAY | (here & (RUNNING - 1)))
+        here & RUNNING != 0 && (peer == here || peer == AWAY | YIELDING | (here & (RUNNING - 1)))
     }
 
     /// Whether the peer may run on another processor than `here`: it said
@@ -488,8 +510,22 @@ impl<'a> Waiter<'a> {
                         p.leave_yielding(self.here);
                     }
                     let yielded = if yield_when_busy {
-                        futex::yield_now();
-                        true
+                        // Lets a peer on this processor run. One on
+                        // another processor gains nothing by it, and on a
+                        // machine where yields lately lost a time slice
+                        // this side would wait that long to run again:
+                        // it sleeps instead, and the peer's answer wakes
+                        // it (a pipe's round trip with a CPU-bound process
+                        // on each core took a slice, milliseconds, when
+                        // the kernel kept the two ends apart).
+                        let peer_here =
+                            self.presence.as_ref().is_none_or(|p| p.together(self.here));
+                        if peer_here || !slices_off() {
+                            timed_yield();
+                            true
+                        } else {
+                            false
+                        }
                     } else {
                         try_yield(Busy::Slice)
                     };
@@ -597,8 +633,10 @@ mod tests {
         let here = RUNNING | 3;
         for (peer, together) in [
             (here, true),
-            (AWAY | 3, true),
+            (AWAY | YIELDING | 3, true),
+            (AWAY | 3, false),
             (AWAY, false),
+            (AWAY | YIELDING, false),
             (RUNNING | 4, false),
             (AWAY | 4, false),
             (0, false),
@@ -611,7 +649,11 @@ mod tests {
         theirs.store(AWAY, Ordering::Relaxed);
         assert!(!p.together(AWAY));
         p.leave_yielding(here);
-        assert_eq!(mine.load(Ordering::Relaxed), AWAY | 3);
+        assert_eq!(mine.load(Ordering::Relaxed), AWAY | YIELDING | 3);
+        // A sleeper on processor 0 is no yielder there.
+        p.leave();
+        theirs.store(mine.load(Ordering::Relaxed), Ordering::Relaxed);
+        assert!(!p.together(RUNNING));
     }
 
     #[test]
@@ -733,6 +775,54 @@ mod tests {
         assert_eq!(yielding, 2 + 50);
         assert_eq!(timed_busy, 0, "a timed yield on a busy machine");
         assert!(timed_yielding > 10, "{timed_yielding}");
+    }
+
+    #[test]
+    fn on_a_busy_machine_a_waiter_yields_only_to_a_peer_on_its_processor() {
+        let _one = YIELD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = Policy::Timed {
+            spin: Duration::ZERO,
+            yields: Duration::from_millis(5),
+            yield_when_busy: true,
+        };
+        let (mine, theirs) = (AtomicU64::new(0), AtomicU64::new(0));
+        let presence = Presence {
+            mine: &mine,
+            theirs: &theirs,
+        };
+        let checks_with = |peer: Option<u64>| {
+            let presence = peer.map(|word| {
+                theirs.store(word, Ordering::Relaxed);
+                presence
+            });
+            let mut w = Waiter::with_presence(policy, None, presence);
+            std::iter::from_fn(|| (w.pause() == Next::Check).then_some(())).count()
+        };
+        // Kept on one processor, so that "here" stays here.
+        let mask = rustix::thread::sched_getaffinity(None).unwrap();
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).unwrap();
+        SLICES_OFF_UNTIL.store(u64::MAX, Ordering::Relaxed);
+        let elsewhere = checks_with(Some(RUNNING | 1 << 20));
+        let asleep = checks_with(Some(AWAY));
+        let together = checks_with(Some(running_here()));
+        let yielding_here = checks_with(Some(AWAY | YIELDING | (running_here() & (RUNNING - 1))));
+        let unknown = checks_with(None);
+        rustix::thread::sched_setaffinity(None, &mask).unwrap();
+        SLICES_OFF_UNTIL.store(0, Ordering::Relaxed);
+        YIELDS_OFF_UNTIL.store(0, Ordering::Relaxed);
+        let idle_elsewhere = checks_with(Some(RUNNING | 1 << 20));
+        assert_eq!((elsewhere, asleep), (0, 0), "no yield to a third process");
+        assert!(
+            together > 1 && yielding_here > 1,
+            "{together} {yielding_here}"
+        );
+        assert!(unknown > 1, "without a presence: {unknown}");
+        assert!(
+            idle_elsewhere > 1 || slices_off(),
+            "on an idle machine: {idle_elsewhere}"
+        );
     }
 
     #[test]
