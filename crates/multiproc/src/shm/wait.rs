@@ -437,8 +437,9 @@ impl<'a> Waiter<'a> {
 
     /// After a failed check: pause or yield and return [`Next::Check`]
     /// while the policy allows, then [`Next::Sleep`]. The deadline is read
-    /// before every yield and sleep (not between spins, which take
-    /// nanoseconds).
+    /// before every yield and sleep, and with each reading of the clock
+    /// while a [`Policy::Timed`] wait spins (every [`CLOCK_EVERY`] spins,
+    /// about a microsecond), not between spins.
     pub(crate) fn pause(&mut self) -> Next {
         let round = self.round;
         self.round = self.round.saturating_add(1);
@@ -490,14 +491,21 @@ impl<'a> Waiter<'a> {
                         std::hint::spin_loop();
                         return Next::Check;
                     }
-                    let started = *self.started.get_or_insert_with(Instant::now);
-                    if apart && started.elapsed() < spin {
+                    // Each reading of the clock also looks at the
+                    // deadline: a spin of tens of microseconds (an
+                    // event's) ends with it.
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        return Next::TimedOut;
+                    }
+                    let started = *self.started.get_or_insert(now);
+                    if apart && now.saturating_duration_since(started) < spin {
                         std::hint::spin_loop();
                         return Next::Check;
                     }
                     // Spinning is over, or cannot pay: the yields begin.
                     self.yielding = true;
-                    self.started = Some(Instant::now());
+                    self.started = Some(now);
                 }
                 if self.passed() {
                     return Next::TimedOut;
@@ -892,6 +900,19 @@ mod tests {
             w.passed() || (end == Next::Sleep && yields_off()),
             "{end:?}"
         );
+        // So does a long spin.
+        let start = Instant::now();
+        let mut w = Waiter::new(
+            Policy::Timed {
+                spin: Duration::from_secs(2),
+                yields: Duration::ZERO,
+                yield_when_busy: true,
+            },
+            Some(start + Duration::from_millis(5)),
+        );
+        assert_eq!(pause_until_not_check(&mut w), Next::TimedOut);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
     #[test]
