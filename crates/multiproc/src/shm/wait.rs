@@ -71,11 +71,11 @@ pub(crate) enum Policy {
         /// for [`Policy::Counted`]: the pipe, whose peer is often the
         /// process a yield lets run; but not when a [`Presence`] says the
         /// peer is on another processor (or asleep) and a yield lately
-        /// lost a whole time slice ([`slices_off`]). Without it, once a yield has lost a
-        /// whole time slice ([`Busy::Slice`]) the waiter sleeps at once
-        /// (the manager's local path: a yield there handed the processor
-        /// to a CPU-bound process for its whole slice, milliseconds per
-        /// request).
+        /// lost a whole time slice ([`slices_off`]). Without it, once a
+        /// yield has lost a whole time slice ([`Busy::Slice`]) the waiter
+        /// sleeps at once (the manager's local path: a yield there handed
+        /// the processor to a CPU-bound process for its whole slice,
+        /// milliseconds per request).
         yield_when_busy: bool,
     },
 }
