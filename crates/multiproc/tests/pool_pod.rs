@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{assert_gone, deadline};
-use multiproc::{ExitStatus, Pool, SharedMemory, Signal, StartMethod, TaskError};
+use common::{RawBlock, assert_gone, deadline, raw_blocks};
+use multiproc::{ExitStatus, Pool, Signal, StartMethod, TaskError};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -335,28 +334,17 @@ fn link_to(parent: i32, spawn: bool) -> i32 {
 
 /// The id of the chunk this worker runs, from its own slot block.
 fn running_chunk() -> u64 {
-    slot_block().as_atomic_u64()[0].load(Ordering::Acquire)
+    slot_block().load(0)
 }
 
 /// This worker's own slot block (the only one a spawn or forkserver worker
-/// of a one-worker pool can reach).
-fn slot_block() -> SharedMemory {
-    let pid = std::process::id();
-    let mut blocks = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if !target.to_string_lossy().starts_with("/memfd:multiproc-shm") {
-            continue;
-        }
-        let fd = entry.file_name().to_string_lossy().into_owned();
-        // The slot block, not the arena nor the return area (none with a
-        // memory limit) nor a ring.
-        if let Ok(block) = SharedMemory::attach(&format!("multiproc-{pid}-{fd}"))
-            && block.size() < 4096
-        {
-            blocks.push(block);
-        }
-    }
+/// of a one-worker pool can reach): the one block under a page, not the
+/// arena nor the return area (none with a memory limit) nor a ring.
+fn slot_block() -> RawBlock {
+    let mut blocks: Vec<_> = raw_blocks()
+        .into_iter()
+        .filter(|b| b.size() < 4096)
+        .collect();
     assert_eq!(blocks.len(), 1, "slot blocks: {}", blocks.len());
     blocks.pop().expect("checked")
 }
@@ -382,12 +370,12 @@ fn forger(item: Forge) -> u64 {
         } else {
             let words = slot_block();
             // Part 1's slot word, after the task, item and start words.
-            let part_1 = &words.as_atomic_u64()[4];
+            const PART_1: usize = 4;
             match item.lie {
                 1 => payload.push(0x80 | 0x20), // in two parts
                 2 => payload.push(0x40),        // in part 1, its word free
                 _ => {
-                    part_1.store(id + 1, Ordering::Release);
+                    assert!(words.store(PART_1, id + 1), "the slot block took no write");
                     payload.push(0x40); // in part 1, its word another's
                 }
             }

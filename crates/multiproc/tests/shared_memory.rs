@@ -101,6 +101,12 @@ fn out_of_bounds_and_bad_names_are_errors() {
         "multiproc-1-0",
         "multiproc-x-y",
         "multiproc-99999999-3",
+        "multiproc-1-0-0000000000000000",
+        "multiproc-1-0-00000000000000zz",
+        "multiproc-1-0-00000000000000AA",
+        "multiproc-1-0-000000000000000",
+        "multiproc-1-0-0000000000000000-1",
+        "multiproc--1-0000000000000000",
     ] {
         assert!(SharedMemory::attach(bad).is_err(), "{bad:?}");
     }
@@ -111,4 +117,66 @@ fn a_block_of_no_bytes_is_refused_as_in_python() {
     let e = multiproc::SharedMemory::create(0).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     assert!(multiproc::SharedMemory::create(1).is_ok());
+}
+
+/// A name read back from a block that the creator dropped, and the
+/// descriptor numbers it used reused at once by the next blocks: before
+/// names carried a token, the stale name attached whichever block had the
+/// number now (issue seen in CI: a spawn child's next block).
+#[test]
+fn a_stale_name_never_attaches_a_later_block() {
+    deadline(LIMIT, || {
+        for round in 0..20 {
+            let first = SharedMemory::create(4096).unwrap();
+            first.write(0, b"first").unwrap();
+            let stale = first.name().unwrap().to_string();
+            let again = SharedMemory::attach(&stale).unwrap();
+            drop((first, again));
+            // The lowest free numbers: the ones `first` just gave back.
+            let later: Vec<SharedMemory> =
+                (0..4).map(|_| SharedMemory::create(1).unwrap()).collect();
+            for block in &later {
+                assert_ne!(block.name(), Some(stale.as_str()), "round {round}");
+            }
+            let e = SharedMemory::attach(&stale).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "round {round}: {e}");
+            // Each later block still attaches by its own name.
+            for block in &later {
+                let other = SharedMemory::attach(block.name().unwrap()).unwrap();
+                assert_eq!(other.size(), 1, "round {round}");
+            }
+        }
+    });
+}
+
+/// Attaching by a stale name while another thread closes and reuses
+/// descriptor numbers as fast as it can: never a block of the wrong name.
+#[test]
+fn a_stale_name_attaches_nothing_while_numbers_churn() {
+    deadline(LIMIT, || {
+        let first = SharedMemory::create(64).unwrap();
+        let stale = first.name().unwrap().to_string();
+        drop(first);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut made = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    drop(SharedMemory::create(64).unwrap());
+                    made += 1;
+                }
+                made
+            })
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut tries = 0u64;
+        while std::time::Instant::now() < end {
+            assert!(SharedMemory::attach(&stale).is_err(), "try {tries}");
+            tries += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(churn.join().unwrap() > 0);
+        assert!(tries > 0);
+    });
 }

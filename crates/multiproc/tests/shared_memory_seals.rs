@@ -93,9 +93,22 @@ fn another_process_cannot_resize_a_block_either() {
     });
 }
 
-/// A memfd named as the crate names a block's, sized, with `seals`.
+/// The last part of a forged block's name, and of its memfd's label.
+const TOKEN: &str = "00000000000000aa";
+
+/// The name a creator would report for `fd`, a forged block of this process.
+fn name_of(fd: &OwnedFd) -> String {
+    format!(
+        "multiproc-{}-{}-{TOKEN}",
+        std::process::id(),
+        fd.as_raw_fd()
+    )
+}
+
+/// A memfd labelled as the crate labels a named block's, sized, with `seals`.
 fn forged(flags: MemfdFlags, seals: SealFlags) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("multiproc-shm", flags | MemfdFlags::CLOEXEC).unwrap();
+    let label = format!("multiproc-shm-{TOKEN}");
+    let fd = rustix::fs::memfd_create(label.as_str(), flags | MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, 4096).unwrap();
     if !seals.is_empty() {
         rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
@@ -128,8 +141,7 @@ fn a_memfd_that_is_not_sealed_is_refused() {
             ),
         ];
         for (what, fd) in &cases {
-            // The name a creator would report for this descriptor.
-            let name = format!("multiproc-{}-{}", std::process::id(), fd.as_raw_fd());
+            let name = name_of(fd);
             let e = SharedMemory::attach(&name).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{what}: {e}");
             assert!(e.to_string().contains("seal"), "{what}: {e}");
@@ -146,7 +158,7 @@ fn a_memfd_that_is_not_sealed_is_refused() {
             MemfdFlags::ALLOW_SEALING,
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
         );
-        let name = format!("multiproc-{}-{}", std::process::id(), good.as_raw_fd());
+        let name = name_of(&good);
         assert_eq!(SharedMemory::attach(&name).unwrap().size(), 4096);
     });
 }

@@ -185,7 +185,7 @@ impl Channel {
         Ok(LocalPath {
             requests: make()?,
             replies: make()?,
-            presence: SharedMemory::create(PRESENCE_WORDS * 8)?,
+            presence: SharedMemory::create_unnamed(PRESENCE_WORDS * 8)?,
         })
     }
 

@@ -745,8 +745,7 @@ fn start_worker(st: &mut State, index: usize) -> Result<(), PoolError> {
     // A fresh block for each process: whatever a dead predecessor (or a
     // process it passed the block to) writes into its old one, nobody
     // reads it any more.
-    let mut slot = SharedMemory::create(SLOT_WORDS * 8)?;
-    slot.unlink();
+    let slot = SharedMemory::create_unnamed(SLOT_WORDS * 8)?;
     // Its return area, kept out of processes forked from this one (a
     // worker started by fork must not be able to write another's).
     let returns = match st.return_bytes {

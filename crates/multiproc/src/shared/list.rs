@@ -409,7 +409,7 @@ impl ShareableList {
     /// source), which whoever writes them directly can corrupt.
     pub fn shm(&self) -> io::Result<SharedMemory> {
         let fd = crate::sys::socket::dup(self.shared.object().fd())?;
-        SharedMemory::from_segment(Segment::attach(fd)?, false)
+        SharedMemory::from_segment(Segment::attach(fd)?)
     }
 }
 

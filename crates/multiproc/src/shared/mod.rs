@@ -4,7 +4,9 @@
 //! leak one there, and its memory is freed when the last process holding it
 //! exits. Its name resolves through the creator's `/proc/<pid>/fd/<n>` for
 //! as long as the creator holds the name (until [`SharedMemory::unlink`] or
-//! drop); passing the block itself to a child, as an argument or in a
+//! drop), and to that block only (a token in the name must match the
+//! memfd's label, so a descriptor number reused after the name went attaches
+//! nothing); passing the block itself to a child, as an argument or in a
 //! message, works whatever the creator does.
 //!
 //! A block can also be created under a name of the user's choosing
@@ -77,6 +79,12 @@ pub struct SharedMemory {
     name: Option<Arc<(String, Holder)>>,
 }
 
+/// The memfd label of a block created with a generated name: the name's
+/// last part, so that the name resolves to this block and no other.
+fn label(token: u64) -> String {
+    format!("multiproc-shm-{token:016x}")
+}
+
 /// What keeps a name resolving.
 #[derive(Debug)]
 enum Holder {
@@ -99,20 +107,11 @@ pub struct OutOfBounds {
 }
 
 impl SharedMemory {
-    fn from_segment(segment: Segment, named: bool) -> io::Result<SharedMemory> {
+    fn from_segment(segment: Segment) -> io::Result<SharedMemory> {
         handles::track(segment.fd());
-        let name = if named {
-            let fd = sys::socket::dup(segment.fd())?;
-            Some(Arc::new((
-                format!("multiproc-{}-{}", sys::process::pid(), fd.as_raw_fd()),
-                Holder::Fd(fd),
-            )))
-        } else {
-            None
-        };
         Ok(SharedMemory {
             inner: Arc::new(Inner { segment }),
-            name,
+            name: None,
         })
     }
 
@@ -127,7 +126,30 @@ impl SharedMemory {
                 "a shared memory block must be at least one byte",
             ));
         }
-        SharedMemory::from_segment(Segment::create(size)?, true)
+        // A fresh token in the memfd's label and in the name: a descriptor
+        // number is reused as soon as it is closed, so `<pid>-<fd>` alone
+        // would let a stale name attach whatever block has the number now.
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token).map_err(|e| io::Error::other(e.to_string()))?;
+        let token = u64::from_le_bytes(token);
+        let segment = Segment::create_labelled(&label(token), size)?;
+        let mut shm = SharedMemory::from_segment(segment)?;
+        let fd = sys::socket::dup(shm.inner.segment.fd())?;
+        shm.name = Some(Arc::new((
+            format!(
+                "multiproc-{}-{}-{token:016x}",
+                sys::process::pid(),
+                fd.as_raw_fd()
+            ),
+            Holder::Fd(fd),
+        )));
+        Ok(shm)
+    }
+
+    /// A new zeroed block of `size` bytes (at least 1) without a name, for
+    /// the crate's own use: nothing but the handle reaches it.
+    pub(crate) fn create_unnamed(size: usize) -> io::Result<SharedMemory> {
+        SharedMemory::from_segment(Segment::create(size)?)
     }
 
     /// A new zeroed block of `size` bytes under the name `name` (Python's
@@ -177,7 +199,7 @@ impl SharedMemory {
         }
         let segment = Segment::create(size)?;
         let server = name::Server::start(name, name::Kind::Block, 0, &[segment.fd()])?;
-        let mut shm = SharedMemory::from_segment(segment, false)?;
+        let mut shm = SharedMemory::from_segment(segment)?;
         shm.name = Some(Arc::new((name.to_string(), Holder::Served(server))));
         Ok(shm)
     }
@@ -193,14 +215,16 @@ impl SharedMemory {
     /// [`ShareableList::shm`]).
     pub fn attach_named(name: &str) -> Result<SharedMemory, NameError> {
         let (_, _, fd) = name::fetch(name)?;
-        Ok(SharedMemory::from_segment(Segment::attach(fd)?, false)?)
+        Ok(SharedMemory::from_segment(Segment::attach(fd)?)?)
     }
 
     /// Attaches to a block by the name its creator reported, while the
     /// creator still holds it: a generated name, or one chosen at
     /// [`create_named`](Self::create_named) (then as
     /// [`attach_named`](Self::attach_named), its [`NameError`] inside the
-    /// `io::Error`).
+    /// `io::Error`). A name its creator no longer holds is
+    /// `io::ErrorKind::NotFound`, even after the creator has made other
+    /// blocks since: a generated name resolves to its own block only.
     pub fn attach(name: &str) -> io::Result<SharedMemory> {
         if name::is_chosen(name) {
             return Ok(SharedMemory::attach_named(name)?);
@@ -212,14 +236,33 @@ impl SharedMemory {
             )
         };
         let rest = name.strip_prefix("multiproc-").ok_or_else(bad)?;
-        let (pid, fd) = rest.split_once('-').ok_or_else(bad)?;
-        let (pid, fd): (u32, i32) = (
+        let mut parts = rest.split('-');
+        let (Some(pid), Some(fd), Some(token), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let (pid, fd): (u32, u32) = (
             pid.parse().map_err(|_| bad())?,
             fd.parse().map_err(|_| bad())?,
         );
+        if token.len() != 16
+            || !token
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(bad());
+        }
+        let token = u64::from_str_radix(token, 16).map_err(|_| bad())?;
+        let ours = format!("/memfd:{}", label(token));
+        let is_ours = |link: &std::path::Path| {
+            let link = link.to_string_lossy();
+            link.strip_suffix(" (deleted)").unwrap_or(&link) == ours
+        };
+        // Looked at before opening, so that no other kind of file (a
+        // terminal, a FIFO) is ever opened by a name...
         let path = format!("/proc/{pid}/fd/{fd}");
-        let target = std::fs::read_link(&path).map_err(|_| bad())?;
-        if !target.to_string_lossy().starts_with("/memfd:multiproc-shm") {
+        if !std::fs::read_link(&path).is_ok_and(|l| is_ours(&l)) {
             return Err(bad());
         }
         let file = std::fs::OpenOptions::new()
@@ -227,7 +270,13 @@ impl SharedMemory {
             .write(true)
             .open(&path)
             .map_err(|_| bad())?;
-        SharedMemory::from_segment(Segment::attach(OwnedFd::from(file))?, false)
+        // ...and what was opened looked at again: the creator may have
+        // closed the number and reused it meanwhile.
+        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+        if !std::fs::read_link(opened).is_ok_and(|l| is_ours(&l)) {
+            return Err(bad());
+        }
+        SharedMemory::from_segment(Segment::attach(OwnedFd::from(file))?)
     }
 
     /// The name another process can [`attach`](Self::attach) with: only
@@ -301,7 +350,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let fd = handles::deserialize_fd(d)?;
         let segment = Segment::attach(fd).map_err(crate::wire::codec::custom)?;
-        SharedMemory::from_segment(segment, false).map_err(crate::wire::codec::custom)
+        SharedMemory::from_segment(segment).map_err(crate::wire::codec::custom)
     }
 }
 

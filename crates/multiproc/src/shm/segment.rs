@@ -33,8 +33,14 @@ macro_rules! atomic_view {
 impl Segment {
     /// A new zeroed segment of `len` bytes (at least 1).
     pub(crate) fn create(len: usize) -> io::Result<Segment> {
+        Segment::create_labelled("multiproc-shm", len)
+    }
+
+    /// As [`create`](Self::create), its memfd labelled `label` (what
+    /// `/proc/<pid>/fd/<n>` shows after `/memfd:`).
+    pub(crate) fn create_labelled(label: &str, len: usize) -> io::Result<Segment> {
         Ok(Segment {
-            map: Mapping::create("multiproc-shm", len.max(1))?,
+            map: Mapping::create(label, len.max(1))?,
         })
     }
 

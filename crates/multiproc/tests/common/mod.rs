@@ -239,3 +239,54 @@ impl<'de> serde::Deserialize<'de> for Unencodable {
         Ok(Unencodable)
     }
 }
+
+/// A block of the crate's shared memory that this process holds, reached
+/// as a hostile task reaches it: by opening `/proc/self/fd/<n>` and reading
+/// and writing the file, whatever the crate meant the block for.
+pub struct RawBlock(std::fs::File);
+
+impl RawBlock {
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.0.metadata().map_or(0, |m| m.len())
+    }
+
+    /// Its 64-bit word `i`.
+    pub fn load(&self, i: usize) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut word = [0u8; 8];
+        self.0.read_exact_at(&mut word, i as u64 * 8).unwrap();
+        u64::from_ne_bytes(word)
+    }
+
+    /// Overwrites its 64-bit word `i`: false if the block has none, or
+    /// the kernel refused the write (a block sealed against writes).
+    pub fn store(&self, i: usize, value: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        (i as u64 + 1) * 8 <= self.size()
+            && self
+                .0
+                .write_all_at(&value.to_ne_bytes(), i as u64 * 8)
+                .is_ok()
+    }
+}
+
+/// Every block of the crate's shared memory (memfds labelled
+/// `multiproc-shm`) this process holds a descriptor of and may write.
+pub fn raw_blocks() -> Vec<RawBlock> {
+    let mut blocks = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("/memfd:multiproc-shm") {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(entry.path());
+        if let Ok(file) = file {
+            blocks.push(RawBlock(file));
+        }
+    }
+    blocks
+}
