@@ -42,6 +42,13 @@ def turn():
         _interleave = False
 
 
+def set_interleave(on):
+    """For a script with a parser of its own: whether --interleave was
+    given (see turn())."""
+    global _interleave
+    _interleave = on
+
+
 def emit(bench, param, unit, samples):
     """Prints the samples of one measurement."""
     line = {"bench": bench, "param": param, "unit": unit, "samples": samples}
@@ -89,9 +96,8 @@ def parse_plan(parser):
     """Parses the command line with a plan_parser: returns the options,
     the multiprocessing context of --start-method, and --target-ms in
     seconds."""
-    global _interleave
     args = parser.parse_args()
-    _interleave = args.interleave
+    set_interleave(args.interleave)
     return args, multiprocessing.get_context(args.start_method), args.target_ms / 1e3
 
 

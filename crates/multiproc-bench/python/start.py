@@ -1,7 +1,8 @@
 """Group `start` for CPython's multiprocessing (see ../src/groups/start.rs).
 
 * start_join: start a Process running a trivial function and join it, one
-  at a time, per start method; milliseconds per child.
+  at a time, per start method; milliseconds per child. The samples come in
+  --rounds rounds, each a turn of the Rust side's (--interleave).
 * worker_private_memory: Private_Clean + Private_Dirty (KiB) of an idle
   worker: it creates a marker file and sleeps; the parent waits for the
   file plus a settle delay, reads /proc/<pid>/smaps_rollup, kills it.
@@ -38,15 +39,36 @@ def start_join_once(ctx):
         raise RuntimeError(f"child exited with {p.exitcode}")
 
 
-def start_join(method, reps):
-    ctx = multiprocessing.get_context(method)
-    start_join_once(ctx)  # warm-up; starts the forkserver
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        start_join_once(ctx)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+def start_join_rounds(reps, reps_spawn, rounds):
+    """Samples (ms) per method, taken in `rounds` rounds, each a turn
+    (benchutil.turn) in which every method takes its share of the reps,
+    after one warm-up start per method (which also starts the
+    forkserver)."""
+    ctxs = {m: multiprocessing.get_context(m) for m in METHODS}
+    samples = {m: [] for m in METHODS}
+    errors = {}
+    for m in METHODS:
+        try:
+            start_join_once(ctxs[m])
+        except Exception as exc:  # reported, and the others go on
+            errors[m] = exc
+    for r in range(rounds):
+        benchutil.turn()
+        for m in METHODS:
+            if m in errors:
+                continue
+            total = reps_spawn if m == "spawn" else reps
+            # This round's share: the rounds split `total` as evenly as
+            # they can.
+            share = total * (r + 1) // rounds - total * r // rounds
+            try:
+                for _ in range(share):
+                    t0 = time.perf_counter()
+                    start_join_once(ctxs[m])
+                    samples[m].append((time.perf_counter() - t0) * 1e3)
+            except Exception as exc:
+                errors[m] = exc
+    return samples, errors
 
 
 def idle_worker_kib(ctx, marker, settle):
@@ -82,11 +104,21 @@ def main():
                         help="start_join repetitions for spawn")
     parser.add_argument("--memory-samples", type=int, default=5)
     parser.add_argument("--settle-ms", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of start_join samples (one turn each)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="wait for the Rust side at every round (see "
+                             "benchutil.turn())")
     args = parser.parse_args()
+    benchutil.set_interleave(args.interleave)
 
+    samples, errors = start_join_rounds(args.join_reps, args.join_reps_spawn,
+                                        args.rounds)
     for method in METHODS:
-        reps = args.join_reps_spawn if method == "spawn" else args.join_reps
-        benchutil.measure("start_join", method, "ms", start_join, method, reps)
+        if method in errors:
+            benchutil.emit_error("start_join", method, "ms", errors[method])
+        else:
+            benchutil.emit("start_join", method, "ms", samples[method])
     tmp = tempfile.mkdtemp(prefix="multiproc-bench-py-")
     try:
         for method in METHODS:

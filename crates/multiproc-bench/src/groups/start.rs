@@ -11,7 +11,9 @@
 //!   and kills the child.
 //!
 //! The Python side is `python/start.py`, run with the same repetition
-//! counts and settle delay.
+//! counts and settle delay; its `start_join` samples come in rounds that
+//! alternate with ours (`python::Session`), so that a drift in the
+//! machine's load hits both sides alike.
 
 use std::time::Duration;
 
@@ -83,67 +85,33 @@ fn idle(marker: String) {
     }
 }
 
-/// Runs the group: multiproc first, then Python.
+/// Rounds of `start_join` samples: ours, then Python's turn, in each.
+const ROUNDS: usize = 10;
+
+/// This round's share of `total` samples: the rounds split it as evenly
+/// as they can (as `start.py` does).
+fn share(total: usize, round: usize) -> usize {
+    total * (round + 1) / ROUNDS - total * round / ROUNDS
+}
+
+/// Appends `more` samples to `all`; an error stays (the first one).
+fn extend(all: &mut Result<Vec<f64>, String>, more: Result<Vec<f64>, String>) {
+    match (all.as_mut(), more) {
+        (Ok(list), Ok(more)) => list.extend(more),
+        (Ok(_), Err(e)) => *all = Err(e),
+        (Err(_), _) => {}
+    }
+}
+
+/// Runs the group: `start_join` in rounds, ours (with the bare fork and
+/// procspawn beside it) and Python's alternating, then the idle workers'
+/// memory of each side.
 pub fn run(opts: &Options) -> Vec<Row> {
     let plan = Plan::new(opts.quick);
-    let mut multiproc = Vec::new();
-    let mut peer = Vec::new();
-    let mut floor = Vec::new();
-    for method in METHODS {
-        if method == StartMethod::Fork {
-            opts.progress(
-                NAME,
-                "multiproc start_join fork and a bare fork+exit+wait, alternating",
-            );
-            let (ours, bare) = alternating(
-                plan.join_reps,
-                &|| start_join_once(StartMethod::Fork),
-                &bare_fork_once,
-            );
-            multiproc.push(Measurement::new("start_join", method.as_str(), "ms", ours));
-            floor.push(Measurement::new("start_join", method.as_str(), "ms", bare));
-            continue;
-        }
-        if method == StartMethod::Spawn {
-            // procspawn re-executes this program, as spawn does: its
-            // start+join and ours alternate, one child each in turn.
-            opts.progress(
-                NAME,
-                "multiproc and procspawn start_join spawn, alternating",
-            );
-            let (ours, theirs) = alternating(
-                plan.join_reps,
-                &|| start_join_once(StartMethod::Spawn),
-                &procspawn_once,
-            );
-            multiproc.push(Measurement::new("start_join", method.as_str(), "ms", ours));
-            peer.push(Measurement::new(
-                "start_join",
-                method.as_str(),
-                "ms",
-                theirs,
-            ));
-            continue;
-        }
-        opts.progress(NAME, &format!("multiproc start_join {method}"));
-        multiproc.push(Measurement::new(
-            "start_join",
-            method.as_str(),
-            "ms",
-            start_join(method, plan.join_reps),
-        ));
-    }
-    for method in METHODS {
-        opts.progress(NAME, &format!("multiproc worker_private_memory {method}"));
-        multiproc.push(Measurement::new(
-            "worker_private_memory",
-            method.as_str(),
-            "KiB",
-            worker_private_memory(method, plan.memory_samples),
-        ));
-    }
-
-    opts.progress(NAME, "python (start.py)");
+    opts.progress(
+        NAME,
+        "python (start.py) starting, its start_join rounds interleaved with ours",
+    );
     let args = [
         "--join-reps".to_string(),
         plan.join_reps.to_string(),
@@ -153,8 +121,83 @@ pub fn run(opts: &Options) -> Vec<Row> {
         plan.memory_samples.to_string(),
         "--settle-ms".to_string(),
         SETTLE.as_millis().to_string(),
+        "--rounds".to_string(),
+        ROUNDS.to_string(),
     ];
-    let python = opts.python.run("start.py", &args, plan.python_timeout);
+    let mut python = opts.python.session("start.py", &args, plan.python_timeout);
+
+    let fork = || start_join_once(StartMethod::Fork);
+    let forkserver = || start_join_once(StartMethod::ForkServer);
+    let spawn = || start_join_once(StartMethod::Spawn);
+    // Warm-ups, untimed: the first of each (the forkserver starts).
+    let warm = |op: &dyn Fn() -> Result<(), String>| op().map(|()| Vec::new());
+    let mut ours_fork = warm(&fork);
+    let mut bare = warm(&bare_fork_once);
+    let mut ours_forkserver = warm(&forkserver);
+    let mut ours_spawn = warm(&spawn);
+    let mut theirs_spawn = warm(&procspawn_once);
+    for round in 0..ROUNDS {
+        let reps = share(plan.join_reps, round);
+        opts.progress(
+            NAME,
+            &format!(
+                "round {}/{ROUNDS}: multiproc start_join per method (a bare fork+exit+wait \
+                 and procspawn alternating with ours), then python's",
+                round + 1
+            ),
+        );
+        // The fork row alternates with a bare fork+exit+wait (its floor),
+        // the spawn row with procspawn, which re-executes this program as
+        // spawn does: one child of each in turn.
+        let (a, b) = alternating(reps, &ours_fork, &bare, &fork, &bare_fork_once);
+        extend(&mut ours_fork, a);
+        extend(&mut bare, b);
+        if ours_forkserver.is_ok() {
+            extend(
+                &mut ours_forkserver,
+                measure::time_each_ms(reps, forkserver),
+            );
+        }
+        let (a, b) = alternating(reps, &ours_spawn, &theirs_spawn, &spawn, &procspawn_once);
+        extend(&mut ours_spawn, a);
+        extend(&mut theirs_spawn, b);
+        python.turn();
+    }
+    let method = |m: StartMethod| m.as_str();
+    let mut multiproc = vec![
+        Measurement::new("start_join", method(StartMethod::Fork), "ms", ours_fork),
+        Measurement::new(
+            "start_join",
+            method(StartMethod::ForkServer),
+            "ms",
+            ours_forkserver,
+        ),
+        Measurement::new("start_join", method(StartMethod::Spawn), "ms", ours_spawn),
+    ];
+    let floor = vec![Measurement::new(
+        "start_join",
+        method(StartMethod::Fork),
+        "ms",
+        bare,
+    )];
+    let peer = vec![Measurement::new(
+        "start_join",
+        method(StartMethod::Spawn),
+        "ms",
+        theirs_spawn,
+    )];
+    // Python measures its idle workers after its last round, before it
+    // ends: `finish` waits for that, and ours come after, never at once.
+    let python = python.finish();
+    for method in METHODS {
+        opts.progress(NAME, &format!("multiproc worker_private_memory {method}"));
+        multiproc.push(Measurement::new(
+            "worker_private_memory",
+            method.as_str(),
+            "KiB",
+            worker_private_memory(method, plan.memory_samples),
+        ));
+    }
     let rows = report::pair(
         NAME,
         multiproc,
@@ -177,16 +220,21 @@ fn procspawn_once() -> Result<(), String> {
         .map_err(|e| format!("procspawn failed: {e}"))
 }
 
-/// Times in ms of `ours` and `theirs` (a start+join each), one of each in
-/// turn, after a warm-up call of each.
+/// Times in ms of `reps` runs each of `ours_op` and `theirs_op` (a
+/// start+join each), one of each in turn; a side whose samples so far
+/// (`ours`, `theirs`) are an error is skipped, and one that fails stops.
 fn alternating(
     reps: usize,
+    ours: &Result<Vec<f64>, String>,
+    theirs: &Result<Vec<f64>, String>,
     ours_op: &dyn Fn() -> Result<(), String>,
     theirs_op: &dyn Fn() -> Result<(), String>,
 ) -> (Result<Vec<f64>, String>, Result<Vec<f64>, String>) {
-    let warm = (ours_op(), theirs_op());
-    let mut ours = warm.0.map(|()| Vec::with_capacity(reps));
-    let mut theirs = warm.1.map(|()| Vec::with_capacity(reps));
+    let start = |side: &Result<Vec<f64>, String>| match side {
+        Ok(_) => Ok(Vec::with_capacity(reps)),
+        Err(e) => Err(e.clone()),
+    };
+    let (mut ours, mut theirs) = (start(ours), start(theirs));
     for _ in 0..reps {
         for (samples, op) in [(&mut ours, ours_op), (&mut theirs, theirs_op)] {
             if let Ok(list) = samples {
@@ -209,13 +257,6 @@ fn start_join_once(method: StartMethod) -> Result<(), String> {
         .map_err(|e| format!("start failed: {e}"))?
         .join()
         .map_err(|e| format!("join failed: {e}"))
-}
-
-/// Per-child start+join times in ms, after one warm-up child (which also
-/// starts the forkserver).
-fn start_join(method: StartMethod, reps: usize) -> Result<Vec<f64>, String> {
-    start_join_once(method)?;
-    measure::time_each_ms(reps, || start_join_once(method))
 }
 
 /// Private memory, in KiB, of `samples` idle workers started with `method`,
