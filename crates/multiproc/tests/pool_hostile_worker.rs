@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_gone, deadline, raw_blocks};
+use common::{assert_gone, deadline, small_raw_blocks};
 use multiproc::pool::{ResultTimeoutError, TaskHandle};
 use multiproc::{Pool, StartMethod, TaskError};
 
@@ -29,7 +29,7 @@ fn corrupt_then_die(x: u64) -> u64 {
     if x == 0 {
         // A worker's slot words: task, item, start, then one per part of
         // its return area.
-        let written = raw_blocks()
+        let written = small_raw_blocks()
             .iter()
             .filter(|block| block.store(ITEM, u64::MAX) & block.store(START, u64::MAX))
             .count();
@@ -79,7 +79,7 @@ fn victim_or_attacker((role, marker): (u8, String)) -> u8 {
         assert!(Instant::now() < end, "the victim never started");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let written = raw_blocks()
+    let written = small_raw_blocks()
         .iter()
         .filter(|block| block.store(START, 1))
         .count();

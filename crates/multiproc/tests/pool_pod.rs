@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RawBlock, assert_gone, deadline, raw_blocks};
+use common::{RawBlock, assert_gone, deadline, small_raw_blocks};
 use multiproc::{ExitStatus, Pool, Signal, StartMethod, TaskError};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -338,13 +338,9 @@ fn running_chunk() -> u64 {
 }
 
 /// This worker's own slot block (the only one a spawn or forkserver worker
-/// of a one-worker pool can reach): the one block under a page, not the
-/// arena nor the return area (none with a memory limit) nor a ring.
+/// of a one-worker pool can reach).
 fn slot_block() -> RawBlock {
-    let mut blocks: Vec<_> = raw_blocks()
-        .into_iter()
-        .filter(|b| b.size() < 4096)
-        .collect();
+    let mut blocks = small_raw_blocks();
     assert_eq!(blocks.len(), 1, "slot blocks: {}", blocks.len());
     blocks.pop().expect("checked")
 }

@@ -110,6 +110,28 @@ fn out_of_bounds_and_bad_names_are_errors() {
     ] {
         assert!(SharedMemory::attach(bad).is_err(), "{bad:?}");
     }
+    // A live block's name attaches only as `create` wrote it.
+    let name = shm.name().unwrap().to_string();
+    let [_, pid, fd, token] = name.split('-').collect::<Vec<_>>()[..] else {
+        panic!("{name}");
+    };
+    for odd in [
+        format!("multiproc-+{pid}-{fd}-{token}"),
+        format!("multiproc-0{pid}-{fd}-{token}"),
+        format!("multiproc-{pid}-0{fd}-{token}"),
+        format!("multiproc-{pid}-+{fd}-{token}"),
+        format!("multiproc-{pid}-{fd}-{}", token.to_uppercase()),
+        format!("multiproc-{pid}-{fd}-+{}", &token[1..]),
+        format!("multiproc-{pid}-{fd}-{token}-"),
+        format!("multiproc-{pid}-{fd}-{token} "),
+    ] {
+        if odd == name {
+            continue; // a token of digits only has no uppercase form
+        }
+        let e = SharedMemory::attach(&odd).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{odd:?}");
+    }
+    assert_eq!(SharedMemory::attach(&name).unwrap().size(), size);
 }
 
 #[test]

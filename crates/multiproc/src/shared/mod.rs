@@ -224,7 +224,9 @@ impl SharedMemory {
     /// [`attach_named`](Self::attach_named), its [`NameError`] inside the
     /// `io::Error`). A name its creator no longer holds is
     /// `io::ErrorKind::NotFound`, even after the creator has made other
-    /// blocks since: a generated name resolves to its own block only.
+    /// blocks since: a generated name resolves to its own block only (and
+    /// to it again only if the creator holds a copy of its descriptor
+    /// under the old number: see `docs/shared-memory.md`).
     pub fn attach(name: &str) -> io::Result<SharedMemory> {
         if name::is_chosen(name) {
             return Ok(SharedMemory::attach_named(name)?);
@@ -242,41 +244,18 @@ impl SharedMemory {
         else {
             return Err(bad());
         };
+        // Each part exactly as `create` writes it: plain decimal numbers
+        // (no sign, no leading zero), 16 lowercase hex digits.
         let (pid, fd): (u32, u32) = (
             pid.parse().map_err(|_| bad())?,
             fd.parse().map_err(|_| bad())?,
         );
-        if token.len() != 16
-            || !token
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        let token = u64::from_str_radix(token, 16).map_err(|_| bad())?;
-        let ours = format!("/memfd:{}", label(token));
-        let is_ours = |link: &std::path::Path| {
-            let link = link.to_string_lossy();
-            link.strip_suffix(" (deleted)").unwrap_or(&link) == ours
-        };
-        // Looked at before opening, so that no other kind of file (a
-        // terminal, a FIFO) is ever opened by a name...
-        let path = format!("/proc/{pid}/fd/{fd}");
-        if !std::fs::read_link(&path).is_ok_and(|l| is_ours(&l)) {
-            return Err(bad());
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|_| bad())?;
-        // ...and what was opened looked at again: the creator may have
-        // closed the number and reused it meanwhile.
-        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if !std::fs::read_link(opened).is_ok_and(|l| is_ours(&l)) {
-            return Err(bad());
-        }
-        SharedMemory::from_segment(Segment::attach(OwnedFd::from(file))?)
+        let token = u64::from_str_radix(token, 16)
+            .ok()
+            .filter(|t| format!("multiproc-{pid}-{fd}-{t:016x}") == name)
+            .ok_or_else(bad)?;
+        let fd = sys::shm::open_labelled_memfd(pid, fd, &label(token)).ok_or_else(bad)?;
+        SharedMemory::from_segment(Segment::attach(fd)?)
     }
 
     /// The name another process can [`attach`](Self::attach) with: only

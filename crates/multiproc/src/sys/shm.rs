@@ -603,6 +603,38 @@ impl Drop for Mapping {
     }
 }
 
+/// Opens, read and write, the memfd labelled `label` that process `pid`
+/// holds as descriptor `fd`; `None` if that descriptor is anything else
+/// (or nothing, or out of reach). The descriptor is first opened with
+/// `O_PATH`, which never calls the file's own open (a FIFO's, a
+/// terminal's, a leased file's), and pins what it found: the label is read
+/// from that pinned object, and only a match is opened for real, through
+/// it. So whatever `pid` does with the number meanwhile (close it, reuse
+/// it), the answer is the object that was checked.
+pub(crate) fn open_labelled_memfd(pid: u32, fd: u32, label: &str) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, open};
+    use std::os::fd::AsRawFd;
+    let pinned = open(
+        format!("/proc/{pid}/fd/{fd}"),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let here = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let link = std::fs::read_link(&here).ok()?;
+    let link = link.to_str()?;
+    let memfd = link.strip_suffix(" (deleted)").unwrap_or(link);
+    if memfd.strip_prefix("/memfd:") != Some(label) {
+        return None;
+    }
+    open(
+        &here,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()
+}
+
 /// Writes `parts` into a new memfd of exactly their total size: how a large
 /// message leaves the ring.
 pub(crate) fn memfd_with(name: &str, parts: &[&[u8]]) -> io::Result<OwnedFd> {

@@ -271,6 +271,15 @@ impl RawBlock {
     }
 }
 
+/// The blocks of [`raw_blocks`] under a page: in a pool worker, its slot
+/// block (an arena or a return area takes megabytes).
+pub fn small_raw_blocks() -> Vec<RawBlock> {
+    raw_blocks()
+        .into_iter()
+        .filter(|b| b.size() < 4096)
+        .collect()
+}
+
 /// Every block of the crate's shared memory (memfds labelled
 /// `multiproc-shm`) this process holds a descriptor of and may write.
 pub fn raw_blocks() -> Vec<RawBlock> {
