@@ -10,8 +10,7 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -237,13 +236,89 @@ pub struct Session {
     script: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    stdout: Option<Lines>,
     collected: Vec<String>,
-    stderr: Option<thread::JoinHandle<String>>,
+    /// Where the script's standard error goes: an unlinked file, read at
+    /// the end (a pipe would need a thread to drain it).
+    stderr: Option<std::fs::File>,
     /// How long the script may take to reach its next turn, or its end.
     timeout: Duration,
     /// Why the session stopped early (started, timed out), if it did.
     failure: Option<String>,
+}
+
+/// The lines of a script's standard output, read in the calling thread
+/// with a deadline (`poll`), so that a session keeps no thread of its
+/// own: a thread in this process would change what ours measure (a fork
+/// from a process with several threads costs more, for the kernel's own
+/// work, and `Process` then counts the threads through `/proc`).
+struct Lines {
+    out: ChildStdout,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+/// What [`Lines::next`] found.
+enum Next {
+    Line(String),
+    End,
+    TimedOut,
+}
+
+impl Lines {
+    /// The next line, waiting until `deadline` at most.
+    fn next(&mut self, deadline: Instant) -> Next {
+        loop {
+            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=at).collect();
+                return Next::Line(String::from_utf8_lossy(&line[..at]).into_owned());
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Next::End;
+                }
+                let rest = std::mem::take(&mut self.buf);
+                return Next::Line(String::from_utf8_lossy(&rest).into_owned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Next::TimedOut;
+            }
+            let timeout = rustix::time::Timespec::try_from(left).ok();
+            let mut fds = [rustix::event::PollFd::new(
+                &self.out,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(_) => self.eof = true,
+            }
+            let mut chunk = [0u8; 8192];
+            match self.out.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+}
+
+/// An unlinked file for a script's standard error.
+fn stderr_file() -> std::io::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "multiproc-bench-stderr-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 impl Python {
@@ -254,25 +329,34 @@ impl Python {
     /// does not count. Never fails: a script that
     /// could not start gives a [`Session::finish`] with the reason.
     pub fn session(&self, script: &str, args: &[String], timeout: Duration) -> Session {
-        let (tx, lines) = mpsc::channel();
         let mut session = Session {
             script: script.to_string(),
             child: None,
             stdin: None,
-            lines,
+            stdout: None,
             collected: Vec::new(),
             stderr: None,
             timeout,
             failure: None,
         };
         let shown = self.program.to_string_lossy().into_owned();
+        let stderr = match stderr_file().and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((theirs, ours)) => {
+                session.stderr = Some(ours);
+                Stdio::from(theirs)
+            }
+            Err(e) => {
+                session.failure = Some(format!("no file for {script}'s stderr: {e}"));
+                return session;
+            }
+        };
         let spawned = Command::new(&self.program)
             .arg(self.script_dir.join(script))
             .args(args)
             .arg("--interleave")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn();
         let mut child = match spawned {
             Ok(child) => child,
@@ -287,20 +371,11 @@ impl Python {
                 return session;
             }
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
+        session.stdout = Some(Lines {
+            out: child.stdout.take().expect("piped stdout"),
+            buf: Vec::new(),
+            eof: false,
         });
-        session.stderr = Some(thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            text
-        }));
         session.stdin = child.stdin.take();
         session.child = Some(child);
         session.wait_for_turn();
@@ -314,13 +389,16 @@ impl Session {
     fn wait_for_turn(&mut self) {
         let deadline = Instant::now() + self.timeout;
         while self.child.is_some() && self.stdin.is_some() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if is_turn_marker(&line) => return,
-                Ok(line) => self.collected.push(line),
+            let Some(lines) = self.stdout.as_mut() else {
+                self.stdin = None;
+                return;
+            };
+            match lines.next(deadline) {
+                Next::Line(line) if is_turn_marker(&line) => return,
+                Next::Line(line) => self.collected.push(line),
                 // The script's output ended: it is finishing; no more turns.
-                Err(mpsc::RecvTimeoutError::Disconnected) => self.stdin = None,
-                Err(mpsc::RecvTimeoutError::Timeout) => self.kill("timed out"),
+                Next::End => self.stdin = None,
+                Next::TimedOut => self.kill("timed out"),
             }
         }
     }
@@ -366,24 +444,28 @@ impl Session {
         };
         let deadline = Instant::now() + self.timeout;
         let status = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if is_turn_marker(&line) => {}
-                Ok(line) => self.collected.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    break wait_until(&mut child, deadline);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+            let next = match self.stdout.as_mut() {
+                Some(lines) => lines.next(deadline),
+                None => Next::End,
+            };
+            match next {
+                Next::Line(line) if is_turn_marker(&line) => {}
+                Next::Line(line) => self.collected.push(line),
+                Next::End => break wait_until(&mut child, deadline),
+                Next::TimedOut => {
                     let _ = child.kill();
                     let _ = child.wait();
                     break Err(format!("{} timed out and was killed", self.script));
                 }
             }
         };
-        let stderr_text = match (&status, self.stderr.take()) {
-            (Ok(_), Some(reader)) => reader.join().unwrap_or_default(),
-            _ => String::new(),
-        };
+        let mut stderr_text = String::new();
+        if let (Ok(_), Some(mut file)) = (&status, self.stderr.take()) {
+            use std::io::Seek;
+            let _ = file
+                .rewind()
+                .and_then(|()| file.read_to_string(&mut stderr_text));
+        }
         parse_output(&self.script, &self.collected, status, &stderr_text)
     }
 }
