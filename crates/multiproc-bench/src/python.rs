@@ -8,7 +8,7 @@
 //! ```
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
@@ -105,70 +105,7 @@ impl Python {
     /// its measurements. Never fails: problems end up in
     /// [`PythonOutput::failure`].
     pub fn run(&self, script: &str, args: &[String], timeout: Duration) -> PythonOutput {
-        let path = self.script_dir.join(script);
-        let shown = self.program.to_string_lossy().into_owned();
-        let mut child = match Command::new(&self.program)
-            .arg(&path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return PythonOutput::failed(format!(
-                    "python interpreter `{shown}` not found (set ${PYTHON_ENV})"
-                ));
-            }
-            Err(e) => return PythonOutput::failed(format!("could not run `{shown}`: {e}")),
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let out_reader = thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
-        });
-        let err_reader = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            text
-        });
-
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!(
-                        "{script} timed out after {} s and was killed",
-                        timeout.as_secs()
-                    ));
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!("waiting for {script} failed: {e}"));
-                }
-            }
-        };
-        // The script's own children (idle workers) may hold the pipes open
-        // for a while after it was killed; only wait for them on success.
-        let lines = match status {
-            Ok(_) => out_reader.join().unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        let stderr_text = match status {
-            Ok(_) => err_reader.join().unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-
-        parse_output(script, &lines, status, &stderr_text)
+        self.launch(script, args, false, timeout).finish()
     }
 }
 
@@ -305,6 +242,10 @@ impl Lines {
     }
 }
 
+/// How long a script's output may stay open after it exited (held by
+/// processes it left) before the rest is given up.
+const LEFT_OPEN: Duration = Duration::from_secs(5);
+
 /// An unlinked file for a script's standard error.
 fn stderr_file() -> std::io::Result<std::fs::File> {
     let path = std::env::temp_dir().join(format!(
@@ -329,6 +270,20 @@ impl Python {
     /// does not count. Never fails: a script that
     /// could not start gives a [`Session::finish`] with the reason.
     pub fn session(&self, script: &str, args: &[String], timeout: Duration) -> Session {
+        let mut session = self.launch(script, args, true, timeout);
+        session.wait_for_turn();
+        session
+    }
+
+    /// Starts `script` with `args` (and `--interleave`, its input a pipe
+    /// for [`Session::turn`], if `interleave`; else with no input).
+    fn launch(
+        &self,
+        script: &str,
+        args: &[String],
+        interleave: bool,
+        timeout: Duration,
+    ) -> Session {
         let mut session = Session {
             script: script.to_string(),
             child: None,
@@ -350,14 +305,14 @@ impl Python {
                 return session;
             }
         };
-        let spawned = Command::new(&self.program)
-            .arg(self.script_dir.join(script))
-            .args(args)
-            .arg("--interleave")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn();
+        let mut command = Command::new(&self.program);
+        command.arg(self.script_dir.join(script)).args(args);
+        if interleave {
+            command.arg("--interleave").stdin(Stdio::piped());
+        } else {
+            command.stdin(Stdio::null());
+        }
+        let spawned = command.stdout(Stdio::piped()).stderr(stderr).spawn();
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -378,7 +333,6 @@ impl Python {
         });
         session.stdin = child.stdin.take();
         session.child = Some(child);
-        session.wait_for_turn();
         session
     }
 }
@@ -443,15 +397,28 @@ impl Session {
             );
         };
         let deadline = Instant::now() + self.timeout;
+        // When the script exited: its output may stay open a while longer
+        // in processes it left (a pool's workers on their way out), but
+        // not beyond `LEFT_OPEN` after it.
+        let mut exited_at = None;
         let status = loop {
+            let step = deadline.min(Instant::now() + Duration::from_millis(100));
             let next = match self.stdout.as_mut() {
-                Some(lines) => lines.next(deadline),
+                Some(lines) => lines.next(step),
                 None => Next::End,
             };
             match next {
                 Next::Line(line) if is_turn_marker(&line) => {}
                 Next::Line(line) => self.collected.push(line),
                 Next::End => break wait_until(&mut child, deadline),
+                Next::TimedOut if Instant::now() < deadline => {
+                    if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+                        exited_at = Some(Instant::now());
+                    }
+                    if exited_at.is_some_and(|t| t.elapsed() > LEFT_OPEN) {
+                        break wait_until(&mut child, deadline);
+                    }
+                }
                 Next::TimedOut => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -495,15 +462,6 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus, String
                 let _ = child.wait();
                 return Err(format!("waiting for the script failed: {e}"));
             }
-        }
-    }
-}
-
-impl PythonOutput {
-    fn failed(why: String) -> PythonOutput {
-        PythonOutput {
-            measurements: Vec::new(),
-            failure: Some(why),
         }
     }
 }
