@@ -19,6 +19,9 @@ pub enum Goal {
     /// Multiproc's median within this many percent of the reference
     /// implementation named, or better than it.
     WithinPercent(&'static str, f64),
+    /// Multiproc's worst sample at most this many times its median: the
+    /// slowest sample for times, the lowest for rates.
+    Spread(f64),
 }
 
 /// One target of an issue.
@@ -280,6 +283,8 @@ pub const TARGETS: &[Target] = &[
         Some("8B"),
         Goal::Within("ipc-channel", 1.0),
     ),
+    // ... and predictable: its slowest batch within 3x of the median.
+    t(20, "pipe", "roundtrip_bytes", Some("8B"), Goal::Spread(3.0)),
     t(
         20,
         "pipe",
@@ -389,6 +394,15 @@ impl Target {
                     m <= r * (1.0 + pct / 100.0)
                 })
             }
+            Goal::Spread(x) => {
+                let row = entry.get(Impl::Multiproc)?;
+                let m = row.median?;
+                Some(if higher {
+                    row.min? * x >= m
+                } else {
+                    row.max? <= m * x
+                })
+            }
         }
     }
 
@@ -401,6 +415,10 @@ impl Target {
             Goal::Value(v) => format!("{at_least} {} {unit}", number(v)),
             Goal::Within(name, x) => format!("≤ {}x {name}", number(x)),
             Goal::WithinPercent(name, pct) => format!("within {}% of {name}", number(pct)),
+            Goal::Spread(x) if higher_is_better(unit) => {
+                format!("min ≥ median / {}", number(x))
+            }
+            Goal::Spread(x) => format!("max ≤ {}x median", number(x)),
         }
     }
 
@@ -476,9 +494,14 @@ mod tests {
         let all = entries(&rows);
         let rt = targets_for("pipe", &all[0]);
         // 3x python (met for issue 3, missed for issue 14), 2x the
-        // socketpair (missed), no ipc-channel row (not measured).
+        // socketpair (missed), no ipc-channel row (not measured), one
+        // sample (its own max: within 3x of the median).
         let verdicts: Vec<_> = rt.iter().map(|t| t.met(&all[0])).collect();
-        assert_eq!(verdicts, [Some(true), Some(false), Some(false), None]);
+        assert_eq!(
+            verdicts,
+            [Some(true), Some(false), Some(false), None, Some(true)]
+        );
+        assert_eq!(rt[4].describe("us"), "max ≤ 3x median");
         assert_eq!(rt[0].describe("us"), "≥ 2.5x python");
         assert_eq!(rt[1].describe("us"), "≤ 1.5x socketpair");
         assert_eq!(rt[2].describe("us"), "≥ 30x python");
@@ -487,6 +510,29 @@ mod tests {
         assert_eq!(ow[0].met(&all[1]), Some(false));
         assert_eq!(ow[0].describe("MB/s"), "≥ 3000 MB/s");
         assert!(targets_for("queue", &all[0]).is_empty());
+    }
+
+    #[test]
+    fn a_spread_target_checks_the_worst_sample_against_the_median() {
+        let spread = Target {
+            issue: 20,
+            group: "pipe",
+            bench: "b",
+            param: None,
+            goal: Goal::Spread(3.0),
+        };
+        let verdict = |unit: &str, samples: Vec<f64>| {
+            let m = vec![Measurement::new("b", "p", unit, Ok(samples))];
+            let rows = pair("pipe", m, Vec::new(), None);
+            spread.met(&entries(&rows)[0])
+        };
+        // Times: the slowest sample against the median.
+        assert_eq!(verdict("us", vec![1.0, 1.0, 1.0, 2.9]), Some(true));
+        assert_eq!(verdict("us", vec![1.0, 1.0, 1.0, 3.1]), Some(false));
+        // Rates: the lowest.
+        assert_eq!(verdict("msg/s", vec![9.0, 9.0, 9.0, 3.1]), Some(true));
+        assert_eq!(verdict("msg/s", vec![9.0, 9.0, 9.0, 2.9]), Some(false));
+        assert_eq!(spread.describe("msg/s"), "min ≥ median / 3");
     }
 
     #[test]
