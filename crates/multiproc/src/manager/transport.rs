@@ -10,7 +10,9 @@
 //!   costs a few microseconds. The socket stays open beside the queues as a
 //!   lifeline: its end of stream means the peer is gone. Each side also
 //!   publishes whether it is running, and where, so that the other spins
-//!   only while that can pay off (see [`settle`]).
+//!   only while that can pay off (see [`settle`]), and so that a client
+//!   about to sleep for its answer on a machine with no processor to
+//!   spare moves onto the server's processor ([`Presence::join`]).
 //!
 //! Both sides use the same type with the queues swapped: a client sends on
 //! the request queue and receives on the reply queue; the server the other
@@ -255,6 +257,12 @@ impl Channel {
                 };
                 if !settle(rx, presence) {
                     idle();
+                    // The client only: it waits for the answer to its
+                    // request, which the server is about to work on. (Were
+                    // both sides to move, they could swap processors.)
+                    if *mine == CLIENT {
+                        presence.join();
+                    }
                 }
                 presence.leave();
                 let got = rx.get_timeout_sleeping(slice);

@@ -443,7 +443,7 @@ fn runnable_now() -> Option<usize> {
 /// Restores the affinity at once (the scheduler leaves a thread where it
 /// runs). True if it moved.
 pub(crate) fn move_off_cpu(cpu: usize) -> bool {
-    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use rustix::thread::{CpuSet, sched_getaffinity};
     if runnable_now().is_none_or(|n| n > cpu_count()) {
         return false;
     }
@@ -457,16 +457,41 @@ pub(crate) fn move_off_cpu(cpu: usize) -> bool {
     else {
         return false;
     };
+    hop(to, &mask)
+}
+
+/// Moves the calling thread onto processor `to`, where its peer runs or
+/// last ran, if the machine has no processor to spare (more runnable
+/// threads than processors), `to` is one its affinity allows, and the
+/// thread runs elsewhere. Restores the affinity at once. True if it moved.
+pub(crate) fn move_onto_cpu(to: usize) -> bool {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu};
+    if to >= CpuSet::MAX_CPU || sched_getcpu() == to {
+        return false;
+    }
+    if runnable_now().is_none_or(|n| n <= cpu_count()) {
+        return false;
+    }
+    match sched_getaffinity(None) {
+        Ok(mask) if mask.is_set(to) => hop(to, &mask),
+        _ => false,
+    }
+}
+
+/// Moves the calling thread to processor `to` (in `mask`, its affinity),
+/// then gives it `mask` back, unless something else (another thread, or
+/// `taskset`) changed the affinity meanwhile: theirs stands. If it cannot
+/// be given back (a cpuset changed), the kernel has put the thread where
+/// its cpuset allows. True if it moved.
+fn hop(to: usize, mask: &rustix::thread::CpuSet) -> bool {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     let mut one = CpuSet::new();
     one.set(to);
     if sched_setaffinity(None, &one).is_err() {
         return false;
     }
-    // Restored only if nobody changed it meanwhile (another thread, or
-    // `taskset`): theirs stands. If it cannot be restored (a cpuset
-    // changed), the kernel has put the thread where its cpuset allows.
     if sched_getaffinity(None).is_ok_and(|now| now == one) {
-        let _ = sched_setaffinity(None, &mask);
+        let _ = sched_setaffinity(None, mask);
     }
     true
 }
