@@ -462,8 +462,9 @@ pub(crate) fn move_off_cpu(cpu: usize) -> bool {
 
 /// Moves the calling thread onto processor `to`, where its peer runs or
 /// last ran, if the machine has no processor to spare (more runnable
-/// threads than processors), `to` is one its affinity allows, and the
-/// thread runs elsewhere. Restores the affinity at once. True if it moved.
+/// threads, machine-wide, than the processors this process may use),
+/// `to` is one its affinity allows, and the thread runs elsewhere.
+/// Restores the affinity at once. True if it moved.
 pub(crate) fn move_onto_cpu(to: usize) -> bool {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu};
     if to >= CpuSet::MAX_CPU || sched_getcpu() == to {
@@ -480,9 +481,11 @@ pub(crate) fn move_onto_cpu(to: usize) -> bool {
 
 /// Moves the calling thread to processor `to` (in `mask`, its affinity),
 /// then gives it `mask` back, unless something else (another thread, or
-/// `taskset`) changed the affinity meanwhile: theirs stands. If it cannot
-/// be given back (a cpuset changed), the kernel has put the thread where
-/// its cpuset allows. True if it moved.
+/// `taskset`) changed the affinity meanwhile: theirs stands. That is best
+/// effort: there is no compare-and-set of an affinity, so a change made
+/// between the read of `mask` and the move, or between the check and the
+/// restore, is undone. If it cannot be given back (a cpuset changed), the
+/// kernel has put the thread where its cpuset allows. True if it moved.
 fn hop(to: usize, mask: &rustix::thread::CpuSet) -> bool {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     let mut one = CpuSet::new();
