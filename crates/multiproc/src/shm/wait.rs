@@ -362,10 +362,9 @@ impl Presence<'_> {
     /// Then every message wakes a sleeper that waits for the CPU-bound
     /// process to be preempted: a manager's dict get from one client took
     /// 65 to 100 µs that way, against 5 to 15 µs with both on one
-    /// processor, and such a
-    /// placement held for seconds. The scheduler rarely brings them
-    /// together itself: a futex wake-up, unlike a socket's, does not say
-    /// that the waker is about to sleep.
+    /// processor, and such a placement held for seconds. The scheduler
+    /// rarely brings them together itself: a futex wake-up, unlike a
+    /// socket's, does not say that the waker is about to sleep.
     pub(crate) fn join(&self) -> bool {
         let Some(cpu) = self.peer_cpu() else {
             return false;
