@@ -184,9 +184,15 @@ thread_local! {
 /// descriptors along.
 pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> Reply {
     match run_caught(f) {
-        Ok(value) => match handles::encode(&value, Vec::new()) {
-            Ok((bytes, fds)) => (kind::OK, bytes, fds),
-            Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
+        // A result without handles is encoded bare (as the argument is
+        // decoded); one that holds a handle, or fails to encode, is
+        // encoded again, collecting the handles or saying what failed.
+        Ok(value) => match handles::encode_bare(&value) {
+            Ok(bytes) => (kind::OK, bytes, Vec::new()),
+            Err(_) => match handles::encode(&value, Vec::new()) {
+                Ok((bytes, fds)) => (kind::OK, bytes, fds),
+                Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
+            },
         },
         Err(report) => (
             kind::PANIC,
@@ -250,7 +256,15 @@ pub(crate) fn body<A: DeserializeOwned, R: Serialize>(
     input: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Reply {
-    match handles::decode::<A>(input, fds) {
+    // An argument that came with no descriptors holds no handle: decoded
+    // bare, with no handle list pushed (in a forked child, a write to a
+    // heap page it shares with its parent).
+    let arg = if fds.is_empty() {
+        handles::decode_bare::<A>(input)
+    } else {
+        handles::decode::<A>(input, fds)
+    };
+    match arg {
         Ok(arg) => encode_outcome(move || target(arg)),
         Err(e) => failure(kind::ARG_DECODE, &e.to_string()),
     }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -218,19 +218,20 @@ impl ProcessBuilder {
                 // The child has a copy of the encoded argument from birth:
                 // nothing to send, no frame to read (three system calls
                 // fewer per start).
-                let body = start::fork::body(move |_| {
+                let body = move |_: BorrowedFd<'_>| {
                     let reply = body(f, &args, Vec::new());
-                    // The child exits next: no free (see `fork::body`).
+                    // The child exits next: a free would only write to
+                    // heap pages it shares with its parent.
                     std::mem::forget(args);
                     reply
-                });
+                };
                 let started = start::fork::start(lineage, body, true)?;
                 return Ok(Process::new(started, name, self.daemon, method));
             }
             StartMethod::Fork => {
                 // Its handles travel over the channel, so that the child
                 // receives them as new descriptors of its own.
-                let body = start::fork::body(move |ch| child::forked_body(f, body, ch));
+                let body = move |ch: BorrowedFd<'_>| child::forked_body(f, body, ch);
                 start::fork::start(lineage, body, true)?
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
@@ -284,21 +285,12 @@ impl ProcessBuilder {
     {
         let lineage = info::next_child(self.name);
         let name = lineage.name.clone();
-        // Encoding happens in the child; `R: Serialize` is checked there.
-        let body = make_fork_body(f);
+        // `R` need not be `Send`: it is made and encoded inside the child.
+        let body = move |_: BorrowedFd<'_>| child::encode_outcome(f);
         // The closure may hold any of the parent's handles: keep them all.
         let started = start::fork::start(lineage, body, false)?;
         Ok(Process::new(started, name, self.daemon, method))
     }
-}
-
-fn make_fork_body<F, R>(f: F) -> start::fork::Body
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Serialize + 'static,
-{
-    // `R` need not be `Send`: it is made and encoded inside the child.
-    start::fork::body(move |_| child::encode_outcome(f))
 }
 
 #[derive(Debug)]

@@ -49,11 +49,22 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
-/// Bumped in every child right after a fork (a `pthread_atfork` handler),
-/// so ids cached before the fork are never used after it.
-static FORK_GENERATION: AtomicU32 = AtomicU32::new(1);
-/// `generation << 32 | pid`, the cached process id.
-static PID: AtomicU64 = AtomicU64::new(0);
+/// The fork generation and the cached process id, side by side: a forked
+/// child writes both (the generation in the fork handler, the id at its
+/// first [`pid`]), and in one page that is one copy-on-write fault, not two.
+#[repr(C, align(16))]
+struct Identity {
+    /// Bumped in every child right after a fork (a `pthread_atfork`
+    /// handler), so ids cached before the fork are never used after it.
+    generation: AtomicU32,
+    /// `generation << 32 | pid`, the cached process id.
+    pid: AtomicU64,
+}
+
+static IDENTITY: Identity = Identity {
+    generation: AtomicU32::new(1),
+    pid: AtomicU64::new(0),
+};
 
 thread_local! {
     /// `(generation, tid)`, the cached thread id.
@@ -61,7 +72,7 @@ thread_local! {
 }
 
 extern "C" fn after_fork_in_child() {
-    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    IDENTITY.generation.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The fork generation: bumped in every forked child, so that values
@@ -73,7 +84,7 @@ pub(crate) fn generation() -> u32 {
         // an atomic, which is async-signal-safe and valid in a fork child.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
-    FORK_GENERATION.load(Ordering::Relaxed)
+    IDENTITY.generation.load(Ordering::Relaxed)
 }
 
 /// The fork generation as last bumped, for the fast path of a cache:
@@ -82,7 +93,7 @@ pub(crate) fn generation() -> u32 {
 /// a fork never matches in the child.
 #[inline]
 pub(crate) fn generation_unchecked() -> u32 {
-    FORK_GENERATION.load(Ordering::Relaxed)
+    IDENTITY.generation.load(Ordering::Relaxed)
 }
 
 /// The calling thread's id. Cached: asking the kernel on every lock was
@@ -103,7 +114,7 @@ pub(crate) fn tid() -> u32 {
 /// The calling process's id (cached like [`tid`]).
 #[inline]
 pub(crate) fn pid() -> u32 {
-    let cached = PID.load(Ordering::Relaxed);
+    let cached = IDENTITY.pid.load(Ordering::Relaxed);
     if (cached >> 32) as u32 == generation_unchecked() {
         return cached as u32;
     }
@@ -114,7 +125,9 @@ pub(crate) fn pid() -> u32 {
 fn pid_slow() -> u32 {
     let g = generation();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    PID.store(u64::from(g) << 32 | u64::from(pid), Ordering::Relaxed);
+    IDENTITY
+        .pid
+        .store(u64::from(g) << 32 | u64::from(pid), Ordering::Relaxed);
     pid
 }
 

@@ -164,6 +164,12 @@ pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
     Some(out)
 }
 
+/// Encodes `value`, which must hold no handles (a handle in it is an
+/// error: [`encode`] collects them).
+pub(crate) fn encode_bare<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    bare(|| codec::encode(value))
+}
+
 /// Decodes a `T` from `bytes` that carried no handles (a handle in them is
 /// an error).
 #[inline]
@@ -283,6 +289,12 @@ pub(crate) fn lock_for_fork() -> ForkGuard {
 }
 
 impl ForkGuard {
+    /// Whether any handle of this process owns a descriptor: if none
+    /// does, a forked child has nothing to release.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     /// In a child forked to run a function: releases what every descriptor
     /// of the parent's handles refers to (the parent's end of a pipe, say),
     /// keeping the numbers taken (see

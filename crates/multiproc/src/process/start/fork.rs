@@ -21,34 +21,22 @@ use crate::sys;
 use crate::sys::code::Reply;
 use crate::wire::handles;
 
-/// The code a fork child runs: it gets its end of the channel (to read its
-/// argument from, if it has one) and makes the result frame. Called once
-/// (see [`body`]); an `FnMut` so that the child can call it without
-/// freeing its box.
-pub(crate) type Body = Box<dyn FnMut(BorrowedFd<'_>) -> Reply + Send>;
-
-/// The [`Body`] that runs `f`. The child leaks the box rather than free
-/// it: a free writes to heap pages the child shares with its parent, each
-/// write a copy-on-write fault on the way to its exit.
-pub(crate) fn body(f: impl FnOnce(BorrowedFd<'_>) -> Reply + Send + 'static) -> Body {
-    let mut once = Some(f);
-    Box::new(move |channel| match once.take() {
-        Some(f) => f(channel),
-        None => child::failure(child::kind::ARG_DECODE, "the child's body ran twice"),
-    })
-}
-
 /// Forks a child that records `lineage`, runs `body` and sends back the
 /// result frame it makes. With `close_handles`, the child first releases
 /// the descriptors of the parent's connections and other handles (their
 /// numbers stay taken, pointing at `/dev/null`, for owners a `static` may
 /// still reach): a function receives its handles through its argument,
 /// like under spawn.
-pub(crate) fn start(
-    lineage: info::Lineage,
-    body: Body,
-    close_handles: bool,
-) -> io::Result<Started> {
+///
+/// `body` gets the child's end of the channel (to read its argument from,
+/// if it has one) and makes the result frame. It is called by value, from
+/// the closure's own copy of it: no box whose state a call would write
+/// (each write to a heap page the child shares with its parent is a
+/// copy-on-write fault on the way to its exit).
+pub(crate) fn start<F>(lineage: info::Lineage, body: F, close_handles: bool) -> io::Result<Started>
+where
+    F: FnOnce(BorrowedFd<'_>) -> Reply + Send + 'static,
+{
     let (channel, theirs) = sys::socket::stream_pair()?;
     // Never install the hook in the child: its lock may be held there.
     child::install_panic_hook();
@@ -57,6 +45,10 @@ pub(crate) fn start(
         // from the thread that continues in it, never from a lost thread.
         let guards = info::lock_for_fork();
         let handles = handles::lock_for_fork();
+        // Whether the child has descriptors to release: if not, it runs
+        // none of that code (each stretch of code a child runs first is a
+        // page fault).
+        let release = close_handles && handles.holds_any();
         // A fork from the launcher thread is a fork from a process with
         // at least two threads: no need to count them.
         let single_threaded =
@@ -70,7 +62,7 @@ pub(crate) fn start(
         }
         sys::process::fork_child(move || {
             guards.become_child(lineage);
-            if close_handles {
+            if release {
                 handles.release_inherited();
             } else {
                 drop(handles);
@@ -79,7 +71,7 @@ pub(crate) fn start(
                 child::forked_from_threads();
             }
             child::set_last_words(theirs.as_fd(), child::kind::PANIC);
-            let code = child::reply(theirs.as_fd(), Box::leak(body)(theirs.as_fd()));
+            let code = child::reply(theirs.as_fd(), body(theirs.as_fd()));
             if single_threaded {
                 // Only here is it certain that no lost thread holds the
                 // standard streams' locks.

@@ -26,6 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use super::{BOOT_TIMEOUT, Reaper, Started};
+use crate::process::child;
 use crate::process::error::StartError;
 use crate::process::launcher;
 use crate::process::status::ExitStatus;
@@ -150,6 +151,9 @@ pub(crate) fn serve(control: Channel) -> ! {
         sys::process::exit_now(1);
     }
     sys::process::ignore_interrupts(true);
+    // The server is single-threaded, so the hook is safe to install here;
+    // each worker then has it from birth, with no allocation of its own.
+    child::install_panic_hook();
     let mut workers: Vec<Worker> = Vec::new();
     loop {
         let mut watch: Vec<BorrowedFd<'_>> = vec![control.fd()];
