@@ -625,7 +625,7 @@ mod tests {
         ));
         // The copy that arrived was closed: `probe` sees the end.
         let end = Instant::now() + Duration::from_secs(10);
-        assert!(socket::wait_readable(&[probe.as_fd()], Some(end)).unwrap()[0]);
+        assert!(socket::wait_readable_one(probe.as_fd(), Some(end)).unwrap());
         assert_eq!(
             socket::recv(probe.as_fd(), &mut [0; 1], &mut Vec::new(), true).unwrap(),
             0

@@ -467,7 +467,7 @@ impl Local {
             let slept = if tx.has_room_for(len) {
                 Ok(())
             } else {
-                sys::socket::wait_readable(&[self.fd()], None).map(drop)
+                sys::socket::wait_readable_one(self.fd(), None).map(drop)
             };
             tx.space_waiters().fetch_sub(1, Ordering::SeqCst);
             slept?;
@@ -601,7 +601,7 @@ impl Local {
             }
             rx.data_waiters().fetch_add(1, Ordering::SeqCst);
             let slept = if rx.is_empty() {
-                sys::socket::wait_readable(&[self.fd()], deadline).map(drop)
+                sys::socket::wait_readable_one(self.fd(), deadline).map(drop)
             } else {
                 Ok(())
             };
@@ -743,9 +743,9 @@ impl Local {
                 self.disarm();
                 return Ok(true);
             }
-            let readable = sys::socket::wait_readable(&[self.fd()], deadline);
+            let readable = sys::socket::wait_readable_one(self.fd(), deadline);
             let ready = self.disarm();
-            if ready || !readable?[0] {
+            if ready || !readable? {
                 return Ok(ready);
             }
         }

@@ -146,8 +146,7 @@ impl Packet {
                 Err(e) if is_gone(&e) => return Err(StreamError::Closed),
                 Err(e) => return Err(StreamError::Io(e)),
             }
-            let ready = sys::socket::wait_readable(&[self.fd.as_fd()], deadline)?;
-            if !ready[0] {
+            if !sys::socket::wait_readable_one(self.fd.as_fd(), deadline)? {
                 return Err(StreamError::Timeout);
             }
         };
@@ -207,7 +206,7 @@ impl Packet {
     /// Whether a receive would not block (a message, or the end of the
     /// stream, is there); waits until `deadline`.
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        Ok(sys::socket::wait_readable(&[self.fd.as_fd()], deadline)?[0])
+        sys::socket::wait_readable_one(self.fd.as_fd(), deadline)
     }
 }
 

@@ -500,8 +500,7 @@ impl<R> Process<R> {
             // The child sends its reply without waiting for it to be read
             // (`child::INLINE_REPLY`): the reply is read once the child has
             // exited, which wakes this thread once per join, not twice.
-            if exit.is_none() && !sys::socket::wait_readable(&[started.pidfd.as_fd()], deadline)?[0]
-            {
+            if exit.is_none() && !sys::socket::wait_readable_one(started.pidfd.as_fd(), deadline)? {
                 return Ok(false);
             }
             let extra = [started.pidfd.as_fd()];

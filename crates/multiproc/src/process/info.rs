@@ -223,10 +223,13 @@ pub(crate) struct ForkGuards {
 
 /// Takes this module's locks before a fork.
 pub(crate) fn lock_for_fork() -> ForkGuards {
-    ForkGuards {
-        current: CURRENT.lock().unwrap_or_else(|e| e.into_inner()),
-        children: CHILDREN.lock().unwrap_or_else(|e| e.into_inner()),
-    }
+    let current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    // Records of children gone are freed here, before the fork, rather
+    // than by the next `track`, after it: a free then writes to a heap
+    // page the parent still shares with its new child.
+    children.retain(|w| w.strong_count() > 0);
+    ForkGuards { current, children }
 }
 
 impl ForkGuards {

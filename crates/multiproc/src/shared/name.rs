@@ -278,7 +278,7 @@ pub(crate) fn fetch(name: &str) -> Result<(Kind, u64, OwnedFd), NameError> {
     let mut got = 0;
     let mut fds = Vec::new();
     while got < ANSWER {
-        if !sys::socket::wait_readable(&[conn.as_fd()], Some(deadline))?[0] {
+        if !sys::socket::wait_readable_one(conn.as_fd(), Some(deadline))? {
             return Err(NameError::NoAnswer(name.to_string()));
         }
         let n = match sys::socket::recv(conn.as_fd(), &mut answer[got..], &mut fds, true) {

@@ -346,7 +346,7 @@ fn read_from(
 ) -> Result<(), String> {
     let mut got = 0;
     while got < buf.len() {
-        if !socket::wait_readable(&[fd], deadline).map_err(|e| e.to_string())?[0] {
+        if !socket::wait_readable_one(fd, deadline).map_err(|e| e.to_string())? {
             return Err("the parent sent nothing in time".into());
         }
         let mut fds = Vec::new();
@@ -724,7 +724,7 @@ mod tests {
     fn await_ready(ours: BorrowedFd<'_>) {
         let deadline = Some(Instant::now() + Duration::from_secs(30));
         assert!(
-            socket::wait_readable(&[ours], deadline).unwrap()[0],
+            socket::wait_readable_one(ours, deadline).unwrap(),
             "no ready byte"
         );
         let mut b = [0u8; 1];
@@ -928,7 +928,7 @@ sys.stdout.write(out.decode())
         // The server drops the forged request's descriptors unused: its
         // status socket ends without a pid.
         let deadline = Some(Instant::now() + Duration::from_secs(30));
-        assert!(socket::wait_readable(&[forged_status.as_fd()], deadline).unwrap()[0]);
+        assert!(socket::wait_readable_one(forged_status.as_fd(), deadline).unwrap());
         let mut pid = [0u8; 4];
         let n = socket::recv(forged_status.as_fd(), &mut pid, &mut Vec::new(), false).unwrap();
         assert_eq!(n, 0, "the forkserver forked for a forged request");
@@ -1047,7 +1047,7 @@ sys.stdout.write(out.decode())
         drop(theirs);
         // Answer a ready byte if one ever comes, as the real parent would.
         let deadline = Some(Instant::now() + Duration::from_secs(10));
-        if socket::wait_readable(&[ours.as_fd()], deadline).unwrap()[0] {
+        if socket::wait_readable_one(ours.as_fd(), deadline).unwrap() {
             let mut b = [0u8; 1];
             if socket::recv(ours.as_fd(), &mut b, &mut Vec::new(), false).unwrap_or(0) == 1 {
                 let _ = socket::send_all(ours.as_fd(), &[&secret, &request(&path)], &[]);

@@ -179,15 +179,30 @@ pub(crate) fn wait_readable(
     fds: &[BorrowedFd<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+    poll_until(&mut polls, deadline)?;
+    Ok(polls.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+/// [`wait_readable`] for one descriptor, with nothing allocated (a wait
+/// of a child's join, of a pipe's reader): whether it is readable (or
+/// hung up); false means the deadline passed.
+pub(crate) fn wait_readable_one(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    let mut polls = [PollFd::new(&fd, PollFlags::IN)];
+    poll_until(&mut polls, deadline)?;
+    Ok(!polls[0].revents().is_empty())
+}
+
+/// Polls `polls` until one has an event, or until `deadline`.
+fn poll_until(polls: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<()> {
     loop {
-        let mut polls: Vec<PollFd<'_>> =
-            fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
         let timeout = poll_timeout(deadline);
-        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+        match rustix::event::poll(polls, timeout.as_ref()) {
             Ok(_) => {
-                let ready: Vec<bool> = polls.iter().map(|p| !p.revents().is_empty()).collect();
-                if ready.iter().any(|r| *r) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(ready);
+                if polls.iter().any(|p| !p.revents().is_empty())
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    return Ok(());
                 }
             }
             Err(Errno::INTR) => continue,
@@ -716,6 +731,34 @@ mod tests {
         fds.clear();
         // Other tests open descriptors in parallel: only a leak of 64 counts.
         assert!(open_fds() < before + MAX_FDS / 2);
+    }
+
+    #[test]
+    fn waiting_for_one_descriptor_says_readable_hung_up_or_timed_out() {
+        let (a, b) = stream_pair().unwrap();
+        let soon = || Some(Instant::now() + std::time::Duration::from_millis(30));
+        // Nothing to read: false once the deadline has passed, not before.
+        let t0 = Instant::now();
+        assert!(!wait_readable_one(b.as_fd(), soon()).unwrap());
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(30));
+        // A byte to read, then a hang-up with nothing left: both ready.
+        send_all(a.as_fd(), &[b"x"], &[]).unwrap();
+        assert!(wait_readable_one(b.as_fd(), soon()).unwrap());
+        assert!(wait_readable_one(b.as_fd(), None).unwrap());
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            recv(b.as_fd(), &mut buf, &mut Vec::new(), false).unwrap(),
+            1
+        );
+        drop(a);
+        assert!(wait_readable_one(b.as_fd(), soon()).unwrap());
+        // The general form agrees, descriptor by descriptor.
+        let (c, d) = stream_pair().unwrap();
+        send_all(c.as_fd(), &[b"y"], &[]).unwrap();
+        assert_eq!(
+            wait_readable(&[b.as_fd(), d.as_fd(), c.as_fd()], soon()).unwrap(),
+            [true, true, false]
+        );
     }
 
     #[test]

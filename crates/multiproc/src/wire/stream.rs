@@ -327,7 +327,7 @@ impl Stream {
                 return Ok(true);
             }
         }
-        Ok(socket::wait_readable(&[self.fd()], deadline)?[0])
+        socket::wait_readable_one(self.fd(), deadline)
     }
 
     /// Whether buffered bytes or an end of stream make a receive immediate.
@@ -366,7 +366,7 @@ impl Stream {
                 });
             }
             if deadline.is_some() {
-                if !socket::wait_readable(&[self.fd()], deadline)?[0] {
+                if !socket::wait_readable_one(self.fd(), deadline)? {
                     return Err(StreamError::Timeout);
                 }
                 match st.fill(self.fd(), true) {

@@ -61,7 +61,7 @@ fn launch() -> Result<Server, StartError> {
     let admitted = invitation.admit(control.as_fd(), pidfd.as_fd(), deadline);
     if !matches!(admitted, Ok(true)) {
         let _ = sys::process::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::socket::wait_readable(&[pidfd.as_fd()], Some(deadline));
+        let _ = sys::socket::wait_readable_one(pidfd.as_fd(), Some(deadline));
         let _ = sys::process::reap_nohang(pidfd.as_fd());
         return Err(StartError::ForkServer(match admitted {
             Err(e) => format!("the forkserver did not start: {e}"),

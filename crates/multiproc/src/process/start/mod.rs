@@ -59,14 +59,12 @@ impl Reaper {
                 if let Some(raw) = sys::process::reap_nohang(pidfd)? {
                     return Ok(Some(ExitStatus::from_raw(raw)));
                 }
-                let ready = sys::socket::wait_readable(&[pidfd], deadline)?;
-                if !ready[0] {
+                if !sys::socket::wait_readable_one(pidfd, deadline)? {
                     return Ok(None);
                 }
             },
             Reaper::Server(status) => {
-                let ready = sys::socket::wait_readable(&[status.as_fd()], deadline)?;
-                if !ready[0] {
+                if !sys::socket::wait_readable_one(status.as_fd(), deadline)? {
                     return Ok(None);
                 }
                 let mut buf = [0u8; 8];

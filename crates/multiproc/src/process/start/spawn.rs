@@ -39,7 +39,7 @@ pub(crate) fn start() -> io::Result<Started> {
         Instant::now() + BOOT_TIMEOUT,
     ) {
         let _ = sys::process::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::socket::wait_readable(&[pidfd.as_fd()], None);
+        let _ = sys::socket::wait_readable_one(pidfd.as_fd(), None);
         let _ = sys::process::reap_nohang(pidfd.as_fd());
         return Err(e);
     }
