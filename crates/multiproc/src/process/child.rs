@@ -118,8 +118,9 @@ pub(crate) fn forked_from_threads() {
 /// a [`quiet_body`], whose panics only the parent reports.
 ///
 /// Installed in the parent before a fork (never in a forked child, where
-/// the hook's lock may be held by a thread that no longer exists), and in
-/// spawn and forkserver children. In any thread not running a child body it
+/// the hook's lock may be held by a thread that no longer exists), in the
+/// forkserver before its loop (so that its children have it from birth),
+/// and in spawn children. In any thread not running a child body it
 /// only passes the panic on.
 pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
@@ -184,15 +185,11 @@ thread_local! {
 /// descriptors along.
 pub(crate) fn encode_outcome<R: Serialize>(f: impl FnOnce() -> R) -> Reply {
     match run_caught(f) {
-        // A result without handles is encoded bare (as the argument is
-        // decoded); one that holds a handle, or fails to encode, is
-        // encoded again, collecting the handles or saying what failed.
-        Ok(value) => match handles::encode_bare(&value) {
-            Ok(bytes) => (kind::OK, bytes, Vec::new()),
-            Err(_) => match handles::encode(&value, Vec::new()) {
-                Ok((bytes, fds)) => (kind::OK, bytes, fds),
-                Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
-            },
+        // Serialized once: a bare try first would serialize a result
+        // that holds a handle twice, and a `Serialize` may not be pure.
+        Ok(value) => match handles::encode(&value, Vec::new()) {
+            Ok((bytes, fds)) => (kind::OK, bytes, fds),
+            Err(e) => failure(kind::RESULT_ENCODE, &e.to_string()),
         },
         Err(report) => (
             kind::PANIC,

@@ -299,8 +299,9 @@ pub(crate) fn fork_worker(channel: OwnedFd, close: &[BorrowedFd<'_>]) -> io::Res
 ///
 /// Such a stale handle then reads end of file and writes into nothing. If
 /// `/dev/null` cannot be opened, the descriptors are left as they are.
-pub(crate) fn release_inherited_handles(fds: &[RawFd]) {
-    if fds.is_empty() {
+pub(crate) fn release_inherited_handles(fds: impl IntoIterator<Item = RawFd>) {
+    let mut fds = fds.into_iter().peekable();
+    if fds.peek().is_none() {
         return;
     }
     let Ok(null) = rustix::fs::open(
@@ -310,7 +311,7 @@ pub(crate) fn release_inherited_handles(fds: &[RawFd]) {
     ) else {
         return;
     };
-    for &fd in fds {
+    for fd in fds {
         if fd == null.as_raw_fd() {
             continue;
         }

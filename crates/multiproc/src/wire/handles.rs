@@ -164,12 +164,6 @@ pub(crate) fn with_encoded_bare<T: Serialize + ?Sized, R>(
     Some(out)
 }
 
-/// Encodes `value`, which must hold no handles (a handle in it is an
-/// error: [`encode`] collects them).
-pub(crate) fn encode_bare<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    bare(|| codec::encode(value))
-}
-
 /// Decodes a `T` from `bytes` that carried no handles (a handle in them is
 /// an error).
 #[inline]
@@ -283,8 +277,12 @@ pub(crate) fn untrack(fd: BorrowedFd<'_>) {
 /// The registry's lock, held by the forking thread across a fork.
 pub(crate) struct ForkGuard(MutexGuard<'static, BTreeSet<RawFd>>);
 
-/// Takes the registry's lock before a fork.
+/// Takes the registry's lock before a fork. Also makes room, in the
+/// forking thread, for the context a child's encode of its result pushes:
+/// made here, in the parent, it is no allocation in the child (a thread
+/// that never encoded, such as the launcher, has none).
 pub(crate) fn lock_for_fork() -> ForkGuard {
+    CONTEXT.with(|c| c.borrow_mut().reserve(2));
     ForkGuard(live())
 }
 
@@ -303,8 +301,9 @@ impl ForkGuard {
     /// The registry keeps the numbers, so such a handle untracks itself as
     /// usual when dropped.
     pub(crate) fn release_inherited(self) {
-        let fds: Vec<RawFd> = self.0.iter().copied().collect();
-        sys::process::release_inherited_handles(&fds);
+        // Iterated in place: a collected list would be an allocation (a
+        // write to heap pages the child shares with its parent).
+        sys::process::release_inherited_handles(self.0.iter().copied());
     }
 }
 
